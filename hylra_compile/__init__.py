@@ -1,0 +1,12 @@
+"""hylra_compile: HyLRA (Hybrid Layer Reuse Attention) as a torch.compile backend.
+
+``torch.compile(model, backend="hylra", options={"policy": Policy.every(4, num_layers=L)})`` rewrites every
+attention site of the Dynamo graph by policy into ``hylra::topk_attention`` producers and
+``hylra::sparse_attention`` consumers linked by graph edges, then hands the graph to Inductor.
+"""
+
+from . import lowering  # noqa: F401  (registers torch.ops.hylra.*)
+from .options import HylraOptions
+from .policy import Policy
+
+__all__ = ["HylraOptions", "Policy"]

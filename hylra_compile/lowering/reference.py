@@ -1,0 +1,229 @@
+"""Reference implementations of the hylra ops: pure torch, any device. These functions ARE the semantics.
+
+Shapes: ``q`` [B, Hq, Sq, D]; ``k`` [B, Hkv, Skv, D]; ``v`` [B, Hkv, Skv, Dv]; G = Hq / Hkv query heads share a
+KV head. KV block c holds keys [c*bs, (c+1)*bs); query block r holds queries [r*bs, (r+1)*bs).
+
+A key is *allowed* for a query exactly when SDPA with the same ``attn_mask`` / ``is_causal`` would attend to it:
+``is_causal`` keeps key j for query i when j <= i (PyTorch's top-left alignment); a bool mask keeps True; a float
+mask drops keys whose value is -inf or <= finfo(mask.dtype).min / 2 (Hugging Face's convention) and adds the
+other values to the scores. A query with no allowed key outputs zeros, never NaN.
+
+Both ops stream over chunks of whole query blocks, so no [Sq, Skv] score matrix is ever materialised at once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+# Scores of one chunk are held in fp32: cap a chunk at about this many elements.
+_CHUNK_ELEMENTS = 1 << 25
+
+
+def check_inputs(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, block_size: int) -> None:
+    """Raise a clear error for inputs the ops cannot take (shared by the fake and the real kernels)."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"q, k, v must be 4-d [B, H, S, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    torch._check(k.shape[0] == q.shape[0] and v.shape[0] == q.shape[0], lambda: "q, k, v batch sizes differ")
+    torch._check(k.shape[1] == v.shape[1] and k.shape[2] == v.shape[2], lambda: "k and v shapes differ")
+    torch._check(q.shape[3] == k.shape[3], lambda: "q and k head dims differ")
+    torch._check(q.shape[1] % k.shape[1] == 0, lambda: "query heads must be a multiple of KV heads")
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    if mask is not None and mask.dim() > 4:
+        raise ValueError(f"mask must have at most 4 dims, got {mask.dim()}")
+
+
+def num_blocks(length, block_size: int):
+    """Number of blocks of ``block_size`` covering ``length`` (works on SymInts)."""
+    return (length + block_size - 1) // block_size
+
+
+def _compute_dtype(q: Tensor) -> torch.dtype:
+    return torch.float64 if q.dtype == torch.float64 else torch.float32
+
+
+def _allowed_and_bias(
+    mask: Tensor | None,
+    is_causal: bool,
+    q_start: int,
+    q_end: int,
+    shape: tuple[int, int, int, int, int],
+    dtype: torch.dtype,
+    device: torch.device,
+) -> tuple[Tensor, Tensor | None]:
+    """Allowed keys [B, Hkv, G, n, Skv] (bool) and the additive bias (or None) for queries [q_start, q_end)."""
+    B, Hkv, G, Sq, Skv = shape
+    n = q_end - q_start
+    allowed = torch.ones(1, 1, n, Skv, dtype=torch.bool, device=device)
+    if is_causal:
+        rows = torch.arange(q_start, q_end, device=device)[:, None]
+        allowed = allowed & (torch.arange(Skv, device=device)[None, :] <= rows)
+    bias = None
+    if mask is not None:
+        m = mask
+        while m.dim() < 4:
+            m = m.unsqueeze(0)
+        m = m.expand(B if m.shape[0] != 1 else 1, m.shape[1], Sq, Skv)[:, :, q_start:q_end]
+        if m.dtype == torch.bool:
+            allowed = allowed & m
+        else:
+            dropped = (m == float("-inf")) | (m <= torch.finfo(m.dtype).min / 2)
+            allowed = allowed & ~dropped
+            bias = m.to(dtype).masked_fill(dropped, 0.0)
+    allowed = _group_heads(allowed, B, Hkv, G, n, Skv)
+    bias = None if bias is None else _group_heads(bias, B, Hkv, G, n, Skv)
+    return allowed, bias
+
+
+def _group_heads(x: Tensor, B: int, Hkv: int, G: int, n: int, Skv: int) -> Tensor:
+    """Broadcast [B|1, Hq|1, n, Skv] to [B, Hkv, G, n, Skv]."""
+    x = x.expand(B, x.shape[1], n, Skv)
+    if x.shape[1] == 1:
+        return x.unsqueeze(1).expand(B, Hkv, G, n, Skv)
+    return x.reshape(B, Hkv, G, n, Skv)
+
+
+def _chunk_len(B: int, Hq: int, Skv: int, block_size: int) -> int:
+    per_query = max(1, B * Hq * Skv)
+    return max(1, _CHUNK_ELEMENTS // per_query // block_size) * block_size
+
+
+def _masked_attention(q_chunk: Tensor, k: Tensor, v: Tensor, allowed: Tensor, bias: Tensor | None, scale: float):
+    """Softmax attention over ``allowed`` keys; returns (out [B, Hkv, G, n, Dv], probabilities [B, Hkv, G, n, Skv])."""
+    scores = torch.einsum("bhgqd,bhkd->bhgqk", q_chunk, k) * scale
+    if bias is not None:
+        scores = scores + bias
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    probs = torch.softmax(scores, dim=-1).masked_fill(~allowed.any(-1, keepdim=True), 0.0)
+    return torch.einsum("bhgqk,bhkd->bhgqd", probs, v), probs
+
+
+def select_blocks(importance: Tensor, candidate: Tensor, n_select: int, sink_blocks: int, local_blocks: int) -> Tensor:
+    """The block selection rule, shared by producer and profiler.
+
+    ``importance`` [..., C] float and ``candidate`` [..., C] bool (the block holds an allowed key). Returns int32
+    [..., n_select]: the first ``sink_blocks`` and the last ``local_blocks`` candidates, then the most important
+    other candidates (ties -> lower index), sorted ascending and padded with -1 when there are too few candidates.
+    """
+    C = importance.shape[-1]
+    rank = candidate.to(torch.int32).cumsum(-1)
+    total = rank[..., -1:]
+    forced = candidate & ((rank <= sink_blocks) | (rank > total - local_blocks))
+    score = importance.to(torch.float64).masked_fill(forced, float("inf")).masked_fill(~candidate, float("-inf"))
+    if C < n_select:
+        score = torch.nn.functional.pad(score, (0, n_select - C), value=float("-inf"))
+    order = torch.sort(score, dim=-1, descending=True, stable=True).indices[..., :n_select]
+    picked = torch.gather(score, -1, order) > float("-inf")
+    # Unpicked slots sort after every real block index, then become -1.
+    order = torch.where(picked, order, torch.full_like(order, C)).sort(dim=-1).values
+    return torch.where(order == C, -1, order).to(torch.int32)
+
+
+def topk_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    is_causal: bool,
+    scale: float | None,
+    block_size: int,
+    n_select: int,
+    sink_blocks: int,
+    local_blocks: int,
+    min_seq_len: int,
+) -> tuple[Tensor, Tensor]:
+    """Dense attention that also emits each query block's top KV blocks.
+
+    ``out`` [B, Hq, Sq, Dv] equals ``scaled_dot_product_attention(q, k, v, mask, is_causal=is_causal, scale=scale,
+    enable_gqa=True)`` (zeros for a query with no allowed key).
+
+    ``block_idx`` int32 [B, Hkv, ceil(Sq / bs), n_select]. The importance of KV block c for (b, KV head h, query
+    block r) is the sum of the softmax probabilities over the G query heads of h, the queries of r and the keys
+    of c. Candidates are the blocks holding at least one allowed key of (any query of r, any query head of h);
+    selection follows :func:`select_blocks`. ``min_seq_len`` does not change the producer's output (it is dense);
+    it is accepted so producer and consumer share one calling convention.
+    """
+    check_inputs(q, k, v, mask, block_size)
+    if n_select < sink_blocks + local_blocks:
+        raise ValueError(f"n_select={n_select} is smaller than sink_blocks + local_blocks = {sink_blocks + local_blocks}")
+    B, Hq, Sq, D = q.shape
+    Hkv, Skv = k.shape[1], k.shape[2]
+    G = Hq // Hkv
+    n_kb, n_qb = num_blocks(Skv, block_size), num_blocks(Sq, block_size)
+    dtype = _compute_dtype(q)
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    kf, vf = k.to(dtype), v.to(dtype)
+    out = torch.empty(B, Hkv, G, Sq, v.shape[3], dtype=dtype, device=q.device)
+    importance = torch.zeros(B, Hkv, n_qb, n_kb, dtype=dtype, device=q.device)
+    candidate = torch.zeros(B, Hkv, n_qb, n_kb, dtype=torch.bool, device=q.device)
+    key_pad = n_kb * block_size - Skv
+    chunk = _chunk_len(B, Hq, Skv, block_size)
+    for start in range(0, Sq, chunk):
+        end = min(Sq, start + chunk)
+        n, rows = end - start, num_blocks(end - start, block_size)
+        r0 = start // block_size
+        q_chunk = q[:, :, start:end].to(dtype).reshape(B, Hkv, G, n, D)
+        allowed, bias = _allowed_and_bias(mask, is_causal, start, end, (B, Hkv, G, Sq, Skv), dtype, q.device)
+        out[:, :, :, start:end], probs = _masked_attention(q_chunk, kf, vf, allowed, bias, scale)
+        # [B, Hkv, G, n, Skv] -> per (query block, KV block): pad both axes to whole blocks and sum.
+        pad = (0, key_pad, 0, rows * block_size - n)
+        probs = torch.nn.functional.pad(probs.sum(2), pad)
+        importance[:, :, r0 : r0 + rows] = probs.view(B, Hkv, rows, block_size, n_kb, block_size).sum((3, 5))
+        hit = torch.nn.functional.pad(allowed.any(2), pad)
+        candidate[:, :, r0 : r0 + rows] = hit.view(B, Hkv, rows, block_size, n_kb, block_size).any(5).any(3)
+    block_idx = select_blocks(importance, candidate, n_select, sink_blocks, local_blocks)
+    return out.reshape(B, Hq, Sq, -1).to(q.dtype), block_idx
+
+
+def sparse_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    block_idx: Tensor,
+    mask: Tensor | None,
+    is_causal: bool,
+    scale: float | None,
+    block_size: int,
+    min_seq_len: int,
+) -> Tensor:
+    """SDPA restricted to the allowed keys in the selected KV blocks of the query's KV head and query block.
+
+    ``block_idx`` int32 [B, Hkv, ceil(Sq / bs), n_sel], entries in [0, ceil(Skv / bs)) or -1 (ignored); the
+    selection of query block r applies to all its queries and to the G query heads of the KV head. A query with
+    fewer than ``min_seq_len`` allowed keys attends all of them (dense). A query with no key left outputs zeros.
+    When the selection covers every allowed key the result equals SDPA.
+    """
+    check_inputs(q, k, v, mask, block_size)
+    B, Hq, Sq, D = q.shape
+    Hkv, Skv = k.shape[1], k.shape[2]
+    G = Hq // Hkv
+    n_kb, n_qb = num_blocks(Skv, block_size), num_blocks(Sq, block_size)
+    if block_idx.dim() != 4 or tuple(block_idx.shape[:3]) != (B, Hkv, n_qb):
+        raise ValueError(
+            f"block_idx must be [B, Hkv, ceil(Sq/bs), n_sel] = [{B}, {Hkv}, {n_qb}, n_sel], got {tuple(block_idx.shape)}"
+        )
+    if ((block_idx < -1) | (block_idx >= n_kb)).any():
+        raise ValueError(f"block_idx holds entries outside [-1, {n_kb})")
+    dtype = _compute_dtype(q)
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    kf, vf = k.to(dtype), v.to(dtype)
+    # selected[b, h, r, c]: KV block c is selected for query block r (the -1 padding lands in a spare column).
+    selected = torch.zeros(B, Hkv, n_qb, n_kb + 1, dtype=torch.bool, device=q.device)
+    selected.scatter_(-1, torch.where(block_idx < 0, n_kb, block_idx).long(), True)
+    selected_keys = selected[..., :n_kb].repeat_interleave(block_size, dim=-1)[..., :Skv]
+    out = torch.empty(B, Hkv, G, Sq, v.shape[3], dtype=dtype, device=q.device)
+    chunk = _chunk_len(B, Hq, Skv, block_size)
+    for start in range(0, Sq, chunk):
+        end = min(Sq, start + chunk)
+        n = end - start
+        allowed, bias = _allowed_and_bias(mask, is_causal, start, end, (B, Hkv, G, Sq, Skv), dtype, q.device)
+        query_block = torch.arange(start, end, device=q.device) // block_size
+        in_selection = selected_keys[:, :, query_block].unsqueeze(2)  # [B, Hkv, 1, n, Skv]
+        dense = allowed.sum(-1, keepdim=True) < min_seq_len
+        keep = allowed & (in_selection | dense)
+        q_chunk = q[:, :, start:end].to(dtype).reshape(B, Hkv, G, n, D)
+        out[:, :, :, start:end] = _masked_attention(q_chunk, kf, vf, keep, bias, scale)[0]
+    return out.reshape(B, Hq, Sq, -1).to(q.dtype)

@@ -1,0 +1,88 @@
+"""Options of the ``hylra`` backend, parsed into a dataclass (unknown keys raise)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from .policy import Policy
+
+
+@dataclasses.dataclass(frozen=True)
+class HylraOptions:
+    """Everything ``torch.compile(model, backend="hylra", options={...})`` accepts.
+
+    policy: a :class:`Policy`, a path to a policy JSON, or a list of modes; ``None`` runs every site dense.
+    top_k: tokens kept per query block by a consumer (rounded up to whole KV blocks).
+    block_size: tokens per KV block (and per query block).
+    sink_blocks / local_blocks: blocks always selected at the start / end of the allowed keys.
+    min_seq_len: a query with fewer allowed keys than this attends all of them (decided at run time).
+    dump_dir: where to write before/after graphs, the report and the edge graph (env ``HYLRA_DUMP_DIR``).
+    inductor: hand the rewritten graph to Inductor (``compile_fx``); ``False`` runs it as is.
+    """
+
+    policy: Policy | None = None
+    top_k: int = 2048
+    block_size: int = 64
+    sink_blocks: int = 1
+    local_blocks: int = 2
+    min_seq_len: int = 4096
+    dump_dir: str | None = None
+    inductor: bool = True
+
+    @property
+    def n_select(self) -> int:
+        """Blocks selected per query block: ``ceil(top_k / block_size)``."""
+        return -(-self.top_k // self.block_size)
+
+    @classmethod
+    def parse(cls, options: Mapping[str, Any] | None = None, **kwargs: Any) -> "HylraOptions":
+        merged = {**(options or {}), **kwargs}
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(merged) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown hylra option(s) {unknown}; valid options are {valid}")
+        if merged.get("dump_dir") is None and os.environ.get("HYLRA_DUMP_DIR"):
+            merged["dump_dir"] = os.environ["HYLRA_DUMP_DIR"]
+        if "policy" in merged:
+            merged["policy"] = _parse_policy(merged["policy"])
+        opts = cls(**merged)
+        opts._validate()
+        return opts
+
+    def _validate(self) -> None:
+        for name in ("top_k", "block_size"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"hylra option {name} must be a positive int, got {value!r}")
+        for name in ("sink_blocks", "local_blocks", "min_seq_len"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 0:
+                raise ValueError(f"hylra option {name} must be an int >= 0, got {value!r}")
+        if self.n_select < self.sink_blocks + self.local_blocks:
+            raise ValueError(
+                f"top_k={self.top_k} selects {self.n_select} block(s) of {self.block_size}, fewer than "
+                f"sink_blocks + local_blocks = {self.sink_blocks + self.local_blocks}; raise top_k or lower them"
+            )
+        if not isinstance(self.inductor, bool):
+            raise ValueError(f"hylra option inductor must be True or False, got {self.inductor!r}")
+        if self.dump_dir is not None and not isinstance(self.dump_dir, (str, os.PathLike)):
+            raise ValueError(f"hylra option dump_dir must be a path or None, got {self.dump_dir!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _parse_policy(value: Any) -> Policy | None:
+    if value is None or isinstance(value, Policy):
+        return value
+    if isinstance(value, (str, os.PathLike)):
+        return Policy.load(Path(value))
+    if isinstance(value, (list, tuple)):
+        return Policy.from_modes(list(value))
+    raise ValueError(
+        f"hylra option policy must be a Policy, a path to a policy JSON or a list of modes, got {type(value).__name__}"
+    )

@@ -1,0 +1,169 @@
+"""Per-layer attention policy: which layers run full attention, which produce top-k indices, which reuse them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+MODES = ("full", "producer", "consumer")
+FORMAT = "hylra-policy"
+VERSION = 1
+
+
+class Policy:
+    """One mode per attention layer, in layer order.
+
+    ``full``: dense attention, emits nothing. ``producer``: dense attention that also emits its top-k KV-block
+    indices. ``consumer``: sparse attention over the indices of ``sources[layer]``, an earlier producer.
+    ``num_kv_heads`` (optional) and the number of layers identify the model the policy was made for;
+    ``provenance`` records how it was made (the optimiser's parameters, the profile's matrices).
+    """
+
+    def __init__(
+        self,
+        modes: Sequence[str],
+        sources: Sequence[int | None],
+        *,
+        num_kv_heads: int | None = None,
+        provenance: dict[str, Any] | None = None,
+    ):
+        self.modes = list(modes)
+        self.sources = list(sources)
+        self.num_kv_heads = num_kv_heads
+        self.provenance = dict(provenance or {})
+        self._validate()
+
+    # -- constructors -------------------------------------------------------------------------------------------
+    @classmethod
+    def full(cls, num_layers: int, *, num_kv_heads: int | None = None) -> "Policy":
+        """Every layer dense."""
+        _check_num_layers(num_layers)
+        return cls(["full"] * num_layers, [None] * num_layers, num_kv_heads=num_kv_heads)
+
+    @classmethod
+    def every(cls, n: int, num_layers: int, *, num_kv_heads: int | None = None) -> "Policy":
+        """Jump-n: layers 0, n, 2n, ... produce; every other layer consumes the nearest earlier producer."""
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"Policy.every needs n >= 1, got {n!r}")
+        _check_num_layers(num_layers)
+        modes = ["producer" if layer % n == 0 else "consumer" for layer in range(num_layers)]
+        return cls.from_modes(modes, num_kv_heads=num_kv_heads)
+
+    @classmethod
+    def from_modes(
+        cls,
+        modes: Sequence[str],
+        sources: Sequence[int | None] | None = None,
+        *,
+        num_kv_heads: int | None = None,
+        provenance: dict[str, Any] | None = None,
+    ) -> "Policy":
+        """Build from a list of modes; a consumer's source defaults to the nearest earlier producer."""
+        modes = list(modes)
+        for layer, mode in enumerate(modes):
+            if mode not in MODES:
+                raise ValueError(f"layer {layer}: unknown mode {mode!r}; valid modes are {list(MODES)}")
+        if sources is None:
+            sources, last_producer = [], None
+            for layer, mode in enumerate(modes):
+                if mode == "producer":
+                    last_producer = layer
+                if mode == "consumer" and last_producer is None:
+                    raise ValueError(f"layer {layer} is a consumer but no earlier layer is a producer")
+                sources.append(last_producer if mode == "consumer" else None)
+        return cls(modes, sources, num_kv_heads=num_kv_heads, provenance=provenance)
+
+    # -- persistence --------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "num_layers": self.num_layers,
+            "num_kv_heads": self.num_kv_heads,
+            "layers": [{"mode": m, "source": s} for m, s in zip(self.modes, self.sources)],
+            "provenance": self.provenance,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Policy":
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"not a hylra policy: expected format {FORMAT!r}")
+        if data.get("version") != VERSION:
+            raise ValueError(f"unsupported hylra policy version {data.get('version')!r}; this build reads {VERSION}")
+        layers = data["layers"]
+        if len(layers) != data["num_layers"]:
+            raise ValueError(f"policy lists {len(layers)} layers but says num_layers={data['num_layers']}")
+        return cls(
+            [entry["mode"] for entry in layers],
+            [entry["source"] for entry in layers],
+            num_kv_heads=data.get("num_kv_heads"),
+            provenance=data.get("provenance"),
+        )
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Policy":
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"policy file {str(path)!r} does not exist")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"policy file {str(path)!r} is not valid JSON: {err}") from None
+        return cls.from_dict(data)
+
+    # -- queries ------------------------------------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return len(self.modes)
+
+    def consumers_of(self, producer: int) -> list[int]:
+        return [layer for layer, source in enumerate(self.sources) if source == producer]
+
+    def check_model(self, num_layers: int, num_kv_heads: int | None) -> None:
+        """Refuse a model whose number of attention layers or KV heads differs from the policy's."""
+        if num_layers != self.num_layers:
+            raise ValueError(
+                f"the policy has {self.num_layers} layers but the graph has {num_layers} attention sites; "
+                f"a policy must list exactly one mode per attention layer"
+            )
+        if self.num_kv_heads is not None and num_kv_heads is not None and num_kv_heads != self.num_kv_heads:
+            raise ValueError(
+                f"the policy was made for a model with {self.num_kv_heads} KV heads, this graph has {num_kv_heads}"
+            )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Policy) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        codes = "".join({"full": "F", "producer": "P", "consumer": "c"}[m] for m in self.modes)
+        return f"Policy({codes!r}, num_layers={self.num_layers})"
+
+    def _validate(self) -> None:
+        if len(self.sources) != len(self.modes):
+            raise ValueError(f"policy has {len(self.modes)} modes but {len(self.sources)} sources")
+        for layer, (mode, source) in enumerate(zip(self.modes, self.sources)):
+            if mode not in MODES:
+                raise ValueError(f"layer {layer}: unknown mode {mode!r}; valid modes are {list(MODES)}")
+            if mode != "consumer":
+                if source is not None:
+                    raise ValueError(f"layer {layer} is {mode!r} and cannot have a source (got {source})")
+                continue
+            if not isinstance(source, int) or isinstance(source, bool):
+                raise ValueError(f"layer {layer} is a consumer and needs the index of its producer, got {source!r}")
+            if not 0 <= source < layer:
+                raise ValueError(f"layer {layer} consumes layer {source}, which does not come before it")
+            if self.modes[source] != "producer":
+                raise ValueError(
+                    f"layer {layer} consumes layer {source}, which is {self.modes[source]!r}, not 'producer'"
+                )
+        if self.num_kv_heads is not None and (not isinstance(self.num_kv_heads, int) or self.num_kv_heads < 1):
+            raise ValueError(f"num_kv_heads must be a positive int or None, got {self.num_kv_heads!r}")
+
+
+def _check_num_layers(num_layers: int) -> None:
+    if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 1:
+        raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
