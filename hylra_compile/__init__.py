@@ -6,7 +6,9 @@ attention site of the Dynamo graph by policy into ``hylra::topk_attention`` prod
 """
 
 from . import lowering  # noqa: F401  (registers torch.ops.hylra.*)
+from .backend import HylraBackend
 from .options import HylraOptions
 from .policy import Policy
+from .report import AttentionSite, GraphReport
 
-__all__ = ["HylraOptions", "Policy"]
+__all__ = ["AttentionSite", "GraphReport", "HylraBackend", "HylraOptions", "Policy"]
