@@ -1,0 +1,442 @@
+"""Offline profiler: per-layer top-k block sets of a Hugging Face model on calibration data.
+
+:func:`profile` runs the model with every attention call routed through Hugging Face's ``AttentionInterface`` to
+``hylra::topk_attention`` (the producer op, so importance and selection are exactly the producer's) and measures:
+
+* ``similarity[i, j]`` (i < j): |S_i ∩ S_j| / |S_j|, where S_l is the set of KV blocks layer l selects for one
+  (sample, KV head h, query block r); averaged over query blocks and samples per KV head, then over KV heads
+  (``similarity_min`` keeps the minimum over KV heads instead). Only query blocks with more candidate blocks than
+  ``n_select`` count: below that every layer selects every candidate, the overlap is 1 by construction and says
+  nothing about reuse. Prefill only: decode steps are not run.
+* ``sensitivity[l]``: RNMSE of layer l's attention output when it attends only to its own top-k blocks,
+  sqrt(Σ‖o_sparse − o_dense‖² / Σ‖o_dense‖²) pooled over samples. o_sparse comes from ``hylra::sparse_attention``
+  with ``min_seq_len=0``: with the backend's run-time default every short calibration query would attend densely
+  and every layer would look insensitive.
+* optionally ``head_overlap[i, j, g, h]``: the same overlap between KV head g of layer i and KV head h of layer j,
+  whose argmax over g is :attr:`Profile.head_map`.
+
+The model's own forward stays dense (each layer returns the producer's dense output), so every layer is measured
+on the dense model's activations. The ops stream over query blocks; no Sq × Skv matrix is materialised.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .lowering import reference
+
+PROFILE_FORMAT = "hylra-profile"
+PROFILE_VERSION = 1
+ATTENTION_NAME = "hylra_profile"
+
+# The one recorder the registered attention function reports to while profile() runs (None otherwise).
+_active_recorder: "_Recorder | None" = None
+
+
+class Profile:
+    """What the optimiser and the plots need: an L × L similarity matrix and L sensitivities, plus metadata.
+
+    ``similarity`` [L, L]: entry (i, j) for i < j is the reuse similarity of consumer j on producer i, in [0, 1];
+    entries on and below the diagonal are meaningless and stored as 0. ``sensitivity`` [L]: finite, >= 0.
+    ``similarity_min`` [L, L] (optional): per-KV-head minimum of the similarity. ``head_overlap`` [L, L, H, H]
+    (optional): overlap of producer head g of layer i with consumer head h of layer j. ``metadata``: how the
+    profile was made (top_k, block_size, calibration, model, num_kv_heads, ...), JSON-serialisable.
+
+    Build it from arrays (``Profile(similarity=M, sensitivity=s)``) or with :func:`profile`.
+    """
+
+    def __init__(
+        self,
+        similarity: Any,
+        sensitivity: Any,
+        *,
+        similarity_min: Any = None,
+        head_overlap: Any = None,
+        metadata: dict[str, Any] | None = None,
+    ):
+        self.similarity = _upper_triangle(np.asarray(similarity, dtype=np.float64), "similarity")
+        num_layers = self.similarity.shape[0]
+        self.sensitivity = np.asarray(sensitivity, dtype=np.float64)
+        if self.sensitivity.shape != (num_layers,):
+            raise ValueError(f"sensitivity must have shape ({num_layers},) to match similarity, got {self.sensitivity.shape}")
+        if not np.all(np.isfinite(self.sensitivity)) or np.any(self.sensitivity < 0):
+            raise ValueError("sensitivity values must be finite and >= 0")
+        self.similarity_min = None
+        if similarity_min is not None:
+            self.similarity_min = _upper_triangle(np.asarray(similarity_min, dtype=np.float64), "similarity_min")
+            if self.similarity_min.shape != self.similarity.shape:
+                raise ValueError(f"similarity_min must have shape {self.similarity.shape}, got {self.similarity_min.shape}")
+        self.head_overlap = None
+        if head_overlap is not None:
+            self.head_overlap = np.asarray(head_overlap, dtype=np.float64)
+            if self.head_overlap.ndim != 4 or self.head_overlap.shape[:2] != (num_layers, num_layers):
+                raise ValueError(f"head_overlap must have shape ({num_layers}, {num_layers}, H, H), got {self.head_overlap.shape}")
+        self.metadata = dict(metadata or {})
+
+    @property
+    def num_layers(self) -> int:
+        return self.similarity.shape[0]
+
+    @property
+    def num_kv_heads(self) -> int | None:
+        return self.metadata.get("num_kv_heads")
+
+    @property
+    def head_map(self) -> np.ndarray | None:
+        """[L, L, H] int: for consumer layer j, KV head h, the KV head of producer layer i with the largest overlap."""
+        return None if self.head_overlap is None else self.head_overlap.argmax(axis=2)
+
+    # -- persistence --------------------------------------------------------------------------------------------
+    def _arrays(self) -> dict[str, np.ndarray]:
+        arrays = {"similarity": self.similarity, "sensitivity": self.sensitivity}
+        if self.similarity_min is not None:
+            arrays["similarity_min"] = self.similarity_min
+        if self.head_overlap is not None:
+            arrays["head_overlap"] = self.head_overlap
+        return arrays
+
+    def save(self, path: str | Path) -> None:
+        """Write ``.json`` (matrices as nested lists) or ``.safetensors`` (matrices as float64 tensors, metadata in
+        the header)."""
+        path = Path(path)
+        header = {"format": PROFILE_FORMAT, "version": PROFILE_VERSION, "metadata": self.metadata}
+        if path.suffix == ".safetensors":
+            from safetensors.numpy import save_file
+
+            save_file({k: np.ascontiguousarray(v) for k, v in self._arrays().items()}, str(path),
+                      metadata={"hylra": json.dumps(header)})
+        elif path.suffix == ".json":
+            data = {**header, **{k: v.tolist() for k, v in self._arrays().items()}}
+            path.write_text(json.dumps(data) + "\n")
+        else:
+            raise ValueError(f"profile file {str(path)!r}: unknown extension; valid ones are '.json' and '.safetensors'")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Profile":
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"profile file {str(path)!r} does not exist")
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+            from safetensors.numpy import load_file
+
+            with safe_open(str(path), framework="numpy") as f:
+                header = json.loads((f.metadata() or {}).get("hylra", "{}"))
+            arrays = load_file(str(path))
+        elif path.suffix == ".json":
+            header = arrays = json.loads(path.read_text())
+        else:
+            raise ValueError(f"profile file {str(path)!r}: unknown extension; valid ones are '.json' and '.safetensors'")
+        if header.get("format") != PROFILE_FORMAT or header.get("version") != PROFILE_VERSION:
+            raise ValueError(f"{str(path)!r} is not a hylra profile (version {PROFILE_VERSION})")
+        return cls(
+            arrays["similarity"],
+            arrays["sensitivity"],
+            similarity_min=arrays.get("similarity_min"),
+            head_overlap=arrays.get("head_overlap"),
+            metadata=header.get("metadata"),
+        )
+
+    def __repr__(self) -> str:
+        return f"Profile(num_layers={self.num_layers}, num_kv_heads={self.num_kv_heads})"
+
+
+def _upper_triangle(matrix: np.ndarray, name: str) -> np.ndarray:
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] < 1:
+        raise ValueError(f"{name} must be a square L × L matrix with L >= 1, got shape {matrix.shape}")
+    upper = np.triu(matrix, k=1)
+    above = matrix[np.triu_indices(matrix.shape[0], k=1)]
+    if not np.all(np.isfinite(above)) or np.any(above < 0) or np.any(above > 1):
+        raise ValueError(f"{name} entries above the diagonal must lie in [0, 1]")
+    return upper
+
+
+# -- calibration ------------------------------------------------------------------------------------------------
+def calibration_samples(
+    calibration: Iterable[Tensor | np.ndarray | Sequence[int] | str],
+    *,
+    block_size: int,
+    seq_len: int | None = None,
+    tokenizer: Any = None,
+) -> list[Tensor]:
+    """Turn calibration data into 1-d int64 token tensors, one per forward pass.
+
+    Each item is a string (tokenised with ``tokenizer``), a 1-d sequence of token ids, or a 2-d [N, S] array
+    (N sequences). A sequence longer than ``seq_len`` is cut into consecutive windows of ``seq_len`` tokens and the
+    shorter tail is dropped; a sequence no longer than ``seq_len`` is one sample. Every sample must hold at least
+    one block of ``block_size`` tokens.
+    """
+    if seq_len is not None and (not isinstance(seq_len, int) or seq_len < 1):
+        raise ValueError(f"seq_len must be a positive int or None, got {seq_len!r}")
+    if isinstance(calibration, (str, Tensor, np.ndarray)):
+        calibration = [calibration]
+    sequences: list[Tensor] = []
+    for item in calibration:
+        if isinstance(item, str):
+            if tokenizer is None:
+                raise ValueError("text calibration data needs a tokenizer; pass tokenizer= or token ids instead")
+            item = tokenizer(item, return_tensors="pt", add_special_tokens=True)["input_ids"][0]
+        tokens = torch.as_tensor(np.asarray(item) if not isinstance(item, Tensor) else item)
+        if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
+            raise ValueError(f"token ids must be integers, got dtype {tokens.dtype}")
+        if tokens.dim() not in (1, 2):
+            raise ValueError(f"token ids must be 1-d [S] or 2-d [N, S], got shape {tuple(tokens.shape)}")
+        sequences.extend(tokens.reshape(-1, tokens.shape[-1]).to(torch.int64))
+    if not sequences:
+        raise ValueError("calibration data is empty: give at least one sequence of token ids or one text")
+    samples = []
+    for number, tokens in enumerate(sequences):
+        if tokens.numel() < block_size:
+            raise ValueError(
+                f"calibration sequence {number} has {tokens.numel()} tokens, fewer than one block of {block_size}"
+            )
+        if seq_len is None or tokens.numel() <= seq_len:
+            samples.append(tokens)
+        else:
+            samples.extend(tokens[start : start + seq_len] for start in range(0, tokens.numel() - seq_len + 1, seq_len))
+    return samples
+
+
+# -- capture ----------------------------------------------------------------------------------------------------
+class _Recorder:
+    """Accumulates, over the samples, the similarity and sensitivity sums the attention function reports."""
+
+    def __init__(self, top_k: int, block_size: int, sink_blocks: int, local_blocks: int, head_map: bool, progress):
+        self.block_size, self.sink_blocks, self.local_blocks = block_size, sink_blocks, local_blocks
+        self.n_select = -(-top_k // block_size)
+        self.head_map = head_map
+        self.progress = progress
+        self.layers: dict[int, tuple[Tensor, Tensor]] = {}  # layer -> (block_idx, nontrivial) of the current sample
+        self.num_kv_heads: int | None = None
+        self.error_sq: dict[int, float] = {}
+        self.dense_sq: dict[int, float] = {}
+        self.overlap_sum: dict[tuple[int, int], Tensor] = {}  # (i, j) -> [H] or [H, H] float64
+        self.blocks_counted: dict[int, Tensor] = {}  # j -> [H] number of nontrivial query blocks
+
+    def attention(self, module, query: Tensor, key: Tensor, value: Tensor, attention_mask, scaling, dropout=0.0, **kwargs):
+        if kwargs.get("softcap") is not None or kwargs.get("position_bias") is not None or kwargs.get("s_aux") is not None:
+            raise ValueError("the hylra ops support plain softmax attention only (no softcap, position bias or sinks)")
+        layer = getattr(module, "layer_idx", None)
+        if not isinstance(layer, int):
+            raise ValueError(f"attention module {type(module).__name__} has no integer layer_idx; cannot profile it")
+        if layer in self.layers:
+            raise ValueError(f"layer {layer} ran attention twice in one forward pass; cannot tell its sites apart")
+        if self.num_kv_heads is None:
+            self.num_kv_heads = key.shape[1]
+        elif key.shape[1] != self.num_kv_heads:
+            raise ValueError(f"layer {layer} has {key.shape[1]} KV heads, other layers {self.num_kv_heads}; "
+                             "similarity between layers needs the same number of KV heads")
+        mask = attention_mask
+        if mask is not None and mask.dim() == 4:
+            mask = mask[:, :, :, : key.shape[2]]
+        # Mirror sdpa_attention_forward: HF's sdpa mask is None exactly when plain causal masking applies.
+        is_causal = kwargs.get("is_causal")
+        is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+        is_causal = bool(query.shape[2] > 1 and mask is None and is_causal)
+        bs = self.block_size
+        dense, block_idx = torch.ops.hylra.topk_attention(
+            query, key, value, mask, is_causal, scaling, bs, self.n_select, self.sink_blocks, self.local_blocks, 0
+        )
+        sparse = torch.ops.hylra.sparse_attention(query, key, value, block_idx, mask, is_causal, scaling, bs, 0)
+        dense64 = dense.to(torch.float64)
+        self.error_sq[layer] = self.error_sq.get(layer, 0.0) + (sparse.to(torch.float64) - dense64).square().sum().item()
+        self.dense_sq[layer] = self.dense_sq.get(layer, 0.0) + dense64.square().sum().item()
+        candidates = _candidate_block_counts(query, key, mask, is_causal, bs)
+        nontrivial = (candidates > self.n_select).expand(block_idx.shape[:3])
+        self.layers[layer] = (block_idx, nontrivial)
+        if self.progress is not None:
+            self.progress.update(1)
+        return dense.transpose(1, 2).contiguous(), None
+
+    def finish_sample(self) -> None:
+        """Fold the current sample's block sets into the overlap sums."""
+        layers = sorted(self.layers)
+        if layers != list(range(len(layers))):
+            raise ValueError(f"attention ran for layers {layers}; expected every layer 0..L-1 exactly once")
+        # membership[l][b, h, r, c]: layer l selected KV block c for query block r. Column n_kb is where the -1
+        # padding lands, cleared so that it never counts as a hit.
+        n_kb = max(int(self.layers[layer][0].max().item()) for layer in layers) + 1
+        membership, index = {}, {}
+        for layer in layers:
+            block_idx = self.layers[layer][0]
+            index[layer] = torch.where(block_idx < 0, n_kb, block_idx).long()
+            member = torch.zeros(*block_idx.shape[:3], n_kb + 1, dtype=torch.bool, device=block_idx.device)
+            member.scatter_(-1, index[layer], True)[..., n_kb] = False
+            membership[layer] = member
+        for j in layers:
+            block_idx, nontrivial = self.layers[j]
+            size = (block_idx >= 0).sum(-1).clamp(min=1).to(torch.float64)  # |S_j| per (b, h, r)
+            weight = nontrivial.to(torch.float64)
+            counted = weight.sum((0, 2))
+            self.blocks_counted[j] = self.blocks_counted.get(j, 0) + counted
+            for i in range(j):
+                if self.head_map:
+                    # [B, H_i, H_j, R, n_sel]: every producer head against every consumer head.
+                    B, H, R, n_sel = index[j].shape
+                    hits = membership[i][:, :, None].expand(B, H, H, R, n_kb + 1).gather(
+                        -1, index[j][:, None].expand(B, H, H, R, n_sel)
+                    ).sum(-1)
+                    overlap = (hits / size[:, None] * weight[:, None]).sum((0, 3))  # [H_i, H_j]
+                else:
+                    hits = membership[i].gather(-1, index[j]).sum(-1)
+                    overlap = (hits / size * weight).sum((0, 2))  # [H]
+                self.overlap_sum[(i, j)] = self.overlap_sum.get((i, j), 0) + overlap
+        self.layers.clear()
+
+    def result(self, metadata: dict[str, Any]) -> Profile:
+        num_layers = len(self.dense_sq)
+        H = self.num_kv_heads
+        counted = torch.stack([torch.as_tensor(self.blocks_counted[j]) for j in range(num_layers)]).cpu()
+        if num_layers > 1 and (counted[1:] == 0).any():
+            raise ValueError(
+                f"no calibration query block ever had more than n_select={self.n_select} candidate blocks, so every "
+                "layer selected every block and similarity is undefined; use longer sequences or a smaller top_k"
+            )
+        per_head = np.zeros((num_layers, num_layers, H))
+        head_overlap = np.zeros((num_layers, num_layers, H, H)) if self.head_map else None
+        for (i, j), total in self.overlap_sum.items():
+            total = total.cpu().to(torch.float64)
+            if self.head_map:
+                head_overlap[i, j] = (total / counted[j][None, :]).numpy()
+                total = total.diagonal()
+            per_head[i, j] = (total / counted[j]).numpy()
+        sensitivity = [
+            math.sqrt(self.error_sq[layer] / self.dense_sq[layer]) if self.dense_sq[layer] > 0 else 0.0
+            for layer in range(num_layers)
+        ]
+        return Profile(
+            np.clip(per_head.mean(-1), 0.0, 1.0),
+            sensitivity,
+            similarity_min=np.clip(per_head.min(-1), 0.0, 1.0),
+            head_overlap=None if head_overlap is None else np.clip(head_overlap, 0.0, 1.0),
+            metadata={**metadata, "num_layers": num_layers, "num_kv_heads": H},
+        )
+
+
+def _candidate_block_counts(query: Tensor, key: Tensor, mask: Tensor | None, is_causal: bool, block_size: int) -> Tensor:
+    """[B|1, Hkv|1, ceil(Sq/bs)]: KV blocks holding an allowed key of the query block, by the ops' own mask rule."""
+    B, Hq, Sq, _ = query.shape
+    Hkv, Skv = key.shape[1], key.shape[2]
+    n_kb = reference.num_blocks(Skv, block_size)
+    if mask is None:
+        blocks = torch.arange(reference.num_blocks(Sq, block_size), device=query.device)
+        if not is_causal:
+            return torch.full((1, 1, blocks.numel()), n_kb, device=query.device)
+        last_query = torch.clamp((blocks + 1) * block_size - 1, max=Sq - 1)
+        return torch.clamp(last_query // block_size + 1, max=n_kb)[None, None]
+    counts = []
+    chunk = reference._chunk_len(B, Hq, Skv, block_size)
+    for start in range(0, Sq, chunk):
+        end = min(Sq, start + chunk)
+        rows = reference.num_blocks(end - start, block_size)
+        allowed = reference._allowed_and_bias(
+            mask, is_causal, start, end, (B, Hkv, Hq // Hkv, Sq, Skv), torch.float32, query.device
+        )[0].any(2)
+        allowed = torch.nn.functional.pad(allowed, (0, n_kb * block_size - Skv, 0, rows * block_size - (end - start)))
+        counts.append(allowed.view(B, Hkv, rows, block_size, n_kb, block_size).any(5).any(3).sum(-1))
+    return torch.cat(counts, dim=2)
+
+
+def _profile_attention(module, query, key, value, attention_mask, *args, **kwargs):
+    """The function registered as ``hylra_profile`` in transformers' AttentionInterface."""
+    if _active_recorder is None:
+        raise RuntimeError("the hylra_profile attention implementation only runs inside hylra_compile.profile()")
+    return _active_recorder.attention(module, query, key, value, attention_mask, *args, **kwargs)
+
+
+def _register_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    AttentionInterface.register(ATTENTION_NAME, _profile_attention)
+    # The same masks sdpa gets: a 4-d bool mask, or None where plain causal masking is enough.
+    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION_NAME, sdpa_mask)
+
+
+# -- entry point ------------------------------------------------------------------------------------------------
+def profile(
+    model: torch.nn.Module,
+    calibration: Iterable[Tensor | np.ndarray | Sequence[int] | str],
+    *,
+    top_k: int,
+    block_size: int,
+    sink_blocks: int = 1,
+    local_blocks: int = 2,
+    seq_len: int | None = None,
+    tokenizer: Any = None,
+    head_map: bool = False,
+    description: str | None = None,
+    progress: bool = True,
+) -> Profile:
+    """Profile ``model`` (a transformers ``PreTrainedModel``) on ``calibration``; see the module docstring.
+
+    Each sample (see :func:`calibration_samples` for ``seq_len`` and ``tokenizer``) runs as one prefill forward
+    pass of batch 1 under ``torch.no_grad``, on the model's device. ``top_k``, ``block_size``, ``sink_blocks`` and
+    ``local_blocks`` mean what the backend options of the same names mean, so profile with the values you will
+    compile with. ``head_map=True`` also records the cross-head overlap (costs H² gathers per layer pair).
+    ``description`` names the calibration data in the profile's metadata. A tqdm bar counts attention calls.
+    """
+    from tqdm.auto import tqdm
+    from transformers import PreTrainedModel
+
+    global _active_recorder
+    for name, value in (("top_k", top_k), ("block_size", block_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    for name, value in (("sink_blocks", sink_blocks), ("local_blocks", local_blocks)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    n_select = -(-top_k // block_size)
+    if n_select < sink_blocks + local_blocks:
+        raise ValueError(f"top_k={top_k} selects {n_select} block(s), fewer than sink_blocks + local_blocks = "
+                         f"{sink_blocks + local_blocks}")
+    if not isinstance(model, PreTrainedModel):
+        raise ValueError(f"cannot profile {type(model).__name__}: a model with no attention through transformers' "
+                         "AttentionInterface (profile needs a transformers PreTrainedModel)")
+    samples = calibration_samples(calibration, block_size=block_size, seq_len=seq_len, tokenizer=tokenizer)
+    config = model.config
+    expected_layers = getattr(config, "num_hidden_layers", None)
+    bar = tqdm(total=len(samples) * expected_layers if expected_layers else None, desc="hylra profile",
+               unit="layer", disable=not progress)
+    recorder = _Recorder(top_k, block_size, sink_blocks, local_blocks, head_map, bar)
+    _register_attention()
+    original = config._attn_implementation
+    device = next(model.parameters()).device
+    forward_kwargs = {"use_cache": False}
+    if "logits_to_keep" in inspect.signature(model.forward).parameters:
+        forward_kwargs["logits_to_keep"] = 1  # the profile never reads logits; [S, vocab] would dwarf attention
+    try:
+        model.set_attn_implementation(ATTENTION_NAME)
+        _active_recorder = recorder
+        with torch.no_grad():
+            for tokens in samples:
+                model(input_ids=tokens[None].to(device), **forward_kwargs)
+                if not recorder.layers:
+                    raise ValueError(f"model {type(model).__name__} ran no attention through transformers' "
+                                     "AttentionInterface: a model with no attention cannot be profiled")
+                recorder.finish_sample()
+    finally:
+        _active_recorder = None
+        bar.close()
+        model.set_attn_implementation(original)
+    metadata = {
+        "top_k": top_k,
+        "block_size": block_size,
+        "n_select": n_select,
+        "sink_blocks": sink_blocks,
+        "local_blocks": local_blocks,
+        "num_samples": len(samples),
+        "num_tokens": int(sum(t.numel() for t in samples)),
+        "seq_len": seq_len,
+        "calibration": description or f"{len(samples)} sequence(s)",
+        "model": getattr(config, "_name_or_path", "") or getattr(config, "model_type", type(model).__name__),
+    }
+    return recorder.result(metadata)
