@@ -1,0 +1,80 @@
+"""Triton helpers shared by the decode and prefill kernels: mask tiles and the top-k block selection."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def mask_tile(
+    mask_base,
+    stride_mq,
+    stride_mk,
+    offs_q,
+    offs_k,
+    q_valid,
+    Skv,
+    mask_thr,
+    MASK_KIND: tl.constexpr,
+    IS_CAUSAL: tl.constexpr,
+):
+    """Allowed keys [Q, K] (bool) and the additive bias [Q, K] (fp32, natural-log units) of one tile.
+
+    MASK_KIND 0: no mask; 1: bool/uint8 mask (nonzero = attend); 2: float mask (HF: -inf or <= mask_thr drops the
+    key, other values are added to the scores). Masked-out loads fetch nothing.
+    """
+    allowed = (offs_k[None, :] < Skv) & q_valid[:, None]
+    if IS_CAUSAL:
+        allowed = allowed & (offs_k[None, :] <= offs_q[:, None])
+    bias = tl.zeros(allowed.shape, dtype=tl.float32)
+    if MASK_KIND == 1:
+        mv = tl.load(mask_base + offs_q[:, None] * stride_mq + offs_k[None, :] * stride_mk, mask=allowed, other=0)
+        allowed = allowed & (mv != 0)
+    elif MASK_KIND == 2:
+        mv = tl.load(mask_base + offs_q[:, None] * stride_mq + offs_k[None, :] * stride_mk, mask=allowed, other=0.0)
+        mv = mv.to(tl.float32)
+        dropped = (mv == float("-inf")) | (mv <= mask_thr)
+        allowed = allowed & (dropped == 0)
+        bias = tl.where(allowed, mv, 0.0)
+    return allowed, bias
+
+
+@triton.jit
+def select_row(imp, cand, offs_c, out_ptr, n_select, sink_blocks, local_blocks, N_SEL_PAD: tl.constexpr):
+    """reference.select_blocks for one row, without sorting.
+
+    ``imp`` fp32 >= 0 [C_PAD], ``cand`` bool [C_PAD] (False on padding). Forced: the first ``sink_blocks`` and last
+    ``local_blocks`` candidates. The rest: binary search on the int32 bit pattern of the non-negative importance for
+    the threshold T such that at least ``need`` non-forced candidates are >= T; take all > T, then the lowest-index
+    ones equal to T. Indices are written ascending (cumsum of the selection), -1 padded.
+    """
+    ci = cand.to(tl.int32)
+    rank = tl.cumsum(ci, 0)
+    total = tl.sum(ci, 0)
+    forced = cand & ((rank <= sink_blocks) | (rank > total - local_blocks))
+    n_forced = tl.sum(forced.to(tl.int32), 0)
+    need = tl.maximum(n_select - n_forced, 0)
+    bits = imp.to(tl.int32, bitcast=True)
+    bits = tl.where(cand & (forced == 0), bits, -1)
+    lo = tl.zeros([], dtype=tl.int32)
+    hi = tl.zeros([], dtype=tl.int32) + 0x7F800000
+    for _ in range(32):
+        mid = lo + (hi - lo + 1) // 2
+        cnt = tl.sum((bits >= mid).to(tl.int32), 0)
+        ok = cnt >= need
+        lo = tl.where(ok, mid, lo)
+        hi = tl.where(ok, hi, mid - 1)
+    gt = bits > lo
+    eq = bits == lo
+    n_gt = tl.sum(gt.to(tl.int32), 0)
+    eq_rank = tl.cumsum(eq.to(tl.int32), 0)
+    sel = forced | gt | (eq & (eq_rank <= need - n_gt))
+    si = sel.to(tl.int32)
+    pos = tl.cumsum(si, 0) - 1
+    n_picked = tl.sum(si, 0)
+    tl.store(out_ptr + pos, offs_c, mask=sel)
+    offs_s = tl.arange(0, N_SEL_PAD)
+    tl.store(out_ptr + offs_s, tl.full([N_SEL_PAD], -1, tl.int32), mask=(offs_s >= n_picked) & (offs_s < n_select))

@@ -1,0 +1,261 @@
+"""Decode (Sq == 1) kernels: split-K flash-decoding, GQA-native.
+
+Producer: ``_decode_split_kernel`` (grid B x Hkv x splits; each program serves all G query heads of its KV head, so
+each KV block is read once) writes per-split partial (max, sum, acc) and the log2-sum-exp of every (head, KV block);
+``_decode_combine_kernel`` (grid B x Hkv) merges the splits into ``out``, turns the block LSEs into exact
+importances sum_g exp2(lse_gc - lse_g) and selects the top blocks. Two launches, no host synchronisation.
+
+Consumer: the same two kernels with SPARSE=True: the split programs walk the selected block list (or all blocks
+when the query has fewer than ``min_seq_len`` allowed keys, decided in the kernel) and the combine only merges.
+Keys that are not allowed are never loaded (masked loads), so padding / an unfilled static cache costs nothing but
+its mask bytes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import LOG2E, mask_tile, select_row
+
+
+@triton.jit
+def _decode_split_kernel(
+    Q, K, V, Mask, Idx, MPart, LPart, AccPart, LseBlk,
+    sqb, sqh, sqd,
+    skb, skh, skn, skd,
+    svb, svh, svn, svd,
+    smb, smk,
+    sib, sih, sis,
+    Skv, n_kb, n_sel, n_splits, qk_scale, mask_thr, min_seq_len,
+    G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BLOCK_N: tl.constexpr,
+    MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, SPARSE: tl.constexpr, WRITE_LSE: tl.constexpr,
+    SCAN_N: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1).to(tl.int64)
+    s = tl.program_id(2)
+    n_kvh = tl.num_programs(1)
+    offs_g = tl.arange(0, G_PAD)
+    gm = offs_g < G
+    offs_d = tl.arange(0, D)
+    offs_dv = tl.arange(0, DV)
+    offs_n = tl.arange(0, BLOCK_N)
+    heads = h * G + offs_g
+    q = tl.load(Q + b * sqb + heads[:, None] * sqh + offs_d[None, :] * sqd, mask=gm[:, None], other=0.0)
+    k_base = K + b * skb + h * skh
+    v_base = V + b * svb + h * svh
+    m_base = Mask + b * smb
+    zero_q = tl.zeros([1], dtype=tl.int32)
+    one_q = zero_q == 0
+
+    if SPARSE:
+        # A query with fewer than min_seq_len allowed keys attends all of them: count (stop early once enough).
+        if MASK_KIND == 0:
+            if IS_CAUSAL:
+                cnt = tl.minimum(Skv, 1)
+            else:
+                cnt = Skv
+        else:
+            cnt = 0
+            j = 0
+            while (j < Skv) & (cnt < min_seq_len):
+                offs = j + tl.arange(0, SCAN_N)
+                al, _b = mask_tile(m_base, 0, smk, zero_q, offs, one_q, Skv, mask_thr, MASK_KIND, IS_CAUSAL)
+                cnt += tl.sum(tl.sum(al.to(tl.int32), 1), 0)
+                j += SCAN_N
+        dense = cnt < min_seq_len
+        n_items = tl.where(dense, n_kb, n_sel)
+    else:
+        n_items = n_kb
+    per = (n_items + n_splits - 1) // n_splits
+    start = s * per
+    end = tl.minimum(start + per, n_items)
+
+    m_i = tl.full([G_PAD], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([G_PAD], dtype=tl.float32)
+    acc = tl.zeros([G_PAD, DV], dtype=tl.float32)
+    i_base = Idx + b * sib + h * sih
+    for it in range(start, end):
+        if SPARSE:
+            c_sel = tl.load(i_base + it * sis)
+            prev = tl.load(i_base + (it - 1) * sis, mask=it > 0, other=-1)
+            ok = (c_sel >= 0) & (c_sel < n_kb) & (c_sel != prev)
+            c = tl.where(dense, it, tl.where(ok, c_sel, 0))
+            valid = dense | ok
+        else:
+            c = it
+            valid = True
+        offs_k = c * BLOCK_N + offs_n
+        allowed, bias = mask_tile(m_base, 0, smk, zero_q, offs_k, one_q & valid, Skv, mask_thr, MASK_KIND, IS_CAUSAL)
+        kmask = tl.max(allowed.to(tl.int32), 0) != 0  # [BLOCK_N]
+        k = tl.load(k_base + offs_k[:, None] * skn + offs_d[None, :] * skd, mask=kmask[:, None], other=0.0)
+        sc = tl.dot(q, tl.trans(k)) * qk_scale
+        if MASK_KIND == 2:
+            sc += bias * 1.4426950408889634
+        sc = tl.where(kmask[None, :], sc, float("-inf"))
+        m_blk = tl.max(sc, 1)
+        m_new = tl.maximum(m_i, m_blk)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(sc - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_base + offs_k[:, None] * svn + offs_dv[None, :] * svd, mask=kmask[:, None], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+        if WRITE_LSE:
+            mb = tl.where(m_blk == float("-inf"), 0.0, m_blk)
+            lb = tl.sum(tl.exp2(sc - mb[:, None]), 1)
+            lse = tl.where(lb > 0, mb + tl.log2(lb), float("-inf"))
+            tl.store(LseBlk + ((b * n_kvh + h) * G + offs_g) * n_kb + c, lse, mask=gm)
+
+    pbase = (b * n_kvh + h) * n_splits + s
+    tl.store(MPart + pbase * G_PAD + offs_g, m_i)
+    tl.store(LPart + pbase * G_PAD + offs_g, l_i)
+    tl.store(AccPart + (pbase * G_PAD + offs_g[:, None]) * DV + offs_dv[None, :], acc)
+
+
+@triton.jit
+def _decode_combine_kernel(
+    MPart, LPart, AccPart, LseBlk, Out, BlockIdx,
+    sob, soh, sod,
+    n_splits, n_kb, n_select, sink_blocks, local_blocks,
+    G: tl.constexpr, G_PAD: tl.constexpr, DV: tl.constexpr,
+    SELECT: tl.constexpr, C_PAD: tl.constexpr, N_SEL_PAD: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1).to(tl.int64)
+    n_kvh = tl.num_programs(1)
+    offs_g = tl.arange(0, G_PAD)
+    gm = offs_g < G
+    offs_dv = tl.arange(0, DV)
+    M = tl.full([G_PAD], float("-inf"), dtype=tl.float32)
+    L = tl.zeros([G_PAD], dtype=tl.float32)
+    acc = tl.zeros([G_PAD, DV], dtype=tl.float32)
+    for s in range(n_splits):
+        pbase = (b * n_kvh + h) * n_splits + s
+        m_s = tl.load(MPart + pbase * G_PAD + offs_g)
+        l_s = tl.load(LPart + pbase * G_PAD + offs_g)
+        a_s = tl.load(AccPart + (pbase * G_PAD + offs_g[:, None]) * DV + offs_dv[None, :])
+        m_new = tl.maximum(M, m_s)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(M - m_safe)
+        beta = tl.exp2(m_s - m_safe)
+        L = L * alpha + l_s * beta
+        acc = acc * alpha[:, None] + a_s * beta[:, None]
+        M = m_new
+    out = tl.where(L[:, None] > 0, acc / tl.where(L > 0, L, 1.0)[:, None], 0.0)
+    heads = h * G + offs_g
+    tl.store(Out + b * sob + heads[:, None] * soh + offs_dv[None, :] * sod, out.to(Out.dtype.element_ty),
+             mask=gm[:, None])
+    if SELECT:
+        M_safe = tl.where(M == float("-inf"), 0.0, M)
+        lse_g = tl.where(L > 0, M_safe + tl.log2(tl.where(L > 0, L, 1.0)), float("-inf"))
+        offs_c = tl.arange(0, C_PAD)
+        cm = offs_c < n_kb
+        row = (b * n_kvh + h) * G
+        l0 = tl.load(LseBlk + row * n_kb + offs_c, mask=cm, other=float("-inf"))
+        cand = l0 > float("-inf")
+        imp = tl.zeros([C_PAD], dtype=tl.float32)
+        for g in range(G):
+            lg = tl.sum(tl.where(offs_g == g, lse_g, 0.0), 0)
+            lc = tl.load(LseBlk + (row + g) * n_kb + offs_c, mask=cm, other=float("-inf"))
+            imp += tl.where(cand & (lc > float("-inf")), tl.exp2(lc - lg), 0.0)
+        select_row(imp, cand, offs_c, BlockIdx + (b * n_kvh + h) * n_select, n_select, sink_blocks, local_blocks,
+                   N_SEL_PAD)
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 2
+
+
+def _mask_args(mask: torch.Tensor | None, B: int, Sq: int, Skv: int, q: torch.Tensor):
+    """(tensor, kind, stride_b, stride_q, stride_k, threshold) for a mask [B|1, 1, Sq|1, Skv|1] (already 4-d)."""
+    if mask is None:
+        return q, 0, 0, 0, 0, 0.0
+    m = mask.expand(B, 1, Sq, Skv)
+    if m.dtype == torch.bool:
+        m = m.view(torch.uint8)
+        kind, thr = 1, 0.0
+    else:
+        kind, thr = 2, float(torch.finfo(m.dtype).min) / 2
+    return m, kind, m.stride(0), m.stride(2), m.stride(3), thr
+
+
+def _splits(B: int, Hkv: int, n_items: int, device: torch.device, min_per_split: int) -> int:
+    target = 4 * _num_sms(device)
+    want = max(1, -(-target // (B * Hkv)))
+    return max(1, min(want, -(-n_items // min_per_split)))
+
+
+def _decode(q, k, v, mask, is_causal, scale, block_size, block_idx, n_select, sink_blocks, local_blocks,
+            min_seq_len, splits=None, num_warps=4, num_stages=2):
+    B, Hq, Sq, D = q.shape
+    assert Sq == 1
+    Hkv, Skv, DV = k.shape[1], k.shape[2], v.shape[3]
+    G = Hq // Hkv
+    G_PAD = max(16, triton.next_power_of_2(G))
+    n_kb = triton.cdiv(Skv, block_size)
+    sparse = block_idx is not None
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    dev = q.device
+    m, kind, smb, _smq, smk, thr = _mask_args(mask, B, Sq, Skv, q)
+    if sparse:
+        n_sel = block_idx.shape[-1]
+        idx = block_idx
+        sib, sih, sis = idx.stride(0), idx.stride(1), idx.stride(3)
+        n_items = n_sel
+    else:
+        n_sel = 0
+        idx = q
+        sib = sih = sis = 0
+        n_items = n_kb
+    if splits is None:
+        splits = _splits(B, Hkv, n_items, dev, 1 if sparse else 4)
+    f32 = torch.float32
+    mpart = torch.empty(B, Hkv, splits, G_PAD, dtype=f32, device=dev)
+    lpart = torch.empty(B, Hkv, splits, G_PAD, dtype=f32, device=dev)
+    accpart = torch.empty(B, Hkv, splits, G_PAD, DV, dtype=f32, device=dev)
+    lse_blk = torch.empty(B, Hkv, G, n_kb, dtype=f32, device=dev) if not sparse else mpart
+    out = torch.empty(B, Hq, Sq, DV, dtype=q.dtype, device=dev)
+    _decode_split_kernel[(B, Hkv, splits)](
+        q, k, v, m, idx, mpart, lpart, accpart, lse_blk,
+        q.stride(0), q.stride(1), q.stride(3),
+        k.stride(0), k.stride(1), k.stride(2), k.stride(3),
+        v.stride(0), v.stride(1), v.stride(2), v.stride(3),
+        smb, smk, sib, sih, sis,
+        Skv, n_kb, n_sel, splits, scale * 1.4426950408889634, thr, min_seq_len,
+        G=G, G_PAD=G_PAD, D=D, DV=DV, BLOCK_N=block_size, MASK_KIND=kind, IS_CAUSAL=bool(is_causal),
+        SPARSE=sparse, WRITE_LSE=not sparse, SCAN_N=1024, num_warps=num_warps, num_stages=num_stages,
+    )
+    if sparse:
+        bidx = out  # unused
+        n_select_arg = 0
+    else:
+        bidx = torch.empty(B, Hkv, 1, n_select, dtype=torch.int32, device=dev)
+        n_select_arg = n_select
+    _decode_combine_kernel[(B, Hkv)](
+        mpart, lpart, accpart, lse_blk, out, bidx,
+        out.stride(0), out.stride(1), out.stride(3),
+        splits, n_kb, n_select_arg, sink_blocks, local_blocks,
+        G=G, G_PAD=G_PAD, DV=DV, SELECT=not sparse, C_PAD=triton.next_power_of_2(max(n_kb, 1)),
+        N_SEL_PAD=triton.next_power_of_2(max(n_select_arg, 1)), num_warps=4 if n_kb <= 4096 else 8,
+    )
+    return out, (None if sparse else bidx)
+
+
+def decode_topk_attention(q, k, v, mask, is_causal, scale, block_size, n_select, sink_blocks, local_blocks,
+                          min_seq_len, **kw):
+    """Producer for Sq == 1: (out [B, Hq, 1, Dv], block_idx int32 [B, Hkv, 1, n_select])."""
+    return _decode(q, k, v, mask, is_causal, scale, block_size, None, n_select, sink_blocks, local_blocks,
+                   min_seq_len, **kw)
+
+
+def decode_sparse_attention(q, k, v, block_idx, mask, is_causal, scale, block_size, min_seq_len, **kw):
+    """Consumer for Sq == 1: out [B, Hq, 1, Dv] over the selected blocks (dense below min_seq_len allowed keys)."""
+    return _decode(q, k, v, mask, is_causal, scale, block_size, block_idx, 0, 0, 0, min_seq_len, **kw)[0]

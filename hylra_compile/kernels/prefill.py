@@ -1,0 +1,313 @@
+"""Prefill (Sq > 1) kernels: FlashAttention-style, GQA-packed.
+
+A program owns one query block (``block_size`` queries) of HP query heads that share a KV head (HP * block_size
+rows, 128 for block 64), so each K/V tile it loads serves HP heads.
+
+Producer (3 launches): ``_prefill_attn_kernel`` dense (causal loop bound, out + per-row log2-sum-exp), then
+``_prefill_importance_kernel`` recomputes QK^T per (query block, KV block) and sums exp2(s - lse) exactly (a second
+pass of about half the forward FLOPs), then ``_prefill_select_kernel`` sums the G/HP head groups and selects per
+query block. Consumer (1 launch): ``_prefill_attn_kernel`` with SPARSE=True over the query block's selected KV
+blocks; rows with fewer than ``min_seq_len`` allowed keys (decided in the kernel) also visit the unselected blocks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import mask_tile, select_row
+from .decode import _mask_args
+
+
+@triton.jit
+def _attn_block(q, acc, m_i, l_i, c, valid, k_base, v_base, m_base, skn, skd, svn, svd, smq, smk,
+                qpos, row_ok, Skv, qk_scale, mask_thr,
+                offs_n, offs_d, offs_dv,
+                BLOCK_N: tl.constexpr, MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, FULL: tl.constexpr):
+    offs_k = c * BLOCK_N + offs_n
+    if FULL:
+        k = tl.load(k_base + offs_k[:, None] * skn + offs_d[None, :] * skd)
+        sc = tl.dot(q, tl.trans(k)) * qk_scale
+        m_new = tl.maximum(m_i, tl.max(sc, 1))
+        m_safe = m_new
+        p = tl.exp2(sc - m_safe[:, None])
+        v = tl.load(v_base + offs_k[:, None] * svn + offs_dv[None, :] * svd)
+    else:
+        allowed, bias = mask_tile(m_base, smq, smk, qpos, offs_k, row_ok & valid, Skv, mask_thr, MASK_KIND,
+                                  IS_CAUSAL)
+        kmask = tl.max(allowed.to(tl.int32), 0) != 0
+        k = tl.load(k_base + offs_k[:, None] * skn + offs_d[None, :] * skd, mask=kmask[:, None], other=0.0)
+        sc = tl.dot(q, tl.trans(k)) * qk_scale
+        if MASK_KIND == 2:
+            sc += bias * 1.4426950408889634
+        sc = tl.where(allowed, sc, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(sc, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(sc - m_safe[:, None])
+        v = tl.load(v_base + offs_k[:, None] * svn + offs_dv[None, :] * svd, mask=kmask[:, None], other=0.0)
+    alpha = tl.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _prefill_attn_kernel(
+    Q, K, V, Mask, Idx, Out, Lse,
+    sqb, sqh, sqs, sqd,
+    skb, skh, skn, skd,
+    svb, svh, svn, svd,
+    smb, smq, smk,
+    sib, sih, sir, sis,
+    sob, soh, sos, sod,
+    Hq, Sq, Skv, n_kb, n_sel, qk_scale, mask_thr, min_seq_len,
+    HP: tl.constexpr, G: tl.constexpr, QB: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
+    MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, SPARSE: tl.constexpr, WRITE_LSE: tl.constexpr,
+    N_SEL_PAD: tl.constexpr, SCAN_N: tl.constexpr,
+):
+    qb = tl.program_id(0)
+    pid1 = tl.program_id(1)
+    n_hg = Hq // HP
+    b = (pid1 // n_hg).to(tl.int64)
+    hg = pid1 % n_hg
+    h0 = hg * HP
+    kvh = (h0 // G).to(tl.int64)
+    M: tl.constexpr = HP * QB
+    rows = tl.arange(0, M)
+    head = (h0 + rows // QB).to(tl.int64)
+    q0 = qb * QB
+    qpos = q0 + rows % QB
+    row_ok = qpos < Sq
+    offs_d = tl.arange(0, D)
+    offs_dv = tl.arange(0, DV)
+    offs_n = tl.arange(0, BLOCK_N)
+    q = tl.load(Q + b * sqb + head[:, None] * sqh + qpos[:, None] * sqs + offs_d[None, :] * sqd,
+                mask=row_ok[:, None], other=0.0)
+    k_base = K + b * skb + kvh * skh
+    v_base = V + b * svb + kvh * svh
+    m_base = Mask + b * smb
+    m_i = tl.full([M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([M], dtype=tl.float32)
+    acc = tl.zeros([M, DV], dtype=tl.float32)
+    if IS_CAUSAL:
+        kv_end = tl.minimum(Skv, q0 + QB)
+    else:
+        kv_end = Skv
+    n_blocks = tl.cdiv(kv_end, BLOCK_N)
+
+    if SPARSE:
+        i_base = Idx + b * sib + kvh * sih + qb * sir
+        offs_s = tl.arange(0, N_SEL_PAD)
+        sel_vec = tl.load(i_base + offs_s * sis, mask=offs_s < n_sel, other=-1)
+        for j in range(n_sel):
+            c_sel = tl.load(i_base + j * sis)
+            prev = tl.load(i_base + (j - 1) * sis, mask=j > 0, other=-1)
+            ok = (c_sel >= 0) & (c_sel < n_kb) & (c_sel != prev)
+            acc, m_i, l_i = _attn_block(q, acc, m_i, l_i, tl.where(ok, c_sel, 0), ok, k_base, v_base, m_base,
+                                        skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr,
+                                        offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, False)
+        # Rows with fewer than min_seq_len allowed keys attend all of them.
+        if MASK_KIND == 0:
+            if IS_CAUSAL:
+                cnt = tl.minimum(qpos + 1, Skv)
+            else:
+                cnt = tl.zeros([M], dtype=tl.int32) + Skv
+        else:
+            cnt = tl.zeros([M], dtype=tl.int32)
+            jj = 0
+            while (jj < kv_end) & (tl.min(tl.where(row_ok, cnt, min_seq_len), 0) < min_seq_len):
+                offs = jj + tl.arange(0, SCAN_N)
+                al, _b = mask_tile(m_base, smq, smk, qpos, offs, row_ok, Skv, mask_thr, MASK_KIND, IS_CAUSAL)
+                cnt += tl.sum(al.to(tl.int32), 1)
+                jj += SCAN_N
+        dense_row = (cnt < min_seq_len) & row_ok
+        if tl.max(dense_row.to(tl.int32), 0) != 0:
+            for c in range(n_blocks):
+                is_sel = tl.sum((sel_vec == c).to(tl.int32), 0) != 0
+                acc, m_i, l_i = _attn_block(q, acc, m_i, l_i, c, dense_row & (is_sel == 0), k_base, v_base,
+                                            m_base, skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale,
+                                            mask_thr, offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, False)
+    else:
+        if MASK_KIND == 0:
+            if IS_CAUSAL:
+                n_full = tl.minimum((q0 + 1) // BLOCK_N, Skv // BLOCK_N)
+            else:
+                n_full = Skv // BLOCK_N
+        else:
+            n_full = 0
+        for c in range(n_full):
+            acc, m_i, l_i = _attn_block(q, acc, m_i, l_i, c, True, k_base, v_base, m_base,
+                                        skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr,
+                                        offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, True)
+        for c in range(n_full, n_blocks):
+            acc, m_i, l_i = _attn_block(q, acc, m_i, l_i, c, True, k_base, v_base, m_base,
+                                        skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr,
+                                        offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, False)
+
+    l_ok = l_i > 0
+    out = tl.where(l_ok[:, None], acc / tl.where(l_ok, l_i, 1.0)[:, None], 0.0)
+    tl.store(Out + b * sob + head[:, None] * soh + qpos[:, None] * sos + offs_dv[None, :] * sod,
+             out.to(Out.dtype.element_ty), mask=row_ok[:, None])
+    if WRITE_LSE:
+        m_safe = tl.where(m_i == float("-inf"), 0.0, m_i)
+        lse = tl.where(l_ok, m_safe + tl.log2(tl.where(l_ok, l_i, 1.0)), float("-inf"))
+        tl.store(Lse + (b * Hq + head) * Sq + qpos, lse, mask=row_ok)
+
+
+@triton.jit
+def _prefill_importance_kernel(
+    Q, K, Mask, Lse, Imp,
+    sqb, sqh, sqs, sqd,
+    skb, skh, skn, skd,
+    smb, smq, smk,
+    Hq, Sq, Skv, n_kb, n_qb, qk_scale, mask_thr,
+    HP: tl.constexpr, G: tl.constexpr, QB: tl.constexpr, D: tl.constexpr,
+    MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr,
+):
+    """Imp[b, head group, qb, c] = sum of exact probabilities of the group's rows over KV block c; -1 if c holds no
+    allowed key of the query block."""
+    qb = tl.program_id(0)
+    pid1 = tl.program_id(1)
+    n_hg = Hq // HP
+    b = (pid1 // n_hg).to(tl.int64)
+    hg = pid1 % n_hg
+    h0 = hg * HP
+    kvh = (h0 // G).to(tl.int64)
+    M: tl.constexpr = HP * QB
+    rows = tl.arange(0, M)
+    head = (h0 + rows // QB).to(tl.int64)
+    q0 = qb * QB
+    qpos = q0 + rows % QB
+    row_ok = qpos < Sq
+    offs_d = tl.arange(0, D)
+    offs_n = tl.arange(0, QB)
+    q = tl.load(Q + b * sqb + head[:, None] * sqh + qpos[:, None] * sqs + offs_d[None, :] * sqd,
+                mask=row_ok[:, None], other=0.0)
+    lse = tl.load(Lse + (b * Hq + head) * Sq + qpos, mask=row_ok, other=float("-inf"))
+    lse = tl.where(lse == float("-inf"), float("inf"), lse)  # rows with no allowed key contribute 0
+    k_base = K + b * skb + kvh * skh
+    m_base = Mask + b * smb
+    imp_base = Imp + ((b * n_hg + hg) * n_qb + qb) * n_kb
+    if IS_CAUSAL:
+        kv_end = tl.minimum(Skv, q0 + QB)
+    else:
+        kv_end = Skv
+    n_blocks = tl.cdiv(kv_end, QB)
+    for c in range(n_blocks):
+        offs_k = c * QB + offs_n
+        allowed, bias = mask_tile(m_base, smq, smk, qpos, offs_k, row_ok, Skv, mask_thr, MASK_KIND, IS_CAUSAL)
+        kmask = tl.max(allowed.to(tl.int32), 0) != 0
+        k = tl.load(k_base + offs_k[:, None] * skn + offs_d[None, :] * skd, mask=kmask[:, None], other=0.0)
+        sc = tl.dot(q, tl.trans(k)) * qk_scale
+        if MASK_KIND == 2:
+            sc += bias * 1.4426950408889634
+        p = tl.where(allowed, tl.exp2(sc - lse[:, None]), 0.0)
+        val = tl.sum(tl.sum(p, 1), 0)
+        cand = tl.sum(kmask.to(tl.int32), 0) > 0
+        tl.store(imp_base + c, tl.where(cand, val, -1.0))
+    for c in range(n_blocks, n_kb):
+        tl.store(imp_base + c, -1.0)
+
+
+@triton.jit
+def _prefill_select_kernel(Imp, BlockIdx, n_kb, n_select, sink_blocks, local_blocks,
+                           NG: tl.constexpr, C_PAD: tl.constexpr, N_SEL_PAD: tl.constexpr):
+    """One program per (b, kv head, query block) row; Imp [B, Hkv, NG, n_qb, n_kb] with NG head groups."""
+    pid = tl.program_id(0).to(tl.int64)
+    n_qb = tl.num_programs(1)
+    r = tl.program_id(1)
+    offs_c = tl.arange(0, C_PAD)
+    cm = offs_c < n_kb
+    base = Imp + (pid * NG * n_qb + r) * n_kb
+    first = tl.load(base + offs_c, mask=cm, other=-1.0)
+    cand = first >= 0
+    imp = tl.where(cand, first, 0.0)
+    for g in range(1, NG):
+        imp += tl.where(cand, tl.load(base + g * n_qb * n_kb + offs_c, mask=cm, other=0.0), 0.0)
+    select_row(imp, cand, offs_c, BlockIdx + (pid * n_qb + r) * n_select, n_select, sink_blocks, local_blocks,
+               N_SEL_PAD)
+
+
+def _pack(G: int, block_size: int) -> int:
+    hp = 1
+    while hp * 2 <= G and G % (hp * 2) == 0 and hp * 2 * block_size <= 128:
+        hp *= 2
+    return hp
+
+
+def _cfg(D: int, rows: int):
+    if rows >= 128:
+        return (8, 3) if D >= 128 else (4, 3)
+    return 4, 3
+
+
+def _prefill_attn(q, k, v, mask, is_causal, scale, block_size, block_idx, min_seq_len, write_lse,
+                  num_warps=None, num_stages=None):
+    B, Hq, Sq, D = q.shape
+    Hkv, Skv, DV = k.shape[1], k.shape[2], v.shape[3]
+    G = Hq // Hkv
+    HP = _pack(G, block_size)
+    n_kb, n_qb = triton.cdiv(Skv, block_size), triton.cdiv(Sq, block_size)
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    dev = q.device
+    m, kind, smb, smq, smk, thr = _mask_args(mask, B, Sq, Skv, q)
+    sparse = block_idx is not None
+    if sparse:
+        idx, n_sel = block_idx, block_idx.shape[-1]
+        sidx = (idx.stride(0), idx.stride(1), idx.stride(2), idx.stride(3))
+    else:
+        idx, n_sel, sidx = q, 0, (0, 0, 0, 0)
+    out = torch.empty(B, Hq, Sq, DV, dtype=q.dtype, device=dev)
+    lse = torch.empty(B, Hq, Sq, dtype=torch.float32, device=dev) if write_lse else out
+    nw, ns = _cfg(D, HP * block_size)
+    _prefill_attn_kernel[(n_qb, B * (Hq // HP))](
+        q, k, v, m, idx, out, lse,
+        q.stride(0), q.stride(1), q.stride(2), q.stride(3),
+        k.stride(0), k.stride(1), k.stride(2), k.stride(3),
+        v.stride(0), v.stride(1), v.stride(2), v.stride(3),
+        smb, smq, smk, *sidx,
+        out.stride(0), out.stride(1), out.stride(2), out.stride(3),
+        Hq, Sq, Skv, n_kb, n_sel, scale * 1.4426950408889634, thr, min_seq_len,
+        HP=HP, G=G, QB=block_size, BLOCK_N=block_size, D=D, DV=DV, MASK_KIND=kind, IS_CAUSAL=bool(is_causal),
+        SPARSE=sparse, WRITE_LSE=write_lse, N_SEL_PAD=triton.next_power_of_2(max(n_sel, 1)), SCAN_N=64,
+        num_warps=num_warps or nw, num_stages=num_stages or ns,
+    )
+    return out, lse
+
+
+def prefill_topk_attention(q, k, v, mask, is_causal, scale, block_size, n_select, sink_blocks, local_blocks,
+                           min_seq_len):
+    """Producer for any Sq: (out [B, Hq, Sq, Dv], block_idx int32 [B, Hkv, ceil(Sq/bs), n_select])."""
+    B, Hq, Sq, D = q.shape
+    Hkv, Skv = k.shape[1], k.shape[2]
+    G = Hq // Hkv
+    HP = _pack(G, block_size)
+    n_kb, n_qb = triton.cdiv(Skv, block_size), triton.cdiv(Sq, block_size)
+    out, lse = _prefill_attn(q, k, v, mask, is_causal, scale, block_size, None, min_seq_len, True)
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    m, kind, smb, smq, smk, thr = _mask_args(mask, B, Sq, Skv, q)
+    imp = torch.empty(B, Hq // HP, n_qb, n_kb, dtype=torch.float32, device=q.device)
+    nw, ns = _cfg(D, HP * block_size)
+    _prefill_importance_kernel[(n_qb, B * (Hq // HP))](
+        q, k, m, lse, imp,
+        q.stride(0), q.stride(1), q.stride(2), q.stride(3),
+        k.stride(0), k.stride(1), k.stride(2), k.stride(3),
+        smb, smq, smk,
+        Hq, Sq, Skv, n_kb, n_qb, scale * 1.4426950408889634, thr,
+        HP=HP, G=G, QB=block_size, D=D, MASK_KIND=kind, IS_CAUSAL=bool(is_causal), num_warps=nw, num_stages=ns,
+    )
+    block_idx = torch.empty(B, Hkv, n_qb, n_select, dtype=torch.int32, device=q.device)
+    _prefill_select_kernel[(B * Hkv, n_qb)](
+        imp, block_idx, n_kb, n_select, sink_blocks, local_blocks,
+        NG=G // HP, C_PAD=triton.next_power_of_2(max(n_kb, 1)), N_SEL_PAD=triton.next_power_of_2(max(n_select, 1)),
+        num_warps=4 if n_kb <= 4096 else 8,
+    )
+    return out, block_idx
+
+
+def prefill_sparse_attention(q, k, v, block_idx, mask, is_causal, scale, block_size, min_seq_len, **kw):
+    """Consumer for any Sq: block-sparse FlashAttention over each query block's selected KV blocks."""
+    return _prefill_attn(q, k, v, mask, is_causal, scale, block_size, block_idx, min_seq_len, False, **kw)[0]
