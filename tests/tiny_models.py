@@ -1,0 +1,66 @@
+"""Tiny random-weight Hugging Face models and a helper to run one prefill or one static-cache decode step."""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    MistralConfig,
+    Qwen2Config,
+    Qwen3Config,
+    StaticCache,
+)
+
+VOCAB = 64
+_COMMON = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=64,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=8,
+    max_position_embeddings=256,
+)
+CONFIGS = {
+    "llama": LlamaConfig,
+    "qwen2": Qwen2Config,
+    "qwen3": Qwen3Config,
+    "mistral": MistralConfig,
+}
+
+
+def tiny_config(family: str = "llama", num_layers: int = 2):
+    extra = {"sliding_window": None} if family == "mistral" else {}
+    return CONFIGS[family](num_hidden_layers=num_layers, **_COMMON, **extra)
+
+
+def tiny_model(family: str = "llama", attn: str = "sdpa", num_layers: int = 2, seed: int = 0):
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(tiny_config(family, num_layers), attn_implementation=attn).eval()
+
+
+def padded_batch(seq_len: int, pads: tuple[int, ...] = (0, 5), seed: int = 1):
+    """Token ids [len(pads), seq_len] and an attention mask with ``pads[b]`` left-padding tokens in row b."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, VOCAB, (len(pads), seq_len), generator=generator)
+    mask = torch.ones(len(pads), seq_len, dtype=torch.long)
+    for row, pad in enumerate(pads):
+        mask[row, :pad] = 0
+    return ids, mask
+
+
+@torch.no_grad()
+def prefill_logits(model, ids, mask):
+    return model(ids, attention_mask=mask, use_cache=False).logits
+
+
+@torch.no_grad()
+def decode_step(model, compiled, ids, mask, max_cache_len: int = 48):
+    """Fill a StaticCache with ``ids`` eagerly, then run one decode token through ``compiled``; returns its logits."""
+    cache = StaticCache(config=model.config, max_cache_len=max_cache_len)
+    model(ids, attention_mask=mask, past_key_values=cache, use_cache=True)
+    step_ids = ids[:, -1:]
+    step_mask = torch.cat([mask, torch.ones(mask.shape[0], 1, dtype=mask.dtype)], dim=1)
+    position = torch.tensor([ids.shape[1]])
+    return compiled(step_ids, attention_mask=step_mask, past_key_values=cache, cache_position=position).logits
