@@ -1,0 +1,168 @@
+"""The hylra ops on CPU: opcheck, and the reference semantics against independent computations."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import hylra_compile  # noqa: F401  (registers the ops)
+
+topk_attention = torch.ops.hylra.topk_attention.default
+sparse_attention = torch.ops.hylra.sparse_attention.default
+
+
+def rel_err(out, ref):
+    assert not torch.isnan(out).any()
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def qkv(B=2, Hq=4, Hkv=2, Sq=21, Skv=37, D=16, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, Hq, Sq, D, generator=g).to(dtype)
+    k = torch.randn(B, Hkv, Skv, D, generator=g).to(dtype)
+    v = torch.randn(B, Hkv, Skv, D, generator=g).to(dtype)
+    return q, k, v
+
+
+def padding_mask(B, Sq, Skv, valid):
+    """bool [B, 1, Sq, Skv]: row b keeps its last valid[b] keys (left padding), causal aligned to the end."""
+    mask = torch.zeros(B, 1, Sq, Skv, dtype=torch.bool)
+    for b, n in enumerate(valid):
+        for i in range(Sq):
+            last = Skv - Sq + i
+            mask[b, 0, i, max(0, Skv - n) : last + 1] = True
+    return mask
+
+
+def independent_sparse(q, k, v, block_idx, allowed, scale, bs):
+    """Gather-free loop over (b, query head, query): softmax over allowed keys inside the selected blocks."""
+    B, Hq, Sq, _ = q.shape
+    G = Hq // k.shape[1]
+    out = torch.zeros(B, Hq, Sq, v.shape[-1], dtype=torch.float64)
+    for b in range(B):
+        for h in range(Hq):
+            for i in range(Sq):
+                blocks = {int(c) for c in block_idx[b, h // G, i // bs] if c >= 0}
+                keys = [j for j in range(k.shape[2]) if allowed[b, 0, i, j] and j // bs in blocks]
+                if not keys:
+                    continue
+                s = torch.stack([q[b, h, i].double() @ k[b, h // G, j].double() * scale for j in keys])
+                out[b, h, i] = torch.softmax(s, 0) @ v[b, h // G, keys].double()
+    return out
+
+
+def test_opcheck_topk_attention():
+    q, k, v = qkv()
+    mask = padding_mask(2, 21, 37, [37, 30])
+    torch.library.opcheck(topk_attention, (q, k, v, mask, False, 0.3, 8, 3, 1, 1, 0))
+    torch.library.opcheck(topk_attention, (q, k, v, None, True, None, 8, 4, 1, 2, 16))
+
+
+def test_opcheck_sparse_attention():
+    q, k, v = qkv()
+    _, block_idx = topk_attention(q, k, v, None, True, None, 8, 3, 1, 1, 0)
+    torch.library.opcheck(sparse_attention, (q, k, v, block_idx, None, True, None, 8, 0))
+    mask = padding_mask(2, 21, 37, [37, 30])
+    torch.library.opcheck(sparse_attention, (q, k, v, block_idx, mask, False, 0.25, 8, 10))
+
+
+@pytest.mark.parametrize("Hq,Hkv", [(4, 4), (4, 2), (8, 1)])
+def test_topk_output_equals_sdpa_causal_with_sq_ne_skv(Hq, Hkv):
+    q, k, v = qkv(Hq=Hq, Hkv=Hkv, Sq=13, Skv=29)
+    out, _ = topk_attention(q, k, v, None, True, None, 8, 2, 1, 1, 0)
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    assert rel_err(out, ref) < 1e-6
+
+
+def test_float_mask_follows_hf_convention():
+    q, k, v = qkv()
+    allowed = padding_mask(2, 21, 37, [37, 25])
+    bias = torch.randn(2, 1, 21, 37) * 0.1
+    float_mask = torch.where(allowed, bias, torch.finfo(torch.float32).min)
+    out, _ = topk_attention(q, k, v, float_mask, False, None, 8, 3, 1, 1, 0)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=torch.where(allowed, bias, -math.inf), enable_gqa=True)
+    assert rel_err(out, ref) < 1e-6
+
+
+def test_fully_masked_rows_are_zero_not_nan():
+    q, k, v = qkv()
+    mask = padding_mask(2, 21, 37, [37, 10])
+    mask[1, 0, :5] = False
+    out, block_idx = topk_attention(q, k, v, mask, False, None, 8, 3, 1, 1, 0)
+    sparse = sparse_attention(q, k, v, block_idx, mask, False, None, 8, 0)
+    for tensor in (out, sparse):
+        assert not tensor.isnan().any()
+        assert (tensor[1, :, :5] == 0).all()
+
+
+def test_block_idx_format_and_forced_blocks():
+    q, k, v = qkv(Sq=1, Skv=80)
+    valid = [80, 45]
+    mask = padding_mask(2, 1, 80, valid)
+    _, block_idx = topk_attention(q, k, v, mask, False, None, 8, 5, 1, 2, 0)
+    assert block_idx.dtype == torch.int32 and block_idx.shape == (2, 2, 1, 5)
+    for b, n in enumerate(valid):
+        first, last = (80 - n) // 8, 79 // 8
+        for h in range(2):
+            row = block_idx[b, h, 0].tolist()
+            assert row == sorted(row)
+            assert first in row and last in row and last - 1 in row
+            assert all(c >= first for c in row)
+
+
+def test_block_idx_padding_when_few_candidates():
+    q, k, v = qkv(Sq=1, Skv=20)
+    _, block_idx = topk_attention(q, k, v, None, False, None, 8, 6, 1, 1, 0)
+    assert block_idx[0, 0, 0].tolist() == [0, 1, 2, -1, -1, -1]
+
+
+def test_topk_selects_most_important_blocks():
+    q, k, v = qkv(B=1, Hq=1, Hkv=1, Sq=1, Skv=64)
+    k[0, 0, 37] = q[0, 0, 0] * 4  # block 4 dominates
+    _, block_idx = topk_attention(q, k, v, None, False, None, 8, 4, 1, 2, 0)
+    assert block_idx[0, 0, 0].tolist() == [0, 4, 6, 7]
+
+
+@pytest.mark.parametrize("min_seq_len", [0, 12])
+def test_sparse_equals_independent_computation(min_seq_len):
+    q, k, v = qkv()
+    mask = padding_mask(2, 21, 37, [37, 30])
+    _, block_idx = topk_attention(q, k, v, mask, False, 0.3, 8, 3, 1, 1, 0)
+    out = sparse_attention(q, k, v, block_idx, mask, False, 0.3, 8, min_seq_len)
+    dense_rows = mask.sum(-1, keepdim=True) < min_seq_len  # [B, 1, Sq, 1]
+    ref_sparse = independent_sparse(q, k, v, block_idx, mask, 0.3, 8)
+    ref_dense = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.3, enable_gqa=True)
+    ref = torch.where(dense_rows, ref_dense.double(), ref_sparse)
+    assert rel_err(out, ref) < 1e-6
+    if min_seq_len:
+        assert dense_rows.any() and not dense_rows.all()
+
+
+def test_sparse_with_every_block_equals_sdpa():
+    q, k, v = qkv(Sq=13, Skv=29)
+    block_idx = torch.arange(4, dtype=torch.int32).expand(2, 2, 2, 4).contiguous()
+    out = sparse_attention(q, k, v, block_idx, None, True, None, 8, 0)
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    assert rel_err(out, ref) < 1e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_close_to_fp64(dtype):
+    q, k, v = qkv(dtype=dtype)
+    out, block_idx = topk_attention(q, k, v, None, True, None, 8, 3, 1, 1, 0)
+    assert out.dtype == dtype and block_idx.dtype == torch.int32
+    ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=True, enable_gqa=True)
+    assert rel_err(out, ref) < 1e-2
+
+
+def test_errors_are_clear():
+    q, k, v = qkv()
+    with pytest.raises(ValueError, match="sink_blocks \\+ local_blocks"):
+        topk_attention(q, k, v, None, True, None, 8, 1, 1, 1, 0)
+    with pytest.raises(ValueError, match="block_idx must be"):
+        sparse_attention(q, k, v, torch.zeros(2, 2, 1, 3, dtype=torch.int32), None, True, None, 8, 0)
+    with pytest.raises(ValueError, match="outside"):
+        sparse_attention(q, k, v, torch.full((2, 2, 3, 3), 9, dtype=torch.int32), None, True, None, 8, 0)
