@@ -1,0 +1,164 @@
+"""HyLRA's policy optimiser: an exact dynamic programme over the profile's similarity matrix.
+
+Policy space (the one :func:`optimize` searches exactly, and the brute-force test enumerates): every assignment of
+a mode (``full`` / ``producer`` / ``consumer``) to each layer in which
+
+* layer 0, and every layer whose sensitivity exceeds ``max_rnmse``, is not a consumer (it runs dense);
+* each consumer j reuses the *nearest earlier producer* i (the policies :meth:`Policy.from_modes` builds), and in
+  threshold mode needs ``similarity[i, j] >= theta``.
+
+So the layers form contiguous segments, each opened by a producer and followed by its consumers; ``full`` layers
+may sit inside a segment without ending it (a sensitive layer then does not cut a run of reuse). A producer that
+no layer consumes is written as ``full`` (same cost, same result).
+
+Objective: threshold mode minimises the number of dense (full + producer) layers, then maximises the summed
+similarity Σ_consumers similarity[source(j), j]; budget mode fixes the number of dense layers to ``budget`` and
+maximises the summed similarity (θ ignored, as Kascade's anchor selection).
+
+The DP: after layers 0..j-1, state (k, a) = (k dense layers so far, nearest producer a, or none), value = the
+largest summed similarity reaching it. Layer j either consumes a (k, a), runs full (k + 1, a) or produces
+(k + 1, j). (L + 1)² states per layer and O(1) work per transition: O(L³) time, O(L³) memory for the back-pointers
+(the work per layer is vectorised over states with numpy).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+
+from .policy import Policy
+from .profiler import Profile
+
+# Back-pointer codes of the DP.
+_CONSUMER, _FULL, _PRODUCER = 0, 1, 2
+
+
+def optimize(
+    profile: Profile,
+    *,
+    theta: float | None = None,
+    max_rnmse: float | None = None,
+    budget: int | None = None,
+) -> Policy:
+    """The optimal policy in the space of the module docstring.
+
+    ``theta`` in [0, 1]: least similarity a consumer needs to its producer (threshold mode; required unless
+    ``budget`` is given). ``max_rnmse``: layers with a larger sensitivity run dense. ``budget``: run exactly that
+    many layers dense (layer 0 and the sensitive ones among them) and let every other layer consume; ``theta`` is
+    then ignored. When ``theta`` admits no reuse at all the result is every layer full, with a warning naming why
+    each layer could not consume. Ties between equally good policies go to the one found first by the DP.
+    The policy's provenance records the parameters, the profile's metadata and its matrices.
+    """
+    if not isinstance(profile, Profile):
+        raise ValueError(f"optimize needs a hylra_compile.Profile, got {type(profile).__name__}")
+    num_layers = profile.num_layers
+    similarity, sensitivity = profile.similarity, profile.sensitivity
+    if budget is None:
+        if theta is None:
+            raise ValueError("optimize needs theta (threshold mode) or budget (budget mode)")
+        if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not 0.0 <= theta <= 1.0:
+            raise ValueError(f"theta must be a number in [0, 1], got {theta!r}")
+    elif isinstance(budget, bool) or not isinstance(budget, int) or not 1 <= budget <= num_layers:
+        raise ValueError(f"budget must be an int in [1, {num_layers}] (dense layers, layer 0 included), got {budget!r}")
+    if max_rnmse is not None and (isinstance(max_rnmse, bool) or not isinstance(max_rnmse, (int, float))
+                                  or math.isnan(max_rnmse) or max_rnmse < 0):
+        raise ValueError(f"max_rnmse must be a number >= 0 or None, got {max_rnmse!r}")
+
+    forced = np.zeros(num_layers, dtype=bool)
+    forced[0] = True
+    if max_rnmse is not None:
+        forced |= sensitivity > max_rnmse
+    if budget is not None and forced.sum() > budget:
+        raise ValueError(
+            f"budget={budget} dense layers is fewer than the {int(forced.sum())} that must run dense "
+            f"(layer 0 and sensitivity > max_rnmse: layers {np.flatnonzero(forced).tolist()})"
+        )
+    may_reuse = np.ones_like(similarity, dtype=bool) if budget is not None else similarity >= theta
+    modes, sources, total = _solve(similarity, may_reuse, forced, budget)
+
+    if budget is None and num_layers > 1 and "consumer" not in modes:
+        warnings.warn(_why_no_reuse(similarity, sensitivity, theta, max_rnmse), stacklevel=2)
+    provenance = {
+        "optimizer": "hylra-dp",
+        "theta": None if budget is not None else float(theta),
+        "max_rnmse": max_rnmse,
+        "budget": budget,
+        **{key: profile.metadata.get(key) for key in ("top_k", "block_size", "sink_blocks", "local_blocks",
+                                                       "calibration", "model")},
+        "num_dense_layers": sum(mode != "consumer" for mode in modes),
+        "summed_similarity": total,
+        "similarity": similarity.tolist(),
+        "sensitivity": sensitivity.tolist(),
+    }
+    return Policy.from_modes(modes, sources, num_kv_heads=profile.num_kv_heads, provenance=provenance)
+
+
+def _solve(
+    similarity: np.ndarray, may_reuse: np.ndarray, forced: np.ndarray, budget: int | None
+) -> tuple[list[str], list[int | None], float]:
+    """Run the DP; return (modes, sources, summed similarity) of the optimum."""
+    num_layers = similarity.shape[0]
+    none = num_layers  # the state "no producer yet"
+    # best[k, a]: largest summed similarity with k dense layers so far and nearest producer a.
+    best = np.full((num_layers + 1, num_layers + 1), -np.inf)
+    best[0, none] = 0.0
+    choices, producer_from = [], []
+    for j in range(num_layers):
+        consume = np.full(num_layers + 1, -np.inf)
+        if not forced[j]:
+            # Gain of consuming producer a (rows a >= j are unreachable and stay -inf in best).
+            consume[:j] = np.where(may_reuse[:j, j], similarity[:j, j], -np.inf)
+        via_consume = best + consume[None, :]
+        via_full = np.vstack([np.full((1, num_layers + 1), -np.inf), best[:-1]])
+        new = np.maximum(via_consume, via_full)
+        choice = np.where(via_consume >= via_full, _CONSUMER, _FULL)
+        choice[new == -np.inf] = _FULL
+        # Producing: state (k + 1, j) from the best state with k dense layers, whatever its producer.
+        previous = best[:-1].argmax(axis=1)
+        new[1:, j] = best[:-1].max(axis=1)
+        new[0, j] = -np.inf
+        choice[:, j] = _PRODUCER
+        choices.append(choice)
+        producer_from.append(np.concatenate([[none], previous]))
+        best = new
+
+    if budget is None:
+        k = int(np.flatnonzero((best > -np.inf).any(axis=1))[0])
+    else:
+        k = budget
+    a = int(best[k].argmax())
+    total = float(best[k, a])
+
+    modes: list[str] = [""] * num_layers
+    for j in range(num_layers - 1, -1, -1):
+        code = choices[j][k, a]
+        if code == _PRODUCER:
+            modes[j] = "producer"
+            k, a = k - 1, int(producer_from[j][k])
+        elif code == _FULL:
+            modes[j] = "full"
+            k -= 1
+        else:
+            modes[j] = "consumer"
+    sources: list[int | None] = []
+    nearest = None
+    for j, mode in enumerate(modes):
+        sources.append(nearest if mode == "consumer" else None)
+        if mode == "producer":
+            nearest = j
+    consumed = {s for s in sources if s is not None}
+    modes = ["full" if mode == "producer" and j not in consumed else mode for j, mode in enumerate(modes)]
+    return modes, sources, total
+
+
+def _why_no_reuse(similarity: np.ndarray, sensitivity: np.ndarray, theta: float, max_rnmse: float | None) -> str:
+    reasons = ["layer 0 (first layer)"]
+    for j in range(1, similarity.shape[0]):
+        if max_rnmse is not None and sensitivity[j] > max_rnmse:
+            reasons.append(f"layer {j} (sensitivity {sensitivity[j]:.3g} > max_rnmse {max_rnmse:.3g})")
+        else:
+            i = int(similarity[:j, j].argmax())
+            reasons.append(f"layer {j} (best similarity {similarity[i, j]:.3g} with layer {i} < theta)")
+    return f"theta={theta} admits no reuse, so every layer runs full attention; " + "; ".join(reasons)
