@@ -1,0 +1,74 @@
+"""Figures of a policy and its profile (matplotlib, imported only when a figure is drawn)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .policy import Policy
+
+MODE_COLORS = {"full": "#9e9e9e", "producer": "#1f77b4", "consumer": "#ff7f0e"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_similarity(similarity: np.ndarray, policy: Policy, path: str | Path) -> None:
+    """Heatmap of similarity[i, j] (row: producer i, column: consumer j, upper triangle only) with each chosen
+    reuse edge (source(j), j) outlined, written to ``path``."""
+    plt = _pyplot()
+    from matplotlib.patches import Rectangle
+
+    similarity = np.asarray(similarity, dtype=np.float64)
+    num_layers = similarity.shape[0]
+    if policy.num_layers != num_layers:
+        raise ValueError(f"the policy has {policy.num_layers} layers but the similarity matrix {num_layers}")
+    shown = np.ma.masked_where(~np.triu(np.ones_like(similarity, dtype=bool), k=1), similarity)
+    size = 3 + 0.25 * num_layers
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(shown, vmin=0.0, vmax=1.0, cmap="viridis", origin="upper")
+    fig.colorbar(image, ax=ax, label="similarity |S_i ∩ S_j| / |S_j|")
+    for j, source in enumerate(policy.sources):
+        if source is not None:
+            ax.add_patch(Rectangle((j - 0.5, source - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+    ax.set_xlabel("consumer layer j")
+    ax.set_ylabel("producer layer i")
+    theta = policy.provenance.get("theta")
+    ax.set_title("layer similarity; red: chosen reuse" + (f" (θ = {theta:g})" if theta is not None else ""))
+    step = max(1, num_layers // 16)
+    ax.set_xticks(range(0, num_layers, step))
+    ax.set_yticks(range(0, num_layers, step))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_policy(policy: Policy, path: str | Path) -> None:
+    """One strip of layers coloured by mode (full / producer / consumer), each consumer labelled with its source,
+    written to ``path``."""
+    plt = _pyplot()
+    from matplotlib.patches import Patch
+
+    num_layers = policy.num_layers
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.3 * num_layers + 1), 1.2))
+    for layer, (mode, source) in enumerate(zip(policy.modes, policy.sources)):
+        ax.bar(layer, 1, width=1.0, color=MODE_COLORS[mode], edgecolor="white")
+        if source is not None and num_layers <= 64:
+            ax.text(layer, 0.5, str(source), ha="center", va="center", fontsize=7, color="black")
+    ax.set_xlim(-0.5, num_layers - 0.5)
+    ax.set_ylim(0, 1)
+    ax.set_yticks([])
+    ax.set_xlabel("layer (consumers labelled with their producer)")
+    step = max(1, num_layers // 32)
+    ax.set_xticks(range(0, num_layers, step))
+    ax.legend(handles=[Patch(color=color, label=mode) for mode, color in MODE_COLORS.items()],
+              loc="lower center", bbox_to_anchor=(0.5, 1.02), ncol=3, frameon=False)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
