@@ -26,7 +26,7 @@ def mask_tile(
     MASK_KIND 0: no mask; 1: bool/uint8 mask (nonzero = attend); 2: float mask (HF: -inf or <= mask_thr drops the
     key, other values are added to the scores). Masked-out loads fetch nothing.
     """
-    allowed = (offs_k[None, :] < Skv) & q_valid[:, None]
+    allowed = (offs_k[None, :] < Skv) & (q_valid[:, None] != 0)
     if IS_CAUSAL:
         allowed = allowed & (offs_k[None, :] <= offs_q[:, None])
     bias = tl.zeros(allowed.shape, dtype=tl.float32)

@@ -56,12 +56,12 @@ def _decode_split_kernel(
         # A query with fewer than min_seq_len allowed keys attends all of them: count (stop early once enough).
         if MASK_KIND == 0:
             if IS_CAUSAL:
-                cnt = tl.minimum(Skv, 1)
+                cnt = tl.zeros([], dtype=tl.int32) + tl.minimum(Skv, 1)
             else:
-                cnt = Skv
+                cnt = tl.zeros([], dtype=tl.int32) + Skv
         else:
-            cnt = 0
-            j = 0
+            cnt = tl.zeros([], dtype=tl.int32)
+            j = tl.zeros([], dtype=tl.int32)
             while (j < Skv) & (cnt < min_seq_len):
                 offs = j + tl.arange(0, SCAN_N)
                 al, _b = mask_tile(m_base, 0, smk, zero_q, offs, one_q, Skv, mask_thr, MASK_KIND, IS_CAUSAL)

@@ -117,7 +117,7 @@ def _prefill_attn_kernel(
                 cnt = tl.zeros([M], dtype=tl.int32) + Skv
         else:
             cnt = tl.zeros([M], dtype=tl.int32)
-            jj = 0
+            jj = tl.zeros([], dtype=tl.int32)
             while (jj < kv_end) & (tl.min(tl.where(row_ok, cnt, min_seq_len), 0) < min_seq_len):
                 offs = jj + tl.arange(0, SCAN_N)
                 al, _b = mask_tile(m_base, smq, smk, qpos, offs, row_ok, Skv, mask_thr, MASK_KIND, IS_CAUSAL)

@@ -1,0 +1,280 @@
+"""Triton kernels against the reference (hylra_compile.lowering.reference).
+
+Without a GPU these run under TRITON_INTERPRET=1 on CPU tensors at tiny sizes (fp32, block 16); ``pytest -m cuda``
+runs the same cases on the GPU in bf16 and fp16 at block 64, plus the op dispatch and a CUDA-graph replay.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+
+from hylra_compile.kernels import (
+    decode_sparse_attention,
+    decode_topk_attention,
+    prefill_sparse_attention,
+    prefill_topk_attention,
+)
+from hylra_compile.lowering import reference as R
+
+TOL = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 2e-2}
+
+
+# ----------------------------------------------------------------------------------------------------------- helpers
+def rel_err(out, ref):
+    out, ref = out.double(), ref.double()
+    assert not torch.isnan(out).any(), "NaN in output"
+    den = ref.norm()
+    return ((out - ref).norm() / den).item() if den > 0 else out.norm().item()
+
+
+def ref_importance(q, k, v, mask, is_causal, scale, bs):
+    """importance [B, Hkv, nqb, nkb] (float64) and candidate, exactly as reference.topk_attention defines them."""
+    B, Hq, Sq, D = q.shape
+    Hkv, Skv = k.shape[1], k.shape[2]
+    G = Hq // Hkv
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    allowed, bias = R._allowed_and_bias(mask, is_causal, 0, Sq, (B, Hkv, G, Sq, Skv), torch.float64, q.device)
+    qc = q.double().reshape(B, Hkv, G, Sq, D)
+    _, probs = R._masked_attention(qc, k.double(), v.double(), allowed, bias, scale)
+    nkb, nqb = R.num_blocks(Skv, bs), R.num_blocks(Sq, bs)
+    pad = (0, nkb * bs - Skv, 0, nqb * bs - Sq)
+    imp = torch.nn.functional.pad(probs.sum(2), pad).view(B, Hkv, nqb, bs, nkb, bs).sum((3, 5))
+    hit = torch.nn.functional.pad(allowed.any(2), pad).view(B, Hkv, nqb, bs, nkb, bs).any(5).any(3)
+    return imp, hit
+
+
+def assert_same_selection(got, want, imp, rtol):
+    """block_idx identical except where the swapped blocks tie in importance (within the dtype's precision)."""
+    assert got.dtype == torch.int32 and got.shape == want.shape
+    if torch.equal(got, want):
+        return
+    g2, w2, imp2 = got.reshape(-1, got.shape[-1]).cpu(), want.reshape(-1, want.shape[-1]).cpu(), imp.reshape(-1, imp.shape[-1]).cpu()
+    for r in range(g2.shape[0]):
+        if torch.equal(g2[r], w2[r]):
+            continue
+        gs, ws = set(g2[r].tolist()) - {-1}, set(w2[r].tolist()) - {-1}
+        assert len(gs) == len(ws), f"row {r}: {g2[r].tolist()} vs {w2[r].tolist()}"
+        assert g2[r].tolist() == sorted(gs) + [-1] * (g2.shape[1] - len(gs)), f"row {r} not ascending/-1 padded"
+        only_g, only_w = sorted(gs - ws), sorted(ws - gs)
+        gi, wi = imp2[r, only_g], imp2[r, only_w]
+        scale = imp2[r].abs().max().item()
+        assert (wi.max() - gi.min()).item() <= rtol * scale + 1e-12, (
+            f"row {r}: picked {only_g} ({gi.tolist()}) instead of {only_w} ({wi.tolist()})"
+        )
+
+
+def make_qkv(B, Hq, Hkv, Sq, Skv, D, dtype, device, layout="contig", seed=0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+
+    def t(H, S):
+        x = torch.randn(B, S, H, D, generator=g)  # [B, S, H, D] then transposed: non-contiguous
+        x = x.transpose(1, 2) if layout == "bshd" else x.transpose(1, 2).contiguous()
+        return x.to(device=device, dtype=dtype)
+
+    return t(Hq, Sq), t(Hkv, Skv), t(Hkv, Skv)
+
+
+def make_mask(kind, B, Sq, Skv, valid, device, left=False, dtype=torch.float32, seed=1):
+    """bool / float masks [B, 1, Sq|1, Skv]: key j valid for row b when j < valid[b] (or >= Skv - valid[b] if left)."""
+    if kind is None:
+        return None
+    j = torch.arange(Skv)
+    lens = torch.tensor(valid)[:, None]
+    keep = (j[None, :] >= Skv - lens) if left else (j[None, :] < lens)  # [B, Skv]
+    keep = keep[:, None, None, :].expand(B, 1, Sq, Skv)
+    if Sq > 1:  # causal part aligned to the end of the valid region, HF style
+        i = torch.arange(Sq)[:, None]
+        keep = keep & (j[None, :] <= i + (Skv - Sq))
+    if kind == "bool":
+        return keep.contiguous().to(device)
+    g = torch.Generator().manual_seed(seed)
+    bias = 0.5 * torch.randn(B, 1, Sq, Skv, generator=g)
+    m = torch.where(keep, bias, torch.finfo(dtype).min)
+    return m.to(dtype=dtype, device=device)
+
+
+# -------------------------------------------------------------------------------------------------------- the cases
+DECODE_CASES = {
+    # name: (B, Hq, Hkv, Skv, D, mask kind, valid lengths, left, is_causal, n_select, sink, local)
+    "d64_g1_nomask": (1, 2, 2, 200, 64, None, None, False, False, 5, 1, 1),
+    "d128_g4_bool_static": (3, 8, 2, 250, 128, "bool", [250, 90, 17], False, False, 4, 1, 1),
+    "d64_g8_float_left": (3, 8, 1, 230, 64, "float", [230, 100, 33], True, False, 5, 1, 2),
+    "d64_g4_causal_topleft": (2, 4, 1, 100, 64, None, None, False, True, 3, 1, 1),
+    "d64_g4_nsel_ge_blocks": (2, 8, 2, 150, 64, "bool", [150, 70], False, False, 12, 1, 1),
+    "d64_g4_fully_masked": (2, 4, 1, 120, 64, "bool", [120, 0], False, False, 3, 1, 1),
+}
+PREFILL_CASES = {
+    # name: (B, Hq, Hkv, Sq, Skv, D, mask kind, valid, left, is_causal, n_select, sink, local)
+    "d64_g4_causal": (1, 4, 1, 100, 100, 64, None, None, False, True, 3, 1, 1),
+    "d64_g1_bool_left": (3, 2, 2, 70, 70, 64, "bool", [70, 50, 9], True, False, 3, 1, 1),
+    "d128_g8_float_sq_ne_skv": (1, 8, 1, 40, 90, 128, "float", [90], False, False, 3, 1, 1),
+    "d64_g2_causal_sq_lt_skv": (2, 4, 2, 40, 90, 64, None, None, False, True, 2, 1, 1),
+    "d64_g4_nsel_ge_blocks": (2, 4, 1, 60, 60, 64, "bool", [60, 33], False, False, 8, 1, 1),
+    "d64_g4_fully_masked": (2, 4, 1, 50, 50, 64, "bool", [50, 0], False, False, 2, 1, 1),
+}
+
+
+def _settings(device):
+    if device == "cpu":
+        return [(torch.float32, 16)]
+    return [(torch.bfloat16, 64), (torch.float16, 64)]
+
+
+def _scale_case(case, device, prefill):
+    """On the GPU multiply lengths so that block 64 gives several blocks (and lengths stay non-multiples of 64)."""
+    if device == "cpu":
+        return case
+    f = 4
+    if prefill:
+        B, Hq, Hkv, Sq, Skv, D, mk, valid, left, causal, n, s, l = case
+        return (B, Hq, Hkv, Sq * f + 3, Skv * f + 3, D, mk, None if valid is None else [v * f + (v > 0) * 3 for v in valid],
+                left, causal, n, s, l)
+    B, Hq, Hkv, Skv, D, mk, valid, left, causal, n, s, l = case
+    return (B, Hq, Hkv, Skv * f + 3, D, mk, None if valid is None else [v * f + (v > 0) * 3 for v in valid], left,
+            causal, n, s, l)
+
+
+def _check_decode(case, device):
+    for dtype, bs in _settings(device):
+        B, Hq, Hkv, Skv, D, mk, valid, left, causal, n_sel, sink, local = _scale_case(case, device, False)
+        q, k, v = make_qkv(B, Hq, Hkv, 1, Skv, D, dtype, device, layout="bshd")
+        mask = make_mask(mk, B, 1, Skv, valid, device, left=left, dtype=torch.float32 if dtype == torch.float32 else dtype)
+        tol = TOL[dtype]
+        out, bidx = decode_topk_attention(q, k, v, mask, causal, None, bs, n_sel, sink, local, 0)
+        rout, rbidx = R.topk_attention(q, k, v, mask, causal, None, bs, n_sel, sink, local, 0)
+        assert out.dtype == q.dtype and out.shape == rout.shape
+        assert rel_err(out, rout) <= tol, (dtype, rel_err(out, rout))
+        imp, cand = ref_importance(q, k, v, mask, causal, None, bs)
+        assert_same_selection(bidx, rbidx, imp, 10 * tol)
+        # consumer on the reference selection, with and without min_seq_len
+        for msl in (0, 40 * (bs // 16)):
+            sout = decode_sparse_attention(q, k, v, rbidx, mask, causal, None, bs, msl)
+            rsout = R.sparse_attention(q, k, v, rbidx, mask, causal, None, bs, msl)
+            assert rel_err(sout, rsout) <= tol, (dtype, msl, rel_err(sout, rsout))
+        n_kb = R.num_blocks(Skv, bs)
+        if n_sel >= n_kb:  # selection covers every candidate: the consumer equals dense attention
+            assert ((bidx >= 0).sum(-1) == cand.sum(-1)).all()
+            assert rel_err(decode_sparse_attention(q, k, v, bidx, mask, causal, None, bs, 0), rout) <= tol
+        if valid is not None and min(valid) == 0:
+            b0 = valid.index(0)
+            assert torch.all(out[b0] == 0) and torch.all(bidx[b0] == -1)
+
+
+def _check_prefill(case, device):
+    for dtype, bs in _settings(device):
+        B, Hq, Hkv, Sq, Skv, D, mk, valid, left, causal, n_sel, sink, local = _scale_case(case, device, True)
+        q, k, v = make_qkv(B, Hq, Hkv, Sq, Skv, D, dtype, device, layout="bshd" if B > 1 else "contig")
+        mask = make_mask(mk, B, Sq, Skv, valid, device, left=left, dtype=torch.float32 if dtype == torch.float32 else dtype)
+        tol = TOL[dtype]
+        out, bidx = prefill_topk_attention(q, k, v, mask, causal, None, bs, n_sel, sink, local, 0)
+        rout, rbidx = R.topk_attention(q, k, v, mask, causal, None, bs, n_sel, sink, local, 0)
+        assert out.dtype == q.dtype and out.shape == rout.shape
+        assert rel_err(out, rout) <= tol, (dtype, rel_err(out, rout))
+        imp, cand = ref_importance(q, k, v, mask, causal, None, bs)
+        assert_same_selection(bidx, rbidx, imp, 10 * tol)
+        for msl in (0, 30 * (bs // 16)):
+            sout = prefill_sparse_attention(q, k, v, rbidx, mask, causal, None, bs, msl)
+            rsout = R.sparse_attention(q, k, v, rbidx, mask, causal, None, bs, msl)
+            assert rel_err(sout, rsout) <= tol, (dtype, msl, rel_err(sout, rsout))
+        if n_sel >= R.num_blocks(Skv, bs):
+            assert ((bidx >= 0).sum(-1) == cand.sum(-1)).all()
+            assert rel_err(prefill_sparse_attention(q, k, v, bidx, mask, causal, None, bs, 0), rout) <= tol
+        if valid is not None and min(valid) == 0:
+            b0 = valid.index(0)
+            assert torch.all(out[b0] == 0) and torch.all(bidx[b0] == -1)
+
+
+# ------------------------------------------------------------------------------------------------ interpreter (CI)
+@pytest.mark.parametrize("name", sorted(DECODE_CASES))
+def test_decode_interpreter(name):
+    _check_decode(DECODE_CASES[name], "cpu")
+
+
+@pytest.mark.parametrize("name", sorted(PREFILL_CASES))
+def test_prefill_interpreter(name):
+    _check_prefill(PREFILL_CASES[name], "cpu")
+
+
+def test_select_ties_and_padding_interpreter():
+    """Exact ties resolve to the lower index; forced sink/local; too few candidates pad -1 (prefill select path)."""
+    from hylra_compile.kernels.prefill import _prefill_select_kernel
+    import triton
+
+    C = 10
+    imp = torch.tensor([[0.5, 0.1, 0.3, 0.3, 0.3, -1.0, 0.2, 0.3, 0.0, 0.05],
+                        [-1.0] * 8 + [0.7, 0.2]], dtype=torch.float32)
+    cand = imp >= 0
+    for n_select, sink, local in [(4, 1, 1), (6, 2, 1), (12, 1, 2), (2, 1, 1)]:
+        out = torch.empty(2, n_select, dtype=torch.int32)
+        _prefill_select_kernel[(2, 1)](imp, out, C, n_select, sink, local, NG=1, C_PAD=16,
+                                       N_SEL_PAD=triton.next_power_of_2(n_select))
+        want = R.select_blocks(imp.clamp_min(0), cand, n_select, sink, local)
+        assert torch.equal(out, want), (n_select, sink, local, out, want)
+
+
+# ---------------------------------------------------------------------------------------------------------- on GPU
+cuda = pytest.mark.cuda
+
+
+@cuda
+@pytest.mark.parametrize("name", sorted(DECODE_CASES))
+def test_decode_cuda(name):
+    _check_decode(DECODE_CASES[name], "cuda")
+
+
+@cuda
+@pytest.mark.parametrize("name", sorted(PREFILL_CASES))
+def test_prefill_cuda(name):
+    _check_prefill(PREFILL_CASES[name], "cuda")
+
+
+@cuda
+def test_ops_dispatch_cuda():
+    """torch.ops.hylra.* route supported inputs to Triton (no warning) and the rest to the reference (one warning)."""
+    from hylra_compile.lowering import dispatch
+
+    q, k, v = make_qkv(2, 8, 2, 1, 1000, 128, torch.bfloat16, "cuda")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out, bidx = torch.ops.hylra.topk_attention(q, k, v, None, False, None, 64, 4, 1, 1, 0)
+        sout = torch.ops.hylra.sparse_attention(q, k, v, bidx, None, False, None, 64, 0)
+    rout, rbidx = R.topk_attention(q, k, v, None, False, None, 64, 4, 1, 1, 0)
+    assert rel_err(out, rout) <= 2e-2 and rel_err(sout, R.sparse_attention(q, k, v, rbidx, None, False, None, 64, 0)) <= 2e-2
+    dispatch._warned.clear()
+    q32, k32, v32 = q.float(), k.float(), v.float()
+    with pytest.warns(UserWarning, match="reference"):
+        torch.ops.hylra.topk_attention(q32, k32, v32, None, False, None, 64, 4, 1, 1, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # second time: no new warning
+        torch.ops.hylra.topk_attention(q32, k32, v32, None, False, None, 64, 4, 1, 1, 0)
+
+
+@cuda
+def test_decode_cuda_graph():
+    """Producer + consumer captured in one CUDA graph and replayed on new data give the eager results."""
+    B, Hq, Hkv, Skv, D = 3, 32, 8, 4000, 128
+    q, k, v = make_qkv(B, Hq, Hkv, 1, Skv, D, torch.bfloat16, "cuda")
+    mask = make_mask("bool", B, 1, Skv, [4000, 2500, 300], "cuda")
+
+    def step():
+        o, b = torch.ops.hylra.topk_attention(q, k, v, mask, False, None, 64, 8, 1, 2, 1024)
+        return o, b, torch.ops.hylra.sparse_attention(q, k, v, b, mask, False, None, 64, 1024)
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        step()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        res = step()
+    q.copy_(torch.randn_like(q))
+    g.replay()
+    torch.cuda.synchronize()
+    want = step()
+    for a, b_ in zip(res, want):
+        assert torch.equal(a, b_)
