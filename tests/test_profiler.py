@@ -1,0 +1,200 @@
+"""The offline profiler on tiny random models: shapes and ranges, exact against an independent recomputation,
+persistence, errors, and the produced policy compiling with the hylra backend."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from transformers import AttentionInterface, AutoModelForCausalLM
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+import hylra_compile
+from hylra_compile import Profile, optimize, profile
+from hylra_compile.lowering import reference
+from tests.tiny_models import VOCAB, tiny_config, tiny_model
+
+NUM_LAYERS, SEQ, BLOCK, TOP_K = 4, 128, 8, 40  # 16 query blocks, 5 selected blocks (1 sink, 2 local, 2 chosen)
+SINK, LOCAL = 1, 2
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model("llama", num_layers=NUM_LAYERS)
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    return torch.randint(0, VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(3))
+
+
+@pytest.fixture(scope="module")
+def llama_profile(model, tokens):
+    return profile(model, tokens, top_k=TOP_K, block_size=BLOCK, head_map=True, progress=False)
+
+
+def test_profile_shapes_and_ranges(model, llama_profile):
+    prof = llama_profile
+    assert prof.similarity.shape == (NUM_LAYERS, NUM_LAYERS)
+    upper = prof.similarity[np.triu_indices(NUM_LAYERS, 1)]
+    assert np.all((upper >= 0) & (upper <= 1)) and np.all(np.tril(prof.similarity) == 0)
+    assert np.all(prof.similarity_min <= prof.similarity + 1e-12)
+    assert prof.sensitivity.shape == (NUM_LAYERS,) and np.all(np.isfinite(prof.sensitivity))
+    assert np.all(prof.sensitivity > 0)  # 5 of 16 blocks cannot reproduce dense attention exactly
+    assert prof.num_kv_heads == 2 and prof.metadata["num_layers"] == NUM_LAYERS
+    assert prof.metadata["num_samples"] == 2 and prof.metadata["n_select"] == 5
+    assert prof.head_map.shape == (NUM_LAYERS, NUM_LAYERS, 2)
+    diagonal = np.diagonal(prof.head_overlap, axis1=2, axis2=3)  # [L, L, H]: head h against head h
+    assert np.allclose(diagonal.mean(-1), prof.similarity) and np.allclose(diagonal.min(-1), prof.similarity_min)
+    assert model.config._attn_implementation == "sdpa"
+
+
+def capture_attention(model, tokens):
+    """q, k, v, mask and scale of every layer of one forward pass, through a plain sdpa wrapper (no hylra code)."""
+    captured = {}
+
+    def capture(module, query, key, value, attention_mask, **kwargs):
+        captured[module.layer_idx] = (query, key, value, attention_mask, kwargs.get("scaling"))
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+    AttentionInterface.register("test_capture", capture)
+    AttentionMaskInterface.register("test_capture", sdpa_mask)
+    model.set_attn_implementation("test_capture")
+    try:
+        with torch.no_grad():
+            model(tokens[None], use_cache=False)
+    finally:
+        model.set_attn_implementation("sdpa")
+    return captured
+
+
+def independent_profile(model, samples):
+    """Similarity and sensitivity from the definitions, with Python sets and explicit loops."""
+    num_layers, n_select = model.config.num_hidden_layers, math.ceil(TOP_K / BLOCK)
+    overlaps = {}  # (i, j, h) -> list of per-query-block overlaps
+    error_sq, dense_sq = np.zeros(num_layers), np.zeros(num_layers)
+    for tokens in samples:
+        sets = {}
+        for layer, (q, k, v, mask, scale) in capture_attention(model, tokens).items():
+            is_causal = mask is None
+            dense, block_idx = reference.topk_attention(q, k, v, mask, is_causal, scale, BLOCK, n_select, SINK, LOCAL, 0)
+            sparse = reference.sparse_attention(q, k, v, block_idx, mask, is_causal, scale, BLOCK, 0)
+            error_sq[layer] += (sparse.double() - dense.double()).square().sum().item()
+            dense_sq[layer] += dense.double().square().sum().item()
+            allowed = torch.ones(SEQ, SEQ, dtype=torch.bool).tril() if mask is None else mask[0, 0]
+            for h in range(k.shape[1]):
+                for r in range(SEQ // BLOCK):
+                    rows = allowed[r * BLOCK : (r + 1) * BLOCK]
+                    candidates = sum(bool(rows[:, c * BLOCK : (c + 1) * BLOCK].any()) for c in range(SEQ // BLOCK))
+                    chosen = {int(c) for c in block_idx[0, h, r] if c >= 0}
+                    sets[layer, h, r] = (chosen, candidates > n_select)
+        for (j, h, r), (chosen_j, counts) in sets.items():
+            for i in range(j):
+                if counts:
+                    overlaps.setdefault((i, j, h), []).append(len(sets[i, h, r][0] & chosen_j) / len(chosen_j))
+    similarity = np.zeros((num_layers, num_layers))
+    for i in range(num_layers):
+        for j in range(i + 1, num_layers):
+            similarity[i, j] = np.mean([np.mean(overlaps[i, j, h]) for h in range(2)])
+    return similarity, np.sqrt(error_sq / dense_sq)
+
+
+def test_profile_matches_independent_recomputation(model, tokens, llama_profile):
+    similarity, sensitivity = independent_profile(model, tokens)
+    np.testing.assert_allclose(llama_profile.similarity, similarity, atol=1e-12)
+    # The capture runs layers on SDPA's outputs, the profiler on the producer op's: fp32 rounding apart.
+    np.testing.assert_allclose(llama_profile.sensitivity, sensitivity, rtol=1e-5)
+
+
+def test_sliding_window_masks_use_the_ops_mask_rule():
+    config = tiny_config("mistral", num_layers=3)
+    config.sliding_window = 48  # a real 4-d bool mask: query blocks far from the start have fewer candidates
+    torch.manual_seed(0)
+    mistral = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+    samples = torch.randint(0, VOCAB, (1, SEQ), generator=torch.Generator().manual_seed(5))
+    prof = profile(mistral, samples, top_k=TOP_K, block_size=BLOCK, progress=False)
+    similarity, sensitivity = independent_profile(mistral, samples)
+    np.testing.assert_allclose(prof.similarity, similarity, atol=1e-12)
+    np.testing.assert_allclose(prof.sensitivity, sensitivity, rtol=1e-5)
+
+
+def test_profile_keeps_the_model_dense_and_restores_attention(model, tokens):
+    with torch.no_grad():
+        before = model(tokens[:1], use_cache=False).logits
+    profile(model, tokens[:1], top_k=TOP_K, block_size=BLOCK, progress=False)
+    assert model.config._attn_implementation == "sdpa"
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens[:1], use_cache=False).logits, before)
+
+
+@pytest.mark.parametrize("suffix", [".json", ".safetensors"])
+def test_profile_save_and_load(llama_profile, tmp_path, suffix):
+    llama_profile.save(tmp_path / f"profile{suffix}")
+    loaded = Profile.load(tmp_path / f"profile{suffix}")
+    for name in ("similarity", "sensitivity", "similarity_min", "head_overlap"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(llama_profile, name))
+    assert loaded.metadata == llama_profile.metadata
+
+
+def test_profile_from_arrays():
+    prof = Profile(similarity=[[1.0, 0.5], [0.3, 1.0]], sensitivity=[0.0, 0.2])
+    assert prof.similarity.tolist() == [[0.0, 0.5], [0.0, 0.0]]  # only i < j is kept
+    assert prof.num_layers == 2 and prof.num_kv_heads is None and prof.head_map is None
+    with pytest.raises(ValueError, match="square"):
+        Profile(np.zeros((2, 3)), [0, 0])
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        Profile([[0, 1.5], [0, 0]], [0, 0])
+    with pytest.raises(ValueError, match="sensitivity must have shape"):
+        Profile(np.zeros((2, 2)), [0.0])
+    with pytest.raises(ValueError, match="finite"):
+        Profile(np.zeros((2, 2)), [0.0, float("nan")])
+
+
+@pytest.mark.parametrize(
+    "calibration, kwargs, message",
+    [
+        ([], {}, "calibration data is empty"),
+        (torch.zeros(0, SEQ, dtype=torch.long), {}, "calibration data is empty"),
+        ([torch.arange(BLOCK - 1)], {}, "fewer than one block of 8"),
+        (["some text"], {}, "needs a tokenizer"),
+        ([torch.rand(SEQ)], {}, "must be integers"),
+        ([torch.arange(SEQ)], {"top_k": 16}, "fewer than sink_blocks \\+ local_blocks"),
+        ([torch.arange(SEQ)], {"top_k": 0}, "top_k must be a positive int"),
+        # 24 tokens are 3 blocks, never more than the 5 selected: every layer selects everything.
+        ([torch.arange(24)], {}, "similarity is undefined"),
+    ],
+)
+def test_profile_errors(model, calibration, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        profile(model, calibration, **{"top_k": TOP_K, "block_size": BLOCK, "progress": False, **kwargs})
+
+
+def test_model_without_attention_is_refused():
+    with pytest.raises(ValueError, match="no attention"):
+        profile(torch.nn.Linear(4, 4), [torch.arange(SEQ)], top_k=TOP_K, block_size=BLOCK, progress=False)
+
+
+def test_seq_len_cuts_windows(model):
+    prof = profile(model, [torch.arange(2 * SEQ + 5) % VOCAB], top_k=TOP_K, block_size=BLOCK, seq_len=SEQ,
+                   progress=False)
+    assert prof.metadata["num_samples"] == 2 and prof.metadata["num_tokens"] == 2 * SEQ
+
+
+def test_produced_policy_compiles_with_the_hylra_backend(model, tokens, llama_profile):
+    theta = float(np.median(llama_profile.similarity[np.triu_indices(NUM_LAYERS, 1)]))
+    policy = optimize(llama_profile, theta=theta)
+    assert "consumer" in policy.modes
+    torch._dynamo.reset()
+    backend = hylra_compile.HylraBackend(policy=policy, inductor=False, top_k=TOP_K, block_size=BLOCK, min_seq_len=0)
+    compiled = torch.compile(model, backend=backend)
+    with torch.no_grad():
+        logits = compiled(tokens[:1], use_cache=False).logits
+    assert logits.shape == (1, SEQ, VOCAB) and torch.isfinite(logits).all()
+    report = backend.reports[0]
+    assert [site.action for site in report.sites] == [
+        {"full": "dense", "producer": "producer", "consumer": "consumer"}[mode] for mode in policy.modes
+    ]
+    assert report.edges() == [(s, j) for j, s in enumerate(policy.sources) if s is not None]
