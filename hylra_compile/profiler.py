@@ -402,6 +402,11 @@ def profile(
         raise ValueError(f"cannot profile {type(model).__name__}: a model with no attention through transformers' "
                          "AttentionInterface (profile needs a transformers PreTrainedModel)")
     samples = calibration_samples(calibration, block_size=block_size, seq_len=seq_len, tokenizer=tokenizer)
+    vocab_size = model.get_input_embeddings().num_embeddings
+    for number, tokens in enumerate(samples):
+        if tokens.min() < 0 or tokens.max() >= vocab_size:
+            raise ValueError(f"calibration sample {number} holds token ids outside the model's vocabulary "
+                             f"[0, {vocab_size}): min {int(tokens.min())}, max {int(tokens.max())}")
     config = model.config
     expected_layers = getattr(config, "num_hidden_layers", None)
     bar = tqdm(total=len(samples) * expected_layers if expected_layers else None, desc="hylra profile",

@@ -161,6 +161,7 @@ def test_profile_from_arrays():
         ([torch.arange(BLOCK - 1)], {}, "fewer than one block of 8"),
         (["some text"], {}, "needs a tokenizer"),
         ([torch.rand(SEQ)], {}, "must be integers"),
+        ([torch.arange(SEQ)], {}, r"outside the model's vocabulary \[0, 64\)"),
         ([torch.arange(SEQ)], {"top_k": 16}, "fewer than sink_blocks \\+ local_blocks"),
         ([torch.arange(SEQ)], {"top_k": 0}, "top_k must be a positive int"),
         # 24 tokens are 3 blocks, never more than the 5 selected: every layer selects everything.

@@ -1,0 +1,123 @@
+"""The ``hylra`` command line end to end on a tiny config-only model, and its errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from hylra_compile import Policy
+from hylra_compile.cli import main
+
+CONFIG = {
+    "model_type": "llama",
+    "vocab_size": 64,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 8,
+    "max_position_embeddings": 256,
+}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def files(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(CONFIG))
+    tokens = torch.randint(0, 64, (2, 160), generator=torch.Generator().manual_seed(0))
+    torch.save(tokens, tmp_path / "tokens.pt")
+    np.save(tmp_path / "tokens.npy", tokens[0, :128].numpy())
+    return tmp_path
+
+
+def profile_args(files, *extra, data=("tokens.pt",)):
+    return [
+        "profile", "--model", str(files / "config.json"), "--data", *[str(files / name) for name in data],
+        "--seq-len", "128", "--top-k", "40", "--block-size", "8", "--out", str(files / "policy.json"),
+        "--no-progress", *extra,
+    ]
+
+
+def run_error(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_profile_then_inspect(files, capsys):
+    assert main(profile_args(files, "--theta", "0.0", "--profile-out", str(files / "profile.safetensors"),
+                             data=("tokens.pt", "tokens.npy"))) == 0
+    policy = Policy.load(files / "policy.json")
+    assert policy.num_layers == 3 and policy.num_kv_heads == 2
+    assert policy.modes == ["producer", "consumer", "consumer"]  # theta 0 admits every reuse
+    assert policy.provenance["theta"] == 0.0 and policy.provenance["top_k"] == 40
+    assert "tokens.pt, tokens.npy" in policy.provenance["calibration"]
+    assert len(policy.provenance["similarity"]) == 3 and len(policy.provenance["sensitivity"]) == 3
+    assert (files / "profile.safetensors").stat().st_size > 0
+    printed = capsys.readouterr().out
+    assert "consumer" in printed and "3 layers, 1 dense, 2 consumers" in printed
+
+    assert main(["inspect", str(files / "policy.json"), "--out-dir", str(files / "figures"),
+                 "--model", str(files / "config.json")]) == 0
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[0].split() == ["layer", "mode", "source", "similarity", "sensitivity"]
+    for name in ("similarity.png", "policy.png"):
+        data = (files / "figures" / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 1000
+
+
+def test_budget_mode(files):
+    assert main(profile_args(files, "--budget", "2")) == 0
+    assert sum(mode != "consumer" for mode in Policy.load(files / "policy.json").modes) == 2
+
+
+def test_inspect_a_baseline_policy_without_profile(files, capsys):
+    Policy.every(2, 3).save(files / "jump2.json")
+    assert main(["inspect", str(files / "jump2.json")]) == 0
+    assert "no similarity.png" in capsys.readouterr().out
+    assert (files / "policy.png").read_bytes().startswith(PNG_MAGIC)
+
+
+@pytest.mark.parametrize("theta", ["1.5", "-0.2", "abc"])
+def test_theta_outside_unit_interval(files, capsys, theta):
+    assert "--theta" in run_error(profile_args(files, "--theta", theta), capsys)
+
+
+def test_empty_data(files, capsys):
+    torch.save(torch.zeros(0, dtype=torch.long), files / "empty.pt")
+    assert "is empty" in run_error(profile_args(files, "--theta", "0.5", data=("empty.pt",)), capsys)
+
+
+def test_sequence_shorter_than_one_block(files, capsys):
+    torch.save(torch.arange(5), files / "short.pt")
+    assert "fewer than one block of 8" in run_error(profile_args(files, "--theta", "0.5", data=("short.pt",)), capsys)
+
+
+def test_text_needs_a_checkpoint_tokenizer(files, capsys):
+    (files / "text.txt").write_text("hello world")
+    assert "token-id files" in run_error(profile_args(files, "--theta", "0.5", data=("text.txt",)), capsys)
+
+
+def test_model_with_no_attention(files, capsys):
+    mamba = {"model_type": "mamba", "vocab_size": 64, "hidden_size": 16, "state_size": 4, "num_hidden_layers": 2}
+    (files / "config.json").write_text(json.dumps(mamba))
+    assert "no attention" in run_error(profile_args(files, "--theta", "0.5"), capsys)
+
+
+def test_policy_for_another_model(files, capsys):
+    Policy.every(2, 4, num_kv_heads=2).save(files / "other.json")
+    err = run_error(["inspect", str(files / "other.json"), "--model", str(files / "config.json")], capsys)
+    assert "is for another model" in err and "4 layers" in err
+
+
+def test_python_dash_m(files):
+    result = subprocess.run([sys.executable, "-m", "hylra_compile.cli", "inspect", "--help"],
+                            capture_output=True, text=True, check=True)
+    assert "--out-dir" in result.stdout
