@@ -50,7 +50,10 @@ class RewritePass(HylraPass):
         opts, sites, graph = ctx.options, ctx.report.sites, gm.graph
         if not any(site.action != "dense" for site in sites):
             return
+        # A site's inputs may be an earlier site's output (attention feeding attention): follow replacements.
+        replaced: dict[torch.fx.Node, torch.fx.Node] = {}
         for site in sites:
+            site.q, site.k, site.v, site.mask = (replaced.get(n, n) for n in (site.q, site.k, site.v, site.mask))
             if site.action == "producer":
                 args = (site.q, site.k, site.v, site.mask, site.is_causal, site.scale, opts.block_size)
                 args += (opts.n_select, opts.sink_blocks, opts.local_blocks, opts.min_seq_len)
@@ -65,6 +68,7 @@ class RewritePass(HylraPass):
             else:
                 continue
             site.node.replace_all_uses_with(out)
+            replaced[site.node] = out
             _erase_unused(graph, site.internal)
         graph.lint()
         gm.recompile()

@@ -1,0 +1,70 @@
+import json
+
+import pytest
+
+from hylra_compile import Policy
+
+
+def test_every_and_full():
+    policy = Policy.every(3, num_layers=7)
+    assert policy.modes == ["producer", "consumer", "consumer", "producer", "consumer", "consumer", "producer"]
+    assert policy.sources == [None, 0, 0, None, 3, 3, None]
+    assert Policy.full(3).modes == ["full"] * 3 and Policy.full(3).sources == [None] * 3
+
+
+def test_from_modes_defaults_to_nearest_earlier_producer():
+    policy = Policy.from_modes(["producer", "full", "consumer", "producer", "consumer"])
+    assert policy.sources == [None, None, 0, None, 3]
+    explicit = Policy.from_modes(["producer", "producer", "consumer"], [None, None, 0])
+    assert explicit.sources == [None, None, 0]
+
+
+def test_save_load_roundtrip(tmp_path):
+    policy = Policy.every(2, num_layers=4, num_kv_heads=2)
+    policy.provenance["theta"] = 0.8
+    policy.save(tmp_path / "p.json")
+    data = json.loads((tmp_path / "p.json").read_text())
+    assert data["format"] == "hylra-policy" and data["version"] == 1 and data["num_kv_heads"] == 2
+    assert Policy.load(tmp_path / "p.json") == policy
+
+
+@pytest.mark.parametrize(
+    "modes,sources,message",
+    [
+        (["producer", "dense"], None, "unknown mode 'dense'; valid modes are"),
+        (["consumer", "producer"], None, "no earlier layer is a producer"),
+        (["producer", "consumer", "producer"], [None, 2, None], "does not come before it"),
+        (["full", "consumer"], [None, 0], "which is 'full', not 'producer'"),
+        (["producer", "full"], [None, 0], "cannot have a source"),
+        (["producer", "consumer"], [None, None], "needs the index of its producer"),
+    ],
+)
+def test_bad_policies(modes, sources, message):
+    with pytest.raises(ValueError, match=message):
+        Policy.from_modes(modes, sources)
+
+
+def test_bad_constructor_args_and_files(tmp_path):
+    with pytest.raises(ValueError, match="n >= 1"):
+        Policy.every(0, 4)
+    with pytest.raises(ValueError, match="num_layers"):
+        Policy.full(0)
+    with pytest.raises(ValueError, match="does not exist"):
+        Policy.load(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        Policy.load(tmp_path / "bad.json")
+    data = Policy.full(2).to_dict()
+    data["version"] = 99
+    (tmp_path / "v.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="unsupported hylra policy version 99"):
+        Policy.load(tmp_path / "v.json")
+
+
+def test_check_model():
+    policy = Policy.every(2, 4, num_kv_heads=8)
+    policy.check_model(4, 8)
+    with pytest.raises(ValueError, match="has 4 layers but the graph has 3"):
+        policy.check_model(3, 8)
+    with pytest.raises(ValueError, match="made for a model with 8 KV heads, this graph has 2"):
+        policy.check_model(4, 2)
