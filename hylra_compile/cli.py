@@ -113,7 +113,8 @@ def load_model(path: str, device: str, dtype: torch.dtype, seed: int) -> tuple[t
             tokenizer = None
     else:
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        with torch.device(device):  # initialise on the target device: an 8B model would take minutes on the CPU
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         tokenizer = None
     return model.to(device).eval(), tokenizer
 

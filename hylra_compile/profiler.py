@@ -246,9 +246,11 @@ class _Recorder:
             query, key, value, mask, is_causal, scaling, bs, self.n_select, self.sink_blocks, self.local_blocks, 0
         )
         sparse = torch.ops.hylra.sparse_attention(query, key, value, block_idx, mask, is_causal, scaling, bs, 0)
-        dense64 = dense.to(torch.float64)
-        self.error_sq[layer] = self.error_sq.get(layer, 0.0) + (sparse.to(torch.float64) - dense64).square().sum().item()
-        self.dense_sq[layer] = self.dense_sq.get(layer, 0.0) + dense64.square().sum().item()
+        # fp32 differences (a 32K-token fp64 copy of the output would cost GBs), fp64 sums.
+        dense32 = dense.float()
+        error_sq = (sparse.float() - dense32).square().sum(dtype=torch.float64).item()
+        self.error_sq[layer] = self.error_sq.get(layer, 0.0) + error_sq
+        self.dense_sq[layer] = self.dense_sq.get(layer, 0.0) + dense32.square().sum(dtype=torch.float64).item()
         candidates = _candidate_block_counts(query, key, mask, is_causal, bs)
         nontrivial = (candidates > self.n_select).expand(block_idx.shape[:3])
         self.layers[layer] = (block_idx, nontrivial)
