@@ -66,19 +66,25 @@ class Profile:
         num_layers = self.similarity.shape[0]
         self.sensitivity = np.asarray(sensitivity, dtype=np.float64)
         if self.sensitivity.shape != (num_layers,):
-            raise ValueError(f"sensitivity must have shape ({num_layers},) to match similarity, got {self.sensitivity.shape}")
+            raise ValueError(
+                f"sensitivity must have shape ({num_layers},) to match similarity, got {self.sensitivity.shape}"
+            )
         if not np.all(np.isfinite(self.sensitivity)) or np.any(self.sensitivity < 0):
             raise ValueError("sensitivity values must be finite and >= 0")
         self.similarity_min = None
         if similarity_min is not None:
             self.similarity_min = _upper_triangle(np.asarray(similarity_min, dtype=np.float64), "similarity_min")
             if self.similarity_min.shape != self.similarity.shape:
-                raise ValueError(f"similarity_min must have shape {self.similarity.shape}, got {self.similarity_min.shape}")
+                raise ValueError(
+                    f"similarity_min must have shape {self.similarity.shape}, got {self.similarity_min.shape}"
+                )
         self.head_overlap = None
         if head_overlap is not None:
             self.head_overlap = np.asarray(head_overlap, dtype=np.float64)
             if self.head_overlap.ndim != 4 or self.head_overlap.shape[:2] != (num_layers, num_layers):
-                raise ValueError(f"head_overlap must have shape ({num_layers}, {num_layers}, H, H), got {self.head_overlap.shape}")
+                raise ValueError(
+                    f"head_overlap must have shape ({num_layers}, {num_layers}, H, H), got {self.head_overlap.shape}"
+                )
         self.metadata = dict(metadata or {})
 
     @property
@@ -106,22 +112,20 @@ class Profile:
     def save(self, path: str | Path) -> None:
         """Write ``.json`` (matrices as nested lists) or ``.safetensors`` (matrices as float64 tensors, metadata in
         the header)."""
-        path = Path(path)
+        path = _profile_path(path)
         header = {"format": PROFILE_FORMAT, "version": PROFILE_VERSION, "metadata": self.metadata}
         if path.suffix == ".safetensors":
             from safetensors.numpy import save_file
 
             save_file({k: np.ascontiguousarray(v) for k, v in self._arrays().items()}, str(path),
                       metadata={"hylra": json.dumps(header)})
-        elif path.suffix == ".json":
+        else:
             data = {**header, **{k: v.tolist() for k, v in self._arrays().items()}}
             path.write_text(json.dumps(data) + "\n")
-        else:
-            raise ValueError(f"profile file {str(path)!r}: unknown extension; valid ones are '.json' and '.safetensors'")
 
     @classmethod
     def load(cls, path: str | Path) -> "Profile":
-        path = Path(path)
+        path = _profile_path(path)
         if not path.is_file():
             raise ValueError(f"profile file {str(path)!r} does not exist")
         if path.suffix == ".safetensors":
@@ -131,10 +135,8 @@ class Profile:
             with safe_open(str(path), framework="numpy") as f:
                 header = json.loads((f.metadata() or {}).get("hylra", "{}"))
             arrays = load_file(str(path))
-        elif path.suffix == ".json":
-            header = arrays = json.loads(path.read_text())
         else:
-            raise ValueError(f"profile file {str(path)!r}: unknown extension; valid ones are '.json' and '.safetensors'")
+            header = arrays = json.loads(path.read_text())
         if header.get("format") != PROFILE_FORMAT or header.get("version") != PROFILE_VERSION:
             raise ValueError(f"{str(path)!r} is not a hylra profile (version {PROFILE_VERSION})")
         return cls(
@@ -147,6 +149,13 @@ class Profile:
 
     def __repr__(self) -> str:
         return f"Profile(num_layers={self.num_layers}, num_kv_heads={self.num_kv_heads})"
+
+
+def _profile_path(path: str | Path) -> Path:
+    path = Path(path)
+    if path.suffix not in (".json", ".safetensors"):
+        raise ValueError(f"profile file {str(path)!r}: unknown extension; valid ones are '.json' and '.safetensors'")
+    return path
 
 
 def _upper_triangle(matrix: np.ndarray, name: str) -> np.ndarray:
@@ -221,8 +230,10 @@ class _Recorder:
         self.overlap_sum: dict[tuple[int, int], Tensor] = {}  # (i, j) -> [H] or [H, H] float64
         self.blocks_counted: dict[int, Tensor] = {}  # j -> [H] number of nontrivial query blocks
 
-    def attention(self, module, query: Tensor, key: Tensor, value: Tensor, attention_mask, scaling, dropout=0.0, **kwargs):
-        if kwargs.get("softcap") is not None or kwargs.get("position_bias") is not None or kwargs.get("s_aux") is not None:
+    def attention(self, module, query: Tensor, key: Tensor, value: Tensor, attention_mask, scaling, dropout=0.0,
+                  **kwargs):
+        """Stands in for ``sdpa_attention_forward``: dense output [B, S, Hq, D] from the producer op, plus records."""
+        if any(kwargs.get(name) is not None for name in ("softcap", "position_bias", "s_aux")):
             raise ValueError("the hylra ops support plain softmax attention only (no softcap, position bias or sinks)")
         layer = getattr(module, "layer_idx", None)
         if not isinstance(layer, int):
@@ -323,7 +334,9 @@ class _Recorder:
         )
 
 
-def _candidate_block_counts(query: Tensor, key: Tensor, mask: Tensor | None, is_causal: bool, block_size: int) -> Tensor:
+def _candidate_block_counts(
+    query: Tensor, key: Tensor, mask: Tensor | None, is_causal: bool, block_size: int
+) -> Tensor:
     """[B|1, Hkv|1, ceil(Sq/bs)]: KV blocks holding an allowed key of the query block, by the ops' own mask rule."""
     B, Hq, Sq, _ = query.shape
     Hkv, Skv = key.shape[1], key.shape[2]

@@ -80,7 +80,9 @@ def independent_profile(model, samples):
         sets = {}
         for layer, (q, k, v, mask, scale) in capture_attention(model, tokens).items():
             is_causal = mask is None
-            dense, block_idx = reference.topk_attention(q, k, v, mask, is_causal, scale, BLOCK, n_select, SINK, LOCAL, 0)
+            dense, block_idx = reference.topk_attention(
+                q, k, v, mask, is_causal, scale, BLOCK, n_select, SINK, LOCAL, 0
+            )
             sparse = reference.sparse_attention(q, k, v, block_idx, mask, is_causal, scale, BLOCK, 0)
             error_sq[layer] += (sparse.double() - dense.double()).square().sum().item()
             dense_sq[layer] += dense.double().square().sum().item()
@@ -139,8 +141,10 @@ def test_profile_save_and_load(llama_profile, tmp_path, suffix):
     assert loaded.metadata == llama_profile.metadata
 
 
-def test_profile_from_arrays():
+def test_profile_from_arrays(tmp_path):
     prof = Profile(similarity=[[1.0, 0.5], [0.3, 1.0]], sensitivity=[0.0, 0.2])
+    with pytest.raises(ValueError, match="unknown extension"):
+        prof.save(tmp_path / "profile.txt")
     assert prof.similarity.tolist() == [[0.0, 0.5], [0.0, 0.0]]  # only i < j is kept
     assert prof.num_layers == 2 and prof.num_kv_heads is None and prof.head_map is None
     with pytest.raises(ValueError, match="square"):
