@@ -49,7 +49,9 @@ def optimize(
     many layers dense (layer 0 and the sensitive ones among them) and let every other layer consume; ``theta`` is
     then ignored. When ``theta`` admits no reuse at all the result is every layer full, with a warning naming why
     each layer could not consume. Ties between equally good policies go to the one found first by the DP.
-    The policy's provenance records the parameters, the profile's metadata and its matrices.
+    The policy's provenance records the parameters, the profile's metadata and its matrices, and, when the
+    profile has a head map, ``head_map[j]``: for each KV head of consumer j, the best-overlapping KV head of its
+    source (informative; the backend pairs equal heads).
     """
     if not isinstance(profile, Profile):
         raise ValueError(f"optimize needs a hylra_compile.Profile, got {type(profile).__name__}")
@@ -92,6 +94,11 @@ def optimize(
         "similarity": similarity.tolist(),
         "sensitivity": sensitivity.tolist(),
     }
+    if profile.head_map is not None:
+        # Per consumer j: for each of its KV heads, the KV head of its source with the largest overlap.
+        provenance["head_map"] = [
+            None if source is None else profile.head_map[source, j].tolist() for j, source in enumerate(sources)
+        ]
     return Policy.from_modes(modes, sources, num_kv_heads=profile.num_kv_heads, provenance=provenance)
 
 

@@ -73,6 +73,25 @@ def test_profile_then_inspect(files, capsys):
         assert data.startswith(PNG_MAGIC) and len(data) > 1000
 
 
+def test_checkpoint_directory_with_text_data(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from tests.tiny_models import VOCAB, tiny_model
+
+    words = {f"w{i}": i for i in range(VOCAB - 1)} | {"[UNK]": VOCAB - 1}
+    tokenizer = Tokenizer(models.WordLevel(words, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]").save_pretrained(tmp_path)
+    tiny_model(num_layers=2).save_pretrained(tmp_path)
+    (tmp_path / "text.txt").write_text(" ".join(f"w{i % 50}" for i in range(300)))  # 300 tokens: 2 windows
+    assert main(["profile", "--model", str(tmp_path), "--data", str(tmp_path / "text.txt"), "--seq-len", "128",
+                 "--top-k", "40", "--block-size", "8", "--theta", "0.0", "--out", str(tmp_path / "policy.json"),
+                 "--no-progress"]) == 0
+    policy = Policy.load(tmp_path / "policy.json")
+    assert policy.modes == ["producer", "consumer"] and policy.num_kv_heads == 2
+
+
 def test_budget_mode(files):
     assert main(profile_args(files, "--budget", "2")) == 0
     assert sum(mode != "consumer" for mode in Policy.load(files / "policy.json").modes) == 2

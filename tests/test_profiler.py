@@ -192,6 +192,9 @@ def test_produced_policy_compiles_with_the_hylra_backend(model, tokens, llama_pr
     theta = float(np.median(llama_profile.similarity[np.triu_indices(NUM_LAYERS, 1)]))
     policy = optimize(llama_profile, theta=theta)
     assert "consumer" in policy.modes
+    for j, source in enumerate(policy.sources):
+        expected = None if source is None else llama_profile.head_map[source, j].tolist()
+        assert policy.provenance["head_map"][j] == expected
     torch._dynamo.reset()
     backend = hylra_compile.HylraBackend(policy=policy, inductor=False, top_k=TOP_K, block_size=BLOCK, min_seq_len=0)
     compiled = torch.compile(model, backend=backend)
