@@ -75,6 +75,30 @@ def _decode_split_kernel(
     start = s * per
     end = tl.minimum(start + per, n_items)
 
+    if not SPARSE:
+        if MASK_KIND != 0:
+            # Trim the split's block range to its first..last allowed key (an unfilled static cache or padding
+            # costs only its mask bytes); blocks trimmed away get lse = -inf.
+            k_lo = start * BLOCK_N
+            k_hi = tl.minimum(end * BLOCK_N, Skv)
+            first = tl.zeros([], dtype=tl.int32) + k_hi
+            last = tl.zeros([], dtype=tl.int32) - 1
+            for j in range(k_lo, k_hi, SCAN_N):
+                offs = j + tl.arange(0, SCAN_N)
+                al, _b = mask_tile(m_base, 0, smk, zero_q, offs, one_q, k_hi, mask_thr, MASK_KIND, IS_CAUSAL)
+                first = tl.minimum(first, tl.min(tl.min(tl.where(al, offs[None, :], k_hi), 1), 0))
+                last = tl.maximum(last, tl.max(tl.max(tl.where(al, offs[None, :], -1), 1), 0))
+            new_start = tl.maximum(start, first // BLOCK_N)
+            new_end = tl.where(last >= 0, tl.minimum(end, last // BLOCK_N + 1), new_start)
+            if WRITE_LSE:
+                neg = tl.full([G_PAD], float("-inf"), dtype=tl.float32)
+                for c in range(start, new_start):
+                    tl.store(LseBlk + ((b * n_kvh + h) * G + offs_g) * n_kb + c, neg, mask=gm)
+                for c in range(new_end, end):
+                    tl.store(LseBlk + ((b * n_kvh + h) * G + offs_g) * n_kb + c, neg, mask=gm)
+            start = new_start
+            end = tl.maximum(new_end, new_start)
+
     m_i = tl.full([G_PAD], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([G_PAD], dtype=tl.float32)
     acc = tl.zeros([G_PAD, DV], dtype=tl.float32)
@@ -123,49 +147,48 @@ def _decode_combine_kernel(
     MPart, LPart, AccPart, LseBlk, Out, BlockIdx,
     sob, soh, sod,
     n_splits, n_kb, n_select, sink_blocks, local_blocks,
-    G: tl.constexpr, G_PAD: tl.constexpr, DV: tl.constexpr,
+    G: tl.constexpr, G_PAD: tl.constexpr, DV: tl.constexpr, S_PAD: tl.constexpr,
     SELECT: tl.constexpr, C_PAD: tl.constexpr, N_SEL_PAD: tl.constexpr,
 ):
+    """Grid (B, Hkv, G): program g merges the splits of query head g; program 0 also selects (needs every head's
+    log-sum-exp, which it recomputes from the small (max, sum) partials)."""
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1).to(tl.int64)
+    g = tl.program_id(2)
     n_kvh = tl.num_programs(1)
     offs_g = tl.arange(0, G_PAD)
-    gm = offs_g < G
+    offs_s = tl.arange(0, S_PAD)
+    sm = offs_s < n_splits
     offs_dv = tl.arange(0, DV)
-    M = tl.full([G_PAD], float("-inf"), dtype=tl.float32)
-    L = tl.zeros([G_PAD], dtype=tl.float32)
-    acc = tl.zeros([G_PAD, DV], dtype=tl.float32)
-    for s in range(n_splits):
-        pbase = (b * n_kvh + h) * n_splits + s
-        m_s = tl.load(MPart + pbase * G_PAD + offs_g)
-        l_s = tl.load(LPart + pbase * G_PAD + offs_g)
-        a_s = tl.load(AccPart + (pbase * G_PAD + offs_g[:, None]) * DV + offs_dv[None, :])
-        m_new = tl.maximum(M, m_s)
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(M - m_safe)
-        beta = tl.exp2(m_s - m_safe)
-        L = L * alpha + l_s * beta
-        acc = acc * alpha[:, None] + a_s * beta[:, None]
-        M = m_new
-    out = tl.where(L[:, None] > 0, acc / tl.where(L > 0, L, 1.0)[:, None], 0.0)
-    heads = h * G + offs_g
-    tl.store(Out + b * sob + heads[:, None] * soh + offs_dv[None, :] * sod, out.to(Out.dtype.element_ty),
-             mask=gm[:, None])
+    pbase = (b * n_kvh + h) * n_splits
+    m_s = tl.load(MPart + (pbase + offs_s[:, None]) * G_PAD + offs_g[None, :], mask=sm[:, None], other=float("-inf"))
+    l_s = tl.load(LPart + (pbase + offs_s[:, None]) * G_PAD + offs_g[None, :], mask=sm[:, None], other=0.0)
+    M = tl.max(m_s, 0)  # [G_PAD]
+    M_safe = tl.where(M == float("-inf"), 0.0, M)
+    w = tl.exp2(m_s - M_safe[None, :])  # [S_PAD, G_PAD]
+    L = tl.sum(l_s * w, 0)
+    wg = tl.sum(tl.where(offs_g[None, :] == g, w, 0.0), 1)  # [S_PAD]
+    Lg = tl.sum(tl.where(offs_g == g, L, 0.0), 0)
+    a_s = tl.load(AccPart + ((pbase + offs_s[:, None]) * G_PAD + g) * DV + offs_dv[None, :], mask=sm[:, None],
+                  other=0.0)
+    acc = tl.sum(a_s * wg[:, None], 0)
+    out = tl.where(Lg > 0, acc / tl.where(Lg > 0, Lg, 1.0), 0.0)
+    tl.store(Out + b * sob + (h * G + g) * soh + offs_dv * sod, out.to(Out.dtype.element_ty))
     if SELECT:
-        M_safe = tl.where(M == float("-inf"), 0.0, M)
-        lse_g = tl.where(L > 0, M_safe + tl.log2(tl.where(L > 0, L, 1.0)), float("-inf"))
-        offs_c = tl.arange(0, C_PAD)
-        cm = offs_c < n_kb
-        row = (b * n_kvh + h) * G
-        l0 = tl.load(LseBlk + row * n_kb + offs_c, mask=cm, other=float("-inf"))
-        cand = l0 > float("-inf")
-        imp = tl.zeros([C_PAD], dtype=tl.float32)
-        for g in range(G):
-            lg = tl.sum(tl.where(offs_g == g, lse_g, 0.0), 0)
-            lc = tl.load(LseBlk + (row + g) * n_kb + offs_c, mask=cm, other=float("-inf"))
-            imp += tl.where(cand & (lc > float("-inf")), tl.exp2(lc - lg), 0.0)
-        select_row(imp, cand, offs_c, BlockIdx + (b * n_kvh + h) * n_select, n_select, sink_blocks, local_blocks,
-                   N_SEL_PAD)
+        if g == 0:
+            lse_g = tl.where(L > 0, M_safe + tl.log2(tl.where(L > 0, L, 1.0)), float("-inf"))
+            offs_c = tl.arange(0, C_PAD)
+            cm = offs_c < n_kb
+            row = (b * n_kvh + h) * G
+            l0 = tl.load(LseBlk + row * n_kb + offs_c, mask=cm, other=float("-inf"))
+            cand = l0 > float("-inf")
+            imp = tl.zeros([C_PAD], dtype=tl.float32)
+            for gg in range(G):
+                lg = tl.sum(tl.where(offs_g == gg, lse_g, 0.0), 0)
+                lc = tl.load(LseBlk + (row + gg) * n_kb + offs_c, mask=cm, other=float("-inf"))
+                imp += tl.where(cand & (lc > float("-inf")), tl.exp2(lc - lg), 0.0)
+            select_row(imp, cand, offs_c, BlockIdx + (b * n_kvh + h) * n_select, n_select, sink_blocks,
+                       local_blocks, N_SEL_PAD)
 
 
 def _num_sms(device: torch.device) -> int:
@@ -188,13 +211,13 @@ def _mask_args(mask: torch.Tensor | None, B: int, Sq: int, Skv: int, q: torch.Te
 
 
 def _splits(B: int, Hkv: int, n_items: int, device: torch.device, min_per_split: int) -> int:
-    target = 4 * _num_sms(device)
+    target = 2 * _num_sms(device)
     want = max(1, -(-target // (B * Hkv)))
     return max(1, min(want, -(-n_items // min_per_split)))
 
 
 def _decode(q, k, v, mask, is_causal, scale, block_size, block_idx, n_select, sink_blocks, local_blocks,
-            min_seq_len, splits=None, num_warps=4, num_stages=2):
+            min_seq_len, splits=None, num_warps=4, num_stages=3):
     B, Hq, Sq, D = q.shape
     assert Sq == 1
     Hkv, Skv, DV = k.shape[1], k.shape[2], v.shape[3]
@@ -216,7 +239,7 @@ def _decode(q, k, v, mask, is_causal, scale, block_size, block_idx, n_select, si
         sib = sih = sis = 0
         n_items = n_kb
     if splits is None:
-        splits = _splits(B, Hkv, n_items, dev, 1 if sparse else 4)
+        splits = _splits(B, Hkv, n_items, dev, 2 if sparse else 8)
     f32 = torch.float32
     mpart = torch.empty(B, Hkv, splits, G_PAD, dtype=f32, device=dev)
     lpart = torch.empty(B, Hkv, splits, G_PAD, dtype=f32, device=dev)
@@ -239,11 +262,11 @@ def _decode(q, k, v, mask, is_causal, scale, block_size, block_idx, n_select, si
     else:
         bidx = torch.empty(B, Hkv, 1, n_select, dtype=torch.int32, device=dev)
         n_select_arg = n_select
-    _decode_combine_kernel[(B, Hkv)](
+    _decode_combine_kernel[(B, Hkv, G)](
         mpart, lpart, accpart, lse_blk, out, bidx,
         out.stride(0), out.stride(1), out.stride(3),
         splits, n_kb, n_select_arg, sink_blocks, local_blocks,
-        G=G, G_PAD=G_PAD, DV=DV, SELECT=not sparse, C_PAD=triton.next_power_of_2(max(n_kb, 1)),
+        G=G, G_PAD=G_PAD, DV=DV, S_PAD=triton.next_power_of_2(splits), SELECT=not sparse, C_PAD=triton.next_power_of_2(max(n_kb, 1)),
         N_SEL_PAD=triton.next_power_of_2(max(n_select_arg, 1)), num_warps=4 if n_kb <= 4096 else 8,
     )
     return out, (None if sparse else bidx)

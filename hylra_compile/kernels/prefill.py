@@ -102,7 +102,20 @@ def _prefill_attn_kernel(
         i_base = Idx + b * sib + kvh * sih + qb * sir
         offs_s = tl.arange(0, N_SEL_PAD)
         sel_vec = tl.load(i_base + offs_s * sis, mask=offs_s < n_sel, other=-1)
-        for j in range(n_sel):
+        n_full_sel = 0
+        if MASK_KIND == 0:
+            # The list is ascending and -1 padded: its first entries below the diagonal need no masking.
+            if IS_CAUSAL:
+                n_full_blk = tl.minimum((q0 + 1) // BLOCK_N, Skv // BLOCK_N)
+            else:
+                n_full_blk = Skv // BLOCK_N
+            n_full_sel = tl.sum(((sel_vec >= 0) & (sel_vec < n_full_blk)).to(tl.int32), 0)
+            for j in range(n_full_sel):
+                c_sel = tl.load(i_base + j * sis)
+                acc, m_i, l_i = _attn_block(q, acc, m_i, l_i, c_sel, True, k_base, v_base, m_base,
+                                            skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr,
+                                            offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, True)
+        for j in range(n_full_sel, n_sel):
             c_sel = tl.load(i_base + j * sis)
             prev = tl.load(i_base + (j - 1) * sis, mask=j > 0, other=-1)
             ok = (c_sel >= 0) & (c_sel < n_kb) & (c_sel != prev)
@@ -196,7 +209,20 @@ def _prefill_importance_kernel(
     else:
         kv_end = Skv
     n_blocks = tl.cdiv(kv_end, QB)
-    for c in range(n_blocks):
+    n_full = 0
+    if MASK_KIND == 0:
+        if IS_CAUSAL:
+            n_full = tl.minimum((q0 + 1) // QB, Skv // QB)
+        else:
+            n_full = Skv // QB
+        rw = tl.where(row_ok, 1.0, 0.0)
+        for c in range(n_full):
+            offs_k = c * QB + offs_n
+            k = tl.load(k_base + offs_k[:, None] * skn + offs_d[None, :] * skd)
+            sc = tl.dot(q, tl.trans(k)) * qk_scale
+            p = tl.exp2(sc - lse[:, None])
+            tl.store(imp_base + c, tl.sum(tl.sum(p, 1) * rw, 0))
+    for c in range(n_full, n_blocks):
         offs_k = c * QB + offs_n
         allowed, bias = mask_tile(m_base, smq, smk, qpos, offs_k, row_ok, Skv, mask_thr, MASK_KIND, IS_CAUSAL)
         kmask = tl.max(allowed.to(tl.int32), 0) != 0
