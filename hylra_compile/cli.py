@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--theta", type=_unit_interval, help="least similarity for reuse, in [0, 1]")
     prof.add_argument("--max-rnmse", type=float, help="layers with a larger sensitivity run dense")
     prof.add_argument("--budget", type=_positive_int, help="exactly this many dense layers (theta is then ignored)")
+    prof.add_argument("--decode-steps", type=int, default=0,
+                      help="greedy decode steps measured after each prefill (default 0: prefill only)")
     prof.add_argument("--head-map", action="store_true", help="also record the cross-head overlap in --profile-out")
     prof.add_argument("--out", required=True, help="policy JSON to write")
     prof.add_argument("--profile-out", help="also save the profile (.json or .safetensors)")
@@ -171,6 +173,7 @@ def _profile(args: argparse.Namespace) -> int:
         seq_len=args.seq_len,
         tokenizer=tokenizer,
         head_map=args.head_map,
+        decode_steps=args.decode_steps,
         description=f"{', '.join(Path(name).name for name in args.data)} (seq_len {args.seq_len})",
         progress=not args.no_progress,
     )

@@ -7,7 +7,8 @@
   (sample, KV head h, query block r); averaged over query blocks and samples per KV head, then over KV heads
   (``similarity_min`` keeps the minimum over KV heads instead). Only query blocks with more candidate blocks than
   ``n_select`` count: below that every layer selects every candidate, the overlap is 1 by construction and says
-  nothing about reuse. Prefill only: decode steps are not run.
+  nothing about reuse. Each forward pass counts: the prefill of every sample and, with ``decode_steps``, each
+  greedy decode step after it (one query block of one query, over the cached keys).
 * ``sensitivity[l]``: RNMSE of layer l's attention output when it attends only to its own top-k blocks,
   sqrt(Σ‖o_sparse − o_dense‖² / Σ‖o_dense‖²) pooled over samples. o_sparse comes from ``hylra::sparse_attention``
   with ``min_seq_len=0``: with the backend's run-time default every short calibration query would attend densely
@@ -223,7 +224,8 @@ class _Recorder:
         self.n_select = -(-top_k // block_size)
         self.head_map = head_map
         self.progress = progress
-        self.layers: dict[int, tuple[Tensor, Tensor]] = {}  # layer -> (block_idx, nontrivial) of the current sample
+        # layer -> (block_idx, nontrivial query blocks) of the forward pass under way
+        self.layers: dict[int, tuple[Tensor, Tensor]] = {}
         self.num_kv_heads: int | None = None
         self.error_sq: dict[int, float] = {}
         self.dense_sq: dict[int, float] = {}
@@ -269,8 +271,8 @@ class _Recorder:
             self.progress.update(1)
         return dense.transpose(1, 2).contiguous(), None
 
-    def finish_sample(self) -> None:
-        """Fold the current sample's block sets into the overlap sums."""
+    def finish_forward(self) -> None:
+        """Fold the block sets of the forward pass just run into the overlap sums."""
         layers = sorted(self.layers)
         if layers != list(range(len(layers))):
             raise ValueError(f"attention ran for layers {layers}; expected every layer 0..L-1 exactly once")
@@ -388,6 +390,7 @@ def profile(
     seq_len: int | None = None,
     tokenizer: Any = None,
     head_map: bool = False,
+    decode_steps: int = 0,
     description: str | None = None,
     progress: bool = True,
 ) -> Profile:
@@ -397,6 +400,7 @@ def profile(
     pass of batch 1 under ``torch.no_grad``, on the model's device. ``top_k``, ``block_size``, ``sink_blocks`` and
     ``local_blocks`` mean what the backend options of the same names mean, so profile with the values you will
     compile with. ``head_map=True`` also records the cross-head overlap (costs H² gathers per layer pair).
+    ``decode_steps``: greedy decode steps run after each prefill (with the model's KV cache), each measured too.
     ``description`` names the calibration data in the profile's metadata. A tqdm bar counts attention calls.
     """
     from tqdm.auto import tqdm
@@ -424,25 +428,33 @@ def profile(
                              f"[0, {vocab_size}): min {int(tokens.min())}, max {int(tokens.max())}")
     config = model.config
     expected_layers = getattr(config, "num_hidden_layers", None)
-    bar = tqdm(total=len(samples) * expected_layers if expected_layers else None, desc="hylra profile",
+    if not isinstance(decode_steps, int) or isinstance(decode_steps, bool) or decode_steps < 0:
+        raise ValueError(f"decode_steps must be an int >= 0, got {decode_steps!r}")
+    forward_passes = len(samples) * (1 + decode_steps)
+    bar = tqdm(total=forward_passes * expected_layers if expected_layers else None, desc="hylra profile",
                unit="layer", disable=not progress)
     recorder = _Recorder(top_k, block_size, sink_blocks, local_blocks, head_map, bar)
     _register_attention()
     original = config._attn_implementation
     device = next(model.parameters()).device
-    forward_kwargs = {"use_cache": False}
+    forward_kwargs = {"use_cache": decode_steps > 0}
     if "logits_to_keep" in inspect.signature(model.forward).parameters:
-        forward_kwargs["logits_to_keep"] = 1  # the profile never reads logits; [S, vocab] would dwarf attention
+        # Only the last position's logits are read (the next decode token); [S, vocab] would dwarf attention.
+        forward_kwargs["logits_to_keep"] = 1
     try:
         model.set_attn_implementation(ATTENTION_NAME)
         _active_recorder = recorder
         with torch.no_grad():
             for tokens in samples:
-                model(input_ids=tokens[None].to(device), **forward_kwargs)
+                output = model(input_ids=tokens[None].to(device), **forward_kwargs)
                 if not recorder.layers:
                     raise ValueError(f"model {type(model).__name__} ran no attention through transformers' "
                                      "AttentionInterface: a model with no attention cannot be profiled")
-                recorder.finish_sample()
+                recorder.finish_forward()
+                for _ in range(decode_steps):
+                    next_token = output.logits[:, -1:].argmax(-1)
+                    output = model(input_ids=next_token, past_key_values=output.past_key_values, **forward_kwargs)
+                    recorder.finish_forward()
     finally:
         _active_recorder = None
         bar.close()
@@ -456,6 +468,7 @@ def profile(
         "num_samples": len(samples),
         "num_tokens": int(sum(t.numel() for t in samples)),
         "seq_len": seq_len,
+        "decode_steps": decode_steps,
         "calibration": description or f"{len(samples)} sequence(s)",
         "model": getattr(config, "_name_or_path", "") or getattr(config, "model_type", type(model).__name__),
     }

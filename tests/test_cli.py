@@ -93,7 +93,7 @@ def test_checkpoint_directory_with_text_data(tmp_path):
 
 
 def test_budget_mode(files):
-    assert main(profile_args(files, "--budget", "2")) == 0
+    assert main(profile_args(files, "--budget", "2", "--decode-steps", "1")) == 0
     assert sum(mode != "consumer" for mode in Policy.load(files / "policy.json").modes) == 2
 
 

@@ -52,12 +52,13 @@ def test_profile_shapes_and_ranges(model, llama_profile):
     assert model.config._attn_implementation == "sdpa"
 
 
-def capture_attention(model, tokens):
-    """q, k, v, mask and scale of every layer of one forward pass, through a plain sdpa wrapper (no hylra code)."""
-    captured = {}
+def capture_attention(model, tokens, decode_steps=0):
+    """q, k, v, mask and scale of every layer, one dict per forward pass (the prefill, then greedy decode steps
+    with the KV cache), through a plain sdpa wrapper (no hylra code)."""
+    passes = []
 
     def capture(module, query, key, value, attention_mask, **kwargs):
-        captured[module.layer_idx] = (query, key, value, attention_mask, kwargs.get("scaling"))
+        passes[-1][module.layer_idx] = (query, key, value, attention_mask, kwargs.get("scaling"))
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
     AttentionInterface.register("test_capture", capture)
@@ -65,38 +66,48 @@ def capture_attention(model, tokens):
     model.set_attn_implementation("test_capture")
     try:
         with torch.no_grad():
-            model(tokens[None], use_cache=False)
+            passes.append({})
+            output = model(tokens[None], use_cache=decode_steps > 0)
+            for _ in range(decode_steps):
+                passes.append({})
+                output = model(output.logits[:, -1:].argmax(-1), past_key_values=output.past_key_values,
+                               use_cache=True)
     finally:
         model.set_attn_implementation("sdpa")
-    return captured
+    return passes
 
 
-def independent_profile(model, samples):
+def independent_profile(model, samples, decode_steps=0):
     """Similarity and sensitivity from the definitions, with Python sets and explicit loops."""
     num_layers, n_select = model.config.num_hidden_layers, math.ceil(TOP_K / BLOCK)
     overlaps = {}  # (i, j, h) -> list of per-query-block overlaps
     error_sq, dense_sq = np.zeros(num_layers), np.zeros(num_layers)
     for tokens in samples:
-        sets = {}
-        for layer, (q, k, v, mask, scale) in capture_attention(model, tokens).items():
-            is_causal = mask is None
-            dense, block_idx = reference.topk_attention(
-                q, k, v, mask, is_causal, scale, BLOCK, n_select, SINK, LOCAL, 0
-            )
-            sparse = reference.sparse_attention(q, k, v, block_idx, mask, is_causal, scale, BLOCK, 0)
-            error_sq[layer] += (sparse.double() - dense.double()).square().sum().item()
-            dense_sq[layer] += dense.double().square().sum().item()
-            allowed = torch.ones(SEQ, SEQ, dtype=torch.bool).tril() if mask is None else mask[0, 0]
-            for h in range(k.shape[1]):
-                for r in range(SEQ // BLOCK):
-                    rows = allowed[r * BLOCK : (r + 1) * BLOCK]
-                    candidates = sum(bool(rows[:, c * BLOCK : (c + 1) * BLOCK].any()) for c in range(SEQ // BLOCK))
-                    chosen = {int(c) for c in block_idx[0, h, r] if c >= 0}
-                    sets[layer, h, r] = (chosen, candidates > n_select)
-        for (j, h, r), (chosen_j, counts) in sets.items():
-            for i in range(j):
-                if counts:
-                    overlaps.setdefault((i, j, h), []).append(len(sets[i, h, r][0] & chosen_j) / len(chosen_j))
+        for captured in capture_attention(model, tokens, decode_steps):
+            sets = {}
+            for layer, (q, k, v, mask, scale) in captured.items():
+                num_queries, num_keys = q.shape[2], k.shape[2]
+                is_causal = mask is None and num_queries > 1
+                dense, block_idx = reference.topk_attention(
+                    q, k, v, mask, is_causal, scale, BLOCK, n_select, SINK, LOCAL, 0
+                )
+                sparse = reference.sparse_attention(q, k, v, block_idx, mask, is_causal, scale, BLOCK, 0)
+                error_sq[layer] += (sparse.double() - dense.double()).square().sum().item()
+                dense_sq[layer] += dense.double().square().sum().item()
+                allowed = torch.ones(num_queries, num_keys, dtype=torch.bool)
+                allowed = allowed.tril() if is_causal else allowed if mask is None else mask[0, 0]
+                for h in range(k.shape[1]):
+                    for r in range(math.ceil(num_queries / BLOCK)):
+                        rows = allowed[r * BLOCK : (r + 1) * BLOCK]
+                        candidates = sum(
+                            bool(rows[:, c * BLOCK : (c + 1) * BLOCK].any()) for c in range(math.ceil(num_keys / BLOCK))
+                        )
+                        chosen = {int(c) for c in block_idx[0, h, r] if c >= 0}
+                        sets[layer, h, r] = (chosen, candidates > n_select)
+            for (j, h, r), (chosen_j, counts) in sets.items():
+                for i in range(j):
+                    if counts:
+                        overlaps.setdefault((i, j, h), []).append(len(sets[i, h, r][0] & chosen_j) / len(chosen_j))
     similarity = np.zeros((num_layers, num_layers))
     for i in range(num_layers):
         for j in range(i + 1, num_layers):
@@ -109,6 +120,14 @@ def test_profile_matches_independent_recomputation(model, tokens, llama_profile)
     np.testing.assert_allclose(llama_profile.similarity, similarity, atol=1e-12)
     # The capture runs layers on SDPA's outputs, the profiler on the producer op's: fp32 rounding apart.
     np.testing.assert_allclose(llama_profile.sensitivity, sensitivity, rtol=1e-5)
+
+
+def test_decode_steps_count_like_query_blocks(model, tokens):
+    prof = profile(model, tokens[:1], top_k=TOP_K, block_size=BLOCK, decode_steps=3, progress=False)
+    assert prof.metadata["decode_steps"] == 3
+    similarity, sensitivity = independent_profile(model, tokens[:1], decode_steps=3)
+    np.testing.assert_allclose(prof.similarity, similarity, atol=1e-12)
+    np.testing.assert_allclose(prof.sensitivity, sensitivity, rtol=1e-5)
 
 
 def test_sliding_window_masks_use_the_ops_mask_rule():
@@ -168,6 +187,7 @@ def test_profile_from_arrays(tmp_path):
         ([torch.arange(SEQ)], {}, r"outside the model's vocabulary \[0, 64\)"),
         ([torch.arange(SEQ)], {"top_k": 16}, "fewer than sink_blocks \\+ local_blocks"),
         ([torch.arange(SEQ)], {"top_k": 0}, "top_k must be a positive int"),
+        ([torch.arange(SEQ) % VOCAB], {"decode_steps": -1}, "decode_steps must be an int >= 0"),
         # 24 tokens are 3 blocks, never more than the 5 selected: every layer selects everything.
         ([torch.arange(24)], {}, "similarity is undefined"),
     ],
