@@ -310,10 +310,12 @@ class _Recorder:
         num_layers = len(self.dense_sq)
         H = self.num_kv_heads
         counted = torch.stack([torch.as_tensor(self.blocks_counted[j]) for j in range(num_layers)]).cpu()
-        if num_layers > 1 and (counted[1:] == 0).any():
+        starved = [j for j in range(1, num_layers) if (counted[j] == 0).any()]
+        if starved:
             raise ValueError(
-                f"no calibration query block ever had more than n_select={self.n_select} candidate blocks, so every "
-                "layer selected every block and similarity is undefined; use longer sequences or a smaller top_k"
+                f"layer(s) {starved}: no calibration query block had more than n_select={self.n_select} candidate "
+                "blocks, so they selected every block and their similarity is undefined; use longer sequences or a "
+                "smaller top_k"
             )
         per_head = np.zeros((num_layers, num_layers, H))
         head_overlap = np.zeros((num_layers, num_layers, H, H)) if self.head_map else None
