@@ -12,7 +12,10 @@ MODE_COLORS = {"full": "#9e9e9e", "producer": "#1f77b4", "consumer": "#ff7f0e"}
 
 
 def _pyplot():
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise ValueError("drawing figures needs matplotlib: pip install 'hylra_compile[plot]'") from None
 
     matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
