@@ -33,7 +33,7 @@ def _decode_split_kernel(
     Skv, n_kb, n_sel, n_splits, qk_scale, mask_thr, min_seq_len,
     G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BLOCK_N: tl.constexpr,
     MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, SPARSE: tl.constexpr, WRITE_LSE: tl.constexpr,
-    SCAN_N: tl.constexpr,
+    SCAN_N: tl.constexpr, SCAN_IT: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1).to(tl.int64)
@@ -71,47 +71,63 @@ def _decode_split_kernel(
         n_items = tl.where(dense, n_kb, n_sel)
     else:
         n_items = n_kb
-    per = (n_items + n_splits - 1) // n_splits
-    start = s * per
-    end = tl.minimum(start + per, n_items)
-
+    # Items of this split: it in [it_lo, it_hi), block/list entry c0 + it * cstride. Masked producers take blocks
+    # strided across the splits, so a valid prefix (static cache, padding) spreads evenly over all programs.
+    if SPARSE or MASK_KIND == 0:
+        per = (n_items + n_splits - 1) // n_splits
+        c0 = s * per
+        cstride = 1
+        it_hi = tl.maximum(tl.minimum(per, n_items - c0), 0)
+    else:
+        c0 = s
+        cstride = n_splits
+        it_hi = tl.maximum((n_items - s + n_splits - 1) // n_splits, 0)
+    it_lo = 0
     if not SPARSE:
         if MASK_KIND != 0:
-            # Trim the split's block range to its first..last allowed key (an unfilled static cache or padding
-            # costs only its mask bytes); blocks trimmed away get lse = -inf.
-            k_lo = start * BLOCK_N
-            k_hi = tl.minimum(end * BLOCK_N, Skv)
-            first = tl.zeros([], dtype=tl.int32) + k_hi
+            # Trim to the split's first..last block holding an allowed key (one [SCAN_IT, BLOCK_N] mask tile per
+            # step); blocks trimmed away get lse = -inf. An unfilled static cache costs only its mask bytes.
+            first = tl.zeros([], dtype=tl.int32) + it_hi
             last = tl.zeros([], dtype=tl.int32) - 1
-            for j in range(k_lo, k_hi, SCAN_N):
-                offs = j + tl.arange(0, SCAN_N)
-                al, _b = mask_tile(m_base, 0, smk, zero_q, offs, one_q, k_hi, mask_thr, MASK_KIND, IS_CAUSAL)
-                first = tl.minimum(first, tl.min(tl.min(tl.where(al, offs[None, :], k_hi), 1), 0))
-                last = tl.maximum(last, tl.max(tl.max(tl.where(al, offs[None, :], -1), 1), 0))
-            new_start = tl.maximum(start, first // BLOCK_N)
-            new_end = tl.where(last >= 0, tl.minimum(end, last // BLOCK_N + 1), new_start)
+            for i0 in range(0, it_hi, SCAN_IT):
+                its = i0 + tl.arange(0, SCAN_IT)
+                offs = (c0 + its * cstride)[:, None] * BLOCK_N + offs_n[None, :]
+                ok = (its[:, None] < it_hi) & (offs < Skv)
+                if IS_CAUSAL:
+                    ok = ok & (offs <= 0)
+                if MASK_KIND == 1:
+                    mv = tl.load(m_base + offs * smk, mask=ok, other=0)
+                    ok = ok & (mv != 0)
+                else:
+                    mv = tl.load(m_base + offs * smk, mask=ok, other=0.0).to(tl.float32)
+                    ok = ok & (((mv == float("-inf")) | (mv <= mask_thr)) == 0)
+                anyb = tl.max(ok.to(tl.int32), 1) != 0
+                first = tl.minimum(first, tl.min(tl.where(anyb, its, it_hi), 0))
+                last = tl.maximum(last, tl.max(tl.where(anyb, its, -1), 0))
+            new_hi = tl.maximum(last + 1, first)
             if WRITE_LSE:
                 neg = tl.full([G_PAD], float("-inf"), dtype=tl.float32)
-                for c in range(start, new_start):
-                    tl.store(LseBlk + ((b * n_kvh + h) * G + offs_g) * n_kb + c, neg, mask=gm)
-                for c in range(new_end, end):
-                    tl.store(LseBlk + ((b * n_kvh + h) * G + offs_g) * n_kb + c, neg, mask=gm)
-            start = new_start
-            end = tl.maximum(new_end, new_start)
+                for it in range(0, first):
+                    tl.store(LseBlk + ((b * n_kvh + h) * G + offs_g) * n_kb + c0 + it * cstride, neg, mask=gm)
+                for it in range(new_hi, it_hi):
+                    tl.store(LseBlk + ((b * n_kvh + h) * G + offs_g) * n_kb + c0 + it * cstride, neg, mask=gm)
+            it_lo = first
+            it_hi = new_hi
 
     m_i = tl.full([G_PAD], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([G_PAD], dtype=tl.float32)
     acc = tl.zeros([G_PAD, DV], dtype=tl.float32)
     i_base = Idx + b * sib + h * sih
-    for it in range(start, end):
+    for it in range(it_lo, it_hi):
+        item = c0 + it * cstride
         if SPARSE:
-            c_sel = tl.load(i_base + it * sis)
-            prev = tl.load(i_base + (it - 1) * sis, mask=it > 0, other=-1)
+            c_sel = tl.load(i_base + item * sis)
+            prev = tl.load(i_base + (item - 1) * sis, mask=item > 0, other=-1)
             ok = (c_sel >= 0) & (c_sel < n_kb) & (c_sel != prev)
-            c = tl.where(dense, it, tl.where(ok, c_sel, 0))
+            c = tl.where(dense, item, tl.where(ok, c_sel, 0))
             valid = dense | ok
         else:
-            c = it
+            c = item
             valid = True
         offs_k = c * BLOCK_N + offs_n
         allowed, bias = mask_tile(m_base, 0, smk, zero_q, offs_k, one_q & valid, Skv, mask_thr, MASK_KIND, IS_CAUSAL)
@@ -210,8 +226,8 @@ def _mask_args(mask: torch.Tensor | None, B: int, Sq: int, Skv: int, q: torch.Te
     return m, kind, m.stride(0), m.stride(2), m.stride(3), thr
 
 
-def _splits(B: int, Hkv: int, n_items: int, device: torch.device, min_per_split: int) -> int:
-    target = 2 * _num_sms(device)
+def _splits(B: int, Hkv: int, n_items: int, device: torch.device, min_per_split: int, waves: int) -> int:
+    target = waves * _num_sms(device)
     want = max(1, -(-target // (B * Hkv)))
     return max(1, min(want, -(-n_items // min_per_split)))
 
@@ -239,7 +255,7 @@ def _decode(q, k, v, mask, is_causal, scale, block_size, block_idx, n_select, si
         sib = sih = sis = 0
         n_items = n_kb
     if splits is None:
-        splits = _splits(B, Hkv, n_items, dev, 2 if sparse else 8)
+        splits = _splits(B, Hkv, n_items, dev, 2 if sparse else 8, 1 if sparse else 2)  # from the H100 sweep
     f32 = torch.float32
     mpart = torch.empty(B, Hkv, splits, G_PAD, dtype=f32, device=dev)
     lpart = torch.empty(B, Hkv, splits, G_PAD, dtype=f32, device=dev)
@@ -254,7 +270,7 @@ def _decode(q, k, v, mask, is_causal, scale, block_size, block_idx, n_select, si
         smb, smk, sib, sih, sis,
         Skv, n_kb, n_sel, splits, scale * 1.4426950408889634, thr, min_seq_len,
         G=G, G_PAD=G_PAD, D=D, DV=DV, BLOCK_N=block_size, MASK_KIND=kind, IS_CAUSAL=bool(is_causal),
-        SPARSE=sparse, WRITE_LSE=not sparse, SCAN_N=1024, num_warps=num_warps, num_stages=num_stages,
+        SPARSE=sparse, WRITE_LSE=not sparse, SCAN_N=1024, SCAN_IT=64, num_warps=num_warps, num_stages=num_stages,
     )
     if sparse:
         bidx = out  # unused

@@ -278,3 +278,18 @@ def test_decode_cuda_graph():
     want = step()
     for a, b_ in zip(res, want):
         assert torch.equal(a, b_)
+
+
+@pytest.mark.parametrize("kind", ["bool", "float"])
+def test_decode_many_splits_interpreter(kind):
+    """Several splits (strided over blocks when masked, trimmed to the allowed range) give the reference."""
+    B, Hq, Hkv, Skv, D, bs = 3, 4, 1, 300, 64, 16
+    q, k, v = make_qkv(B, Hq, Hkv, 1, Skv, D, torch.float32, "cpu", layout="bshd", seed=3)
+    mask = make_mask(kind, B, 1, Skv, [300, 70, 0], "cpu", left=(kind == "float"))
+    for splits in (3, 7):
+        out, bidx = decode_topk_attention(q, k, v, mask, False, None, bs, 5, 1, 1, 0, splits=splits)
+        rout, rbidx = R.topk_attention(q, k, v, mask, False, None, bs, 5, 1, 1, 0)
+        assert rel_err(out, rout) <= 1e-4
+        assert_same_selection(bidx, rbidx, ref_importance(q, k, v, mask, False, None, bs)[0], 1e-3)
+        sout = decode_sparse_attention(q, k, v, rbidx, mask, False, None, bs, 100, splits=splits)
+        assert rel_err(sout, R.sparse_attention(q, k, v, rbidx, mask, False, None, bs, 100)) <= 1e-4
