@@ -49,14 +49,22 @@ def _attn_block(q, acc, m_i, l_i, c, valid, k_base, v_base, m_base, skn, skd, sv
         p = tl.exp2(sc - m_safe[:, None])
         v = tl.load(v_base + offs_k[:, None] * svn + offs_dv[None, :] * svd, mask=kmask[:, None], other=0.0)
     alpha = tl.exp2(m_i - m_safe)
-    l_i = l_i * alpha + tl.sum(p, 1)
+    l_blk = tl.sum(p, 1)
+    l_i = l_i * alpha + l_blk
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-    return acc, m_new, l_i
+    # Block log2-sum-exp per row, exact: m_safe + log2(sum_j exp2(s_j - m_safe)). A row with an allowed key whose
+    # terms underflowed gets -1e30 (candidate, ~zero importance); a row with none gets -inf.
+    if FULL:
+        has = l_blk == l_blk
+    else:
+        has = tl.max(allowed.to(tl.int32), 1) != 0
+    x_blk = tl.where(l_blk > 0, m_safe + tl.log2(tl.where(l_blk > 0, l_blk, 1.0)), tl.where(has, -1e30, float("-inf")))
+    return acc, m_new, l_i, x_blk
 
 
 @triton.jit
 def _prefill_attn_kernel(
-    Q, K, V, Mask, Idx, Out, Lse,
+    Q, K, V, Mask, Idx, Out, Lse, X,
     sqb, sqh, sqs, sqd,
     skb, skh, skn, skd,
     svb, svh, svn, svd,
@@ -66,7 +74,7 @@ def _prefill_attn_kernel(
     Hq, Sq, Skv, n_kb, n_sel, qk_scale, mask_thr, min_seq_len,
     HP: tl.constexpr, G: tl.constexpr, QB: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
     MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, SPARSE: tl.constexpr, WRITE_LSE: tl.constexpr,
-    N_SEL_PAD: tl.constexpr, SCAN_N: tl.constexpr,
+    N_SEL_PAD: tl.constexpr, SCAN_N: tl.constexpr, WRITE_X: tl.constexpr,
 ):
     qb = tl.program_id(0)
     pid1 = tl.program_id(1)
@@ -112,14 +120,14 @@ def _prefill_attn_kernel(
             n_full_sel = tl.sum(((sel_vec >= 0) & (sel_vec < n_full_blk)).to(tl.int32), 0)
             for j in range(n_full_sel):
                 c_sel = tl.load(i_base + j * sis)
-                acc, m_i, l_i = _attn_block(q, acc, m_i, l_i, c_sel, True, k_base, v_base, m_base,
+                acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c_sel, True, k_base, v_base, m_base,
                                             skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr,
                                             offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, True)
         for j in range(n_full_sel, n_sel):
             c_sel = tl.load(i_base + j * sis)
             prev = tl.load(i_base + (j - 1) * sis, mask=j > 0, other=-1)
             ok = (c_sel >= 0) & (c_sel < n_kb) & (c_sel != prev)
-            acc, m_i, l_i = _attn_block(q, acc, m_i, l_i, tl.where(ok, c_sel, 0), ok, k_base, v_base, m_base,
+            acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, tl.where(ok, c_sel, 0), ok, k_base, v_base, m_base,
                                         skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr,
                                         offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, False)
         # Rows with fewer than min_seq_len allowed keys attend all of them.
@@ -140,7 +148,7 @@ def _prefill_attn_kernel(
         if tl.max(dense_row.to(tl.int32), 0) != 0:
             for c in range(n_blocks):
                 is_sel = tl.sum((sel_vec == c).to(tl.int32), 0) != 0
-                acc, m_i, l_i = _attn_block(q, acc, m_i, l_i, c, dense_row & (is_sel == 0), k_base, v_base,
+                acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c, dense_row & (is_sel == 0), k_base, v_base,
                                             m_base, skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale,
                                             mask_thr, offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, False)
     else:
@@ -151,14 +159,19 @@ def _prefill_attn_kernel(
                 n_full = Skv // BLOCK_N
         else:
             n_full = 0
+        x_base = X + ((b * Hq + head) * Sq + qpos) * n_kb
         for c in range(n_full):
-            acc, m_i, l_i = _attn_block(q, acc, m_i, l_i, c, True, k_base, v_base, m_base,
+            acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c, True, k_base, v_base, m_base,
                                         skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr,
                                         offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, True)
+            if WRITE_X:
+                tl.store(x_base + c, x_blk, mask=row_ok)
         for c in range(n_full, n_blocks):
-            acc, m_i, l_i = _attn_block(q, acc, m_i, l_i, c, True, k_base, v_base, m_base,
+            acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c, True, k_base, v_base, m_base,
                                         skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr,
                                         offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, False)
+            if WRITE_X:
+                tl.store(x_base + c, x_blk, mask=row_ok)
 
     l_ok = l_i > 0
     out = tl.where(l_ok[:, None], acc / tl.where(l_ok, l_i, 1.0)[:, None], 0.0)
@@ -257,6 +270,45 @@ def _prefill_select_kernel(Imp, BlockIdx, n_kb, n_select, sink_blocks, local_blo
                N_SEL_PAD)
 
 
+@triton.jit
+def _prefill_reduce_select_kernel(X, Lse, BlockIdx, Hq, Sq, Skv, n_kb, n_select, sink_blocks, local_blocks,
+                                  G: tl.constexpr, QB: tl.constexpr, R: tl.constexpr, IS_CAUSAL: tl.constexpr,
+                                  C_PAD: tl.constexpr, N_SEL_PAD: tl.constexpr):
+    """importance[c] = sum over the G heads and QB queries of exp2(x[row, c] - lse[row]) (exact), then select."""
+    pid = tl.program_id(0).to(tl.int64)  # b * Hkv + kvh
+    qb = tl.program_id(1)
+    n_qb = tl.num_programs(1)
+    q0 = qb * QB
+    if IS_CAUSAL:
+        kv_end = tl.minimum(Skv, q0 + QB)
+    else:
+        kv_end = Skv
+    n_blocks = tl.cdiv(kv_end, QB)
+    offs_c = tl.arange(0, C_PAD)
+    cm = offs_c < n_blocks
+    offs_r = tl.arange(0, R)
+    imp = tl.zeros([C_PAD], dtype=tl.float32)
+    cand = offs_c < 0
+    for g in range(G):
+        rowbase = (pid * G + g) * Sq  # (b * Hq + head) * Sq
+        for r0 in range(0, QB, R):
+            qpos = q0 + r0 + offs_r
+            rok = qpos < Sq
+            lse = tl.load(Lse + rowbase + qpos, mask=rok, other=float("-inf"))
+            x = tl.load(X + (rowbase + qpos)[:, None] * n_kb + offs_c[None, :], mask=rok[:, None] & cm[None, :],
+                        other=float("-inf"))
+            hit = x > float("-inf")
+            cand = cand | (tl.max(hit.to(tl.int32), 0) != 0)
+            imp += tl.sum(tl.where(hit & (lse[:, None] > float("-inf")), tl.exp2(x - lse[:, None]), 0.0), 0)
+    select_row(imp, cand, offs_c, BlockIdx + (pid * n_qb + qb) * n_select, n_select, sink_blocks, local_blocks,
+               N_SEL_PAD)
+
+
+# The one-pass producer keeps a [B, Hq, Sq, n_kb] fp32 buffer of block log-sum-exps; above this size it recomputes
+# QK^T in a second pass instead (e.g. 128K tokens x 32 heads would need 34 GB).
+X_BUDGET_BYTES = 4 << 30
+
+
 def _pack(G: int, block_size: int, max_rows: int = 128) -> int:
     hp = 1
     while hp * 2 <= G and G % (hp * 2) == 0 and hp * 2 * block_size <= max_rows:
@@ -277,7 +329,7 @@ def _cfg(D: int, rows: int, kind):
 
 
 def _prefill_attn(q, k, v, mask, is_causal, scale, block_size, block_idx, min_seq_len, write_lse,
-                  num_warps=None, num_stages=None, block_n=None, hp=None):
+                  num_warps=None, num_stages=None, block_n=None, hp=None, x_buf=None):
     B, Hq, Sq, D = q.shape
     Hkv, Skv, DV = k.shape[1], k.shape[2], v.shape[3]
     G = Hq // Hkv
@@ -296,7 +348,7 @@ def _prefill_attn(q, k, v, mask, is_causal, scale, block_size, block_idx, min_se
     lse = torch.empty(B, Hq, Sq, dtype=torch.float32, device=dev) if write_lse else out
     nw, ns = _cfg(D, HP * block_size, sparse)
     _prefill_attn_kernel[(n_qb, B * (Hq // HP))](
-        q, k, v, m, idx, out, lse,
+        q, k, v, m, idx, out, lse, out if x_buf is None else x_buf,
         q.stride(0), q.stride(1), q.stride(2), q.stride(3),
         k.stride(0), k.stride(1), k.stride(2), k.stride(3),
         v.stride(0), v.stride(1), v.stride(2), v.stride(3),
@@ -305,6 +357,7 @@ def _prefill_attn(q, k, v, mask, is_causal, scale, block_size, block_idx, min_se
         Hq, Sq, Skv, n_kb, n_sel, scale * 1.4426950408889634, thr, min_seq_len,
         HP=HP, G=G, QB=block_size, BLOCK_N=block_n or block_size, D=D, DV=DV, MASK_KIND=kind, IS_CAUSAL=bool(is_causal),
         SPARSE=sparse, WRITE_LSE=write_lse, N_SEL_PAD=triton.next_power_of_2(max(n_sel, 1)), SCAN_N=64,
+        WRITE_X=x_buf is not None,
         num_warps=num_warps or nw, num_stages=num_stages or ns,
     )
     return out, lse
@@ -318,6 +371,19 @@ def prefill_topk_attention(q, k, v, mask, is_causal, scale, block_size, n_select
     G = Hq // Hkv
     HP = _pack(G, block_size)
     n_kb, n_qb = triton.cdiv(Skv, block_size), triton.cdiv(Sq, block_size)
+    C_PAD, N_SEL_PAD = triton.next_power_of_2(max(n_kb, 1)), triton.next_power_of_2(max(n_select, 1))
+    block_idx = torch.empty(B, Hkv, n_qb, n_select, dtype=torch.int32, device=q.device)
+    if B * Hq * Sq * n_kb * 4 <= X_BUDGET_BYTES:
+        # One pass: the FA kernel stores each row's block log-sum-exp; a reduction turns them into exact
+        # importances once the row LSEs are known (no second QK^T pass).
+        x_buf = torch.empty(B, Hq, Sq, n_kb, dtype=torch.float32, device=q.device)
+        out, lse = _prefill_attn(q, k, v, mask, is_causal, scale, block_size, None, min_seq_len, True, x_buf=x_buf)
+        _prefill_reduce_select_kernel[(B * Hkv, n_qb)](
+            x_buf, lse, block_idx, Hq, Sq, Skv, n_kb, n_select, sink_blocks, local_blocks,
+            G=G, QB=block_size, R=max(1, min(16, 8192 // C_PAD)), IS_CAUSAL=bool(is_causal), C_PAD=C_PAD,
+            N_SEL_PAD=N_SEL_PAD, num_warps=4 if C_PAD <= 1024 else 8,
+        )
+        return out, block_idx
     out, lse = _prefill_attn(q, k, v, mask, is_causal, scale, block_size, None, min_seq_len, True)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     m, kind, smb, smq, smk, thr = _mask_args(mask, B, Sq, Skv, q)
@@ -331,7 +397,6 @@ def prefill_topk_attention(q, k, v, mask, is_causal, scale, block_size, n_select
         Hq, Sq, Skv, n_kb, n_qb, scale * 1.4426950408889634, thr,
         HP=HP, G=G, QB=block_size, D=D, MASK_KIND=kind, IS_CAUSAL=bool(is_causal), num_warps=nw, num_stages=ns,
     )
-    block_idx = torch.empty(B, Hkv, n_qb, n_select, dtype=torch.int32, device=q.device)
     _prefill_select_kernel[(B * Hkv, n_qb)](
         imp, block_idx, n_kb, n_select, sink_blocks, local_blocks,
         NG=G // HP, C_PAD=triton.next_power_of_2(max(n_kb, 1)), N_SEL_PAD=triton.next_power_of_2(max(n_select, 1)),

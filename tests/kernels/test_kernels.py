@@ -18,6 +18,7 @@ from hylra_compile.kernels import (
     prefill_sparse_attention,
     prefill_topk_attention,
 )
+from hylra_compile.kernels import prefill as P
 from hylra_compile.lowering import reference as R
 
 TOL = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 2e-2}
@@ -170,12 +171,18 @@ def _check_prefill(case, device):
         q, k, v = make_qkv(B, Hq, Hkv, Sq, Skv, D, dtype, device, layout="bshd" if B > 1 else "contig")
         mask = make_mask(mk, B, Sq, Skv, valid, device, left=left, dtype=torch.float32 if dtype == torch.float32 else dtype)
         tol = TOL[dtype]
-        out, bidx = prefill_topk_attention(q, k, v, mask, causal, None, bs, n_sel, sink, local, 0)
         rout, rbidx = R.topk_attention(q, k, v, mask, causal, None, bs, n_sel, sink, local, 0)
-        assert out.dtype == q.dtype and out.shape == rout.shape
-        assert rel_err(out, rout) <= tol, (dtype, rel_err(out, rout))
         imp, cand = ref_importance(q, k, v, mask, causal, None, bs)
-        assert_same_selection(bidx, rbidx, imp, 10 * tol)
+        # both producer paths: one pass with stored block LSEs, and the two-pass recompute (X buffer over budget)
+        for budget in (P.X_BUDGET_BYTES, 0):
+            saved, P.X_BUDGET_BYTES = P.X_BUDGET_BYTES, budget
+            try:
+                out, bidx = prefill_topk_attention(q, k, v, mask, causal, None, bs, n_sel, sink, local, 0)
+            finally:
+                P.X_BUDGET_BYTES = saved
+            assert out.dtype == q.dtype and out.shape == rout.shape
+            assert rel_err(out, rout) <= tol, (dtype, budget, rel_err(out, rout))
+            assert_same_selection(bidx, rbidx, imp, 10 * tol)
         for msl in (0, 30 * (bs // 16)):
             sout = prefill_sparse_attention(q, k, v, rbidx, mask, causal, None, bs, msl)
             rsout = R.sparse_attention(q, k, v, rbidx, mask, causal, None, bs, msl)
