@@ -1,13 +1,18 @@
 """Prefill (Sq > 1) kernels: FlashAttention-style, GQA-packed.
 
 A program owns one query block (``block_size`` queries) of HP query heads that share a KV head (HP * block_size
-rows, 128 for block 64), so each K/V tile it loads serves HP heads.
+rows: 256 for block 64 and G >= 4), so each K/V tile it loads serves HP heads.
 
-Producer (3 launches): ``_prefill_attn_kernel`` dense (causal loop bound, out + per-row log2-sum-exp), then
-``_prefill_importance_kernel`` recomputes QK^T per (query block, KV block) and sums exp2(s - lse) exactly (a second
-pass of about half the forward FLOPs), then ``_prefill_select_kernel`` sums the G/HP head groups and selects per
-query block. Consumer (1 launch): ``_prefill_attn_kernel`` with SPARSE=True over the query block's selected KV
-blocks; rows with fewer than ``min_seq_len`` allowed keys (decided in the kernel) also visit the unselected blocks.
+Producer, one-pass path (when the [B, Hq, n_kb, Sq] fp32 buffer fits in ``X_BUDGET_BYTES``): ``_prefill_attn_kernel``
+(dense, causal loop bound) writes out, each row's log2-sum-exp, and each row's block log2-sum-exp
+x[row, c] = m + log2(sum_j exp2(s_j - m)); ``_prefill_reduce_select_kernel`` sums exp2(x - lse_row) over the G
+heads and the block's queries (the exact softmax mass) and selects per query block. Two launches.
+Two-pass path (larger inputs): the same FA kernel without x, then ``_prefill_importance_kernel`` recomputes QK^T per
+(query block, KV block) and sums exp2(s - lse), then ``_prefill_select_kernel``. Three launches.
+
+Consumer (1 launch): ``_prefill_attn_kernel`` with SPARSE=True over the query block's selected KV blocks (the ones
+wholly below the diagonal without masking); rows with fewer than ``min_seq_len`` allowed keys (decided in the kernel)
+also visit the unselected blocks.
 """
 
 from __future__ import annotations
@@ -159,19 +164,19 @@ def _prefill_attn_kernel(
                 n_full = Skv // BLOCK_N
         else:
             n_full = 0
-        x_base = X + ((b * Hq + head) * Sq + qpos) * n_kb
+        x_base = X + (b * Hq + head) * n_kb * Sq + qpos  # X [B, Hq, n_kb, Sq]: coalesced per block
         for c in range(n_full):
             acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c, True, k_base, v_base, m_base,
                                         skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr,
                                         offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, True)
             if WRITE_X:
-                tl.store(x_base + c, x_blk, mask=row_ok)
+                tl.store(x_base + c * Sq, x_blk, mask=row_ok)
         for c in range(n_full, n_blocks):
             acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c, True, k_base, v_base, m_base,
                                         skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr,
                                         offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, False)
             if WRITE_X:
-                tl.store(x_base + c, x_blk, mask=row_ok)
+                tl.store(x_base + c * Sq, x_blk, mask=row_ok)
 
     l_ok = l_i > 0
     out = tl.where(l_ok[:, None], acc / tl.where(l_ok, l_i, 1.0)[:, None], 0.0)
@@ -290,12 +295,12 @@ def _prefill_reduce_select_kernel(X, Lse, BlockIdx, Hq, Sq, Skv, n_kb, n_select,
     imp = tl.zeros([C_PAD], dtype=tl.float32)
     cand = offs_c < 0
     for g in range(G):
-        rowbase = (pid * G + g) * Sq  # (b * Hq + head) * Sq
+        hb = pid * G + g  # b * Hq + head
         for r0 in range(0, QB, R):
             qpos = q0 + r0 + offs_r
-            rok = qpos < Sq
-            lse = tl.load(Lse + rowbase + qpos, mask=rok, other=float("-inf"))
-            x = tl.load(X + (rowbase + qpos)[:, None] * n_kb + offs_c[None, :], mask=rok[:, None] & cm[None, :],
+            rok = (qpos < Sq) & (r0 + offs_r < QB)
+            lse = tl.load(Lse + hb * Sq + qpos, mask=rok, other=float("-inf"))
+            x = tl.load(X + hb * n_kb * Sq + offs_c[None, :] * Sq + qpos[:, None], mask=rok[:, None] & cm[None, :],
                         other=float("-inf"))
             hit = x > float("-inf")
             cand = cand | (tl.max(hit.to(tl.int32), 0) != 0)
@@ -304,7 +309,7 @@ def _prefill_reduce_select_kernel(X, Lse, BlockIdx, Hq, Sq, Skv, n_kb, n_select,
                N_SEL_PAD)
 
 
-# The one-pass producer keeps a [B, Hq, Sq, n_kb] fp32 buffer of block log-sum-exps; above this size it recomputes
+# The one-pass producer keeps a [B, Hq, n_kb, Sq] fp32 buffer of block log-sum-exps; above this size it recomputes
 # QK^T in a second pass instead (e.g. 128K tokens x 32 heads would need 34 GB).
 X_BUDGET_BYTES = 4 << 30
 
@@ -376,12 +381,12 @@ def prefill_topk_attention(q, k, v, mask, is_causal, scale, block_size, n_select
     if B * Hq * Sq * n_kb * 4 <= X_BUDGET_BYTES:
         # One pass: the FA kernel stores each row's block log-sum-exp; a reduction turns them into exact
         # importances once the row LSEs are known (no second QK^T pass).
-        x_buf = torch.empty(B, Hq, Sq, n_kb, dtype=torch.float32, device=q.device)
+        x_buf = torch.empty(B, Hq, n_kb, Sq, dtype=torch.float32, device=q.device)
         out, lse = _prefill_attn(q, k, v, mask, is_causal, scale, block_size, None, min_seq_len, True, x_buf=x_buf)
         _prefill_reduce_select_kernel[(B * Hkv, n_qb)](
             x_buf, lse, block_idx, Hq, Sq, Skv, n_kb, n_select, sink_blocks, local_blocks,
-            G=G, QB=block_size, R=max(1, min(16, 8192 // C_PAD)), IS_CAUSAL=bool(is_causal), C_PAD=C_PAD,
-            N_SEL_PAD=N_SEL_PAD, num_warps=4 if C_PAD <= 1024 else 8,
+            G=G, QB=block_size, R=max(8, min(64, 8192 // C_PAD)), IS_CAUSAL=bool(is_causal), C_PAD=C_PAD,
+            N_SEL_PAD=N_SEL_PAD, num_warps=4 if max(8, min(64, 8192 // C_PAD)) * C_PAD <= 8192 else 8,
         )
         return out, block_idx
     out, lse = _prefill_attn(q, k, v, mask, is_causal, scale, block_size, None, min_seq_len, True)
