@@ -285,6 +285,25 @@ def sweep_prefill(out, res):
     res.append({"case": "sweep", **out})
 
 
+def profile_prefill(S=32768):
+    """Per-kernel device times of the prefill producer (both paths) and consumer, via torch.profiler."""
+    import hylra_compile.kernels.prefill as P
+
+    q, k, v = qkv(1, S, S)
+    _, bidx = prefill_topk_attention(q, k, v, None, True, None, BS, NSEL, SINK, LOCAL, 0)
+    for name, budget in [("one-pass", P.X_BUDGET_BYTES), ("two-pass", 0)]:
+        saved, P.X_BUDGET_BYTES = P.X_BUDGET_BYTES, budget
+        prefill_topk_attention(q, k, v, None, True, None, BS, NSEL, SINK, LOCAL, 0)
+        torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(3):
+                prefill_topk_attention(q, k, v, None, True, None, BS, NSEL, SINK, LOCAL, 0)
+            torch.cuda.synchronize()
+        P.X_BUDGET_BYTES = saved
+        print(f"== profile producer {name} S={S} (3 calls)")
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=8), flush=True)
+
+
 def write(res, meta, outdir):
     tag = meta["device"].replace(" ", "_")
     base = os.path.join(outdir, f"kernels-{tag}")
@@ -360,6 +379,7 @@ def main():
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--sweep-only", action="store_true")
     ap.add_argument("--sweep-prefill-only", action="store_true")
+    ap.add_argument("--profile-prefill", action="store_true")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     torch.manual_seed(0)
@@ -369,6 +389,9 @@ def main():
     print(meta, flush=True)
     res = []
     t0 = time.time()
+    if args.profile_prefill:
+        profile_prefill()
+        return
     if args.sweep_prefill_only:
         sweep(res, prefill_only=True)
         write(res, meta, args.out)
