@@ -21,13 +21,16 @@ from transformers import AutoModelForCausalLM, LlamaConfig, StaticCache
 
 from hylra_compile import HylraBackend, Policy
 
+# Cache slots past the context: every timed decode step appends one token (warm-up + iterations < SLACK).
+SLACK = 256
+
 
 def build_model(layers: int, context: int, device, dtype, small: bool):
     size = dict(hidden_size=256, intermediate_size=512, num_attention_heads=8, num_key_value_heads=2, head_dim=32)
     if not small:  # Llama-3-8B attention and MLP shapes
         size = dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8)
     config = LlamaConfig(
-        vocab_size=32000, num_hidden_layers=layers, max_position_embeddings=context + 16, rope_theta=500000.0, **size
+        vocab_size=32000, num_hidden_layers=layers, max_position_embeddings=context + SLACK, rope_theta=500000.0, **size
     )
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=dtype).to(device).eval()
@@ -35,7 +38,7 @@ def build_model(layers: int, context: int, device, dtype, small: bool):
 
 @torch.no_grad()
 def fill_cache(model, context: int, device, chunk: int = 8192):
-    cache = StaticCache(config=model.config, max_cache_len=context + 16)
+    cache = StaticCache(config=model.config, max_cache_len=context + SLACK)
     ids = torch.randint(0, model.config.vocab_size, (1, context), device=device)
     for start in range(0, context, chunk):
         end = min(context, start + chunk)
@@ -44,13 +47,22 @@ def fill_cache(model, context: int, device, chunk: int = 8192):
 
 
 def snapshot(cache):
-    """A function restoring every tensor of the cache's layers (a decode step writes one slot and may bump a
-    length counter), so that both compiled models see the same cache."""
-    saved = [(tensor, tensor.clone()) for layer in cache.layers for tensor in vars(layer).values()
-             if isinstance(tensor, torch.Tensor)]
+    """A function restoring the state of the cache's layers (a decode step writes one slot and bumps a length
+    counter, a tensor or an int depending on the transformers version), so both compiled models see one cache."""
+    saved = [
+        (layer, name, value.clone() if isinstance(value, torch.Tensor) else value)
+        for layer in cache.layers
+        for name, value in vars(layer).items()
+        if isinstance(value, (torch.Tensor, int))
+    ]
+
     def restore():
-        for tensor, copy in saved:
-            tensor.copy_(copy)
+        for layer, name, value in saved:
+            if isinstance(value, torch.Tensor):
+                getattr(layer, name).copy_(value)
+            else:
+                setattr(layer, name, value)
+
     return restore
 
 
@@ -82,7 +94,7 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=4, help="Policy.every(n): one producer per n layers")
     parser.add_argument("--top-k", type=int, default=2048)
     parser.add_argument("--small", action="store_true", help="tiny widths (CPU smoke run)")
-    parser.add_argument("--iters", type=int, default=50)
+    parser.add_argument("--iters", type=int, default=50, help=f"timed decode steps (< {SLACK} - 4)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
