@@ -281,3 +281,32 @@ def test_backend_name_works_without_import(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "True torch.Size([1, 2, 8, 4])"
     assert (next(tmp_path.iterdir()) / "report.md").is_file()
+
+
+def test_look_alikes_of_hf_patterns_are_not_rewritten():
+    """A sequence repeat shaped like repeat_kv, a bool tensor added to scores, and grad-requiring inputs."""
+    q = torch.randn(1, 2, 16, 8)
+
+    def sequence_repeat(q, k):
+        first = F.scaled_dot_product_attention(q, k, k, is_causal=True)
+        doubled = k[:, :, None].expand(1, 2, 2, 16, 8).reshape(1, 2, 32, 8)
+        return F.scaled_dot_product_attention(first, doubled, doubled, is_causal=True)
+
+    compiled, backend = compile_model(sequence_repeat, policy=["producer", "consumer"], top_k=1024, block_size=4)
+    torch.testing.assert_close(compiled(q, q), sequence_repeat(q, q))
+    assert "KV length 32 is not provably equal to 16" in backend.reports[0].sites[1].reason
+
+    def bool_bias(q, k, flags):
+        scores = torch.matmul(q, k.transpose(2, 3)) * 0.3 + flags
+        return torch.matmul(torch.softmax(scores, dim=-1), k)
+
+    torch._dynamo.reset()
+    compiled, backend = compile_model(bool_bias, policy=["full"])
+    flags = torch.rand(1, 1, 16, 16) > 0.5
+    torch.testing.assert_close(compiled(q, q, flags), bool_bias(q, q, flags))
+    assert "is not a floating-point tensor" in backend.reports[0].sites[0].reason
+
+    torch._dynamo.reset()
+    compiled, backend = compile_model(TwoAttentions(), policy=["producer", "consumer"])
+    compiled(q.requires_grad_(), q, q, q)
+    assert all("inference-only" in site.reason for site in backend.reports[0].sites)

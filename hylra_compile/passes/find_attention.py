@@ -23,6 +23,7 @@ import torch.fx
 from torch._dynamo.utils import counters
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
+from ..lowering import reference
 from ..report import AttentionSite
 from .base import HylraPass, PassContext
 
@@ -36,8 +37,12 @@ def _sdpa_signature(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=
     """Argument names and defaults of ``scaled_dot_product_attention``, used to bind a call's args."""
 
 
-def _softmax_signature(input, dim=None, _stacklevel=3, dtype=None):
+def _functional_softmax_signature(input, dim=None, _stacklevel=3, dtype=None):
     """Argument names and defaults of ``torch.nn.functional.softmax``."""
+
+
+def _softmax_signature(input, dim, dtype=None):
+    """Argument names and defaults of ``torch.softmax`` / ``Tensor.softmax``."""
 
 
 def _dropout_signature(input, p=0.5, training=True, inplace=False):
@@ -104,9 +109,16 @@ def look_through_repeat_kv(node: torch.fx.Node) -> tuple[torch.fx.Node, list[tor
     full = slice(None, None, None)
     if index != (full, full, None, full, full):
         return node, []
-    source, repeated = unsqueeze.args[0], _val(node)
+    source, repeated, expanded = unsqueeze.args[0], _val(node), _val(expand)
     source_val = _val(source)
-    if source_val is None or repeated is None or source_val.dim() != 4 or repeated.dim() != 4:
+    if source_val is None or repeated is None or expanded is None or source_val.dim() != 4 or repeated.dim() != 4:
+        return node, []
+    # Only a repeat of the heads: [B, H, S, D] -> [B, H, n, S, D] -> [B, H * n, S, D].
+    B, H, S, D = source_val.shape
+    n = expanded.shape[2]
+    same = [statically_known_true(a == b) for a, b in zip(expanded.shape, (B, H, n, S, D))]
+    same += [statically_known_true(a == b) for a, b in zip(repeated.shape, (B, H * n, S, D))]
+    if not all(same):
         return node, []
     return source, [node, expand, unsqueeze]
 
@@ -118,22 +130,16 @@ def _constant(value, name: str, types: tuple[type, ...]):
 
 
 def _check_qkv(site: AttentionSite) -> None:
-    """Shapes must be q [B, Hq, Sq, D], k [B, Hkv, Skv, D], v [B, Hkv, Skv, Dv] with Hkv dividing Hq."""
-    q, k, v = _val(site.q), _val(site.k), _val(site.v)
-    if q is None or k is None or v is None:
-        raise NoMatch("no example values recorded for q/k/v")
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise NoMatch(f"q/k/v are not 4-d [B, H, S, D] (got {q.dim()}-d, {k.dim()}-d, {v.dim()}-d)")
-    if not statically_known_true(q.shape[1] % k.shape[1] == 0):
-        raise NoMatch(f"query heads {q.shape[1]} are not a multiple of KV heads {k.shape[1]}")
-    if not (q.is_floating_point() and q.dtype == k.dtype == v.dtype):
-        raise NoMatch(f"q/k/v dtypes differ or are not floating point ({q.dtype}, {k.dtype}, {v.dtype})")
-    mask = _val(site.mask)
-    if mask is not None:
-        if mask.dim() > 4:
-            raise NoMatch(f"mask has {mask.dim()} dims")
-        if mask.dim() == 4 and not (mask.shape[1] == 1 or statically_known_true(mask.shape[1] == q.shape[1])):
-            raise NoMatch(f"mask head dim {mask.shape[1]} is neither 1 nor the {q.shape[1]} query heads")
+    """The ops must accept the site's inputs (:func:`reference.check_inputs`) and run it without autograd."""
+    q, k, v, mask = (_val(node) for node in (site.q, site.k, site.v, site.mask))
+    if q is None or k is None or v is None or (site.mask is not None and mask is None):
+        raise NoMatch("no example values recorded for q/k/v/mask")
+    try:
+        reference.check_inputs(q, k, v, mask, block_size=1)
+    except ValueError as err:
+        raise NoMatch(str(err)) from None
+    if any(t.requires_grad for t in (q, k, v)):
+        raise NoMatch("inputs require grad; the hylra ops are inference-only (no autograd formula)")
 
 
 def match_sdpa(node: torch.fx.Node) -> AttentionSite:
@@ -161,13 +167,15 @@ def match_sdpa(node: torch.fx.Node) -> AttentionSite:
 
 def _scores_and_scale(node: torch.fx.Node) -> tuple[torch.fx.Node, float]:
     """Undo ``* scale`` / ``/ d`` on the QKᵀ product; returns (matmul node, scale)."""
+    if _is_call(node, (operator.mul, torch.mul, operator.truediv, torch.div)) and node.kwargs:
+        raise NoMatch(f"{_describe(node)} has keyword arguments {dict(node.kwargs)}")
     if _is_call(node, (operator.mul, torch.mul)):
         a, b = node.args
         if isinstance(b, (int, float)) and isinstance(a, torch.fx.Node):
             return a, float(b)
         if isinstance(a, (int, float)) and isinstance(b, torch.fx.Node):
             return b, float(a)
-        raise NoMatch(f"QKᵀ is scaled by a tensor ({node.name}), not a constant")
+        raise NoMatch(f"QKᵀ is scaled by {_describe(node)}, not by a compile-time constant")
     if _is_call(node, (operator.truediv, torch.div)):
         a, b = node.args[:2]
         if isinstance(b, (int, float)) and b != 0 and isinstance(a, torch.fx.Node):
@@ -185,7 +193,8 @@ def _is_transpose_last_two(node) -> bool:
 
 def match_eager(softmax: torch.fx.Node) -> AttentionSite:
     """HF eager attention around ``softmax``. Raises :class:`NoMatch` with the reason when it deviates."""
-    args = _bind(_softmax_signature, softmax)
+    is_functional = softmax.op == "call_function" and softmax.target is torch.nn.functional.softmax
+    args = _bind(_functional_softmax_signature if is_functional else _softmax_signature, softmax)
     dim = args.get("dim")
     if dim not in (-1, 3):
         raise NoMatch(f"softmax over dim {dim}, not the key dim")
@@ -194,11 +203,14 @@ def match_eager(softmax: torch.fx.Node) -> AttentionSite:
     # Upstream: [matmul(q, kᵀ) (* scale)] (+ mask)
     scores, mask, internal = args["input"], None, [softmax]
     if _is_call(scores, (operator.add, torch.add)):
+        if scores.kwargs:
+            raise NoMatch(f"{_describe(scores)} has keyword arguments {dict(scores.kwargs)}")
         internal.append(scores)
         a, b = scores.args[:2]
         scores, mask = (a, b) if _upstream_matmul(a) else (b, a)
-        if not isinstance(mask, torch.fx.Node):
-            raise NoMatch(f"additive mask {mask!r} is not a tensor")
+        mask_val = _val(mask)
+        if mask_val is None or not mask_val.is_floating_point():
+            raise NoMatch(f"additive mask {getattr(mask, 'name', mask)!r} is not a floating-point tensor")
     scaled = scores
     qk, scale = _scores_and_scale(scores)
     if qk is not scaled:
