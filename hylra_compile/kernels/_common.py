@@ -1,11 +1,26 @@
-"""Triton helpers shared by the decode and prefill kernels: mask tiles and the top-k block selection."""
+"""Helpers shared by the decode and prefill kernels: mask arguments and tiles, and the top-k block selection."""
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
+# Python-side only: inside @triton.jit code the literal is written out (a plain global is not a constexpr there).
 LOG2E = 1.4426950408889634
+
+
+def mask_args(mask: torch.Tensor | None, B: int, Sq: int, Skv: int, q: torch.Tensor):
+    """(tensor, kind, stride_b, stride_q, stride_k, threshold) for a mask [B|1, 1, Sq|1, Skv|1] (already 4-d)."""
+    if mask is None:
+        return q, 0, 0, 0, 0, 0.0
+    m = mask.expand(B, 1, Sq, Skv)
+    if m.dtype == torch.bool:
+        m = m.view(torch.uint8)
+        kind, thr = 1, 0.0
+    else:
+        kind, thr = 2, float(torch.finfo(m.dtype).min) / 2
+    return m, kind, m.stride(0), m.stride(2), m.stride(3), thr
 
 
 @triton.jit

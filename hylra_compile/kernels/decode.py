@@ -2,7 +2,7 @@
 
 Producer: ``_decode_split_kernel`` (grid B x Hkv x splits; each program serves all G query heads of its KV head, so
 each KV block is read once) writes per-split partial (max, sum, acc) and the log2-sum-exp of every (head, KV block);
-``_decode_combine_kernel`` (grid B x Hkv) merges the splits into ``out``, turns the block LSEs into exact
+``_decode_combine_kernel`` (grid B x Hkv x G) merges each head's splits into ``out``, turns the block LSEs into exact
 importances sum_g exp2(lse_gc - lse_g) and selects the top blocks. Two launches, no host synchronisation.
 
 Consumer: the same two kernels with SPARSE=True: the split programs walk the selected block list (or all blocks
@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import LOG2E, mask_tile, select_row
+from ._common import LOG2E, mask_args, mask_tile, select_row
 
 
 @triton.jit
@@ -213,19 +213,6 @@ def _num_sms(device: torch.device) -> int:
     return 2
 
 
-def _mask_args(mask: torch.Tensor | None, B: int, Sq: int, Skv: int, q: torch.Tensor):
-    """(tensor, kind, stride_b, stride_q, stride_k, threshold) for a mask [B|1, 1, Sq|1, Skv|1] (already 4-d)."""
-    if mask is None:
-        return q, 0, 0, 0, 0, 0.0
-    m = mask.expand(B, 1, Sq, Skv)
-    if m.dtype == torch.bool:
-        m = m.view(torch.uint8)
-        kind, thr = 1, 0.0
-    else:
-        kind, thr = 2, float(torch.finfo(m.dtype).min) / 2
-    return m, kind, m.stride(0), m.stride(2), m.stride(3), thr
-
-
 def _splits(B: int, Hkv: int, n_items: int, device: torch.device, min_per_split: int, waves: int) -> int:
     target = waves * _num_sms(device)
     want = max(1, -(-target // (B * Hkv)))
@@ -243,7 +230,7 @@ def _decode(q, k, v, mask, is_causal, scale, block_size, block_idx, n_select, si
     sparse = block_idx is not None
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     dev = q.device
-    m, kind, smb, _smq, smk, thr = _mask_args(mask, B, Sq, Skv, q)
+    m, kind, smb, _smq, smk, thr = mask_args(mask, B, Sq, Skv, q)
     if sparse:
         n_sel = block_idx.shape[-1]
         idx = block_idx
@@ -268,7 +255,7 @@ def _decode(q, k, v, mask, is_causal, scale, block_size, block_idx, n_select, si
         k.stride(0), k.stride(1), k.stride(2), k.stride(3),
         v.stride(0), v.stride(1), v.stride(2), v.stride(3),
         smb, smk, sib, sih, sis,
-        Skv, n_kb, n_sel, splits, scale * 1.4426950408889634, thr, min_seq_len,
+        Skv, n_kb, n_sel, splits, scale * LOG2E, thr, min_seq_len,
         G=G, G_PAD=G_PAD, D=D, DV=DV, BLOCK_N=block_size, MASK_KIND=kind, IS_CAUSAL=bool(is_causal),
         SPARSE=sparse, WRITE_LSE=not sparse, SCAN_N=1024, SCAN_IT=64, num_warps=num_warps, num_stages=num_stages,
     )

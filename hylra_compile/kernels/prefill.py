@@ -23,8 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import mask_tile, select_row
-from .decode import _mask_args
+from ._common import LOG2E, mask_args, mask_tile, select_row
 
 
 @triton.jit
@@ -334,7 +333,7 @@ def _cfg(D: int, rows: int, kind):
 
 
 def _prefill_attn(q, k, v, mask, is_causal, scale, block_size, block_idx, min_seq_len, write_lse,
-                  num_warps=None, num_stages=None, block_n=None, hp=None, x_buf=None):
+                  num_warps=None, num_stages=None, hp=None, x_buf=None):
     B, Hq, Sq, D = q.shape
     Hkv, Skv, DV = k.shape[1], k.shape[2], v.shape[3]
     G = Hq // Hkv
@@ -342,7 +341,7 @@ def _prefill_attn(q, k, v, mask, is_causal, scale, block_size, block_idx, min_se
     n_kb, n_qb = triton.cdiv(Skv, block_size), triton.cdiv(Sq, block_size)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     dev = q.device
-    m, kind, smb, smq, smk, thr = _mask_args(mask, B, Sq, Skv, q)
+    m, kind, smb, smq, smk, thr = mask_args(mask, B, Sq, Skv, q)
     sparse = block_idx is not None
     if sparse:
         idx, n_sel = block_idx, block_idx.shape[-1]
@@ -359,8 +358,8 @@ def _prefill_attn(q, k, v, mask, is_causal, scale, block_size, block_idx, min_se
         v.stride(0), v.stride(1), v.stride(2), v.stride(3),
         smb, smq, smk, *sidx,
         out.stride(0), out.stride(1), out.stride(2), out.stride(3),
-        Hq, Sq, Skv, n_kb, n_sel, scale * 1.4426950408889634, thr, min_seq_len,
-        HP=HP, G=G, QB=block_size, BLOCK_N=block_n or block_size, D=D, DV=DV, MASK_KIND=kind, IS_CAUSAL=bool(is_causal),
+        Hq, Sq, Skv, n_kb, n_sel, scale * LOG2E, thr, min_seq_len,
+        HP=HP, G=G, QB=block_size, BLOCK_N=block_size, D=D, DV=DV, MASK_KIND=kind, IS_CAUSAL=bool(is_causal),
         SPARSE=sparse, WRITE_LSE=write_lse, N_SEL_PAD=triton.next_power_of_2(max(n_sel, 1)), SCAN_N=64,
         WRITE_X=x_buf is not None,
         num_warps=num_warps or nw, num_stages=num_stages or ns,
@@ -391,7 +390,7 @@ def prefill_topk_attention(q, k, v, mask, is_causal, scale, block_size, n_select
         return out, block_idx
     out, lse = _prefill_attn(q, k, v, mask, is_causal, scale, block_size, None, min_seq_len, True)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
-    m, kind, smb, smq, smk, thr = _mask_args(mask, B, Sq, Skv, q)
+    m, kind, smb, smq, smk, thr = mask_args(mask, B, Sq, Skv, q)
     imp = torch.empty(B, Hq // HP, n_qb, n_kb, dtype=torch.float32, device=q.device)
     nw, ns = _cfg(D, HP * block_size, "importance")
     _prefill_importance_kernel[(n_qb, B * (Hq // HP))](
@@ -399,7 +398,7 @@ def prefill_topk_attention(q, k, v, mask, is_causal, scale, block_size, n_select
         q.stride(0), q.stride(1), q.stride(2), q.stride(3),
         k.stride(0), k.stride(1), k.stride(2), k.stride(3),
         smb, smq, smk,
-        Hq, Sq, Skv, n_kb, n_qb, scale * 1.4426950408889634, thr,
+        Hq, Sq, Skv, n_kb, n_qb, scale * LOG2E, thr,
         HP=HP, G=G, QB=block_size, D=D, MASK_KIND=kind, IS_CAUSAL=bool(is_causal), num_warps=nw, num_stages=ns,
     )
     _prefill_select_kernel[(B * Hkv, n_qb)](

@@ -35,6 +35,7 @@ def topk_attention(
 @topk_attention.register_fake
 def _topk_attention_fake(q, k, v, mask, is_causal, scale, block_size, n_select, sink_blocks, local_blocks, min_seq_len):
     reference.check_inputs(q, k, v, mask, block_size)
+    reference.check_selection(n_select, sink_blocks, local_blocks)
     B, Hq, Sq, _ = q.shape
     out = q.new_empty(B, Hq, Sq, v.shape[3])
     block_idx = q.new_empty(B, k.shape[1], reference.num_blocks(Sq, block_size), n_select, dtype=torch.int32)
@@ -60,5 +61,6 @@ def sparse_attention(
 @sparse_attention.register_fake
 def _sparse_attention_fake(q, k, v, block_idx, mask, is_causal, scale, block_size, min_seq_len):
     reference.check_inputs(q, k, v, mask, block_size)
+    reference.check_block_idx(block_idx, q, k, block_size)
     B, Hq, Sq, _ = q.shape
     return q.new_empty(B, Hq, Sq, v.shape[3])

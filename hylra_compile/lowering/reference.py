@@ -17,23 +17,81 @@ import math
 
 import torch
 from torch import Tensor
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 # Scores of one chunk are held in fp32: cap a chunk at about this many elements.
 _CHUNK_ELEMENTS = 1 << 25
 
 
+def _require(condition, message: str) -> None:
+    """Raise ``ValueError(message)`` unless ``condition`` holds; a symbolic condition that cannot be decided now
+    becomes a run-time assertion of the shape environment (no guard, no recompile)."""
+    if isinstance(condition, bool):
+        if not condition:
+            raise ValueError(message)
+    elif not statically_known_true(condition):
+        try:
+            torch._check(condition, lambda: message)
+        except RuntimeError:
+            raise ValueError(message) from None
+
+
 def check_inputs(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, block_size: int) -> None:
-    """Raise a clear error for inputs the ops cannot take (shared by the fake and the real kernels)."""
+    """Raise a clear error for inputs the ops cannot take (shared by the fake and the real kernels, and by the
+    pattern matcher, which leaves such a site dense)."""
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(f"q, k, v must be 4-d [B, H, S, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    torch._check(k.shape[0] == q.shape[0] and v.shape[0] == q.shape[0], lambda: "q, k, v batch sizes differ")
-    torch._check(k.shape[1] == v.shape[1] and k.shape[2] == v.shape[2], lambda: "k and v shapes differ")
-    torch._check(q.shape[3] == k.shape[3], lambda: "q and k head dims differ")
-    torch._check(q.shape[1] % k.shape[1] == 0, lambda: "query heads must be a multiple of KV heads")
+    B, Hq, Sq, D = q.shape
+    Hkv, Skv = k.shape[1], k.shape[2]
+    layout = "q [B, Hq, Sq, D], k [B, Hkv, Skv, D], v [B, Hkv, Skv, Dv]"
+    for what, a, b in (
+        ("k batch", k.shape[0], B),
+        ("v batch", v.shape[0], B),
+        ("v heads", v.shape[1], Hkv),
+        ("v length", v.shape[2], Skv),
+        ("k head dim", k.shape[3], D),
+    ):
+        _require(a == b, f"{what} {a} differs from {b} ({layout})")
+    _require(Hq % Hkv == 0, f"query heads {Hq} are not a multiple of KV heads {Hkv}")
+    if not (q.is_floating_point() and q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v must share one floating dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
-    if mask is not None and mask.dim() > 4:
-        raise ValueError(f"mask must have at most 4 dims, got {mask.dim()}")
+    if mask is not None:
+        if mask.dtype != torch.bool and not mask.is_floating_point():
+            raise ValueError(f"mask must be bool (True = attend) or floating (additive), got {mask.dtype}")
+        target = (B, Hq, Sq, Skv)
+        message = f"mask of shape {tuple(mask.shape)} does not broadcast to [B, Hq, Sq, Skv] = {list(target)}"
+        if mask.dim() > 4:
+            raise ValueError(message)
+        for m, t in zip(reversed(mask.shape), reversed(target)):
+            _require(statically_known_true(m == 1) or m == t, message)
+
+
+def check_selection(n_select: int, sink_blocks: int, local_blocks: int) -> None:
+    if n_select < sink_blocks + local_blocks:
+        raise ValueError(f"n_select={n_select} is smaller than sink_blocks + local_blocks = {sink_blocks + local_blocks}")
+
+
+def check_block_idx(block_idx: Tensor, q: Tensor, k: Tensor, block_size: int) -> None:
+    """``block_idx`` must be int32 [B, Hkv, ceil(Sq / bs), n_sel] (values are checked by the reference only)."""
+    B, Sq, Hkv = q.shape[0], q.shape[2], k.shape[1]
+    n_qb = num_blocks(Sq, block_size)
+    message = f"block_idx must be int32 [B, Hkv, ceil(Sq/bs), n_sel] = [{B}, {Hkv}, {n_qb}, n_sel], got "
+    message += f"{block_idx.dtype} {tuple(block_idx.shape)}"
+    if block_idx.dim() != 4 or block_idx.dtype != torch.int32:
+        raise ValueError(message)
+    for a, b in zip(block_idx.shape[:3], (B, Hkv, n_qb)):
+        _require(a == b, message)
+
+
+def mask_4d(mask: Tensor | None) -> Tensor | None:
+    """A mask broadcastable to [B, Hq, Sq, Skv], given leading size-1 dims up to 4-d."""
+    if mask is None:
+        return None
+    while mask.dim() < 4:
+        mask = mask.unsqueeze(0)
+    return mask
 
 
 def num_blocks(length, block_size: int):
@@ -63,9 +121,7 @@ def _allowed_and_bias(
         allowed = allowed & (torch.arange(Skv, device=device)[None, :] <= rows)
     bias = None
     if mask is not None:
-        m = mask
-        while m.dim() < 4:
-            m = m.unsqueeze(0)
+        m = mask_4d(mask)
         m = m.expand(B if m.shape[0] != 1 else 1, m.shape[1], Sq, Skv)[:, :, q_start:q_end]
         if m.dtype == torch.bool:
             allowed = allowed & m
@@ -147,8 +203,7 @@ def topk_attention(
     it is accepted so producer and consumer share one calling convention.
     """
     check_inputs(q, k, v, mask, block_size)
-    if n_select < sink_blocks + local_blocks:
-        raise ValueError(f"n_select={n_select} is smaller than sink_blocks + local_blocks = {sink_blocks + local_blocks}")
+    check_selection(n_select, sink_blocks, local_blocks)
     B, Hq, Sq, D = q.shape
     Hkv, Skv = k.shape[1], k.shape[2]
     G = Hq // Hkv
@@ -191,8 +246,9 @@ def sparse_attention(
 ) -> Tensor:
     """SDPA restricted to the allowed keys in the selected KV blocks of the query's KV head and query block.
 
-    ``block_idx`` int32 [B, Hkv, ceil(Sq / bs), n_sel], entries in [0, ceil(Skv / bs)) or -1 (ignored); the
-    selection of query block r applies to all its queries and to the G query heads of the KV head. A query with
+    ``block_idx`` int32 [B, Hkv, ceil(Sq / bs), n_sel], as the producer emits it: each row strictly ascending
+    entries in [0, ceil(Skv / bs)), then -1 padding (ignored). The CUDA kernels rely on that order and do not
+    check it (a check would synchronise with the host). The selection of query block r applies to all its queries and to the G query heads of the KV head. A query with
     fewer than ``min_seq_len`` allowed keys attends all of them (dense). A query with no key left outputs zeros.
     When the selection covers every allowed key the result equals SDPA.
     """
@@ -201,12 +257,13 @@ def sparse_attention(
     Hkv, Skv = k.shape[1], k.shape[2]
     G = Hq // Hkv
     n_kb, n_qb = num_blocks(Skv, block_size), num_blocks(Sq, block_size)
-    if block_idx.dim() != 4 or tuple(block_idx.shape[:3]) != (B, Hkv, n_qb):
-        raise ValueError(
-            f"block_idx must be [B, Hkv, ceil(Sq/bs), n_sel] = [{B}, {Hkv}, {n_qb}, n_sel], got {tuple(block_idx.shape)}"
-        )
+    check_block_idx(block_idx, q, k, block_size)
     if ((block_idx < -1) | (block_idx >= n_kb)).any():
         raise ValueError(f"block_idx holds entries outside [-1, {n_kb})")
+    valid = block_idx >= 0
+    ascending = (block_idx[..., 1:] > block_idx[..., :-1]) | ~valid[..., 1:]
+    if (valid[..., 1:] & ~valid[..., :-1]).any() or not ascending.all():
+        raise ValueError("each block_idx row must be strictly ascending block indices followed by -1 padding")
     dtype = _compute_dtype(q)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     kf, vf = k.to(dtype), v.to(dtype)

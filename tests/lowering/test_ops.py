@@ -166,3 +166,14 @@ def test_errors_are_clear():
         sparse_attention(q, k, v, torch.zeros(2, 2, 1, 3, dtype=torch.int32), None, True, None, 8, 0)
     with pytest.raises(ValueError, match="outside"):
         sparse_attention(q, k, v, torch.full((2, 2, 3, 3), 9, dtype=torch.int32), None, True, None, 8, 0)
+
+
+def test_block_idx_must_be_ascending_and_mask_must_broadcast():
+    q, k, v = qkv(Sq=1, Skv=40)
+    unsorted = torch.tensor([3, 1, -1], dtype=torch.int32).expand(2, 2, 1, 3).contiguous()
+    with pytest.raises(ValueError, match="strictly ascending block indices followed by -1"):
+        sparse_attention(q, k, v, unsorted, None, False, None, 8, 0)
+    with pytest.raises(ValueError, match=r"does not broadcast to \[B, Hq, Sq, Skv\] = \[2, 4, 1, 40\]"):
+        topk_attention(q, k, v, torch.ones(2, 1, 1, 39, dtype=torch.bool), False, None, 8, 3, 1, 1, 0)
+    with pytest.raises(ValueError, match="mask must be bool"):
+        topk_attention(q, k, v, torch.ones(2, 1, 1, 40, dtype=torch.int64), False, None, 8, 3, 1, 1, 0)
