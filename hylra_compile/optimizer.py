@@ -149,12 +149,7 @@ def _solve(
             k -= 1
         else:
             modes[j] = "consumer"
-    sources: list[int | None] = []
-    nearest = None
-    for j, mode in enumerate(modes):
-        sources.append(nearest if mode == "consumer" else None)
-        if mode == "producer":
-            nearest = j
+    sources = Policy.from_modes(modes).sources
     consumed = {s for s in sources if s is not None}
     modes = ["full" if mode == "producer" and j not in consumed else mode for j, mode in enumerate(modes)]
     return modes, sources, total

@@ -38,8 +38,10 @@ class HylraOptions:
         return -(-self.top_k // self.block_size)
 
     @classmethod
-    def parse(cls, options: Mapping[str, Any] | None = None, **kwargs: Any) -> "HylraOptions":
-        merged = {**(options or {}), **kwargs}
+    def parse(cls, options: Mapping[str, Any] | None = None) -> "HylraOptions":
+        """Options from a mapping: policy paths and mode lists become a :class:`Policy`, ``HYLRA_DUMP_DIR`` fills
+        ``dump_dir``; unknown keys raise ``ValueError`` naming the valid ones."""
+        merged = dict(options or {})
         valid = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(merged) - set(valid))
         if unknown:
@@ -48,11 +50,9 @@ class HylraOptions:
             merged["dump_dir"] = os.environ["HYLRA_DUMP_DIR"]
         if "policy" in merged:
             merged["policy"] = _parse_policy(merged["policy"])
-        opts = cls(**merged)
-        opts._validate()
-        return opts
+        return cls(**merged)
 
-    def _validate(self) -> None:
+    def __post_init__(self) -> None:
         for name in ("top_k", "block_size"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
@@ -70,6 +70,8 @@ class HylraOptions:
             raise ValueError(f"hylra option inductor must be True or False, got {self.inductor!r}")
         if self.dump_dir is not None and not isinstance(self.dump_dir, (str, os.PathLike)):
             raise ValueError(f"hylra option dump_dir must be a path or None, got {self.dump_dir!r}")
+        if self.policy is not None and not isinstance(self.policy, Policy):
+            raise ValueError(f"hylra option policy must be a Policy here, got {type(self.policy).__name__}")
 
 
 def _is_int(value: Any) -> bool:

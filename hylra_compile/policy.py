@@ -91,6 +91,11 @@ class Policy:
             raise ValueError(f"not a hylra policy: expected format {FORMAT!r}")
         if data.get("version") != VERSION:
             raise ValueError(f"unsupported hylra policy version {data.get('version')!r}; this build reads {VERSION}")
+        missing = [key for key in ("num_layers", "layers") if key not in data]
+        missing += [f"layers[{i}].{key}" for i, entry in enumerate(data.get("layers", [])) for key in ("mode", "source")
+                    if not isinstance(entry, dict) or key not in entry]
+        if missing:
+            raise ValueError(f"policy is missing {', '.join(missing)}")
         layers = data["layers"]
         if len(layers) != data["num_layers"]:
             raise ValueError(f"policy lists {len(layers)} layers but says num_layers={data['num_layers']}")
@@ -119,9 +124,6 @@ class Policy:
     @property
     def num_layers(self) -> int:
         return len(self.modes)
-
-    def consumers_of(self, producer: int) -> list[int]:
-        return [layer for layer, source in enumerate(self.sources) if source == producer]
 
     def check_model(self, num_layers: int, num_kv_heads: int | None) -> None:
         """Refuse a model whose number of attention layers or KV heads differs from the policy's."""

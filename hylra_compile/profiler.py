@@ -237,6 +237,8 @@ class _Recorder:
         """Stands in for ``sdpa_attention_forward``: dense output [B, S, Hq, D] from the producer op, plus records."""
         if any(kwargs.get(name) is not None for name in ("softcap", "position_bias", "s_aux")):
             raise ValueError("the hylra ops support plain softmax attention only (no softcap, position bias or sinks)")
+        if dropout:
+            raise ValueError(f"attention dropout {dropout} is active: profile a model in eval mode (model.eval())")
         layer = getattr(module, "layer_idx", None)
         if not isinstance(layer, int):
             raise ValueError(f"attention module {type(module).__name__} has no integer layer_idx; cannot profile it")

@@ -39,3 +39,10 @@ def test_policy_forms(tmp_path, monkeypatch):
     monkeypatch.setenv("HYLRA_DUMP_DIR", str(tmp_path / "dumps"))
     assert HylraOptions.parse({}).dump_dir == str(tmp_path / "dumps")
     assert HylraOptions.parse({"dump_dir": "x"}).dump_dir == "x"
+
+
+def test_direct_construction_is_validated_too():
+    with pytest.raises(ValueError, match="top_k must be a positive int"):
+        HylraOptions(top_k=0)
+    with pytest.raises(ValueError, match="policy must be a Policy here"):
+        HylraOptions(policy=["producer"])

@@ -68,3 +68,11 @@ def test_check_model():
         policy.check_model(3, 8)
     with pytest.raises(ValueError, match="made for a model with 8 KV heads, this graph has 2"):
         policy.check_model(4, 2)
+
+
+def test_policy_json_missing_keys(tmp_path):
+    data = Policy.every(2, 2).to_dict()
+    del data["layers"][1]["source"]
+    (tmp_path / "p.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"policy is missing layers\[1\].source"):
+        Policy.load(tmp_path / "p.json")

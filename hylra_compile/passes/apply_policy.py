@@ -49,8 +49,13 @@ class ApplyPolicyPass(HylraPass):
         for site in sites:
             site.action, site.source = "dense", None
             site.reason = site.problem or ("no policy given" if policy is None else None)
-        if policy is None:
-            return
+        if policy is not None:
+            self._decide(gm, sites, policy)
+        for site in sites:
+            counters["hylra"][f"{site.action}_sites"] += 1
+
+    @staticmethod
+    def _decide(gm: torch.fx.GraphModule, sites: list[AttentionSite], policy) -> None:
         policy.check_model(len(sites), _kv_heads(sites))
         order = {node: position for position, node in enumerate(gm.graph.nodes)}
         for site in sites:
@@ -72,4 +77,3 @@ class ApplyPolicyPass(HylraPass):
         for site in sites:
             if site.action == "producer" and site.layer not in consumed:
                 site.action, site.reason = "dense", "policy: producer, but no layer consumes it (runs as full)"
-            counters["hylra"][f"{site.action}_sites"] += 1

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 import torch.fx
 
 from ..options import HylraOptions
 from ..report import GraphReport
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -40,4 +43,5 @@ class PassManager:
             ctx.dump_dir.mkdir(parents=True, exist_ok=True)
             (ctx.dump_dir / "before.py").write_text(gm.print_readable(print_output=False))
         for graph_pass in self.passes:
+            log.debug("hylra: running pass %s on %s", graph_pass.name, ctx.report.name)
             graph_pass(gm, ctx)
