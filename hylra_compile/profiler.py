@@ -266,7 +266,7 @@ class _Recorder:
         error_sq = (sparse.float() - dense32).square().sum(dtype=torch.float64).item()
         self.error_sq[layer] = self.error_sq.get(layer, 0.0) + error_sq
         self.dense_sq[layer] = self.dense_sq.get(layer, 0.0) + dense32.square().sum(dtype=torch.float64).item()
-        candidates = _candidate_block_counts(query, key, mask, is_causal, bs)
+        candidates = reference.candidate_counts(query, key, mask, is_causal, bs)
         nontrivial = (candidates > self.n_select).expand(block_idx.shape[:3])
         self.layers[layer] = (block_idx, nontrivial)
         if self.progress is not None:
@@ -338,32 +338,6 @@ class _Recorder:
             head_overlap=None if head_overlap is None else np.clip(head_overlap, 0.0, 1.0),
             metadata={**metadata, "num_layers": num_layers, "num_kv_heads": H},
         )
-
-
-def _candidate_block_counts(
-    query: Tensor, key: Tensor, mask: Tensor | None, is_causal: bool, block_size: int
-) -> Tensor:
-    """[B|1, Hkv|1, ceil(Sq/bs)]: KV blocks holding an allowed key of the query block, by the ops' own mask rule."""
-    B, Hq, Sq, _ = query.shape
-    Hkv, Skv = key.shape[1], key.shape[2]
-    n_kb = reference.num_blocks(Skv, block_size)
-    if mask is None:
-        blocks = torch.arange(reference.num_blocks(Sq, block_size), device=query.device)
-        if not is_causal:
-            return torch.full((1, 1, blocks.numel()), n_kb, device=query.device)
-        last_query = torch.clamp((blocks + 1) * block_size - 1, max=Sq - 1)
-        return torch.clamp(last_query // block_size + 1, max=n_kb)[None, None]
-    counts = []
-    chunk = reference._chunk_len(B, Hq, Skv, block_size)
-    for start in range(0, Sq, chunk):
-        end = min(Sq, start + chunk)
-        rows = reference.num_blocks(end - start, block_size)
-        allowed = reference._allowed_and_bias(
-            mask, is_causal, start, end, (B, Hkv, Hq // Hkv, Sq, Skv), torch.float32, query.device
-        )[0].any(2)
-        allowed = torch.nn.functional.pad(allowed, (0, n_kb * block_size - Skv, 0, rows * block_size - (end - start)))
-        counts.append(allowed.view(B, Hkv, rows, block_size, n_kb, block_size).any(5).any(3).sum(-1))
-    return torch.cat(counts, dim=2)
 
 
 def _profile_attention(module, query, key, value, attention_mask, *args, **kwargs):

@@ -157,6 +157,36 @@ def _masked_attention(q_chunk: Tensor, k: Tensor, v: Tensor, allowed: Tensor, bi
     return torch.einsum("bhgqk,bhkd->bhgqd", probs, v), probs
 
 
+def _block_hits(allowed: Tensor, block_size: int) -> Tensor:
+    """[B, Hkv, G, n, Skv] allowed keys of a chunk of whole query blocks -> [B, Hkv, rows, n_kb]: the KV block holds
+    an allowed key of (any query of the query block, any query head of the KV head)."""
+    B, Hkv, _, n, Skv = allowed.shape
+    rows, n_kb = num_blocks(n, block_size), num_blocks(Skv, block_size)
+    hit = torch.nn.functional.pad(allowed.any(2), (0, n_kb * block_size - Skv, 0, rows * block_size - n))
+    return hit.view(B, Hkv, rows, block_size, n_kb, block_size).any(5).any(3)
+
+
+def candidate_counts(q: Tensor, k: Tensor, mask: Tensor | None, is_causal: bool, block_size: int) -> Tensor:
+    """[B|1, Hkv|1, ceil(Sq/bs)]: how many KV blocks hold an allowed key of each query block (the producer's
+    candidates), streaming like the ops; without a mask it is computed in closed form."""
+    B, Hq, Sq, _ = q.shape
+    Hkv, Skv = k.shape[1], k.shape[2]
+    n_kb = num_blocks(Skv, block_size)
+    if mask is None:
+        blocks = torch.arange(num_blocks(Sq, block_size), device=q.device)
+        if not is_causal:
+            return torch.full((1, 1, blocks.numel()), n_kb, device=q.device)
+        last_query = torch.clamp((blocks + 1) * block_size - 1, max=Sq - 1)
+        return torch.clamp(last_query // block_size + 1, max=n_kb)[None, None]
+    counts = []
+    chunk = _chunk_len(B, Hq, Skv, block_size)
+    for start in range(0, Sq, chunk):
+        end = min(Sq, start + chunk)
+        allowed = _allowed_and_bias(mask, is_causal, start, end, (B, Hkv, Hq // Hkv, Sq, Skv), torch.float32, q.device)
+        counts.append(_block_hits(allowed[0], block_size).sum(-1))
+    return torch.cat(counts, dim=2)
+
+
 def select_blocks(importance: Tensor, candidate: Tensor, n_select: int, sink_blocks: int, local_blocks: int) -> Tensor:
     """The block selection rule, shared by producer and profiler.
 
@@ -214,7 +244,6 @@ def topk_attention(
     out = torch.empty(B, Hkv, G, Sq, v.shape[3], dtype=dtype, device=q.device)
     importance = torch.zeros(B, Hkv, n_qb, n_kb, dtype=dtype, device=q.device)
     candidate = torch.zeros(B, Hkv, n_qb, n_kb, dtype=torch.bool, device=q.device)
-    key_pad = n_kb * block_size - Skv
     chunk = _chunk_len(B, Hq, Skv, block_size)
     for start in range(0, Sq, chunk):
         end = min(Sq, start + chunk)
@@ -224,11 +253,9 @@ def topk_attention(
         allowed, bias = _allowed_and_bias(mask, is_causal, start, end, (B, Hkv, G, Sq, Skv), dtype, q.device)
         out[:, :, :, start:end], probs = _masked_attention(q_chunk, kf, vf, allowed, bias, scale)
         # [B, Hkv, G, n, Skv] -> per (query block, KV block): pad both axes to whole blocks and sum.
-        pad = (0, key_pad, 0, rows * block_size - n)
-        probs = torch.nn.functional.pad(probs.sum(2), pad)
+        probs = torch.nn.functional.pad(probs.sum(2), (0, n_kb * block_size - Skv, 0, rows * block_size - n))
         importance[:, :, r0 : r0 + rows] = probs.view(B, Hkv, rows, block_size, n_kb, block_size).sum((3, 5))
-        hit = torch.nn.functional.pad(allowed.any(2), pad)
-        candidate[:, :, r0 : r0 + rows] = hit.view(B, Hkv, rows, block_size, n_kb, block_size).any(5).any(3)
+        candidate[:, :, r0 : r0 + rows] = _block_hits(allowed, block_size)
     block_idx = select_blocks(importance, candidate, n_select, sink_blocks, local_blocks)
     return out.reshape(B, Hq, Sq, -1).to(q.dtype), block_idx
 
