@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from .lowering import reference
+from .options import HylraOptions
 
 PROFILE_FORMAT = "hylra-profile"
 PROFILE_VERSION = 1
@@ -219,9 +220,9 @@ def calibration_samples(
 class _Recorder:
     """Accumulates, over the samples, the similarity and sensitivity sums the attention function reports."""
 
-    def __init__(self, top_k: int, block_size: int, sink_blocks: int, local_blocks: int, head_map: bool, progress):
-        self.block_size, self.sink_blocks, self.local_blocks = block_size, sink_blocks, local_blocks
-        self.n_select = -(-top_k // block_size)
+    def __init__(self, options: HylraOptions, head_map: bool, progress):
+        self.block_size, self.sink_blocks, self.local_blocks = options.block_size, options.sink_blocks, options.local_blocks
+        self.n_select = options.n_select
         self.head_map = head_map
         self.progress = progress
         # layer -> (block_idx, nontrivial query blocks) of the forward pass under way
@@ -385,16 +386,8 @@ def profile(
     from transformers import PreTrainedModel
 
     global _active_recorder
-    for name, value in (("top_k", top_k), ("block_size", block_size)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    for name, value in (("sink_blocks", sink_blocks), ("local_blocks", local_blocks)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-    n_select = -(-top_k // block_size)
-    if n_select < sink_blocks + local_blocks:
-        raise ValueError(f"top_k={top_k} selects {n_select} block(s), fewer than sink_blocks + local_blocks = "
-                         f"{sink_blocks + local_blocks}")
+    # The same validation (and n_select) as the backend's options of these names.
+    options = HylraOptions(top_k=top_k, block_size=block_size, sink_blocks=sink_blocks, local_blocks=local_blocks)
     if not isinstance(model, PreTrainedModel):
         raise ValueError(f"cannot profile {type(model).__name__}: a model with no attention through transformers' "
                          "AttentionInterface (profile needs a transformers PreTrainedModel)")
@@ -411,7 +404,7 @@ def profile(
     forward_passes = len(samples) * (1 + decode_steps)
     bar = tqdm(total=forward_passes * expected_layers if expected_layers else None, desc="hylra profile",
                unit="layer", disable=not progress)
-    recorder = _Recorder(top_k, block_size, sink_blocks, local_blocks, head_map, bar)
+    recorder = _Recorder(options, head_map, bar)
     _register_attention()
     original = config._attn_implementation
     device = next(model.parameters()).device
@@ -440,7 +433,7 @@ def profile(
     metadata = {
         "top_k": top_k,
         "block_size": block_size,
-        "n_select": n_select,
+        "n_select": options.n_select,
         "sink_blocks": sink_blocks,
         "local_blocks": local_blocks,
         "num_samples": len(samples),
