@@ -193,6 +193,8 @@ def _inspect(args: argparse.Namespace) -> int:
     if args.model:
         config = load_config(args.model)
         num_layers = getattr(config, "num_hidden_layers", None)
+        if not isinstance(num_layers, int):
+            raise ValueError(f"config {args.model!r} gives no num_hidden_layers; cannot check the policy against it")
         num_kv_heads = getattr(config, "num_key_value_heads", None) or getattr(config, "num_attention_heads", None)
         try:
             policy.check_model(num_layers, num_kv_heads)
