@@ -23,22 +23,27 @@ from torch.fx.experimental.symbolic_shapes import statically_known_true
 _CHUNK_ELEMENTS = 1 << 25
 
 
-def _require(condition, message: str) -> None:
-    """Raise ``ValueError(message)`` unless ``condition`` holds; a symbolic condition that cannot be decided now
-    becomes a run-time assertion of the shape environment (no guard, no recompile)."""
+def _require(condition, message: str, provable: bool) -> None:
+    """Raise ``ValueError(message)`` unless ``condition`` holds. A symbolic condition that cannot be decided now
+    raises too when ``provable`` (the pattern matcher then leaves the site dense), else it is handed to
+    ``torch._check`` (the fake kernels, while AOT traces an accepted graph)."""
     if isinstance(condition, bool):
         if not condition:
             raise ValueError(message)
     elif not statically_known_true(condition):
+        if provable:
+            raise ValueError(f"cannot prove: {message}")
         try:
             torch._check(condition, lambda: message)
         except RuntimeError:
             raise ValueError(message) from None
 
 
-def check_inputs(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, block_size: int) -> None:
+def check_inputs(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, block_size: int, provable: bool = False
+) -> None:
     """Raise a clear error for inputs the ops cannot take (shared by the fake and the real kernels, and by the
-    pattern matcher, which leaves such a site dense)."""
+    pattern matcher, which passes ``provable=True`` and leaves such a site dense)."""
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(f"q, k, v must be 4-d [B, H, S, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     B, Hq, Sq, D = q.shape
@@ -51,8 +56,8 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, block_siz
         ("v length", v.shape[2], Skv),
         ("k head dim", k.shape[3], D),
     ):
-        _require(a == b, f"{what} {a} differs from {b} ({layout})")
-    _require(Hq % Hkv == 0, f"query heads {Hq} are not a multiple of KV heads {Hkv}")
+        _require(a == b, f"{what} {a} differs from {b} ({layout})", provable)
+    _require(Hq % Hkv == 0, f"query heads {Hq} are not a multiple of KV heads {Hkv}", provable)
     if not (q.is_floating_point() and q.dtype == k.dtype == v.dtype):
         raise ValueError(f"q, k, v must share one floating dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if block_size < 1:
@@ -65,7 +70,7 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, block_siz
         if mask.dim() > 4:
             raise ValueError(message)
         for m, t in zip(reversed(mask.shape), reversed(target)):
-            _require(statically_known_true(m == 1) or m == t, message)
+            _require(statically_known_true(m == 1) or m == t, message, provable)
 
 
 def check_selection(n_select: int, sink_blocks: int, local_blocks: int) -> None:
@@ -82,7 +87,7 @@ def check_block_idx(block_idx: Tensor, q: Tensor, k: Tensor, block_size: int) ->
     if block_idx.dim() != 4 or block_idx.dtype != torch.int32:
         raise ValueError(message)
     for a, b in zip(block_idx.shape[:3], (B, Hkv, n_qb)):
-        _require(a == b, message)
+        _require(a == b, message, provable=False)
 
 
 def mask_4d(mask: Tensor | None) -> Tensor | None:

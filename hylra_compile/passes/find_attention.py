@@ -111,7 +111,9 @@ def look_through_repeat_kv(node: torch.fx.Node) -> tuple[torch.fx.Node, list[tor
         return node, []
     source, repeated, expanded = unsqueeze.args[0], _val(node), _val(expand)
     source_val = _val(source)
-    if source_val is None or repeated is None or expanded is None or source_val.dim() != 4 or repeated.dim() != 4:
+    if source_val is None or repeated is None or expanded is None:
+        return node, []
+    if (source_val.dim(), expanded.dim(), repeated.dim()) != (4, 5, 4):
         return node, []
     # Only a repeat of the heads: [B, H, S, D] -> [B, H, n, S, D] -> [B, H * n, S, D].
     B, H, S, D = source_val.shape
@@ -135,7 +137,7 @@ def _check_qkv(site: AttentionSite) -> None:
     if q is None or k is None or v is None or (site.mask is not None and mask is None):
         raise NoMatch("no example values recorded for q/k/v/mask")
     try:
-        reference.check_inputs(q, k, v, mask, block_size=1)
+        reference.check_inputs(q, k, v, mask, block_size=1, provable=True)
     except ValueError as err:
         raise NoMatch(str(err)) from None
     if any(t.requires_grad for t in (q, k, v)):
