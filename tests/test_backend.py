@@ -13,6 +13,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from hylra_compile import HylraBackend, Policy
+from tests.numerics import rel_err
 from tests.tiny_models import decode_step, padded_batch, prefill_logits, tiny_model
 
 BLOCK = 8
@@ -27,11 +28,6 @@ def compile_model(model, **options):
     options = {"top_k": 24, "block_size": BLOCK, "min_seq_len": 0, "inductor": False, **options}
     backend = HylraBackend(**options)
     return torch.compile(model, backend=backend, fullgraph=True), backend
-
-
-def rel_err(out, ref):
-    assert not torch.isnan(out).any()
-    return ((out - ref).norm() / ref.norm()).item()
 
 
 class IndependentHylra:

@@ -20,16 +20,12 @@ from hylra_compile.kernels import (
 )
 from hylra_compile.kernels import prefill as P
 from hylra_compile.lowering import reference as R
+from tests.numerics import rel_err
 
 TOL = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 2e-2}
 
 
 # ----------------------------------------------------------------------------------------------------------- helpers
-def rel_err(out, ref):
-    out, ref = out.double(), ref.double()
-    assert not torch.isnan(out).any(), "NaN in output"
-    den = ref.norm()
-    return ((out - ref).norm() / den).item() if den > 0 else out.norm().item()
 
 
 def ref_importance(q, k, v, mask, is_causal, scale, bs):

@@ -9,14 +9,10 @@ import torch
 import torch.nn.functional as F
 
 import hylra_compile  # noqa: F401  (registers the ops)
+from tests.numerics import rel_err
 
 topk_attention = torch.ops.hylra.topk_attention.default
 sparse_attention = torch.ops.hylra.sparse_attention.default
-
-
-def rel_err(out, ref):
-    assert not torch.isnan(out).any()
-    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
 def qkv(B=2, Hq=4, Hkv=2, Sq=21, Skv=37, D=16, dtype=torch.float32, seed=0):
