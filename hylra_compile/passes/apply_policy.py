@@ -8,7 +8,7 @@ from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from ..report import AttentionSite
 from .base import HylraPass, PassContext
-from .find_attention import _val
+from .find_attention import example_value
 
 # (name, tensor, dim) pairs a consumer must share with its producer for the indices to mean the same blocks.
 _SHARED_DIMS = (("batch", "q", 0), ("query length", "q", 2), ("KV heads", "k", 1), ("KV length", "k", 2))
@@ -21,15 +21,15 @@ def producer_mismatch(producer: AttentionSite, consumer: AttentionSite, order: d
     if order[producer.node] > order[consumer.node]:
         return f"its source layer {producer.layer} runs after it in the graph"
     for name, tensor, dim in _SHARED_DIMS:
-        a = _val(getattr(producer, tensor)).shape[dim]
-        b = _val(getattr(consumer, tensor)).shape[dim]
+        a = example_value(getattr(producer, tensor)).shape[dim]
+        b = example_value(getattr(consumer, tensor)).shape[dim]
         if not statically_known_true(a == b):
             return f"{name} {b} is not provably equal to {a} of source layer {producer.layer}"
     return None
 
 
 def _kv_heads(sites: list[AttentionSite]) -> int | None:
-    heads = {_val(site.k).shape[1] for site in sites if site.problem is None}
+    heads = {example_value(site.k).shape[1] for site in sites if site.problem is None}
     if len(heads) == 1:
         (count,) = heads
         return count if isinstance(count, int) else None

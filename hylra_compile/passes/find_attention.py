@@ -58,7 +58,7 @@ def _bind(signature_fn, node: torch.fx.Node) -> dict:
     return inspect.signature(signature_fn).bind(*node.args, **node.kwargs).arguments
 
 
-def _val(node):
+def example_value(node):
     """The example value Dynamo recorded for a node (a FakeTensor), or None."""
     if not isinstance(node, torch.fx.Node):
         return None
@@ -109,8 +109,8 @@ def look_through_repeat_kv(node: torch.fx.Node) -> tuple[torch.fx.Node, list[tor
     full = slice(None, None, None)
     if index != (full, full, None, full, full):
         return node, []
-    source, repeated, expanded = unsqueeze.args[0], _val(node), _val(expand)
-    source_val = _val(source)
+    source, repeated, expanded = unsqueeze.args[0], example_value(node), example_value(expand)
+    source_val = example_value(source)
     if source_val is None or repeated is None or expanded is None:
         return node, []
     if (source_val.dim(), expanded.dim(), repeated.dim()) != (4, 5, 4):
@@ -133,7 +133,7 @@ def _constant(value, name: str, types: tuple[type, ...]):
 
 def _check_qkv(site: AttentionSite) -> None:
     """The ops must accept the site's inputs (:func:`reference.check_inputs`) and run it without autograd."""
-    q, k, v, mask = (_val(node) for node in (site.q, site.k, site.v, site.mask))
+    q, k, v, mask = (example_value(node) for node in (site.q, site.k, site.v, site.mask))
     if q is None or k is None or v is None or (site.mask is not None and mask is None):
         raise NoMatch("no example values recorded for q/k/v/mask")
     try:
@@ -210,7 +210,7 @@ def match_eager(softmax: torch.fx.Node) -> AttentionSite:
         internal.append(scores)
         a, b = scores.args[:2]
         scores, mask = (a, b) if _upstream_matmul(a) else (b, a)
-        mask_val = _val(mask)
+        mask_val = example_value(mask)
         if mask_val is None or not mask_val.is_floating_point():
             raise NoMatch(f"additive mask {getattr(mask, 'name', mask)!r} is not a floating-point tensor")
     scaled = scores
@@ -247,7 +247,7 @@ def match_eager(softmax: torch.fx.Node) -> AttentionSite:
     site.v, repeat_v = look_through_repeat_kv(node.args[1])
     site.internal += repeat_k + repeat_v
     _check_qkv(site)
-    out, q_val = _val(node), _val(q)
+    out, q_val = example_value(node), example_value(q)
     if out is None or out.dtype != q_val.dtype:
         raise NoMatch(f"attention output dtype {getattr(out, 'dtype', None)} differs from the query's {q_val.dtype}")
     return site

@@ -8,7 +8,7 @@ import torch
 import torch.fx
 
 from .base import HylraPass, PassContext
-from .find_attention import _val
+from .find_attention import example_value
 
 # Node meta that stays true for the replacement: where the code came from, which module ran it.
 _KEPT_META = ("stack_trace", "nn_module_stack", "source_fn_stack")
@@ -19,7 +19,7 @@ def _call_with_meta(graph: torch.fx.Graph, target, args: tuple, like: torch.fx.N
     with graph.inserting_before(like):
         node = graph.call_function(target, args)
     node.meta.update({key: like.meta[key] for key in _KEPT_META if key in like.meta})
-    values = [_val(a) if isinstance(a, torch.fx.Node) else a for a in args]
+    values = [example_value(a) if isinstance(a, torch.fx.Node) else a for a in args]
     if target is operator.getitem:
         node.meta["example_value"] = values[0][values[1]]
     else:
