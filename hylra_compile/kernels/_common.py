@@ -58,14 +58,19 @@ def mask_tile(
 
 
 @triton.jit
-def select_row(imp, cand, offs_c, out_ptr, n_select, sink_blocks, local_blocks, N_SEL_PAD: tl.constexpr):
+def select_row(imp, cand, offs_c, out_ptr, n_select, sink_blocks, local_blocks, N_SEL_PAD: tl.constexpr,
+               N_THR: tl.constexpr = 8):
     """reference.select_blocks for one row, without sorting.
 
     ``imp`` fp32 >= 0 [C_PAD], ``cand`` bool [C_PAD] (False on padding). Forced: the first ``sink_blocks`` and last
-    ``local_blocks`` candidates. The rest: binary search on the int32 bit pattern of the non-negative importance for
-    the threshold T such that at least ``need`` non-forced candidates are >= T; take all > T, then the lowest-index
-    ones equal to T. Indices are written ascending (cumsum of the selection), -1 padded.
+    ``local_blocks`` candidates. The rest: search on the int32 bit pattern of the non-negative importance for the
+    largest threshold T such that at least ``need`` non-forced candidates are >= T; take all > T, then the
+    lowest-index ones equal to T. Each step counts against N_THR thresholds at once (one reduction narrows the range
+    N_THR-fold; 8 measured best on an H100 at 512-2048 blocks), and the search stops as soon as some
+    threshold has exactly ``need`` candidates at or above it (it selects the same set as T). Indices are written
+    ascending (cumsum of the selection), -1 padded.
     """
+    tl.static_assert(N_THR >= 2)
     ci = cand.to(tl.int32)
     rank = tl.cumsum(ci, 0)
     total = tl.sum(ci, 0)
@@ -74,14 +79,21 @@ def select_row(imp, cand, offs_c, out_ptr, n_select, sink_blocks, local_blocks, 
     need = tl.maximum(n_select - n_forced, 0)
     bits = imp.to(tl.int32, bitcast=True)
     bits = tl.where(cand & (forced == 0), bits, -1)
-    lo = tl.zeros([], dtype=tl.int32)
-    hi = tl.zeros([], dtype=tl.int32) + 0x7F800000
-    for _ in range(32):
-        mid = lo + (hi - lo + 1) // 2
-        cnt = tl.sum((bits >= mid).to(tl.int32), 0)
-        ok = cnt >= need
-        lo = tl.where(ok, mid, lo)
-        hi = tl.where(ok, hi, mid - 1)
+    # Invariant: count(bits >= lo) >= need, or lo == 0 (fewer candidates than need: take them all); T <= hi.
+    # need == 0: a threshold above every finite value takes nothing beyond the forced blocks.
+    lo = tl.where(need == 0, 0x7F800000, 0)
+    hi = tl.maximum(tl.max(bits, 0), lo)
+    exact = lo < 0
+    offs_t = tl.arange(0, N_THR)
+    while (lo < hi) & (exact == 0):
+        step = (hi - lo + N_THR - 1) // N_THR
+        thr = tl.minimum(lo + step * (offs_t + 1), hi)
+        cnt = tl.sum((bits[None, :] >= thr[:, None]).to(tl.int32), 1)
+        ok = cnt >= need  # true for a prefix of the (ascending) thresholds
+        exact = tl.max((ok & (cnt == need)).to(tl.int32), 0) != 0
+        new_lo = tl.max(tl.where(ok, thr, lo), 0)
+        hi = tl.min(tl.where(ok, hi, thr - 1), 0)
+        lo = new_lo
     gt = bits > lo
     eq = bits == lo
     n_gt = tl.sum(gt.to(tl.int32), 0)

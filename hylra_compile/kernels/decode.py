@@ -270,7 +270,8 @@ def _decode(q, k, v, mask, is_causal, scale, block_size, block_idx, n_select, si
         out.stride(0), out.stride(1), out.stride(3),
         splits, n_kb, n_select_arg, sink_blocks, local_blocks,
         G=G, G_PAD=G_PAD, DV=DV, S_PAD=triton.next_power_of_2(splits), SELECT=not sparse, C_PAD=triton.next_power_of_2(max(n_kb, 1)),
-        N_SEL_PAD=triton.next_power_of_2(max(n_select_arg, 1)), num_warps=4 if n_kb <= 4096 else 8,
+        N_SEL_PAD=triton.next_power_of_2(max(n_select_arg, 1)),
+        num_warps=4 if n_kb <= 1024 else 8,  # H100: 4 warps best at 32K, 8 at 128K
     )
     return out, (None if sparse else bidx)
 

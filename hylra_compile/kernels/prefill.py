@@ -67,6 +67,34 @@ def _attn_block(q, acc, m_i, l_i, c, valid, k_base, v_base, m_base, skn, skd, sv
 
 
 @triton.jit
+def _attn_pair(q, acc, m_i, l_i, ca, cb, k_base, v_base, skn, skd, svn, svd, qk_scale, offs_n, offs_d, offs_dv,
+               BLOCK_N: tl.constexpr):
+    """Two whole (unmasked) KV blocks ca, cb in one step: one rescale of acc for 2 * BLOCK_N keys. Returns the block
+    log2-sum-exps of both, as _attn_block does."""
+    offs_a = ca * BLOCK_N + offs_n
+    offs_b = cb * BLOCK_N + offs_n
+    ka = tl.load(k_base + offs_a[:, None] * skn + offs_d[None, :] * skd)
+    kb = tl.load(k_base + offs_b[:, None] * skn + offs_d[None, :] * skd)
+    sa = tl.dot(q, tl.trans(ka)) * qk_scale
+    sb = tl.dot(q, tl.trans(kb)) * qk_scale
+    m_new = tl.maximum(m_i, tl.maximum(tl.max(sa, 1), tl.max(sb, 1)))
+    pa = tl.exp2(sa - m_new[:, None])
+    pb = tl.exp2(sb - m_new[:, None])
+    alpha = tl.exp2(m_i - m_new)
+    la = tl.sum(pa, 1)
+    lb = tl.sum(pb, 1)
+    l_i = l_i * alpha + la + lb
+    va = tl.load(v_base + offs_a[:, None] * svn + offs_dv[None, :] * svd)
+    vb = tl.load(v_base + offs_b[:, None] * svn + offs_dv[None, :] * svd)
+    acc = acc * alpha[:, None]
+    acc = tl.dot(pa.to(va.dtype), va, acc)
+    acc = tl.dot(pb.to(vb.dtype), vb, acc)
+    xa = tl.where(la > 0, m_new + tl.log2(tl.where(la > 0, la, 1.0)), -1e30)
+    xb = tl.where(lb > 0, m_new + tl.log2(tl.where(lb > 0, lb, 1.0)), -1e30)
+    return acc, m_new, l_i, xa, xb
+
+
+@triton.jit
 def _prefill_attn_kernel(
     Q, K, V, Mask, Idx, Out, Lse, X,
     sqb, sqh, sqs, sqd,
@@ -78,7 +106,7 @@ def _prefill_attn_kernel(
     Hq, Sq, Skv, n_kb, n_sel, qk_scale, mask_thr, min_seq_len,
     HP: tl.constexpr, G: tl.constexpr, QB: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
     MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, SPARSE: tl.constexpr, WRITE_LSE: tl.constexpr,
-    N_SEL_PAD: tl.constexpr, SCAN_N: tl.constexpr, WRITE_X: tl.constexpr,
+    N_SEL_PAD: tl.constexpr, SCAN_N: tl.constexpr, WRITE_X: tl.constexpr, PAIR: tl.constexpr,
 ):
     qb = tl.program_id(0)
     pid1 = tl.program_id(1)
@@ -164,7 +192,14 @@ def _prefill_attn_kernel(
         else:
             n_full = 0
         x_base = X + (b * Hq + head) * n_kb * Sq + qpos  # X [B, Hq, n_kb, Sq]: coalesced per block
-        for c in range(n_full):
+        n_pair = n_full // 2 if PAIR else 0
+        for cp in range(n_pair):
+            acc, m_i, l_i, xa, xb = _attn_pair(q, acc, m_i, l_i, 2 * cp, 2 * cp + 1, k_base, v_base, skn, skd, svn,
+                                               svd, qk_scale, offs_n, offs_d, offs_dv, BLOCK_N)
+            if WRITE_X:
+                tl.store(x_base + (2 * cp) * Sq, xa, mask=row_ok)
+                tl.store(x_base + (2 * cp + 1) * Sq, xb, mask=row_ok)
+        for c in range(2 * n_pair, n_full):
             acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c, True, k_base, v_base, m_base,
                                         skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr,
                                         offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, True)
@@ -313,36 +348,46 @@ def _prefill_reduce_select_kernel(X, Lse, BlockIdx, Hq, Sq, Skv, n_kb, n_select,
 X_BUDGET_BYTES = 4 << 30
 
 
-def _pack(G: int, block_size: int, max_rows: int = 128) -> int:
+def _pack(G: int, block_size: int, max_rows: int) -> int:
+    """Query heads per program: the largest power of two dividing G with at most max_rows rows."""
     hp = 1
     while hp * 2 <= G and G % (hp * 2) == 0 and hp * 2 * block_size <= max_rows:
         hp *= 2
     return hp
 
 
-# (num_warps, num_stages) by kernel and rows per program, d=128; measured on an H100 (bench_kernels.py --sweep).
-CFG = {("dense", 256): (8, 3), ("sparse", 256): (8, 3), ("dense", 128): (8, 3), ("sparse", 128): (4, 2),
-       ("importance", 128): (4, 3)}
+# Launch configuration by pass, d=128: (cap on rows per program, two KV blocks per step, num_warps, num_stages),
+# measured on an H100 with triton 3.6 at 32K (bench_kernels.py --sweep; results/explore-*.json). The plain FA pass and
+# the sparse consumer are fastest with 4 heads x 64 queries (16.7 / 2.6 ms); the FA pass that also stores block
+# log-sum-exps with 2 x 64 and two blocks per step (19.7 ms vs 20.6 ms for 4 x 64).
+TUNED = {"dense": (256, False, 8, 3), "dense_x": (128, True, 8, 3), "sparse": (256, False, 8, 3),
+         "importance": (128, False, 4, 3)}
 
 
-def _cfg(D: int, rows: int, kind):
-    kind = {True: "sparse", False: "dense"}.get(kind, kind)
-    if D >= 128 and (kind, rows) in CFG:
-        return CFG[(kind, rows)]
-    return (8, 3) if rows >= 256 else (4, 3)
+def _launch_cfg(kind: str, G: int, block_size: int, D: int):
+    """(HP heads per program, pair, num_warps, num_stages); shapes the table was not measured on get a rule by rows."""
+    max_rows, pair, nw, ns = TUNED[kind]
+    hp = _pack(G, block_size, max_rows)
+    rows = hp * block_size
+    if D < 128 or rows != max_rows:
+        nw, ns = (8, 3) if rows >= 256 else (4, 3)
+    return hp, pair, nw, ns
 
 
-def _prefill_attn(q, k, v, mask, is_causal, scale, block_size, block_idx, min_seq_len, write_lse,
-                  num_warps=None, num_stages=None, hp=None, x_buf=None):
+def _prefill_attn(q, k, v, mask, is_causal, scale, block_size, block_idx, min_seq_len, write_lse, x_buf=None,
+                  cfg=None):
+    """One FA launch: dense (block_idx None; optionally storing block log-sum-exps in x_buf) or sparse.
+    ``cfg`` overrides the tuned (HP, pair, num_warps, num_stages)."""
     B, Hq, Sq, D = q.shape
     Hkv, Skv, DV = k.shape[1], k.shape[2], v.shape[3]
     G = Hq // Hkv
-    HP = hp or _pack(G, block_size, 256)  # 4 heads x 64 queries: measured ~4% faster than 2 x 64 on an H100
+    sparse = block_idx is not None
+    kind = "sparse" if sparse else ("dense_x" if x_buf is not None else "dense")
+    HP, pair, nw, ns = cfg or _launch_cfg(kind, G, block_size, D)
     n_kb, n_qb = triton.cdiv(Skv, block_size), triton.cdiv(Sq, block_size)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     dev = q.device
     m, kind, smb, smq, smk, thr = mask_args(mask, B, Sq, Skv, q)
-    sparse = block_idx is not None
     if sparse:
         idx, n_sel = block_idx, block_idx.shape[-1]
         sidx = (idx.stride(0), idx.stride(1), idx.stride(2), idx.stride(3))
@@ -350,7 +395,6 @@ def _prefill_attn(q, k, v, mask, is_causal, scale, block_size, block_idx, min_se
         idx, n_sel, sidx = q, 0, (0, 0, 0, 0)
     out = torch.empty(B, Hq, Sq, DV, dtype=q.dtype, device=dev)
     lse = torch.empty(B, Hq, Sq, dtype=torch.float32, device=dev) if write_lse else out
-    nw, ns = _cfg(D, HP * block_size, sparse)
     _prefill_attn_kernel[(n_qb, B * (Hq // HP))](
         q, k, v, m, idx, out, lse, out if x_buf is None else x_buf,
         q.stride(0), q.stride(1), q.stride(2), q.stride(3),
@@ -361,8 +405,7 @@ def _prefill_attn(q, k, v, mask, is_causal, scale, block_size, block_idx, min_se
         Hq, Sq, Skv, n_kb, n_sel, scale * LOG2E, thr, min_seq_len,
         HP=HP, G=G, QB=block_size, BLOCK_N=block_size, D=D, DV=DV, MASK_KIND=kind, IS_CAUSAL=bool(is_causal),
         SPARSE=sparse, WRITE_LSE=write_lse, N_SEL_PAD=triton.next_power_of_2(max(n_sel, 1)), SCAN_N=64,
-        WRITE_X=x_buf is not None,
-        num_warps=num_warps or nw, num_stages=num_stages or ns,
+        WRITE_X=x_buf is not None, PAIR=pair and not sparse, num_warps=nw, num_stages=ns,
     )
     return out, lse
 
@@ -373,7 +416,6 @@ def prefill_topk_attention(q, k, v, mask, is_causal, scale, block_size, n_select
     B, Hq, Sq, D = q.shape
     Hkv, Skv = k.shape[1], k.shape[2]
     G = Hq // Hkv
-    HP = _pack(G, block_size)
     n_kb, n_qb = triton.cdiv(Skv, block_size), triton.cdiv(Sq, block_size)
     C_PAD, N_SEL_PAD = triton.next_power_of_2(max(n_kb, 1)), triton.next_power_of_2(max(n_select, 1))
     block_idx = torch.empty(B, Hkv, n_qb, n_select, dtype=torch.int32, device=q.device)
@@ -382,17 +424,18 @@ def prefill_topk_attention(q, k, v, mask, is_causal, scale, block_size, n_select
         # importances once the row LSEs are known (no second QK^T pass).
         x_buf = torch.empty(B, Hq, n_kb, Sq, dtype=torch.float32, device=q.device)
         out, lse = _prefill_attn(q, k, v, mask, is_causal, scale, block_size, None, min_seq_len, True, x_buf=x_buf)
+        R = max(8, min(64, 8192 // C_PAD))  # rows per [R, C_PAD] tile of x
         _prefill_reduce_select_kernel[(B * Hkv, n_qb)](
             x_buf, lse, block_idx, Hq, Sq, Skv, n_kb, n_select, sink_blocks, local_blocks,
-            G=G, QB=block_size, R=max(8, min(64, 8192 // C_PAD)), IS_CAUSAL=bool(is_causal), C_PAD=C_PAD,
-            N_SEL_PAD=N_SEL_PAD, num_warps=4 if max(8, min(64, 8192 // C_PAD)) * C_PAD <= 8192 else 8,
+            G=G, QB=block_size, R=R, IS_CAUSAL=bool(is_causal), C_PAD=C_PAD, N_SEL_PAD=N_SEL_PAD,
+            num_warps=4 if R * C_PAD <= 8192 else 8,
         )
         return out, block_idx
     out, lse = _prefill_attn(q, k, v, mask, is_causal, scale, block_size, None, min_seq_len, True)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     m, kind, smb, smq, smk, thr = mask_args(mask, B, Sq, Skv, q)
+    HP, _pair, nw, ns = _launch_cfg("importance", G, block_size, D)
     imp = torch.empty(B, Hq // HP, n_qb, n_kb, dtype=torch.float32, device=q.device)
-    nw, ns = _cfg(D, HP * block_size, "importance")
     _prefill_importance_kernel[(n_qb, B * (Hq // HP))](
         q, k, m, lse, imp,
         q.stride(0), q.stride(1), q.stride(2), q.stride(3),
