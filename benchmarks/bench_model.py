@@ -4,8 +4,8 @@ dense vs the hylra backend, one decode step over a StaticCache holding a long co
     python benchmarks/bench_model.py --layers 8 --context 32768 --out benchmarks/results
 
 Reports per decode step: median latency (CUDA events after warm-up) of `backend="inductor"` and of
-`HylraBackend(policy=Policy.every(4))`, the speedup, and how far the hylra logits are from the dense ones
-(relative error, top-1 agreement) — on random weights, whose attention is diffuse (the worst case for top-k).
+`HylraBackend(policy=Policy.every(4))`, launched from Python and replayed as a CUDA graph, the speedups, and how
+far the hylra logits are from the dense ones (relative error, top-1 agreement) — on random weights, whose attention is diffuse (the worst case for top-k).
 """
 
 from __future__ import annotations
@@ -66,25 +66,46 @@ def snapshot(cache):
     return restore
 
 
+def median_us(step, iters: int) -> float:
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) * 1e3)
+    return statistics.median(times)
+
+
 @torch.no_grad()
-def time_decode(fn, restore, warmup: int, iters: int, device) -> tuple[float, torch.Tensor]:
-    """(median µs of a decode step, logits of the first step from the restored cache)."""
+def time_decode(fn, restore, warmup: int, iters: int, device) -> tuple[float, float | str, torch.Tensor]:
+    """(median µs of a decode step launched from Python, the same replayed as one CUDA graph (or why the capture
+    failed), logits of the first step from the restored cache). Launching from Python is CPU-bound for a small
+    batch; the graph replay is the device time."""
     restore()
     first = fn()
     for _ in range(warmup):
         fn()
     if device.type != "cuda":
-        return float("nan"), first
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        logits = fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) * 1e3)
+        return float("nan"), float("nan"), first
+    eager = median_us(fn, iters)
     restore()
-    return statistics.median(times), first
+    try:
+        graph = torch.cuda.CUDAGraph()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            fn()
+        torch.cuda.current_stream().wait_stream(side)
+        restore()
+        with torch.cuda.graph(graph):
+            fn()
+        graphed = median_us(graph.replay, iters)
+    except Exception as e:  # noqa: BLE001 (reported, not fatal)
+        graphed = f"capture failed: {e!r}"[:300]
+    restore()
+    return eager, graphed, first
 
 
 def main() -> None:
@@ -110,9 +131,14 @@ def main() -> None:
         return lambda: compiled(step_ids, past_key_values=cache, cache_position=position).logits.float()
 
     hylra = HylraBackend(policy=Policy.every(args.every, args.layers), top_k=args.top_k, block_size=64)
-    dense_us, dense_logits = time_decode(runner(torch.compile(model, backend="inductor")), restore, 3, args.iters, device)
+    dense_us, dense_graph_us, dense_logits = time_decode(
+        runner(torch.compile(model, backend="inductor")), restore, 3, args.iters, device
+    )
     torch._dynamo.reset()
-    hylra_us, hylra_logits = time_decode(runner(torch.compile(model, backend=hylra)), restore, 3, args.iters, device)
+    hylra_us, hylra_graph_us, hylra_logits = time_decode(
+        runner(torch.compile(model, backend=hylra)), restore, 3, args.iters, device
+    )
+    graphed = isinstance(dense_graph_us, float) and isinstance(hylra_graph_us, float)
     report = hylra.reports[-1]
     result = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
@@ -126,6 +152,9 @@ def main() -> None:
         "dense_decode_us": dense_us,
         "hylra_decode_us": hylra_us,
         "speedup": dense_us / hylra_us,
+        "dense_decode_graph_us": dense_graph_us,
+        "hylra_decode_graph_us": hylra_graph_us,
+        "graph_speedup": dense_graph_us / hylra_graph_us if graphed else None,
         "logits_rel_err": ((hylra_logits - dense_logits).norm() / dense_logits.norm()).item(),
         "top1_agreement": (hylra_logits.argmax(-1) == dense_logits.argmax(-1)).float().mean().item(),
     }

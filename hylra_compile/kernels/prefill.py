@@ -357,10 +357,10 @@ def _pack(G: int, block_size: int, max_rows: int) -> int:
 
 
 # Launch configuration by pass, d=128: (cap on rows per program, two KV blocks per step, num_warps, num_stages),
-# measured on an H100 with triton 3.6 at 32K (bench_kernels.py --sweep; results/explore-*.json). The plain FA pass and
-# the sparse consumer are fastest with 4 heads x 64 queries (16.7 / 2.6 ms); the FA pass that also stores block
-# log-sum-exps with 2 x 64 and two blocks per step (19.7 ms vs 20.6 ms for 4 x 64).
-TUNED = {"dense": (256, False, 8, 3), "dense_x": (128, True, 8, 3), "sparse": (256, False, 8, 3),
+# measured on an H100 with triton 3.6 at 32K (results/sweep-prefill-*.log, results/explore-*.json): the plain FA pass with
+# 4 heads x 64 queries, 8 warps (16.6 ms); the sparse consumer with 4 x 64 and 16 warps (2.47 ms vs 2.61 with 8);
+# the FA pass that also stores block log-sum-exps with 2 x 64 and two blocks per step (19.3 ms vs 20.7 for 4 x 64).
+TUNED = {"dense": (256, False, 8, 3), "dense_x": (128, True, 8, 3), "sparse": (256, False, 16, 2),
          "importance": (128, False, 4, 3)}
 
 
