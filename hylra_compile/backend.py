@@ -34,7 +34,7 @@ class HylraBackend:
         self.graphs.append(gm)
         self.reports.append(report)
         if self.options.inductor:
-            return compile_with_inductor(gm, example_inputs)
+            return compile_with_inductor(gm, example_inputs, self.options.cudagraphs)
         return gm.forward
 
 

@@ -21,6 +21,9 @@ class HylraOptions:
     min_seq_len: a query with fewer allowed keys than this attends all of them (decided at run time).
     dump_dir: where to write before/after graphs, the report and the edge graph (env ``HYLRA_DUMP_DIR``).
     inductor: hand the rewritten graph to Inductor (``compile_fx``); ``False`` runs it as is.
+    cudagraphs: let Inductor replay the compiled graph as CUDA graphs (its ``triton.cudagraphs``, what
+        ``mode="reduce-overhead"`` turns on for the inductor backend): a decode step is otherwise bound by the CPU
+        cost of launching it. The hylra kernels are CUDA-graph safe. Needs ``inductor=True``.
     """
 
     policy: Policy | None = None
@@ -31,6 +34,7 @@ class HylraOptions:
     min_seq_len: int = 4096
     dump_dir: str | None = None
     inductor: bool = True
+    cudagraphs: bool = False
 
     @property
     def n_select(self) -> int:
@@ -66,8 +70,11 @@ class HylraOptions:
                 f"top_k={self.top_k} selects {self.n_select} block(s) of {self.block_size}, fewer than "
                 f"sink_blocks + local_blocks = {self.sink_blocks + self.local_blocks}; raise top_k or lower them"
             )
-        if not isinstance(self.inductor, bool):
-            raise ValueError(f"hylra option inductor must be True or False, got {self.inductor!r}")
+        for name in ("inductor", "cudagraphs"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"hylra option {name} must be True or False, got {getattr(self, name)!r}")
+        if self.cudagraphs and not self.inductor:
+            raise ValueError("hylra option cudagraphs=True needs inductor=True (CUDA graphs are Inductor's)")
         if self.dump_dir is not None and not isinstance(self.dump_dir, (str, os.PathLike)):
             raise ValueError(f"hylra option dump_dir must be a path or None, got {self.dump_dir!r}")
         if self.policy is not None and not isinstance(self.policy, Policy):

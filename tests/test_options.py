@@ -23,6 +23,8 @@ def test_unknown_key_lists_valid_ones():
         ({"sink_blocks": -1}, "sink_blocks must be an int >= 0"),
         ({"top_k": 64, "block_size": 64}, "fewer than sink_blocks \\+ local_blocks = 3"),
         ({"inductor": "yes"}, "inductor must be True or False"),
+        ({"cudagraphs": 1}, "cudagraphs must be True or False"),
+        ({"cudagraphs": True, "inductor": False}, "cudagraphs=True needs inductor=True"),
         ({"policy": 3}, "policy must be a Policy, a path to a policy JSON or a list of modes"),
         ({"policy": ["producer", "sparse"]}, "unknown mode 'sparse'"),
     ],

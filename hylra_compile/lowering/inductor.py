@@ -11,7 +11,7 @@ from typing import Callable
 import torch.fx
 
 
-def compile_with_inductor(gm: torch.fx.GraphModule, example_inputs: list) -> Callable:
+def compile_with_inductor(gm: torch.fx.GraphModule, example_inputs: list, cudagraphs: bool = False) -> Callable:
     from torch._inductor.compile_fx import compile_fx
 
-    return compile_fx(gm, example_inputs)
+    return compile_fx(gm, example_inputs, config_patches={"triton.cudagraphs": cudagraphs})
