@@ -95,6 +95,30 @@ def _attn_pair(q, acc, m_i, l_i, ca, cb, k_base, v_base, skn, skd, svn, svd, qk_
 
 
 @triton.jit
+def _program_rows(Q, sqb, sqh, sqs, sqd, Hq, Sq, HP: tl.constexpr, G: tl.constexpr, QB: tl.constexpr,
+                  D: tl.constexpr):
+    """The rows of a program of grid (query blocks, B * Hq / HP): HP heads of one KV head x the QB queries of query
+    block program_id(0). Returns qb, b, head group, KV head, then per row head, q0, query position, in range, and
+    q [HP * QB, D]."""
+    qb = tl.program_id(0)
+    pid1 = tl.program_id(1)
+    n_hg = Hq // HP
+    b = (pid1 // n_hg).to(tl.int64)
+    hg = pid1 % n_hg
+    h0 = hg * HP
+    kvh = (h0 // G).to(tl.int64)
+    rows = tl.arange(0, HP * QB)
+    head = (h0 + rows // QB).to(tl.int64)
+    q0 = qb * QB
+    qpos = q0 + rows % QB
+    row_ok = qpos < Sq
+    offs_d = tl.arange(0, D)
+    q = tl.load(Q + b * sqb + head[:, None] * sqh + qpos[:, None] * sqs + offs_d[None, :] * sqd,
+                mask=row_ok[:, None], other=0.0)
+    return qb, b, hg, kvh, head, q0, qpos, row_ok, q
+
+
+@triton.jit
 def _prefill_attn_kernel(
     Q, K, V, Mask, Idx, Out, Lse, X,
     sqb, sqh, sqs, sqd,
@@ -108,24 +132,11 @@ def _prefill_attn_kernel(
     MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, SPARSE: tl.constexpr, WRITE_LSE: tl.constexpr,
     N_SEL_PAD: tl.constexpr, SCAN_N: tl.constexpr, WRITE_X: tl.constexpr, PAIR: tl.constexpr,
 ):
-    qb = tl.program_id(0)
-    pid1 = tl.program_id(1)
-    n_hg = Hq // HP
-    b = (pid1 // n_hg).to(tl.int64)
-    hg = pid1 % n_hg
-    h0 = hg * HP
-    kvh = (h0 // G).to(tl.int64)
+    qb, b, hg, kvh, head, q0, qpos, row_ok, q = _program_rows(Q, sqb, sqh, sqs, sqd, Hq, Sq, HP, G, QB, D)
     M: tl.constexpr = HP * QB
-    rows = tl.arange(0, M)
-    head = (h0 + rows // QB).to(tl.int64)
-    q0 = qb * QB
-    qpos = q0 + rows % QB
-    row_ok = qpos < Sq
     offs_d = tl.arange(0, D)
     offs_dv = tl.arange(0, DV)
     offs_n = tl.arange(0, BLOCK_N)
-    q = tl.load(Q + b * sqb + head[:, None] * sqh + qpos[:, None] * sqs + offs_d[None, :] * sqd,
-                mask=row_ok[:, None], other=0.0)
     k_base = K + b * skb + kvh * skh
     v_base = V + b * svb + kvh * svh
     m_base = Mask + b * smb
@@ -234,23 +245,10 @@ def _prefill_importance_kernel(
 ):
     """Imp[b, head group, qb, c] = sum of exact probabilities of the group's rows over KV block c; -1 if c holds no
     allowed key of the query block."""
-    qb = tl.program_id(0)
-    pid1 = tl.program_id(1)
+    qb, b, hg, kvh, head, q0, qpos, row_ok, q = _program_rows(Q, sqb, sqh, sqs, sqd, Hq, Sq, HP, G, QB, D)
     n_hg = Hq // HP
-    b = (pid1 // n_hg).to(tl.int64)
-    hg = pid1 % n_hg
-    h0 = hg * HP
-    kvh = (h0 // G).to(tl.int64)
-    M: tl.constexpr = HP * QB
-    rows = tl.arange(0, M)
-    head = (h0 + rows // QB).to(tl.int64)
-    q0 = qb * QB
-    qpos = q0 + rows % QB
-    row_ok = qpos < Sq
     offs_d = tl.arange(0, D)
     offs_n = tl.arange(0, QB)
-    q = tl.load(Q + b * sqb + head[:, None] * sqh + qpos[:, None] * sqs + offs_d[None, :] * sqd,
-                mask=row_ok[:, None], other=0.0)
     lse = tl.load(Lse + (b * Hq + head) * Sq + qpos, mask=row_ok, other=float("-inf"))
     lse = tl.where(lse == float("-inf"), float("inf"), lse)  # rows with no allowed key contribute 0
     k_base = K + b * skb + kvh * skh

@@ -207,30 +207,25 @@ def test_select_ties_and_padding_interpreter():
     from hylra_compile.kernels.prefill import _prefill_select_kernel
     import triton
 
-    C = 10
+    def check(imp, cases, C_PAD):
+        cand = imp >= 0
+        for n_select, sink, local in cases:
+            out = torch.empty(imp.shape[0], n_select, dtype=torch.int32)
+            _prefill_select_kernel[(imp.shape[0], 1)](imp, out, imp.shape[1], n_select, sink, local, NG=1,
+                                                      C_PAD=C_PAD, N_SEL_PAD=triton.next_power_of_2(n_select))
+            want = R.select_blocks(imp.clamp_min(0), cand, n_select, sink, local)
+            assert torch.equal(out, want), (n_select, sink, local, out, want)
+
     imp = torch.tensor([[0.5, 0.1, 0.3, 0.3, 0.3, -1.0, 0.2, 0.3, 0.0, 0.05],
                         [-1.0] * 8 + [0.7, 0.2]], dtype=torch.float32)
-    cand = imp >= 0
-    for n_select, sink, local in [(4, 1, 1), (6, 2, 1), (12, 1, 2), (2, 1, 1)]:
-        out = torch.empty(2, n_select, dtype=torch.int32)
-        _prefill_select_kernel[(2, 1)](imp, out, C, n_select, sink, local, NG=1, C_PAD=16,
-                                       N_SEL_PAD=triton.next_power_of_2(n_select))
-        want = R.select_blocks(imp.clamp_min(0), cand, n_select, sink, local)
-        assert torch.equal(out, want), (n_select, sink, local, out, want)
+    check(imp, [(4, 1, 1), (6, 2, 1), (12, 1, 2), (2, 1, 1)], C_PAD=16)
     # Distinct values (the search stops early), underflowed zeros and repeated values, non-candidates.
     g = torch.Generator().manual_seed(3)
-    C = 50
-    imp = torch.rand(3, C, generator=g) ** 8
+    imp = torch.rand(3, 50, generator=g) ** 8
     imp[0, ::7] = 0.0
     imp[1, 10:30] = imp[1, 5]
     imp[2, ::3] = -1.0
-    cand = imp >= 0
-    for n_select, sink, local in [(8, 1, 2), (20, 0, 0), (3, 1, 2), (45, 2, 2)]:
-        out = torch.empty(3, n_select, dtype=torch.int32)
-        _prefill_select_kernel[(3, 1)](imp, out, C, n_select, sink, local, NG=1, C_PAD=64,
-                                       N_SEL_PAD=triton.next_power_of_2(n_select))
-        want = R.select_blocks(imp.clamp_min(0), cand, n_select, sink, local)
-        assert torch.equal(out, want), (n_select, sink, local, out, want)
+    check(imp, [(8, 1, 2), (20, 0, 0), (3, 1, 2), (45, 2, 2)], C_PAD=64)
 
 
 # ---------------------------------------------------------------------------------------------------------- on GPU
