@@ -119,6 +119,19 @@ def _program_rows(Q, sqb, sqh, sqs, sqd, Hq, Sq, HP: tl.constexpr, G: tl.constex
 
 
 @triton.jit
+def _kv_blocks(q0, Skv, QB: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr):
+    """KV range of the query block starting at q0: (kv_end, blocks up to kv_end, leading blocks that every query of
+    the block may see whole, i.e. need no causal masking)."""
+    if IS_CAUSAL:
+        kv_end = tl.minimum(Skv, q0 + QB)
+        n_whole = tl.minimum((q0 + 1) // BLOCK_N, Skv // BLOCK_N)
+    else:
+        kv_end = Skv
+        n_whole = Skv // BLOCK_N
+    return kv_end, tl.cdiv(kv_end, BLOCK_N), n_whole
+
+
+@triton.jit
 def _prefill_attn_kernel(
     Q, K, V, Mask, Idx, Out, Lse, X,
     sqb, sqh, sqs, sqd,
@@ -143,11 +156,7 @@ def _prefill_attn_kernel(
     m_i = tl.full([M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([M], dtype=tl.float32)
     acc = tl.zeros([M, DV], dtype=tl.float32)
-    if IS_CAUSAL:
-        kv_end = tl.minimum(Skv, q0 + QB)
-    else:
-        kv_end = Skv
-    n_blocks = tl.cdiv(kv_end, BLOCK_N)
+    kv_end, n_blocks, n_whole = _kv_blocks(q0, Skv, QB, BLOCK_N, IS_CAUSAL)
 
     if SPARSE:
         i_base = Idx + b * sib + kvh * sih + qb * sir
@@ -156,11 +165,7 @@ def _prefill_attn_kernel(
         n_full_sel = 0
         if MASK_KIND == 0:
             # The list is ascending and -1 padded: its first entries below the diagonal need no masking.
-            if IS_CAUSAL:
-                n_full_blk = tl.minimum((q0 + 1) // BLOCK_N, Skv // BLOCK_N)
-            else:
-                n_full_blk = Skv // BLOCK_N
-            n_full_sel = tl.sum(((sel_vec >= 0) & (sel_vec < n_full_blk)).to(tl.int32), 0)
+            n_full_sel = tl.sum(((sel_vec >= 0) & (sel_vec < n_whole)).to(tl.int32), 0)
             for j in range(n_full_sel):
                 c_sel = tl.load(i_base + j * sis)
                 acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c_sel, True, k_base, v_base, m_base,
@@ -195,13 +200,7 @@ def _prefill_attn_kernel(
                                             m_base, skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale,
                                             mask_thr, offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, False)
     else:
-        if MASK_KIND == 0:
-            if IS_CAUSAL:
-                n_full = tl.minimum((q0 + 1) // BLOCK_N, Skv // BLOCK_N)
-            else:
-                n_full = Skv // BLOCK_N
-        else:
-            n_full = 0
+        n_full = n_whole if MASK_KIND == 0 else 0
         x_base = X + (b * Hq + head) * n_kb * Sq + qpos  # X [B, Hq, n_kb, Sq]: coalesced per block
         n_pair = n_full // 2 if PAIR else 0
         for cp in range(n_pair):
@@ -254,17 +253,10 @@ def _prefill_importance_kernel(
     k_base = K + b * skb + kvh * skh
     m_base = Mask + b * smb
     imp_base = Imp + ((b * n_hg + hg) * n_qb + qb) * n_kb
-    if IS_CAUSAL:
-        kv_end = tl.minimum(Skv, q0 + QB)
-    else:
-        kv_end = Skv
-    n_blocks = tl.cdiv(kv_end, QB)
+    _kv_end, n_blocks, n_whole = _kv_blocks(q0, Skv, QB, QB, IS_CAUSAL)
     n_full = 0
     if MASK_KIND == 0:
-        if IS_CAUSAL:
-            n_full = tl.minimum((q0 + 1) // QB, Skv // QB)
-        else:
-            n_full = Skv // QB
+        n_full = n_whole
         rw = tl.where(row_ok, 1.0, 0.0)
         for c in range(n_full):
             offs_k = c * QB + offs_n
