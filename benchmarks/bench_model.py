@@ -5,7 +5,8 @@ dense vs the hylra backend, one decode step over a StaticCache holding a long co
 
 Reports per decode step: median latency (CUDA events after warm-up) of `backend="inductor"` and of
 `HylraBackend(policy=Policy.every(4))`, launched from Python and replayed as a CUDA graph, the speedups, and how
-far the hylra logits are from the dense ones (relative error, top-1 agreement) — on random weights, whose attention is diffuse (the worst case for top-k).
+far the hylra logits are from the dense ones (relative error, top-1 agreement) — on random weights, whose attention
+is diffuse (the worst case for top-k).
 """
 
 from __future__ import annotations
