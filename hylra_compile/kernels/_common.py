@@ -23,6 +23,28 @@ def mask_args(mask: torch.Tensor | None, B: int, Sq: int, Skv: int, q: torch.Ten
     return m, kind, m.stride(0), m.stride(2), m.stride(3), thr
 
 
+def ptx_stores(t: torch.Tensor) -> bool:
+    """Whether kernels on t's device may use NVIDIA PTX (store_rows); not under the interpreter (CPU tensors)."""
+    return t.device.type == "cuda" and torch.version.hip is None
+
+
+@triton.jit
+def store_rows(ptr, val, mask, PTX: tl.constexpr):
+    """tl.store(ptr, val, mask) for an fp32 per-row vector, with PTX=True written from the layout it was computed in.
+
+    tl.store first moves a row vector of the MMA layout into a coalesced layout through shared memory, a barrier
+    per call; inside a FlashAttention loop that barrier stalls the warpgroups. st.global per held element needs no
+    move (the lanes holding the same row write the same word). PTX=False for the interpreter.
+    """
+    if PTX:
+        tl.inline_asm_elementwise(
+            "{ .reg .pred p; setp.ne.b32 p, $3, 0; @p st.global.b32 [$1], $2; mov.b32 $0, 0; }",
+            "=r,l,r,r", [ptr, val.to(tl.int32, bitcast=True), mask.to(tl.int32)], dtype=tl.int32, is_pure=False,
+            pack=1)
+    else:
+        tl.store(ptr, val, mask=mask)
+
+
 @triton.jit
 def mask_tile(
     mask_base,

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import LOG2E, mask_args, mask_tile, select_row
+from ._common import LOG2E, mask_args, mask_tile, ptx_stores, select_row, store_rows
 
 
 @triton.jit
@@ -42,7 +42,10 @@ def _attn_block(q, acc, m_i, l_i, c, valid, k_base, v_base, m_base, skn, skd, sv
     else:
         allowed, bias = mask_tile(m_base, smq, smk, qpos, offs_k, row_ok & valid, Skv, mask_thr, MASK_KIND,
                                   IS_CAUSAL)
-        kmask = tl.max(allowed.to(tl.int32), 0) != 0
+        if MASK_KIND == 0:
+            kmask = offs_k < Skv  # causal/bounds only: no cross-row reduction for the load mask
+        else:
+            kmask = tl.max(allowed.to(tl.int32), 0) != 0
         k = tl.load(k_base + offs_k[:, None] * skn + offs_d[None, :] * skd, mask=kmask[:, None], other=0.0)
         sc = tl.dot(q, tl.trans(k)) * qk_scale
         if MASK_KIND == 2:
@@ -143,7 +146,7 @@ def _prefill_attn_kernel(
     Hq, Sq, Skv, n_kb, n_sel, qk_scale, mask_thr, min_seq_len,
     HP: tl.constexpr, G: tl.constexpr, QB: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
     MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, SPARSE: tl.constexpr, WRITE_LSE: tl.constexpr,
-    N_SEL_PAD: tl.constexpr, SCAN_N: tl.constexpr, WRITE_X: tl.constexpr, PAIR: tl.constexpr,
+    N_SEL_PAD: tl.constexpr, SCAN_N: tl.constexpr, WRITE_X: tl.constexpr, PAIR: tl.constexpr, PTX: tl.constexpr,
 ):
     qb, b, hg, kvh, head, q0, qpos, row_ok, q = _program_rows(Q, sqb, sqh, sqs, sqd, Hq, Sq, HP, G, QB, D)
     M: tl.constexpr = HP * QB
@@ -162,6 +165,9 @@ def _prefill_attn_kernel(
         i_base = Idx + b * sib + kvh * sih + qb * sir
         offs_s = tl.arange(0, N_SEL_PAD)
         sel_vec = tl.load(i_base + offs_s * sis, mask=offs_s < n_sel, other=-1)
+        # Ascending entries then -1 padding (the op contract): the padding is not visited (a query block near the
+        # start has few candidates, so most of its list is padding).
+        n_used = tl.sum((sel_vec >= 0).to(tl.int32), 0)
         n_full_sel = 0
         if MASK_KIND == 0:
             # The list is ascending and -1 padded: its first entries below the diagonal need no masking.
@@ -171,7 +177,7 @@ def _prefill_attn_kernel(
                 acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c_sel, True, k_base, v_base, m_base,
                                             skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr,
                                             offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, True)
-        for j in range(n_full_sel, n_sel):
+        for j in range(n_full_sel, n_used):
             c_sel = tl.load(i_base + j * sis)
             prev = tl.load(i_base + (j - 1) * sis, mask=j > 0, other=-1)
             ok = (c_sel >= 0) & (c_sel < n_kb) & (c_sel != prev)
@@ -207,20 +213,20 @@ def _prefill_attn_kernel(
             acc, m_i, l_i, xa, xb = _attn_pair(q, acc, m_i, l_i, 2 * cp, 2 * cp + 1, k_base, v_base, skn, skd, svn,
                                                svd, qk_scale, offs_n, offs_d, offs_dv, BLOCK_N)
             if WRITE_X:
-                tl.store(x_base + (2 * cp) * Sq, xa, mask=row_ok)
-                tl.store(x_base + (2 * cp + 1) * Sq, xb, mask=row_ok)
+                store_rows(x_base + (2 * cp) * Sq, xa, row_ok, PTX)
+                store_rows(x_base + (2 * cp + 1) * Sq, xb, row_ok, PTX)
         for c in range(2 * n_pair, n_full):
             acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c, True, k_base, v_base, m_base,
                                         skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr,
                                         offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, True)
             if WRITE_X:
-                tl.store(x_base + c * Sq, x_blk, mask=row_ok)
+                store_rows(x_base + c * Sq, x_blk, row_ok, PTX)
         for c in range(n_full, n_blocks):
             acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c, True, k_base, v_base, m_base,
                                         skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr,
                                         offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, False)
             if WRITE_X:
-                tl.store(x_base + c * Sq, x_blk, mask=row_ok)
+                store_rows(x_base + c * Sq, x_blk, row_ok, PTX)
 
     l_ok = l_i > 0
     out = tl.where(l_ok[:, None], acc / tl.where(l_ok, l_i, 1.0)[:, None], 0.0)
@@ -348,9 +354,10 @@ def _pack(G: int, block_size: int, max_rows: int) -> int:
 
 # Launch configuration by pass, d=128: (cap on rows per program, two KV blocks per step, num_warps, num_stages),
 # measured on an H100 with triton 3.6 at 32K (results/sweep-prefill-*.log, results/explore-*.json): the plain FA pass with
-# 4 heads x 64 queries, 8 warps (16.6 ms); the sparse consumer with 4 x 64 and 16 warps (2.47 ms vs 2.61 with 8);
-# the FA pass that also stores block log-sum-exps with 2 x 64 and two blocks per step (19.3 ms vs 20.7 for 4 x 64).
-TUNED = {"dense": (256, False, 8, 3), "dense_x": (128, True, 8, 3), "sparse": (256, False, 16, 2),
+# 4 heads x 64 queries, 8 warps (16.6 ms); the sparse consumer with 4 x 64, 16 warps and 3 stages (2.33 ms vs 2.40
+# with 2 stages, 2.47 with 8 warps); the FA pass that also stores block log-sum-exps with 2 x 64 and two blocks per
+# step (18.9 ms vs 19.6 for 4 x 64).
+TUNED = {"dense": (256, False, 8, 3), "dense_x": (128, True, 8, 3), "sparse": (256, False, 16, 3),
          "importance": (128, False, 4, 3)}
 
 
@@ -395,7 +402,7 @@ def _prefill_attn(q, k, v, mask, is_causal, scale, block_size, block_idx, min_se
         Hq, Sq, Skv, n_kb, n_sel, scale * LOG2E, thr, min_seq_len,
         HP=HP, G=G, QB=block_size, BLOCK_N=block_size, D=D, DV=DV, MASK_KIND=kind, IS_CAUSAL=bool(is_causal),
         SPARSE=sparse, WRITE_LSE=write_lse, N_SEL_PAD=triton.next_power_of_2(max(n_sel, 1)), SCAN_N=64,
-        WRITE_X=x_buf is not None, PAIR=pair and not sparse, num_warps=nw, num_stages=ns,
+        WRITE_X=x_buf is not None, PAIR=pair and not sparse, PTX=ptx_stores(q), num_warps=nw, num_stages=ns,
     )
     return out, lse
 
