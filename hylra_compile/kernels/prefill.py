@@ -70,34 +70,6 @@ def _attn_block(q, acc, m_i, l_i, c, valid, k_base, v_base, m_base, skn, skd, sv
 
 
 @triton.jit
-def _attn_pair(q, acc, m_i, l_i, ca, cb, k_base, v_base, skn, skd, svn, svd, qk_scale, offs_n, offs_d, offs_dv,
-               BLOCK_N: tl.constexpr):
-    """Two whole (unmasked) KV blocks ca, cb in one step: one rescale of acc for 2 * BLOCK_N keys. Returns the block
-    log2-sum-exps of both, as _attn_block does."""
-    offs_a = ca * BLOCK_N + offs_n
-    offs_b = cb * BLOCK_N + offs_n
-    ka = tl.load(k_base + offs_a[:, None] * skn + offs_d[None, :] * skd)
-    kb = tl.load(k_base + offs_b[:, None] * skn + offs_d[None, :] * skd)
-    sa = tl.dot(q, tl.trans(ka)) * qk_scale
-    sb = tl.dot(q, tl.trans(kb)) * qk_scale
-    m_new = tl.maximum(m_i, tl.maximum(tl.max(sa, 1), tl.max(sb, 1)))
-    pa = tl.exp2(sa - m_new[:, None])
-    pb = tl.exp2(sb - m_new[:, None])
-    alpha = tl.exp2(m_i - m_new)
-    la = tl.sum(pa, 1)
-    lb = tl.sum(pb, 1)
-    l_i = l_i * alpha + la + lb
-    va = tl.load(v_base + offs_a[:, None] * svn + offs_dv[None, :] * svd)
-    vb = tl.load(v_base + offs_b[:, None] * svn + offs_dv[None, :] * svd)
-    acc = acc * alpha[:, None]
-    acc = tl.dot(pa.to(va.dtype), va, acc)
-    acc = tl.dot(pb.to(vb.dtype), vb, acc)
-    xa = tl.where(la > 0, m_new + tl.log2(tl.where(la > 0, la, 1.0)), -1e30)
-    xb = tl.where(lb > 0, m_new + tl.log2(tl.where(lb > 0, lb, 1.0)), -1e30)
-    return acc, m_new, l_i, xa, xb
-
-
-@triton.jit
 def _program_rows(Q, sqb, sqh, sqs, sqd, Hq, Sq, HP: tl.constexpr, G: tl.constexpr, QB: tl.constexpr,
                   D: tl.constexpr):
     """The rows of a program of grid (query blocks, B * Hq / HP): HP heads of one KV head x the QB queries of query
@@ -146,7 +118,7 @@ def _prefill_attn_kernel(
     Hq, Sq, Skv, n_kb, n_sel, qk_scale, mask_thr, min_seq_len,
     HP: tl.constexpr, G: tl.constexpr, QB: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
     MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, SPARSE: tl.constexpr, WRITE_LSE: tl.constexpr,
-    N_SEL_PAD: tl.constexpr, SCAN_N: tl.constexpr, WRITE_X: tl.constexpr, PAIR: tl.constexpr, PTX: tl.constexpr,
+    N_SEL_PAD: tl.constexpr, SCAN_N: tl.constexpr, WRITE_X: tl.constexpr, PTX: tl.constexpr,
 ):
     qb, b, hg, kvh, head, q0, qpos, row_ok, q = _program_rows(Q, sqb, sqh, sqs, sqd, Hq, Sq, HP, G, QB, D)
     M: tl.constexpr = HP * QB
@@ -208,14 +180,7 @@ def _prefill_attn_kernel(
     else:
         n_full = n_whole if MASK_KIND == 0 else 0
         x_base = X + (b * Hq + head) * n_kb * Sq + qpos  # X [B, Hq, n_kb, Sq]: coalesced per block
-        n_pair = n_full // 2 if PAIR else 0
-        for cp in range(n_pair):
-            acc, m_i, l_i, xa, xb = _attn_pair(q, acc, m_i, l_i, 2 * cp, 2 * cp + 1, k_base, v_base, skn, skd, svn,
-                                               svd, qk_scale, offs_n, offs_d, offs_dv, BLOCK_N)
-            if WRITE_X:
-                store_rows(x_base + (2 * cp) * Sq, xa, row_ok, PTX)
-                store_rows(x_base + (2 * cp + 1) * Sq, xb, row_ok, PTX)
-        for c in range(2 * n_pair, n_full):
+        for c in range(n_full):
             acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c, True, k_base, v_base, m_base,
                                         skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr,
                                         offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, True)
@@ -352,35 +317,34 @@ def _pack(G: int, block_size: int, max_rows: int) -> int:
     return hp
 
 
-# Launch configuration by pass, d=128: (cap on rows per program, two KV blocks per step, num_warps, num_stages),
-# measured on an H100 with triton 3.6 at 32K (results/sweep-prefill-*.log, results/explore-*.json): the plain FA pass with
-# 4 heads x 64 queries, 8 warps (16.6 ms); the sparse consumer with 4 x 64, 16 warps and 3 stages (2.33 ms vs 2.40
-# with 2 stages, 2.47 with 8 warps); the FA pass that also stores block log-sum-exps with 2 x 64 and two blocks per
-# step (18.9 ms vs 19.6 for 4 x 64).
-TUNED = {"dense": (256, False, 8, 3), "dense_x": (128, True, 8, 3), "sparse": (256, False, 16, 3),
-         "importance": (128, False, 4, 3)}
+# Launch configuration by pass, d=128: (cap on rows per program, num_warps, num_stages),
+# measured on an H100 with triton 3.6 at 32K (results/sweep-prefill-*.log, results/explore-*.json): 4 heads x 64
+# queries and 8 warps for the plain FA pass (16.6 ms) and for the pass that also stores block log-sum-exps (17.2 ms;
+# 19.4 for 2 x 64 taking two KV blocks per step, the best while these stores went through shared memory); the
+# sparse consumer with 4 x 64, 16 warps and 3 stages (2.30-2.37 ms with 2 or 3 stages across runs, 2.49 with 8 warps).
+TUNED = {"dense": (256, 8, 3), "dense_x": (256, 8, 3), "sparse": (256, 16, 3), "importance": (128, 4, 3)}
 
 
 def _launch_cfg(kind: str, G: int, block_size: int, D: int):
-    """(HP heads per program, pair, num_warps, num_stages); shapes the table was not measured on get a rule by rows."""
-    max_rows, pair, nw, ns = TUNED[kind]
+    """(HP heads per program, num_warps, num_stages); shapes the table was not measured on get a rule by rows."""
+    max_rows, nw, ns = TUNED[kind]
     hp = _pack(G, block_size, max_rows)
     rows = hp * block_size
     if D < 128 or rows != max_rows:
         nw, ns = (8, 3) if rows >= 256 else (4, 3)
-    return hp, pair, nw, ns
+    return hp, nw, ns
 
 
 def _prefill_attn(q, k, v, mask, is_causal, scale, block_size, block_idx, min_seq_len, write_lse, x_buf=None,
                   cfg=None):
     """One FA launch: dense (block_idx None; optionally storing block log-sum-exps in x_buf) or sparse.
-    ``cfg`` overrides the tuned (HP, pair, num_warps, num_stages)."""
+    ``cfg`` overrides the tuned (HP, num_warps, num_stages)."""
     B, Hq, Sq, D = q.shape
     Hkv, Skv, DV = k.shape[1], k.shape[2], v.shape[3]
     G = Hq // Hkv
     sparse = block_idx is not None
     kind = "sparse" if sparse else ("dense_x" if x_buf is not None else "dense")
-    HP, pair, nw, ns = cfg or _launch_cfg(kind, G, block_size, D)
+    HP, nw, ns = cfg or _launch_cfg(kind, G, block_size, D)
     n_kb, n_qb = triton.cdiv(Skv, block_size), triton.cdiv(Sq, block_size)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     dev = q.device
@@ -402,7 +366,7 @@ def _prefill_attn(q, k, v, mask, is_causal, scale, block_size, block_idx, min_se
         Hq, Sq, Skv, n_kb, n_sel, scale * LOG2E, thr, min_seq_len,
         HP=HP, G=G, QB=block_size, BLOCK_N=block_size, D=D, DV=DV, MASK_KIND=kind, IS_CAUSAL=bool(is_causal),
         SPARSE=sparse, WRITE_LSE=write_lse, N_SEL_PAD=triton.next_power_of_2(max(n_sel, 1)), SCAN_N=64,
-        WRITE_X=x_buf is not None, PAIR=pair and not sparse, PTX=ptx_stores(q), num_warps=nw, num_stages=ns,
+        WRITE_X=x_buf is not None, PTX=ptx_stores(q), num_warps=nw, num_stages=ns,
     )
     return out, lse
 
@@ -431,7 +395,7 @@ def prefill_topk_attention(q, k, v, mask, is_causal, scale, block_size, n_select
     out, lse = _prefill_attn(q, k, v, mask, is_causal, scale, block_size, None, min_seq_len, True)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     m, kind, smb, smq, smk, thr = mask_args(mask, B, Sq, Skv, q)
-    HP, _pair, nw, ns = _launch_cfg("importance", G, block_size, D)
+    HP, nw, ns = _launch_cfg("importance", G, block_size, D)
     imp = torch.empty(B, Hq // HP, n_qb, n_kb, dtype=torch.float32, device=q.device)
     _prefill_importance_kernel[(n_qb, B * (Hq // HP))](
         q, k, m, lse, imp,
