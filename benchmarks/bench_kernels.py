@@ -3,8 +3,9 @@
 Llama-3-8B attention shapes (32 query heads, 8 KV heads, head_dim 128, bf16), block 64, top_k 2048 tokens
 (n_select 32). Median µs (triton.testing.do_bench, L2 flushed between calls) and, for decode, also under a CUDA graph
 (do_bench_cudagraph). Prefill SDPA, producer and consumer take turns over 3 rounds: their medians over the rounds,
-and speed ratios as the median of the per-round ratios. Bandwidth is the bytes a kernel must read (K and V of the allowed / selected tokens) per
-second, as a fraction of a measured device-to-device copy (bytes read + written per second).
+and speed ratios as the median of the per-round ratios. Bandwidth is the bytes a kernel must read (K and V of the
+allowed / selected tokens) per second, as a fraction of a measured device-to-device copy (bytes read + written per
+second).
 
     python benchmarks/bench_kernels.py --out benchmarks/results [--quick] [--no-flex] [--sweep]
 """

@@ -137,12 +137,12 @@ def _prefill_attn_kernel(
         i_base = Idx + b * sib + kvh * sih + qb * sir
         offs_s = tl.arange(0, N_SEL_PAD)
         sel_vec = tl.load(i_base + offs_s * sis, mask=offs_s < n_sel, other=-1)
-        # Ascending entries then -1 padding (the op contract): the padding is not visited (a query block near the
-        # start has few candidates, so most of its list is padding).
+        # The list is ascending, then -1 padded (the op contract). The padding is not visited: a query block near
+        # the start has few candidates, so most of its list is padding. Without a mask tensor, the leading entries
+        # wholly below the diagonal need no masking.
         n_used = tl.sum((sel_vec >= 0).to(tl.int32), 0)
         n_full_sel = 0
         if MASK_KIND == 0:
-            # The list is ascending and -1 padded: its first entries below the diagonal need no masking.
             n_full_sel = tl.sum(((sel_vec >= 0) & (sel_vec < n_whole)).to(tl.int32), 0)
             for j in range(n_full_sel):
                 c_sel = tl.load(i_base + j * sis)
