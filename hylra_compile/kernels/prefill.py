@@ -1,14 +1,18 @@
 """Prefill (Sq > 1) kernels: FlashAttention-style, GQA-packed.
 
 A program owns one query block (``block_size`` queries) of HP query heads that share a KV head (HP * block_size
-rows: 256 for block 64 and G >= 4), so each K/V tile it loads serves HP heads.
+rows: 256 for block 64 and G >= 4), so each K/V tile it loads serves HP heads. The grid is 1-D and ordered heaviest
+first (``_program_rows``): under a causal mask a program's cost grows with its query block, and a heavy program
+dispatched last would run alone on a few SMs.
 
-Producer, one-pass path (when the [B, Hq, n_kb, Sq] fp32 buffer fits in ``X_BUDGET_BYTES``): ``_prefill_attn_kernel``
-(dense, causal loop bound) writes out, each row's log2-sum-exp, and each row's block log2-sum-exp
-x[row, c] = m + log2(sum_j exp2(s_j - m)); ``_prefill_reduce_select_kernel`` sums exp2(x - lse_row) over the G
-heads and the block's queries (the exact softmax mass) and selects per query block. Two launches.
+Producer, one-pass path (when the fp32 scratch of one value per query row and KV block fits in ``X_BUDGET_BYTES``):
+``_prefill_attn_kernel`` (dense, causal loop bound) stores each row's block log2-sum-exp
+x[row, c] = m + log2(sum_j exp2(s_j - m)) in its own [n_kb, rows] slice; once the row's log2-sum-exp is final, the
+same program reads its rows back and sums exp2(x - lse_row) over its heads and queries (the exact softmax mass) into
+Imp[b, head group, query block, c]; ``_prefill_select_kernel`` sums the head groups of a KV head and selects per query
+block. Two launches.
 Two-pass path (larger inputs): the same FA kernel without x, then ``_prefill_importance_kernel`` recomputes QK^T per
-(query block, KV block) and sums exp2(s - lse), then ``_prefill_select_kernel``. Three launches.
+(query block, KV block) and sums exp2(s - lse) into the same Imp, then ``_prefill_select_kernel``. Three launches.
 
 Consumer (1 launch): ``_prefill_attn_kernel`` with SPARSE=True over the query block's selected KV blocks (the ones
 wholly below the diagonal without masking); rows with fewer than ``min_seq_len`` allowed keys (decided in the kernel)
@@ -70,13 +74,16 @@ def _attn_block(q, acc, m_i, l_i, c, valid, k_base, v_base, m_base, skn, skd, sv
 
 
 @triton.jit
-def _program_rows(Q, sqb, sqh, sqs, sqd, Hq, Sq, HP: tl.constexpr, G: tl.constexpr, QB: tl.constexpr,
+def _program_rows(Q, sqb, sqh, sqs, sqd, Hq, Sq, n_qb, HP: tl.constexpr, G: tl.constexpr, QB: tl.constexpr,
                   D: tl.constexpr):
-    """The rows of a program of grid (query blocks, B * Hq / HP): HP heads of one KV head x the QB queries of query
-    block program_id(0). Returns qb, b, head group, KV head, then per row head, q0, query position, in range, and
-    q [HP * QB, D]."""
-    qb = tl.program_id(0)
-    pid1 = tl.program_id(1)
+    """The rows of program program_id(0) of a 1-D grid of n_qb * B * Hq / HP: HP heads of one KV head x the QB
+    queries of one query block. For each (batch, head group) in turn, query blocks go from last to first: a causal
+    program costs more for a later query block, so the heaviest start first and the lightest fill the last wave
+    (2.8% faster at 32K than first to last); consecutive programs share a KV head, whose K/V then stay in L2.
+    Returns qb, b, head group, KV head, then per row head, q0, query position, in range, and q [HP * QB, D]."""
+    pid = tl.program_id(0)
+    qb = n_qb - 1 - pid % n_qb
+    pid1 = pid // n_qb
     n_hg = Hq // HP
     b = (pid1 // n_hg).to(tl.int64)
     hg = pid1 % n_hg
@@ -108,19 +115,19 @@ def _kv_blocks(q0, Skv, QB: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.c
 
 @triton.jit
 def _prefill_attn_kernel(
-    Q, K, V, Mask, Idx, Out, Lse, X,
+    Q, K, V, Mask, Idx, Out, Lse, X, Imp,
     sqb, sqh, sqs, sqd,
     skb, skh, skn, skd,
     svb, svh, svn, svd,
     smb, smq, smk,
     sib, sih, sir, sis,
     sob, soh, sos, sod,
-    Hq, Sq, Skv, n_kb, n_sel, qk_scale, mask_thr, min_seq_len,
+    Hq, Sq, Skv, n_kb, n_qb, n_sel, qk_scale, mask_thr, min_seq_len,
     HP: tl.constexpr, G: tl.constexpr, QB: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
     MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, SPARSE: tl.constexpr, WRITE_LSE: tl.constexpr,
-    N_SEL_PAD: tl.constexpr, SCAN_N: tl.constexpr, WRITE_X: tl.constexpr, PTX: tl.constexpr,
+    N_SEL_PAD: tl.constexpr, SCAN_N: tl.constexpr, WRITE_X: tl.constexpr, PTX: tl.constexpr, C_T: tl.constexpr,
 ):
-    qb, b, hg, kvh, head, q0, qpos, row_ok, q = _program_rows(Q, sqb, sqh, sqs, sqd, Hq, Sq, HP, G, QB, D)
+    qb, b, hg, kvh, head, q0, qpos, row_ok, q = _program_rows(Q, sqb, sqh, sqs, sqd, Hq, Sq, n_qb, HP, G, QB, D)
     M: tl.constexpr = HP * QB
     offs_d = tl.arange(0, D)
     offs_dv = tl.arange(0, DV)
@@ -132,6 +139,7 @@ def _prefill_attn_kernel(
     l_i = tl.zeros([M], dtype=tl.float32)
     acc = tl.zeros([M, DV], dtype=tl.float32)
     kv_end, n_blocks, n_whole = _kv_blocks(q0, Skv, QB, BLOCK_N, IS_CAUSAL)
+    x_base = X + tl.program_id(0).to(tl.int64) * n_kb * M + tl.arange(0, M)  # X [programs, n_kb, M]
 
     if SPARSE:
         i_base = Idx + b * sib + kvh * sih + qb * sir
@@ -179,28 +187,50 @@ def _prefill_attn_kernel(
                                             mask_thr, offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, False)
     else:
         n_full = n_whole if MASK_KIND == 0 else 0
-        x_base = X + (b * Hq + head) * n_kb * Sq + qpos  # X [B, Hq, n_kb, Sq]: coalesced per block
         for c in range(n_full):
             acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c, True, k_base, v_base, m_base,
                                         skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr,
                                         offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, True)
             if WRITE_X:
-                store_rows(x_base + c * Sq, x_blk, row_ok, PTX)
+                store_rows(x_base + c * M, x_blk, row_ok, PTX)
         for c in range(n_full, n_blocks):
             acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c, True, k_base, v_base, m_base,
                                         skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr,
                                         offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, False)
             if WRITE_X:
-                store_rows(x_base + c * Sq, x_blk, row_ok, PTX)
+                store_rows(x_base + c * M, x_blk, row_ok, PTX)
 
     l_ok = l_i > 0
     out = tl.where(l_ok[:, None], acc / tl.where(l_ok, l_i, 1.0)[:, None], 0.0)
     tl.store(Out + b * sob + head[:, None] * soh + qpos[:, None] * sos + offs_dv[None, :] * sod,
              out.to(Out.dtype.element_ty), mask=row_ok[:, None])
+    m_safe = tl.where(m_i == float("-inf"), 0.0, m_i)
+    lse = tl.where(l_ok, m_safe + tl.log2(tl.where(l_ok, l_i, 1.0)), float("-inf"))
     if WRITE_LSE:
-        m_safe = tl.where(m_i == float("-inf"), 0.0, m_i)
-        lse = tl.where(l_ok, m_safe + tl.log2(tl.where(l_ok, l_i, 1.0)), float("-inf"))
         tl.store(Lse + (b * Hq + head) * Sq + qpos, lse, mask=row_ok)
+    if WRITE_X:
+        # Importance: read back the x rows this program stored, C_T blocks at a time, now that the row LSEs are
+        # final. The barrier makes the other lanes' stores visible; .cg reads them from L2. Rows with no allowed
+        # key contribute 0 (lse -> +inf); a block is a candidate if some row has an allowed key in it.
+        tl.debug_barrier()
+        lse_r = tl.where(l_ok & row_ok, lse, float("inf"))
+        offs_t = tl.arange(0, C_T)
+        imp_base = Imp + ((b * (Hq // HP) + hg) * n_qb + qb) * n_kb
+        # The next tile is loaded before this one is reduced: the loop is bound by load latency.
+        x_next = tl.load(x_base[None, :] + offs_t[:, None] * M, mask=(offs_t < n_blocks)[:, None] & row_ok[None, :],
+                         other=float("-inf"), cache_modifier=".cg")
+        for c0 in range(0, n_blocks, C_T):
+            cols = c0 + offs_t
+            x = x_next
+            nc = cols + C_T
+            x_next = tl.load(x_base[None, :] + nc[:, None] * M, mask=(nc < n_blocks)[:, None] & row_ok[None, :],
+                             other=float("-inf"), cache_modifier=".cg")
+            cand = tl.max((x > float("-inf")).to(tl.int32), 1) != 0
+            imp = tl.sum(tl.exp2(x - lse_r[None, :]), 1)
+            tl.store(imp_base + cols, tl.where(cand, imp, -1.0), mask=cols < n_blocks)
+        for c0 in range(n_blocks, n_kb, C_T):
+            cols = c0 + offs_t
+            tl.store(imp_base + cols, tl.full([C_T], -1.0, tl.float32), mask=cols < n_kb)
 
 
 @triton.jit
@@ -215,7 +245,7 @@ def _prefill_importance_kernel(
 ):
     """Imp[b, head group, qb, c] = sum of exact probabilities of the group's rows over KV block c; -1 if c holds no
     allowed key of the query block."""
-    qb, b, hg, kvh, head, q0, qpos, row_ok, q = _program_rows(Q, sqb, sqh, sqs, sqd, Hq, Sq, HP, G, QB, D)
+    qb, b, hg, kvh, head, q0, qpos, row_ok, q = _program_rows(Q, sqb, sqh, sqs, sqd, Hq, Sq, n_qb, HP, G, QB, D)
     n_hg = Hq // HP
     offs_d = tl.arange(0, D)
     offs_n = tl.arange(0, QB)
@@ -270,43 +300,13 @@ def _prefill_select_kernel(Imp, BlockIdx, n_kb, n_select, sink_blocks, local_blo
                N_SEL_PAD)
 
 
-@triton.jit
-def _prefill_reduce_select_kernel(X, Lse, BlockIdx, Hq, Sq, Skv, n_kb, n_select, sink_blocks, local_blocks,
-                                  G: tl.constexpr, QB: tl.constexpr, R: tl.constexpr, IS_CAUSAL: tl.constexpr,
-                                  C_PAD: tl.constexpr, N_SEL_PAD: tl.constexpr):
-    """importance[c] = sum over the G heads and QB queries of exp2(x[row, c] - lse[row]) (exact), then select."""
-    pid = tl.program_id(0).to(tl.int64)  # b * Hkv + kvh
-    qb = tl.program_id(1)
-    n_qb = tl.num_programs(1)
-    q0 = qb * QB
-    if IS_CAUSAL:
-        kv_end = tl.minimum(Skv, q0 + QB)
-    else:
-        kv_end = Skv
-    n_blocks = tl.cdiv(kv_end, QB)
-    offs_c = tl.arange(0, C_PAD)
-    cm = offs_c < n_blocks
-    offs_r = tl.arange(0, R)
-    imp = tl.zeros([C_PAD], dtype=tl.float32)
-    cand = offs_c < 0
-    for g in range(G):
-        hb = pid * G + g  # b * Hq + head
-        for r0 in range(0, QB, R):
-            qpos = q0 + r0 + offs_r
-            rok = (qpos < Sq) & (r0 + offs_r < QB)
-            lse = tl.load(Lse + hb * Sq + qpos, mask=rok, other=float("-inf"))
-            x = tl.load(X + hb * n_kb * Sq + offs_c[None, :] * Sq + qpos[:, None], mask=rok[:, None] & cm[None, :],
-                        other=float("-inf"))
-            hit = x > float("-inf")
-            cand = cand | (tl.max(hit.to(tl.int32), 0) != 0)
-            imp += tl.sum(tl.where(hit & (lse[:, None] > float("-inf")), tl.exp2(x - lse[:, None]), 0.0), 0)
-    select_row(imp, cand, offs_c, BlockIdx + (pid * n_qb + qb) * n_select, n_select, sink_blocks, local_blocks,
-               N_SEL_PAD)
-
-
-# The one-pass producer keeps a [B, Hq, n_kb, Sq] fp32 buffer of block log-sum-exps; above this size it recomputes
-# QK^T in a second pass instead (e.g. 128K tokens x 32 heads would need 34 GB).
+# The one-pass producer keeps an fp32 block log-sum-exp per (query row, KV block), B * Hq * Sq * n_kb * 4 bytes;
+# above this size it recomputes QK^T in a second pass instead (e.g. 128K tokens x 32 heads would need 34 GB).
 X_BUDGET_BYTES = 4 << 30
+# KV blocks per step when a producer program reads its block log-sum-exps back ([X_STEP_BLOCKS, rows] tiles). At
+# 32K on the H100 (FA pass with this read-back, results/explore-session4-*.json): 32 -> 17.5 ms, 64 -> 16.9,
+# 128 -> 17.1.
+X_STEP_BLOCKS = 64
 
 
 def _pack(G: int, block_size: int, max_rows: int) -> int:
@@ -321,8 +321,9 @@ def _pack(G: int, block_size: int, max_rows: int) -> int:
 # measured on an H100 with triton 3.6 at 32K (results/sweep-prefill-*.log, results/explore-*.json): 4 heads x 64
 # queries and 8 warps for the plain FA pass (16.6 ms) and for the pass that also stores block log-sum-exps (17.2 ms;
 # 19.4 for 2 x 64 taking two KV blocks per step, the best while these stores went through shared memory); the
-# sparse consumer with 4 x 64, 16 warps and 3 stages (2.30-2.37 ms with 2 or 3 stages across runs, 2.49 with 8 warps).
-TUNED = {"dense": (256, 8, 3), "dense_x": (256, 8, 3), "sparse": (256, 16, 3), "importance": (128, 4, 3)}
+# sparse consumer with 4 x 64, 16 warps and 2 stages (2.43 vs 2.57 ms with 3 stages, paired over 20 calls;
+# 2.49 with 8 warps).
+TUNED = {"dense": (256, 8, 3), "dense_x": (256, 8, 3), "sparse": (256, 16, 2), "importance": (128, 4, 3)}
 
 
 def _launch_cfg(kind: str, G: int, block_size: int, D: int):
@@ -335,15 +336,17 @@ def _launch_cfg(kind: str, G: int, block_size: int, D: int):
     return hp, nw, ns
 
 
-def _prefill_attn(q, k, v, mask, is_causal, scale, block_size, block_idx, min_seq_len, write_lse, x_buf=None,
+def _prefill_attn(q, k, v, mask, is_causal, scale, block_size, block_idx, min_seq_len, write_lse, importance=False,
                   cfg=None):
-    """One FA launch: dense (block_idx None; optionally storing block log-sum-exps in x_buf) or sparse.
-    ``cfg`` overrides the tuned (HP, num_warps, num_stages)."""
+    """One FA launch: dense (block_idx None) or sparse. Returns (out, lse or None, imp or None): ``importance=True``
+    (dense only) also stores the block log-sum-exps in a scratch buffer and reduces them into
+    imp [B, Hq / HP, n_qb, n_kb] (see the module docstring). ``cfg`` overrides the tuned (HP, num_warps,
+    num_stages)."""
     B, Hq, Sq, D = q.shape
     Hkv, Skv, DV = k.shape[1], k.shape[2], v.shape[3]
     G = Hq // Hkv
     sparse = block_idx is not None
-    kind = "sparse" if sparse else ("dense_x" if x_buf is not None else "dense")
+    kind = "sparse" if sparse else ("dense_x" if importance else "dense")
     HP, nw, ns = cfg or _launch_cfg(kind, G, block_size, D)
     n_kb, n_qb = triton.cdiv(Skv, block_size), triton.cdiv(Sq, block_size)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
@@ -355,20 +358,34 @@ def _prefill_attn(q, k, v, mask, is_causal, scale, block_size, block_idx, min_se
     else:
         idx, n_sel, sidx = q, 0, (0, 0, 0, 0)
     out = torch.empty(B, Hq, Sq, DV, dtype=q.dtype, device=dev)
-    lse = torch.empty(B, Hq, Sq, dtype=torch.float32, device=dev) if write_lse else out
-    _prefill_attn_kernel[(n_qb, B * (Hq // HP))](
-        q, k, v, m, idx, out, lse, out if x_buf is None else x_buf,
+    lse = torch.empty(B, Hq, Sq, dtype=torch.float32, device=dev) if write_lse else None
+    grid = n_qb * B * (Hq // HP)
+    x_buf = torch.empty(grid, n_kb, HP * block_size, dtype=torch.float32, device=dev) if importance else None
+    imp = torch.empty(B, Hq // HP, n_qb, n_kb, dtype=torch.float32, device=dev) if importance else None
+    _prefill_attn_kernel[(grid,)](
+        q, k, v, m, idx, out, out if lse is None else lse, out if x_buf is None else x_buf, out if imp is None else imp,
         q.stride(0), q.stride(1), q.stride(2), q.stride(3),
         k.stride(0), k.stride(1), k.stride(2), k.stride(3),
         v.stride(0), v.stride(1), v.stride(2), v.stride(3),
         smb, smq, smk, *sidx,
         out.stride(0), out.stride(1), out.stride(2), out.stride(3),
-        Hq, Sq, Skv, n_kb, n_sel, scale * LOG2E, thr, min_seq_len,
+        Hq, Sq, Skv, n_kb, n_qb, n_sel, scale * LOG2E, thr, min_seq_len,
         HP=HP, G=G, QB=block_size, BLOCK_N=block_size, D=D, DV=DV, MASK_KIND=kind, IS_CAUSAL=bool(is_causal),
         SPARSE=sparse, WRITE_LSE=write_lse, N_SEL_PAD=triton.next_power_of_2(max(n_sel, 1)), SCAN_N=64,
-        WRITE_X=x_buf is not None, PTX=ptx_stores(q), num_warps=nw, num_stages=ns,
+        WRITE_X=importance, PTX=ptx_stores(q), C_T=min(X_STEP_BLOCKS, triton.next_power_of_2(n_kb)),
+ num_warps=nw, num_stages=ns,
     )
-    return out, lse
+    return out, lse, imp
+
+
+def _select(imp, block_idx, n_kb, n_select, sink_blocks, local_blocks, NG):
+    """block_idx [B, Hkv, n_qb, n_select] from imp [B, Hkv * NG, n_qb, n_kb] (summing NG head groups per KV head)."""
+    B, Hkv, n_qb, _ = block_idx.shape
+    _prefill_select_kernel[(B * Hkv, n_qb)](
+        imp, block_idx, n_kb, n_select, sink_blocks, local_blocks,
+        NG=NG, C_PAD=triton.next_power_of_2(max(n_kb, 1)), N_SEL_PAD=triton.next_power_of_2(max(n_select, 1)),
+        num_warps=4 if n_kb <= 4096 else 8,
+    )
 
 
 def prefill_topk_attention(q, k, v, mask, is_causal, scale, block_size, n_select, sink_blocks, local_blocks,
@@ -378,26 +395,20 @@ def prefill_topk_attention(q, k, v, mask, is_causal, scale, block_size, n_select
     Hkv, Skv = k.shape[1], k.shape[2]
     G = Hq // Hkv
     n_kb, n_qb = triton.cdiv(Skv, block_size), triton.cdiv(Sq, block_size)
-    C_PAD, N_SEL_PAD = triton.next_power_of_2(max(n_kb, 1)), triton.next_power_of_2(max(n_select, 1))
     block_idx = torch.empty(B, Hkv, n_qb, n_select, dtype=torch.int32, device=q.device)
-    if B * Hq * Sq * n_kb * 4 <= X_BUDGET_BYTES:
-        # One pass: the FA kernel stores each row's block log-sum-exp; a reduction turns them into exact
-        # importances once the row LSEs are known (no second QK^T pass).
-        x_buf = torch.empty(B, Hq, n_kb, Sq, dtype=torch.float32, device=q.device)
-        out, lse = _prefill_attn(q, k, v, mask, is_causal, scale, block_size, None, min_seq_len, True, x_buf=x_buf)
-        R = max(8, min(64, 8192 // C_PAD))  # rows per [R, C_PAD] tile of x
-        _prefill_reduce_select_kernel[(B * Hkv, n_qb)](
-            x_buf, lse, block_idx, Hq, Sq, Skv, n_kb, n_select, sink_blocks, local_blocks,
-            G=G, QB=block_size, R=R, IS_CAUSAL=bool(is_causal), C_PAD=C_PAD, N_SEL_PAD=N_SEL_PAD,
-            num_warps=4 if R * C_PAD <= 8192 else 8,
-        )
+    if B * Hq * n_qb * block_size * n_kb * 4 <= X_BUDGET_BYTES:  # the scratch of _prefill_attn(importance=True)
+        # One pass: the FA kernel stores each row's block log-sum-exp and turns them into exact importances once
+        # the row LSEs are known (no second QK^T pass).
+        out, _, imp = _prefill_attn(q, k, v, mask, is_causal, scale, block_size, None, min_seq_len, False,
+                                    importance=True)
+        _select(imp, block_idx, n_kb, n_select, sink_blocks, local_blocks, imp.shape[1] // Hkv)
         return out, block_idx
-    out, lse = _prefill_attn(q, k, v, mask, is_causal, scale, block_size, None, min_seq_len, True)
+    out, lse, _ = _prefill_attn(q, k, v, mask, is_causal, scale, block_size, None, min_seq_len, True)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     m, kind, smb, smq, smk, thr = mask_args(mask, B, Sq, Skv, q)
     HP, nw, ns = _launch_cfg("importance", G, block_size, D)
     imp = torch.empty(B, Hq // HP, n_qb, n_kb, dtype=torch.float32, device=q.device)
-    _prefill_importance_kernel[(n_qb, B * (Hq // HP))](
+    _prefill_importance_kernel[(n_qb * B * (Hq // HP),)](
         q, k, m, lse, imp,
         q.stride(0), q.stride(1), q.stride(2), q.stride(3),
         k.stride(0), k.stride(1), k.stride(2), k.stride(3),
@@ -405,11 +416,7 @@ def prefill_topk_attention(q, k, v, mask, is_causal, scale, block_size, n_select
         Hq, Sq, Skv, n_kb, n_qb, scale * LOG2E, thr,
         HP=HP, G=G, QB=block_size, D=D, MASK_KIND=kind, IS_CAUSAL=bool(is_causal), num_warps=nw, num_stages=ns,
     )
-    _prefill_select_kernel[(B * Hkv, n_qb)](
-        imp, block_idx, n_kb, n_select, sink_blocks, local_blocks,
-        NG=G // HP, C_PAD=triton.next_power_of_2(max(n_kb, 1)), N_SEL_PAD=triton.next_power_of_2(max(n_select, 1)),
-        num_warps=4 if n_kb <= 4096 else 8,
-    )
+    _select(imp, block_idx, n_kb, n_select, sink_blocks, local_blocks, G // HP)
     return out, block_idx
 
 

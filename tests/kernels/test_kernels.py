@@ -169,13 +169,15 @@ def _check_prefill(case, device):
         tol = TOL[dtype]
         rout, rbidx = R.topk_attention(q, k, v, mask, causal, None, bs, n_sel, sink, local, 0)
         imp, cand = ref_importance(q, k, v, mask, causal, None, bs)
-        # both producer paths: one pass with stored block LSEs, and the two-pass recompute (X buffer over budget)
+        # both producer paths: one pass with stored block LSEs, and the two-pass recompute (X buffer over budget);
+        # on the CPU the one-pass read-back takes 2 blocks per step, so that its loop runs several steps
         for budget in (P.X_BUDGET_BYTES, 0):
-            saved, P.X_BUDGET_BYTES = P.X_BUDGET_BYTES, budget
+            saved = P.X_BUDGET_BYTES, P.X_STEP_BLOCKS
+            P.X_BUDGET_BYTES, P.X_STEP_BLOCKS = budget, 2 if device == "cpu" else P.X_STEP_BLOCKS
             try:
                 out, bidx = prefill_topk_attention(q, k, v, mask, causal, None, bs, n_sel, sink, local, 0)
             finally:
-                P.X_BUDGET_BYTES = saved
+                P.X_BUDGET_BYTES, P.X_STEP_BLOCKS = saved
             assert out.dtype == q.dtype and out.shape == rout.shape
             assert rel_err(out, rout) <= tol, (dtype, budget, rel_err(out, rout))
             assert_same_selection(bidx, rbidx, imp, 10 * tol)
