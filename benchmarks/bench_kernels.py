@@ -261,7 +261,7 @@ def bench_prefill(res, B, S, do_flex, rep=100, rounds=7):
         row["producer_kernels_us"] = kernel_times(prod)
     import hylra_compile.kernels.prefill as P
 
-    row["producer_path"] = "one-pass (stored block LSEs)" if B * HQ * S * triton.cdiv(S, BS) * 4 <= P.X_BUDGET_BYTES \
+    row["producer_path"] = "one-pass (stored block LSEs)" if P.one_pass_fits(B, HQ, S, S, BS) \
         else "two-pass (recompute QK^T)"
     if row["producer_path"].startswith("one"):
         saved, P.X_BUDGET_BYTES = P.X_BUDGET_BYTES, 0

@@ -18,19 +18,17 @@ import triton
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import hylra_compile.kernels.prefill as P  # noqa: E402
+from bench_kernels import BS, LOCAL, NSEL, SINK, qkv  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--out", default="benchmarks/results")
 args = ap.parse_args()
-HQ, HKV, D, BS, NSEL = 32, 8, 128, 64, 32
 S = 32768
-q = torch.randn(1, HQ, S, D, device="cuda", dtype=torch.bfloat16)
-k = torch.randn(1, HKV, S, D, device="cuda", dtype=torch.bfloat16)
-v = torch.randn(1, HKV, S, D, device="cuda", dtype=torch.bfloat16)
+q, k, v = qkv(1, S, S)
 F = torch.nn.functional
-_, bidx = P.prefill_topk_attention(q, k, v, None, True, None, BS, NSEL, 1, 2, 0)
+_, bidx = P.prefill_topk_attention(q, k, v, None, True, None, BS, NSEL, SINK, LOCAL, 0)
 fns = {"sdpa": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True),
-       "producer": lambda: P.prefill_topk_attention(q, k, v, None, True, None, BS, NSEL, 1, 2, 0),
+       "producer": lambda: P.prefill_topk_attention(q, k, v, None, True, None, BS, NSEL, SINK, LOCAL, 0),
        "fa": lambda: P._prefill_attn(q, k, v, None, True, None, BS, None, 0, True),
        "consumer": lambda: P.prefill_sparse_attention(q, k, v, bidx, None, True, None, BS, 0)}
 for f in fns.values():

@@ -309,6 +309,12 @@ X_BUDGET_BYTES = 4 << 30
 X_STEP_BLOCKS = 64
 
 
+def one_pass_fits(B: int, Hq: int, Sq: int, Skv: int, block_size: int) -> bool:
+    """Whether the one-pass producer's scratch (an fp32 per query row, padded to whole query blocks, and KV block)
+    fits in X_BUDGET_BYTES."""
+    return B * Hq * triton.cdiv(Sq, block_size) * block_size * triton.cdiv(Skv, block_size) * 4 <= X_BUDGET_BYTES
+
+
 def _pack(G: int, block_size: int, max_rows: int) -> int:
     """Query heads per program: the largest power of two dividing G with at most max_rows rows."""
     hp = 1
@@ -396,7 +402,7 @@ def prefill_topk_attention(q, k, v, mask, is_causal, scale, block_size, n_select
     G = Hq // Hkv
     n_kb, n_qb = triton.cdiv(Skv, block_size), triton.cdiv(Sq, block_size)
     block_idx = torch.empty(B, Hkv, n_qb, n_select, dtype=torch.int32, device=q.device)
-    if B * Hq * n_qb * block_size * n_kb * 4 <= X_BUDGET_BYTES:  # the scratch of _prefill_attn(importance=True)
+    if one_pass_fits(B, Hq, Sq, Skv, block_size):
         # One pass: the FA kernel stores each row's block log-sum-exp and turns them into exact importances once
         # the row LSEs are known (no second QK^T pass).
         out, _, imp = _prefill_attn(q, k, v, mask, is_causal, scale, block_size, None, min_seq_len, False,
