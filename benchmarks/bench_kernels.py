@@ -205,19 +205,21 @@ def interleaved(fns, rounds, rep):
     return out
 
 
-def isolated(fns, iters):
-    """{name: [µs per call]}, each call timed alone after an idle GPU (a sleep kernel covers the host's launch work),
-    the functions taking turns: this is how a single prefill sees the GPU, with the clock boost of an idle card."""
+def isolated(fns, iters, sleep_cycles=2_000_000, calls=1):
+    """{name: [µs per call]}: each function timed (CUDA events) as the last of ``calls`` back-to-back calls, after an
+    L2 flush and a GPU sleep of ``sleep_cycles`` (which also covers the host's launch work), the functions taking
+    turns. With calls=1 this is how a single prefill sees the GPU, with the clock boost of an idle card."""
     flush = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
     out = {name: [] for name in fns}
     for _ in range(iters):
         for name, fn in fns.items():
             flush.zero_()
-            torch.cuda._sleep(2_000_000)
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
+            torch.cuda._sleep(sleep_cycles)
+            for _ in range(calls):
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record()
+                fn()
+                b.record()
             b.synchronize()
             out[name].append(1e3 * a.elapsed_time(b))
     return out
@@ -333,22 +335,17 @@ def sweep_prefill(out, res, S=32768):
 
 
 def profile_prefill(S=32768):
-    """Per-kernel device times of the prefill producer (both paths) and consumer, via torch.profiler."""
+    """Per-kernel device times (µs per call) of the prefill producer's two paths, via torch.profiler."""
     import hylra_compile.kernels.prefill as P
 
     q, k, v = qkv(1, S, S)
-    _, bidx = prefill_topk_attention(q, k, v, None, True, None, BS, NSEL, SINK, LOCAL, 0)
     for name, budget in [("one-pass", P.X_BUDGET_BYTES), ("two-pass", 0)]:
         saved, P.X_BUDGET_BYTES = P.X_BUDGET_BYTES, budget
-        prefill_topk_attention(q, k, v, None, True, None, BS, NSEL, SINK, LOCAL, 0)
-        torch.cuda.synchronize()
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-            for _ in range(3):
-                prefill_topk_attention(q, k, v, None, True, None, BS, NSEL, SINK, LOCAL, 0)
-            torch.cuda.synchronize()
-        P.X_BUDGET_BYTES = saved
-        print(f"== profile producer {name} S={S} (3 calls)")
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=8), flush=True)
+        try:
+            times = kernel_times(lambda: prefill_topk_attention(q, k, v, None, True, None, BS, NSEL, SINK, LOCAL, 0))
+        finally:
+            P.X_BUDGET_BYTES = saved
+        print(f"== profile producer {name} S={S}: {json.dumps(times)}", flush=True)
 
 
 def targets(res):
@@ -433,8 +430,9 @@ def write(res, meta, outdir):
         for r in iso:
             i = r["isolated_us"]
             kern = ", ".join(f"{k} {t:.0f}" for k, t in r["producer_kernels_us"].items())
-            lines.append(f"| {r['case']} | {i['sdpa']:.0f} | {i['producer']:.0f} | {r['isolated_producer_vs_sdpa']:.2f} | "
-                         f"{i['consumer']:.0f} | {r['isolated_consumer_speedup_vs_sdpa']:.2f}x | {kern} |")
+            lines.append(f"| {r['case']} | {i['sdpa']:.0f} | {i['producer']:.0f} | "
+                         f"{r['isolated_producer_vs_sdpa']:.2f} | {i['consumer']:.0f} | "
+                         f"{r['isolated_consumer_speedup_vs_sdpa']:.2f}x | {kern} |")
     lines += targets(res)
     with open(base + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")

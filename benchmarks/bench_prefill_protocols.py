@@ -1,8 +1,9 @@
 """How the timing regime changes torch SDPA against our prefill kernels (causal, 32K, B=1, Llama-3-8B shapes, bf16).
 
-Each function is timed (CUDA events) as the last of 1, 3 or 10 back-to-back calls, after a GPU sleep of 1 or 20 ms,
-8 times taking turns; medians. A fresh call on an idle H100 runs SDPA about 15% faster than the 10th back-to-back call
-(power limit), while our kernels move little. Writes prefill-protocols-<device>.json.
+Each function is timed (CUDA events) as the last of 1, 3 or 10 back-to-back calls, after an L2 flush and a GPU sleep
+of 1 or 20 ms, 8 times taking turns (``bench_kernels.isolated``); medians. A fresh call on an idle H100 runs SDPA
+about 15% faster than the 10th back-to-back call (power limit), while our kernels move little. Writes
+prefill-protocols-<device>.json.
 
     python benchmarks/bench_prefill_protocols.py --out benchmarks/results
 """
@@ -18,7 +19,7 @@ import triton
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import hylra_compile.kernels.prefill as P  # noqa: E402
-from bench_kernels import BS, LOCAL, NSEL, SINK, qkv  # noqa: E402
+from bench_kernels import BS, LOCAL, NSEL, SINK, isolated, qkv  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--out", default="benchmarks/results")
@@ -35,28 +36,10 @@ for f in fns.values():
     f()
 res = {"meta": {"device": torch.cuda.get_device_name(), "date": datetime.date.today().isoformat(),
                 "torch": torch.__version__, "triton": triton.__version__, "S": S, "B": 1}}
-
-
-def timed(fn, sleep, reps):
-    ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
-    if sleep:
-        torch.cuda._sleep(sleep)
-    for a, b in ev:
-        a.record()
-        fn()
-        b.record()
-    torch.cuda.synchronize()
-    return ev[-1][0].elapsed_time(ev[-1][1]) * 1e3
-
-
 for proto, sleep, reps in [("sleep 1ms, 1 call", 2_000_000, 1), ("sleep 20ms, 1 call", 40_000_000, 1),
                            ("sleep 1ms, 3rd of 3 back-to-back", 2_000_000, 3),
                            ("sleep 1ms, 10th of 10 back-to-back", 2_000_000, 10)]:
-    ts = {n: [] for n in fns}
-    for i in range(8):
-        for n, f in fns.items():
-            ts[n].append(timed(f, sleep, reps))
-    res[proto] = {n: statistics.median(t) for n, t in ts.items()}
+    res[proto] = {n: statistics.median(t) for n, t in isolated(fns, 8, sleep, reps).items()}
     r = res[proto]
     print(f"{proto:36s} " + " ".join(f"{n} {t:8.0f}" for n, t in r.items()),
           f"prod/sdpa {r['producer'] / r['sdpa']:.3f} sdpa/cons {r['sdpa'] / r['consumer']:.2f}", flush=True)
