@@ -8,7 +8,8 @@ A key is *allowed* for a query exactly when SDPA with the same ``attn_mask`` / `
 mask drops keys whose value is -inf or <= finfo(mask.dtype).min / 2 (Hugging Face's convention) and adds the
 other values to the scores. A query with no allowed key outputs zeros, never NaN.
 
-Both ops stream over chunks of whole query blocks, so no [Sq, Skv] score matrix is ever materialised at once.
+Both ops stream over chunks of whole query blocks, so no [Sq, Skv] score matrix is ever materialised at once;
+with ``is_causal`` a chunk reads only the keys up to its last query (the others are never allowed).
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import torch
 from torch import Tensor
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
-# Scores of one chunk are held in fp32: cap a chunk at about this many elements.
+# Scores of one chunk are held in fp32: cap a chunk at about this many elements, and at this many queries (small
+# chunks let a causal chunk skip more of the keys above the diagonal).
 _CHUNK_ELEMENTS = 1 << 25
+_CHUNK_QUERIES = 256
 
 
 def _require(condition, message: str, provable: bool) -> None:
@@ -108,6 +111,11 @@ def _compute_dtype(q: Tensor) -> torch.dtype:
     return torch.float64 if q.dtype == torch.float64 else torch.float32
 
 
+def _key_end(is_causal: bool, q_end: int, Skv: int) -> int:
+    """Keys [0, key_end) can be allowed for queries before ``q_end``: with ``is_causal`` none past the last query."""
+    return min(q_end, Skv) if is_causal else Skv
+
+
 def _allowed_and_bias(
     mask: Tensor | None,
     is_causal: bool,
@@ -117,49 +125,74 @@ def _allowed_and_bias(
     dtype: torch.dtype,
     device: torch.device,
 ) -> tuple[Tensor, Tensor | None]:
-    """Allowed keys [B, Hkv, G, n, Skv] (bool) and the additive bias (or None) for queries [q_start, q_end)."""
+    """Allowed keys [B, Hkv, G|1, n, key_end] (bool) and the additive bias (or None) for queries [q_start, q_end),
+    over the keys before :func:`_key_end` (no later key is allowed). The head-group axis has size 1 unless the
+    mask differs between query heads."""
     B, Hkv, G, Sq, Skv = shape
     n = q_end - q_start
-    allowed = torch.ones(1, 1, n, Skv, dtype=torch.bool, device=device)
+    key_end = _key_end(is_causal, q_end, Skv)
+    allowed = torch.ones(1, 1, n, key_end, dtype=torch.bool, device=device)
     if is_causal:
         rows = torch.arange(q_start, q_end, device=device)[:, None]
-        allowed = allowed & (torch.arange(Skv, device=device)[None, :] <= rows)
+        allowed = allowed & (torch.arange(key_end, device=device)[None, :] <= rows)
     bias = None
     if mask is not None:
         m = mask_4d(mask)
-        m = m.expand(B if m.shape[0] != 1 else 1, m.shape[1], Sq, Skv)[:, :, q_start:q_end]
+        m = m.expand(B if m.shape[0] != 1 else 1, m.shape[1], Sq, Skv)[:, :, q_start:q_end, :key_end]
         if m.dtype == torch.bool:
             allowed = allowed & m
         else:
             dropped = (m == float("-inf")) | (m <= torch.finfo(m.dtype).min / 2)
             allowed = allowed & ~dropped
             bias = m.to(dtype).masked_fill(dropped, 0.0)
-    allowed = _group_heads(allowed, B, Hkv, G, n, Skv)
-    bias = None if bias is None else _group_heads(bias, B, Hkv, G, n, Skv)
+    allowed = _group_heads(allowed, B, Hkv, G, n, key_end)
+    bias = None if bias is None else _group_heads(bias, B, Hkv, G, n, key_end)
     return allowed, bias
 
 
 def _group_heads(x: Tensor, B: int, Hkv: int, G: int, n: int, Skv: int) -> Tensor:
-    """Broadcast [B|1, Hq|1, n, Skv] to [B, Hkv, G, n, Skv]."""
+    """Broadcast [B|1, Hq|1, n, Skv] to [B, Hkv, G, n, Skv], or to [B, Hkv, 1, n, Skv] when shared by all heads."""
     x = x.expand(B, x.shape[1], n, Skv)
     if x.shape[1] == 1:
-        return x.unsqueeze(1).expand(B, Hkv, G, n, Skv)
+        return x.unsqueeze(1).expand(B, Hkv, 1, n, Skv)
     return x.reshape(B, Hkv, G, n, Skv)
 
 
 def _chunk_len(B: int, Hq: int, Skv: int, block_size: int) -> int:
     per_query = max(1, B * Hq * Skv)
-    return max(1, _CHUNK_ELEMENTS // per_query // block_size) * block_size
+    return max(1, min(_CHUNK_ELEMENTS // per_query, _CHUNK_QUERIES) // block_size) * block_size
 
 
 def _masked_attention(q_chunk: Tensor, k: Tensor, v: Tensor, allowed: Tensor, bias: Tensor | None, scale: float):
-    """Softmax attention over ``allowed`` keys; returns (out [B, Hkv, G, n, Dv], probabilities [B, Hkv, G, n, Skv])."""
-    scores = torch.einsum("bhgqd,bhkd->bhgqk", q_chunk, k) * scale
+    """Softmax attention over ``allowed`` keys [B, Hkv, G, n, S] (``k``, ``v`` hold the S keys); returns
+    (out [B, Hkv, G, n, Dv], probabilities [B, Hkv, G, n, S])."""
+    B, Hkv, G, n, D = q_chunk.shape
+    scores = torch.matmul(q_chunk.reshape(B, Hkv, G * n, D), k.transpose(-1, -2)).view(B, Hkv, G, n, -1)
+    scores.mul_(scale)
     if bias is not None:
-        scores = scores + bias
-    scores = scores.masked_fill(~allowed, float("-inf"))
-    probs = torch.softmax(scores, dim=-1).masked_fill(~allowed.any(-1, keepdim=True), 0.0)
-    return torch.einsum("bhgqk,bhkd->bhgqd", probs, v), probs
+        scores.add_(bias)
+    scores.masked_fill_(~allowed, float("-inf"))
+    probs = torch.softmax(scores, dim=-1).masked_fill_(~allowed.any(-1, keepdim=True), 0.0)
+    out = torch.matmul(probs.view(B, Hkv, G * n, -1), v).view(B, Hkv, G, n, -1)
+    return out, probs
+
+
+def _masked_attention_output(
+    q_chunk: Tensor, k: Tensor, v: Tensor, allowed: Tensor, bias: Tensor | None, scale: float
+) -> Tensor:
+    """The ``out`` of :func:`_masked_attention` (same math, through SDPA, which never holds the probabilities)."""
+    B, Hkv, G, n, D = q_chunk.shape
+    mask = allowed if bias is None else bias.masked_fill(~allowed, float("-inf"))
+    # Each KV head is a batch entry of its G query heads; the mask's head axis (G or 1) broadcasts over them.
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q_chunk.reshape(B * Hkv, G, n, D),
+        k.reshape(B * Hkv, 1, *k.shape[2:]),
+        v.reshape(B * Hkv, 1, *v.shape[2:]),
+        attn_mask=mask.reshape(B * Hkv, mask.shape[2], n, -1),
+        scale=scale,
+        enable_gqa=True,
+    ).view(B, Hkv, G, n, -1)
+    return out.masked_fill_(~allowed.any(-1, keepdim=True), 0.0)
 
 
 def _block_hits(allowed: Tensor, block_size: int) -> Tensor:
@@ -254,13 +287,17 @@ def topk_attention(
         end = min(Sq, start + chunk)
         n, rows = end - start, num_blocks(end - start, block_size)
         r0 = start // block_size
+        key_end = _key_end(is_causal, end, Skv)
+        kb_end = num_blocks(key_end, block_size)
         q_chunk = q[:, :, start:end].to(dtype).reshape(B, Hkv, G, n, D)
         allowed, bias = _allowed_and_bias(mask, is_causal, start, end, (B, Hkv, G, Sq, Skv), dtype, q.device)
-        out[:, :, :, start:end], probs = _masked_attention(q_chunk, kf, vf, allowed, bias, scale)
-        # [B, Hkv, G, n, Skv] -> per (query block, KV block): pad both axes to whole blocks and sum.
-        probs = torch.nn.functional.pad(probs.sum(2), (0, n_kb * block_size - Skv, 0, rows * block_size - n))
-        importance[:, :, r0 : r0 + rows] = probs.view(B, Hkv, rows, block_size, n_kb, block_size).sum((3, 5))
-        candidate[:, :, r0 : r0 + rows] = _block_hits(allowed, block_size)
+        out[:, :, :, start:end], probs = _masked_attention(
+            q_chunk, kf[:, :, :key_end], vf[:, :, :key_end], allowed, bias, scale
+        )
+        # [B, Hkv, G, n, key_end] -> per (query block, KV block): pad both axes to whole blocks and sum.
+        probs = torch.nn.functional.pad(probs.sum(2), (0, kb_end * block_size - key_end, 0, rows * block_size - n))
+        importance[:, :, r0 : r0 + rows, :kb_end] = probs.view(B, Hkv, rows, block_size, kb_end, block_size).sum((3, 5))
+        candidate[:, :, r0 : r0 + rows, :kb_end] = _block_hits(allowed, block_size)
     block_idx = select_blocks(importance, candidate, n_select, sink_blocks, local_blocks)
     return out.reshape(B, Hq, Sq, -1).to(q.dtype), block_idx
 
@@ -307,12 +344,14 @@ def sparse_attention(
     chunk = _chunk_len(B, Hq, Skv, block_size)
     for start in range(0, Sq, chunk):
         end = min(Sq, start + chunk)
-        n = end - start
+        n, key_end = end - start, _key_end(is_causal, end, Skv)
         allowed, bias = _allowed_and_bias(mask, is_causal, start, end, (B, Hkv, G, Sq, Skv), dtype, q.device)
         query_block = torch.arange(start, end, device=q.device) // block_size
-        in_selection = selected_keys[:, :, query_block].unsqueeze(2)  # [B, Hkv, 1, n, Skv]
+        in_selection = selected_keys[:, :, query_block, :key_end].unsqueeze(2)  # [B, Hkv, 1, n, key_end]
         dense = allowed.sum(-1, keepdim=True) < min_seq_len
         keep = allowed & (in_selection | dense)
         q_chunk = q[:, :, start:end].to(dtype).reshape(B, Hkv, G, n, D)
-        out[:, :, :, start:end] = _masked_attention(q_chunk, kf, vf, keep, bias, scale)[0]
+        out[:, :, :, start:end] = _masked_attention_output(
+            q_chunk, kf[:, :, :key_end], vf[:, :, :key_end], keep, bias, scale
+        )
     return out.reshape(B, Hq, Sq, -1).to(q.dtype)

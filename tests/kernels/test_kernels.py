@@ -35,10 +35,11 @@ def ref_importance(q, k, v, mask, is_causal, scale, bs):
     G = Hq // Hkv
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     allowed, bias = R._allowed_and_bias(mask, is_causal, 0, Sq, (B, Hkv, G, Sq, Skv), torch.float64, q.device)
+    key_end = allowed.shape[-1]  # keys past it are never allowed
     qc = q.double().reshape(B, Hkv, G, Sq, D)
-    _, probs = R._masked_attention(qc, k.double(), v.double(), allowed, bias, scale)
+    _, probs = R._masked_attention(qc, k[:, :, :key_end].double(), v[:, :, :key_end].double(), allowed, bias, scale)
     nkb, nqb = R.num_blocks(Skv, bs), R.num_blocks(Sq, bs)
-    pad = (0, nkb * bs - Skv, 0, nqb * bs - Sq)
+    pad = (0, nkb * bs - key_end, 0, nqb * bs - Sq)
     imp = torch.nn.functional.pad(probs.sum(2), pad).view(B, Hkv, nqb, bs, nkb, bs).sum((3, 5))
     hit = torch.nn.functional.pad(allowed.any(2), pad).view(B, Hkv, nqb, bs, nkb, bs).any(5).any(3)
     return imp, hit
