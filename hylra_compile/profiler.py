@@ -34,13 +34,10 @@ from torch import Tensor
 
 from .lowering import reference
 from .options import HylraOptions
+from .routing import AttentionCall, routed_attention
 
 PROFILE_FORMAT = "hylra-profile"
 PROFILE_VERSION = 1
-ATTENTION_NAME = "hylra_profile"
-
-# The one recorder the registered attention function reports to while profile() runs (None otherwise).
-_active_recorder: "_Recorder | None" = None
 
 
 class Profile:
@@ -233,16 +230,10 @@ class _Recorder:
         self.overlap_sum: dict[tuple[int, int], Tensor] = {}  # (i, j) -> [H] or [H, H] float64
         self.blocks_counted: dict[int, Tensor] = {}  # j -> [H] number of nontrivial query blocks
 
-    def attention(self, module, query: Tensor, key: Tensor, value: Tensor, attention_mask, scaling, dropout=0.0,
-                  **kwargs):
-        """Stands in for ``sdpa_attention_forward``: dense output [B, S, Hq, D] from the producer op, plus records."""
-        if any(kwargs.get(name) is not None for name in ("softcap", "position_bias", "s_aux")):
-            raise ValueError("the hylra ops support plain softmax attention only (no softcap, position bias or sinks)")
-        if dropout:
-            raise ValueError(f"attention dropout {dropout} is active: profile a model in eval mode (model.eval())")
-        layer = getattr(module, "layer_idx", None)
-        if not isinstance(layer, int):
-            raise ValueError(f"attention module {type(module).__name__} has no integer layer_idx; cannot profile it")
+    def attention(self, call: AttentionCall) -> Tensor:
+        """Stands in for SDPA: the dense output [B, Hq, S, D] from the producer op, plus records."""
+        layer, query, key, value, mask, is_causal = call.layer, call.query, call.key, call.value, call.mask, call.is_causal
+        scaling = call.scale
         if layer in self.layers:
             raise ValueError(f"layer {layer} ran attention twice in one forward pass; cannot tell its sites apart")
         if self.num_kv_heads is None:
@@ -250,13 +241,6 @@ class _Recorder:
         elif key.shape[1] != self.num_kv_heads:
             raise ValueError(f"layer {layer} has {key.shape[1]} KV heads, other layers {self.num_kv_heads}; "
                              "similarity between layers needs the same number of KV heads")
-        mask = attention_mask
-        if mask is not None and mask.dim() == 4:
-            mask = mask[:, :, :, : key.shape[2]]
-        # Mirror sdpa_attention_forward: HF's sdpa mask is None exactly when plain causal masking applies.
-        is_causal = kwargs.get("is_causal")
-        is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
-        is_causal = bool(query.shape[2] > 1 and mask is None and is_causal)
         bs = self.block_size
         dense, block_idx = torch.ops.hylra.topk_attention(
             query, key, value, mask, is_causal, scaling, bs, self.n_select, self.sink_blocks, self.local_blocks, 0
@@ -272,7 +256,7 @@ class _Recorder:
         self.layers[layer] = (block_idx, nontrivial)
         if self.progress is not None:
             self.progress.update(1)
-        return dense.transpose(1, 2).contiguous(), None
+        return dense
 
     def finish_forward(self) -> None:
         """Fold the block sets of the forward pass just run into the overlap sums."""
@@ -341,22 +325,6 @@ class _Recorder:
         )
 
 
-def _profile_attention(module, query, key, value, attention_mask, *args, **kwargs):
-    """The function registered as ``hylra_profile`` in transformers' AttentionInterface."""
-    if _active_recorder is None:
-        raise RuntimeError("the hylra_profile attention implementation only runs inside hylra_compile.profile()")
-    return _active_recorder.attention(module, query, key, value, attention_mask, *args, **kwargs)
-
-
-def _register_attention() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
-
-    AttentionInterface.register(ATTENTION_NAME, _profile_attention)
-    # The same masks sdpa gets: a 4-d bool mask, or None where plain causal masking is enough.
-    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION_NAME, sdpa_mask)
-
-
 # -- entry point ------------------------------------------------------------------------------------------------
 def profile(
     model: torch.nn.Module,
@@ -385,7 +353,6 @@ def profile(
     from tqdm.auto import tqdm
     from transformers import PreTrainedModel
 
-    global _active_recorder
     # The same validation (and n_select) as the backend's options of these names.
     options = HylraOptions(top_k=top_k, block_size=block_size, sink_blocks=sink_blocks, local_blocks=local_blocks)
     if not isinstance(model, PreTrainedModel):
@@ -405,17 +372,13 @@ def profile(
     bar = tqdm(total=forward_passes * expected_layers if expected_layers else None, desc="hylra profile",
                unit="layer", disable=not progress)
     recorder = _Recorder(options, head_map, bar)
-    _register_attention()
-    original = config._attn_implementation
     device = next(model.parameters()).device
     forward_kwargs = {"use_cache": decode_steps > 0}
     if "logits_to_keep" in inspect.signature(model.forward).parameters:
         # Only the last position's logits are read (the next decode token); [S, vocab] would dwarf attention.
         forward_kwargs["logits_to_keep"] = 1
     try:
-        model.set_attn_implementation(ATTENTION_NAME)
-        _active_recorder = recorder
-        with torch.no_grad():
+        with routed_attention(model, recorder.attention), torch.no_grad():
             for tokens in samples:
                 output = model(input_ids=tokens[None].to(device), **forward_kwargs)
                 if not recorder.layers:
@@ -427,9 +390,7 @@ def profile(
                     output = model(input_ids=next_token, past_key_values=output.past_key_values, **forward_kwargs)
                     recorder.finish_forward()
     finally:
-        _active_recorder = None
         bar.close()
-        model.set_attn_implementation(original)
     metadata = {
         "top_k": top_k,
         "block_size": block_size,
