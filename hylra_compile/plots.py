@@ -75,3 +75,32 @@ def plot_policy(policy: Policy, path: str | Path) -> None:
               loc="lower center", bbox_to_anchor=(0.5, 1.02), ncol=3, frameon=False)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
+
+
+def plot_evaluation(evaluation, path: str | Path) -> None:
+    """Retrieval accuracy and KL(dense ‖ policy) against the number of full-attention (dense) layers, one labelled
+    point per policy (dense included), written to ``path``."""
+    plt = _pyplot()
+    results = evaluation.results
+    panels = []
+    if any(r.accuracy()[1] for r in results):
+        panels.append(("retrieval exact match (%)", [100 * r.accuracy()[0] / max(r.accuracy()[1], 1) for r in results]))
+    if any(r.positions for r in results):
+        panels.append(("KL(dense ‖ policy), nats/token", [r.mean_kl for r in results]))
+    if not panels:
+        raise ValueError("the evaluation has neither retrieval prompts nor text windows: nothing to plot")
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    for ax, (label, values) in zip(axes[0], panels):
+        for result, value in zip(results, values):
+            ax.scatter(result.full_layers, value, color="black" if result.name == "dense" else "#1f77b4")
+            ax.annotate(result.name, (result.full_layers, value), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7)
+        ax.set_xlabel("full-attention layers (full + producer)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    m = evaluation.metadata
+    fig.suptitle(f"{m['model']}: top_k {m['top_k']}, block {m['block_size']} ({m['device']}, {m['date']})",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,286 @@
+"""Accuracy of policies against dense attention on the same model and the same inputs.
+
+:func:`evaluate` runs the model once dense and once per policy, on
+
+* retrieval prompts (:mod:`hylra_compile.tasks`): greedy answer, exact match;
+* held-out text windows: perplexity and KL(dense ‖ policy) of the next-token distributions, and per layer the
+  RNMSE of the attention output against dense, sqrt(Σ‖o_policy − o_dense‖² / Σ‖o_dense‖²). All three are taken
+  over the *scored positions*: queries with at least ``min_seq_len`` allowed keys (position ≥ min_seq_len − 1),
+  the only ones a consumer attends sparsely; before them every policy is exactly dense.
+
+A policy runs eagerly: each layer's attention is routed (:func:`routing.routed_attention`) to the op the backend
+would rewrite it into, with the backend's options: ``hylra::topk_attention`` for a producer,
+``hylra::sparse_attention`` over its producer's ``block_idx`` for a consumer, SDPA for a full layer. These are
+the ops' reference semantics on the CPU (no compile per prompt length); on CUDA the same ops run the kernels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import platform
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from .options import HylraOptions
+from .policy import Policy
+from .routing import AttentionCall, routed_attention
+from .tasks import TaskPrompt, first_number, score
+
+DENSE = "dense"
+
+
+class PolicyAttention:
+    """Attention handler running ``policy`` (None: every layer dense) through the hylra ops; optionally keeps each
+    layer's output at the scored positions (``keep_from``) for the RNMSE."""
+
+    def __init__(self, policy: Policy | None, options: HylraOptions, keep_from: int | None = None):
+        self.policy, self.options, self.keep_from = policy, options, keep_from
+        self.block_idx: dict[int, Tensor] = {}  # producer layer -> its block_idx in the forward pass under way
+        self.outputs: dict[int, Tensor] = {}
+
+    def __call__(self, call: AttentionCall) -> Tensor:
+        o = self.options
+        mode = "full" if self.policy is None else self.policy.modes[call.layer]
+        if mode == "producer":
+            out, self.block_idx[call.layer] = torch.ops.hylra.topk_attention(
+                call.query, call.key, call.value, call.mask, call.is_causal, call.scale, o.block_size, o.n_select,
+                o.sink_blocks, o.local_blocks, o.min_seq_len,
+            )
+        elif mode == "consumer":
+            out = torch.ops.hylra.sparse_attention(
+                call.query, call.key, call.value, self.block_idx[self.policy.sources[call.layer]], call.mask,
+                call.is_causal, call.scale, o.block_size, o.min_seq_len,
+            )
+        else:
+            out = torch.nn.functional.scaled_dot_product_attention(
+                call.query, call.key, call.value, attn_mask=call.mask, is_causal=call.is_causal, scale=call.scale,
+                enable_gqa=True,
+            )
+        if self.keep_from is not None:
+            self.outputs[call.layer] = out[:, :, self.keep_from :].float()
+        return out
+
+
+@dataclasses.dataclass
+class Result:
+    """One row of the table: a policy (or dense) over all inputs."""
+
+    name: str
+    full_layers: int
+    policy: dict[str, Any] | None = None  # Policy.to_dict(), None for dense
+    answers: dict[str, str] = dataclasses.field(default_factory=dict)  # prompt name -> greedy answer
+    correct: dict[str, bool] = dataclasses.field(default_factory=dict)
+    nll: float = 0.0  # summed over the scored positions
+    kl: float = 0.0
+    positions: int = 0
+    error_sq: list[float] = dataclasses.field(default_factory=list)  # per layer, against dense
+    dense_sq: list[float] = dataclasses.field(default_factory=list)
+
+    @property
+    def perplexity(self) -> float | None:
+        return math.exp(self.nll / self.positions) if self.positions else None
+
+    @property
+    def mean_kl(self) -> float | None:
+        return self.kl / self.positions if self.positions else None
+
+    @property
+    def rnmse(self) -> list[float]:
+        return [math.sqrt(e / d) if d > 0 else 0.0 for e, d in zip(self.error_sq, self.dense_sq)]
+
+    def accuracy(self, task: str | None = None) -> tuple[int, int]:
+        hits = [ok for name, ok in self.correct.items() if task is None or name.startswith(task + "-")]
+        return sum(hits), len(hits)
+
+    def summary(self) -> dict[str, Any]:
+        right, total = self.accuracy()
+        return {"name": self.name, "full_layers": self.full_layers, "perplexity": self.perplexity,
+                "kl": self.mean_kl, "scored_positions": self.positions, "retrieval_correct": right,
+                "retrieval_total": total, "rnmse": self.rnmse, "answers": self.answers, "correct": self.correct,
+                "policy": self.policy}
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """Dense and every policy on the same inputs, plus how it was run."""
+
+    results: list[Result]
+    metadata: dict[str, Any]
+
+    def __getitem__(self, name: str) -> Result:
+        for result in self.results:
+            if result.name == name:
+                return result
+        raise KeyError(f"no result named {name!r}; have {[r.name for r in self.results]}")
+
+    @property
+    def tasks(self) -> list[str]:
+        return sorted({name.split("-")[0] for name in self.results[0].correct})
+
+    def to_markdown(self) -> str:
+        dense = self[DENSE]
+        head = ["policy", "full layers"]
+        if dense.positions:
+            head += [f"perplexity (dense {dense.perplexity:.3f})", "KL(dense ‖ policy)", "mean layer RNMSE"]
+        head += [f"{task} (dense {'/'.join(map(str, dense.accuracy(task)))})" for task in self.tasks]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for result in self.results:
+            row = [result.name, f"{result.full_layers} / {len(dense.rnmse) or self.metadata.get('num_layers')}"]
+            if dense.positions:
+                change = 100 * (result.perplexity / dense.perplexity - 1)
+                rnmse = sum(result.rnmse) / len(result.rnmse)
+                row += [f"{result.perplexity:.3f} ({change:+.1f}%)", f"{result.mean_kl:.4f}", f"{rnmse:.4f}"]
+            row += ["{}/{}".format(*result.accuracy(task)) for task in self.tasks]
+            lines.append("| " + " | ".join(row) + " |")
+        m = self.metadata
+        notes = [f"{m['model']}, {m['device']}, {m['date']}; top_k {m['top_k']}, block {m['block_size']}, "
+                 f"sink {m['sink_blocks']}, local {m['local_blocks']}, min_seq_len {m['min_seq_len']}.",
+                 f"Text: {m['text']}, {m['text_windows']} window(s) of {m['seq_len']} tokens, "
+                 f"{dense.positions} scored positions. Retrieval: {m['prompts']} prompt(s), lengths {m['lengths']}."]
+        return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"metadata": self.metadata, "results": [r.summary() for r in self.results]}
+
+    def save(self, out_dir: str | Path, stem: str = "eval") -> list[Path]:
+        """``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` in ``out_dir``."""
+        from .plots import plot_evaluation
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = [out_dir / f"{stem}.{suffix}" for suffix in ("json", "md", "png")]
+        paths[0].write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        paths[1].write_text(self.to_markdown())
+        plot_evaluation(self, paths[2])
+        return paths
+
+
+def greedy_answer(model, tokenizer, prompt: TaskPrompt, max_new_tokens: int) -> str:
+    """Greedy decoding with the model's KV cache, stopping at end of sequence or once the first number has ended."""
+    device = next(model.parameters()).device
+    ids = tokenizer(prompt.text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
+    eos = model.generation_config.eos_token_id
+    stop = {tokenizer.eos_token_id, *(eos if isinstance(eos, (list, tuple)) else [eos])} - {None}
+    output = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+    generated: list[int] = []
+    for _ in range(max_new_tokens):
+        token = int(output.logits[0, -1].argmax())
+        if token in stop:
+            break
+        generated.append(token)
+        if first_number(tokenizer.decode(generated))[1]:
+            break
+        output = model(input_ids=torch.tensor([[token]], device=device), past_key_values=output.past_key_values,
+                       use_cache=True, logits_to_keep=1)
+    return tokenizer.decode(generated)
+
+
+def _text_scores(model, window: Tensor, handler: PolicyAttention, start: int) -> Tensor:
+    """Log-probabilities [S - 1 - start, vocab] (float32) of the next token at scored positions start..S-2."""
+    with routed_attention(model, handler):
+        logits = model(input_ids=window[None], use_cache=False, logits_to_keep=window.numel() - start).logits
+    return torch.log_softmax(logits[0, :-1].float(), dim=-1)
+
+
+def evaluate(
+    model,
+    policies: Mapping[str, Policy],
+    *,
+    tokenizer: Any = None,
+    prompts: Sequence[TaskPrompt] = (),
+    windows: Sequence[Tensor] = (),
+    top_k: int = 2048,
+    block_size: int = 64,
+    sink_blocks: int = 1,
+    local_blocks: int = 2,
+    min_seq_len: int = 1024,
+    max_new_tokens: int = 32,
+    metadata: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> Evaluation:
+    """Dense and each of ``policies`` (name -> Policy) on ``prompts`` (need ``tokenizer``) and ``windows`` (1-d
+    token tensors of one length); see the module docstring. ``top_k`` … ``min_seq_len`` are the backend options of
+    those names. ``metadata`` (e.g. the text's and the policies' provenance) is stored in the result."""
+    from tqdm.auto import tqdm
+
+    options = HylraOptions(top_k=top_k, block_size=block_size, sink_blocks=sink_blocks, local_blocks=local_blocks,
+                           min_seq_len=min_seq_len)
+    num_layers = model.config.num_hidden_layers
+    if DENSE in policies:
+        raise ValueError(f"{DENSE!r} is the name of the dense baseline; give the policy another name")
+    for name, policy in policies.items():
+        if not isinstance(policy, Policy):
+            raise ValueError(f"policy {name!r} is a {type(policy).__name__}, not a hylra_compile.Policy")
+        policy.check_model(num_layers, getattr(model.config, "num_key_value_heads", None))
+    if prompts and tokenizer is None:
+        raise ValueError("retrieval prompts need the model's tokenizer (tokenizer=...)")
+    lengths = {w.numel() for w in windows}
+    if len(lengths) > 1:
+        raise ValueError(f"text windows must share one length, got {sorted(lengths)}")
+    seq_len = lengths.pop() if lengths else None
+    if seq_len is not None and seq_len < max(min_seq_len, 1) + 1:
+        raise ValueError(f"text windows of {seq_len} tokens have no position with min_seq_len={min_seq_len} keys "
+                         "and a next token to score; use longer windows or a smaller min_seq_len")
+    start = max(min_seq_len - 1, 0)
+    configs: dict[str, Policy | None] = {DENSE: None, **policies}
+    results = {name: Result(name, num_layers if p is None else sum(m != "consumer" for m in p.modes),
+                            None if p is None else p.to_dict()) for name, p in configs.items()}
+    device = next(model.parameters()).device
+    bar = tqdm(total=len(configs) * (len(prompts) + len(windows)), desc="hylra eval", unit="run", disable=not progress)
+    with torch.no_grad():
+        for prompt in prompts:
+            for name, policy in configs.items():
+                with routed_attention(model, PolicyAttention(policy, options)):
+                    answer = greedy_answer(model, tokenizer, prompt, max_new_tokens)
+                results[name].answers[prompt.name] = answer
+                results[name].correct[prompt.name] = score(prompt.answer, answer)
+                bar.update(1)
+        for window in windows:
+            window = window.to(device)
+            targets = window[start + 1 :]
+            dense_handler = PolicyAttention(None, options, keep_from=start)
+            dense_scores = _text_scores(model, window, dense_handler, start)
+            bar.update(1)
+            for name, policy in configs.items():
+                result = results[name]
+                if policy is None:
+                    scores, handler = dense_scores, dense_handler
+                else:
+                    handler = PolicyAttention(policy, options, keep_from=start)
+                    scores = _text_scores(model, window, handler, start)
+                    bar.update(1)
+                result.nll -= scores.gather(-1, targets[:, None]).sum().item()
+                result.kl += (dense_scores.exp() * (dense_scores - scores)).sum().item()
+                result.positions += targets.numel()
+                outputs = [handler.outputs[layer] for layer in range(num_layers)]
+                dense_outputs = [dense_handler.outputs[layer] for layer in range(num_layers)]
+                errors = [(o - d).square().sum().item() for o, d in zip(outputs, dense_outputs)]
+                norms = [d.square().sum().item() for d in dense_outputs]
+                result.error_sq = [a + b for a, b in zip(result.error_sq or [0.0] * num_layers, errors)]
+                result.dense_sq = [a + b for a, b in zip(result.dense_sq or [0.0] * num_layers, norms)]
+    bar.close()
+    config = model.config
+    info = {
+        "model": getattr(config, "_name_or_path", "") or config.model_type,
+        "num_layers": num_layers,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.machine()})",
+        "date": datetime.date.today().isoformat(),
+        "torch": torch.__version__,
+        **{f.name: getattr(options, f.name) for f in dataclasses.fields(options) if f.name not in
+           ("policy", "dump_dir", "inductor", "cudagraphs")},
+        "n_select": options.n_select,
+        "seq_len": seq_len,
+        "text_windows": len(windows),
+        "text": "",
+        "prompts": len(prompts),
+        "lengths": sorted({p.length for p in prompts}),
+        "max_new_tokens": max_new_tokens,
+        **dict(metadata or {}),
+    }
+    return Evaluation(list(results.values()), info)
