@@ -9,7 +9,7 @@ mask drops keys whose value is -inf or <= finfo(mask.dtype).min / 2 (Hugging Fac
 other values to the scores. A query with no allowed key outputs zeros, never NaN.
 
 Both ops stream over chunks of whole query blocks, so no [Sq, Skv] score matrix is ever materialised at once;
-with ``is_causal`` a chunk reads only the keys up to its last query (the others are never allowed).
+a chunk reads only the keys up to its last allowed one (causal, or the mask's; the others are never allowed).
 """
 
 from __future__ import annotations
@@ -111,9 +111,26 @@ def _compute_dtype(q: Tensor) -> torch.dtype:
     return torch.float64 if q.dtype == torch.float64 else torch.float32
 
 
-def _key_end(is_causal: bool, q_end: int, Skv: int) -> int:
-    """Keys [0, key_end) can be allowed for queries before ``q_end``: with ``is_causal`` none past the last query."""
-    return min(q_end, Skv) if is_causal else Skv
+def _expanded_mask(mask: Tensor, B: int, Sq: int, Skv: int, q_start: int, q_end: int) -> Tensor:
+    """The mask's rows [q_start, q_end): [B|1, Hq|1, n, Skv]."""
+    m = mask_4d(mask)
+    return m.expand(B if m.shape[0] != 1 else 1, m.shape[1], Sq, Skv)[:, :, q_start:q_end]
+
+
+def _dropped(m: Tensor) -> Tensor:
+    """Keys a float mask drops: -inf or at most finfo.min / 2 (Hugging Face's convention)."""
+    return (m == float("-inf")) | (m <= torch.finfo(m.dtype).min / 2)
+
+
+def _key_end(mask: Tensor | None, is_causal: bool, q_start: int, q_end: int, Sq: int, Skv: int) -> int:
+    """Keys [0, key_end) hold every key allowed for queries [q_start, q_end): with ``is_causal`` none lies past the
+    last query, and with a mask none past its last allowed key (a static cache's unfilled tail, a padded batch)."""
+    key_end = min(q_end, Skv) if is_causal else Skv
+    if mask is not None:
+        m = _expanded_mask(mask, 1 if mask.dim() < 4 else mask.shape[0], Sq, Skv, q_start, q_end)[..., :key_end]
+        kept = (m if m.dtype == torch.bool else ~_dropped(m)).reshape(-1, key_end).any(0).nonzero()
+        key_end = int(kept[-1]) + 1 if kept.numel() else 1
+    return key_end
 
 
 def _allowed_and_bias(
@@ -124,25 +141,26 @@ def _allowed_and_bias(
     shape: tuple[int, int, int, int, int],
     dtype: torch.dtype,
     device: torch.device,
+    key_end: int | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Allowed keys [B, Hkv, G|1, n, key_end] (bool) and the additive bias (or None) for queries [q_start, q_end),
-    over the keys before :func:`_key_end` (no later key is allowed). The head-group axis has size 1 unless the
-    mask differs between query heads."""
+    over the keys before ``key_end`` (default :func:`_key_end`; no later key is allowed). The head-group axis has
+    size 1 unless the mask differs between query heads."""
     B, Hkv, G, Sq, Skv = shape
     n = q_end - q_start
-    key_end = _key_end(is_causal, q_end, Skv)
+    if key_end is None:
+        key_end = _key_end(mask, is_causal, q_start, q_end, Sq, Skv)
     allowed = torch.ones(1, 1, n, key_end, dtype=torch.bool, device=device)
     if is_causal:
         rows = torch.arange(q_start, q_end, device=device)[:, None]
         allowed = allowed & (torch.arange(key_end, device=device)[None, :] <= rows)
     bias = None
     if mask is not None:
-        m = mask_4d(mask)
-        m = m.expand(B if m.shape[0] != 1 else 1, m.shape[1], Sq, Skv)[:, :, q_start:q_end, :key_end]
+        m = _expanded_mask(mask, B, Sq, Skv, q_start, q_end)[..., :key_end]
         if m.dtype == torch.bool:
             allowed = allowed & m
         else:
-            dropped = (m == float("-inf")) | (m <= torch.finfo(m.dtype).min / 2)
+            dropped = _dropped(m)
             allowed = allowed & ~dropped
             bias = m.to(dtype).masked_fill(dropped, 0.0)
     allowed = _group_heads(allowed, B, Hkv, G, n, key_end)
@@ -287,10 +305,10 @@ def topk_attention(
         end = min(Sq, start + chunk)
         n, rows = end - start, num_blocks(end - start, block_size)
         r0 = start // block_size
-        key_end = _key_end(is_causal, end, Skv)
+        key_end = _key_end(mask, is_causal, start, end, Sq, Skv)
         kb_end = num_blocks(key_end, block_size)
         q_chunk = q[:, :, start:end].to(dtype).reshape(B, Hkv, G, n, D)
-        allowed, bias = _allowed_and_bias(mask, is_causal, start, end, (B, Hkv, G, Sq, Skv), dtype, q.device)
+        allowed, bias = _allowed_and_bias(mask, is_causal, start, end, (B, Hkv, G, Sq, Skv), dtype, q.device, key_end)
         out[:, :, :, start:end], probs = _masked_attention(
             q_chunk, kf[:, :, :key_end], vf[:, :, :key_end], allowed, bias, scale
         )
@@ -344,8 +362,8 @@ def sparse_attention(
     chunk = _chunk_len(B, Hq, Skv, block_size)
     for start in range(0, Sq, chunk):
         end = min(Sq, start + chunk)
-        n, key_end = end - start, _key_end(is_causal, end, Skv)
-        allowed, bias = _allowed_and_bias(mask, is_causal, start, end, (B, Hkv, G, Sq, Skv), dtype, q.device)
+        n, key_end = end - start, _key_end(mask, is_causal, start, end, Sq, Skv)
+        allowed, bias = _allowed_and_bias(mask, is_causal, start, end, (B, Hkv, G, Sq, Skv), dtype, q.device, key_end)
         query_block = torch.arange(start, end, device=q.device) // block_size
         in_selection = selected_keys[:, :, query_block, :key_end].unsqueeze(2)  # [B, Hkv, 1, n, key_end]
         dense = allowed.sum(-1, keepdim=True) < min_seq_len

@@ -1,0 +1,137 @@
+"""The paper's accuracy experiments on a real trained model (SmolLM2-135M-Instruct), CPU, reference ops.
+
+    python benchmarks/accuracy.py {theta,transfer,block,topk,all} [--length 2048] [--out benchmarks/results]
+
+* ``theta``: DP policies at θ in 0.6 … 0.95 against Jump-n and budget policies with the same number of
+  full-attention layers (the claim: at equal full-layer counts DP is at least as accurate as Jump-n).
+* ``transfer``: DP (θ = 0.8) profiled on prose, on code and on retrieval prompts, each evaluated on prose, code
+  and retrieval (the paper's open question 1).
+* ``block``: Jump-3 at block 32 / 64 / 128 with the same token budget (open question 3).
+* ``topk``: Jump-3 at several ``top_k``.
+
+Every run is :func:`hylra_compile.evaluate` (dense and the policies on the same inputs); each experiment writes
+``accuracy-<name>.{json,md,png}`` under ``--out``. Calibration windows come from the start of a text, held-out
+windows from its end; retrieval calibration prompts use other seeds than the evaluated ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+from hylra_compile import Policy, optimize, profile
+from hylra_compile.corpora import builtin_text
+from hylra_compile.evaluate import evaluate
+from hylra_compile.models import load_model
+from hylra_compile.profiler import calibration_samples
+from hylra_compile.tasks import make_prompts
+
+MODEL = "SmolLM2-135M-Instruct (Q4_1 GGUF, de-quantised to fp32)"
+
+
+def windows(tokenizer, name: str, length: int, count: int, held_out: bool):
+    whole = calibration_samples([builtin_text(name)], block_size=64, seq_len=length, tokenizer=tokenizer)
+    whole = [w for w in whole if w.numel() == length]
+    return whole[-count:] if held_out else whole[:count]
+
+
+class Setup:
+    def __init__(self, length: int, samples: int, progress: bool):
+        self.model, self.tokenizer = load_model("smollm2")
+        self.length, self.samples, self.progress = length, samples, progress
+        self.num_layers = self.model.config.num_hidden_layers
+        self.prompts = make_prompts(["passkey", "multikey"], self.tokenizer, [length], samples, seed=0)
+        self.prose = windows(self.tokenizer, "builtin:prose", length, 1, held_out=True)
+        self.selection = {"top_k": length // 8, "block_size": 64, "sink_blocks": 1, "local_blocks": 2,
+                          "min_seq_len": length // 4}
+
+    def profile(self, source: str, **selection):
+        """Profile on 2 calibration windows of a built-in text, or on retrieval prompts of other seeds."""
+        sel = {**self.selection, **selection}
+        if source == "retrieval":
+            prompts = make_prompts(["passkey", "multikey"], self.tokenizer, [self.length], 1, seed=1000)
+            data = [self.tokenizer(p.text, add_special_tokens=False)["input_ids"] for p in prompts]
+        else:
+            data = windows(self.tokenizer, source, self.length, 2, held_out=False)
+        return profile(self.model, data, top_k=sel["top_k"], block_size=sel["block_size"],
+                       sink_blocks=sel["sink_blocks"], local_blocks=sel["local_blocks"], description=source,
+                       progress=self.progress)
+
+    def evaluate(self, policies, prompts=None, texts=None, **selection):
+        sel = {**self.selection, **selection}
+        return evaluate(self.model, policies, tokenizer=self.tokenizer,
+                        prompts=self.prompts if prompts is None else prompts,
+                        windows=self.prose if texts is None else texts, metadata={"model": MODEL},
+                        progress=self.progress, **sel)
+
+
+def _save(evaluation, out: Path, name: str, extra: dict | None = None) -> None:
+    evaluation.metadata.update(extra or {})
+    evaluation.save(out, stem=f"accuracy-{name}")
+    print(evaluation.to_markdown(), flush=True)
+
+
+def theta(setup: Setup, out: Path) -> None:
+    prof = setup.profile("builtin:prose")
+    policies: dict[str, Policy] = {}
+    for th in (0.6, 0.7, 0.8, 0.9, 0.95):
+        dp = optimize(prof, theta=th)
+        full = sum(m != "consumer" for m in dp.modes)
+        policies[f"dp:{th}"] = dp
+        if full < setup.num_layers:
+            policies[f"budget:{full}"] = optimize(prof, budget=full)
+            n = min(range(1, setup.num_layers + 1), key=lambda n: (abs(math.ceil(setup.num_layers / n) - full), n))
+            policies[f"every:{n}"] = Policy.every(n, setup.num_layers)
+    extra = {"experiment": "theta sweep", "calibration": prof.metadata["calibration"],
+             "similarity": prof.similarity.tolist(), "sensitivity": prof.sensitivity.tolist()}
+    _save(setup.evaluate(policies), out, "theta", extra)
+
+
+def transfer(setup: Setup, out: Path) -> None:
+    policies = {f"dp:0.8 from {source}": optimize(setup.profile(source), theta=0.8)
+                for source in ("builtin:prose", "builtin:code", "retrieval")}
+    code = windows(setup.tokenizer, "builtin:code", setup.length, 1, held_out=True)
+    _save(setup.evaluate(policies), out, "transfer-prose+retrieval", {"experiment": "transfer, evaluated on prose"})
+    _save(setup.evaluate(policies, prompts=[], texts=code), out, "transfer-code",
+          {"experiment": "transfer, evaluated on code"})
+
+
+def block(setup: Setup, out: Path) -> None:
+    for block_size in (32, 64, 128):
+        policies = {f"every:3 block {block_size}": Policy.every(3, setup.num_layers)}
+        _save(setup.evaluate(policies, block_size=block_size), out, f"block-{block_size}",
+              {"experiment": f"block size {block_size} at top_k {setup.selection['top_k']}"})
+
+
+def topk(setup: Setup, out: Path) -> None:
+    for share in (16, 8, 4):
+        top_k = setup.length // share
+        policies = {f"every:3 top_k {top_k}": Policy.every(3, setup.num_layers)}
+        _save(setup.evaluate(policies, top_k=top_k), out, f"topk-{top_k}",
+              {"experiment": f"top_k {top_k} (1/{share} of the context)"})
+
+
+EXPERIMENTS = {"theta": theta, "transfer": transfer, "block": block, "topk": topk}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("experiment", choices=[*EXPERIMENTS, "all"])
+    parser.add_argument("--length", type=int, default=2048, help="prompt and text-window length (default 2048)")
+    parser.add_argument("--samples", type=int, default=2, help="prompts per task (default 2)")
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    setup = Setup(args.length, args.samples, not args.no_progress)
+    for name in EXPERIMENTS if args.experiment == "all" else [args.experiment]:
+        start = time.perf_counter()
+        EXPERIMENTS[name](setup, Path(args.out))
+        print(f"{name}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
