@@ -258,7 +258,7 @@ def _eval(args: argparse.Namespace) -> int:
                          "pass --tasks none and token-id files as --text")
     whole = [w for w in calibration_samples(load_data(args.text, tokenizer), block_size=args.block_size,
                                             seq_len=args.seq_len, tokenizer=tokenizer) if w.numel() == args.seq_len]
-    windows = whole[len(whole) - args.windows :] if args.windows else []
+    windows = whole[max(0, len(whole) - args.windows) :]
     if args.windows and not windows:
         raise ValueError(f"--text holds no window of --seq-len {args.seq_len} tokens")
     calibration = args.calibration or args.text

@@ -161,13 +161,16 @@ class Evaluation:
         return paths
 
 
-def greedy_answer(model, tokenizer, prompt: TaskPrompt, max_new_tokens: int) -> str:
-    """Greedy decoding with the model's KV cache, stopping at end of sequence or once the first number has ended."""
+def greedy_answer(model, tokenizer, text: str, max_new_tokens: int, prompt_logits: int = 1) -> tuple[str, Tensor]:
+    """Greedy decoding of ``text`` with the model's KV cache (``model`` may be a ``torch.compile``d one), stopping
+    at end of sequence or once the first number has ended. Returns the answer and the prompt's last
+    ``prompt_logits`` logits [prompt_logits, vocab]."""
     device = next(model.parameters()).device
-    ids = tokenizer(prompt.text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
     eos = model.generation_config.eos_token_id
     stop = {tokenizer.eos_token_id, *(eos if isinstance(eos, (list, tuple)) else [eos])} - {None}
-    output = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+    output = model(input_ids=ids, use_cache=True, logits_to_keep=prompt_logits)
+    logits = output.logits[0]
     generated: list[int] = []
     for _ in range(max_new_tokens):
         token = int(output.logits[0, -1].argmax())
@@ -178,7 +181,7 @@ def greedy_answer(model, tokenizer, prompt: TaskPrompt, max_new_tokens: int) -> 
             break
         output = model(input_ids=torch.tensor([[token]], device=device), past_key_values=output.past_key_values,
                        use_cache=True, logits_to_keep=1)
-    return tokenizer.decode(generated)
+    return tokenizer.decode(generated), logits
 
 
 def _text_scores(model, window: Tensor, handler: PolicyAttention, start: int) -> Tensor:
@@ -186,6 +189,12 @@ def _text_scores(model, window: Tensor, handler: PolicyAttention, start: int) ->
     with routed_attention(model, handler):
         logits = model(input_ids=window[None], use_cache=False, logits_to_keep=window.numel() - start).logits
     return torch.log_softmax(logits[0, :-1].float(), dim=-1)
+
+
+def kl_divergence(dense_logits: Tensor, logits: Tensor) -> Tensor:
+    """KL(dense ‖ other) of the next-token distributions, per position: [..., vocab] -> [...]."""
+    dense_logp, logp = torch.log_softmax(dense_logits.float(), -1), torch.log_softmax(logits.float(), -1)
+    return (dense_logp.exp() * (dense_logp - logp)).sum(-1)
 
 
 def evaluate(
@@ -237,7 +246,7 @@ def evaluate(
         for prompt in prompts:
             for name, policy in configs.items():
                 with routed_attention(model, PolicyAttention(policy, options)):
-                    answer = greedy_answer(model, tokenizer, prompt, max_new_tokens)
+                    answer = greedy_answer(model, tokenizer, prompt.text, max_new_tokens)[0]
                 results[name].answers[prompt.name] = answer
                 results[name].correct[prompt.name] = score(prompt.answer, answer)
                 bar.update(1)
@@ -256,7 +265,7 @@ def evaluate(
                     scores = _text_scores(model, window, handler, start)
                     bar.update(1)
                 result.nll -= scores.gather(-1, targets[:, None]).sum().item()
-                result.kl += (dense_scores.exp() * (dense_scores - scores)).sum().item()
+                result.kl += kl_divergence(dense_scores, scores).sum().item()
                 result.positions += targets.numel()
                 outputs = [handler.outputs[layer] for layer in range(num_layers)]
                 dense_outputs = [dense_handler.outputs[layer] for layer in range(num_layers)]
@@ -277,7 +286,7 @@ def evaluate(
         "n_select": options.n_select,
         "seq_len": seq_len,
         "text_windows": len(windows),
-        "text": "",
+        "text": "given token windows",
         "prompts": len(prompts),
         "lengths": sorted({p.length for p in prompts}),
         "max_new_tokens": max_new_tokens,

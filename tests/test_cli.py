@@ -140,3 +140,59 @@ def test_python_dash_m(files):
     result = subprocess.run([sys.executable, "-m", "hylra_compile.cli", "inspect", "--help"],
                             capture_output=True, text=True, check=True)
     assert "--out-dir" in result.stdout
+
+
+# -- hylra eval --------------------------------------------------------------------------------------------------
+def eval_args(files, *extra):
+    return ["eval", "--model", str(files / "config.json"), "--text", str(files / "tokens.pt"), "--seq-len", "64",
+            "--windows", "1", "--calibration-windows", "1", "--tasks", "none", "--top-k", "24", "--block-size", "8",
+            "--min-seq-len", "16", "--out-dir", str(files / "eval"), "--no-progress", *extra]
+
+
+def test_eval_config_only_model(files, capsys):
+    assert main(eval_args(files, "--policy", "every:2", "--policy", "dp:0.5", "--policy", "budget:2")) == 0
+    out = capsys.readouterr().out
+    assert "| dense | 3 / 3 |" in out and "| every:2 | 2 / 3 |" in out and "| budget:2 | 2 / 3 |" in out
+    data = json.loads((files / "eval" / "eval.json").read_text())
+    assert [r["name"] for r in data["results"]] == ["dense", "every:2", "dp:0.5", "budget:2"]
+    assert data["metadata"]["calibration"].endswith("(first 1 window(s) of 64)")
+    assert (files / "eval" / "eval.png").read_bytes().startswith(PNG_MAGIC)
+    assert (files / "eval" / "eval.md").read_text().startswith("| policy | full layers |")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--policy", "jump:3"], "valid forms are every:N, budget:N, dp:THETA, full"),
+    (["--policy", "dp:1.5"], "--policy dp:1.5: theta must be a number in [0, 1]"),
+    (["--tasks", "needle"], "unknown task(s) ['needle']; valid tasks are"),
+    (["--tasks", "passkey"], "has no tokenizer, so it cannot read retrieval prompts"),
+    (["--windows", "5", "--calibration-windows", "2", "--policy", "dp:0.8"], "calibration and held-out windows overlap"),
+    (["--lengths", "4k"], "--lengths must be comma-separated integers"),
+])
+def test_eval_errors(files, capsys, extra, message):
+    assert message in run_error(eval_args(files, *extra), capsys)
+
+
+def test_model_errors(files, capsys):
+    args = eval_args(files)
+    args[args.index("--model") + 1] = str(files / "missing.gguf")
+    err = run_error(args, capsys)
+    assert "GGUF file" in err and "does not exist" in err
+    Policy.full(3).save(files / "policy.json")
+    err = run_error(["inspect", str(files / "policy.json"), "--model", str(files / "tokens.pt")], capsys)
+    assert "is neither a checkpoint directory, a config .json file, a .gguf file nor 'smollm2'" in err
+
+
+def test_eval_gguf_model_end_to_end(tmp_path, capsys):
+    """The real SmolLM2 through --model DIR --gguf-file NAME, one short pass-key prompt and one prose window."""
+    from tests.smollm2 import smollm2
+
+    smollm2()  # skips when the package is missing
+    from hylra_compile.models import smollm2_gguf
+
+    gguf = smollm2_gguf()
+    assert main(["eval", "--model", str(gguf.parent), "--gguf-file", gguf.name, "--tasks", "passkey",
+                 "--lengths", "512", "--samples", "1", "--windows", "1", "--seq-len", "512", "--min-seq-len", "128",
+                 "--top-k", "256", "--policy", "every:5", "--out-dir", str(tmp_path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "| dense | 30 / 30 |" in out and "| every:5 | 6 / 30 |" in out and "passkey (dense 1/1)" in out
+    assert json.loads((tmp_path / "eval.json").read_text())["metadata"]["model"].endswith(f"({gguf.name})")
