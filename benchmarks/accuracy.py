@@ -10,7 +10,7 @@
 * ``transfer``: DP (θ = 0.9) profiled on prose, on code and on retrieval prompts, each evaluated on prose,
   retrieval and code (the paper's open question 1).
 * ``block``: Jump-3 at block 32 / 64 / 128 with the same token budget (open question 3).
-* ``topk``: Jump-3 and Jump-5 at top_k = length/16, /8, /4, /2.
+* ``topk``: Jump-3 and Jump-5 at top_k = length/8, /4, /2.
 * ``window``: Jump-3 with more of the fixed budget on sink and local blocks.
 
 Every run is :func:`hylra_compile.evaluate` (dense and the policies on the same inputs); each experiment writes
@@ -115,7 +115,7 @@ def block(setup: Setup, out: Path) -> None:
 
 
 def topk(setup: Setup, out: Path) -> None:
-    for share in (16, 8, 4, 2):
+    for share in (8, 4, 2):
         top_k = setup.length // share
         policies = {f"every:{n} top_k {top_k}": Policy.every(n, setup.num_layers) for n in (3, 5)}
         _save(setup.evaluate(policies, top_k=top_k), out, f"topk-{top_k}",

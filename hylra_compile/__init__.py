@@ -7,10 +7,22 @@ attention site of the Dynamo graph by policy into ``hylra::topk_attention`` prod
 
 from . import lowering  # noqa: F401  (registers torch.ops.hylra.*)
 from .backend import HylraBackend
+from .evaluate import Evaluation, evaluate
 from .optimizer import optimize
 from .options import HylraOptions
 from .policy import Policy
 from .profiler import Profile, profile
 from .report import AttentionSite, GraphReport
 
-__all__ = ["AttentionSite", "GraphReport", "HylraBackend", "HylraOptions", "Policy", "Profile", "optimize", "profile"]
+__all__ = [
+    "AttentionSite",
+    "Evaluation",
+    "GraphReport",
+    "HylraBackend",
+    "HylraOptions",
+    "Policy",
+    "Profile",
+    "evaluate",
+    "optimize",
+    "profile",
+]

@@ -94,6 +94,20 @@ class Result:
     def rnmse(self) -> list[float]:
         return [math.sqrt(e / d) if d > 0 else 0.0 for e, d in zip(self.error_sq, self.dense_sq)]
 
+    def add_window(self, scores: Tensor, dense_scores: Tensor, targets: Tensor, outputs: dict[int, Tensor],
+                   dense_outputs: dict[int, Tensor]) -> None:
+        """Fold in one text window: next-token log-probabilities [P, vocab] at its P scored positions (this policy's
+        and dense's), the targets [P], and each layer's attention output at those positions (policy's, dense's)."""
+        self.nll -= scores.gather(-1, targets[:, None]).sum().item()
+        self.kl += kl_divergence(dense_scores, scores).sum().item()
+        self.positions += targets.numel()
+        layers = range(len(dense_outputs))
+        self.error_sq = self.error_sq or [0.0] * len(layers)
+        self.dense_sq = self.dense_sq or [0.0] * len(layers)
+        for layer in layers:
+            self.error_sq[layer] += (outputs[layer] - dense_outputs[layer]).square().sum().item()
+            self.dense_sq[layer] += dense_outputs[layer].square().sum().item()
+
     def accuracy(self, task: str | None = None) -> tuple[int, int]:
         hits = [ok for name, ok in self.correct.items() if task is None or name.startswith(task + "-")]
         return sum(hits), len(hits)
@@ -256,23 +270,14 @@ def evaluate(
             dense_handler = PolicyAttention(None, options, keep_from=start)
             dense_scores = _text_scores(model, window, dense_handler, start)
             bar.update(1)
-            for name, policy in configs.items():
-                result = results[name]
+            for result, policy in zip(results.values(), configs.values()):
                 if policy is None:
                     scores, handler = dense_scores, dense_handler
                 else:
                     handler = PolicyAttention(policy, options, keep_from=start)
                     scores = _text_scores(model, window, handler, start)
                     bar.update(1)
-                result.nll -= scores.gather(-1, targets[:, None]).sum().item()
-                result.kl += kl_divergence(dense_scores, scores).sum().item()
-                result.positions += targets.numel()
-                outputs = [handler.outputs[layer] for layer in range(num_layers)]
-                dense_outputs = [dense_handler.outputs[layer] for layer in range(num_layers)]
-                errors = [(o - d).square().sum().item() for o, d in zip(outputs, dense_outputs)]
-                norms = [d.square().sum().item() for d in dense_outputs]
-                result.error_sq = [a + b for a, b in zip(result.error_sq or [0.0] * num_layers, errors)]
-                result.dense_sq = [a + b for a, b in zip(result.dense_sq or [0.0] * num_layers, norms)]
+                result.add_window(scores, dense_scores, targets, handler.outputs, dense_handler.outputs)
     bar.close()
     config = model.config
     info = {
