@@ -12,6 +12,8 @@
 * ``block``: Jump-3 at block 32 / 64 / 128 with the same token budget (open question 3).
 * ``topk``: Jump-3 and Jump-5 at top_k = length/8, /4, /2.
 * ``window``: Jump-3 with more of the fixed budget on sink and local blocks.
+* ``similarity``: DP and budget policies from the block-overlap similarity against the same from the
+  captured-mass similarity (``profile(similarity="mass")``), and Jump-n, at equal full-layer counts.
 
 Every run is :func:`hylra_compile.evaluate` (dense and the policies on the same inputs); each experiment writes
 ``accuracy-<name>.{json,md,png}`` under ``--out``. Calibration windows come from the start of a text, held-out
@@ -53,7 +55,7 @@ class Setup:
         self.selection = {"top_k": length // share, "block_size": 64, "sink_blocks": 1, "local_blocks": 2,
                           "min_seq_len": length // 4}
 
-    def profile(self, source: str, **selection):
+    def profile(self, source: str, similarity: str = "overlap", **selection):
         """Profile on 2 calibration windows of a built-in text, or on retrieval prompts of other seeds."""
         sel = {**self.selection, **selection}
         if source == "retrieval":
@@ -62,8 +64,8 @@ class Setup:
         else:
             data = windows(self.tokenizer, source, self.length, 2, held_out=False)
         return profile(self.model, data, top_k=sel["top_k"], block_size=sel["block_size"],
-                       sink_blocks=sel["sink_blocks"], local_blocks=sel["local_blocks"], description=source,
-                       progress=self.progress)
+                       sink_blocks=sel["sink_blocks"], local_blocks=sel["local_blocks"], similarity=similarity,
+                       description=source, progress=self.progress)
 
     def evaluate(self, policies, prompts=None, texts=None, **selection):
         sel = {**self.selection, **selection}
@@ -129,7 +131,24 @@ def window(setup: Setup, out: Path) -> None:
               {"experiment": f"sink {sink} and local {local} blocks inside top_k {setup.selection['top_k']}"})
 
 
-EXPERIMENTS = {"topk": topk, "block": block, "window": window, "transfer": transfer, "theta": theta}
+def similarity(setup: Setup, out: Path) -> None:
+    """The same DP and budget policies from block-overlap and from captured-mass similarity, against Jump-n."""
+    profiles = {measure: setup.profile("builtin:prose", similarity=measure) for measure in ("overlap", "mass")}
+    policies: dict[str, Policy] = {}
+    for full in (6, 10):
+        n = math.ceil(setup.num_layers / full)
+        policies[f"every:{n}"] = Policy.every(n, setup.num_layers)
+        for measure, prof in profiles.items():
+            policies[f"budget:{full} {measure}"] = optimize(prof, budget=full)
+    for measure, prof in profiles.items():
+        policies[f"dp:0.9 {measure}"] = optimize(prof, theta=0.9)
+    extra = {"experiment": "similarity measure: block overlap vs captured attention mass",
+             **{f"similarity_{m}": p.similarity.tolist() for m, p in profiles.items()}}
+    _save(setup.evaluate(policies), out, f"similarity-share{setup.share}", extra)
+
+
+EXPERIMENTS = {"topk": topk, "block": block, "window": window, "transfer": transfer, "theta": theta,
+               "similarity": similarity}
 
 
 def main(argv=None) -> int:

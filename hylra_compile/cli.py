@@ -21,6 +21,7 @@ from .corpora import PREFIX as BUILTIN, builtin_text
 from .models import load_config, load_model
 from .options import HylraOptions
 from .policy import Policy
+from .profiler import SIMILARITIES
 from .tasks import TASKS
 
 TOKEN_SUFFIXES = (".pt", ".npy")
@@ -71,6 +72,12 @@ def _add_selection_arguments(parser: argparse.ArgumentParser, required: bool) ->
                         help=f"blocks always kept at the end (default {defaults.local_blocks})")
 
 
+def _add_similarity_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--similarity", choices=SIMILARITIES, default="overlap",
+                        help="what the profile's similarity measures: block-set overlap, or the share of the "
+                             "consumer's top-k attention mass the producer's blocks capture (default overlap)")
+
+
 def _load(args: argparse.Namespace):
     dtype_name = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     return load_model(args.model, gguf_file=args.gguf_file, device=args.device, dtype=getattr(torch, dtype_name),
@@ -95,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--decode-steps", type=int, default=0,
                       help="greedy decode steps measured after each prefill (default 0: prefill only)")
     prof.add_argument("--head-map", action="store_true", help="also record the cross-head overlap in --profile-out")
+    _add_similarity_argument(prof)
     prof.add_argument("--out", required=True, help="policy JSON to write")
     prof.add_argument("--profile-out", help="also save the profile (.json or .safetensors)")
 
@@ -120,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--calibration-windows", type=int, default=2, help="calibration windows (default 2)")
     ev.add_argument("--profile", help="a saved profile (.json/.safetensors) instead of profiling")
     ev.add_argument("--max-rnmse", type=float, help="dp:/budget: policies keep layers above this sensitivity dense")
+    _add_similarity_argument(ev)
     ev.add_argument("--out-dir", default="hylra-eval", help="where eval.json, eval.md, eval.png go (default hylra-eval)")
 
     insp = commands.add_parser("inspect", help="print a policy's layer table and draw its figures")
@@ -197,6 +206,7 @@ def _profile(args: argparse.Namespace) -> int:
         seq_len=args.seq_len,
         tokenizer=tokenizer,
         head_map=args.head_map,
+        similarity=args.similarity,
         decode_steps=args.decode_steps,
         description=f"{', '.join(Path(name).name for name in args.data)} (seq_len {args.seq_len})",
         progress=not args.no_progress,
@@ -276,8 +286,8 @@ def _eval(args: argparse.Namespace) -> int:
                                      "--windows, or give other --calibration data")
                 profile_cache.append(profile(
                     model, samples, top_k=args.top_k, block_size=args.block_size, sink_blocks=args.sink_blocks,
-                    local_blocks=args.local_blocks, description=f"{', '.join(calibration)} "
-                    f"(first {len(samples)} window(s) of {args.seq_len})", progress=not args.no_progress))
+                    local_blocks=args.local_blocks, similarity=args.similarity, progress=not args.no_progress,
+                    description=f"{', '.join(calibration)} (first {len(samples)} window(s) of {args.seq_len})"))
         return profile_cache[0]
 
     specs = args.policies or list(DEFAULT_POLICIES)
@@ -285,7 +295,8 @@ def _eval(args: argparse.Namespace) -> int:
     prompts = make_prompts(tasks, tokenizer, lengths, args.samples, seed=args.seed) if tasks else []
     metadata = {"model": args.model + (f" ({args.gguf_file})" if args.gguf_file else ""),
                 "text": ", ".join(args.text) + " (last windows)",
-                "calibration": profile_cache[0].metadata["calibration"] if profile_cache else None}
+                **({"calibration": profile_cache[0].metadata["calibration"],
+                    "similarity": profile_cache[0].metadata.get("similarity", "overlap")} if profile_cache else {})}
     evaluation = evaluate(
         model, policies, tokenizer=tokenizer, prompts=prompts, windows=windows, top_k=args.top_k,
         block_size=args.block_size, sink_blocks=args.sink_blocks, local_blocks=args.local_blocks,

@@ -13,6 +13,10 @@
   sqrt(Σ‖o_sparse − o_dense‖² / Σ‖o_dense‖²) pooled over samples. o_sparse comes from ``hylra::sparse_attention``
   with ``min_seq_len=0``: with the backend's run-time default every short calibration query would attend densely
   and every layer would look insensitive.
+* with ``similarity="mass"``, ``similarity[i, j]`` is instead the share of layer j's own top-k attention mass that
+  S_i captures: Σ_{c ∈ S_i} m_j(c) / Σ_{c ∈ S_j} m_j(c) (at most 1), where m_j(c) is layer j's softmax mass on block
+  c (the producer's importance); it weights the few blocks that carry most of the attention instead of counting
+  blocks, and costs one more dense attention pass per layer.
 * optionally ``head_overlap[i, j, g, h]``: the same overlap between KV head g of layer i and KV head h of layer j,
   whose argmax over g is :attr:`Profile.head_map`.
 
@@ -36,6 +40,7 @@ from .lowering import reference
 from .options import HylraOptions
 from .routing import AttentionCall, routed_attention
 
+SIMILARITIES = ("overlap", "mass")
 PROFILE_FORMAT = "hylra-profile"
 PROFILE_VERSION = 1
 
@@ -217,13 +222,13 @@ def calibration_samples(
 class _Recorder:
     """Accumulates, over the samples, the similarity and sensitivity sums the attention function reports."""
 
-    def __init__(self, options: HylraOptions, head_map: bool, progress):
+    def __init__(self, options: HylraOptions, head_map: bool, mass: bool, progress):
         self.block_size, self.sink_blocks, self.local_blocks = options.block_size, options.sink_blocks, options.local_blocks
         self.n_select = options.n_select
-        self.head_map = head_map
+        self.head_map, self.mass = head_map, mass
         self.progress = progress
-        # layer -> (block_idx, nontrivial query blocks) of the forward pass under way
-        self.layers: dict[int, tuple[Tensor, Tensor]] = {}
+        # layer -> (block_idx, nontrivial query blocks, block importance or None) of the forward pass under way
+        self.layers: dict[int, tuple[Tensor, Tensor, Tensor | None]] = {}
         self.num_kv_heads: int | None = None
         self.error_sq: dict[int, float] = {}
         self.dense_sq: dict[int, float] = {}
@@ -253,7 +258,10 @@ class _Recorder:
         self.dense_sq[layer] = self.dense_sq.get(layer, 0.0) + dense32.square().sum(dtype=torch.float64).item()
         candidates = reference.candidate_counts(query, key, mask, is_causal, bs)
         nontrivial = (candidates > self.n_select).expand(block_idx.shape[:3])
-        self.layers[layer] = (block_idx, nontrivial)
+        importance = None
+        if self.mass:
+            importance = reference.attention_with_importance(query, key, value, mask, is_causal, scaling, bs)[1]
+        self.layers[layer] = (block_idx, nontrivial, importance)
         if self.progress is not None:
             self.progress.update(1)
         return dense
@@ -274,8 +282,11 @@ class _Recorder:
             member.scatter_(-1, index[layer], True)[..., n_kb] = False
             membership[layer] = member
         for j in layers:
-            block_idx, nontrivial = self.layers[j]
+            block_idx, nontrivial, importance = self.layers[j]
             size = (block_idx >= 0).sum(-1).clamp(min=1).to(torch.float64)  # |S_j| per (b, h, r)
+            if self.mass:
+                mass = importance[..., :n_kb].to(torch.float64)
+                own_mass = (mass * membership[j][..., :n_kb]).sum(-1).clamp(min=1e-300)
             weight = nontrivial.to(torch.float64)
             counted = weight.sum((0, 2))
             self.blocks_counted[j] = self.blocks_counted.get(j, 0) + counted
@@ -287,6 +298,9 @@ class _Recorder:
                         -1, index[j][:, None].expand(B, H, H, R, n_sel)
                     ).sum(-1)
                     overlap = (hits / size[:, None] * weight[:, None]).sum((0, 3))  # [H_i, H_j]
+                elif self.mass:
+                    captured = (mass * membership[i][..., :n_kb]).sum(-1)
+                    overlap = ((captured / own_mass).clamp(max=1.0) * weight).sum((0, 2))  # [H]
                 else:
                     hits = membership[i].gather(-1, index[j]).sum(-1)
                     overlap = (hits / size * weight).sum((0, 2))  # [H]
@@ -337,6 +351,7 @@ def profile(
     seq_len: int | None = None,
     tokenizer: Any = None,
     head_map: bool = False,
+    similarity: str = "overlap",
     decode_steps: int = 0,
     description: str | None = None,
     progress: bool = True,
@@ -347,6 +362,8 @@ def profile(
     pass of batch 1 under ``torch.no_grad``, on the model's device. ``top_k``, ``block_size``, ``sink_blocks`` and
     ``local_blocks`` mean what the backend options of the same names mean, so profile with the values you will
     compile with. ``head_map=True`` also records the cross-head overlap (costs H² gathers per layer pair).
+    ``similarity``: ``"overlap"`` (block-set overlap) or ``"mass"`` (captured attention mass), see the module
+    docstring.
     ``decode_steps``: greedy decode steps run after each prefill (with the model's KV cache), each measured too.
     ``description`` names the calibration data in the profile's metadata. A tqdm bar counts attention calls.
     """
@@ -366,12 +383,16 @@ def profile(
                              f"[0, {vocab_size}): min {int(tokens.min())}, max {int(tokens.max())}")
     config = model.config
     expected_layers = getattr(config, "num_hidden_layers", None)
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"unknown similarity {similarity!r}; valid ones are {list(SIMILARITIES)}")
+    if similarity == "mass" and head_map:
+        raise ValueError("head_map=True records block-set overlap per head pair; it needs similarity='overlap'")
     if not isinstance(decode_steps, int) or isinstance(decode_steps, bool) or decode_steps < 0:
         raise ValueError(f"decode_steps must be an int >= 0, got {decode_steps!r}")
     forward_passes = len(samples) * (1 + decode_steps)
     bar = tqdm(total=forward_passes * expected_layers if expected_layers else None, desc="hylra profile",
                unit="layer", disable=not progress)
-    recorder = _Recorder(options, head_map, bar)
+    recorder = _Recorder(options, head_map, similarity == "mass", bar)
     device = next(model.parameters()).device
     forward_kwargs = {"use_cache": decode_steps > 0}
     if "logits_to_keep" in inspect.signature(model.forward).parameters:
@@ -401,6 +422,7 @@ def profile(
         "num_tokens": int(sum(t.numel() for t in samples)),
         "seq_len": seq_len,
         "decode_steps": decode_steps,
+        "similarity": similarity,
         "calibration": description or f"{len(samples)} sequence(s)",
         "model": getattr(config, "_name_or_path", "") or getattr(config, "model_type", type(model).__name__),
     }

@@ -77,8 +77,9 @@ def capture_attention(model, tokens, decode_steps=0):
     return passes
 
 
-def independent_profile(model, samples, decode_steps=0):
-    """Similarity and sensitivity from the definitions, with Python sets and explicit loops."""
+def independent_profile(model, samples, decode_steps=0, mass=False):
+    """Similarity and sensitivity from the definitions, with Python sets and explicit loops (``mass``: the captured
+    share of the consumer's own top-k mass, from the producer's importance, instead of the block overlap)."""
     num_layers, n_select = model.config.num_hidden_layers, math.ceil(TOP_K / BLOCK)
     overlaps = {}  # (i, j, h) -> list of per-query-block overlaps
     error_sq, dense_sq = np.zeros(num_layers), np.zeros(num_layers)
@@ -94,6 +95,7 @@ def independent_profile(model, samples, decode_steps=0):
                 sparse = reference.sparse_attention(q, k, v, block_idx, mask, is_causal, scale, BLOCK, 0)
                 error_sq[layer] += (sparse.double() - dense.double()).square().sum().item()
                 dense_sq[layer] += dense.double().square().sum().item()
+                importance = reference.attention_with_importance(q, k, v, mask, is_causal, scale, BLOCK)[1]
                 allowed = torch.ones(num_queries, num_keys, dtype=torch.bool)
                 allowed = allowed.tril() if is_causal else allowed if mask is None else mask[0, 0]
                 for h in range(k.shape[1]):
@@ -103,10 +105,13 @@ def independent_profile(model, samples, decode_steps=0):
                             bool(rows[:, c * BLOCK : (c + 1) * BLOCK].any()) for c in range(math.ceil(num_keys / BLOCK))
                         )
                         chosen = {int(c) for c in block_idx[0, h, r] if c >= 0}
-                        sets[layer, h, r] = (chosen, candidates > n_select)
-            for (j, h, r), (chosen_j, counts) in sets.items():
+                        sets[layer, h, r] = (chosen, candidates > n_select, importance[0, h, r].tolist())
+            for (j, h, r), (chosen_j, counts, mass_j) in sets.items():
                 for i in range(j):
-                    if counts:
+                    if counts and mass:
+                        captured = sum(mass_j[c] for c in sets[i, h, r][0]) / sum(mass_j[c] for c in chosen_j)
+                        overlaps.setdefault((i, j, h), []).append(min(captured, 1.0))
+                    elif counts:
                         overlaps.setdefault((i, j, h), []).append(len(sets[i, h, r][0] & chosen_j) / len(chosen_j))
     similarity = np.zeros((num_layers, num_layers))
     for i in range(num_layers):
@@ -120,6 +125,18 @@ def test_profile_matches_independent_recomputation(model, tokens, llama_profile)
     np.testing.assert_allclose(llama_profile.similarity, similarity, atol=1e-12)
     # The capture runs layers on SDPA's outputs, the profiler on the producer op's: fp32 rounding apart.
     np.testing.assert_allclose(llama_profile.sensitivity, sensitivity, rtol=1e-5)
+
+
+def test_mass_similarity_matches_independent_recomputation(model, tokens, llama_profile):
+    prof = profile(model, tokens, top_k=TOP_K, block_size=BLOCK, similarity="mass", decode_steps=1, progress=False)
+    similarity, sensitivity = independent_profile(model, tokens, decode_steps=1, mass=True)
+    np.testing.assert_allclose(prof.similarity, similarity, rtol=1e-5, atol=1e-9)
+    assert prof.metadata["similarity"] == "mass"
+    assert not np.allclose(prof.similarity, llama_profile.similarity)  # another measure, not a relabelling
+    with pytest.raises(ValueError, match="unknown similarity 'cosine'; valid ones are"):
+        profile(model, tokens, top_k=TOP_K, block_size=BLOCK, similarity="cosine", progress=False)
+    with pytest.raises(ValueError, match="head_map=True records block-set overlap"):
+        profile(model, tokens, top_k=TOP_K, block_size=BLOCK, similarity="mass", head_map=True, progress=False)
 
 
 def test_decode_steps_count_like_query_blocks(model, tokens):

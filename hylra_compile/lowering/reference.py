@@ -264,32 +264,14 @@ def select_blocks(importance: Tensor, candidate: Tensor, n_select: int, sink_blo
     return torch.where(order == C, -1, order).to(torch.int32)
 
 
-def topk_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    mask: Tensor | None,
-    is_causal: bool,
-    scale: float | None,
-    block_size: int,
-    n_select: int,
-    sink_blocks: int,
-    local_blocks: int,
-    min_seq_len: int,
-) -> tuple[Tensor, Tensor]:
-    """Dense attention that also emits each query block's top KV blocks.
-
-    ``out`` [B, Hq, Sq, Dv] equals ``scaled_dot_product_attention(q, k, v, mask, is_causal=is_causal, scale=scale,
-    enable_gqa=True)`` (zeros for a query with no allowed key).
-
-    ``block_idx`` int32 [B, Hkv, ceil(Sq / bs), n_select]. The importance of KV block c for (b, KV head h, query
-    block r) is the sum of the softmax probabilities over the G query heads of h, the queries of r and the keys
-    of c. Candidates are the blocks holding at least one allowed key of (any query of r, any query head of h);
-    selection follows :func:`select_blocks`. ``min_seq_len`` does not change the producer's output (it is dense);
-    it is accepted so producer and consumer share one calling convention.
-    """
+def attention_with_importance(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool, scale: float | None, block_size: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(out, importance, candidate) as :func:`topk_attention` defines them: ``out`` [B, Hq, Sq, Dv] is SDPA's;
+    ``importance`` [B, Hkv, ceil(Sq/bs), ceil(Skv/bs)] (fp32, fp64 for fp64 inputs) the softmax mass of each
+    (query block, KV block), summed over the G query heads of the KV head; ``candidate`` (bool, same shape) the
+    blocks holding an allowed key."""
     check_inputs(q, k, v, mask, block_size)
-    check_selection(n_select, sink_blocks, local_blocks)
     B, Hq, Sq, D = q.shape
     Hkv, Skv = k.shape[1], k.shape[2]
     G = Hq // Hkv
@@ -316,8 +298,36 @@ def topk_attention(
         probs = torch.nn.functional.pad(probs.sum(2), (0, kb_end * block_size - key_end, 0, rows * block_size - n))
         importance[:, :, r0 : r0 + rows, :kb_end] = probs.view(B, Hkv, rows, block_size, kb_end, block_size).sum((3, 5))
         candidate[:, :, r0 : r0 + rows, :kb_end] = _block_hits(allowed, block_size)
-    block_idx = select_blocks(importance, candidate, n_select, sink_blocks, local_blocks)
-    return out.reshape(B, Hq, Sq, -1).to(q.dtype), block_idx
+    return out.reshape(B, Hq, Sq, -1).to(q.dtype), importance, candidate
+
+
+def topk_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    is_causal: bool,
+    scale: float | None,
+    block_size: int,
+    n_select: int,
+    sink_blocks: int,
+    local_blocks: int,
+    min_seq_len: int,
+) -> tuple[Tensor, Tensor]:
+    """Dense attention that also emits each query block's top KV blocks.
+
+    ``out`` [B, Hq, Sq, Dv] equals ``scaled_dot_product_attention(q, k, v, mask, is_causal=is_causal, scale=scale,
+    enable_gqa=True)`` (zeros for a query with no allowed key).
+
+    ``block_idx`` int32 [B, Hkv, ceil(Sq / bs), n_select]. The importance of KV block c for (b, KV head h, query
+    block r) is the sum of the softmax probabilities over the G query heads of h, the queries of r and the keys
+    of c. Candidates are the blocks holding at least one allowed key of (any query of r, any query head of h);
+    selection follows :func:`select_blocks`. ``min_seq_len`` does not change the producer's output (it is dense);
+    it is accepted so producer and consumer share one calling convention.
+    """
+    check_selection(n_select, sink_blocks, local_blocks)
+    out, importance, candidate = attention_with_importance(q, k, v, mask, is_causal, scale, block_size)
+    return out, select_blocks(importance, candidate, n_select, sink_blocks, local_blocks)
 
 
 def sparse_attention(

@@ -1,6 +1,5 @@
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -10,10 +9,8 @@ QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart.py"
 
 @pytest.mark.slow
 def test_quickstart_runs_prints_report_and_writes_dumps(tmp_path):
-    start = time.perf_counter()
     result = subprocess.run([sys.executable, str(QUICKSTART)], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert time.perf_counter() - start < 120
     assert "2 producer, 2 consumer, 0 dense" in result.stdout
     assert "top-1 agreement" in result.stdout
     (folder,) = (tmp_path / "hylra-dumps").iterdir()

@@ -30,18 +30,7 @@ TOL = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 2e-2}
 
 def ref_importance(q, k, v, mask, is_causal, scale, bs):
     """importance [B, Hkv, nqb, nkb] (float64) and candidate, exactly as reference.topk_attention defines them."""
-    B, Hq, Sq, D = q.shape
-    Hkv, Skv = k.shape[1], k.shape[2]
-    G = Hq // Hkv
-    scale = 1.0 / math.sqrt(D) if scale is None else scale
-    allowed, bias = R._allowed_and_bias(mask, is_causal, 0, Sq, (B, Hkv, G, Sq, Skv), torch.float64, q.device)
-    key_end = allowed.shape[-1]  # keys past it are never allowed
-    qc = q.double().reshape(B, Hkv, G, Sq, D)
-    _, probs = R._masked_attention(qc, k[:, :, :key_end].double(), v[:, :, :key_end].double(), allowed, bias, scale)
-    nkb, nqb = R.num_blocks(Skv, bs), R.num_blocks(Sq, bs)
-    pad = (0, nkb * bs - key_end, 0, nqb * bs - Sq)
-    imp = torch.nn.functional.pad(probs.sum(2), pad).view(B, Hkv, nqb, bs, nkb, bs).sum((3, 5))
-    hit = torch.nn.functional.pad(allowed.any(2), pad).view(B, Hkv, nqb, bs, nkb, bs).any(5).any(3)
+    _, imp, hit = R.attention_with_importance(q.double(), k.double(), v.double(), mask, is_causal, scale, bs)
     return imp, hit
 
 
