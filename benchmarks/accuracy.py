@@ -12,6 +12,8 @@
 * ``block``: Jump-3 at block 32 / 64 / 128 with the same token budget (open question 3).
 * ``topk``: Jump-3 and Jump-5 at top_k = length/8, /4, /2.
 * ``window``: Jump-3 with more of the fixed budget on sink and local blocks.
+* ``sensitive``: budget policies that keep the 1 or 3 most sensitive layers (profiled RNMSE of a layer on its own
+  top-k) full, against the same budgets without and Jump-n.
 * ``similarity``: DP and budget policies from the block-overlap similarity against the same from the
   captured-mass similarity (``profile(similarity="mass")``), and Jump-n, at equal full-layer counts.
 
@@ -147,8 +149,27 @@ def similarity(setup: Setup, out: Path) -> None:
     _save(setup.evaluate(policies), out, f"similarity-share{setup.share}", extra)
 
 
+def sensitive(setup: Setup, out: Path) -> None:
+    """Budget policies that keep the m most sensitive layers full (``max_rnmse`` just below the m-th largest
+    sensitivity), against the same budgets without, and Jump-n."""
+    prof = setup.profile("builtin:prose")
+    ranked = sorted(prof.sensitivity, reverse=True)
+    policies: dict[str, Policy] = {}
+    for m, budgets in ((1, (3, 6)), (3, (4, 6, 10))):
+        threshold = float(ranked[m - 1]) * 0.999
+        for full in budgets:
+            policies[f"budget:{full} max_rnmse {threshold:.3f} (top {m} full)"] = optimize(
+                prof, budget=full, max_rnmse=threshold)
+    for full in (3, 6, 10):
+        policies[f"budget:{full}"] = optimize(prof, budget=full)
+        policies[f"every:{math.ceil(setup.num_layers / full)}"] = Policy.every(math.ceil(setup.num_layers / full),
+                                                                            setup.num_layers)
+    extra = {"experiment": "keeping the most sensitive layers full", "sensitivity": prof.sensitivity.tolist()}
+    _save(setup.evaluate(policies), out, f"sensitive-share{setup.share}", extra)
+
+
 EXPERIMENTS = {"topk": topk, "block": block, "window": window, "transfer": transfer, "theta": theta,
-               "similarity": similarity}
+               "similarity": similarity, "sensitive": sensitive}
 
 
 def main(argv=None) -> int:
