@@ -14,6 +14,7 @@
 * ``window``: Jump-3 with more of the fixed budget on sink and local blocks.
 * ``sensitive``: budget policies that keep the 1 or 3 most sensitive layers (profiled RNMSE of a layer on its own
   top-k) full, against the same budgets without and Jump-n.
+* ``recommended``: block 32 with the 3 most sensitive layers full (run with ``--length 4096``).
 * ``similarity``: DP and budget policies from the block-overlap similarity against the same from the
   captured-mass similarity (``profile(similarity="mass")``), and Jump-n, at equal full-layer counts.
 
@@ -168,8 +169,20 @@ def sensitive(setup: Setup, out: Path) -> None:
     _save(setup.evaluate(policies), out, f"sensitive-share{setup.share}", extra)
 
 
+def recommended(setup: Setup, out: Path) -> None:
+    """The settings the other experiments support (block 32, the 3 most sensitive layers full), with Jump-n and a
+    plain budget policy beside them."""
+    prof = setup.profile("builtin:prose", block_size=32)
+    threshold = float(sorted(prof.sensitivity, reverse=True)[2]) * 0.999
+    policies = {"every:5": Policy.every(5, setup.num_layers), "every:3": Policy.every(3, setup.num_layers),
+                "budget:6": optimize(prof, budget=6),
+                f"budget:6 max_rnmse {threshold:.3f} (top 3 full)": optimize(prof, budget=6, max_rnmse=threshold)}
+    extra = {"experiment": "recommended settings", "sensitivity": prof.sensitivity.tolist()}
+    _save(setup.evaluate(policies, block_size=32), out, f"recommended-{setup.length}", extra)
+
+
 EXPERIMENTS = {"topk": topk, "block": block, "window": window, "transfer": transfer, "theta": theta,
-               "similarity": similarity, "sensitive": sensitive}
+               "similarity": similarity, "sensitive": sensitive, "recommended": recommended}
 
 
 def main(argv=None) -> int:
@@ -182,7 +195,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     setup = Setup(args.length, args.samples, args.share, not args.no_progress)
-    for name in EXPERIMENTS if args.experiment == "all" else [args.experiment]:
+    for name in [e for e in EXPERIMENTS if e != "recommended"] if args.experiment == "all" else [args.experiment]:
         start = time.perf_counter()
         EXPERIMENTS[name](setup, Path(args.out))
         print(f"{name}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)

@@ -1,7 +1,7 @@
 """hylra_compile on a real trained model, end to end on the CPU (about 3 minutes): SmolLM2-135M-Instruct.
 
-1. Profile the model on two held-in windows of English prose that ships with Python (``builtin:prose``).
-2. Choose a policy with the optimiser (θ) and draw it.
+1. Profile the model on a 4K-token window of English prose that ships with Python (``builtin:prose``).
+2. Choose a policy with the optimiser: 6 of 30 layers dense, the 3 most sensitive among them; draw it.
 3. ``torch.compile(model, backend="hylra", options=...)``: the attention sites become producer / consumer ops.
 4. Ask a question hidden in a 4K-token prompt (multi-key retrieval with distractors), answered dense (the plain
    model) and through the compiled model; print both answers, the report and KL(dense ‖ hylra) over the prompt.
@@ -23,26 +23,28 @@ from hylra_compile.profiler import calibration_samples
 from hylra_compile.tasks import make_prompt, score
 
 OUT = Path("hylra-demo")
-# The settings the accuracy sweeps support (README, "Accuracy"): a quarter of the context per query block.
-SELECTION = {"top_k": 1024, "block_size": 64, "sink_blocks": 1, "local_blocks": 2}
-MIN_SEQ_LEN, THETA, PROMPT_TOKENS = 1024, 0.8, 4096
+# The settings the accuracy sweeps support (README, "Accuracy"): a quarter of the context per query block, blocks
+# of 32 tokens, the most sensitive layers kept dense.
+SELECTION = {"top_k": 1024, "block_size": 32, "sink_blocks": 1, "local_blocks": 2}
+MIN_SEQ_LEN, PROMPT_TOKENS, DENSE_LAYERS, KEEP_SENSITIVE = 1024, 4096, 6, 3
 
 start = time.perf_counter()
 model, tokenizer = load_model("smollm2")
 L = model.config.num_hidden_layers
 print(f"SmolLM2-135M-Instruct: {L} layers, loaded in {time.perf_counter() - start:.0f} s")
 
-# 1-2. Profile on prose (the first windows: the question below is another kind of text) and optimise.
-calibration = calibration_samples([builtin_text("builtin:prose")], block_size=64, seq_len=2048,
-                                  tokenizer=tokenizer)[:2]
-profile = hylra_compile.profile(model, calibration, **SELECTION, description="builtin:prose, 2 x 2048 tokens")
-policy = hylra_compile.optimize(profile, theta=THETA)
+# 1-2. Profile on prose (the question below is another kind of text) and optimise.
+calibration = calibration_samples([builtin_text("builtin:prose")], block_size=32, seq_len=PROMPT_TOKENS,
+                                  tokenizer=tokenizer)[:1]
+profile = hylra_compile.profile(model, calibration, **SELECTION, description=f"builtin:prose, {PROMPT_TOKENS} tokens")
+policy = hylra_compile.optimize(profile, budget=DENSE_LAYERS, keep_sensitive=KEEP_SENSITIVE)
 OUT.mkdir(exist_ok=True)
 policy.save(OUT / "policy.json")
 plot_policy(policy, OUT / "policy.png")
 plot_similarity(profile.similarity, policy, OUT / "similarity.png")
 full = sum(mode != "consumer" for mode in policy.modes)
-print(f"policy at theta={THETA}: {policy} ({full} of {L} layers attend fully)")
+sensitive = sorted(range(L), key=lambda layer: -profile.sensitivity[layer])[:KEEP_SENSITIVE]
+print(f"policy: {policy} ({full} of {L} layers attend fully; most sensitive layers {sorted(sensitive)})")
 
 # 3. Compile. inductor=False: on the CPU the ops run their reference code either way, and Inductor's C++ compile
 # of a 30-layer graph would take most of the demo's time.

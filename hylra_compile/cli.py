@@ -72,6 +72,11 @@ def _add_selection_arguments(parser: argparse.ArgumentParser, required: bool) ->
                         help=f"blocks always kept at the end (default {defaults.local_blocks})")
 
 
+def _add_keep_sensitive_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--keep-sensitive", type=int, default=0, metavar="K",
+                        help="the K layers of largest sensitivity run dense (default 0)")
+
+
 def _add_similarity_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--similarity", choices=SIMILARITIES, default="overlap",
                         help="what the profile's similarity measures: block-set overlap, or the share of the "
@@ -98,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_selection_arguments(prof, required=True)
     prof.add_argument("--theta", type=_unit_interval, help="least similarity for reuse, in [0, 1]")
     prof.add_argument("--max-rnmse", type=float, help="layers with a larger sensitivity run dense")
+    _add_keep_sensitive_argument(prof)
     prof.add_argument("--budget", type=_positive_int, help="exactly this many dense layers (theta is then ignored)")
     prof.add_argument("--decode-steps", type=int, default=0,
                       help="greedy decode steps measured after each prefill (default 0: prefill only)")
@@ -128,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--calibration-windows", type=int, default=2, help="calibration windows (default 2)")
     ev.add_argument("--profile", help="a saved profile (.json/.safetensors) instead of profiling")
     ev.add_argument("--max-rnmse", type=float, help="dp:/budget: policies keep layers above this sensitivity dense")
+    _add_keep_sensitive_argument(ev)
     _add_similarity_argument(ev)
     ev.add_argument("--out-dir", default="hylra-eval", help="where eval.json, eval.md, eval.png go (default hylra-eval)")
 
@@ -213,7 +220,8 @@ def _profile(args: argparse.Namespace) -> int:
     )
     if args.profile_out:
         prof.save(args.profile_out)
-    policy = optimize(prof, theta=args.theta, max_rnmse=args.max_rnmse, budget=args.budget)
+    policy = optimize(prof, theta=args.theta, max_rnmse=args.max_rnmse, budget=args.budget,
+                      keep_sensitive=args.keep_sensitive)
     policy.save(args.out)
     print(format_policy_table(policy))
     print(f"wrote {args.out}")
@@ -223,7 +231,7 @@ def _profile(args: argparse.Namespace) -> int:
 DEFAULT_POLICIES = ("every:3", "budget:10", "dp:0.8")
 
 
-def policy_from_spec(spec: str, num_layers: int, get_profile, max_rnmse: float | None) -> Policy:
+def policy_from_spec(spec: str, num_layers: int, get_profile, max_rnmse: float | None, keep_sensitive: int) -> Policy:
     """A policy from ``every:N``, ``budget:N``, ``dp:THETA``, ``full`` or a policy JSON path; ``get_profile()``
     is called only for ``budget:`` and ``dp:``."""
     from .optimizer import optimize
@@ -233,9 +241,9 @@ def policy_from_spec(spec: str, num_layers: int, get_profile, max_rnmse: float |
         if kind == "every" and value:
             return Policy.every(int(value), num_layers)
         if kind == "budget" and value:
-            return optimize(get_profile(), budget=int(value), max_rnmse=max_rnmse)
+            return optimize(get_profile(), budget=int(value), max_rnmse=max_rnmse, keep_sensitive=keep_sensitive)
         if kind == "dp" and value:
-            return optimize(get_profile(), theta=float(value), max_rnmse=max_rnmse)
+            return optimize(get_profile(), theta=float(value), max_rnmse=max_rnmse, keep_sensitive=keep_sensitive)
     except ValueError as err:
         raise ValueError(f"--policy {spec}: {err}") from None
     if spec == "full":
@@ -291,7 +299,8 @@ def _eval(args: argparse.Namespace) -> int:
         return profile_cache[0]
 
     specs = args.policies or list(DEFAULT_POLICIES)
-    policies = {spec: policy_from_spec(spec, num_layers, get_profile, args.max_rnmse) for spec in specs}
+    policies = {spec: policy_from_spec(spec, num_layers, get_profile, args.max_rnmse, args.keep_sensitive)
+                for spec in specs}
     prompts = make_prompts(tasks, tokenizer, lengths, args.samples, seed=args.seed) if tasks else []
     metadata = {"model": args.model + (f" ({args.gguf_file})" if args.gguf_file else ""),
                 "text": ", ".join(args.text) + " (last windows)",

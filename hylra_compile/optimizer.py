@@ -3,7 +3,8 @@
 Policy space (the one :func:`optimize` searches exactly, and the brute-force test enumerates): every assignment of
 a mode (``full`` / ``producer`` / ``consumer``) to each layer in which
 
-* layer 0, and every layer whose sensitivity exceeds ``max_rnmse``, is not a consumer (it runs dense);
+* layer 0, every layer whose sensitivity exceeds ``max_rnmse`` and the ``keep_sensitive`` layers of largest
+  sensitivity are not consumers (they run dense);
 * each consumer j reuses the *nearest earlier producer* i (the policies :meth:`Policy.from_modes` builds), and in
   threshold mode needs ``similarity[i, j] >= theta``.
 
@@ -41,13 +42,15 @@ def optimize(
     theta: float | None = None,
     max_rnmse: float | None = None,
     budget: int | None = None,
+    keep_sensitive: int = 0,
 ) -> Policy:
     """The optimal policy in the space of the module docstring.
 
     ``theta`` in [0, 1]: least similarity a consumer needs to its producer (threshold mode; required unless
     ``budget`` is given). ``max_rnmse``: layers with a larger sensitivity run dense. ``budget``: run exactly that
     many layers dense (layer 0 and the sensitive ones among them) and let every other layer consume; ``theta`` is
-    then ignored. When ``theta`` admits no reuse at all the result is every layer full, with a warning naming why
+    then ignored. ``keep_sensitive``: the layers of the k largest sensitivities run dense (a count, where
+    ``max_rnmse`` is a level; on SmolLM2 keeping the 3 most sensitive layers full held accuracy best). When ``theta`` admits no reuse at all the result is every layer full, with a warning naming why
     each layer could not consume. Ties between equally good policies go to the one found first by the DP.
     The policy's provenance records the parameters, the profile's metadata and its matrices, and, when the
     profile has a head map, ``head_map[j]``: for each KV head of consumer j, the best-overlapping KV head of its
@@ -70,22 +73,26 @@ def optimize(
 
     forced = np.zeros(num_layers, dtype=bool)
     forced[0] = True
+    if isinstance(keep_sensitive, bool) or not isinstance(keep_sensitive, int) or not 0 <= keep_sensitive <= num_layers:
+        raise ValueError(f"keep_sensitive must be an int in [0, {num_layers}], got {keep_sensitive!r}")
     if max_rnmse is not None:
         forced |= sensitivity > max_rnmse
+    forced[np.argsort(-sensitivity, kind="stable")[:keep_sensitive]] = True
     if budget is not None and forced.sum() > budget:
         raise ValueError(
             f"budget={budget} dense layers is fewer than the {int(forced.sum())} that must run dense "
-            f"(layer 0 and sensitivity > max_rnmse: layers {np.flatnonzero(forced).tolist()})"
+            f"(layer 0 and the sensitive layers: {np.flatnonzero(forced).tolist()})"
         )
     may_reuse = np.ones_like(similarity, dtype=bool) if budget is not None else similarity >= theta
     modes, sources, total = _solve(similarity, may_reuse, forced, budget)
 
     if budget is None and num_layers > 1 and "consumer" not in modes:
-        warnings.warn(_why_no_reuse(similarity, sensitivity, theta, max_rnmse), stacklevel=2)
+        warnings.warn(_why_no_reuse(similarity, sensitivity, theta, forced), stacklevel=2)
     provenance = {
         "optimizer": "hylra-dp",
         "theta": None if budget is not None else float(theta),
         "max_rnmse": max_rnmse,
+        "keep_sensitive": keep_sensitive,
         "budget": budget,
         **{key: profile.metadata.get(key) for key in ("top_k", "block_size", "sink_blocks", "local_blocks",
                                                        "calibration", "model")},
@@ -155,11 +162,11 @@ def _solve(
     return modes, sources, total
 
 
-def _why_no_reuse(similarity: np.ndarray, sensitivity: np.ndarray, theta: float, max_rnmse: float | None) -> str:
+def _why_no_reuse(similarity: np.ndarray, sensitivity: np.ndarray, theta: float, forced: np.ndarray) -> str:
     reasons = ["layer 0 (first layer)"]
     for j in range(1, similarity.shape[0]):
-        if max_rnmse is not None and sensitivity[j] > max_rnmse:
-            reasons.append(f"layer {j} (sensitivity {sensitivity[j]:.3g} > max_rnmse {max_rnmse:.3g})")
+        if forced[j]:
+            reasons.append(f"layer {j} (sensitivity {sensitivity[j]:.3g}: kept dense as sensitive)")
         else:
             i = int(similarity[:j, j].argmax())
             reasons.append(f"layer {j} (best similarity {similarity[i, j]:.3g} with layer {i} < theta)")

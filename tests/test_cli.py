@@ -157,8 +157,10 @@ def test_eval_config_only_model(files, capsys):
     assert [r["name"] for r in data["results"]] == ["dense", "every:2", "dp:0.5", "budget:2"]
     assert data["metadata"]["calibration"].endswith("(first 1 window(s) of 64)")
     assert data["metadata"]["similarity"] == "overlap"
-    assert main(eval_args(files, "--policy", "budget:2", "--similarity", "mass")) == 0
-    assert json.loads((files / "eval" / "eval.json").read_text())["metadata"]["similarity"] == "mass"
+    assert main(eval_args(files, "--policy", "budget:2", "--similarity", "mass", "--keep-sensitive", "1")) == 0
+    data = json.loads((files / "eval" / "eval.json").read_text())
+    assert data["metadata"]["similarity"] == "mass"
+    assert data["results"][1]["policy"]["provenance"]["keep_sensitive"] == 1
     assert (files / "eval" / "eval.png").read_bytes().startswith(PNG_MAGIC)
     assert (files / "eval" / "eval.md").read_text().startswith("| policy | full layers |")
 

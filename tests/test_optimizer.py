@@ -126,7 +126,7 @@ def test_infeasible_theta_runs_everything_full_and_says_why():
     message = str(caught[0].message)
     assert "layer 0 (first layer)" in message
     assert "layer 1 (best similarity 0.5 with layer 0 < theta)" in message
-    assert "layer 2 (sensitivity 0.7 > max_rnmse 0.5)" in message
+    assert "layer 2 (sensitivity 0.7: kept dense as sensitive)" in message
 
 
 def test_budget_places_the_second_anchor_where_similarity_is_largest():
@@ -164,11 +164,22 @@ def test_provenance_and_model_identity_survive_save_and_load(tmp_path):
         ({"budget": 4}, r"budget must be an int in \[1, 3\]"),
         ({"budget": 1, "max_rnmse": 0.15}, "fewer than the 2 that must run dense"),
         ({"theta": 0.5, "max_rnmse": -1}, "max_rnmse must be"),
+        ({"theta": 0.5, "keep_sensitive": 4}, r"keep_sensitive must be an int in \[0, 3\]"),
+        ({"budget": 1, "keep_sensitive": 1}, r"fewer than the 2 that must run dense \(layer 0 and the sensitive layers: \[0, 1\]\)"),
     ],
 )
 def test_invalid_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         optimize(Profile(matrix(3, {}, default=0.5), [0.1, 0.2, 0.1]), **kwargs)
+
+
+def test_keep_sensitive_runs_the_most_sensitive_layers_dense():
+    prof = Profile(matrix(5, {}, default=0.9), [0.1, 0.3, 0.05, 0.4, 0.2])
+    policy = optimize(prof, budget=3, keep_sensitive=2)
+    assert policy.modes == ["producer", "full", "consumer", "full", "consumer"]
+    assert policy.provenance["keep_sensitive"] == 2
+    by_count, by_level = optimize(prof, theta=0.5, keep_sensitive=2), optimize(prof, theta=0.5, max_rnmse=0.25)
+    assert (by_count.modes, by_count.sources) == (by_level.modes, by_level.sources)
 
 
 def test_baseline_policies_stay_available():
