@@ -116,9 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--policy", dest="policies", action="append", default=[], metavar="SPEC",
                     help="repeatable: every:N (Jump-N), budget:N (N dense layers, profiled), dp:THETA (the optimiser "
                          "at THETA, profiled), full, or a policy JSON (default: every:5, budget:6, dp:0.9)")
-    # Defaults: what held accuracy best on SmolLM2 at 4K tokens (README, "Accuracy"): a quarter of the context in
-    # blocks of 32, the 3 most sensitive layers dense.
-    _add_selection_arguments(ev, top_k=1024, block_size=32)
+    # Defaults: half of a 4K context per query block, the only share that held accuracy on SmolLM2 (README,
+    # "Accuracy"); pass --top-k 1024 to see what a quarter costs.
+    _add_selection_arguments(ev, top_k=2048, block_size=64)
     ev.add_argument("--min-seq-len", type=int, default=1024,
                     help="queries with fewer allowed keys attend densely; text is scored from there (default 1024)")
     ev.add_argument("--text", nargs="+", default=["builtin:prose"], metavar="FILE",
@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--calibration-windows", type=int, default=2, help="calibration windows (default 2)")
     ev.add_argument("--profile", help="a saved profile (.json/.safetensors) instead of profiling")
     ev.add_argument("--max-rnmse", type=float, help="dp:/budget: policies keep layers above this sensitivity dense")
-    _add_keep_sensitive_argument(ev, default=3)
+    _add_keep_sensitive_argument(ev, default=0)
     _add_similarity_argument(ev)
     ev.add_argument("--out-dir", default="hylra-eval", help="where eval.json, eval.md, eval.png go (default hylra-eval)")
 

@@ -146,7 +146,7 @@ def test_python_dash_m(files):
 def eval_args(files, *extra):
     return ["eval", "--model", str(files / "config.json"), "--text", str(files / "tokens.pt"), "--seq-len", "64",
             "--windows", "1", "--calibration-windows", "1", "--tasks", "none", "--top-k", "24", "--block-size", "8",
-            "--min-seq-len", "16", "--keep-sensitive", "0", "--out-dir", str(files / "eval"), "--no-progress", *extra]
+            "--min-seq-len", "16", "--out-dir", str(files / "eval"), "--no-progress", *extra]
 
 
 def test_eval_config_only_model(files, capsys):

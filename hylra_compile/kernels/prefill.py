@@ -26,6 +26,7 @@ import math
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.errors import OutOfResources
 
 from ._common import LOG2E, mask_args, mask_tile, ptx_stores, select_row, store_rows
 
@@ -332,6 +333,28 @@ def _pack(G: int, block_size: int, max_rows: int) -> int:
 TUNED = {"dense": (256, 8, 3), "dense_x": (256, 8, 3), "sparse": (256, 16, 2), "importance": (128, 4, 3)}
 
 
+# (kernel, its constexpr arguments) -> the most pipeline stages whose shared memory fits this GPU.
+_fitted_stages: dict[tuple, int] = {}
+
+
+def _launch_fitted(kernel, grid, args, constexprs: dict, num_warps: int, num_stages: int) -> None:
+    """Launch with ``num_stages``, or with fewer where this GPU's shared memory cannot hold that many (block 128
+    tiles need up to 256 KiB at 3 stages, an H100 block has 227 KiB); the count that fits is remembered, so only
+    the first launch of a configuration can fail."""
+    key = (kernel.fn.__name__, tuple(sorted(constexprs.items())), num_warps)
+    stages = min(num_stages, _fitted_stages.get(key, num_stages))
+    while True:
+        try:
+            kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=stages)
+        except OutOfResources:
+            if stages == 1:
+                raise
+            stages -= 1
+            continue
+        _fitted_stages[key] = stages
+        return
+
+
 def _launch_cfg(kind: str, G: int, block_size: int, D: int):
     """(HP heads per program, num_warps, num_stages); shapes the table was not measured on get a rule by rows."""
     max_rows, nw, ns = TUNED[kind]
@@ -368,7 +391,7 @@ def _prefill_attn(q, k, v, mask, is_causal, scale, block_size, block_idx, min_se
     grid = n_qb * B * (Hq // HP)
     x_buf = torch.empty(grid, n_kb, HP * block_size, dtype=torch.float32, device=dev) if importance else None
     imp = torch.empty(B, Hq // HP, n_qb, n_kb, dtype=torch.float32, device=dev) if importance else None
-    _prefill_attn_kernel[(grid,)](
+    _launch_fitted(_prefill_attn_kernel, (grid,), (
         q, k, v, m, idx, out, out if lse is None else lse, out if x_buf is None else x_buf, out if imp is None else imp,
         q.stride(0), q.stride(1), q.stride(2), q.stride(3),
         k.stride(0), k.stride(1), k.stride(2), k.stride(3),
@@ -376,11 +399,11 @@ def _prefill_attn(q, k, v, mask, is_causal, scale, block_size, block_idx, min_se
         smb, smq, smk, *sidx,
         out.stride(0), out.stride(1), out.stride(2), out.stride(3),
         Hq, Sq, Skv, n_kb, n_qb, n_sel, scale * LOG2E, thr, min_seq_len,
+    ), dict(
         HP=HP, G=G, QB=block_size, BLOCK_N=block_size, D=D, DV=DV, MASK_KIND=kind, IS_CAUSAL=bool(is_causal),
         SPARSE=sparse, WRITE_LSE=write_lse, N_SEL_PAD=triton.next_power_of_2(max(n_sel, 1)), SCAN_N=64,
         WRITE_X=importance, PTX=ptx_stores(q), C_T=min(X_STEP_BLOCKS, triton.next_power_of_2(n_kb)),
- num_warps=nw, num_stages=ns,
-    )
+    ), nw, ns)
     return out, lse, imp
 
 
@@ -414,14 +437,13 @@ def prefill_topk_attention(q, k, v, mask, is_causal, scale, block_size, n_select
     m, kind, smb, smq, smk, thr = mask_args(mask, B, Sq, Skv, q)
     HP, nw, ns = _launch_cfg("importance", G, block_size, D)
     imp = torch.empty(B, Hq // HP, n_qb, n_kb, dtype=torch.float32, device=q.device)
-    _prefill_importance_kernel[(n_qb * B * (Hq // HP),)](
+    _launch_fitted(_prefill_importance_kernel, (n_qb * B * (Hq // HP),), (
         q, k, m, lse, imp,
         q.stride(0), q.stride(1), q.stride(2), q.stride(3),
         k.stride(0), k.stride(1), k.stride(2), k.stride(3),
         smb, smq, smk,
         Hq, Sq, Skv, n_kb, n_qb, scale * LOG2E, thr,
-        HP=HP, G=G, QB=block_size, D=D, MASK_KIND=kind, IS_CAUSAL=bool(is_causal), num_warps=nw, num_stages=ns,
-    )
+    ), dict(HP=HP, G=G, QB=block_size, D=D, MASK_KIND=kind, IS_CAUSAL=bool(is_causal)), nw, ns)
     _select(imp, block_idx, n_kb, n_select, sink_blocks, local_blocks, G // HP)
     return out, block_idx
 
