@@ -63,7 +63,7 @@ with torch.no_grad():
     dense_time, tick = time.perf_counter() - tick, time.perf_counter()
     hylra_answer, hylra_logits = greedy_answer(compiled, tokenizer, prompt.text, 32, prompt_logits=scored)
     hylra_time = time.perf_counter() - tick
-kl = kl_divergence(dense_logits, hylra_logits)
+kl = kl_divergence(torch.log_softmax(dense_logits.float(), -1), torch.log_softmax(hylra_logits.float(), -1))
 agree = (dense_logits.argmax(-1) == hylra_logits.argmax(-1)).float().mean()
 
 print(f"\n{backend.reports[0]}\n")

@@ -9,7 +9,6 @@ config JSON (random weights, seeded by ``--seed``), a GGUF file (or a directory 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -288,9 +287,11 @@ def _eval(args: argparse.Namespace) -> int:
             if args.profile:
                 profile_cache.append(Profile.load(args.profile))
             else:
-                samples = calibration_samples(load_data(calibration, tokenizer), block_size=args.block_size,
-                                              seq_len=args.seq_len, tokenizer=tokenizer)[: args.calibration_windows]
-                if calibration == args.text and len(samples) + len(windows) > len(whole):
+                source = whole if calibration == args.text else calibration_samples(
+                    load_data(calibration, tokenizer), block_size=args.block_size, seq_len=args.seq_len,
+                    tokenizer=tokenizer)
+                samples = source[: args.calibration_windows]
+                if source is whole and len(samples) + len(windows) > len(whole):
                     raise ValueError("calibration and held-out windows overlap: lower --calibration-windows or "
                                      "--windows, or give other --calibration data")
                 profile_cache.append(profile(

@@ -205,9 +205,9 @@ def _text_scores(model, window: Tensor, handler: PolicyAttention, start: int) ->
     return torch.log_softmax(logits[0, :-1].float(), dim=-1)
 
 
-def kl_divergence(dense_logits: Tensor, logits: Tensor) -> Tensor:
-    """KL(dense ‖ other) of the next-token distributions, per position: [..., vocab] -> [...]."""
-    dense_logp, logp = torch.log_softmax(dense_logits.float(), -1), torch.log_softmax(logits.float(), -1)
+def kl_divergence(dense_logp: Tensor, logp: Tensor) -> Tensor:
+    """KL(dense ‖ other) of the next-token distributions given as log-probabilities, per position:
+    [..., vocab] -> [...]."""
     return (dense_logp.exp() * (dense_logp - logp)).sum(-1)
 
 

@@ -16,7 +16,8 @@
 * with ``similarity="mass"``, ``similarity[i, j]`` is instead the share of layer j's own top-k attention mass that
   S_i captures: Σ_{c ∈ S_i} m_j(c) / Σ_{c ∈ S_j} m_j(c) (at most 1), where m_j(c) is layer j's softmax mass on block
   c (the producer's importance); it weights the few blocks that carry most of the attention instead of counting
-  blocks, and costs one more dense attention pass per layer.
+  blocks. The producer then runs as its reference implementation, which returns the importance (on CUDA that is
+  slower than the kernel).
 * optionally ``head_overlap[i, j, g, h]``: the same overlap between KV head g of layer i and KV head h of layer j,
   whose argmax over g is :attr:`Profile.head_map`.
 
@@ -247,9 +248,16 @@ class _Recorder:
             raise ValueError(f"layer {layer} has {key.shape[1]} KV heads, other layers {self.num_kv_heads}; "
                              "similarity between layers needs the same number of KV heads")
         bs = self.block_size
-        dense, block_idx = torch.ops.hylra.topk_attention(
-            query, key, value, mask, is_causal, scaling, bs, self.n_select, self.sink_blocks, self.local_blocks, 0
-        )
+        importance = None
+        if self.mass:  # the producer's own definition, whose importance the op does not return
+            dense, importance, candidate = reference.attention_with_importance(
+                query, key, value, mask, is_causal, scaling, bs)
+            block_idx = reference.select_blocks(importance, candidate, self.n_select, self.sink_blocks,
+                                                self.local_blocks)
+        else:
+            dense, block_idx = torch.ops.hylra.topk_attention(
+                query, key, value, mask, is_causal, scaling, bs, self.n_select, self.sink_blocks, self.local_blocks, 0
+            )
         sparse = torch.ops.hylra.sparse_attention(query, key, value, block_idx, mask, is_causal, scaling, bs, 0)
         # fp32 differences (a 32K-token fp64 copy of the output would cost GBs), fp64 sums.
         dense32 = dense.float()
@@ -258,9 +266,6 @@ class _Recorder:
         self.dense_sq[layer] = self.dense_sq.get(layer, 0.0) + dense32.square().sum(dtype=torch.float64).item()
         candidates = reference.candidate_counts(query, key, mask, is_causal, bs)
         nontrivial = (candidates > self.n_select).expand(block_idx.shape[:3])
-        importance = None
-        if self.mass:
-            importance = reference.attention_with_importance(query, key, value, mask, is_causal, scaling, bs)[1]
         self.layers[layer] = (block_idx, nontrivial, importance)
         if self.progress is not None:
             self.progress.update(1)

@@ -6,7 +6,6 @@ runs the same cases on the GPU in bf16 and fp16 at block 64, plus the op dispatc
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import pytest
