@@ -42,17 +42,30 @@ def main() -> int:
     sdpa_decode = med(lambda: F.scaled_dot_product_attention(qd, k, v, enable_gqa=True), graph=True)
     for bs in (32, 64, 128):
         n_select = TOPK // bs
-        _, prefill_idx = prefill_topk_attention(q, k, v, None, True, None, bs, n_select, SINK, LOCAL, 0)
-        _, decode_idx = decode_topk_attention(qd, k, v, None, False, None, bs, n_select, SINK, LOCAL, 0)
+        _, prefill_idx = prefill_topk_attention(
+            q, k, v, None, is_causal=True, scale=None, block_size=bs, n_select=n_select, sink_blocks=SINK,
+            local_blocks=LOCAL,
+        )
+        _, decode_idx = decode_topk_attention(
+            qd, k, v, None, is_causal=False, scale=None, block_size=bs, n_select=n_select, sink_blocks=SINK,
+            local_blocks=LOCAL,
+        )
         row = {
             "block_size": bs, "n_select": n_select,
-            "prefill_producer_us": med(lambda: prefill_topk_attention(q, k, v, None, True, None, bs, n_select, SINK,
-                                                                      LOCAL, 0)),
-            "prefill_consumer_us": med(lambda: prefill_sparse_attention(q, k, v, prefill_idx, None, True, None, bs,
-                                                                        0)),
-            "decode_producer_us": med(lambda: decode_topk_attention(qd, k, v, None, False, None, bs, n_select, SINK,
-                                                                    LOCAL, 0), graph=True),
-            "decode_consumer_us": med(lambda: decode_sparse_attention(qd, k, v, decode_idx, None, False, None, bs, 0),
+            "prefill_producer_us": med(lambda: prefill_topk_attention(
+                q, k, v, None, is_causal=True, scale=None, block_size=bs, n_select=n_select, sink_blocks=SINK,
+                local_blocks=LOCAL,
+            )),
+            "prefill_consumer_us": med(lambda: prefill_sparse_attention(
+                q, k, v, prefill_idx, None, is_causal=True, scale=None, block_size=bs, min_seq_len=0,
+            )),
+            "decode_producer_us": med(lambda: decode_topk_attention(
+                qd, k, v, None, is_causal=False, scale=None, block_size=bs, n_select=n_select, sink_blocks=SINK,
+                local_blocks=LOCAL,
+            ), graph=True),
+            "decode_consumer_us": med(lambda: decode_sparse_attention(
+                qd, k, v, decode_idx, None, is_causal=False, scale=None, block_size=bs, min_seq_len=0,
+            ),
                                       graph=True),
         }
         rows.append(row)

@@ -161,14 +161,18 @@ def bench_decode(res, B, Skv, copy_bw, do_flex, valid=None):
     kv = (k[:, :, :n_tok], v[:, :, :n_tok]) if valid else (k, v)
     row["sdpa_dense_us"] = med(lambda: F.scaled_dot_product_attention(q, *kv, enable_gqa=True))
     row["sdpa_dense_graph_us"] = med(lambda: F.scaled_dot_product_attention(q, *kv, enable_gqa=True), graph=True)
-    prod = lambda: decode_topk_attention(q, k, v, mask, False, None, BS, NSEL, SINK, LOCAL, 0)  # noqa: E731
+    prod = lambda: decode_topk_attention(
+        q, k, v, mask, is_causal=False, scale=None, block_size=BS, n_select=NSEL, sink_blocks=SINK, local_blocks=LOCAL,
+    )  # noqa: E731
     out, bidx = prod()
     ref = F.scaled_dot_product_attention(q, *kv, enable_gqa=True)
     row["producer_rel_err_vs_sdpa"] = rel(out, ref)
     row["producer_us"] = med(prod)
     row["producer_graph_us"] = med(prod, graph=True)
     row["producer_bw_frac"] = bytes_dense / (row["producer_graph_us"] * 1e-6) / copy_bw
-    cons = lambda: decode_sparse_attention(q, k, v, bidx, mask, False, None, BS, 0)  # noqa: E731
+    cons = lambda: decode_sparse_attention(
+        q, k, v, bidx, mask, is_causal=False, scale=None, block_size=BS, min_seq_len=0,
+    )  # noqa: E731
     row["consumer_rel_err_vs_gather"] = rel(cons(), gather_sdpa(q, k, v, bidx))
     row["consumer_us"] = med(cons)
     row["consumer_graph_us"] = med(cons, graph=True)
@@ -243,10 +247,14 @@ def bench_prefill(res, B, S, do_flex, rep=100, rounds=7):
     row = {"case": name, "B": B, "Sq": S, "Skv": S}
     flops_dense = 4 * B * HQ * D * S * S / 2
     sdpa = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)  # noqa: E731
-    prod = lambda: prefill_topk_attention(q, k, v, None, True, None, BS, NSEL, SINK, LOCAL, 0)  # noqa: E731
+    prod = lambda: prefill_topk_attention(
+        q, k, v, None, is_causal=True, scale=None, block_size=BS, n_select=NSEL, sink_blocks=SINK, local_blocks=LOCAL,
+    )  # noqa: E731
     out, bidx = prod()
     row["producer_rel_err_vs_sdpa"] = rel(out, sdpa())
-    cons = lambda: prefill_sparse_attention(q, k, v, bidx, None, True, None, BS, 0)  # noqa: E731
+    cons = lambda: prefill_sparse_attention(
+        q, k, v, bidx, None, is_causal=True, scale=None, block_size=BS, min_seq_len=0,
+    )  # noqa: E731
     ts = interleaved({"sdpa_causal_us": sdpa, "producer_us": prod, "consumer_us": cons}, rounds, rep)
     row["rounds_us"] = ts
     for key, t in ts.items():
@@ -299,7 +307,10 @@ def sweep(res, prefill_only=False):
         return sweep_prefill(out, res)
     for B, Skv in [(1, 32768), (8, 32768)]:
         q, k, v = qkv(B, 1, Skv)
-        _, bidx = decode_topk_attention(q, k, v, None, False, None, BS, NSEL, SINK, LOCAL, 0)
+        _, bidx = decode_topk_attention(
+            q, k, v, None, is_causal=False, scale=None, block_size=BS, n_select=NSEL, sink_blocks=SINK,
+            local_blocks=LOCAL,
+        )
         for sp in [8, 16, 32, 64, 128]:
             for nw, ns in [(4, 3), (4, 4), (8, 3)]:
                 t = med(lambda: _decode(q, k, v, None, False, None, BS, None, NSEL, SINK, LOCAL, 0, splits=sp,
@@ -317,7 +328,9 @@ def sweep(res, prefill_only=False):
 def sweep_prefill(out, res, S=32768):
     """Prefill launch configs (HP heads per program, num_warps, num_stages) for the three FA passes."""
     q, k, v = qkv(1, S, S)
-    _, bidx = prefill_topk_attention(q, k, v, None, True, None, BS, NSEL, SINK, LOCAL, 0)
+    _, bidx = prefill_topk_attention(
+        q, k, v, None, is_causal=True, scale=None, block_size=BS, n_select=NSEL, sink_blocks=SINK, local_blocks=LOCAL,
+    )
     configs = [(4, 8, 3), (4, 8, 4), (4, 16, 2), (4, 16, 3), (2, 8, 3), (2, 4, 3)]
     for cfg in configs:
         tag = "hp={} nw={} ns={}".format(*cfg)
@@ -342,7 +355,10 @@ def profile_prefill(S=32768):
     for name, budget in [("one-pass", P.X_BUDGET_BYTES), ("two-pass", 0)]:
         saved, P.X_BUDGET_BYTES = P.X_BUDGET_BYTES, budget
         try:
-            times = kernel_times(lambda: prefill_topk_attention(q, k, v, None, True, None, BS, NSEL, SINK, LOCAL, 0))
+            times = kernel_times(lambda: prefill_topk_attention(
+                q, k, v, None, is_causal=True, scale=None, block_size=BS, n_select=NSEL, sink_blocks=SINK,
+                local_blocks=LOCAL,
+            ))
         finally:
             P.X_BUDGET_BYTES = saved
         print(f"== profile producer {name} S={S}: {json.dumps(times)}", flush=True)

@@ -27,11 +27,18 @@ args = ap.parse_args()
 S = 32768
 q, k, v = qkv(1, S, S)
 F = torch.nn.functional
-_, bidx = P.prefill_topk_attention(q, k, v, None, True, None, BS, NSEL, SINK, LOCAL, 0)
+_, bidx = P.prefill_topk_attention(
+    q, k, v, None, is_causal=True, scale=None, block_size=BS, n_select=NSEL, sink_blocks=SINK, local_blocks=LOCAL,
+)
 fns = {"sdpa": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True),
-       "producer": lambda: P.prefill_topk_attention(q, k, v, None, True, None, BS, NSEL, SINK, LOCAL, 0),
+       "producer": lambda: P.prefill_topk_attention(
+           q, k, v, None, is_causal=True, scale=None, block_size=BS, n_select=NSEL, sink_blocks=SINK,
+           local_blocks=LOCAL,
+       ),
        "fa": lambda: P._prefill_attn(q, k, v, None, True, None, BS, None, 0, True),
-       "consumer": lambda: P.prefill_sparse_attention(q, k, v, bidx, None, True, None, BS, 0)}
+       "consumer": lambda: P.prefill_sparse_attention(
+           q, k, v, bidx, None, is_causal=True, scale=None, block_size=BS, min_seq_len=0,
+       )}
 for f in fns.values():
     f()
 res = {"meta": {"device": torch.cuda.get_device_name(), "date": datetime.date.today().isoformat(),

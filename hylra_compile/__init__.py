@@ -6,23 +6,25 @@ attention site of the Dynamo graph by policy into ``hylra::topk_attention`` prod
 """
 
 from . import lowering  # noqa: F401  (registers torch.ops.hylra.*)
-from .backend import HylraBackend
+from .backend import HylraBackend, reports, reset_reports
 from .evaluate import Evaluation, evaluate
 from .optimizer import optimize
 from .options import HylraOptions
 from .policy import Policy
 from .profiler import Profile, profile
-from .report import AttentionSite, GraphReport
+from .report import GraphReport, SiteReport
 
 __all__ = [
-    "AttentionSite",
     "Evaluation",
     "GraphReport",
     "HylraBackend",
     "HylraOptions",
     "Policy",
     "Profile",
+    "SiteReport",
     "evaluate",
     "optimize",
     "profile",
+    "reports",
+    "reset_reports",
 ]

@@ -10,7 +10,7 @@ from torch._guards import CompileContext
 
 from .lowering.inductor import compile_with_inductor
 from .options import HylraOptions
-from .passes import PassContext, hylra_pass_manager
+from .passes import run_passes
 from .report import GraphReport
 
 
@@ -28,11 +28,9 @@ class HylraBackend:
 
     def __call__(self, gm: torch.fx.GraphModule, example_inputs: list) -> Callable:
         name = _graph_name(len(self.graphs))
-        report = GraphReport(name=name)
         dump_dir = Path(self.options.dump_dir) / name if self.options.dump_dir else None
-        hylra_pass_manager()(gm, PassContext(options=self.options, report=report, dump_dir=dump_dir))
+        self.reports.append(run_passes(gm, self.options, name, dump_dir))
         self.graphs.append(gm)
-        self.reports.append(report)
         if self.options.inductor:
             return compile_with_inductor(gm, example_inputs, self.options.cudagraphs)
         return gm.forward
@@ -46,10 +44,41 @@ def _graph_name(index: int) -> str:
     return "graph_" + str(compile_id).replace("/", "_").replace(" ", "")
 
 
+# backend="hylra": the backend of each torch.compile call, keyed by the options mapping that call holds (torch
+# passes the same object for every graph of the call), and the reports of all of them in compile order.
+_string_backends: list[tuple[Mapping[str, Any] | None, HylraBackend]] = []
+_string_reports: list[GraphReport] = []
+
+
 def hylra_backend(
     gm: torch.fx.GraphModule, example_inputs: list, *, options: Mapping[str, Any] | None = None, mode: str | None = None
 ) -> Callable:
-    """Entry point behind ``backend="hylra"``: ``torch.compile(model, backend="hylra", options={...})``."""
+    """Entry point behind ``backend="hylra"``: ``torch.compile(model, backend="hylra", options={...})``. The
+    options are parsed once per ``torch.compile`` call (a policy file is read once); :func:`reports` returns
+    what every graph became."""
     if mode not in (None, "default"):
-        raise ValueError(f"the hylra backend takes no mode (got {mode!r}); pass settings through options={{...}}")
-    return HylraBackend(**(options or {}))(gm, example_inputs)
+        raise ValueError(
+            f"the hylra backend takes no mode (got {mode!r}): torch.compile accepts either mode or options. Pass "
+            'settings through options={...}, e.g. options={"policy": ..., "cudagraphs": True} for what '
+            '"reduce-overhead" does'
+        )
+    backend = next((held for key, held in _string_backends if key is options), None)
+    if backend is None:
+        backend = HylraBackend(**(options or {}))
+        _string_backends.append((options, backend))
+    compiled = backend(gm, example_inputs)
+    _string_reports.append(backend.reports[-1])
+    return compiled
+
+
+def reports() -> list[GraphReport]:
+    """The report of every graph compiled with ``backend="hylra"`` in this process, in compile order (a
+    :class:`HylraBackend` instance keeps its own in ``.reports``)."""
+    return list(_string_reports)
+
+
+def reset_reports() -> None:
+    """Forget the string backend's compiled graphs and reports (the next ``torch.compile`` parses its options
+    again)."""
+    _string_backends.clear()
+    _string_reports.clear()

@@ -49,13 +49,13 @@ class PolicyAttention:
         mode = "full" if self.policy is None else self.policy.modes[call.layer]
         if mode == "producer":
             out, self.block_idx[call.layer] = torch.ops.hylra.topk_attention(
-                call.query, call.key, call.value, call.mask, call.is_causal, call.scale, o.block_size, o.n_select,
-                o.sink_blocks, o.local_blocks, o.min_seq_len,
+                call.query, call.key, call.value, call.mask, is_causal=call.is_causal, scale=call.scale,
+                **o.producer_settings(),
             )
         elif mode == "consumer":
             out = torch.ops.hylra.sparse_attention(
                 call.query, call.key, call.value, self.block_idx[self.policy.sources[call.layer]], call.mask,
-                call.is_causal, call.scale, o.block_size, o.min_seq_len,
+                is_causal=call.is_causal, scale=call.scale, **o.consumer_settings(),
             )
         else:
             out = torch.nn.functional.scaled_dot_product_attention(

@@ -41,6 +41,15 @@ class HylraOptions:
         """Blocks selected per query block: ``ceil(top_k / block_size)``."""
         return -(-self.top_k // self.block_size)
 
+    def producer_settings(self) -> dict[str, int]:
+        """The keyword arguments of ``hylra::topk_attention`` that these options set."""
+        return dict(block_size=self.block_size, n_select=self.n_select, sink_blocks=self.sink_blocks,
+                    local_blocks=self.local_blocks)
+
+    def consumer_settings(self) -> dict[str, int]:
+        """The keyword arguments of ``hylra::sparse_attention`` that these options set."""
+        return dict(block_size=self.block_size, min_seq_len=self.min_seq_len)
+
     @classmethod
     def parse(cls, options: Mapping[str, Any] | None = None) -> "HylraOptions":
         """Options from a mapping: policy paths and mode lists become a :class:`Policy`, ``HYLRA_DUMP_DIR`` fills

@@ -129,8 +129,19 @@ class Policy:
         """Refuse a model whose number of attention layers or KV heads differs from the policy's."""
         if num_layers != self.num_layers:
             raise ValueError(
-                f"the policy has {self.num_layers} layers but the graph has {num_layers} attention sites; "
+                f"the policy has {self.num_layers} layers but the model has {num_layers} attention layers; "
                 f"a policy must list exactly one mode per attention layer"
+            )
+        self.check_graph(list(range(num_layers)), num_kv_heads)
+
+    def check_graph(self, layers: list[int], num_kv_heads: int | None) -> None:
+        """Refuse a graph with attention at a layer the policy does not list, or with other KV heads. A graph
+        may hold any subset of the layers (graph breaks split a model into several graphs)."""
+        beyond = sorted({layer for layer in layers if layer >= self.num_layers})
+        if beyond:
+            raise ValueError(
+                f"the graph has attention at layer(s) {beyond} but the policy lists {self.num_layers} layers; "
+                f"a policy must list exactly one mode per attention layer of the model"
             )
         if self.num_kv_heads is not None and num_kv_heads is not None and num_kv_heads != self.num_kv_heads:
             raise ValueError(

@@ -256,9 +256,12 @@ class _Recorder:
                                                 self.local_blocks)
         else:
             dense, block_idx = torch.ops.hylra.topk_attention(
-                query, key, value, mask, is_causal, scaling, bs, self.n_select, self.sink_blocks, self.local_blocks, 0
+                query, key, value, mask, is_causal=is_causal, scale=scaling, block_size=bs, n_select=self.n_select,
+                sink_blocks=self.sink_blocks, local_blocks=self.local_blocks,
             )
-        sparse = torch.ops.hylra.sparse_attention(query, key, value, block_idx, mask, is_causal, scaling, bs, 0)
+        sparse = torch.ops.hylra.sparse_attention(
+            query, key, value, block_idx, mask, is_causal=is_causal, scale=scaling, block_size=bs, min_seq_len=0
+        )
         # fp32 differences (a 32K-token fp64 copy of the output would cost GBs), fp64 sums.
         dense32 = dense.float()
         error_sq = (sparse.float() - dense32).square().sum(dtype=torch.float64).item()

@@ -1,50 +1,40 @@
-"""What the backend found and did, per compiled graph: one :class:`AttentionSite` per attention call."""
+"""What the backend found and did, per compiled graph, built from the matches and decisions of the passes."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
 
-import torch.fx
+import networkx as nx
 
-SiteKind = Literal["sdpa", "eager"]
-SiteAction = Literal["producer", "consumer", "dense"]
+_COLORS = {"producer": "lightblue", "consumer": "palegreen", "dense": "lightgray"}
 
 
-@dataclasses.dataclass(eq=False)
-class AttentionSite:
-    """One attention call in the graph.
+@dataclasses.dataclass(frozen=True)
+class SiteReport:
+    """One attention call of a graph: its layer (None when it has none), kind (``sdpa`` / ``eager``), action
+    (``producer`` / ``consumer`` / ``dense``), the producer layer of a consumer, why it is dense, and notes."""
 
-    The public fields (``layer``, ``kind``, ``action``, ``source``, ``reason``) form the report; the rest is the
-    match the rewrite needs. ``problem`` is set when the site is attention but cannot be rewritten (it then stays
-    dense with that reason whatever the policy says).
-    """
-
-    layer: int
-    kind: SiteKind
-    action: SiteAction = "dense"
+    layer: int | None
+    kind: str
+    action: str
     source: int | None = None
     reason: str | None = None
-    # -- match ------------------------------------------------------------------------------------------------
-    node: torch.fx.Node | None = dataclasses.field(default=None, repr=False)  # the node producing the output
-    q: torch.fx.Node | None = dataclasses.field(default=None, repr=False)
-    k: torch.fx.Node | None = dataclasses.field(default=None, repr=False)  # native KV heads (repeat_kv looked through)
-    v: torch.fx.Node | None = dataclasses.field(default=None, repr=False)
-    mask: torch.fx.Node | None = dataclasses.field(default=None, repr=False)
-    is_causal: bool = False
-    scale: float | None = None
-    internal: list[torch.fx.Node] = dataclasses.field(default_factory=list, repr=False)  # erased once unused
-    problem: str | None = None
-    module_layer: int | None = dataclasses.field(default=None, repr=False)  # from nn_module_stack
-    block_idx: torch.fx.Node | None = dataclasses.field(default=None, repr=False)  # set on rewritten producers
+    notes: tuple[str, ...] = ()
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class GraphReport:
     """The sites of one compiled graph, in layer order."""
 
     name: str
-    sites: list[AttentionSite] = dataclasses.field(default_factory=list)
+    sites: tuple[SiteReport, ...] = ()
+
+    @classmethod
+    def from_phases(cls, name: str, matches, decisions) -> "GraphReport":
+        """The report of ``find_attention``'s matches and ``decide``'s decisions (same order)."""
+        return cls(name, tuple(
+            SiteReport(m.layer, m.kind, d.action, d.source, d.reason, m.notes) for m, d in zip(matches, decisions)
+        ))
 
     def counts(self) -> dict[str, int]:
         counts = {"producer": 0, "consumer": 0, "dense": 0}
@@ -56,17 +46,29 @@ class GraphReport:
         """(producer layer, consumer layer) for every rewritten consumer."""
         return [(site.source, site.layer) for site in self.sites if site.action == "consumer"]
 
+    def edge_graph(self) -> nx.DiGraph:
+        """Sites as nodes (coloured by action), ``block_idx`` edges from each producer to its consumers."""
+        graph = nx.DiGraph(name=self.name)
+        for site in self.sites:
+            label = f"layer {site.layer}\\n{site.kind}: {site.action}"
+            graph.add_node(f"layer{site.layer}", label=label, style="filled", fillcolor=_COLORS[site.action])
+        for producer, consumer in self.edges():
+            graph.add_edge(f"layer{producer}", f"layer{consumer}", label="block_idx")
+        return graph
+
+    def _rows(self) -> list[tuple[str, ...]]:
+        return [
+            ("?" if s.layer is None else str(s.layer), s.kind, s.action, "" if s.source is None else str(s.source),
+             "; ".join(([s.reason] if s.reason else []) + list(s.notes)))
+            for s in self.sites
+        ]
+
     def __str__(self) -> str:
         header = f"hylra report for {self.name}: "
         if not self.sites:
             return header + "no attention found; graph left unchanged"
-        counts = self.counts()
-        header += ", ".join(f"{n} {action}" for action, n in counts.items())
-        rows = [("layer", "kind", "action", "source", "reason")]
-        rows += [
-            (str(s.layer), s.kind, s.action, "" if s.source is None else str(s.source), s.reason or "")
-            for s in self.sites
-        ]
+        header += ", ".join(f"{n} {action}" for action, n in self.counts().items())
+        rows = [("layer", "kind", "action", "source", "reason"), *self._rows()]
         widths = [max(len(row[i]) for row in rows) for i in range(4)]
         lines = [header]
         for i, row in enumerate(rows):
@@ -79,7 +81,5 @@ class GraphReport:
         lines = [f"# {self.name}", "", str(self).splitlines()[0], ""]
         if self.sites:
             lines += ["| layer | kind | action | source | reason |", "|---|---|---|---|---|"]
-            for s in self.sites:
-                source = "" if s.source is None else s.source
-                lines.append(f"| {s.layer} | {s.kind} | {s.action} | {source} | {s.reason or ''} |")
+            lines += [f"| {' | '.join(row)} |" for row in self._rows()]
         return "\n".join(lines) + "\n"

@@ -13,10 +13,14 @@ from typing import Callable, Iterator
 
 from torch import Tensor
 
+from .layers import module_layers
+
 ATTENTION_NAME = "hylra_routed"
 
-# The function the registered attention calls while routed_attention() runs (None otherwise).
+# The function the registered attention calls while routed_attention() runs (None otherwise), and the layer of
+# each of the routed model's modules (hylra_compile.layers: the backend numbers layers the same way).
 _active_handler: "Callable[[AttentionCall], Tensor] | None" = None
+_active_layers: dict[int, int] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,15 +38,20 @@ class AttentionCall:
     scale: float | None
 
 
-def attention_call(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs) -> AttentionCall:
-    """Read one call of HF's attention-function signature; refuse what the hylra ops cannot compute."""
+def attention_call(
+    layer: int | None, module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs
+) -> AttentionCall:
+    """Read one call of HF's attention-function signature made by ``module`` of ``layer``; refuse what the hylra
+    ops cannot compute."""
     if any(kwargs.get(name) is not None for name in ("softcap", "position_bias", "s_aux")):
         raise ValueError("the hylra ops support plain softmax attention only (no softcap, position bias or sinks)")
     if dropout:
         raise ValueError(f"attention dropout {dropout} is active: run the model in eval mode (model.eval())")
-    layer = getattr(module, "layer_idx", None)
-    if not isinstance(layer, int):
-        raise ValueError(f"attention module {type(module).__name__} has no integer layer_idx; cannot tell its layer")
+    if layer is None:
+        raise ValueError(
+            f"attention module {type(module).__name__} has no layer number in its module path, or is shared by "
+            "several layers; cannot tell its layer"
+        )
     mask = attention_mask
     if mask is not None and mask.dim() == 4:
         mask = mask[:, :, :, : key.shape[2]]
@@ -57,7 +66,8 @@ def _routed_attention(module, query, key, value, attention_mask, *args, **kwargs
     """The function registered as ``hylra_routed``: output [B, S, Hq, Dv] as HF's attention functions return it."""
     if _active_handler is None:
         raise RuntimeError("the hylra_routed attention implementation only runs inside hylra_compile.routed_attention()")
-    out = _active_handler(attention_call(module, query, key, value, attention_mask, *args, **kwargs))
+    layer = _active_layers.get(id(module))
+    out = _active_handler(attention_call(layer, module, query, key, value, attention_mask, *args, **kwargs))
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -75,15 +85,15 @@ def routed_attention(model, handler: Callable[[AttentionCall], Tensor]) -> Itera
     """Inside the block every attention call of ``model`` (a transformers ``PreTrainedModel``) runs
     ``handler(call)``, which returns the output [B, Hq, Sq, Dv]; the model's attention implementation is restored
     after. Not re-entrant."""
-    global _active_handler
+    global _active_handler, _active_layers
     if _active_handler is not None:
         raise RuntimeError("routed_attention() is already active; it does not nest")
     _register()
     original = model.config._attn_implementation
     try:
         model.set_attn_implementation(ATTENTION_NAME)
-        _active_handler = handler
+        _active_handler, _active_layers = handler, module_layers(model)
         yield
     finally:
-        _active_handler = None
+        _active_handler, _active_layers = None, {}
         model.set_attn_implementation(original)

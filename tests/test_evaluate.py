@@ -67,7 +67,7 @@ def test_metrics_on_tiny_model(model, windows):
 def test_evaluate_errors(model, windows):
     with pytest.raises(ValueError, match="'dense' is the name of the dense baseline"):
         evaluate(model, {DENSE: Policy.full(4)}, windows=windows, progress=False, **SELECTION)
-    with pytest.raises(ValueError, match="the policy has 3 layers but the graph has 4"):
+    with pytest.raises(ValueError, match="the policy has 3 layers but the model has 4 attention layers"):
         evaluate(model, {"p": Policy.every(2, 3)}, windows=windows, progress=False, **SELECTION)
     with pytest.raises(ValueError, match="not a hylra_compile.Policy"):
         evaluate(model, {"p": ["full"] * 4}, windows=windows, progress=False, **SELECTION)

@@ -64,10 +64,17 @@ def test_bad_constructor_args_and_files(tmp_path):
 def test_check_model():
     policy = Policy.every(2, 4, num_kv_heads=8)
     policy.check_model(4, 8)
-    with pytest.raises(ValueError, match="has 4 layers but the graph has 3"):
+    with pytest.raises(ValueError, match="has 4 layers but the model has 3"):
         policy.check_model(3, 8)
     with pytest.raises(ValueError, match="made for a model with 8 KV heads, this graph has 2"):
         policy.check_model(4, 2)
+
+
+def test_check_graph_takes_any_subset_of_the_layers():
+    policy = Policy.every(2, 4, num_kv_heads=8)
+    policy.check_graph([2, 3], 8)  # the second half of a model split by a graph break
+    with pytest.raises(ValueError, match=r"attention at layer\(s\) \[4, 5\] but the policy lists 4 layers"):
+        policy.check_graph([3, 4, 5], 8)
 
 
 def test_policy_json_missing_keys(tmp_path):

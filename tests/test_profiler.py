@@ -89,10 +89,11 @@ def independent_profile(model, samples, decode_steps=0, mass=False):
             for layer, (q, k, v, mask, scale) in captured.items():
                 num_queries, num_keys = q.shape[2], k.shape[2]
                 is_causal = mask is None and num_queries > 1
+                common = dict(is_causal=is_causal, scale=scale, block_size=BLOCK)
                 dense, block_idx = reference.topk_attention(
-                    q, k, v, mask, is_causal, scale, BLOCK, n_select, SINK, LOCAL, 0
+                    q, k, v, mask, **common, n_select=n_select, sink_blocks=SINK, local_blocks=LOCAL
                 )
-                sparse = reference.sparse_attention(q, k, v, block_idx, mask, is_causal, scale, BLOCK, 0)
+                sparse = reference.sparse_attention(q, k, v, block_idx, mask, **common, min_seq_len=0)
                 error_sq[layer] += (sparse.double() - dense.double()).square().sum().item()
                 dense_sq[layer] += dense.double().square().sum().item()
                 importance = reference.attention_with_importance(q, k, v, mask, is_causal, scale, BLOCK)[1]

@@ -67,11 +67,13 @@ def mask_tile(
     if IS_CAUSAL:
         allowed = allowed & (offs_k[None, :] <= offs_q[:, None])
     bias = tl.zeros(allowed.shape, dtype=tl.float32)
+    # Row offsets in 64 bits: a materialised [S, S] mask passes 2^31 elements at S = 46341.
+    mask_ptrs = mask_base + offs_q.to(tl.int64)[:, None] * stride_mq + offs_k[None, :] * stride_mk
     if MASK_KIND == 1:
-        mv = tl.load(mask_base + offs_q[:, None] * stride_mq + offs_k[None, :] * stride_mk, mask=allowed, other=0)
+        mv = tl.load(mask_ptrs, mask=allowed, other=0)
         allowed = allowed & (mv != 0)
     elif MASK_KIND == 2:
-        mv = tl.load(mask_base + offs_q[:, None] * stride_mq + offs_k[None, :] * stride_mk, mask=allowed, other=0.0)
+        mv = tl.load(mask_ptrs, mask=allowed, other=0.0)
         mv = mv.to(tl.float32)
         dropped = (mv == float("-inf")) | (mv <= mask_thr)
         allowed = allowed & (dropped == 0)

@@ -132,7 +132,10 @@ def _decode_split_kernel(
         offs_k = c * BLOCK_N + offs_n
         allowed, bias = mask_tile(m_base, 0, smk, zero_q, offs_k, one_q & valid, Skv, mask_thr, MASK_KIND, IS_CAUSAL)
         kmask = tl.max(allowed.to(tl.int32), 0) != 0  # [BLOCK_N]
-        k = tl.load(k_base + offs_k[:, None] * skn + offs_d[None, :] * skd, mask=kmask[:, None], other=0.0)
+        # The block's first key in 64 bits, then small in-block offsets: no K/V offset wraps at any length.
+        k_blk = k_base + tl.cast(c * BLOCK_N, tl.int64) * skn
+        v_blk = v_base + tl.cast(c * BLOCK_N, tl.int64) * svn
+        k = tl.load(k_blk + offs_n[:, None] * skn + offs_d[None, :] * skd, mask=kmask[:, None], other=0.0)
         sc = tl.dot(q, tl.trans(k)) * qk_scale
         if MASK_KIND == 2:
             sc += bias * 1.4426950408889634
@@ -143,7 +146,7 @@ def _decode_split_kernel(
         p = tl.exp2(sc - m_safe[:, None])
         alpha = tl.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + offs_k[:, None] * svn + offs_dv[None, :] * svd, mask=kmask[:, None], other=0.0)
+        v = tl.load(v_blk + offs_n[:, None] * svn + offs_dv[None, :] * svd, mask=kmask[:, None], other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
         if WRITE_LSE:
@@ -276,13 +279,11 @@ def _decode(q, k, v, mask, is_causal, scale, block_size, block_idx, n_select, si
     return out, (None if sparse else bidx)
 
 
-def decode_topk_attention(q, k, v, mask, is_causal, scale, block_size, n_select, sink_blocks, local_blocks,
-                          min_seq_len, **kw):
+def decode_topk_attention(q, k, v, mask, *, is_causal, scale, block_size, n_select, sink_blocks, local_blocks, **kw):
     """Producer for Sq == 1: (out [B, Hq, 1, Dv], block_idx int32 [B, Hkv, 1, n_select])."""
-    return _decode(q, k, v, mask, is_causal, scale, block_size, None, n_select, sink_blocks, local_blocks,
-                   min_seq_len, **kw)
+    return _decode(q, k, v, mask, is_causal, scale, block_size, None, n_select, sink_blocks, local_blocks, 0, **kw)
 
 
-def decode_sparse_attention(q, k, v, block_idx, mask, is_causal, scale, block_size, min_seq_len, **kw):
+def decode_sparse_attention(q, k, v, block_idx, mask, *, is_causal, scale, block_size, min_seq_len, **kw):
     """Consumer for Sq == 1: out [B, Hq, 1, Dv] over the selected blocks (dense below min_seq_len allowed keys)."""
     return _decode(q, k, v, mask, is_causal, scale, block_size, block_idx, 0, 0, 0, min_seq_len, **kw)[0]

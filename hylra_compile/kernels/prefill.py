@@ -37,13 +37,16 @@ def _attn_block(q, acc, m_i, l_i, c, valid, k_base, v_base, m_base, skn, skd, sv
                 offs_n, offs_d, offs_dv,
                 BLOCK_N: tl.constexpr, MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, FULL: tl.constexpr):
     offs_k = c * BLOCK_N + offs_n
+    # The block's first key in 64 bits, then small in-block offsets: no K/V offset wraps at any length.
+    k_blk = k_base + tl.cast(c * BLOCK_N, tl.int64) * skn
+    v_blk = v_base + tl.cast(c * BLOCK_N, tl.int64) * svn
     if FULL:
-        k = tl.load(k_base + offs_k[:, None] * skn + offs_d[None, :] * skd)
+        k = tl.load(k_blk + offs_n[:, None] * skn + offs_d[None, :] * skd)
         sc = tl.dot(q, tl.trans(k)) * qk_scale
         m_new = tl.maximum(m_i, tl.max(sc, 1))
         m_safe = m_new
         p = tl.exp2(sc - m_safe[:, None])
-        v = tl.load(v_base + offs_k[:, None] * svn + offs_dv[None, :] * svd)
+        v = tl.load(v_blk + offs_n[:, None] * svn + offs_dv[None, :] * svd)
     else:
         allowed, bias = mask_tile(m_base, smq, smk, qpos, offs_k, row_ok & valid, Skv, mask_thr, MASK_KIND,
                                   IS_CAUSAL)
@@ -51,7 +54,7 @@ def _attn_block(q, acc, m_i, l_i, c, valid, k_base, v_base, m_base, skn, skd, sv
             kmask = offs_k < Skv  # causal/bounds only: no cross-row reduction for the load mask
         else:
             kmask = tl.max(allowed.to(tl.int32), 0) != 0
-        k = tl.load(k_base + offs_k[:, None] * skn + offs_d[None, :] * skd, mask=kmask[:, None], other=0.0)
+        k = tl.load(k_blk + offs_n[:, None] * skn + offs_d[None, :] * skd, mask=kmask[:, None], other=0.0)
         sc = tl.dot(q, tl.trans(k)) * qk_scale
         if MASK_KIND == 2:
             sc += bias * 1.4426950408889634
@@ -59,7 +62,7 @@ def _attn_block(q, acc, m_i, l_i, c, valid, k_base, v_base, m_base, skn, skd, sv
         m_new = tl.maximum(m_i, tl.max(sc, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.exp2(sc - m_safe[:, None])
-        v = tl.load(v_base + offs_k[:, None] * svn + offs_dv[None, :] * svd, mask=kmask[:, None], other=0.0)
+        v = tl.load(v_blk + offs_n[:, None] * svn + offs_dv[None, :] * svd, mask=kmask[:, None], other=0.0)
     alpha = tl.exp2(m_i - m_safe)
     l_blk = tl.sum(p, 1)
     l_i = l_i * alpha + l_blk
@@ -96,7 +99,7 @@ def _program_rows(Q, sqb, sqh, sqs, sqd, Hq, Sq, n_qb, HP: tl.constexpr, G: tl.c
     qpos = q0 + rows % QB
     row_ok = qpos < Sq
     offs_d = tl.arange(0, D)
-    q = tl.load(Q + b * sqb + head[:, None] * sqh + qpos[:, None] * sqs + offs_d[None, :] * sqd,
+    q = tl.load(Q + b * sqb + head[:, None] * sqh + qpos.to(tl.int64)[:, None] * sqs + offs_d[None, :] * sqd,
                 mask=row_ok[:, None], other=0.0)
     return qb, b, hg, kvh, head, q0, qpos, row_ok, q
 
@@ -203,7 +206,7 @@ def _prefill_attn_kernel(
 
     l_ok = l_i > 0
     out = tl.where(l_ok[:, None], acc / tl.where(l_ok, l_i, 1.0)[:, None], 0.0)
-    tl.store(Out + b * sob + head[:, None] * soh + qpos[:, None] * sos + offs_dv[None, :] * sod,
+    tl.store(Out + b * sob + head[:, None] * soh + qpos.to(tl.int64)[:, None] * sos + offs_dv[None, :] * sod,
              out.to(Out.dtype.element_ty), mask=row_ok[:, None])
     m_safe = tl.where(m_i == float("-inf"), 0.0, m_i)
     lse = tl.where(l_ok, m_safe + tl.log2(tl.where(l_ok, l_i, 1.0)), float("-inf"))
@@ -261,8 +264,7 @@ def _prefill_importance_kernel(
         n_full = n_whole
         rw = tl.where(row_ok, 1.0, 0.0)
         for c in range(n_full):
-            offs_k = c * QB + offs_n
-            k = tl.load(k_base + offs_k[:, None] * skn + offs_d[None, :] * skd)
+            k = tl.load(k_base + tl.cast(c * QB, tl.int64) * skn + offs_n[:, None] * skn + offs_d[None, :] * skd)
             sc = tl.dot(q, tl.trans(k)) * qk_scale
             p = tl.exp2(sc - lse[:, None])
             tl.store(imp_base + c, tl.sum(tl.sum(p, 1) * rw, 0))
@@ -270,7 +272,8 @@ def _prefill_importance_kernel(
         offs_k = c * QB + offs_n
         allowed, bias = mask_tile(m_base, smq, smk, qpos, offs_k, row_ok, Skv, mask_thr, MASK_KIND, IS_CAUSAL)
         kmask = tl.max(allowed.to(tl.int32), 0) != 0
-        k = tl.load(k_base + offs_k[:, None] * skn + offs_d[None, :] * skd, mask=kmask[:, None], other=0.0)
+        k = tl.load(k_base + tl.cast(c * QB, tl.int64) * skn + offs_n[:, None] * skn + offs_d[None, :] * skd,
+                    mask=kmask[:, None], other=0.0)
         sc = tl.dot(q, tl.trans(k)) * qk_scale
         if MASK_KIND == 2:
             sc += bias * 1.4426950408889634
@@ -417,8 +420,7 @@ def _select(imp, block_idx, n_kb, n_select, sink_blocks, local_blocks, NG):
     )
 
 
-def prefill_topk_attention(q, k, v, mask, is_causal, scale, block_size, n_select, sink_blocks, local_blocks,
-                           min_seq_len):
+def prefill_topk_attention(q, k, v, mask, *, is_causal, scale, block_size, n_select, sink_blocks, local_blocks):
     """Producer for any Sq: (out [B, Hq, Sq, Dv], block_idx int32 [B, Hkv, ceil(Sq/bs), n_select])."""
     B, Hq, Sq, D = q.shape
     Hkv, Skv = k.shape[1], k.shape[2]
@@ -428,11 +430,10 @@ def prefill_topk_attention(q, k, v, mask, is_causal, scale, block_size, n_select
     if one_pass_fits(B, Hq, Sq, Skv, block_size):
         # One pass: the FA kernel stores each row's block log-sum-exp and turns them into exact importances once
         # the row LSEs are known (no second QK^T pass).
-        out, _, imp = _prefill_attn(q, k, v, mask, is_causal, scale, block_size, None, min_seq_len, False,
-                                    importance=True)
+        out, _, imp = _prefill_attn(q, k, v, mask, is_causal, scale, block_size, None, 0, False, importance=True)
         _select(imp, block_idx, n_kb, n_select, sink_blocks, local_blocks, imp.shape[1] // Hkv)
         return out, block_idx
-    out, lse, _ = _prefill_attn(q, k, v, mask, is_causal, scale, block_size, None, min_seq_len, True)
+    out, lse, _ = _prefill_attn(q, k, v, mask, is_causal, scale, block_size, None, 0, True)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     m, kind, smb, smq, smk, thr = mask_args(mask, B, Sq, Skv, q)
     HP, nw, ns = _launch_cfg("importance", G, block_size, D)
@@ -448,6 +449,6 @@ def prefill_topk_attention(q, k, v, mask, is_causal, scale, block_size, n_select
     return out, block_idx
 
 
-def prefill_sparse_attention(q, k, v, block_idx, mask, is_causal, scale, block_size, min_seq_len, **kw):
+def prefill_sparse_attention(q, k, v, block_idx, mask, *, is_causal, scale, block_size, min_seq_len, **kw):
     """Consumer for any Sq: block-sparse FlashAttention over each query block's selected KV blocks."""
     return _prefill_attn(q, k, v, mask, is_causal, scale, block_size, block_idx, min_seq_len, False, **kw)[0]

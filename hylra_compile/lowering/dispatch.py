@@ -48,45 +48,38 @@ def unsupported_reason(q, k, v, mask, block_size) -> str | None:
     return None
 
 
-def topk_attention_triton(q, k, v, mask, is_causal, scale, block_size, n_select, sink_blocks, local_blocks,
-                          min_seq_len):
+def topk_attention_triton(q, k, v, mask, **params):
     from ..kernels import decode_topk_attention, prefill_topk_attention
 
-    reference.check_inputs(q, k, v, mask, block_size)
-    reference.check_selection(n_select, sink_blocks, local_blocks)
+    reference.check_inputs(q, k, v, mask, params["block_size"])
+    reference.check_selection(params["n_select"], params["sink_blocks"], params["local_blocks"])
     fn = decode_topk_attention if q.shape[2] == 1 else prefill_topk_attention
-    return fn(q, k, v, reference.mask_4d(mask), is_causal, scale, block_size, n_select, sink_blocks, local_blocks,
-              min_seq_len)
+    return fn(q, k, v, reference.mask_4d(mask), **params)
 
 
-def sparse_attention_triton(q, k, v, block_idx, mask, is_causal, scale, block_size, min_seq_len):
+def sparse_attention_triton(q, k, v, block_idx, mask, **params):
     from ..kernels import decode_sparse_attention, prefill_sparse_attention
 
-    reference.check_inputs(q, k, v, mask, block_size)
-    reference.check_block_idx(block_idx, q, k, block_size)
+    reference.check_inputs(q, k, v, mask, params["block_size"])
+    reference.check_block_idx(block_idx, q, k, params["block_size"])
     # The row order and range of block_idx are not checked here: that would synchronise with the host.
     fn = decode_sparse_attention if q.shape[2] == 1 else prefill_sparse_attention
-    return fn(q, k, v, block_idx, reference.mask_4d(mask), is_causal, scale, block_size, min_seq_len)
+    return fn(q, k, v, block_idx, reference.mask_4d(mask), **params)
 
 
 @ops.topk_attention.register_kernel("cuda")
-def _topk_attention_cuda(q, k, v, mask, is_causal, scale, block_size, n_select, sink_blocks, local_blocks,
-                         min_seq_len):
-    reason = unsupported_reason(q, k, v, mask, block_size)
+def _topk_attention_cuda(q, k, v, mask, **params):
+    reason = unsupported_reason(q, k, v, mask, params["block_size"])
     if reason is not None:
         _warn_once("topk_attention", reason)
-        return reference.topk_attention(
-            q, k, v, mask, is_causal, scale, block_size, n_select, sink_blocks, local_blocks, min_seq_len
-        )
-    return topk_attention_triton(
-        q, k, v, mask, is_causal, scale, block_size, n_select, sink_blocks, local_blocks, min_seq_len
-    )
+        return reference.topk_attention(q, k, v, mask, **params)
+    return topk_attention_triton(q, k, v, mask, **params)
 
 
 @ops.sparse_attention.register_kernel("cuda")
-def _sparse_attention_cuda(q, k, v, block_idx, mask, is_causal, scale, block_size, min_seq_len):
-    reason = unsupported_reason(q, k, v, mask, block_size)
+def _sparse_attention_cuda(q, k, v, block_idx, mask, **params):
+    reason = unsupported_reason(q, k, v, mask, params["block_size"])
     if reason is not None:
         _warn_once("sparse_attention", reason)
-        return reference.sparse_attention(q, k, v, block_idx, mask, is_causal, scale, block_size, min_seq_len)
-    return sparse_attention_triton(q, k, v, block_idx, mask, is_causal, scale, block_size, min_seq_len)
+        return reference.sparse_attention(q, k, v, block_idx, mask, **params)
+    return sparse_attention_triton(q, k, v, block_idx, mask, **params)

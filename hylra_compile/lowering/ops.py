@@ -1,39 +1,24 @@
 """The ``hylra`` custom ops: schemas, fake (meta) implementations, and the reference kernel for every device.
 
-The semantics of each op is its reference implementation in :mod:`hylra_compile.lowering.reference`. The CUDA
-kernels are registered separately (:mod:`hylra_compile.lowering.dispatch`) and are proved against it.
+Each op's signature and semantics are written once, in its reference implementation
+(:func:`reference.topk_attention`, :func:`reference.sparse_attention`): ``custom_op`` infers the schema from it
+and runs it on every device the CUDA kernels (:mod:`hylra_compile.lowering.dispatch`) do not cover. The tensors
+are positional (``custom_op`` takes no keyword-only tensors); every other argument is keyword-only, so no call
+site can shift them.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor
 
 from . import reference
 
-
-@torch.library.custom_op("hylra::topk_attention", mutates_args=())
-def topk_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    mask: Tensor | None,
-    is_causal: bool,
-    scale: float | None,
-    block_size: int,
-    n_select: int,
-    sink_blocks: int,
-    local_blocks: int,
-    min_seq_len: int,
-) -> tuple[Tensor, Tensor]:
-    """Producer: dense attention + top-k KV-block indices. See :func:`reference.topk_attention`."""
-    return reference.topk_attention(
-        q, k, v, mask, is_causal, scale, block_size, n_select, sink_blocks, local_blocks, min_seq_len
-    )
+topk_attention = torch.library.custom_op("hylra::topk_attention", mutates_args=())(reference.topk_attention)
+sparse_attention = torch.library.custom_op("hylra::sparse_attention", mutates_args=())(reference.sparse_attention)
 
 
 @topk_attention.register_fake
-def _topk_attention_fake(q, k, v, mask, is_causal, scale, block_size, n_select, sink_blocks, local_blocks, min_seq_len):
+def _topk_attention_fake(q, k, v, mask, *, block_size, n_select, sink_blocks, local_blocks, **_):
     reference.check_inputs(q, k, v, mask, block_size)
     reference.check_selection(n_select, sink_blocks, local_blocks)
     B, Hq, Sq, _ = q.shape
@@ -42,24 +27,8 @@ def _topk_attention_fake(q, k, v, mask, is_causal, scale, block_size, n_select, 
     return out, block_idx
 
 
-@torch.library.custom_op("hylra::sparse_attention", mutates_args=())
-def sparse_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    block_idx: Tensor,
-    mask: Tensor | None,
-    is_causal: bool,
-    scale: float | None,
-    block_size: int,
-    min_seq_len: int,
-) -> Tensor:
-    """Consumer: attention over the selected KV blocks only. See :func:`reference.sparse_attention`."""
-    return reference.sparse_attention(q, k, v, block_idx, mask, is_causal, scale, block_size, min_seq_len)
-
-
 @sparse_attention.register_fake
-def _sparse_attention_fake(q, k, v, block_idx, mask, is_causal, scale, block_size, min_seq_len):
+def _sparse_attention_fake(q, k, v, block_idx, mask, *, block_size, **_):
     reference.check_inputs(q, k, v, mask, block_size)
     reference.check_block_idx(block_idx, q, k, block_size)
     B, Hq, Sq, _ = q.shape

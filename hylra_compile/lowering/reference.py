@@ -306,13 +306,13 @@ def topk_attention(
     k: Tensor,
     v: Tensor,
     mask: Tensor | None,
+    *,
     is_causal: bool,
     scale: float | None,
     block_size: int,
     n_select: int,
     sink_blocks: int,
     local_blocks: int,
-    min_seq_len: int,
 ) -> tuple[Tensor, Tensor]:
     """Dense attention that also emits each query block's top KV blocks.
 
@@ -322,8 +322,7 @@ def topk_attention(
     ``block_idx`` int32 [B, Hkv, ceil(Sq / bs), n_select]. The importance of KV block c for (b, KV head h, query
     block r) is the sum of the softmax probabilities over the G query heads of h, the queries of r and the keys
     of c. Candidates are the blocks holding at least one allowed key of (any query of r, any query head of h);
-    selection follows :func:`select_blocks`. ``min_seq_len`` does not change the producer's output (it is dense);
-    it is accepted so producer and consumer share one calling convention.
+    selection follows :func:`select_blocks`.
     """
     check_selection(n_select, sink_blocks, local_blocks)
     out, importance, candidate = attention_with_importance(q, k, v, mask, is_causal, scale, block_size)
@@ -336,6 +335,7 @@ def sparse_attention(
     v: Tensor,
     block_idx: Tensor,
     mask: Tensor | None,
+    *,
     is_causal: bool,
     scale: float | None,
     block_size: int,

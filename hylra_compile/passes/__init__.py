@@ -1,29 +1,23 @@
-"""The hylra graph passes, one per file, run by :func:`hylra_pass_manager` in this order:
+"""The hylra graph passes, one phase per file, run by :func:`run_passes` (``manager.py``) in this order:
 
-1. :class:`FindAttentionPass` -- find SDPA and eager attention sites (layer order).
-2. :class:`ApplyPolicyPass` -- decide producer / consumer / dense per site, checking shapes symbolically.
-3. :class:`RewritePass` -- replace sites with ``hylra::topk_attention`` / ``hylra::sparse_attention``.
-4. :class:`DumpPass` -- write ``after.py``, ``report.md`` and ``edges.dot`` when a dump folder is set.
+1. :func:`find_attention` -- every attention call as an immutable :class:`AttentionMatch` (layer order).
+2. :func:`decide` -- one :class:`Decision` per match from the policy (by layer index) and what the graph allows.
+3. :func:`rewrite` -- producers and consumers become ``hylra::topk_attention`` / ``hylra::sparse_attention``.
+
+Each phase is a function of the previous phases' outputs; the report is built from matches and decisions.
 """
 
-from .apply_policy import ApplyPolicyPass
-from .base import HylraPass, PassContext, PassManager
-from .dump import DumpPass
-from .find_attention import FindAttentionPass
-from .rewrite import RewritePass
-
-
-def hylra_pass_manager() -> PassManager:
-    return PassManager([FindAttentionPass(), ApplyPolicyPass(), RewritePass(), DumpPass()])
-
+from .decide import DENSE_CAUSES, Decision, decide
+from .find_attention import AttentionMatch, find_attention
+from .manager import run_passes
+from .rewrite import rewrite
 
 __all__ = [
-    "ApplyPolicyPass",
-    "DumpPass",
-    "FindAttentionPass",
-    "HylraPass",
-    "PassContext",
-    "PassManager",
-    "RewritePass",
-    "hylra_pass_manager",
+    "DENSE_CAUSES",
+    "AttentionMatch",
+    "Decision",
+    "decide",
+    "find_attention",
+    "rewrite",
+    "run_passes",
 ]

@@ -1,114 +1,294 @@
-"""Pass 1: find every attention site in a Dynamo graph.
+"""Phase 1, ``find_attention(gm)``: every attention call of a Dynamo graph as an immutable :class:`AttentionMatch`.
 
-Two patterns, each a plain function with an explicit check (in the style of Inductor's ``fuse_attention``):
+Two patterns, each a plain function with an explicit check (in the style of Inductor's ``fuse_attention``),
+written in the canonical ops of :mod:`.patterns` so every spelling of a call matches:
 
-* :func:`match_sdpa` -- ``scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, is_causal, scale,
-  enable_gqa)`` as Dynamo records it.
+* :func:`match_sdpa` -- ``scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, scale,
+  enable_gqa)``.
 * :func:`match_eager` -- Hugging Face's eager attention: ``matmul(q, kᵀ)`` → ``* scale`` → ``+ mask`` →
   ``softmax(dim=-1, dtype=float32)`` → ``.to(dtype)`` → ``dropout(p=0 or eval)`` → ``matmul(·, v)``.
 
 In both, HF's ``repeat_kv`` (``x[:, :, None]`` → ``expand`` → ``reshape``) is looked through, so the ops get the
 native KV heads and the repeated copy of the cache disappears. A call that is attention but does not match
-exactly becomes a site with ``problem`` set: it stays dense and the report says why.
+exactly is still a match, with ``problem`` saying why: it stays dense and the report shows the reason.
+
+A match's ``layer`` is :func:`hylra_compile.layers.layer_of_node` (the number in its module path), the same number
+the profiler gives the layer; attention in plain functions (no module, no numbers) is numbered in graph order.
 """
 
 from __future__ import annotations
 
-import inspect
+import collections
+import dataclasses
 import operator
-import re
+from typing import Literal
 
 import torch
 import torch.fx
-from torch._dynamo.utils import counters
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
+from ..layers import layer_of_node
 from ..lowering import reference
-from ..report import AttentionSite
-from .base import HylraPass, PassContext
+from .patterns import NoMatch, call_args, constant, describe, example_value, is_call, single_user, transposed_source
 
-SDPA_TARGETS = (torch._C._nn.scaled_dot_product_attention, torch.nn.functional.scaled_dot_product_attention)
-SOFTMAX_TARGETS = (torch.nn.functional.softmax, torch.softmax, torch.Tensor.softmax)
-MATMUL_TARGETS = (torch.matmul, operator.matmul, torch.Tensor.matmul)
-DROPOUT_TARGETS = (torch.nn.functional.dropout,)
+SiteKind = Literal["sdpa", "eager"]
 
 
-def _sdpa_signature(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-    """Argument names and defaults of ``scaled_dot_product_attention``, used to bind a call's args."""
+@dataclasses.dataclass(frozen=True)
+class AttentionMatch:
+    """One attention call of the graph, as found (phase 1's output; never modified after).
+
+    ``output``: the node whose value is the attention output [B, Hq, Sq, Dv]. ``q``/``k``/``v``: the ops' inputs
+    (``k``/``v`` with native KV heads), ``mask`` the SDPA-style mask or None, ``internal`` the nodes the site is
+    made of (erased once a rewrite leaves them unused). ``problem``: why the ops cannot take this call (it then
+    stays dense). ``notes``: what the report should say about a call that is taken anyway.
+    """
+
+    layer: int | None
+    kind: SiteKind
+    output: torch.fx.Node
+    q: torch.fx.Node | None = None
+    k: torch.fx.Node | None = None
+    v: torch.fx.Node | None = None
+    mask: torch.fx.Node | None = None
+    is_causal: bool = False
+    scale: float | None = None
+    internal: tuple[torch.fx.Node, ...] = ()
+    problem: str | None = None
+    notes: tuple[str, ...] = ()
+
+    def shape(self, operand: str) -> tuple:
+        """The (possibly symbolic) shape of ``q``, ``k``, ``v`` or ``mask``."""
+        return tuple(example_value(getattr(self, operand)).shape)
 
 
-def _functional_softmax_signature(input, dim=None, _stacklevel=3, dtype=None):
-    """Argument names and defaults of ``torch.nn.functional.softmax``."""
+def find_attention(gm: torch.fx.GraphModule) -> tuple[AttentionMatch, ...]:
+    """Every attention call of ``gm``, matched or not, in layer order (graph order among equal layers)."""
+    found = []
+    for node in gm.graph.nodes:
+        if is_call(node, "sdpa"):
+            kind, matcher = "sdpa", match_sdpa
+        elif _is_eager_candidate(node):
+            kind, matcher = "eager", match_eager
+        else:
+            continue
+        try:
+            match = matcher(node)
+        except NoMatch as err:
+            match = AttentionMatch(layer=None, kind=kind, output=node, problem=str(err))
+        found.append(match)
+    numbered = _number_layers(found, in_module=_traces_a_module(gm))
+    return tuple(sorted(numbered, key=lambda m: (m.layer is None, m.layer or 0)))
 
 
-def _softmax_signature(input, dim, dtype=None):
-    """Argument names and defaults of ``torch.softmax`` / ``Tensor.softmax``."""
+def _traces_a_module(gm: torch.fx.GraphModule) -> bool:
+    """Whether the graph comes from a module's method (Dynamo names the module's tensors ``L_self_...``)."""
+    return any(str(node.target).startswith("L_self_") for node in gm.graph.find_nodes(op="placeholder"))
 
 
-def _dropout_signature(input, p=0.5, training=True, inplace=False):
-    """Argument names and defaults of ``torch.nn.functional.dropout``."""
+def _number_layers(found: list[AttentionMatch], in_module: bool) -> list[AttentionMatch]:
+    """Give each match its layer; a layer claimed by several calls, or a call with no layer, stays dense."""
+    layers = [layer_of_node(m.output) for m in found]
+    if not in_module and all(layer is None for layer in layers):  # plain functions: no layers to number by
+        note = "layer number from graph order (no module path)"
+        return [dataclasses.replace(m, layer=i, notes=m.notes + (note,)) for i, m in enumerate(found)]
+    calls = collections.Counter(layers)
+    numbered = []
+    for match, layer in zip(found, layers):
+        problem = match.problem
+        if layer is None:
+            problem = problem or (
+                "no layer number in its module path (a graph break inside the layer loop compiles each layer "
+                "as its own graph, which cannot tell its layer)"
+            )
+        elif calls[layer] > 1:
+            problem = problem or (
+                f"layer {layer} makes {calls[layer]} attention calls in this graph; one policy entry per layer "
+                "cannot tell them apart"
+            )
+        numbered.append(dataclasses.replace(match, layer=layer, problem=problem))
+    return numbered
 
 
-class NoMatch(Exception):
-    """The structure is attention but not one the ops can take; the message is the reason shown in the report."""
+# -- SDPA --------------------------------------------------------------------------------------------------------
+def match_sdpa(node: torch.fx.Node) -> AttentionMatch:
+    """An SDPA call. Raises :class:`NoMatch` with the reason when an argument is out of the ops' reach."""
+    args = call_args(node, "sdpa")
+    dropout_p = constant(args["dropout_p"], "dropout_p", (int, float))
+    if dropout_p != 0:
+        raise NoMatch(f"dropout_p={dropout_p} > 0 (training-mode attention is left dense)")
+    scale = args["scale"]
+    mask = args["attn_mask"]
+    if mask is not None and not isinstance(mask, torch.fx.Node):
+        raise NoMatch(f"attn_mask {mask!r} is not a tensor")
+    constant(args["enable_gqa"], "enable_gqa", (bool,))
+    (k, repeat_k, note_k), (v, repeat_v, note_v) = _native_kv(args["key"], "key"), _native_kv(args["value"], "value")
+    match = AttentionMatch(
+        layer=None, kind="sdpa", output=node, q=args["query"], k=k, v=v, mask=mask,
+        is_causal=constant(args["is_causal"], "is_causal", (bool,)),
+        scale=None if scale is None else float(constant(scale, "scale", (int, float))),
+        internal=(node, *repeat_k, *repeat_v), notes=note_k + note_v,
+    )
+    _check_inputs(match)
+    return match
 
 
-def _bind(signature_fn, node: torch.fx.Node) -> dict:
-    # For a call_method node args[0] is the tensor, which binds to the first parameter like a function call.
-    return inspect.signature(signature_fn).bind(*node.args, **node.kwargs).arguments
+# -- HF eager ----------------------------------------------------------------------------------------------------
+def match_eager(softmax: torch.fx.Node) -> AttentionMatch:
+    """HF eager attention around ``softmax``. Raises :class:`NoMatch` with the reason when it deviates."""
+    args = call_args(softmax, "softmax")
+    if args["dim"] not in (-1, 3):
+        raise NoMatch(f"softmax over dim {args['dim']}, not the key dim")
+    if args["dtype"] not in (None, torch.float32):
+        raise NoMatch(f"softmax in {args['dtype']}, not float32")
+    # Upstream: matmul(q, kᵀ) [* scale] [+ mask]
+    scores, mask, internal = args["input"], None, [softmax]
+    if _is_call_function(scores, (operator.add, torch.add)):
+        internal.append(scores)
+        scores, mask = _scores_and_mask(scores)
+    scaled = scores
+    qk, scale = _scores_and_scale(scores)
+    if qk is not scaled:
+        internal.append(scaled)
+    if not is_call(qk, "matmul"):
+        raise NoMatch(f"unsupported op {describe(qk)} between QKᵀ and softmax (e.g. softcapping)")
+    internal.append(qk)
+    qk_args = call_args(qk, "matmul")
+    q, k_t = qk_args["input"], qk_args["other"]
+    k = transposed_source(k_t)
+    if k is None:
+        raise NoMatch(f"second matmul operand {getattr(k_t, 'name', k_t)} is not kᵀ (its last two dims swapped)")
+    internal.append(k_t)
+    for node in internal[1:]:
+        single_user(node, "score tensor")
+    # Downstream: softmax [.to(dtype)] [dropout(p=0 / eval)] matmul(·, v)
+    probs = softmax
+    node = single_user(probs, "softmax probabilities")
+    if node.op == "call_method" and node.target in ("to", "type_as", "type"):
+        internal.append(node)
+        probs, node = node, single_user(node, "softmax probabilities")
+    if is_call(node, "dropout"):
+        dropout = call_args(node, "dropout")
+        p, training = dropout["p"], dropout["training"]
+        if isinstance(p, torch.fx.Node) or isinstance(training, torch.fx.Node) or (p != 0 and training):
+            raise NoMatch(f"dropout p={p} in training mode (left dense)")
+        internal.append(node)
+        probs, node = node, single_user(node, "softmax probabilities")
+    pv_args = call_args(node, "matmul") if is_call(node, "matmul") else None
+    if pv_args is None or pv_args["input"] is not probs:
+        raise NoMatch(f"softmax probabilities flow into {describe(node)}, not matmul(probs, v)")
+    (k, repeat_k, note_k), (v, repeat_v, note_v) = _native_kv(k, "key"), _native_kv(pv_args["other"], "value")
+    match = AttentionMatch(
+        layer=None, kind="eager", output=node, q=q, k=k, v=v, mask=mask, is_causal=False, scale=scale,
+        internal=(node, *internal, *repeat_k, *repeat_v), notes=note_k + note_v,
+    )
+    _check_inputs(match)
+    out, q_val = example_value(node), example_value(q)
+    if out is None or out.dtype != q_val.dtype:
+        raise NoMatch(f"attention output dtype {getattr(out, 'dtype', None)} differs from the query's {q_val.dtype}")
+    return match
 
 
-def example_value(node):
-    """The example value Dynamo recorded for a node (a FakeTensor), or None."""
-    if not isinstance(node, torch.fx.Node):
-        return None
-    return node.meta.get("example_value", node.meta.get("val"))
+def _is_call_function(node, targets: tuple) -> bool:
+    return isinstance(node, torch.fx.Node) and node.op == "call_function" and node.target in targets
 
 
-def _is_call(node, functions=(), methods=()) -> bool:
-    if not isinstance(node, torch.fx.Node):
+def _scores_and_mask(add: torch.fx.Node) -> tuple[torch.fx.Node, torch.fx.Node]:
+    """(scores, additive mask) of ``scores + mask``: the scores are the operand a QKᵀ matmul feeds."""
+    if add.kwargs or len(add.args) != 2:
+        raise NoMatch(f"{describe(add)} is not a plain two-operand add")
+    a, b = add.args
+    from_matmul = [_upstream_matmul(a), _upstream_matmul(b)]
+    if all(from_matmul):
+        raise NoMatch(f"both operands of {describe(add)} come from a matmul; cannot tell the scores from the mask")
+    scores, mask = (a, b) if from_matmul[0] else (b, a)
+    mask_val = example_value(mask)
+    if mask_val is None or not mask_val.is_floating_point():
+        raise NoMatch(f"additive mask {getattr(mask, 'name', mask)!r} is not a floating-point tensor")
+    return scores, mask
+
+
+def _scores_and_scale(node: torch.fx.Node) -> tuple[torch.fx.Node, float]:
+    """Undo ``* scale`` / ``/ d`` on the QKᵀ product; returns (matmul node, scale)."""
+    if _is_call_function(node, (operator.mul, torch.mul, operator.truediv, torch.div)) and node.kwargs:
+        raise NoMatch(f"{describe(node)} has keyword arguments {dict(node.kwargs)}")
+    if _is_call_function(node, (operator.mul, torch.mul)):
+        a, b = node.args
+        if isinstance(b, (int, float)) and isinstance(a, torch.fx.Node):
+            return a, float(b)
+        if isinstance(a, (int, float)) and isinstance(b, torch.fx.Node):
+            return b, float(a)
+        raise NoMatch(f"QKᵀ is scaled by {describe(node)}, not by a compile-time constant")
+    if _is_call_function(node, (operator.truediv, torch.div)):
+        a, b = node.args[:2]
+        if isinstance(b, (int, float)) and b != 0 and isinstance(a, torch.fx.Node):
+            return a, 1.0 / float(b)
+        raise NoMatch(f"QKᵀ is divided by a non-constant ({node.name})")
+    return node, 1.0
+
+
+def _upstream_matmul(node, depth: int = 4) -> bool:
+    """Whether a matmul feeds ``node`` within ``depth`` steps (tells scores from mask, and softmax from attention)."""
+    if not isinstance(node, torch.fx.Node) or depth < 0:
         return False
-    if node.op == "call_function":
-        return node.target in functions
-    return node.op == "call_method" and node.target in methods
+    if is_call(node, "matmul"):
+        return True
+    return any(_upstream_matmul(arg, depth - 1) for arg in node.all_input_nodes)
 
 
-def _describe(node: torch.fx.Node) -> str:
-    target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
-    return f"{target} ({node.name})"
+def _downstream_matmul(node, depth: int = 4) -> bool:
+    if depth < 0:
+        return False
+    if is_call(node, "matmul"):
+        return True
+    return any(_downstream_matmul(user, depth - 1) for user in node.users)
 
 
-def _single_user(node: torch.fx.Node, what: str) -> torch.fx.Node:
-    users = list(node.users)
-    if len(users) != 1:
-        raise NoMatch(f"{what} ({node.name}) is used {len(users)} times; attention internals must not escape")
-    return users[0]
+def _is_eager_candidate(node: torch.fx.Node) -> bool:
+    """A softmax between two matmuls: attention, matched or not (a router softmax is not)."""
+    if not is_call(node, "softmax"):
+        return False
+    return any(_upstream_matmul(arg, 6) for arg in node.all_input_nodes) and any(
+        _downstream_matmul(user) for user in node.users
+    )
 
 
-def module_layer(node: torch.fx.Node) -> int | None:
-    """The layer number in the innermost module path of ``nn_module_stack`` (``model.layers.3.self_attn`` -> 3)."""
-    stack = node.meta.get("nn_module_stack") or {}
-    for path, _ in reversed(list(stack.values())):
-        numbers = re.findall(r"[.\[](\d+)(?=[.\]]|$)", str(path))
-        if numbers:
-            return int(numbers[-1])
-    return None
+# -- shared checks -----------------------------------------------------------------------------------------------
+def _native_kv(node: torch.fx.Node, name: str) -> tuple[torch.fx.Node, list[torch.fx.Node], tuple[str, ...]]:
+    """(native KV node, the repeat_kv nodes looked through, notes): a head repeat that is not HF's exact
+    ``repeat_kv`` is taken as it is, and the note says the ops read the repeated copy."""
+    native, repeat_nodes = look_through_repeat_kv(node)
+    if repeat_nodes or not _looks_like_head_repeat(node):
+        return native, repeat_nodes, ()
+    return node, [], (f"{name} ({node.name}) repeats its heads in a way not looked through; the ops read the copy",)
+
+
+def _looks_like_head_repeat(node) -> bool:
+    if not isinstance(node, torch.fx.Node) or node.op not in ("call_method", "call_function"):
+        return False
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    if name in ("repeat_interleave", "repeat", "expand"):
+        return True
+    return name in ("reshape", "view") and _looks_like_head_repeat(node.args[0] if node.args else None)
 
 
 def look_through_repeat_kv(node: torch.fx.Node) -> tuple[torch.fx.Node, list[torch.fx.Node]]:
-    """If ``node`` is HF's ``repeat_kv(x)`` (``x[:, :, None].expand(...).reshape(...)``), return x and the three nodes."""
-    if not _is_call(node, (torch.reshape,), ("reshape", "view")):
+    """If ``node`` is HF's ``repeat_kv(x)`` (``x[:, :, None].expand(...).reshape(...)``), return x and the three
+    nodes; else ``node`` and no nodes."""
+    if not isinstance(node, torch.fx.Node):
+        return node, []
+    if not ((node.op == "call_method" and node.target in ("reshape", "view")) or node.target is torch.reshape):
         return node, []
     expand = node.args[0]
-    if not _is_call(expand, (), ("expand",)) or len(expand.users) != 1:
+    if not (isinstance(expand, torch.fx.Node) and expand.op == "call_method" and expand.target == "expand"):
         return node, []
     unsqueeze = expand.args[0]
-    if not (_is_call(unsqueeze, (operator.getitem,)) and len(unsqueeze.users) == 1):
+    if len(expand.users) != 1 or not (_is_call_function(unsqueeze, (operator.getitem,)) and len(unsqueeze.users) == 1):
         return node, []
-    index = unsqueeze.args[1]
-    full = slice(None, None, None)
-    if index != (full, full, None, full, full):
-        return node, []
+    full, index = slice(None, None, None), unsqueeze.args[1]
+    if not isinstance(index, tuple) or index[:3] != (full, full, None) or any(i != full for i in index[3:]):
+        return node, []  # x[:, :, None] with any number of trailing ':'
+
     source, repeated, expanded = unsqueeze.args[0], example_value(node), example_value(expand)
     source_val = example_value(source)
     if source_val is None or repeated is None or expanded is None:
@@ -125,16 +305,10 @@ def look_through_repeat_kv(node: torch.fx.Node) -> tuple[torch.fx.Node, list[tor
     return source, [node, expand, unsqueeze]
 
 
-def _constant(value, name: str, types: tuple[type, ...]):
-    if isinstance(value, torch.fx.Node) or not isinstance(value, types):
-        raise NoMatch(f"{name}={value!r} is not a compile-time constant of type {'/'.join(t.__name__ for t in types)}")
-    return value
-
-
-def _check_qkv(site: AttentionSite) -> None:
-    """The ops must accept the site's inputs (:func:`reference.check_inputs`) and run it without autograd."""
-    q, k, v, mask = (example_value(node) for node in (site.q, site.k, site.v, site.mask))
-    if q is None or k is None or v is None or (site.mask is not None and mask is None):
+def _check_inputs(match: AttentionMatch) -> None:
+    """The ops must accept the match's inputs (:func:`reference.check_inputs`) and run it without autograd."""
+    q, k, v, mask = (example_value(node) for node in (match.q, match.k, match.v, match.mask))
+    if q is None or k is None or v is None or (match.mask is not None and mask is None):
         raise NoMatch("no example values recorded for q/k/v/mask")
     try:
         reference.check_inputs(q, k, v, mask, block_size=1, provable=True)
@@ -142,168 +316,3 @@ def _check_qkv(site: AttentionSite) -> None:
         raise NoMatch(str(err)) from None
     if any(t.requires_grad for t in (q, k, v)):
         raise NoMatch("inputs require grad; the hylra ops are inference-only (no autograd formula)")
-
-
-def match_sdpa(node: torch.fx.Node) -> AttentionSite:
-    """An SDPA call. Raises :class:`NoMatch` with the reason when an argument is out of the ops' reach."""
-    args = _bind(_sdpa_signature, node)
-    site = AttentionSite(layer=-1, kind="sdpa", node=node, internal=[node], q=args["query"])
-    dropout_p = _constant(args.get("dropout_p", 0.0), "dropout_p", (int, float))
-    if dropout_p != 0:
-        raise NoMatch(f"dropout_p={dropout_p} > 0 (training-mode attention is left dense)")
-    site.is_causal = _constant(args.get("is_causal", False), "is_causal", (bool,))
-    scale = args.get("scale")
-    site.scale = None if scale is None else float(_constant(scale, "scale", (int, float)))
-    mask = args.get("attn_mask")
-    if mask is not None and not isinstance(mask, torch.fx.Node):
-        raise NoMatch(f"attn_mask {mask!r} is not a tensor")
-    site.mask = mask
-    _constant(args.get("enable_gqa", False), "enable_gqa", (bool,))
-    for name in ("key", "value"):
-        native, repeat_nodes = look_through_repeat_kv(args[name])
-        setattr(site, name[0], native)
-        site.internal += repeat_nodes
-    _check_qkv(site)
-    return site
-
-
-def _scores_and_scale(node: torch.fx.Node) -> tuple[torch.fx.Node, float]:
-    """Undo ``* scale`` / ``/ d`` on the QKᵀ product; returns (matmul node, scale)."""
-    if _is_call(node, (operator.mul, torch.mul, operator.truediv, torch.div)) and node.kwargs:
-        raise NoMatch(f"{_describe(node)} has keyword arguments {dict(node.kwargs)}")
-    if _is_call(node, (operator.mul, torch.mul)):
-        a, b = node.args
-        if isinstance(b, (int, float)) and isinstance(a, torch.fx.Node):
-            return a, float(b)
-        if isinstance(a, (int, float)) and isinstance(b, torch.fx.Node):
-            return b, float(a)
-        raise NoMatch(f"QKᵀ is scaled by {_describe(node)}, not by a compile-time constant")
-    if _is_call(node, (operator.truediv, torch.div)):
-        a, b = node.args[:2]
-        if isinstance(b, (int, float)) and b != 0 and isinstance(a, torch.fx.Node):
-            return a, 1.0 / float(b)
-        raise NoMatch(f"QKᵀ is divided by a non-constant ({node.name})")
-    return node, 1.0
-
-
-def _is_transpose_last_two(node) -> bool:
-    if _is_call(node, (torch.transpose,), ("transpose",)):
-        dims = {int(d) % 4 for d in node.args[1:3] if isinstance(d, int)}
-        return dims == {2, 3}
-    return False
-
-
-def match_eager(softmax: torch.fx.Node) -> AttentionSite:
-    """HF eager attention around ``softmax``. Raises :class:`NoMatch` with the reason when it deviates."""
-    is_functional = softmax.op == "call_function" and softmax.target is torch.nn.functional.softmax
-    args = _bind(_functional_softmax_signature if is_functional else _softmax_signature, softmax)
-    dim = args.get("dim")
-    if dim not in (-1, 3):
-        raise NoMatch(f"softmax over dim {dim}, not the key dim")
-    if args.get("dtype") not in (None, torch.float32):
-        raise NoMatch(f"softmax in {args['dtype']}, not float32")
-    # Upstream: [matmul(q, kᵀ) (* scale)] (+ mask)
-    scores, mask, internal = args["input"], None, [softmax]
-    if _is_call(scores, (operator.add, torch.add)):
-        if scores.kwargs:
-            raise NoMatch(f"{_describe(scores)} has keyword arguments {dict(scores.kwargs)}")
-        internal.append(scores)
-        a, b = scores.args[:2]
-        scores, mask = (a, b) if _upstream_matmul(a) else (b, a)
-        mask_val = example_value(mask)
-        if mask_val is None or not mask_val.is_floating_point():
-            raise NoMatch(f"additive mask {getattr(mask, 'name', mask)!r} is not a floating-point tensor")
-    scaled = scores
-    qk, scale = _scores_and_scale(scores)
-    if qk is not scaled:
-        internal.append(scaled)
-    if not _is_call(qk, MATMUL_TARGETS):
-        raise NoMatch(f"unsupported op {_describe(qk)} between QKᵀ and softmax (e.g. softcapping)")
-    internal.append(qk)
-    q, k_t = qk.args[:2]
-    if not _is_transpose_last_two(k_t):
-        raise NoMatch(f"second matmul operand {k_t.name} is not kᵀ (transpose of the last two dims)")
-    internal.append(k_t)
-    for node in internal[1:]:
-        _single_user(node, "score tensor")
-    # Downstream: softmax (.to(dtype)) (dropout(p=0 / eval)) matmul(·, v)
-    probs = softmax
-    node = _single_user(probs, "softmax probabilities")
-    if _is_call(node, (), ("to", "type_as", "type")):
-        internal.append(node)
-        probs, node = node, _single_user(node, "softmax probabilities")
-    if _is_call(node, DROPOUT_TARGETS):
-        dropout = _bind(_dropout_signature, node)
-        p, training = dropout.get("p", 0.5), dropout.get("training", True)
-        if isinstance(p, torch.fx.Node) or isinstance(training, torch.fx.Node) or (p != 0 and training):
-            raise NoMatch(f"dropout p={p} in training mode (left dense)")
-        internal.append(node)
-        probs, node = node, _single_user(node, "softmax probabilities")
-    if not _is_call(node, MATMUL_TARGETS) or node.args[0] is not probs:
-        raise NoMatch(f"softmax probabilities flow into {_describe(node)}, not matmul(probs, v)")
-    site = AttentionSite(layer=-1, kind="eager", node=node, q=q, mask=mask, scale=scale, is_causal=False)
-    site.internal = [node, *internal]
-    site.k, repeat_k = look_through_repeat_kv(k_t.args[0])
-    site.v, repeat_v = look_through_repeat_kv(node.args[1])
-    site.internal += repeat_k + repeat_v
-    _check_qkv(site)
-    out, q_val = example_value(node), example_value(q)
-    if out is None or out.dtype != q_val.dtype:
-        raise NoMatch(f"attention output dtype {getattr(out, 'dtype', None)} differs from the query's {q_val.dtype}")
-    return site
-
-
-def _upstream_matmul(node, depth: int = 4) -> bool:
-    """Whether a matmul feeds ``node`` within ``depth`` steps (tells scores from mask, and softmax from attention)."""
-    if not isinstance(node, torch.fx.Node) or depth < 0:
-        return False
-    if _is_call(node, MATMUL_TARGETS):
-        return True
-    return any(_upstream_matmul(arg, depth - 1) for arg in node.all_input_nodes)
-
-
-def _downstream_matmul(node, depth: int = 4) -> bool:
-    if depth < 0:
-        return False
-    if _is_call(node, MATMUL_TARGETS):
-        return True
-    return any(_downstream_matmul(user, depth - 1) for user in node.users)
-
-
-def _is_eager_candidate(node: torch.fx.Node) -> bool:
-    """A softmax between two matmuls: attention, matched or not (a router softmax is not)."""
-    if not _is_call(node, SOFTMAX_TARGETS, ("softmax",)):
-        return False
-    return _upstream_matmul(node.args[0] if node.args else None, 6) and any(
-        _downstream_matmul(user) for user in node.users
-    )
-
-
-class FindAttentionPass(HylraPass):
-    """Fill ``ctx.report.sites`` with every attention site, in layer order."""
-
-    name = "find_attention"
-
-    def __call__(self, gm: torch.fx.GraphModule, ctx: PassContext) -> None:
-        sites = []
-        for position, node in enumerate(gm.graph.nodes):
-            if _is_call(node, SDPA_TARGETS):
-                kind, matcher = "sdpa", match_sdpa
-            elif _is_eager_candidate(node):
-                kind, matcher = "eager", match_eager
-            else:
-                continue
-            try:
-                site = matcher(node)
-                counters["hylra"][f"{kind}_matched"] += 1
-            except NoMatch as err:
-                site = AttentionSite(layer=-1, kind=kind, node=node, problem=str(err))
-                counters["hylra"][f"{kind}_unmatched"] += 1
-            site.module_layer = module_layer(node)
-            sites.append((position, site))
-        numbers = [site.module_layer for _, site in sites]
-        if None not in numbers and len(set(numbers)) == len(numbers):
-            sites.sort(key=lambda item: item[1].module_layer)  # else graph order
-        for layer, (_, site) in enumerate(sites):
-            site.layer = layer
-        ctx.report.sites = [site for _, site in sites]

@@ -1,4 +1,7 @@
-"""Pass 3: replace producer and consumer sites with the hylra ops, linking them by a block_idx graph edge."""
+"""Phase 3, ``rewrite(gm, matches, decisions, options)``: producers become ``hylra::topk_attention``, consumers
+``hylra::sparse_attention`` fed by their producer's ``block_idx`` as a graph edge; dense sites are left as they
+are. Every op is emitted with keyword arguments, so the graph says what each number is.
+"""
 
 from __future__ import annotations
 
@@ -7,29 +10,71 @@ import operator
 import torch
 import torch.fx
 
-from .base import HylraPass, PassContext
-from .find_attention import example_value
+from ..options import HylraOptions
+from .decide import Decision
+from .find_attention import AttentionMatch
+from .patterns import example_value
 
 # Node meta that stays true for the replacement: where the code came from, which module ran it.
 _KEPT_META = ("stack_trace", "nn_module_stack", "source_fn_stack")
 
 
-def _call_with_meta(graph: torch.fx.Graph, target, args: tuple, like: torch.fx.Node) -> torch.fx.Node:
-    """Insert ``target(*args)`` before ``like`` with the meta of ``like`` and a fake ``example_value``."""
+def rewrite(
+    gm: torch.fx.GraphModule,
+    matches: tuple[AttentionMatch, ...],
+    decisions: tuple[Decision, ...],
+    options: HylraOptions,
+) -> dict[int, torch.fx.Node]:
+    """Rewrite ``gm`` in place; returns ``layer -> node now computing its output`` for each rewritten site."""
+    graph = gm.graph
+    # A site's inputs may be an earlier site's output (attention feeding attention): follow replacements.
+    replaced: dict[torch.fx.Node, torch.fx.Node] = {}
+    block_idx: dict[int, torch.fx.Node] = {}
+    outputs: dict[int, torch.fx.Node] = {}
+    for match, decision in zip(matches, decisions):
+        if decision.action == "dense":
+            continue
+        q, k, v, mask = (replaced.get(n, n) for n in (match.q, match.k, match.v, match.mask))
+        operands = dict(q=q, k=k, v=v)
+        if decision.action == "producer":
+            settings = dict(mask=mask, is_causal=match.is_causal, scale=match.scale, **options.producer_settings())
+            op = _call_with_meta(graph, torch.ops.hylra.topk_attention.default, {**operands, **settings}, match.output)
+            out = _call_with_meta(graph, operator.getitem, (op, 0), match.output)
+            block_idx[match.layer] = _call_with_meta(graph, operator.getitem, (op, 1), match.output)
+        else:
+            settings = dict(block_idx=block_idx[decision.source], mask=mask, is_causal=match.is_causal,
+                            scale=match.scale, **options.consumer_settings())
+            out = _call_with_meta(graph, torch.ops.hylra.sparse_attention.default, {**operands, **settings},
+                                  match.output)
+        match.output.replace_all_uses_with(out)
+        replaced[match.output] = out
+        outputs[match.layer] = out
+        _erase_unused(graph, match.internal)
+    if outputs:
+        graph.lint()
+        gm.recompile()
+    return outputs
+
+
+def _call_with_meta(graph: torch.fx.Graph, target, arguments, like: torch.fx.Node) -> torch.fx.Node:
+    """Insert ``target`` before ``like`` (keyword ``arguments`` as a dict, positional as a tuple) with the meta of
+    ``like`` and a fake ``example_value``."""
+    args, kwargs = ((), arguments) if isinstance(arguments, dict) else (arguments, {})
     with graph.inserting_before(like):
-        node = graph.call_function(target, args)
+        node = graph.call_function(target, args, kwargs)
     node.meta.update({key: like.meta[key] for key in _KEPT_META if key in like.meta})
     values = [example_value(a) if isinstance(a, torch.fx.Node) else a for a in args]
+    kw_values = {name: example_value(a) if isinstance(a, torch.fx.Node) else a for name, a in kwargs.items()}
     if target is operator.getitem:
         node.meta["example_value"] = values[0][values[1]]
     else:
         # The example values' own fake mode (Dynamo's), which may differ from the ambient one.
-        with values[0].fake_mode:
-            node.meta["example_value"] = target(*values)
+        with kw_values["q"].fake_mode:
+            node.meta["example_value"] = target(*values, **kw_values)
     return node
 
 
-def _erase_unused(graph: torch.fx.Graph, nodes: list[torch.fx.Node]) -> None:
+def _erase_unused(graph: torch.fx.Graph, nodes: tuple[torch.fx.Node, ...]) -> None:
     """Erase the site's old nodes once nothing uses them (an input like the cache stays: it is not listed)."""
     alive = list(nodes)
     while True:
@@ -39,37 +84,3 @@ def _erase_unused(graph: torch.fx.Graph, nodes: list[torch.fx.Node]) -> None:
         for node in dead:
             graph.erase_node(node)
             alive.remove(node)
-
-
-class RewritePass(HylraPass):
-    """Producers become ``hylra::topk_attention``; consumers ``hylra::sparse_attention`` fed by their producer."""
-
-    name = "rewrite"
-
-    def __call__(self, gm: torch.fx.GraphModule, ctx: PassContext) -> None:
-        opts, sites, graph = ctx.options, ctx.report.sites, gm.graph
-        if not any(site.action != "dense" for site in sites):
-            return
-        # A site's inputs may be an earlier site's output (attention feeding attention): follow replacements.
-        replaced: dict[torch.fx.Node, torch.fx.Node] = {}
-        for site in sites:
-            site.q, site.k, site.v, site.mask = (replaced.get(n, n) for n in (site.q, site.k, site.v, site.mask))
-            if site.action == "producer":
-                args = (site.q, site.k, site.v, site.mask, site.is_causal, site.scale, opts.block_size)
-                args += (opts.n_select, opts.sink_blocks, opts.local_blocks, opts.min_seq_len)
-                op = _call_with_meta(graph, torch.ops.hylra.topk_attention.default, args, site.node)
-                out = _call_with_meta(graph, operator.getitem, (op, 0), site.node)
-                site.block_idx = _call_with_meta(graph, operator.getitem, (op, 1), site.node)
-            elif site.action == "consumer":
-                block_idx = sites[site.source].block_idx
-                args = (site.q, site.k, site.v, block_idx, site.mask, site.is_causal, site.scale, opts.block_size)
-                args += (opts.min_seq_len,)
-                out = _call_with_meta(graph, torch.ops.hylra.sparse_attention.default, args, site.node)
-            else:
-                continue
-            site.node.replace_all_uses_with(out)
-            replaced[site.node] = out
-            _erase_unused(graph, site.internal)
-        graph.lint()
-        gm.recompile()
-

@@ -14,4 +14,6 @@ def test_quickstart_runs_prints_report_and_writes_dumps(tmp_path):
     assert "2 producer, 2 consumer, 0 dense" in result.stdout
     assert "top-1 agreement" in result.stdout
     (folder,) = (tmp_path / "hylra-dumps").iterdir()
-    assert sorted(p.name for p in folder.iterdir()) == ["after.py", "before.py", "edges.dot", "report.md"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "00-input.py", "01-find_attention.md", "02-decide.md", "03-rewrite.py", "edges.dot", "report.md"
+    ]

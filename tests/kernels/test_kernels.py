@@ -131,21 +131,23 @@ def _check_decode(case, device):
         q, k, v = make_qkv(B, Hq, Hkv, 1, Skv, D, dtype, device, layout="bshd")
         mask = make_mask(mk, B, 1, Skv, valid, device, left=left, dtype=torch.float32 if dtype == torch.float32 else dtype)
         tol = TOL[dtype]
-        out, bidx = decode_topk_attention(q, k, v, mask, causal, None, bs, n_sel, sink, local, 0)
-        rout, rbidx = R.topk_attention(q, k, v, mask, causal, None, bs, n_sel, sink, local, 0)
+        common = dict(is_causal=causal, scale=None, block_size=bs)
+        producer = dict(common, n_select=n_sel, sink_blocks=sink, local_blocks=local)
+        out, bidx = decode_topk_attention(q, k, v, mask, **producer)
+        rout, rbidx = R.topk_attention(q, k, v, mask, **producer)
         assert out.dtype == q.dtype and out.shape == rout.shape
         assert rel_err(out, rout) <= tol, (dtype, rel_err(out, rout))
         imp, cand = ref_importance(q, k, v, mask, causal, None, bs)
         assert_same_selection(bidx, rbidx, imp, 10 * tol)
         # consumer on the reference selection, with and without min_seq_len
         for msl in (0, 40 * (bs // 16)):
-            sout = decode_sparse_attention(q, k, v, rbidx, mask, causal, None, bs, msl)
-            rsout = R.sparse_attention(q, k, v, rbidx, mask, causal, None, bs, msl)
+            sout = decode_sparse_attention(q, k, v, rbidx, mask, **common, min_seq_len=msl)
+            rsout = R.sparse_attention(q, k, v, rbidx, mask, **common, min_seq_len=msl)
             assert rel_err(sout, rsout) <= tol, (dtype, msl, rel_err(sout, rsout))
         n_kb = R.num_blocks(Skv, bs)
         if n_sel >= n_kb:  # selection covers every candidate: the consumer equals dense attention
             assert ((bidx >= 0).sum(-1) == cand.sum(-1)).all()
-            assert rel_err(decode_sparse_attention(q, k, v, bidx, mask, causal, None, bs, 0), rout) <= tol
+            assert rel_err(decode_sparse_attention(q, k, v, bidx, mask, **common, min_seq_len=0), rout) <= tol
         if valid is not None and min(valid) == 0:
             b0 = valid.index(0)
             assert torch.all(out[b0] == 0) and torch.all(bidx[b0] == -1)
@@ -157,7 +159,9 @@ def _check_prefill(case, device):
         q, k, v = make_qkv(B, Hq, Hkv, Sq, Skv, D, dtype, device, layout="bshd" if B > 1 else "contig")
         mask = make_mask(mk, B, Sq, Skv, valid, device, left=left, dtype=torch.float32 if dtype == torch.float32 else dtype)
         tol = TOL[dtype]
-        rout, rbidx = R.topk_attention(q, k, v, mask, causal, None, bs, n_sel, sink, local, 0)
+        common = dict(is_causal=causal, scale=None, block_size=bs)
+        producer = dict(common, n_select=n_sel, sink_blocks=sink, local_blocks=local)
+        rout, rbidx = R.topk_attention(q, k, v, mask, **producer)
         imp, cand = ref_importance(q, k, v, mask, causal, None, bs)
         # both producer paths: one pass with stored block LSEs, and the two-pass recompute (X buffer over budget);
         # on the CPU the one-pass read-back takes 2 blocks per step, so that its loop runs several steps
@@ -165,19 +169,19 @@ def _check_prefill(case, device):
             saved = P.X_BUDGET_BYTES, P.X_STEP_BLOCKS
             P.X_BUDGET_BYTES, P.X_STEP_BLOCKS = budget, 2 if device == "cpu" else P.X_STEP_BLOCKS
             try:
-                out, bidx = prefill_topk_attention(q, k, v, mask, causal, None, bs, n_sel, sink, local, 0)
+                out, bidx = prefill_topk_attention(q, k, v, mask, **producer)
             finally:
                 P.X_BUDGET_BYTES, P.X_STEP_BLOCKS = saved
             assert out.dtype == q.dtype and out.shape == rout.shape
             assert rel_err(out, rout) <= tol, (dtype, budget, rel_err(out, rout))
             assert_same_selection(bidx, rbidx, imp, 10 * tol)
         for msl in (0, 30 * (bs // 16)):
-            sout = prefill_sparse_attention(q, k, v, rbidx, mask, causal, None, bs, msl)
-            rsout = R.sparse_attention(q, k, v, rbidx, mask, causal, None, bs, msl)
+            sout = prefill_sparse_attention(q, k, v, rbidx, mask, **common, min_seq_len=msl)
+            rsout = R.sparse_attention(q, k, v, rbidx, mask, **common, min_seq_len=msl)
             assert rel_err(sout, rsout) <= tol, (dtype, msl, rel_err(sout, rsout))
         if n_sel >= R.num_blocks(Skv, bs):
             assert ((bidx >= 0).sum(-1) == cand.sum(-1)).all()
-            assert rel_err(prefill_sparse_attention(q, k, v, bidx, mask, causal, None, bs, 0), rout) <= tol
+            assert rel_err(prefill_sparse_attention(q, k, v, bidx, mask, **common, min_seq_len=0), rout) <= tol
         if valid is not None and min(valid) == 0:
             b0 = valid.index(0)
             assert torch.all(out[b0] == 0) and torch.all(bidx[b0] == -1)
@@ -242,19 +246,22 @@ def test_ops_dispatch_cuda():
     from hylra_compile.lowering import dispatch
 
     q, k, v = make_qkv(2, 8, 2, 1, 1000, 128, torch.bfloat16, "cuda")
+    common = dict(is_causal=False, scale=None, block_size=64)
+    producer = dict(common, n_select=4, sink_blocks=1, local_blocks=1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        out, bidx = torch.ops.hylra.topk_attention(q, k, v, None, False, None, 64, 4, 1, 1, 0)
-        sout = torch.ops.hylra.sparse_attention(q, k, v, bidx, None, False, None, 64, 0)
-    rout, rbidx = R.topk_attention(q, k, v, None, False, None, 64, 4, 1, 1, 0)
-    assert rel_err(out, rout) <= 2e-2 and rel_err(sout, R.sparse_attention(q, k, v, rbidx, None, False, None, 64, 0)) <= 2e-2
+        out, bidx = torch.ops.hylra.topk_attention(q, k, v, None, **producer)
+        sout = torch.ops.hylra.sparse_attention(q, k, v, bidx, None, **common, min_seq_len=0)
+    rout, rbidx = R.topk_attention(q, k, v, None, **producer)
+    rsout = R.sparse_attention(q, k, v, rbidx, None, **common, min_seq_len=0)
+    assert rel_err(out, rout) <= 2e-2 and rel_err(sout, rsout) <= 2e-2
     dispatch._warned.clear()
     q32, k32, v32 = q.float(), k.float(), v.float()
     with pytest.warns(UserWarning, match="reference"):
-        torch.ops.hylra.topk_attention(q32, k32, v32, None, False, None, 64, 4, 1, 1, 0)
+        torch.ops.hylra.topk_attention(q32, k32, v32, None, **producer)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # second time: no new warning
-        torch.ops.hylra.topk_attention(q32, k32, v32, None, False, None, 64, 4, 1, 1, 0)
+        torch.ops.hylra.topk_attention(q32, k32, v32, None, **producer)
 
 
 @cuda
@@ -265,8 +272,9 @@ def test_decode_cuda_graph():
     mask = make_mask("bool", B, 1, Skv, [4000, 2500, 300], "cuda")
 
     def step():
-        o, b = torch.ops.hylra.topk_attention(q, k, v, mask, False, None, 64, 8, 1, 2, 1024)
-        return o, b, torch.ops.hylra.sparse_attention(q, k, v, b, mask, False, None, 64, 1024)
+        common = dict(is_causal=False, scale=None, block_size=64)
+        o, b = torch.ops.hylra.topk_attention(q, k, v, mask, **common, n_select=8, sink_blocks=1, local_blocks=2)
+        return o, b, torch.ops.hylra.sparse_attention(q, k, v, b, mask, **common, min_seq_len=1024)
 
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
@@ -290,10 +298,39 @@ def test_decode_many_splits_interpreter(kind):
     B, Hq, Hkv, Skv, D, bs = 3, 4, 1, 300, 64, 16
     q, k, v = make_qkv(B, Hq, Hkv, 1, Skv, D, torch.float32, "cpu", layout="bshd", seed=3)
     mask = make_mask(kind, B, 1, Skv, [300, 70, 0], "cpu", left=(kind == "float"))
+    common = dict(is_causal=False, scale=None, block_size=bs)
+    producer = dict(common, n_select=5, sink_blocks=1, local_blocks=1)
     for splits in (3, 7):
-        out, bidx = decode_topk_attention(q, k, v, mask, False, None, bs, 5, 1, 1, 0, splits=splits)
-        rout, rbidx = R.topk_attention(q, k, v, mask, False, None, bs, 5, 1, 1, 0)
+        out, bidx = decode_topk_attention(q, k, v, mask, **producer, splits=splits)
+        rout, rbidx = R.topk_attention(q, k, v, mask, **producer)
         assert rel_err(out, rout) <= 1e-4
         assert_same_selection(bidx, rbidx, ref_importance(q, k, v, mask, False, None, bs)[0], 1e-3)
-        sout = decode_sparse_attention(q, k, v, rbidx, mask, False, None, bs, 100, splits=splits)
-        assert rel_err(sout, R.sparse_attention(q, k, v, rbidx, mask, False, None, bs, 100)) <= 1e-4
+        sout = decode_sparse_attention(q, k, v, rbidx, mask, **common, min_seq_len=100, splits=splits)
+        assert rel_err(sout, R.sparse_attention(q, k, v, rbidx, mask, **common, min_seq_len=100)) <= 1e-4
+
+
+@cuda
+@pytest.mark.parametrize("one_pass", [True, False])
+def test_materialised_mask_past_2_31_elements_cuda(one_pass):
+    """A [1, 1, N, N] bool mask with N^2 > 2^31 (what HF materialises under tracing at 48K tokens): the producer
+    (both paths) and the consumer give the reference's rows, checked on the last query blocks."""
+    N, bs, rows = 49152, 64, 128
+    assert N * N > 2**31
+    q, k, v = make_qkv(1, 4, 1, N, N, 64, torch.bfloat16, "cuda")
+    mask = torch.ones(N, N, dtype=torch.bool, device="cuda").tril_()[None, None]
+    common = dict(is_causal=False, scale=None, block_size=bs)
+    producer = dict(common, n_select=16, sink_blocks=1, local_blocks=2)
+    saved = P.X_BUDGET_BYTES
+    P.X_BUDGET_BYTES = saved if one_pass else 0
+    try:
+        out, bidx = torch.ops.hylra.topk_attention(q, k, v, mask, **producer)
+    finally:
+        P.X_BUDGET_BYTES = saved
+    sout = torch.ops.hylra.sparse_attention(q, k, v, bidx, mask, **common, min_seq_len=0)
+    tail_q, tail_mask = q[:, :, -rows:], mask[:, :, -rows:]
+    rout, rbidx = R.topk_attention(tail_q, k, v, tail_mask, **producer)
+    assert rel_err(out[:, :, -rows:], rout) <= TOL[torch.bfloat16]
+    imp, _ = ref_importance(tail_q, k, v, tail_mask, False, None, bs)
+    assert_same_selection(bidx[:, :, -rows // bs:], rbidx, imp, 10 * TOL[torch.bfloat16])
+    rsout = R.sparse_attention(tail_q, k, v, bidx[:, :, -rows // bs:], tail_mask, **common, min_seq_len=0)
+    assert rel_err(sout[:, :, -rows:], rsout) <= TOL[torch.bfloat16]

@@ -50,25 +50,35 @@ def independent_sparse(q, k, v, block_idx, allowed, scale, bs):
     return out
 
 
+def selection(n_select, sink_blocks, local_blocks, block_size=8):
+    return dict(block_size=block_size, n_select=n_select, sink_blocks=sink_blocks, local_blocks=local_blocks)
+
+
 def test_opcheck_topk_attention():
     q, k, v = qkv()
     mask = padding_mask(2, 21, 37, [37, 30])
-    torch.library.opcheck(topk_attention, (q, k, v, mask, False, 0.3, 8, 3, 1, 1, 0))
-    torch.library.opcheck(topk_attention, (q, k, v, None, True, None, 8, 4, 1, 2, 16))
+    torch.library.opcheck(topk_attention, (q, k, v, mask), dict(is_causal=False, scale=0.3, **selection(3, 1, 1)))
+    torch.library.opcheck(topk_attention, (q, k, v, None), dict(is_causal=True, scale=None, **selection(4, 1, 2)))
 
 
 def test_opcheck_sparse_attention():
     q, k, v = qkv()
-    _, block_idx = topk_attention(q, k, v, None, True, None, 8, 3, 1, 1, 0)
-    torch.library.opcheck(sparse_attention, (q, k, v, block_idx, None, True, None, 8, 0))
+    _, block_idx = topk_attention(
+        q, k, v, None, is_causal=True, scale=None, block_size=8, n_select=3, sink_blocks=1, local_blocks=1,
+    )
+    settings = dict(is_causal=True, scale=None, block_size=8, min_seq_len=0)
+    torch.library.opcheck(sparse_attention, (q, k, v, block_idx, None), settings)
     mask = padding_mask(2, 21, 37, [37, 30])
-    torch.library.opcheck(sparse_attention, (q, k, v, block_idx, mask, False, 0.25, 8, 10))
+    settings = dict(is_causal=False, scale=0.25, block_size=8, min_seq_len=10)
+    torch.library.opcheck(sparse_attention, (q, k, v, block_idx, mask), settings)
 
 
 @pytest.mark.parametrize("Hq,Hkv", [(4, 4), (4, 2), (8, 1)])
 def test_topk_output_equals_sdpa_causal_with_sq_ne_skv(Hq, Hkv):
     q, k, v = qkv(Hq=Hq, Hkv=Hkv, Sq=13, Skv=29)
-    out, _ = topk_attention(q, k, v, None, True, None, 8, 2, 1, 1, 0)
+    out, _ = topk_attention(
+        q, k, v, None, is_causal=True, scale=None, block_size=8, n_select=2, sink_blocks=1, local_blocks=1,
+    )
     ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
     assert rel_err(out, ref) < 1e-6
 
@@ -78,7 +88,9 @@ def test_float_mask_follows_hf_convention():
     allowed = padding_mask(2, 21, 37, [37, 25])
     bias = torch.randn(2, 1, 21, 37) * 0.1
     float_mask = torch.where(allowed, bias, torch.finfo(torch.float32).min)
-    out, _ = topk_attention(q, k, v, float_mask, False, None, 8, 3, 1, 1, 0)
+    out, _ = topk_attention(
+        q, k, v, float_mask, is_causal=False, scale=None, block_size=8, n_select=3, sink_blocks=1, local_blocks=1,
+    )
     ref = F.scaled_dot_product_attention(q, k, v, attn_mask=torch.where(allowed, bias, -math.inf), enable_gqa=True)
     assert rel_err(out, ref) < 1e-6
 
@@ -87,8 +99,10 @@ def test_fully_masked_rows_are_zero_not_nan():
     q, k, v = qkv()
     mask = padding_mask(2, 21, 37, [37, 10])
     mask[1, 0, :5] = False
-    out, block_idx = topk_attention(q, k, v, mask, False, None, 8, 3, 1, 1, 0)
-    sparse = sparse_attention(q, k, v, block_idx, mask, False, None, 8, 0)
+    out, block_idx = topk_attention(
+        q, k, v, mask, is_causal=False, scale=None, block_size=8, n_select=3, sink_blocks=1, local_blocks=1,
+    )
+    sparse = sparse_attention(q, k, v, block_idx, mask, is_causal=False, scale=None, block_size=8, min_seq_len=0)
     for tensor in (out, sparse):
         assert not tensor.isnan().any()
         assert (tensor[1, :, :5] == 0).all()
@@ -98,7 +112,9 @@ def test_block_idx_format_and_forced_blocks():
     q, k, v = qkv(Sq=1, Skv=80)
     valid = [80, 45]
     mask = padding_mask(2, 1, 80, valid)
-    _, block_idx = topk_attention(q, k, v, mask, False, None, 8, 5, 1, 2, 0)
+    _, block_idx = topk_attention(
+        q, k, v, mask, is_causal=False, scale=None, block_size=8, n_select=5, sink_blocks=1, local_blocks=2,
+    )
     assert block_idx.dtype == torch.int32 and block_idx.shape == (2, 2, 1, 5)
     for b, n in enumerate(valid):
         first, last = (80 - n) // 8, 79 // 8
@@ -111,14 +127,18 @@ def test_block_idx_format_and_forced_blocks():
 
 def test_block_idx_padding_when_few_candidates():
     q, k, v = qkv(Sq=1, Skv=20)
-    _, block_idx = topk_attention(q, k, v, None, False, None, 8, 6, 1, 1, 0)
+    _, block_idx = topk_attention(
+        q, k, v, None, is_causal=False, scale=None, block_size=8, n_select=6, sink_blocks=1, local_blocks=1,
+    )
     assert block_idx[0, 0, 0].tolist() == [0, 1, 2, -1, -1, -1]
 
 
 def test_topk_selects_most_important_blocks():
     q, k, v = qkv(B=1, Hq=1, Hkv=1, Sq=1, Skv=64)
     k[0, 0, 37] = q[0, 0, 0] * 4  # block 4 dominates
-    _, block_idx = topk_attention(q, k, v, None, False, None, 8, 4, 1, 2, 0)
+    _, block_idx = topk_attention(
+        q, k, v, None, is_causal=False, scale=None, block_size=8, n_select=4, sink_blocks=1, local_blocks=2,
+    )
     assert block_idx[0, 0, 0].tolist() == [0, 4, 6, 7]
 
 
@@ -126,8 +146,10 @@ def test_topk_selects_most_important_blocks():
 def test_sparse_equals_independent_computation(min_seq_len):
     q, k, v = qkv()
     mask = padding_mask(2, 21, 37, [37, 30])
-    _, block_idx = topk_attention(q, k, v, mask, False, 0.3, 8, 3, 1, 1, 0)
-    out = sparse_attention(q, k, v, block_idx, mask, False, 0.3, 8, min_seq_len)
+    _, block_idx = topk_attention(
+        q, k, v, mask, is_causal=False, scale=0.3, block_size=8, n_select=3, sink_blocks=1, local_blocks=1,
+    )
+    out = sparse_attention(q, k, v, block_idx, mask, is_causal=False, scale=0.3, block_size=8, min_seq_len=min_seq_len)
     dense_rows = mask.sum(-1, keepdim=True) < min_seq_len  # [B, 1, Sq, 1]
     ref_sparse = independent_sparse(q, k, v, block_idx, mask, 0.3, 8)
     ref_dense = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.3, enable_gqa=True)
@@ -140,7 +162,7 @@ def test_sparse_equals_independent_computation(min_seq_len):
 def test_sparse_with_every_block_equals_sdpa():
     q, k, v = qkv(Sq=13, Skv=29)
     block_idx = torch.arange(4, dtype=torch.int32).expand(2, 2, 2, 4).contiguous()
-    out = sparse_attention(q, k, v, block_idx, None, True, None, 8, 0)
+    out = sparse_attention(q, k, v, block_idx, None, is_causal=True, scale=None, block_size=8, min_seq_len=0)
     ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
     assert rel_err(out, ref) < 1e-6
 
@@ -148,7 +170,9 @@ def test_sparse_with_every_block_equals_sdpa():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_close_to_fp64(dtype):
     q, k, v = qkv(dtype=dtype)
-    out, block_idx = topk_attention(q, k, v, None, True, None, 8, 3, 1, 1, 0)
+    out, block_idx = topk_attention(
+        q, k, v, None, is_causal=True, scale=None, block_size=8, n_select=3, sink_blocks=1, local_blocks=1,
+    )
     assert out.dtype == dtype and block_idx.dtype == torch.int32
     ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=True, enable_gqa=True)
     assert rel_err(out, ref) < 1e-2
@@ -157,19 +181,33 @@ def test_low_precision_close_to_fp64(dtype):
 def test_errors_are_clear():
     q, k, v = qkv()
     with pytest.raises(ValueError, match="sink_blocks \\+ local_blocks"):
-        topk_attention(q, k, v, None, True, None, 8, 1, 1, 1, 0)
+        topk_attention(
+            q, k, v, None, is_causal=True, scale=None, block_size=8, n_select=1, sink_blocks=1, local_blocks=1,
+        )
     with pytest.raises(ValueError, match="block_idx must be"):
-        sparse_attention(q, k, v, torch.zeros(2, 2, 1, 3, dtype=torch.int32), None, True, None, 8, 0)
+        sparse_attention(
+            q, k, v, torch.zeros(2, 2, 1, 3, dtype=torch.int32), None, is_causal=True, scale=None, block_size=8,
+            min_seq_len=0,
+        )
     with pytest.raises(ValueError, match="outside"):
-        sparse_attention(q, k, v, torch.full((2, 2, 3, 3), 9, dtype=torch.int32), None, True, None, 8, 0)
+        sparse_attention(
+            q, k, v, torch.full((2, 2, 3, 3), 9, dtype=torch.int32), None, is_causal=True, scale=None, block_size=8,
+            min_seq_len=0,
+        )
 
 
 def test_block_idx_must_be_ascending_and_mask_must_broadcast():
     q, k, v = qkv(Sq=1, Skv=40)
     unsorted = torch.tensor([3, 1, -1], dtype=torch.int32).expand(2, 2, 1, 3).contiguous()
     with pytest.raises(ValueError, match="strictly ascending block indices followed by -1"):
-        sparse_attention(q, k, v, unsorted, None, False, None, 8, 0)
+        sparse_attention(q, k, v, unsorted, None, is_causal=False, scale=None, block_size=8, min_seq_len=0)
     with pytest.raises(ValueError, match=r"does not broadcast to \[B, Hq, Sq, Skv\] = \[2, 4, 1, 40\]"):
-        topk_attention(q, k, v, torch.ones(2, 1, 1, 39, dtype=torch.bool), False, None, 8, 3, 1, 1, 0)
+        topk_attention(
+            q, k, v, torch.ones(2, 1, 1, 39, dtype=torch.bool), is_causal=False, scale=None, block_size=8, n_select=3,
+            sink_blocks=1, local_blocks=1,
+        )
     with pytest.raises(ValueError, match="mask must be bool"):
-        topk_attention(q, k, v, torch.ones(2, 1, 1, 40, dtype=torch.int64), False, None, 8, 3, 1, 1, 0)
+        topk_attention(
+            q, k, v, torch.ones(2, 1, 1, 40, dtype=torch.int64), is_causal=False, scale=None, block_size=8,
+            n_select=3, sink_blocks=1, local_blocks=1,
+        )

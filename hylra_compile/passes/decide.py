@@ -1,0 +1,101 @@
+"""Phase 2, ``decide(matches, policy)``: one :class:`Decision` per match -- producer, consumer or dense, and why.
+
+The policy is applied by layer index: each graph takes the entries of the layers it holds, so a model split by
+graph breaks compiles graph by graph. A consumer whose producer lies in another graph (or stays dense, runs later,
+or has other shapes) stays dense with that reason; a producer that no layer of this graph consumes runs as full.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+from ..policy import Policy
+from .find_attention import AttentionMatch
+
+SiteAction = Literal["producer", "consumer", "dense"]
+
+# Why a site stays dense: the counter key (``counters["hylra"]["dense." + cause]``) and what it means.
+DENSE_CAUSES = {
+    "not_understood": "the call is attention the ops cannot take (match problem)",
+    "no_policy": "no policy given",
+    "policy_full": "the policy says full",
+    "unconsumed_producer": "a producer no layer of this graph consumes",
+    "source_in_other_graph": "a consumer whose producer is in another graph",
+    "source_unusable": "a consumer whose producer stays dense or runs after it",
+    "shape_mismatch": "a consumer whose shapes are not provably its producer's",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """What the rewrite does with one match. ``source``: the producer layer of a consumer. ``reason``: the
+    human-readable why (report); ``dense_cause``: a key of :data:`DENSE_CAUSES` for a dense site."""
+
+    action: SiteAction
+    source: int | None = None
+    reason: str | None = None
+    dense_cause: str | None = None
+
+
+# (name, operand, dim) a consumer must share with its producer for the indices to mean the same blocks.
+_SHARED_DIMS = (("batch", "q", 0), ("query length", "q", 2), ("KV heads", "k", 1), ("KV length", "k", 2))
+
+
+def decide(matches: tuple[AttentionMatch, ...], policy: Policy | None) -> tuple[Decision, ...]:
+    """One decision per match, same order."""
+    if policy is None:
+        return tuple(_dense(m.problem, "not_understood") if m.problem else _dense("no policy given", "no_policy")
+                     for m in matches)
+    usable = [m for m in matches if m.problem is None]
+    policy.check_graph([m.layer for m in usable], _kv_heads(usable))
+    by_layer = {m.layer: m for m in matches}  # a layer with several calls has a problem: never used as a source
+    position = {m.output: i for i, m in enumerate(matches)}
+    first = [_decide_one(m, policy, by_layer, position) for m in matches]
+    consumed = {d.source for d in first if d.action == "consumer"}
+    return tuple(
+        _dense("policy: producer, but no layer of this graph consumes it (runs as full)", "unconsumed_producer")
+        if d.action == "producer" and m.layer not in consumed else d
+        for m, d in zip(matches, first)
+    )
+
+
+def _dense(reason: str, cause: str) -> Decision:
+    return Decision(action="dense", reason=reason, dense_cause=cause)
+
+
+def _decide_one(match: AttentionMatch, policy: Policy, by_layer: dict, position: dict) -> Decision:
+    if match.problem is not None:
+        return _dense(match.problem, "not_understood")
+    mode = policy.modes[match.layer]
+    if mode == "full":
+        return _dense("policy: full", "policy_full")
+    if mode == "producer":
+        return Decision(action="producer")
+    source = policy.sources[match.layer]
+    producer = by_layer.get(source)
+    if producer is None:
+        return _dense(f"policy: consumer of {source}, but layer {source} is not in this graph (a graph break "
+                      "splits them)", "source_in_other_graph")
+    if producer.problem is not None:
+        return _dense(f"policy: consumer of {source}, but layer {source} stays dense ({producer.problem})",
+                      "source_unusable")
+    if position[producer.output] > position[match.output]:
+        return _dense(f"policy: consumer of {source}, but layer {source} runs after it in the graph",
+                      "source_unusable")
+    for name, operand, dim in _SHARED_DIMS:
+        a, b = producer.shape(operand)[dim], match.shape(operand)[dim]
+        if not statically_known_true(a == b):
+            return _dense(f"policy: consumer of {source}, but {name} {b} is not provably equal to {a} of layer "
+                          f"{source}", "shape_mismatch")
+    return Decision(action="consumer", source=source)
+
+
+def _kv_heads(matches: list[AttentionMatch]) -> int | None:
+    heads = {m.shape("k")[1] for m in matches}
+    if len(heads) == 1:
+        (count,) = heads
+        return count if isinstance(count, int) else None
+    return None

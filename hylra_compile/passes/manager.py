@@ -1,0 +1,92 @@
+"""The pass manager: runs the phases in their fixed order, feeding each the previous one's output, and writes a
+numbered dump of every phase's result (to the dump folder and to ``TORCH_LOGS`` / ``TORCH_TRACE`` through
+torch's structured logging, so ``tlparse`` shows them) and counts what matched (``counters["hylra"]``).
+
+0. input graph                                              ``00-input.py``
+1. :func:`find_attention` (gm) -> matches                   ``01-find_attention.md``
+2. :func:`decide` (matches, policy) -> decisions            ``02-decide.md``
+3. :func:`rewrite` (gm, matches, decisions, options) -> gm  ``03-rewrite.py``
+   the report (matches + decisions)                         ``report.md``, ``edges.dot``
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import networkx as nx
+import torch.fx
+from torch._dynamo.utils import counters
+from torch._logging import trace_structured
+
+from ..options import HylraOptions
+from ..report import GraphReport
+from .decide import decide
+from .find_attention import find_attention
+from .rewrite import rewrite
+
+log = logging.getLogger(__name__)
+
+
+def run_passes(gm: torch.fx.GraphModule, options: HylraOptions, name: str, dump_dir: Path | None) -> GraphReport:
+    """Rewrite ``gm`` in place by ``options``; returns its report. ``dump_dir``: this graph's dump folder."""
+    dump = _Dump(name, dump_dir)
+    dump("00-input.py", lambda: gm.print_readable(print_output=False))
+    matches = find_attention(gm)
+    dump("01-find_attention.md", lambda: _table(
+        ("layer", "kind", "output", "q", "k", "v", "mask", "is_causal", "scale", "problem / notes"),
+        [(m.layer, m.kind, m.output.name, *(_shape(m, o) for o in ("q", "k", "v", "mask")), m.is_causal, m.scale,
+          "; ".join(([m.problem] if m.problem else []) + list(m.notes))) for m in matches]))
+    decisions = decide(matches, options.policy)
+    dump("02-decide.md", lambda: _table(
+        ("layer", "action", "source", "dense cause", "reason"),
+        [(m.layer, d.action, d.source, d.dense_cause, d.reason) for m, d in zip(matches, decisions)]))
+    outputs = rewrite(gm, matches, decisions, options)
+    dump("03-rewrite.py", lambda: gm.print_readable(print_output=False))
+    report = GraphReport.from_phases(name, matches, decisions)
+    dump("report.md", report.to_markdown)
+    if dump_dir is not None:
+        nx.nx_pydot.write_dot(report.edge_graph(), dump_dir / "edges.dot")
+    _count(matches, decisions, outputs)
+    return report
+
+
+def _count(matches, decisions, outputs) -> None:
+    hylra = counters["hylra"]
+    for match, decision in zip(matches, decisions):
+        hylra[f"{match.kind}_{'unmatched' if match.problem else 'matched'}"] += 1
+        hylra[f"{decision.action}_sites"] += 1
+        if decision.dense_cause is not None:
+            hylra[f"dense.{decision.dense_cause}"] += 1
+    hylra["rewritten"] += len(outputs)
+
+
+class _Dump:
+    """Writes ``<dump_dir>/<file>`` when a folder is set and emits the same text as a structured-trace artifact
+    ``hylra_<graph>_<file>`` when tracing is on; the text is built only if someone reads it."""
+
+    def __init__(self, graph_name: str, dump_dir: Path | None):
+        self.graph_name, self.dump_dir = graph_name, dump_dir
+        if dump_dir is not None:
+            dump_dir.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, file: str, text_fn) -> None:
+        log.debug("hylra: %s of %s", file, self.graph_name)
+        if self.dump_dir is not None:
+            (self.dump_dir / file).write_text(text_fn())
+        trace_structured(
+            "artifact",
+            metadata_fn=lambda: {"name": f"hylra_{self.graph_name}_{file}", "encoding": "string"},
+            payload_fn=text_fn,
+        )
+
+
+def _shape(match, operand: str) -> str:
+    node = getattr(match, operand)
+    return "" if node is None else "x".join(str(s) for s in match.shape(operand))
+
+
+def _table(header: tuple[str, ...], rows: list[tuple]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join("" if cell is None else str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"

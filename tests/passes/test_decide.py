@@ -1,0 +1,80 @@
+"""Phase 2 on its own and across graph breaks: the policy applies by layer index, graph by graph."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch._dynamo.utils import counters
+
+from hylra_compile import HylraBackend, Policy
+from hylra_compile.passes import decide, find_attention
+from tests.passes.models import COVERING, BrokenStack, LoopBrokenStack, TinyAttention, TinyStack, X, dynamo_graph
+
+
+def compile_broken(policy: Policy, model=None):
+    model = model or BrokenStack()
+    backend = HylraBackend(policy=policy, **COVERING)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(model, backend=backend)(X), model(X))
+    return backend
+
+
+def test_each_graph_takes_the_policy_entries_of_its_layers():
+    backend = compile_broken(Policy.every(2, 4))
+    assert [[(s.layer, s.action, s.source) for s in r.sites] for r in backend.reports] == [
+        [(0, "producer", None), (1, "consumer", 0)],
+        [(2, "producer", None), (3, "consumer", 2)],
+    ]
+
+
+def test_a_consumer_whose_producer_is_in_another_graph_stays_dense():
+    backend = compile_broken(Policy.from_modes(["producer", "consumer", "consumer", "consumer"]))
+    second = backend.reports[1]
+    assert [s.action for s in second.sites] == ["dense", "dense"]
+    assert second.sites[0].reason == (
+        "policy: consumer of 0, but layer 0 is not in this graph (a graph break splits them)"
+    )
+    assert counters["hylra"]["dense.source_in_other_graph"] == 2
+    assert counters["hylra"]["rewritten"] == 2
+
+
+def test_a_graph_without_layer_numbers_inside_a_model_stays_dense():
+    backend = compile_broken(Policy.every(2, 4), LoopBrokenStack(4))
+    sites = [site for report in backend.reports for site in report.sites]
+    assert sites and all(site.action == "dense" for site in sites)
+    assert sites[0].reason.startswith("no layer number in its module path")
+
+
+class TwiceAttention(TinyAttention):
+    """Attends twice in one layer (like self- and cross-attention in one decoder layer)."""
+
+    def forward(self, x):
+        x = super().forward(x)
+        B, S, _ = x.shape
+        q = x.view(B, S, 2, 4).transpose(1, 2)
+        return x + F.scaled_dot_product_attention(q, q, q).transpose(1, 2).reshape(B, S, -1)
+
+
+def test_a_layer_with_two_attention_calls_stays_dense():
+    model = TinyStack()
+    model.layers[1] = TwiceAttention()
+    matches = find_attention(dynamo_graph(model, X))
+    assert [m.layer for m in matches] == [0, 1, 1]
+    decisions = decide(matches, Policy.every(2, 2))
+    assert [d.action for d in decisions] == ["dense", "dense", "dense"]
+    assert decisions[1].reason == (
+        "layer 1 makes 2 attention calls in this graph; one policy entry per layer cannot tell them apart"
+    )
+    assert decisions[0].dense_cause == "unconsumed_producer"
+
+
+def test_decide_is_a_function_of_matches_and_policy():
+    matches = find_attention(dynamo_graph(TinyStack(3), X))
+    assert [d.dense_cause for d in decide(matches, None)] == ["no_policy"] * 3
+    decisions = decide(matches, Policy.from_modes(["producer", "full", "consumer"]))
+    assert [(d.action, d.source, d.dense_cause) for d in decisions] == [
+        ("producer", None, None), ("dense", None, "policy_full"), ("consumer", 0, None)
+    ]
+    with pytest.raises(ValueError, match=r"attention at layer\(s\) \[2\] but the policy lists 2 layers"):
+        decide(matches, Policy.every(2, 2))
