@@ -34,7 +34,8 @@ def build_model(layers: int, context: int, device, dtype, small: bool):
         vocab_size=32000, num_hidden_layers=layers, max_position_embeddings=context + SLACK, rope_theta=500000.0, **size
     )
     torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=dtype).to(device).eval()
+    with torch.device(device):  # initialise the weights where they live (8B parameters take minutes on a CPU)
+        return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=dtype).eval()
 
 
 @torch.no_grad()

@@ -44,4 +44,4 @@ rel = ((logits - dense).norm() / dense.norm()).item()
 agree = (logits.argmax(-1) == dense.argmax(-1)).float().mean().item()
 # Random weights spread attention evenly, the worst case for top-k; trained models concentrate it.
 print(f"\nlogits vs dense: relative error {rel:.3e}, top-1 agreement {agree:.1%}")
-print(f"dumps: hylra-dumps/{backend.reports[0].name}/ (00-input.py ... 03-rewrite.py, report.md, edges.dot)")
+print(f"dumps: hylra-dumps/{backend.reports[0].name}/ (00-input.py ... 04-rewrite.py, report.md, edges.dot)")

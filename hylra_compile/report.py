@@ -12,11 +12,13 @@ _COLORS = {"producer": "lightblue", "consumer": "palegreen", "dense": "lightgray
 @dataclasses.dataclass(frozen=True)
 class SiteReport:
     """One attention call of a graph: its layer (None when it has none), kind (``sdpa`` / ``eager``), action
-    (``producer`` / ``consumer`` / ``dense``), the producer layer of a consumer, why it is dense, and notes."""
+    (``producer`` / ``consumer`` / ``dense``), the hylra op now computing it (None: left as written), the producer
+    layer of a consumer, why it is dense, and notes."""
 
     layer: int | None
     kind: str
     action: str
+    op: str | None = None
     source: int | None = None
     reason: str | None = None
     notes: tuple[str, ...] = ()
@@ -33,7 +35,7 @@ class GraphReport:
     def from_phases(cls, name: str, matches, decisions) -> "GraphReport":
         """The report of ``find_attention``'s matches and ``decide``'s decisions (same order)."""
         return cls(name, tuple(
-            SiteReport(m.layer, m.kind, d.action, d.source, d.reason, m.notes) for m, d in zip(matches, decisions)
+            SiteReport(m.layer, m.kind, d.action, d.op, d.source, d.reason, m.notes) for m, d in zip(matches, decisions)
         ))
 
     def counts(self) -> dict[str, int]:
@@ -58,8 +60,8 @@ class GraphReport:
 
     def _rows(self) -> list[tuple[str, ...]]:
         return [
-            ("?" if s.layer is None else str(s.layer), s.kind, s.action, "" if s.source is None else str(s.source),
-             "; ".join(([s.reason] if s.reason else []) + list(s.notes)))
+            ("?" if s.layer is None else str(s.layer), s.kind, s.action, s.op or "",
+             "" if s.source is None else str(s.source), "; ".join(([s.reason] if s.reason else []) + list(s.notes)))
             for s in self.sites
         ]
 
@@ -68,11 +70,11 @@ class GraphReport:
         if not self.sites:
             return header + "no attention found; graph left unchanged"
         header += ", ".join(f"{n} {action}" for action, n in self.counts().items())
-        rows = [("layer", "kind", "action", "source", "reason"), *self._rows()]
-        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        rows = [("layer", "kind", "action", "op", "source", "reason"), *self._rows()]
+        widths = [max(len(row[i]) for row in rows) for i in range(5)]
         lines = [header]
         for i, row in enumerate(rows):
-            lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4])
+            lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[5])
             if i == 0:
                 lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 6)
         return "\n".join(line.rstrip() for line in lines)
@@ -80,6 +82,6 @@ class GraphReport:
     def to_markdown(self) -> str:
         lines = [f"# {self.name}", "", str(self).splitlines()[0], ""]
         if self.sites:
-            lines += ["| layer | kind | action | source | reason |", "|---|---|---|---|---|"]
+            lines += ["| layer | kind | action | op | source | reason |", "|---|---|---|---|---|---|"]
             lines += [f"| {' | '.join(row)} |" for row in self._rows()]
         return "\n".join(lines) + "\n"

@@ -162,12 +162,12 @@ def test_report_table_and_dumps(tmp_path):
     assert str(report).splitlines()[0] == f"hylra report for {report.name}: 2 producer, 2 consumer, 0 dense"
     (folder,) = tmp_path.iterdir()
     assert sorted(p.name for p in folder.iterdir()) == [
-        "00-input.py", "01-find_attention.md", "02-decide.md", "03-rewrite.py", "edges.dot", "report.md"
+        "00-input.py", "01-find_attention.md", "02-decide.md", "03-block_masks.md", "04-rewrite.py", "edges.dot", "report.md"
     ]
-    assert "hylra.topk_attention" in (folder / "03-rewrite.py").read_text()
+    assert "hylra.topk_attention" in (folder / "04-rewrite.py").read_text()
     assert "hylra" not in (folder / "00-input.py").read_text()
     assert "layer0 -> layer1" in (folder / "edges.dot").read_text()
-    assert "| 1 | eager | consumer | 0 |" in (folder / "report.md").read_text()
+    assert "| 1 | eager | consumer | sparse_attention | 0 |" in (folder / "report.md").read_text()
 
 
 def test_no_policy_and_producer_without_consumer_run_dense():
@@ -178,8 +178,13 @@ def test_no_policy_and_producer_without_consumer_run_dense():
     torch._dynamo.reset()
     compiled, backend = compile_model(model, policy=["producer", "full"])
     prefill_logits(compiled, *padded_batch(20))
-    assert backend.reports[0].sites[0].reason == "policy: producer, but no layer of this graph consumes it (runs as full)"
-    assert "hylra" not in backend.graphs[0].code
+    first, second = backend.reports[0].sites
+    assert first.reason == "policy: producer, but no layer of this graph consumes it (runs as full)"
+    # Both run dense on the native KV heads (hylra::attention), sharing one block mask of HF's materialised mask.
+    assert (first.op, second.op) == ("attention", "attention")
+    code = backend.graphs[0].code
+    assert code.count("hylra.attention.default") == 2 and code.count("hylra.mask_blocks.default") == 1
+    assert "scaled_dot_product_attention" not in code
 
 
 def test_short_policy_and_other_model_are_errors():

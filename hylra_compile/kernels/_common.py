@@ -23,6 +23,16 @@ def mask_args(mask: torch.Tensor | None, B: int, Sq: int, Skv: int, q: torch.Ten
     return m, kind, m.stride(0), m.stride(2), m.stride(3), thr
 
 
+def block_mask_args(block_mask: torch.Tensor | None, q: torch.Tensor):
+    """(tensor, stride_b, stride_query_block) of a block mask [Bm, n_qb | 1, n_kb] (reference.mask_blocks); a
+    dimension of size 1 broadcasts (stride 0). Without one: a dummy pointer (the kernel reads it only with
+    HAS_BLOCKS)."""
+    if block_mask is None:
+        return q, 0, 0
+    strides = [block_mask.stride(d) if block_mask.shape[d] > 1 else 0 for d in (0, 1)]
+    return block_mask, strides[0], strides[1]
+
+
 def ptx_stores(t: torch.Tensor) -> bool:
     """Whether kernels on t's device may use NVIDIA PTX (store_rows); not under the interpreter (CPU tensors)."""
     return t.device.type == "cuda" and torch.version.hip is None

@@ -223,7 +223,9 @@ def _splits(B: int, Hkv: int, n_items: int, device: torch.device, min_per_split:
 
 
 def _decode(q, k, v, mask, is_causal, scale, block_size, block_idx, n_select, sink_blocks, local_blocks,
-            min_seq_len, splits=None, num_warps=4, num_stages=3):
+            min_seq_len, select=True, splits=None, num_warps=4, num_stages=3):
+    """One split-K decode: sparse over ``block_idx`` when given, else dense, selecting ``n_select`` blocks when
+    ``select``. Returns (out, block_idx or None)."""
     B, Hq, Sq, D = q.shape
     assert Sq == 1
     Hkv, Skv, DV = k.shape[1], k.shape[2], v.shape[3]
@@ -250,7 +252,8 @@ def _decode(q, k, v, mask, is_causal, scale, block_size, block_idx, n_select, si
     mpart = torch.empty(B, Hkv, splits, G_PAD, dtype=f32, device=dev)
     lpart = torch.empty(B, Hkv, splits, G_PAD, dtype=f32, device=dev)
     accpart = torch.empty(B, Hkv, splits, G_PAD, DV, dtype=f32, device=dev)
-    lse_blk = torch.empty(B, Hkv, G, n_kb, dtype=f32, device=dev) if not sparse else mpart
+    write_lse = select and not sparse
+    lse_blk = torch.empty(B, Hkv, G, n_kb, dtype=f32, device=dev) if write_lse else mpart
     out = torch.empty(B, Hq, Sq, DV, dtype=q.dtype, device=dev)
     _decode_split_kernel[(B, Hkv, splits)](
         q, k, v, m, idx, mpart, lpart, accpart, lse_blk,
@@ -260,9 +263,9 @@ def _decode(q, k, v, mask, is_causal, scale, block_size, block_idx, n_select, si
         smb, smk, sib, sih, sis,
         Skv, n_kb, n_sel, splits, scale * LOG2E, thr, min_seq_len,
         G=G, G_PAD=G_PAD, D=D, DV=DV, BLOCK_N=block_size, MASK_KIND=kind, IS_CAUSAL=bool(is_causal),
-        SPARSE=sparse, WRITE_LSE=not sparse, SCAN_N=1024, SCAN_IT=64, num_warps=num_warps, num_stages=num_stages,
+        SPARSE=sparse, WRITE_LSE=write_lse, SCAN_N=1024, SCAN_IT=64, num_warps=num_warps, num_stages=num_stages,
     )
-    if sparse:
+    if not write_lse:
         bidx = out  # unused
         n_select_arg = 0
     else:
@@ -272,18 +275,27 @@ def _decode(q, k, v, mask, is_causal, scale, block_size, block_idx, n_select, si
         mpart, lpart, accpart, lse_blk, out, bidx,
         out.stride(0), out.stride(1), out.stride(3),
         splits, n_kb, n_select_arg, sink_blocks, local_blocks,
-        G=G, G_PAD=G_PAD, DV=DV, S_PAD=triton.next_power_of_2(splits), SELECT=not sparse, C_PAD=triton.next_power_of_2(max(n_kb, 1)),
+        G=G, G_PAD=G_PAD, DV=DV, S_PAD=triton.next_power_of_2(splits), SELECT=write_lse, C_PAD=triton.next_power_of_2(max(n_kb, 1)),
         N_SEL_PAD=triton.next_power_of_2(max(n_select_arg, 1)),
         num_warps=4 if n_kb <= 1024 else 8,  # H100: 4 warps best at 32K, 8 at 128K
     )
-    return out, (None if sparse else bidx)
+    return out, (bidx if write_lse else None)
 
 
-def decode_topk_attention(q, k, v, mask, *, is_causal, scale, block_size, n_select, sink_blocks, local_blocks, **kw):
+# Decode needs no block mask: each split already trims to the blocks holding an allowed key (its mask row is
+# Skv bytes), and keys that are not allowed are never loaded.
+def decode_topk_attention(q, k, v, mask, block_mask=None, *, is_causal, scale, block_size, n_select, sink_blocks,
+                          local_blocks, **kw):
     """Producer for Sq == 1: (out [B, Hq, 1, Dv], block_idx int32 [B, Hkv, 1, n_select])."""
     return _decode(q, k, v, mask, is_causal, scale, block_size, None, n_select, sink_blocks, local_blocks, 0, **kw)
 
 
-def decode_sparse_attention(q, k, v, block_idx, mask, *, is_causal, scale, block_size, min_seq_len, **kw):
+def decode_sparse_attention(q, k, v, block_idx, mask, block_mask=None, *, is_causal, scale, block_size, min_seq_len,
+                            **kw):
     """Consumer for Sq == 1: out [B, Hq, 1, Dv] over the selected blocks (dense below min_seq_len allowed keys)."""
     return _decode(q, k, v, mask, is_causal, scale, block_size, block_idx, 0, 0, 0, min_seq_len, **kw)[0]
+
+
+def decode_attention(q, k, v, mask, block_mask=None, *, is_causal, scale, block_size, **kw):
+    """Dense attention for Sq == 1 (a layer the policy leaves dense): out [B, Hq, 1, Dv], no selection."""
+    return _decode(q, k, v, mask, is_causal, scale, block_size, None, 0, 0, 0, 0, select=False, **kw)[0]

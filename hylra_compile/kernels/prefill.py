@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 from triton.runtime.errors import OutOfResources
 
-from ._common import LOG2E, mask_args, mask_tile, ptx_stores, select_row, store_rows
+from ._common import LOG2E, block_mask_args, mask_args, mask_tile, ptx_stores, select_row, store_rows
 
 
 @triton.jit
@@ -119,20 +119,23 @@ def _kv_blocks(q0, Skv, QB: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.c
 
 @triton.jit
 def _prefill_attn_kernel(
-    Q, K, V, Mask, Idx, Out, Lse, X, Imp,
+    Q, K, V, Mask, Blocks, Idx, Out, Lse, X, Imp,
     sqb, sqh, sqs, sqd,
     skb, skh, skn, skd,
     svb, svh, svn, svd,
-    smb, smq, smk,
+    smb, smq, smk, sbb, sbr,
     sib, sih, sir, sis,
     sob, soh, sos, sod,
     Hq, Sq, Skv, n_kb, n_qb, n_sel, qk_scale, mask_thr, min_seq_len,
     HP: tl.constexpr, G: tl.constexpr, QB: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
     MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, SPARSE: tl.constexpr, WRITE_LSE: tl.constexpr,
     N_SEL_PAD: tl.constexpr, SCAN_N: tl.constexpr, WRITE_X: tl.constexpr, PTX: tl.constexpr, C_T: tl.constexpr,
+    HAS_BLOCKS: tl.constexpr,
 ):
     qb, b, hg, kvh, head, q0, qpos, row_ok, q = _program_rows(Q, sqb, sqh, sqs, sqd, Hq, Sq, n_qb, HP, G, QB, D)
     M: tl.constexpr = HP * QB
+    # HAS_BLOCKS: the mask's block structure (reference.mask_blocks): 0 skip, 1 read the mask, 2 every key allowed.
+    blk_row = Blocks + b * sbb + qb * sbr
     offs_d = tl.arange(0, D)
     offs_dv = tl.arange(0, DV)
     offs_n = tl.arange(0, BLOCK_N)
@@ -165,15 +168,39 @@ def _prefill_attn_kernel(
             c_sel = tl.load(i_base + j * sis)
             prev = tl.load(i_base + (j - 1) * sis, mask=j > 0, other=-1)
             ok = (c_sel >= 0) & (c_sel < n_kb) & (c_sel != prev)
-            acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, tl.where(ok, c_sel, 0), ok, k_base, v_base, m_base,
-                                        skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr,
-                                        offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, False)
+            c_ok = tl.where(ok, c_sel, 0)
+            if HAS_BLOCKS:
+                kind = tl.load(blk_row + c_ok)
+                if ok & (kind == 2) & (c_ok < n_whole):
+                    acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c_ok, True, k_base, v_base, m_base,
+                                                skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr,
+                                                offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, True)
+                elif ok & (kind != 0):
+                    acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c_ok, True, k_base, v_base, m_base,
+                                                skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr,
+                                                offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, False)
+            else:
+                acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c_ok, ok, k_base, v_base, m_base,
+                                            skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr,
+                                            offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, False)
         # Rows with fewer than min_seq_len allowed keys attend all of them.
         if MASK_KIND == 0:
             if IS_CAUSAL:
                 cnt = tl.minimum(qpos + 1, Skv)
             else:
                 cnt = tl.zeros([M], dtype=tl.int32) + Skv
+        elif HAS_BLOCKS:  # count whole blocks without reading the mask; read it in partial ones only
+            cnt = tl.zeros([M], dtype=tl.int32)
+            c = tl.zeros([], dtype=tl.int32)
+            while (c < n_blocks) & (tl.min(tl.where(row_ok, cnt, min_seq_len), 0) < min_seq_len):
+                kind = tl.load(blk_row + c)
+                if (kind == 2) & (c < n_whole):
+                    cnt += BLOCK_N
+                elif kind != 0:
+                    al, _b = mask_tile(m_base, smq, smk, qpos, c * BLOCK_N + offs_n, row_ok, Skv, mask_thr,
+                                       MASK_KIND, IS_CAUSAL)
+                    cnt += tl.sum(al.to(tl.int32), 1)
+                c += 1
         else:
             cnt = tl.zeros([M], dtype=tl.int32)
             jj = tl.zeros([], dtype=tl.int32)
@@ -189,6 +216,20 @@ def _prefill_attn_kernel(
                 acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c, dense_row & (is_sel == 0), k_base, v_base,
                                             m_base, skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale,
                                             mask_thr, offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, False)
+    elif HAS_BLOCKS:
+        for c in range(n_blocks):
+            kind = tl.load(blk_row + c)
+            x_blk = tl.full([M], float("-inf"), dtype=tl.float32)
+            if (kind == 2) & (c < n_whole):
+                acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c, True, k_base, v_base, m_base,
+                                            skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr,
+                                            offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, True)
+            elif kind != 0:
+                acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c, True, k_base, v_base, m_base,
+                                            skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr,
+                                            offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, False)
+            if WRITE_X:
+                store_rows(x_base + c * M, x_blk, row_ok, PTX)
     else:
         n_full = n_whole if MASK_KIND == 0 else 0
         for c in range(n_full):
@@ -238,14 +279,33 @@ def _prefill_attn_kernel(
 
 
 @triton.jit
+def _block_importance(q, k_base, m_base, c, qpos, row_ok, lse, skn, skd, smq, smk, Skv, qk_scale, mask_thr,
+                      offs_n, offs_d, QB: tl.constexpr, MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr,
+                      FULL: tl.constexpr):
+    """Sum of the exact probabilities of the rows over KV block c; -1 if c holds no allowed key of the rows.
+    FULL: every key of c is allowed for every row (no mask read, no bounds)."""
+    k_ptrs = k_base + tl.cast(c * QB, tl.int64) * skn + offs_n[:, None] * skn + offs_d[None, :] * skd
+    if FULL:
+        p = tl.exp2(tl.dot(q, tl.trans(tl.load(k_ptrs))) * qk_scale - lse[:, None])
+        return tl.sum(tl.sum(tl.where(row_ok[:, None], p, 0.0), 1), 0)
+    allowed, bias = mask_tile(m_base, smq, smk, qpos, c * QB + offs_n, row_ok, Skv, mask_thr, MASK_KIND, IS_CAUSAL)
+    kmask = tl.max(allowed.to(tl.int32), 0) != 0
+    sc = tl.dot(q, tl.trans(tl.load(k_ptrs, mask=kmask[:, None], other=0.0))) * qk_scale
+    if MASK_KIND == 2:
+        sc += bias * 1.4426950408889634
+    val = tl.sum(tl.sum(tl.where(allowed, tl.exp2(sc - lse[:, None]), 0.0), 1), 0)
+    return tl.where(tl.sum(kmask.to(tl.int32), 0) > 0, val, -1.0)
+
+
+@triton.jit
 def _prefill_importance_kernel(
-    Q, K, Mask, Lse, Imp,
+    Q, K, Mask, Blocks, Lse, Imp,
     sqb, sqh, sqs, sqd,
     skb, skh, skn, skd,
-    smb, smq, smk,
+    smb, smq, smk, sbb, sbr,
     Hq, Sq, Skv, n_kb, n_qb, qk_scale, mask_thr,
     HP: tl.constexpr, G: tl.constexpr, QB: tl.constexpr, D: tl.constexpr,
-    MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr,
+    MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_BLOCKS: tl.constexpr,
 ):
     """Imp[b, head group, qb, c] = sum of exact probabilities of the group's rows over KV block c; -1 if c holds no
     allowed key of the query block."""
@@ -259,28 +319,28 @@ def _prefill_importance_kernel(
     m_base = Mask + b * smb
     imp_base = Imp + ((b * n_hg + hg) * n_qb + qb) * n_kb
     _kv_end, n_blocks, n_whole = _kv_blocks(q0, Skv, QB, QB, IS_CAUSAL)
-    n_full = 0
-    if MASK_KIND == 0:
-        n_full = n_whole
-        rw = tl.where(row_ok, 1.0, 0.0)
+    if HAS_BLOCKS:
+        blk_row = Blocks + b * sbb + qb * sbr
+        for c in range(n_blocks):
+            kind = tl.load(blk_row + c)
+            val = -1.0
+            if (kind == 2) & (c < n_whole):
+                val = _block_importance(q, k_base, m_base, c, qpos, row_ok, lse, skn, skd, smq, smk, Skv, qk_scale,
+                                        mask_thr, offs_n, offs_d, QB, MASK_KIND, IS_CAUSAL, True)
+            elif kind != 0:
+                val = _block_importance(q, k_base, m_base, c, qpos, row_ok, lse, skn, skd, smq, smk, Skv, qk_scale,
+                                        mask_thr, offs_n, offs_d, QB, MASK_KIND, IS_CAUSAL, False)
+            tl.store(imp_base + c, val)
+    else:
+        n_full = n_whole if MASK_KIND == 0 else 0
         for c in range(n_full):
-            k = tl.load(k_base + tl.cast(c * QB, tl.int64) * skn + offs_n[:, None] * skn + offs_d[None, :] * skd)
-            sc = tl.dot(q, tl.trans(k)) * qk_scale
-            p = tl.exp2(sc - lse[:, None])
-            tl.store(imp_base + c, tl.sum(tl.sum(p, 1) * rw, 0))
-    for c in range(n_full, n_blocks):
-        offs_k = c * QB + offs_n
-        allowed, bias = mask_tile(m_base, smq, smk, qpos, offs_k, row_ok, Skv, mask_thr, MASK_KIND, IS_CAUSAL)
-        kmask = tl.max(allowed.to(tl.int32), 0) != 0
-        k = tl.load(k_base + tl.cast(c * QB, tl.int64) * skn + offs_n[:, None] * skn + offs_d[None, :] * skd,
-                    mask=kmask[:, None], other=0.0)
-        sc = tl.dot(q, tl.trans(k)) * qk_scale
-        if MASK_KIND == 2:
-            sc += bias * 1.4426950408889634
-        p = tl.where(allowed, tl.exp2(sc - lse[:, None]), 0.0)
-        val = tl.sum(tl.sum(p, 1), 0)
-        cand = tl.sum(kmask.to(tl.int32), 0) > 0
-        tl.store(imp_base + c, tl.where(cand, val, -1.0))
+            tl.store(imp_base + c, _block_importance(q, k_base, m_base, c, qpos, row_ok, lse, skn, skd, smq, smk, Skv,
+                                                     qk_scale, mask_thr, offs_n, offs_d, QB, MASK_KIND, IS_CAUSAL,
+                                                     True))
+        for c in range(n_full, n_blocks):
+            tl.store(imp_base + c, _block_importance(q, k_base, m_base, c, qpos, row_ok, lse, skn, skd, smq, smk, Skv,
+                                                     qk_scale, mask_thr, offs_n, offs_d, QB, MASK_KIND, IS_CAUSAL,
+                                                     False))
     for c in range(n_blocks, n_kb):
         tl.store(imp_base + c, -1.0)
 
@@ -369,11 +429,11 @@ def _launch_cfg(kind: str, G: int, block_size: int, D: int):
 
 
 def _prefill_attn(q, k, v, mask, is_causal, scale, block_size, block_idx, min_seq_len, write_lse, importance=False,
-                  cfg=None):
+                  cfg=None, block_mask=None):
     """One FA launch: dense (block_idx None) or sparse. Returns (out, lse or None, imp or None): ``importance=True``
     (dense only) also stores the block log-sum-exps in a scratch buffer and reduces them into
     imp [B, Hq / HP, n_qb, n_kb] (see the module docstring). ``cfg`` overrides the tuned (HP, num_warps,
-    num_stages)."""
+    num_stages). ``block_mask``: reference.mask_blocks of ``mask`` (blocks to skip or to run without mask reads)."""
     B, Hq, Sq, D = q.shape
     Hkv, Skv, DV = k.shape[1], k.shape[2], v.shape[3]
     G = Hq // Hkv
@@ -384,6 +444,7 @@ def _prefill_attn(q, k, v, mask, is_causal, scale, block_size, block_idx, min_se
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     dev = q.device
     m, kind, smb, smq, smk, thr = mask_args(mask, B, Sq, Skv, q)
+    blocks, sbb, sbr = block_mask_args(block_mask, q)
     if sparse:
         idx, n_sel = block_idx, block_idx.shape[-1]
         sidx = (idx.stride(0), idx.stride(1), idx.stride(2), idx.stride(3))
@@ -395,17 +456,19 @@ def _prefill_attn(q, k, v, mask, is_causal, scale, block_size, block_idx, min_se
     x_buf = torch.empty(grid, n_kb, HP * block_size, dtype=torch.float32, device=dev) if importance else None
     imp = torch.empty(B, Hq // HP, n_qb, n_kb, dtype=torch.float32, device=dev) if importance else None
     _launch_fitted(_prefill_attn_kernel, (grid,), (
-        q, k, v, m, idx, out, out if lse is None else lse, out if x_buf is None else x_buf, out if imp is None else imp,
+        q, k, v, m, blocks, idx, out, out if lse is None else lse, out if x_buf is None else x_buf,
+        out if imp is None else imp,
         q.stride(0), q.stride(1), q.stride(2), q.stride(3),
         k.stride(0), k.stride(1), k.stride(2), k.stride(3),
         v.stride(0), v.stride(1), v.stride(2), v.stride(3),
-        smb, smq, smk, *sidx,
+        smb, smq, smk, sbb, sbr, *sidx,
         out.stride(0), out.stride(1), out.stride(2), out.stride(3),
         Hq, Sq, Skv, n_kb, n_qb, n_sel, scale * LOG2E, thr, min_seq_len,
     ), dict(
         HP=HP, G=G, QB=block_size, BLOCK_N=block_size, D=D, DV=DV, MASK_KIND=kind, IS_CAUSAL=bool(is_causal),
         SPARSE=sparse, WRITE_LSE=write_lse, N_SEL_PAD=triton.next_power_of_2(max(n_sel, 1)), SCAN_N=64,
         WRITE_X=importance, PTX=ptx_stores(q), C_T=min(X_STEP_BLOCKS, triton.next_power_of_2(n_kb)),
+        HAS_BLOCKS=block_mask is not None,
     ), nw, ns)
     return out, lse, imp
 
@@ -420,7 +483,8 @@ def _select(imp, block_idx, n_kb, n_select, sink_blocks, local_blocks, NG):
     )
 
 
-def prefill_topk_attention(q, k, v, mask, *, is_causal, scale, block_size, n_select, sink_blocks, local_blocks):
+def prefill_topk_attention(q, k, v, mask, block_mask=None, *, is_causal, scale, block_size, n_select, sink_blocks,
+                           local_blocks):
     """Producer for any Sq: (out [B, Hq, Sq, Dv], block_idx int32 [B, Hkv, ceil(Sq/bs), n_select])."""
     B, Hq, Sq, D = q.shape
     Hkv, Skv = k.shape[1], k.shape[2]
@@ -430,25 +494,35 @@ def prefill_topk_attention(q, k, v, mask, *, is_causal, scale, block_size, n_sel
     if one_pass_fits(B, Hq, Sq, Skv, block_size):
         # One pass: the FA kernel stores each row's block log-sum-exp and turns them into exact importances once
         # the row LSEs are known (no second QK^T pass).
-        out, _, imp = _prefill_attn(q, k, v, mask, is_causal, scale, block_size, None, 0, False, importance=True)
+        out, _, imp = _prefill_attn(q, k, v, mask, is_causal, scale, block_size, None, 0, False, importance=True,
+                                    block_mask=block_mask)
         _select(imp, block_idx, n_kb, n_select, sink_blocks, local_blocks, imp.shape[1] // Hkv)
         return out, block_idx
-    out, lse, _ = _prefill_attn(q, k, v, mask, is_causal, scale, block_size, None, 0, True)
+    out, lse, _ = _prefill_attn(q, k, v, mask, is_causal, scale, block_size, None, 0, True, block_mask=block_mask)
+    blocks, sbb, sbr = block_mask_args(block_mask, q)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     m, kind, smb, smq, smk, thr = mask_args(mask, B, Sq, Skv, q)
     HP, nw, ns = _launch_cfg("importance", G, block_size, D)
     imp = torch.empty(B, Hq // HP, n_qb, n_kb, dtype=torch.float32, device=q.device)
     _launch_fitted(_prefill_importance_kernel, (n_qb * B * (Hq // HP),), (
-        q, k, m, lse, imp,
+        q, k, m, blocks, lse, imp,
         q.stride(0), q.stride(1), q.stride(2), q.stride(3),
         k.stride(0), k.stride(1), k.stride(2), k.stride(3),
-        smb, smq, smk,
+        smb, smq, smk, sbb, sbr,
         Hq, Sq, Skv, n_kb, n_qb, scale * LOG2E, thr,
-    ), dict(HP=HP, G=G, QB=block_size, D=D, MASK_KIND=kind, IS_CAUSAL=bool(is_causal)), nw, ns)
+    ), dict(HP=HP, G=G, QB=block_size, D=D, MASK_KIND=kind, IS_CAUSAL=bool(is_causal),
+            HAS_BLOCKS=block_mask is not None), nw, ns)
     _select(imp, block_idx, n_kb, n_select, sink_blocks, local_blocks, G // HP)
     return out, block_idx
 
 
-def prefill_sparse_attention(q, k, v, block_idx, mask, *, is_causal, scale, block_size, min_seq_len, **kw):
+def prefill_sparse_attention(q, k, v, block_idx, mask, block_mask=None, *, is_causal, scale, block_size, min_seq_len,
+                             **kw):
     """Consumer for any Sq: block-sparse FlashAttention over each query block's selected KV blocks."""
-    return _prefill_attn(q, k, v, mask, is_causal, scale, block_size, block_idx, min_seq_len, False, **kw)[0]
+    return _prefill_attn(q, k, v, mask, is_causal, scale, block_size, block_idx, min_seq_len, False,
+                         block_mask=block_mask, **kw)[0]
+
+
+def prefill_attention(q, k, v, mask, block_mask=None, *, is_causal, scale, block_size, **kw):
+    """Dense attention for any Sq (a layer the policy leaves dense): the FlashAttention pass alone."""
+    return _prefill_attn(q, k, v, mask, is_causal, scale, block_size, None, 0, False, block_mask=block_mask, **kw)[0]

@@ -48,38 +48,47 @@ def unsupported_reason(q, k, v, mask, block_size) -> str | None:
     return None
 
 
-def topk_attention_triton(q, k, v, mask, **params):
+def topk_attention_triton(q, k, v, mask, block_mask=None, **params):
     from ..kernels import decode_topk_attention, prefill_topk_attention
 
     reference.check_inputs(q, k, v, mask, params["block_size"])
     reference.check_selection(params["n_select"], params["sink_blocks"], params["local_blocks"])
     fn = decode_topk_attention if q.shape[2] == 1 else prefill_topk_attention
-    return fn(q, k, v, reference.mask_4d(mask), **params)
+    return fn(q, k, v, reference.mask_4d(mask), block_mask, **params)
 
 
-def sparse_attention_triton(q, k, v, block_idx, mask, **params):
+def sparse_attention_triton(q, k, v, block_idx, mask, block_mask=None, **params):
     from ..kernels import decode_sparse_attention, prefill_sparse_attention
 
     reference.check_inputs(q, k, v, mask, params["block_size"])
     reference.check_block_idx(block_idx, q, k, params["block_size"])
     # The row order and range of block_idx are not checked here: that would synchronise with the host.
     fn = decode_sparse_attention if q.shape[2] == 1 else prefill_sparse_attention
-    return fn(q, k, v, block_idx, reference.mask_4d(mask), **params)
+    return fn(q, k, v, block_idx, reference.mask_4d(mask), block_mask, **params)
 
 
-@ops.topk_attention.register_kernel("cuda")
-def _topk_attention_cuda(q, k, v, mask, **params):
-    reason = unsupported_reason(q, k, v, mask, params["block_size"])
-    if reason is not None:
-        _warn_once("topk_attention", reason)
-        return reference.topk_attention(q, k, v, mask, **params)
-    return topk_attention_triton(q, k, v, mask, **params)
+def attention_triton(q, k, v, mask, block_mask=None, **params):
+    from ..kernels import decode_attention, prefill_attention
+
+    reference.check_inputs(q, k, v, mask, params["block_size"])
+    fn = decode_attention if q.shape[2] == 1 else prefill_attention
+    return fn(q, k, v, reference.mask_4d(mask), block_mask, **params)
 
 
-@ops.sparse_attention.register_kernel("cuda")
-def _sparse_attention_cuda(q, k, v, block_idx, mask, **params):
-    reason = unsupported_reason(q, k, v, mask, params["block_size"])
-    if reason is not None:
-        _warn_once("sparse_attention", reason)
-        return reference.sparse_attention(q, k, v, block_idx, mask, **params)
-    return sparse_attention_triton(q, k, v, block_idx, mask, **params)
+def _register_cuda(op, triton_fn, reference_fn, mask_at: int) -> None:
+    """Register ``triton_fn`` as ``op``'s CUDA kernel, falling back to the reference for inputs it cannot take;
+    ``mask_at``: the position of ``mask`` among the op's tensors."""
+
+    @op.register_kernel("cuda")
+    def kernel(*tensors, **params):
+        q, k, v = tensors[:3]
+        reason = unsupported_reason(q, k, v, tensors[mask_at], params["block_size"])
+        if reason is not None:
+            _warn_once(op._name, reason)
+            return reference_fn(*tensors, **params)
+        return triton_fn(*tensors, **params)
+
+
+_register_cuda(ops.topk_attention, topk_attention_triton, reference.topk_attention, mask_at=3)
+_register_cuda(ops.sparse_attention, sparse_attention_triton, reference.sparse_attention, mask_at=4)
+_register_cuda(ops.attention, attention_triton, reference.attention, mask_at=3)

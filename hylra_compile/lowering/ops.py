@@ -1,10 +1,10 @@
 """The ``hylra`` custom ops: schemas, fake (meta) implementations, and the reference kernel for every device.
 
 Each op's signature and semantics are written once, in its reference implementation
-(:func:`reference.topk_attention`, :func:`reference.sparse_attention`): ``custom_op`` infers the schema from it
-and runs it on every device the CUDA kernels (:mod:`hylra_compile.lowering.dispatch`) do not cover. The tensors
-are positional (``custom_op`` takes no keyword-only tensors); every other argument is keyword-only, so no call
-site can shift them.
+(:func:`reference.topk_attention`, :func:`reference.sparse_attention`, :func:`reference.attention`,
+:func:`reference.mask_blocks`): ``custom_op`` infers the schema from it and runs it on every device the CUDA
+kernels (:mod:`hylra_compile.lowering.dispatch`) do not cover. The tensors are positional (``custom_op`` takes no
+keyword-only tensors); every other argument is keyword-only, so no call site can shift them.
 """
 
 from __future__ import annotations
@@ -13,13 +13,21 @@ import torch
 
 from . import reference
 
-topk_attention = torch.library.custom_op("hylra::topk_attention", mutates_args=())(reference.topk_attention)
-sparse_attention = torch.library.custom_op("hylra::sparse_attention", mutates_args=())(reference.sparse_attention)
+
+def _op(function):
+    return torch.library.custom_op(f"hylra::{function.__name__}", mutates_args=())(function)
+
+
+topk_attention = _op(reference.topk_attention)
+sparse_attention = _op(reference.sparse_attention)
+attention = _op(reference.attention)
+mask_blocks = _op(reference.mask_blocks)
 
 
 @topk_attention.register_fake
-def _topk_attention_fake(q, k, v, mask, *, block_size, n_select, sink_blocks, local_blocks, **_):
+def _topk_attention_fake(q, k, v, mask, block_mask=None, *, block_size, n_select, sink_blocks, local_blocks, **_):
     reference.check_inputs(q, k, v, mask, block_size)
+    reference.check_block_mask(block_mask, mask, k, block_size)
     reference.check_selection(n_select, sink_blocks, local_blocks)
     B, Hq, Sq, _ = q.shape
     out = q.new_empty(B, Hq, Sq, v.shape[3])
@@ -28,8 +36,24 @@ def _topk_attention_fake(q, k, v, mask, *, block_size, n_select, sink_blocks, lo
 
 
 @sparse_attention.register_fake
-def _sparse_attention_fake(q, k, v, block_idx, mask, *, block_size, **_):
+def _sparse_attention_fake(q, k, v, block_idx, mask, block_mask=None, *, block_size, **_):
     reference.check_inputs(q, k, v, mask, block_size)
+    reference.check_block_mask(block_mask, mask, k, block_size)
     reference.check_block_idx(block_idx, q, k, block_size)
     B, Hq, Sq, _ = q.shape
     return q.new_empty(B, Hq, Sq, v.shape[3])
+
+
+@attention.register_fake
+def _attention_fake(q, k, v, mask, block_mask=None, *, block_size, **_):
+    reference.check_inputs(q, k, v, mask, block_size)
+    reference.check_block_mask(block_mask, mask, k, block_size)
+    B, Hq, Sq, _ = q.shape
+    return q.new_empty(B, Hq, Sq, v.shape[3])
+
+
+@mask_blocks.register_fake
+def _mask_blocks_fake(mask, *, block_size):
+    m = reference.mask_4d(mask)
+    shape = (m.shape[0], reference.num_blocks(m.shape[2], block_size), reference.num_blocks(m.shape[3], block_size))
+    return mask.new_empty(shape, dtype=torch.int8)

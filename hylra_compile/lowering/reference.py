@@ -222,6 +222,68 @@ def _block_hits(allowed: Tensor, block_size: int) -> Tensor:
     return hit.view(B, Hkv, rows, block_size, n_kb, block_size).any(5).any(3)
 
 
+# Kinds of (query block, KV block) pairs in a block mask.
+BLOCK_SKIP, BLOCK_PARTIAL, BLOCK_FULL = 0, 1, 2
+
+
+def mask_blocks(mask: Tensor, *, block_size: int) -> Tensor:
+    """The block structure of ``mask`` (bool, or additive as the ops read it; [Bm, Hm, Sqm, Skv] with leading
+    dims up to 4-d), int8 [Bm, ceil(Sqm / bs), ceil(Skv / bs)], per (batch, query block, KV block):
+
+    * ``BLOCK_SKIP`` (0): no key of the KV block is allowed for any query of the query block (in any head);
+    * ``BLOCK_FULL`` (2): the KV block lies wholly inside Skv, and each of its keys is allowed with no additive
+      value for every query of the query block (in every head);
+    * ``BLOCK_PARTIAL`` (1): otherwise.
+
+    A mask row broadcast over queries (Sqm = 1) gives one query block for all. It is a function of the mask
+    alone, computed once per mask and shared by the ops of every layer that use it: the ops take it as
+    ``block_mask``, their results never depend on it, and their kernels skip SKIP blocks and read no mask byte in
+    FULL ones.
+    """
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    if mask.dtype != torch.bool and not mask.is_floating_point():
+        raise ValueError(f"mask must be bool (True = attend) or floating (additive), got {mask.dtype}")
+    m = mask_4d(mask)
+    Bm, Hm, Sqm, Skv = m.shape
+    bs, n_kb = block_size, num_blocks(Skv, block_size)
+    kinds = torch.empty(Bm, num_blocks(Sqm, bs), n_kb, dtype=torch.int8, device=m.device)
+    rows = max(bs, _CHUNK_ELEMENTS // max(Bm * Hm * n_kb * bs, 1) // bs * bs)
+    for start in range(0, Sqm, rows):
+        part = m[:, :, start : start + rows]
+        allowed = part if part.dtype == torch.bool else ~_dropped(part)
+        plain = allowed if part.dtype == torch.bool else allowed & (part == 0)
+        n_qb = num_blocks(part.shape[2], bs)
+        pad = (0, n_kb * bs - Skv, 0, n_qb * bs - part.shape[2])
+        blocks = (Bm, Hm, n_qb, bs, n_kb, bs)
+        any_allowed = torch.nn.functional.pad(allowed, pad, value=False).view(blocks).any(5).any(3).any(1)
+        all_plain = torch.nn.functional.pad(plain, pad, value=True).view(blocks).all(5).all(3).all(1)
+        kinds[:, start // bs : start // bs + n_qb] = torch.where(
+            any_allowed, torch.where(all_plain, BLOCK_FULL, BLOCK_PARTIAL), BLOCK_SKIP
+        ).to(torch.int8)
+    if Skv % bs:  # the last KV block runs past Skv: never FULL
+        last = kinds[:, :, -1]
+        last.masked_fill_(last == BLOCK_FULL, BLOCK_PARTIAL)
+    return kinds
+
+
+def check_block_mask(block_mask: Tensor | None, mask: Tensor | None, k: Tensor, block_size: int) -> None:
+    """``block_mask`` must be None or :func:`mask_blocks`' shape for ``mask`` (its values are not checked)."""
+    if block_mask is None:
+        return
+    if mask is None:
+        raise ValueError("block_mask is given without a mask")
+    m = mask_4d(mask)
+    want = (m.shape[0], num_blocks(m.shape[2], block_size), num_blocks(k.shape[2], block_size))
+    message = f"block_mask must be int8 {list(want)} (mask_blocks of the mask), got {block_mask.dtype} "
+    message += f"{tuple(block_mask.shape)}"
+    if block_mask.dtype != torch.int8 or block_mask.dim() != 3:
+        raise ValueError(message)
+    _require(m.shape[3] == k.shape[2], "a block_mask needs a mask with one column per key", provable=False)
+    for a, b in zip(block_mask.shape, want):
+        _require(a == b, message, provable=False)
+
+
 def candidate_counts(q: Tensor, k: Tensor, mask: Tensor | None, is_causal: bool, block_size: int) -> Tensor:
     """[B|1, Hkv|1, ceil(Sq/bs)]: how many KV blocks hold an allowed key of each query block (the producer's
     candidates), streaming like the ops; without a mask it is computed in closed form."""
@@ -306,6 +368,7 @@ def topk_attention(
     k: Tensor,
     v: Tensor,
     mask: Tensor | None,
+    block_mask: Tensor | None = None,
     *,
     is_causal: bool,
     scale: float | None,
@@ -323,8 +386,11 @@ def topk_attention(
     block r) is the sum of the softmax probabilities over the G query heads of h, the queries of r and the keys
     of c. Candidates are the blocks holding at least one allowed key of (any query of r, any query head of h);
     selection follows :func:`select_blocks`.
+
+    ``block_mask``: None or :func:`mask_blocks` of ``mask`` (the kernels use it; no result depends on it).
     """
     check_selection(n_select, sink_blocks, local_blocks)
+    check_block_mask(block_mask, mask, k, block_size)
     out, importance, candidate = attention_with_importance(q, k, v, mask, is_causal, scale, block_size)
     return out, select_blocks(importance, candidate, n_select, sink_blocks, local_blocks)
 
@@ -335,6 +401,7 @@ def sparse_attention(
     v: Tensor,
     block_idx: Tensor,
     mask: Tensor | None,
+    block_mask: Tensor | None = None,
     *,
     is_causal: bool,
     scale: float | None,
@@ -345,15 +412,15 @@ def sparse_attention(
 
     ``block_idx`` int32 [B, Hkv, ceil(Sq / bs), n_sel], as the producer emits it: each row strictly ascending
     entries in [0, ceil(Skv / bs)), then -1 padding (ignored). The CUDA kernels rely on that order and do not
-    check it (a check would synchronise with the host). The selection of query block r applies to all its queries and to the G query heads of the KV head. A query with
-    fewer than ``min_seq_len`` allowed keys attends all of them (dense). A query with no key left outputs zeros.
-    When the selection covers every allowed key the result equals SDPA.
+    check it (a check would synchronise with the host). The selection of query block r applies to all its
+    queries and to the G query heads of the KV head. A query with fewer than ``min_seq_len`` allowed keys attends all of them (dense). A query with no key left outputs zeros.
+    When the selection covers every allowed key the result equals SDPA. ``block_mask``: as in
+    :func:`topk_attention`.
     """
     check_inputs(q, k, v, mask, block_size)
-    B, Hq, Sq, D = q.shape
-    Hkv, Skv = k.shape[1], k.shape[2]
-    G = Hq // Hkv
-    n_kb, n_qb = num_blocks(Skv, block_size), num_blocks(Sq, block_size)
+    check_block_mask(block_mask, mask, k, block_size)
+    B, Hkv, Skv = q.shape[0], k.shape[1], k.shape[2]
+    n_kb, n_qb = num_blocks(Skv, block_size), num_blocks(q.shape[2], block_size)
     check_block_idx(block_idx, q, k, block_size)
     if ((block_idx < -1) | (block_idx >= n_kb)).any():
         raise ValueError(f"block_idx holds entries outside [-1, {n_kb})")
@@ -361,25 +428,57 @@ def sparse_attention(
     ascending = (block_idx[..., 1:] > block_idx[..., :-1]) | ~valid[..., 1:]
     if (valid[..., 1:] & ~valid[..., :-1]).any() or not ascending.all():
         raise ValueError("each block_idx row must be strictly ascending block indices followed by -1 padding")
-    dtype = _compute_dtype(q)
-    scale = 1.0 / math.sqrt(D) if scale is None else scale
-    kf, vf = k.to(dtype), v.to(dtype)
     # selected[b, h, r, c]: KV block c is selected for query block r (the -1 padding lands in a spare column).
     selected = torch.zeros(B, Hkv, n_qb, n_kb + 1, dtype=torch.bool, device=q.device)
     selected.scatter_(-1, torch.where(block_idx < 0, n_kb, block_idx).long(), True)
     selected_keys = selected[..., :n_kb].repeat_interleave(block_size, dim=-1)[..., :Skv]
+
+    def keep(start: int, end: int, allowed: Tensor) -> Tensor:
+        query_block = torch.arange(start, end, device=q.device) // block_size
+        in_selection = selected_keys[:, :, query_block, : allowed.shape[-1]].unsqueeze(2)  # [B, Hkv, 1, n, keys]
+        return allowed & (in_selection | (allowed.sum(-1, keepdim=True) < min_seq_len))
+
+    return _streamed_attention(q, k, v, mask, is_causal, scale, block_size, keep)
+
+
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    block_mask: Tensor | None = None,
+    *,
+    is_causal: bool,
+    scale: float | None,
+    block_size: int,
+) -> Tensor:
+    """Dense attention on the native KV heads: ``scaled_dot_product_attention(q, k, v, mask, is_causal=is_causal,
+    scale=scale, enable_gqa=True)`` (zeros for a query with no allowed key), for the layers a policy leaves dense.
+    ``block_size`` sizes the kernels' tiles and ``block_mask`` (as in :func:`topk_attention`); neither changes
+    the result."""
+    check_inputs(q, k, v, mask, block_size)
+    check_block_mask(block_mask, mask, k, block_size)
+    return _streamed_attention(q, k, v, mask, is_causal, scale, block_size, None)
+
+
+def _streamed_attention(q, k, v, mask, is_causal, scale, block_size, keep) -> Tensor:
+    """Attention over chunks of whole query blocks: each query attends its allowed keys, narrowed by
+    ``keep(start, end, allowed)`` when given."""
+    B, Hq, Sq, D = q.shape
+    Hkv, Skv = k.shape[1], k.shape[2]
+    G = Hq // Hkv
+    dtype = _compute_dtype(q)
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    kf, vf = k.to(dtype), v.to(dtype)
     out = torch.empty(B, Hkv, G, Sq, v.shape[3], dtype=dtype, device=q.device)
     chunk = _chunk_len(B, Hq, Skv, block_size)
     for start in range(0, Sq, chunk):
         end = min(Sq, start + chunk)
         n, key_end = end - start, _key_end(mask, is_causal, start, end, Sq, Skv)
         allowed, bias = _allowed_and_bias(mask, is_causal, start, end, (B, Hkv, G, Sq, Skv), dtype, q.device, key_end)
-        query_block = torch.arange(start, end, device=q.device) // block_size
-        in_selection = selected_keys[:, :, query_block, :key_end].unsqueeze(2)  # [B, Hkv, 1, n, key_end]
-        dense = allowed.sum(-1, keepdim=True) < min_seq_len
-        keep = allowed & (in_selection | dense)
         q_chunk = q[:, :, start:end].to(dtype).reshape(B, Hkv, G, n, D)
         out[:, :, :, start:end] = _masked_attention_output(
-            q_chunk, kf[:, :, :key_end], vf[:, :, :key_end], keep, bias, scale
+            q_chunk, kf[:, :, :key_end], vf[:, :, :key_end], allowed if keep is None else keep(start, end, allowed),
+            bias, scale,
         )
     return out.reshape(B, Hq, Sq, -1).to(q.dtype)

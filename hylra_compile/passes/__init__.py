@@ -2,11 +2,14 @@
 
 1. :func:`find_attention` -- every attention call as an immutable :class:`AttentionMatch` (layer order).
 2. :func:`decide` -- one :class:`Decision` per match from the policy (by layer index) and what the graph allows.
-3. :func:`rewrite` -- producers and consumers become ``hylra::topk_attention`` / ``hylra::sparse_attention``.
+3. :func:`block_masks` -- one ``hylra::mask_blocks`` per distinct mask of a rewritten prefill site.
+4. :func:`rewrite` -- producers, consumers and the sites a policy leaves dense become ``hylra::topk_attention``
+   / ``hylra::sparse_attention`` / ``hylra::attention``.
 
 Each phase is a function of the previous phases' outputs; the report is built from matches and decisions.
 """
 
+from .block_masks import block_masks
 from .decide import DENSE_CAUSES, Decision, decide
 from .find_attention import AttentionMatch, find_attention
 from .manager import run_passes
@@ -16,6 +19,7 @@ __all__ = [
     "DENSE_CAUSES",
     "AttentionMatch",
     "Decision",
+    "block_masks",
     "decide",
     "find_attention",
     "rewrite",

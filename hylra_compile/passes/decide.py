@@ -39,6 +39,17 @@ class Decision:
     reason: str | None = None
     dense_cause: str | None = None
 
+    @property
+    def op(self) -> str | None:
+        """The hylra op the rewrite puts in place of the site: ``topk_attention`` (producer), ``sparse_attention``
+        (consumer), ``attention`` (a site the policy leaves dense: native KV heads, the shared block mask), or
+        None for a site left as the model wrote it (not understood, or compiled without a policy)."""
+        if self.action == "producer":
+            return "topk_attention"
+        if self.action == "consumer":
+            return "sparse_attention"
+        return None if self.dense_cause in ("not_understood", "no_policy") else "attention"
+
 
 # (name, operand, dim) a consumer must share with its producer for the indices to mean the same blocks.
 _SHARED_DIMS = (("batch", "q", 0), ("query length", "q", 2), ("KV heads", "k", 1), ("KV length", "k", 2))

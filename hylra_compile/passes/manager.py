@@ -2,11 +2,12 @@
 numbered dump of every phase's result (to the dump folder and to ``TORCH_LOGS`` / ``TORCH_TRACE`` through
 torch's structured logging, so ``tlparse`` shows them) and counts what matched (``counters["hylra"]``).
 
-0. input graph                                              ``00-input.py``
-1. :func:`find_attention` (gm) -> matches                   ``01-find_attention.md``
-2. :func:`decide` (matches, policy) -> decisions            ``02-decide.md``
-3. :func:`rewrite` (gm, matches, decisions, options) -> gm  ``03-rewrite.py``
-   the report (matches + decisions)                         ``report.md``, ``edges.dot``
+0. input graph                                                       ``00-input.py``
+1. :func:`find_attention` (gm) -> matches                            ``01-find_attention.md``
+2. :func:`decide` (matches, policy) -> decisions                     ``02-decide.md``
+3. :func:`block_masks` (gm, matches, decisions) -> mask -> block mask  ``03-block_masks.md``
+4. :func:`rewrite` (gm, matches, decisions, block masks) -> gm        ``04-rewrite.py``
+   the report (matches + decisions)                                  ``report.md``, ``edges.dot``
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from torch._logging import trace_structured
 
 from ..options import HylraOptions
 from ..report import GraphReport
+from .block_masks import block_masks
 from .decide import decide
 from .find_attention import find_attention
+from .patterns import example_value
 from .rewrite import rewrite
 
 log = logging.getLogger(__name__)
@@ -39,26 +42,31 @@ def run_passes(gm: torch.fx.GraphModule, options: HylraOptions, name: str, dump_
           "; ".join(([m.problem] if m.problem else []) + list(m.notes))) for m in matches]))
     decisions = decide(matches, options.policy)
     dump("02-decide.md", lambda: _table(
-        ("layer", "action", "source", "dense cause", "reason"),
-        [(m.layer, d.action, d.source, d.dense_cause, d.reason) for m, d in zip(matches, decisions)]))
-    outputs = rewrite(gm, matches, decisions, options)
-    dump("03-rewrite.py", lambda: gm.print_readable(print_output=False))
+        ("layer", "action", "op", "source", "dense cause", "reason"),
+        [(m.layer, d.action, d.op, d.source, d.dense_cause, d.reason) for m, d in zip(matches, decisions)]))
+    masks = block_masks(gm, matches, decisions, options)
+    dump("03-block_masks.md", lambda: _table(
+        ("mask", "block mask", "shape"), [(mask.name, node.name, _shape_of(node)) for mask, node in masks.items()]))
+    outputs = rewrite(gm, matches, decisions, masks, options)
+    dump("04-rewrite.py", lambda: gm.print_readable(print_output=False))
     report = GraphReport.from_phases(name, matches, decisions)
     dump("report.md", report.to_markdown)
     if dump_dir is not None:
         nx.nx_pydot.write_dot(report.edge_graph(), dump_dir / "edges.dot")
-    _count(matches, decisions, outputs)
+    _count(matches, decisions, masks, outputs)
     return report
 
 
-def _count(matches, decisions, outputs) -> None:
+def _count(matches, decisions, masks, outputs) -> None:
     hylra = counters["hylra"]
     for match, decision in zip(matches, decisions):
         hylra[f"{match.kind}_{'unmatched' if match.problem else 'matched'}"] += 1
         hylra[f"{decision.action}_sites"] += 1
         if decision.dense_cause is not None:
             hylra[f"dense.{decision.dense_cause}"] += 1
-    hylra["rewritten"] += len(outputs)
+    for key, count in (("block_masks", len(masks)), ("rewritten", len(outputs))):
+        if count:
+            hylra[key] += count
 
 
 class _Dump:
@@ -83,7 +91,11 @@ class _Dump:
 
 def _shape(match, operand: str) -> str:
     node = getattr(match, operand)
-    return "" if node is None else "x".join(str(s) for s in match.shape(operand))
+    return "" if node is None else _shape_of(node)
+
+
+def _shape_of(node) -> str:
+    return "x".join(str(size) for size in example_value(node).shape)
 
 
 def _table(header: tuple[str, ...], rows: list[tuple]) -> str:

@@ -1,6 +1,8 @@
-"""Phase 3, ``rewrite(gm, matches, decisions, options)``: producers become ``hylra::topk_attention``, consumers
-``hylra::sparse_attention`` fed by their producer's ``block_idx`` as a graph edge; dense sites are left as they
-are. Every op is emitted with keyword arguments, so the graph says what each number is.
+"""Phase 4, ``rewrite(gm, matches, decisions, block_masks, options)``: each site becomes the op its decision names
+(:attr:`Decision.op`): producers ``hylra::topk_attention``, consumers ``hylra::sparse_attention`` fed by their
+producer's ``block_idx`` as a graph edge, sites the policy leaves dense ``hylra::attention`` (native KV heads, no
+``repeat_kv`` copy); each reads its mask's shared block mask (phase 3). Sites not understood, or compiled without a
+policy, are left as they are. Every op is emitted with keyword arguments, so the graph says what each number is.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ def rewrite(
     gm: torch.fx.GraphModule,
     matches: tuple[AttentionMatch, ...],
     decisions: tuple[Decision, ...],
+    block_masks: dict[torch.fx.Node, torch.fx.Node],
     options: HylraOptions,
 ) -> dict[int, torch.fx.Node]:
     """Rewrite ``gm`` in place; returns ``layer -> node now computing its output`` for each rewritten site."""
@@ -32,20 +35,22 @@ def rewrite(
     block_idx: dict[int, torch.fx.Node] = {}
     outputs: dict[int, torch.fx.Node] = {}
     for match, decision in zip(matches, decisions):
-        if decision.action == "dense":
+        if decision.op is None:
             continue
         q, k, v, mask = (replaced.get(n, n) for n in (match.q, match.k, match.v, match.mask))
-        operands = dict(q=q, k=k, v=v)
-        if decision.action == "producer":
-            settings = dict(mask=mask, is_causal=match.is_causal, scale=match.scale, **options.producer_settings())
-            op = _call_with_meta(graph, torch.ops.hylra.topk_attention.default, {**operands, **settings}, match.output)
-            out = _call_with_meta(graph, operator.getitem, (op, 0), match.output)
-            block_idx[match.layer] = _call_with_meta(graph, operator.getitem, (op, 1), match.output)
+        inputs = dict(q=q, k=k, v=v, mask=mask, block_mask=block_masks.get(match.mask))
+        settings = dict(is_causal=match.is_causal, scale=match.scale)
+        if decision.op == "topk_attention":
+            arguments = {**inputs, **settings, **options.producer_settings()}
+            op = call_with_meta(graph, torch.ops.hylra.topk_attention.default, arguments, match.output)
+            out = call_with_meta(graph, operator.getitem, (op, 0), match.output)
+            block_idx[match.layer] = call_with_meta(graph, operator.getitem, (op, 1), match.output)
+        elif decision.op == "sparse_attention":
+            arguments = {**inputs, "block_idx": block_idx[decision.source], **settings, **options.consumer_settings()}
+            out = call_with_meta(graph, torch.ops.hylra.sparse_attention.default, arguments, match.output)
         else:
-            settings = dict(block_idx=block_idx[decision.source], mask=mask, is_causal=match.is_causal,
-                            scale=match.scale, **options.consumer_settings())
-            out = _call_with_meta(graph, torch.ops.hylra.sparse_attention.default, {**operands, **settings},
-                                  match.output)
+            arguments = {**inputs, **settings, "block_size": options.block_size}
+            out = call_with_meta(graph, torch.ops.hylra.attention.default, arguments, match.output)
         match.output.replace_all_uses_with(out)
         replaced[match.output] = out
         outputs[match.layer] = out
@@ -56,7 +61,7 @@ def rewrite(
     return outputs
 
 
-def _call_with_meta(graph: torch.fx.Graph, target, arguments, like: torch.fx.Node) -> torch.fx.Node:
+def call_with_meta(graph: torch.fx.Graph, target, arguments, like: torch.fx.Node) -> torch.fx.Node:
     """Insert ``target`` before ``like`` (keyword ``arguments`` as a dict, positional as a tuple) with the meta of
     ``like`` and a fake ``example_value``."""
     args, kwargs = ((), arguments) if isinstance(arguments, dict) else (arguments, {})
@@ -69,7 +74,7 @@ def _call_with_meta(graph: torch.fx.Graph, target, arguments, like: torch.fx.Nod
         node.meta["example_value"] = values[0][values[1]]
     else:
         # The example values' own fake mode (Dynamo's), which may differ from the ambient one.
-        with kw_values["q"].fake_mode:
+        with next(value for value in kw_values.values() if isinstance(value, torch.Tensor)).fake_mode:
             node.meta["example_value"] = target(*values, **kw_values)
     return node
 

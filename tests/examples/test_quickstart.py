@@ -15,5 +15,5 @@ def test_quickstart_runs_prints_report_and_writes_dumps(tmp_path):
     assert "top-1 agreement" in result.stdout
     (folder,) = (tmp_path / "hylra-dumps").iterdir()
     assert sorted(p.name for p in folder.iterdir()) == [
-        "00-input.py", "01-find_attention.md", "02-decide.md", "03-rewrite.py", "edges.dot", "report.md"
+        "00-input.py", "01-find_attention.md", "02-decide.md", "03-block_masks.md", "04-rewrite.py", "edges.dot", "report.md"
     ]

@@ -12,8 +12,10 @@ import pytest
 import torch
 
 from hylra_compile.kernels import (
+    decode_attention,
     decode_sparse_attention,
     decode_topk_attention,
+    prefill_attention,
     prefill_sparse_attention,
     prefill_topk_attention,
 )
@@ -148,6 +150,7 @@ def _check_decode(case, device):
         if n_sel >= n_kb:  # selection covers every candidate: the consumer equals dense attention
             assert ((bidx >= 0).sum(-1) == cand.sum(-1)).all()
             assert rel_err(decode_sparse_attention(q, k, v, bidx, mask, **common, min_seq_len=0), rout) <= tol
+        assert rel_err(decode_attention(q, k, v, mask, **common), rout) <= tol
         if valid is not None and min(valid) == 0:
             b0 = valid.index(0)
             assert torch.all(out[b0] == 0) and torch.all(bidx[b0] == -1)
@@ -163,25 +166,29 @@ def _check_prefill(case, device):
         producer = dict(common, n_select=n_sel, sink_blocks=sink, local_blocks=local)
         rout, rbidx = R.topk_attention(q, k, v, mask, **producer)
         imp, cand = ref_importance(q, k, v, mask, causal, None, bs)
-        # both producer paths: one pass with stored block LSEs, and the two-pass recompute (X buffer over budget);
-        # on the CPU the one-pass read-back takes 2 blocks per step, so that its loop runs several steps
-        for budget in (P.X_BUDGET_BYTES, 0):
-            saved = P.X_BUDGET_BYTES, P.X_STEP_BLOCKS
-            P.X_BUDGET_BYTES, P.X_STEP_BLOCKS = budget, 2 if device == "cpu" else P.X_STEP_BLOCKS
-            try:
-                out, bidx = prefill_topk_attention(q, k, v, mask, **producer)
-            finally:
-                P.X_BUDGET_BYTES, P.X_STEP_BLOCKS = saved
-            assert out.dtype == q.dtype and out.shape == rout.shape
-            assert rel_err(out, rout) <= tol, (dtype, budget, rel_err(out, rout))
-            assert_same_selection(bidx, rbidx, imp, 10 * tol)
-        for msl in (0, 30 * (bs // 16)):
-            sout = prefill_sparse_attention(q, k, v, rbidx, mask, **common, min_seq_len=msl)
-            rsout = R.sparse_attention(q, k, v, rbidx, mask, **common, min_seq_len=msl)
-            assert rel_err(sout, rsout) <= tol, (dtype, msl, rel_err(sout, rsout))
-        if n_sel >= R.num_blocks(Skv, bs):
-            assert ((bidx >= 0).sum(-1) == cand.sum(-1)).all()
-            assert rel_err(prefill_sparse_attention(q, k, v, bidx, mask, **common, min_seq_len=0), rout) <= tol
+        # With a mask, again with its block structure (blocks skipped, or run without mask reads).
+        for block_mask in [None] + ([] if mask is None else [R.mask_blocks(mask, block_size=bs)]):
+            # both producer paths: one pass with stored block LSEs, and the two-pass recompute (X buffer over
+            # budget); on the CPU the one-pass read-back takes 2 blocks per step, so that its loop runs several steps
+            for budget in (P.X_BUDGET_BYTES, 0):
+                saved = P.X_BUDGET_BYTES, P.X_STEP_BLOCKS
+                P.X_BUDGET_BYTES, P.X_STEP_BLOCKS = budget, 2 if device == "cpu" else P.X_STEP_BLOCKS
+                try:
+                    out, bidx = prefill_topk_attention(q, k, v, mask, block_mask, **producer)
+                finally:
+                    P.X_BUDGET_BYTES, P.X_STEP_BLOCKS = saved
+                assert out.dtype == q.dtype and out.shape == rout.shape
+                assert rel_err(out, rout) <= tol, (dtype, budget, rel_err(out, rout))
+                assert_same_selection(bidx, rbidx, imp, 10 * tol)
+            for msl in (0, 30 * (bs // 16)):
+                sout = prefill_sparse_attention(q, k, v, rbidx, mask, block_mask, **common, min_seq_len=msl)
+                rsout = R.sparse_attention(q, k, v, rbidx, mask, **common, min_seq_len=msl)
+                assert rel_err(sout, rsout) <= tol, (dtype, msl, rel_err(sout, rsout))
+            if n_sel >= R.num_blocks(Skv, bs):
+                assert ((bidx >= 0).sum(-1) == cand.sum(-1)).all()
+                sout = prefill_sparse_attention(q, k, v, bidx, mask, block_mask, **common, min_seq_len=0)
+                assert rel_err(sout, rout) <= tol
+            assert rel_err(prefill_attention(q, k, v, mask, block_mask, **common), rout) <= tol
         if valid is not None and min(valid) == 0:
             b0 = valid.index(0)
             assert torch.all(out[b0] == 0) and torch.all(bidx[b0] == -1)

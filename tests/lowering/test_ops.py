@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import hylra_compile  # noqa: F401  (registers the ops)
+from hylra_compile.lowering import reference as R
 from tests.numerics import rel_err
 
 topk_attention = torch.ops.hylra.topk_attention.default
@@ -211,3 +212,59 @@ def test_block_idx_must_be_ascending_and_mask_must_broadcast():
             q, k, v, torch.ones(2, 1, 1, 40, dtype=torch.int64), is_causal=False, scale=None, block_size=8,
             n_select=3, sink_blocks=1, local_blocks=1,
         )
+
+
+def brute_force_blocks(mask, bs):
+    """mask_blocks from its definition, one (batch, query block, KV block) at a time."""
+    m = R.mask_4d(mask)
+    allowed = m if m.dtype == torch.bool else ~((m == float("-inf")) | (m <= torch.finfo(m.dtype).min / 2))
+    plain = allowed if m.dtype == torch.bool else allowed & (m == 0)
+    Bm, _, Sq, Skv = m.shape
+    kinds = torch.zeros(Bm, -(-Sq // bs), -(-Skv // bs), dtype=torch.int8)
+    for b in range(Bm):
+        for r in range(kinds.shape[1]):
+            for c in range(kinds.shape[2]):
+                rows, cols = slice(r * bs, (r + 1) * bs), slice(c * bs, (c + 1) * bs)
+                if allowed[b, :, rows, cols].any():
+                    whole = (c + 1) * bs <= Skv and bool(plain[b, :, rows, cols].all())
+                    kinds[b, r, c] = R.BLOCK_FULL if whole else R.BLOCK_PARTIAL
+    return kinds
+
+
+@pytest.mark.parametrize("kind", ["causal", "padded", "sliding", "float_bias", "row"])
+def test_mask_blocks_equals_brute_force(kind):
+    Sq = Skv = 45
+    i, j = torch.arange(Sq)[:, None], torch.arange(Skv)[None, :]
+    if kind == "causal":
+        mask = (j <= i)[None, None]
+    elif kind == "padded":
+        mask = padding_mask(2, Sq, Skv, [45, 20])
+    elif kind == "sliding":
+        mask = ((j <= i) & (j > i - 12))[None, None].expand(2, 1, Sq, Skv)
+    elif kind == "float_bias":  # HF's additive convention: 0 allowed, min dropped, other values a bias
+        mask = torch.where(j <= i, torch.where(j % 9 == 0, 0.5, 0.0), torch.finfo(torch.float32).min)[None, None]
+    else:  # one mask row shared by every query (decode-style padding)
+        mask = (torch.arange(Skv) >= 7)[None, None, None].expand(3, 1, 1, Skv)
+    got = torch.ops.hylra.mask_blocks(mask, block_size=8)
+    assert torch.equal(got, brute_force_blocks(mask, 8))
+    assert {int(x) for x in got.unique()} <= {0, 1, 2}
+    torch.library.opcheck(torch.ops.hylra.mask_blocks.default, (mask,), dict(block_size=8))
+
+
+def test_block_mask_changes_no_result_and_dense_op_is_sdpa():
+    q, k, v = qkv()
+    mask = padding_mask(2, 21, 37, [37, 30])
+    block_mask = torch.ops.hylra.mask_blocks(mask, block_size=8)
+    producer = dict(is_causal=False, scale=None, block_size=8, n_select=3, sink_blocks=1, local_blocks=1)
+    out, block_idx = topk_attention(q, k, v, mask, **producer)
+    with_blocks = topk_attention(q, k, v, mask, block_mask, **producer)
+    assert torch.equal(out, with_blocks[0]) and torch.equal(block_idx, with_blocks[1])
+    dense = torch.ops.hylra.attention(q, k, v, mask, block_mask, is_causal=False, scale=None, block_size=8)
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    assert rel_err(dense, want) < 1e-5
+    torch.library.opcheck(torch.ops.hylra.attention.default, (q, k, v, mask, block_mask),
+                          dict(is_causal=False, scale=0.3, block_size=8))
+    torch.library.opcheck(torch.ops.hylra.attention.default, (q, k, v, None), dict(is_causal=True, scale=None,
+                                                                                  block_size=8))
+    with pytest.raises(ValueError, match=r"block_mask must be int8 \[2, 3, 5\]"):
+        topk_attention(q, k, v, mask, block_mask[:, :2], **producer)

@@ -39,15 +39,15 @@ def test_every_phase_is_dumped_numbered_traced_and_counted(tmp_path):
             torch.compile(TinyStack(), backend=backend)(X)
     finally:
         trace_log.removeHandler(artifacts)
-    files = ["00-input.py", "01-find_attention.md", "02-decide.md", "03-rewrite.py", "report.md"]
+    files = ["00-input.py", "01-find_attention.md", "02-decide.md", "03-block_masks.md", "04-rewrite.py", "report.md"]
     (folder,) = tmp_path.iterdir()
     assert sorted(p.name for p in folder.iterdir()) == sorted(files + ["edges.dot"])
     assert artifacts.names == [f"hylra_{folder.name}_{file}" for file in files]
     find = (folder / "01-find_attention.md").read_text()
     assert "| 0 | sdpa | out | 1x2x12x4 | 1x1x12x4 | 1x1x12x4 |  | True |  |  |" in find
-    assert "| 1 | consumer | 0 |  |  |" in (folder / "02-decide.md").read_text()
+    assert "| 1 | consumer | sparse_attention | 0 |  |  |" in (folder / "02-decide.md").read_text()
     assert "hylra" not in (folder / "00-input.py").read_text()
-    assert "block_idx = getitem" in (folder / "03-rewrite.py").read_text()
+    assert "block_idx = getitem" in (folder / "04-rewrite.py").read_text()
     assert dict(counters["hylra"]) == {
         "sdpa_matched": 2, "producer_sites": 1, "consumer_sites": 1, "rewritten": 2
     }
