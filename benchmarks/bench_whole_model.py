@@ -85,6 +85,15 @@ def run(args, variant: str, model) -> dict:
         synchronize()
         row["first_call_s"] = time.perf_counter() - start
         times = time_ms(step, 1, args.iters)
+        if args.profile:
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                step()
+                synchronize()
+            table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70)
+            name = f"profile-{args.mode}-{args.layers}x{args.context}-{variant}.txt"
+            (args.out / name).write_text(table + "\n")
     else:
         cache = fill_cache(model, args.context, device)
         restore = snapshot(cache)
@@ -131,6 +140,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--small", action="store_true", help="tiny widths (a CPU smoke run)")
+    parser.add_argument("--profile", action="store_true", help="also write a torch.profiler table per variant")
     parser.add_argument("--table", type=Path, default=None, help="only write the Markdown of the JSON rows there")
     args = parser.parse_args()
     if args.table is not None:

@@ -118,6 +118,40 @@ def _kv_blocks(q0, Skv, QB: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.c
 
 
 @triton.jit
+def _selected_block(q, acc, m_i, l_i, i_base, j, sis, n_kb, k_base, v_base, m_base, skn, skd, svn, svd, smq, smk,
+                    qpos, row_ok, Skv, qk_scale, mask_thr, offs_n, offs_d, offs_dv,
+                    BLOCK_N: tl.constexpr, MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr):
+    """Entry j of a selection list, with mask reads: skipped when out of range or a repeat of the entry before."""
+    c_sel = tl.load(i_base + j * sis)
+    prev = tl.load(i_base + (j - 1) * sis, mask=j > 0, other=-1)
+    ok = (c_sel >= 0) & (c_sel < n_kb) & (c_sel != prev)
+    acc, m_i, l_i, _x = _attn_block(q, acc, m_i, l_i, tl.where(ok, c_sel, 0), ok, k_base, v_base, m_base, skn, skd,
+                                    svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr, offs_n, offs_d,
+                                    offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, False)
+    return acc, m_i, l_i
+
+
+@triton.jit
+def _block_ranges(Blocks, b, qb, sbb, sbr, n_blocks, n_whole, MASK_KIND: tl.constexpr, HAS_BLOCKS: tl.constexpr):
+    """KV block ranges of query block qb: (first, full_first, full_end, end). Blocks outside [first, end) hold no
+    allowed key; [full_first, full_end) need no mask read nor causal masking. From the mask's block structure
+    (reference.mask_blocks) clamped to the causal bound; without one, (0, 0, n_whole, n_blocks) with no mask and
+    (0, 0, 0, n_blocks) with a mask."""
+    if HAS_BLOCKS:
+        row = Blocks + b * sbb + qb * sbr
+        end = tl.minimum(tl.load(row + 3), n_blocks)
+        first = tl.minimum(tl.load(row), end)
+        full_first = tl.minimum(tl.maximum(tl.load(row + 1), first), end)
+        full_end = tl.minimum(tl.maximum(tl.minimum(tl.load(row + 2), n_whole), full_first), end)
+    else:
+        first = tl.zeros([], dtype=tl.int32)
+        full_first = first
+        full_end = first + (n_whole if MASK_KIND == 0 else 0)
+        end = first + n_blocks
+    return first, full_first, full_end, end
+
+
+@triton.jit
 def _prefill_attn_kernel(
     Q, K, V, Mask, Blocks, Idx, Out, Lse, X, Imp,
     sqb, sqh, sqs, sqd,
@@ -129,13 +163,11 @@ def _prefill_attn_kernel(
     Hq, Sq, Skv, n_kb, n_qb, n_sel, qk_scale, mask_thr, min_seq_len,
     HP: tl.constexpr, G: tl.constexpr, QB: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
     MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, SPARSE: tl.constexpr, WRITE_LSE: tl.constexpr,
-    N_SEL_PAD: tl.constexpr, SCAN_N: tl.constexpr, WRITE_X: tl.constexpr, PTX: tl.constexpr, C_T: tl.constexpr,
+    N_SEL_PAD: tl.constexpr, WRITE_X: tl.constexpr, PTX: tl.constexpr, C_T: tl.constexpr,
     HAS_BLOCKS: tl.constexpr,
 ):
     qb, b, hg, kvh, head, q0, qpos, row_ok, q = _program_rows(Q, sqb, sqh, sqs, sqd, Hq, Sq, n_qb, HP, G, QB, D)
     M: tl.constexpr = HP * QB
-    # HAS_BLOCKS: the mask's block structure (reference.mask_blocks): 0 skip, 1 read the mask, 2 every key allowed.
-    blk_row = Blocks + b * sbb + qb * sbr
     offs_d = tl.arange(0, D)
     offs_dv = tl.arange(0, DV)
     offs_n = tl.arange(0, BLOCK_N)
@@ -145,7 +177,10 @@ def _prefill_attn_kernel(
     m_i = tl.full([M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([M], dtype=tl.float32)
     acc = tl.zeros([M, DV], dtype=tl.float32)
-    kv_end, n_blocks, n_whole = _kv_blocks(q0, Skv, QB, BLOCK_N, IS_CAUSAL)
+    _kv_end, n_blocks, n_whole = _kv_blocks(q0, Skv, QB, BLOCK_N, IS_CAUSAL)
+    # HAS_BLOCKS: only blocks [first, end) hold allowed keys; [full_first, full_end) run with no mask reads.
+    first, full_first, full_end, end = _block_ranges(Blocks, b, qb, sbb, sbr, n_blocks, n_whole, MASK_KIND,
+                                                     HAS_BLOCKS)
     x_base = X + tl.program_id(0).to(tl.int64) * n_kb * M + tl.arange(0, M)  # X [programs, n_kb, M]
 
     if SPARSE:
@@ -153,92 +188,59 @@ def _prefill_attn_kernel(
         offs_s = tl.arange(0, N_SEL_PAD)
         sel_vec = tl.load(i_base + offs_s * sis, mask=offs_s < n_sel, other=-1)
         # The list is ascending, then -1 padded (the op contract). The padding is not visited: a query block near
-        # the start has few candidates, so most of its list is padding. Without a mask tensor, the leading entries
-        # wholly below the diagonal need no masking.
+        # the start has few candidates, so most of its list is padding.
         n_used = tl.sum((sel_vec >= 0).to(tl.int32), 0)
-        n_full_sel = 0
-        if MASK_KIND == 0:
-            n_full_sel = tl.sum(((sel_vec >= 0) & (sel_vec < n_whole)).to(tl.int32), 0)
-            for j in range(n_full_sel):
-                c_sel = tl.load(i_base + j * sis)
-                acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c_sel, True, k_base, v_base, m_base,
-                                            skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr,
-                                            offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, True)
-        for j in range(n_full_sel, n_used):
+        # The ascending list's entries in [full_first, full_end) need no mask reads: the list splits in three.
+        n_masked_lead = tl.sum(((sel_vec >= 0) & (sel_vec < full_first)).to(tl.int32), 0)
+        n_full_sel = tl.sum(((sel_vec >= 0) & (sel_vec < full_end)).to(tl.int32), 0)
+        for j in range(0, n_masked_lead):
+            acc, m_i, l_i = _selected_block(q, acc, m_i, l_i, i_base, j, sis, n_kb, k_base, v_base, m_base, skn, skd,
+                                            svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr, offs_n, offs_d,
+                                            offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL)
+        for j in range(n_masked_lead, n_full_sel):
             c_sel = tl.load(i_base + j * sis)
-            prev = tl.load(i_base + (j - 1) * sis, mask=j > 0, other=-1)
-            ok = (c_sel >= 0) & (c_sel < n_kb) & (c_sel != prev)
-            c_ok = tl.where(ok, c_sel, 0)
-            if HAS_BLOCKS:
-                kind = tl.load(blk_row + c_ok)
-                if ok & (kind == 2) & (c_ok < n_whole):
-                    acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c_ok, True, k_base, v_base, m_base,
-                                                skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr,
-                                                offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, True)
-                elif ok & (kind != 0):
-                    acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c_ok, True, k_base, v_base, m_base,
-                                                skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr,
-                                                offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, False)
-            else:
-                acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c_ok, ok, k_base, v_base, m_base,
-                                            skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr,
-                                            offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, False)
+            acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c_sel, True, k_base, v_base, m_base,
+                                        skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr,
+                                        offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, True)
+        for j in range(n_full_sel, n_used):
+            acc, m_i, l_i = _selected_block(q, acc, m_i, l_i, i_base, j, sis, n_kb, k_base, v_base, m_base, skn, skd,
+                                            svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr, offs_n, offs_d,
+                                            offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL)
         # Rows with fewer than min_seq_len allowed keys attend all of them.
         if MASK_KIND == 0:
             if IS_CAUSAL:
                 cnt = tl.minimum(qpos + 1, Skv)
             else:
                 cnt = tl.zeros([M], dtype=tl.int32) + Skv
-        elif HAS_BLOCKS:  # count whole blocks without reading the mask; read it in partial ones only
-            cnt = tl.zeros([M], dtype=tl.int32)
-            c = tl.zeros([], dtype=tl.int32)
-            while (c < n_blocks) & (tl.min(tl.where(row_ok, cnt, min_seq_len), 0) < min_seq_len):
-                kind = tl.load(blk_row + c)
-                if (kind == 2) & (c < n_whole):
-                    cnt += BLOCK_N
-                elif kind != 0:
-                    al, _b = mask_tile(m_base, smq, smk, qpos, c * BLOCK_N + offs_n, row_ok, Skv, mask_thr,
-                                       MASK_KIND, IS_CAUSAL)
-                    cnt += tl.sum(al.to(tl.int32), 1)
+        else:  # whole blocks count without mask reads; scan the others until every row has enough
+            cnt = tl.zeros([M], dtype=tl.int32) + (full_end - full_first) * BLOCK_N
+            c = first
+            while (c < end) & (tl.min(tl.where(row_ok, cnt, min_seq_len), 0) < min_seq_len):
+                al, _b = mask_tile(m_base, smq, smk, qpos, c * BLOCK_N + offs_n, row_ok, Skv, mask_thr, MASK_KIND,
+                                   IS_CAUSAL)
+                cnt += tl.where((c >= full_first) & (c < full_end), 0, tl.sum(al.to(tl.int32), 1))
                 c += 1
-        else:
-            cnt = tl.zeros([M], dtype=tl.int32)
-            jj = tl.zeros([], dtype=tl.int32)
-            while (jj < kv_end) & (tl.min(tl.where(row_ok, cnt, min_seq_len), 0) < min_seq_len):
-                offs = jj + tl.arange(0, SCAN_N)
-                al, _b = mask_tile(m_base, smq, smk, qpos, offs, row_ok, Skv, mask_thr, MASK_KIND, IS_CAUSAL)
-                cnt += tl.sum(al.to(tl.int32), 1)
-                jj += SCAN_N
         dense_row = (cnt < min_seq_len) & row_ok
         if tl.max(dense_row.to(tl.int32), 0) != 0:
-            for c in range(n_blocks):
+            for c in range(first, end):
                 is_sel = tl.sum((sel_vec == c).to(tl.int32), 0) != 0
                 acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c, dense_row & (is_sel == 0), k_base, v_base,
                                             m_base, skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale,
                                             mask_thr, offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, False)
-    elif HAS_BLOCKS:
-        for c in range(n_blocks):
-            kind = tl.load(blk_row + c)
-            x_blk = tl.full([M], float("-inf"), dtype=tl.float32)
-            if (kind == 2) & (c < n_whole):
-                acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c, True, k_base, v_base, m_base,
-                                            skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr,
-                                            offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, True)
-            elif kind != 0:
-                acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c, True, k_base, v_base, m_base,
-                                            skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr,
-                                            offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, False)
+    else:
+        for c in range(first, full_first):
+            acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c, True, k_base, v_base, m_base,
+                                        skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr,
+                                        offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, False)
             if WRITE_X:
                 store_rows(x_base + c * M, x_blk, row_ok, PTX)
-    else:
-        n_full = n_whole if MASK_KIND == 0 else 0
-        for c in range(n_full):
+        for c in range(full_first, full_end):
             acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c, True, k_base, v_base, m_base,
                                         skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr,
                                         offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, True)
             if WRITE_X:
                 store_rows(x_base + c * M, x_blk, row_ok, PTX)
-        for c in range(n_full, n_blocks):
+        for c in range(full_end, end):
             acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c, True, k_base, v_base, m_base,
                                         skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr,
                                         offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, False)
@@ -261,19 +263,22 @@ def _prefill_attn_kernel(
         lse_r = tl.where(l_ok & row_ok, lse, float("inf"))
         offs_t = tl.arange(0, C_T)
         imp_base = Imp + ((b * (Hq // HP) + hg) * n_qb + qb) * n_kb
-        # The next tile is loaded before this one is reduced: the loop is bound by load latency.
-        x_next = tl.load(x_base[None, :] + offs_t[:, None] * M, mask=(offs_t < n_blocks)[:, None] & row_ok[None, :],
+        # The next tile is loaded before this one is reduced: the loop is bound by load latency. Blocks outside
+        # [first, end) were not visited: no candidates.
+        stored = (offs_t >= first) & (offs_t < end)
+        x_next = tl.load(x_base[None, :] + offs_t[:, None] * M, mask=stored[:, None] & row_ok[None, :],
                          other=float("-inf"), cache_modifier=".cg")
-        for c0 in range(0, n_blocks, C_T):
+        for c0 in range(0, end, C_T):
             cols = c0 + offs_t
             x = x_next
             nc = cols + C_T
-            x_next = tl.load(x_base[None, :] + nc[:, None] * M, mask=(nc < n_blocks)[:, None] & row_ok[None, :],
+            stored = (nc >= first) & (nc < end)
+            x_next = tl.load(x_base[None, :] + nc[:, None] * M, mask=stored[:, None] & row_ok[None, :],
                              other=float("-inf"), cache_modifier=".cg")
             cand = tl.max((x > float("-inf")).to(tl.int32), 1) != 0
             imp = tl.sum(tl.exp2(x - lse_r[None, :]), 1)
-            tl.store(imp_base + cols, tl.where(cand, imp, -1.0), mask=cols < n_blocks)
-        for c0 in range(n_blocks, n_kb, C_T):
+            tl.store(imp_base + cols, tl.where(cand, imp, -1.0), mask=cols < end)
+        for c0 in range(end, n_kb, C_T):
             cols = c0 + offs_t
             tl.store(imp_base + cols, tl.full([C_T], -1.0, tl.float32), mask=cols < n_kb)
 
@@ -319,29 +324,20 @@ def _prefill_importance_kernel(
     m_base = Mask + b * smb
     imp_base = Imp + ((b * n_hg + hg) * n_qb + qb) * n_kb
     _kv_end, n_blocks, n_whole = _kv_blocks(q0, Skv, QB, QB, IS_CAUSAL)
-    if HAS_BLOCKS:
-        blk_row = Blocks + b * sbb + qb * sbr
-        for c in range(n_blocks):
-            kind = tl.load(blk_row + c)
-            val = -1.0
-            if (kind == 2) & (c < n_whole):
-                val = _block_importance(q, k_base, m_base, c, qpos, row_ok, lse, skn, skd, smq, smk, Skv, qk_scale,
-                                        mask_thr, offs_n, offs_d, QB, MASK_KIND, IS_CAUSAL, True)
-            elif kind != 0:
-                val = _block_importance(q, k_base, m_base, c, qpos, row_ok, lse, skn, skd, smq, smk, Skv, qk_scale,
-                                        mask_thr, offs_n, offs_d, QB, MASK_KIND, IS_CAUSAL, False)
-            tl.store(imp_base + c, val)
-    else:
-        n_full = n_whole if MASK_KIND == 0 else 0
-        for c in range(n_full):
-            tl.store(imp_base + c, _block_importance(q, k_base, m_base, c, qpos, row_ok, lse, skn, skd, smq, smk, Skv,
-                                                     qk_scale, mask_thr, offs_n, offs_d, QB, MASK_KIND, IS_CAUSAL,
-                                                     True))
-        for c in range(n_full, n_blocks):
-            tl.store(imp_base + c, _block_importance(q, k_base, m_base, c, qpos, row_ok, lse, skn, skd, smq, smk, Skv,
-                                                     qk_scale, mask_thr, offs_n, offs_d, QB, MASK_KIND, IS_CAUSAL,
-                                                     False))
-    for c in range(n_blocks, n_kb):
+    first, full_first, full_end, end = _block_ranges(Blocks, b, qb, sbb, sbr, n_blocks, n_whole, MASK_KIND,
+                                                     HAS_BLOCKS)
+    for c in range(0, first):
+        tl.store(imp_base + c, -1.0)
+    for c in range(first, full_first):
+        tl.store(imp_base + c, _block_importance(q, k_base, m_base, c, qpos, row_ok, lse, skn, skd, smq, smk, Skv,
+                                                 qk_scale, mask_thr, offs_n, offs_d, QB, MASK_KIND, IS_CAUSAL, False))
+    for c in range(full_first, full_end):
+        tl.store(imp_base + c, _block_importance(q, k_base, m_base, c, qpos, row_ok, lse, skn, skd, smq, smk, Skv,
+                                                 qk_scale, mask_thr, offs_n, offs_d, QB, MASK_KIND, IS_CAUSAL, True))
+    for c in range(full_end, end):
+        tl.store(imp_base + c, _block_importance(q, k_base, m_base, c, qpos, row_ok, lse, skn, skd, smq, smk, Skv,
+                                                 qk_scale, mask_thr, offs_n, offs_d, QB, MASK_KIND, IS_CAUSAL, False))
+    for c in range(end, n_kb):
         tl.store(imp_base + c, -1.0)
 
 
@@ -466,7 +462,7 @@ def _prefill_attn(q, k, v, mask, is_causal, scale, block_size, block_idx, min_se
         Hq, Sq, Skv, n_kb, n_qb, n_sel, scale * LOG2E, thr, min_seq_len,
     ), dict(
         HP=HP, G=G, QB=block_size, BLOCK_N=block_size, D=D, DV=DV, MASK_KIND=kind, IS_CAUSAL=bool(is_causal),
-        SPARSE=sparse, WRITE_LSE=write_lse, N_SEL_PAD=triton.next_power_of_2(max(n_sel, 1)), SCAN_N=64,
+        SPARSE=sparse, WRITE_LSE=write_lse, N_SEL_PAD=triton.next_power_of_2(max(n_sel, 1)),
         WRITE_X=importance, PTX=ptx_stores(q), C_T=min(X_STEP_BLOCKS, triton.next_power_of_2(n_kb)),
         HAS_BLOCKS=block_mask is not None,
     ), nw, ns)

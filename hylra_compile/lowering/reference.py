@@ -222,23 +222,22 @@ def _block_hits(allowed: Tensor, block_size: int) -> Tensor:
     return hit.view(B, Hkv, rows, block_size, n_kb, block_size).any(5).any(3)
 
 
-# Kinds of (query block, KV block) pairs in a block mask.
-BLOCK_SKIP, BLOCK_PARTIAL, BLOCK_FULL = 0, 1, 2
-
-
 def mask_blocks(mask: Tensor, *, block_size: int) -> Tensor:
     """The block structure of ``mask`` (bool, or additive as the ops read it; [Bm, Hm, Sqm, Skv] with leading
-    dims up to 4-d), int8 [Bm, ceil(Sqm / bs), ceil(Skv / bs)], per (batch, query block, KV block):
+    dims up to 4-d): int32 [Bm, ceil(Sqm / bs), 4] holding, per (batch, query block), KV block ranges
+    ``(first, full_first, full_end, end)``:
 
-    * ``BLOCK_SKIP`` (0): no key of the KV block is allowed for any query of the query block (in any head);
-    * ``BLOCK_FULL`` (2): the KV block lies wholly inside Skv, and each of its keys is allowed with no additive
-      value for every query of the query block (in every head);
-    * ``BLOCK_PARTIAL`` (1): otherwise.
+    * every key allowed for a query of the query block (in any head) lies in KV blocks ``[first, end)``
+      (``first == end == 0`` when there is none);
+    * ``[full_first, full_end)`` is the longest run (the first, among equals) of KV blocks that lie wholly inside
+      Skv and whose every key is allowed, with no additive value, for every query of the query block in every
+      head; an empty run is ``full_first == full_end == first``.
 
-    A mask row broadcast over queries (Sqm = 1) gives one query block for all. It is a function of the mask
-    alone, computed once per mask and shared by the ops of every layer that use it: the ops take it as
-    ``block_mask``, their results never depend on it, and their kernels skip SKIP blocks and read no mask byte in
-    FULL ones.
+    A causal mask gives ``(0, 0, r, r + 1)`` for query block r (blocks wholly below the diagonal, then the
+    diagonal); padding and sliding windows move ``first``. A mask row broadcast over queries (Sqm = 1) gives one
+    query block for all. It is a function of the mask alone, computed once per mask and shared by the ops of every
+    layer that use it: the ops take it as ``block_mask`` and no result depends on it; their kernels visit only
+    ``[first, end)`` and read no mask byte in ``[full_first, full_end)``.
     """
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
@@ -247,7 +246,8 @@ def mask_blocks(mask: Tensor, *, block_size: int) -> Tensor:
     m = mask_4d(mask)
     Bm, Hm, Sqm, Skv = m.shape
     bs, n_kb = block_size, num_blocks(Skv, block_size)
-    kinds = torch.empty(Bm, num_blocks(Sqm, bs), n_kb, dtype=torch.int8, device=m.device)
+    any_allowed = torch.empty(Bm, num_blocks(Sqm, bs), n_kb, dtype=torch.bool, device=m.device)
+    whole = torch.empty_like(any_allowed)
     rows = max(bs, _CHUNK_ELEMENTS // max(Bm * Hm * n_kb * bs, 1) // bs * bs)
     for start in range(0, Sqm, rows):
         part = m[:, :, start : start + rows]
@@ -256,15 +256,19 @@ def mask_blocks(mask: Tensor, *, block_size: int) -> Tensor:
         n_qb = num_blocks(part.shape[2], bs)
         pad = (0, n_kb * bs - Skv, 0, n_qb * bs - part.shape[2])
         blocks = (Bm, Hm, n_qb, bs, n_kb, bs)
-        any_allowed = torch.nn.functional.pad(allowed, pad, value=False).view(blocks).any(5).any(3).any(1)
-        all_plain = torch.nn.functional.pad(plain, pad, value=True).view(blocks).all(5).all(3).all(1)
-        kinds[:, start // bs : start // bs + n_qb] = torch.where(
-            any_allowed, torch.where(all_plain, BLOCK_FULL, BLOCK_PARTIAL), BLOCK_SKIP
-        ).to(torch.int8)
-    if Skv % bs:  # the last KV block runs past Skv: never FULL
-        last = kinds[:, :, -1]
-        last.masked_fill_(last == BLOCK_FULL, BLOCK_PARTIAL)
-    return kinds
+        r = slice(start // bs, start // bs + n_qb)
+        any_allowed[:, r] = torch.nn.functional.pad(allowed, pad, value=False).view(blocks).any(5).any(3).any(1)
+        whole[:, r] = torch.nn.functional.pad(plain, pad, value=True).view(blocks).all(5).all(3).all(1)
+    columns = torch.arange(n_kb, device=m.device)
+    whole &= any_allowed & (columns < Skv // bs)
+    end = torch.where(any_allowed, columns + 1, 0).amax(-1)
+    first = torch.where(end == 0, 0, torch.where(any_allowed, columns, n_kb).amin(-1))
+    # Longest run of whole blocks: the run length ending at each column, its first maximum.
+    last_break = torch.where(whole, -1, columns).cummax(-1).values
+    run = torch.where(whole, columns - last_break, 0)
+    length, full_end = run.max(-1)
+    full_end = torch.where(length > 0, full_end + 1, first)
+    return torch.stack([first, full_end - torch.where(length > 0, length, 0), full_end, end], -1).to(torch.int32)
 
 
 def check_block_mask(block_mask: Tensor | None, mask: Tensor | None, k: Tensor, block_size: int) -> None:
@@ -274,10 +278,10 @@ def check_block_mask(block_mask: Tensor | None, mask: Tensor | None, k: Tensor, 
     if mask is None:
         raise ValueError("block_mask is given without a mask")
     m = mask_4d(mask)
-    want = (m.shape[0], num_blocks(m.shape[2], block_size), num_blocks(k.shape[2], block_size))
-    message = f"block_mask must be int8 {list(want)} (mask_blocks of the mask), got {block_mask.dtype} "
+    want = (m.shape[0], num_blocks(m.shape[2], block_size), 4)
+    message = f"block_mask must be int32 {list(want)} (mask_blocks of the mask), got {block_mask.dtype} "
     message += f"{tuple(block_mask.shape)}"
-    if block_mask.dtype != torch.int8 or block_mask.dim() != 3:
+    if block_mask.dtype != torch.int32 or block_mask.dim() != 3:
         raise ValueError(message)
     _require(m.shape[3] == k.shape[2], "a block_mask needs a mask with one column per key", provable=False)
     for a, b in zip(block_mask.shape, want):

@@ -220,15 +220,25 @@ def brute_force_blocks(mask, bs):
     allowed = m if m.dtype == torch.bool else ~((m == float("-inf")) | (m <= torch.finfo(m.dtype).min / 2))
     plain = allowed if m.dtype == torch.bool else allowed & (m == 0)
     Bm, _, Sq, Skv = m.shape
-    kinds = torch.zeros(Bm, -(-Sq // bs), -(-Skv // bs), dtype=torch.int8)
+    n_qb, n_kb = -(-Sq // bs), -(-Skv // bs)
+    ranges = torch.zeros(Bm, n_qb, 4, dtype=torch.int32)
     for b in range(Bm):
-        for r in range(kinds.shape[1]):
-            for c in range(kinds.shape[2]):
-                rows, cols = slice(r * bs, (r + 1) * bs), slice(c * bs, (c + 1) * bs)
-                if allowed[b, :, rows, cols].any():
-                    whole = (c + 1) * bs <= Skv and bool(plain[b, :, rows, cols].all())
-                    kinds[b, r, c] = R.BLOCK_FULL if whole else R.BLOCK_PARTIAL
-    return kinds
+        for r in range(n_qb):
+            rows = slice(r * bs, (r + 1) * bs)
+            hit = [bool(allowed[b, :, rows, c * bs : (c + 1) * bs].any()) for c in range(n_kb)]
+            whole = [hit[c] and (c + 1) * bs <= Skv and bool(plain[b, :, rows, c * bs : (c + 1) * bs].all())
+                     for c in range(n_kb)]
+            first = hit.index(True) if any(hit) else 0
+            end = n_kb - hit[::-1].index(True) if any(hit) else 0
+            best = (first, first)
+            for c in range(n_kb):  # the first longest run of whole blocks
+                length = 0
+                while c + length < n_kb and whole[c + length]:
+                    length += 1
+                if length > best[1] - best[0]:
+                    best = (c, c + length)
+            ranges[b, r] = torch.tensor([first, *best, end])
+    return ranges
 
 
 @pytest.mark.parametrize("kind", ["causal", "padded", "sliding", "float_bias", "row"])
@@ -247,7 +257,9 @@ def test_mask_blocks_equals_brute_force(kind):
         mask = (torch.arange(Skv) >= 7)[None, None, None].expand(3, 1, 1, Skv)
     got = torch.ops.hylra.mask_blocks(mask, block_size=8)
     assert torch.equal(got, brute_force_blocks(mask, 8))
-    assert {int(x) for x in got.unique()} <= {0, 1, 2}
+    if kind == "causal":  # (0, 0, r, r + 1): blocks below the diagonal whole, then the diagonal
+        r = torch.arange(6, dtype=torch.int32)
+        assert torch.equal(got[0], torch.stack([0 * r, 0 * r, r, r + 1], -1))
     torch.library.opcheck(torch.ops.hylra.mask_blocks.default, (mask,), dict(block_size=8))
 
 
@@ -266,5 +278,5 @@ def test_block_mask_changes_no_result_and_dense_op_is_sdpa():
                           dict(is_causal=False, scale=0.3, block_size=8))
     torch.library.opcheck(torch.ops.hylra.attention.default, (q, k, v, None), dict(is_causal=True, scale=None,
                                                                                   block_size=8))
-    with pytest.raises(ValueError, match=r"block_mask must be int8 \[2, 3, 5\]"):
+    with pytest.raises(ValueError, match=r"block_mask must be int32 \[2, 3, 4\]"):
         topk_attention(q, k, v, mask, block_mask[:, :2], **producer)
