@@ -19,6 +19,7 @@ import argparse
 import datetime
 import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -115,15 +116,15 @@ def run(args, variant: str, model) -> dict:
 def table(folder: Path) -> None:
     for path in sorted(folder.glob("whole-model-*.json")):
         rows = json.loads(path.read_text())
-        lines = [f"# Whole-model speed ({rows[0]['device']})", "",
+        lines = [f"# Whole-model speed ({rows[0]['device']}, {rows[-1]['date']})", "",
                  "Ratios are to the best dense baseline of the same run (eager SDPA for prefill, Inductor with CUDA "
                  "graphs for decode); lower is faster.", "",
-                 "| date | mode | layers | context | batch | variant | ms | ratio |", "|---|---|---|---|---|---|---|---|"]
+                 "| code | mode | layers | context | batch | variant | ms | ratio |", "|---|---|---|---|---|---|---|---|"]
         for row in rows:
             base = next((r for r in rows if r["run"] == row["run"] and r["variant"] == BASELINES[row["mode"]]), None)
             ratio = f"{row['ms'] / base['ms']:.2f}" if base and base["ms"] and row["ms"] else ""
             ms = f"{row['ms']:.1f}" if row["ms"] else row.get("graph_error", "")
-            lines.append(f"| {row['date']} | {row['mode']} | {row['layers']} | {row['context']} | {row['batch']} | "
+            lines.append(f"| {row['code']} | {row['mode']} | {row['layers']} | {row['context']} | {row['batch']} | "
                          f"{row['variant']} | {ms} | {ratio} |")
         path.with_suffix(".md").write_text("\n".join(lines) + "\n")
         print(path.with_suffix(".md").read_text())
@@ -153,7 +154,8 @@ def main() -> None:
     model = build_model(args.layers, args.context + SLACK, torch.device("cuda" if cuda else "cpu"),
                         torch.bfloat16 if cuda else torch.float32, small=args.small)
     run_id = datetime.datetime.now().isoformat(timespec="seconds")
-    meta = {"device": torch.cuda.get_device_name() if cuda else "cpu", "date": datetime.date.today().isoformat(),
+    code = subprocess.run(["git", "log", "-1", "--format=%h: %s"], capture_output=True, text=True).stdout.strip()
+    meta = {"device": torch.cuda.get_device_name() if cuda else "cpu", "code": code[:80], "date": datetime.date.today().isoformat(),
             "torch": torch.__version__, "run": run_id, "mode": args.mode, "layers": args.layers,
             "context": args.context, "batch": args.batch, "top_k": args.top_k}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -14,9 +14,14 @@ block. Two launches.
 Two-pass path (larger inputs): the same FA kernel without x, then ``_prefill_importance_kernel`` recomputes QK^T per
 (query block, KV block) and sums exp2(s - lse) into the same Imp, then ``_prefill_select_kernel``. Three launches.
 
-Consumer (1 launch): ``_prefill_attn_kernel`` with SPARSE=True over the query block's selected KV blocks (the ones
-wholly below the diagonal without masking); rows with fewer than ``min_seq_len`` allowed keys (decided in the kernel)
-also visit the unselected blocks.
+Consumer (1 launch): ``_prefill_attn_kernel`` with SPARSE=True over the query block's selected KV blocks; rows with
+fewer than ``min_seq_len`` allowed keys (decided in the kernel) also visit the unselected blocks.
+
+Every pass walks a query block's KV blocks in three branch-free runs (``_block_ranges``): blocks with mask reads,
+blocks that need none (wholly allowed: below the causal diagonal, or inside a mask's full run), blocks with mask
+reads; blocks outside ``[first, end)`` are never visited. With a materialised mask the ranges come from its block
+structure (``block_mask``, reference.mask_blocks, computed once per graph), so a causal [S, S] mask costs what
+``is_causal`` costs, plus one read of the diagonal blocks.
 """
 
 from __future__ import annotations
@@ -115,6 +120,22 @@ def _kv_blocks(q0, Skv, QB: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.c
         kv_end = Skv
         n_whole = Skv // BLOCK_N
     return kv_end, tl.cdiv(kv_end, BLOCK_N), n_whole
+
+
+@triton.jit
+def _dense_run(q, acc, m_i, l_i, c_lo, c_hi, x_base, k_base, v_base, m_base, skn, skd, svn, svd, smq, smk, qpos,
+               row_ok, Skv, qk_scale, mask_thr, offs_n, offs_d, offs_dv, M: tl.constexpr, BLOCK_N: tl.constexpr,
+               MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, FULL: tl.constexpr, WRITE_X: tl.constexpr,
+               PTX: tl.constexpr):
+    """KV blocks [c_lo, c_hi) in turn (FULL: with no mask reads), storing each block's row log2-sum-exps if
+    WRITE_X."""
+    for c in range(c_lo, c_hi):
+        acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c, True, k_base, v_base, m_base, skn, skd, svn, svd,
+                                           smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr, offs_n, offs_d, offs_dv,
+                                           BLOCK_N, MASK_KIND, IS_CAUSAL, FULL)
+        if WRITE_X:
+            store_rows(x_base + c * M, x_blk, row_ok, PTX)
+    return acc, m_i, l_i
 
 
 @triton.jit
@@ -228,24 +249,16 @@ def _prefill_attn_kernel(
                                             m_base, skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale,
                                             mask_thr, offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, False)
     else:
-        for c in range(first, full_first):
-            acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c, True, k_base, v_base, m_base,
-                                        skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr,
-                                        offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, False)
-            if WRITE_X:
-                store_rows(x_base + c * M, x_blk, row_ok, PTX)
-        for c in range(full_first, full_end):
-            acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c, True, k_base, v_base, m_base,
-                                        skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr,
-                                        offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, True)
-            if WRITE_X:
-                store_rows(x_base + c * M, x_blk, row_ok, PTX)
-        for c in range(full_end, end):
-            acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c, True, k_base, v_base, m_base,
-                                        skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr,
-                                        offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, False)
-            if WRITE_X:
-                store_rows(x_base + c * M, x_blk, row_ok, PTX)
+        # Mask reads, none (wholly allowed), mask reads: three branch-free runs the compiler can pipeline.
+        acc, m_i, l_i = _dense_run(q, acc, m_i, l_i, first, full_first, x_base, k_base, v_base, m_base, skn, skd, svn,
+                                   svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr, offs_n, offs_d, offs_dv, M,
+                                   BLOCK_N, MASK_KIND, IS_CAUSAL, False, WRITE_X, PTX)
+        acc, m_i, l_i = _dense_run(q, acc, m_i, l_i, full_first, full_end, x_base, k_base, v_base, m_base, skn, skd,
+                                   svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr, offs_n, offs_d, offs_dv,
+                                   M, BLOCK_N, MASK_KIND, IS_CAUSAL, True, WRITE_X, PTX)
+        acc, m_i, l_i = _dense_run(q, acc, m_i, l_i, full_end, end, x_base, k_base, v_base, m_base, skn, skd, svn, svd,
+                                   smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr, offs_n, offs_d, offs_dv, M,
+                                   BLOCK_N, MASK_KIND, IS_CAUSAL, False, WRITE_X, PTX)
 
     l_ok = l_i > 0
     out = tl.where(l_ok[:, None], acc / tl.where(l_ok, l_i, 1.0)[:, None], 0.0)
