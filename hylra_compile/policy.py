@@ -134,19 +134,25 @@ class Policy:
             )
         self.check_graph(list(range(num_layers)), num_kv_heads)
 
-    def check_graph(self, layers: list[int], num_kv_heads: int | None) -> None:
+    def check_graph(self, layers: list[int], num_kv_heads: int | None, tp_size: int = 1) -> None:
         """Refuse a graph with attention at a layer the policy does not list, or with other KV heads. A graph
-        may hold any subset of the layers (graph breaks split a model into several graphs)."""
+        may hold any subset of the layers (graph breaks split a model into several graphs), and under tensor
+        parallelism over ``tp_size`` ranks it holds 1 / tp_size of the KV heads."""
         beyond = sorted({layer for layer in layers if layer >= self.num_layers})
         if beyond:
             raise ValueError(
                 f"the graph has attention at layer(s) {beyond} but the policy lists {self.num_layers} layers; "
                 f"a policy must list exactly one mode per attention layer of the model"
             )
-        if self.num_kv_heads is not None and num_kv_heads is not None and num_kv_heads != self.num_kv_heads:
-            raise ValueError(
-                f"the policy was made for a model with {self.num_kv_heads} KV heads, this graph has {num_kv_heads}"
-            )
+        if self.num_kv_heads is None or num_kv_heads is None or num_kv_heads == self.num_kv_heads:
+            return
+        if num_kv_heads * tp_size == self.num_kv_heads:
+            return  # each of the tp_size tensor-parallel ranks holds its share of the KV heads
+        message = f"the policy was made for a model with {self.num_kv_heads} KV heads, this graph has {num_kv_heads}"
+        if tp_size > 1:
+            message += (f" on each of {tp_size} tensor-parallel ranks" if self.num_kv_heads % tp_size == 0 else
+                        f"; {self.num_kv_heads} KV heads do not split evenly over {tp_size} tensor-parallel ranks")
+        raise ValueError(message)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Policy) and self.to_dict() == other.to_dict()

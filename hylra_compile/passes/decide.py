@@ -61,7 +61,7 @@ def decide(matches: tuple[AttentionMatch, ...], policy: Policy | None) -> tuple[
         return tuple(_dense(m.problem, "not_understood") if m.problem else _dense("no policy given", "no_policy")
                      for m in matches)
     usable = [m for m in matches if m.problem is None]
-    policy.check_graph([m.layer for m in usable], _kv_heads(usable))
+    policy.check_graph([m.layer for m in usable], _kv_heads(usable), _tensor_parallel_size())
     by_layer = {m.layer: m for m in matches}  # a layer with several calls has a problem: never used as a source
     position = {m.output: i for i, m in enumerate(matches)}
     first = [_decide_one(m, policy, by_layer, position) for m in matches]
@@ -102,6 +102,14 @@ def _decide_one(match: AttentionMatch, policy: Policy, by_layer: dict, position:
             return _dense(f"policy: consumer of {source}, but {name} {b} is not provably equal to {a} of layer "
                           f"{source}", "shape_mismatch")
     return Decision(action="consumer", source=source)
+
+
+def _tensor_parallel_size() -> int:
+    """Ranks the heads may be split over: the default process group's size (Hugging Face's ``tp_plan`` shards
+    the heads over it); 1 outside torch.distributed."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def _kv_heads(matches: list[AttentionMatch]) -> int | None:
