@@ -315,6 +315,27 @@ class _Recorder:
                 self.overlap_sum[(i, j)] = self.overlap_sum.get((i, j), 0) + overlap
         self.layers.clear()
 
+    def gather_tensor_parallel(self, tp_size: int) -> None:
+        """Under tensor parallelism each rank saw its own KV heads (rank r: heads [r * H / tp, (r + 1) * H / tp),
+        Hugging Face's column sharding): concatenate the per-head sums over the ranks in rank order and add the
+        output errors, so every rank holds what one device would have recorded."""
+        import torch.distributed as dist
+
+        def heads(t: Tensor) -> Tensor:
+            t = torch.as_tensor(t, dtype=torch.float64)
+            parts = [torch.empty_like(t) for _ in range(tp_size)]
+            dist.all_gather(parts, t.contiguous())
+            return torch.cat(parts, dim=-1)
+
+        self.blocks_counted = {j: heads(counted) for j, counted in sorted(self.blocks_counted.items())}
+        self.overlap_sum = {pair: heads(total) for pair, total in sorted(self.overlap_sum.items())}
+        layers = sorted(self.dense_sq)
+        sums = torch.tensor([[self.error_sq[layer] for layer in layers], [self.dense_sq[layer] for layer in layers]],
+                            dtype=torch.float64)
+        dist.all_reduce(sums)
+        self.error_sq, self.dense_sq = dict(zip(layers, sums[0].tolist())), dict(zip(layers, sums[1].tolist()))
+        self.num_kv_heads *= tp_size
+
     def result(self, metadata: dict[str, Any]) -> Profile:
         num_layers = len(self.dense_sq)
         H = self.num_kv_heads
@@ -400,6 +421,10 @@ def profile(
     forward_passes = len(samples) * (1 + decode_steps)
     bar = tqdm(total=forward_passes * expected_layers if expected_layers else None, desc="hylra profile",
                unit="layer", disable=not progress)
+    tp_size = getattr(model, "tp_size", None) or 1  # Hugging Face's tensor-parallel degree (tp_plan)
+    if tp_size > 1 and head_map:
+        raise ValueError("head_map=True compares every pair of heads, which tensor parallelism keeps on different "
+                         "ranks; profile the head map on one device")
     recorder = _Recorder(options, head_map, similarity == "mass", bar)
     device = next(model.parameters()).device
     forward_kwargs = {"use_cache": decode_steps > 0}
@@ -434,4 +459,6 @@ def profile(
         "calibration": description or f"{len(samples)} sequence(s)",
         "model": getattr(config, "_name_or_path", "") or getattr(config, "model_type", type(model).__name__),
     }
+    if tp_size > 1:
+        recorder.gather_tensor_parallel(tp_size)
     return recorder.result(metadata)

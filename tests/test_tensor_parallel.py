@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from transformers import AutoModelForCausalLM
 
-from hylra_compile import HylraBackend, Policy
+from hylra_compile import HylraBackend, Policy, profile
 from tests.numerics import rel_err
 from tests.tiny_models import tiny_model
 
@@ -33,6 +33,10 @@ def compiled_logits(model, policy_path):
     return logits, [(s.layer, s.action) for s in backend.reports[0].sites], op.kwargs["k"].meta["example_value"].shape
 
 
+def tiny_profile(model):
+    return profile(model, [token_ids()[0], token_ids()[0].flip(0)], top_k=24, block_size=8, progress=False)
+
+
 def tp_plan_auto() -> dict:
     """``from_pretrained`` arguments for Hugging Face's automatic tensor-parallel plan (``tp_plan=`` before
     transformers 5.18, ``distributed_config=`` since)."""
@@ -44,13 +48,18 @@ def tp_plan_auto() -> dict:
 
 
 def _rank(rank, port, checkpoint, policy_path, results):
+    """One rank: the compiled logits with ``policy_path``, or (policy_path None) the profile's matrices."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
                       LOCAL_RANK=str(rank))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
         model = AutoModelForCausalLM.from_pretrained(checkpoint, attn_implementation="sdpa", **tp_plan_auto()).eval()
-        logits, sites, k_shape = compiled_logits(model, policy_path)
-        results.put((rank, logits.numpy(), sites, tuple(k_shape)))  # plain data: the process exits right after
+        if policy_path is None:
+            prof = tiny_profile(model)
+            results.put((rank, prof.similarity, prof.sensitivity, prof.num_kv_heads))
+        else:
+            logits, sites, k_shape = compiled_logits(model, policy_path)
+            results.put((rank, logits.numpy(), sites, tuple(k_shape)))  # plain data: the process exits right after
     except Exception as err:  # noqa: BLE001 (reported to the test process)
         results.put((rank, repr(err), None, None))
     finally:
@@ -92,6 +101,17 @@ def test_tensor_parallel_equals_one_device(checkpoint, tmp_path):
         assert not isinstance(logits, str), f"rank {rank}: {logits}"
         assert rank_sites == sites and rank_k_shape[1] == 1
         assert rel_err(torch.from_numpy(logits), want) < 1e-5
+
+
+def test_profile_under_tensor_parallel_equals_one_device(checkpoint):
+    """Each rank profiles its own heads; the per-head sums are gathered, so every rank returns the one-device
+    profile."""
+    single = tiny_profile(AutoModelForCausalLM.from_pretrained(checkpoint, attn_implementation="sdpa").eval())
+    for rank, (similarity, sensitivity, kv_heads) in run_tensor_parallel(checkpoint, None).items():
+        assert not isinstance(similarity, str), f"rank {rank}: {similarity}"
+        assert kv_heads == single.num_kv_heads == 2
+        assert abs(similarity - single.similarity).max() < 1e-6
+        assert abs(sensitivity - single.sensitivity).max() < 1e-6
 
 
 def test_tp_size_that_does_not_split_the_policy_heads_is_an_error(checkpoint, tmp_path):
