@@ -54,5 +54,4 @@ def _attention_fake(q, k, v, mask, block_mask=None, *, block_size, **_):
 
 @mask_blocks.register_fake
 def _mask_blocks_fake(mask, *, block_size):
-    m = reference.mask_4d(mask)
-    return mask.new_empty((m.shape[0], reference.num_blocks(m.shape[2], block_size), 4), dtype=torch.int32)
+    return mask.new_empty(reference.block_mask_shape(mask, block_size), dtype=torch.int32)

@@ -122,17 +122,6 @@ def _dropped(m: Tensor) -> Tensor:
     return (m == float("-inf")) | (m <= torch.finfo(m.dtype).min / 2)
 
 
-def _key_end(mask: Tensor | None, is_causal: bool, q_start: int, q_end: int, Sq: int, Skv: int) -> int:
-    """Keys [0, key_end) hold every key allowed for queries [q_start, q_end): with ``is_causal`` none lies past the
-    last query, and with a mask none past its last allowed key (a static cache's unfilled tail, a padded batch)."""
-    key_end = min(q_end, Skv) if is_causal else Skv
-    if mask is not None:
-        m = _expanded_mask(mask, 1 if mask.dim() < 4 else mask.shape[0], Sq, Skv, q_start, q_end)[..., :key_end]
-        kept = (m if m.dtype == torch.bool else ~_dropped(m)).reshape(-1, key_end).any(0).nonzero()
-        key_end = int(kept[-1]) + 1 if kept.numel() else 1
-    return key_end
-
-
 def _allowed_and_bias(
     mask: Tensor | None,
     is_causal: bool,
@@ -141,31 +130,34 @@ def _allowed_and_bias(
     shape: tuple[int, int, int, int, int],
     dtype: torch.dtype,
     device: torch.device,
-    key_end: int | None = None,
-) -> tuple[Tensor, Tensor | None]:
-    """Allowed keys [B, Hkv, G|1, n, key_end] (bool) and the additive bias (or None) for queries [q_start, q_end),
-    over the keys before ``key_end`` (default :func:`_key_end`; no later key is allowed). The head-group axis has
-    size 1 unless the mask differs between query heads."""
+) -> tuple[Tensor, Tensor | None, int]:
+    """(allowed, bias, key_end) for queries [q_start, q_end): keys [0, key_end) hold every key allowed to them
+    (with ``is_causal`` none lies past the last query, with a mask none past its last allowed key: a static
+    cache's unfilled tail, a padded batch); ``allowed`` [B, Hkv, G|1, n, key_end] (bool) and the additive ``bias``
+    (or None) cover those keys. The head-group axis has size 1 unless the mask differs between query heads. The
+    mask's rows are read once."""
     B, Hkv, G, Sq, Skv = shape
     n = q_end - q_start
-    if key_end is None:
-        key_end = _key_end(mask, is_causal, q_start, q_end, Sq, Skv)
+    key_end = min(q_end, Skv) if is_causal else Skv
+    m = kept = None
+    if mask is not None:
+        m = _expanded_mask(mask, B, Sq, Skv, q_start, q_end)[..., :key_end]
+        kept = m if m.dtype == torch.bool else ~_dropped(m)
+        hits = kept.reshape(-1, key_end).any(0).nonzero()
+        key_end = int(hits[-1]) + 1 if hits.numel() else 1
+        m, kept = m[..., :key_end], kept[..., :key_end]
     allowed = torch.ones(1, 1, n, key_end, dtype=torch.bool, device=device)
     if is_causal:
         rows = torch.arange(q_start, q_end, device=device)[:, None]
         allowed = allowed & (torch.arange(key_end, device=device)[None, :] <= rows)
     bias = None
     if mask is not None:
-        m = _expanded_mask(mask, B, Sq, Skv, q_start, q_end)[..., :key_end]
-        if m.dtype == torch.bool:
-            allowed = allowed & m
-        else:
-            dropped = _dropped(m)
-            allowed = allowed & ~dropped
-            bias = m.to(dtype).masked_fill(dropped, 0.0)
+        allowed = allowed & kept
+        if m.dtype != torch.bool:
+            bias = m.to(dtype).masked_fill(~kept, 0.0)
     allowed = _group_heads(allowed, B, Hkv, G, n, key_end)
     bias = None if bias is None else _group_heads(bias, B, Hkv, G, n, key_end)
-    return allowed, bias
+    return allowed, bias, key_end
 
 
 def _group_heads(x: Tensor, B: int, Hkv: int, G: int, n: int, Skv: int) -> Tensor:
@@ -271,14 +263,21 @@ def mask_blocks(mask: Tensor, *, block_size: int) -> Tensor:
     return torch.stack([first, full_end - torch.where(length > 0, length, 0), full_end, end], -1).to(torch.int32)
 
 
+def block_mask_shape(mask: Tensor, block_size: int) -> tuple:
+    """The shape of :func:`mask_blocks` of ``mask``: [Bm, ceil(Sqm / bs), 4]."""
+    m = mask_4d(mask)
+    return (m.shape[0], num_blocks(m.shape[2], block_size), 4)
+
+
 def check_block_mask(block_mask: Tensor | None, mask: Tensor | None, k: Tensor, block_size: int) -> None:
-    """``block_mask`` must be None or :func:`mask_blocks`' shape for ``mask`` (its values are not checked)."""
+    """``block_mask`` must be None or :func:`mask_blocks`' shape for ``mask`` (its values are not checked: the
+    kernels clamp the ranges to the keys that exist)."""
     if block_mask is None:
         return
     if mask is None:
         raise ValueError("block_mask is given without a mask")
     m = mask_4d(mask)
-    want = (m.shape[0], num_blocks(m.shape[2], block_size), 4)
+    want = block_mask_shape(mask, block_size)
     message = f"block_mask must be int32 {list(want)} (mask_blocks of the mask), got {block_mask.dtype} "
     message += f"{tuple(block_mask.shape)}"
     if block_mask.dtype != torch.int32 or block_mask.dim() != 3:
@@ -304,8 +303,9 @@ def candidate_counts(q: Tensor, k: Tensor, mask: Tensor | None, is_causal: bool,
     chunk = _chunk_len(B, Hq, Skv, block_size)
     for start in range(0, Sq, chunk):
         end = min(Sq, start + chunk)
-        allowed = _allowed_and_bias(mask, is_causal, start, end, (B, Hkv, Hq // Hkv, Sq, Skv), torch.float32, q.device)
-        counts.append(_block_hits(allowed[0], block_size).sum(-1))
+        allowed, _, _ = _allowed_and_bias(mask, is_causal, start, end, (B, Hkv, Hq // Hkv, Sq, Skv), torch.float32,
+                                          q.device)
+        counts.append(_block_hits(allowed, block_size).sum(-1))
     return torch.cat(counts, dim=2)
 
 
@@ -353,10 +353,9 @@ def attention_with_importance(
         end = min(Sq, start + chunk)
         n, rows = end - start, num_blocks(end - start, block_size)
         r0 = start // block_size
-        key_end = _key_end(mask, is_causal, start, end, Sq, Skv)
+        allowed, bias, key_end = _allowed_and_bias(mask, is_causal, start, end, (B, Hkv, G, Sq, Skv), dtype, q.device)
         kb_end = num_blocks(key_end, block_size)
         q_chunk = q[:, :, start:end].to(dtype).reshape(B, Hkv, G, n, D)
-        allowed, bias = _allowed_and_bias(mask, is_causal, start, end, (B, Hkv, G, Sq, Skv), dtype, q.device, key_end)
         out[:, :, :, start:end], probs = _masked_attention(
             q_chunk, kf[:, :, :key_end], vf[:, :, :key_end], allowed, bias, scale
         )
@@ -417,9 +416,9 @@ def sparse_attention(
     ``block_idx`` int32 [B, Hkv, ceil(Sq / bs), n_sel], as the producer emits it: each row strictly ascending
     entries in [0, ceil(Skv / bs)), then -1 padding (ignored). The CUDA kernels rely on that order and do not
     check it (a check would synchronise with the host). The selection of query block r applies to all its
-    queries and to the G query heads of the KV head. A query with fewer than ``min_seq_len`` allowed keys attends all of them (dense). A query with no key left outputs zeros.
-    When the selection covers every allowed key the result equals SDPA. ``block_mask``: as in
-    :func:`topk_attention`.
+    queries and to the G query heads of the KV head. A query with fewer than ``min_seq_len`` allowed keys attends
+    all of them (dense). A query with no key left outputs zeros. When the selection covers every allowed key the
+    result equals SDPA. ``block_mask``: as in :func:`topk_attention`.
     """
     check_inputs(q, k, v, mask, block_size)
     check_block_mask(block_mask, mask, k, block_size)
@@ -478,8 +477,8 @@ def _streamed_attention(q, k, v, mask, is_causal, scale, block_size, keep) -> Te
     chunk = _chunk_len(B, Hq, Skv, block_size)
     for start in range(0, Sq, chunk):
         end = min(Sq, start + chunk)
-        n, key_end = end - start, _key_end(mask, is_causal, start, end, Sq, Skv)
-        allowed, bias = _allowed_and_bias(mask, is_causal, start, end, (B, Hkv, G, Sq, Skv), dtype, q.device, key_end)
+        n = end - start
+        allowed, bias, key_end = _allowed_and_bias(mask, is_causal, start, end, (B, Hkv, G, Sq, Skv), dtype, q.device)
         q_chunk = q[:, :, start:end].to(dtype).reshape(B, Hkv, G, n, D)
         out[:, :, :, start:end] = _masked_attention_output(
             q_chunk, kf[:, :, :key_end], vf[:, :, :key_end], allowed if keep is None else keep(start, end, allowed),
