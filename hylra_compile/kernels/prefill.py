@@ -160,8 +160,9 @@ def _block_ranges(Blocks, b, qb, sbb, sbr, n_blocks, n_whole, MASK_KIND: tl.cons
     (0, 0, 0, n_blocks) with a mask."""
     if HAS_BLOCKS:
         row = Blocks + b * sbb + qb * sbr
-        end = tl.minimum(tl.load(row + 3), n_blocks)
-        first = tl.minimum(tl.load(row), end)
+        # Clamped into [0, n_blocks), whatever the values: no block outside the keys is ever visited.
+        end = tl.maximum(tl.minimum(tl.load(row + 3), n_blocks), 0)
+        first = tl.maximum(tl.minimum(tl.load(row), end), 0)
         full_first = tl.minimum(tl.maximum(tl.load(row + 1), first), end)
         full_end = tl.minimum(tl.maximum(tl.minimum(tl.load(row + 2), n_whole), full_first), end)
     else:
@@ -219,7 +220,9 @@ def _prefill_attn_kernel(
                                             svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr, offs_n, offs_d,
                                             offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL)
         for j in range(n_masked_lead, n_full_sel):
-            c_sel = tl.load(i_base + j * sis)
+            # In [full_first, full_end) for an ascending list (the op contract, not checked on the device); the
+            # clamp keeps an unordered list's reads inside the keys.
+            c_sel = tl.minimum(tl.maximum(tl.load(i_base + j * sis), full_first), full_end - 1)
             acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c_sel, True, k_base, v_base, m_base,
                                         skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr,
                                         offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, True)

@@ -52,6 +52,7 @@ def topk_attention_triton(q, k, v, mask, block_mask=None, **params):
     from ..kernels import decode_topk_attention, prefill_topk_attention
 
     reference.check_inputs(q, k, v, mask, params["block_size"])
+    reference.check_block_mask(block_mask, mask, k, params["block_size"])
     reference.check_selection(params["n_select"], params["sink_blocks"], params["local_blocks"])
     fn = decode_topk_attention if q.shape[2] == 1 else prefill_topk_attention
     return fn(q, k, v, reference.mask_4d(mask), block_mask, **params)
@@ -61,6 +62,7 @@ def sparse_attention_triton(q, k, v, block_idx, mask, block_mask=None, **params)
     from ..kernels import decode_sparse_attention, prefill_sparse_attention
 
     reference.check_inputs(q, k, v, mask, params["block_size"])
+    reference.check_block_mask(block_mask, mask, k, params["block_size"])
     reference.check_block_idx(block_idx, q, k, params["block_size"])
     # The row order and range of block_idx are not checked here: that would synchronise with the host.
     fn = decode_sparse_attention if q.shape[2] == 1 else prefill_sparse_attention
@@ -71,6 +73,7 @@ def attention_triton(q, k, v, mask, block_mask=None, **params):
     from ..kernels import decode_attention, prefill_attention
 
     reference.check_inputs(q, k, v, mask, params["block_size"])
+    reference.check_block_mask(block_mask, mask, k, params["block_size"])
     fn = decode_attention if q.shape[2] == 1 else prefill_attention
     return fn(q, k, v, reference.mask_4d(mask), block_mask, **params)
 
