@@ -35,15 +35,14 @@ from hylra_compile import Policy, optimize, profile
 from hylra_compile.corpora import builtin_text
 from hylra_compile.evaluate import evaluate
 from hylra_compile.models import load_model
-from hylra_compile.profiler import calibration_samples
+from hylra_compile.profiler import full_windows
 from hylra_compile.tasks import make_prompts
 
 MODEL = "SmolLM2-135M-Instruct (Q4_1 GGUF, de-quantised to fp32)"
 
 
 def windows(tokenizer, name: str, length: int, count: int, held_out: bool):
-    whole = calibration_samples([builtin_text(name)], block_size=64, seq_len=length, tokenizer=tokenizer)
-    whole = [w for w in whole if w.numel() == length]
+    whole = full_windows([builtin_text(name)], block_size=64, seq_len=length, tokenizer=tokenizer)
     return whole[-count:] if held_out else whole[:count]
 
 

@@ -255,7 +255,7 @@ def policy_from_spec(spec: str, num_layers: int, get_profile, max_rnmse: float |
 
 def _eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
-    from .profiler import Profile, calibration_samples, profile
+    from .profiler import Profile, calibration_samples, full_windows, profile
     from .tasks import make_prompts
 
     for name in ("windows", "calibration_windows", "samples", "min_seq_len"):
@@ -274,8 +274,8 @@ def _eval(args: argparse.Namespace) -> int:
     if tasks and tokenizer is None:
         raise ValueError(f"--model {args.model} has no tokenizer, so it cannot read retrieval prompts; "
                          "pass --tasks none and token-id files as --text")
-    whole = [w for w in calibration_samples(load_data(args.text, tokenizer), block_size=args.block_size,
-                                            seq_len=args.seq_len, tokenizer=tokenizer) if w.numel() == args.seq_len]
+    whole = full_windows(load_data(args.text, tokenizer), block_size=args.block_size, seq_len=args.seq_len,
+                         tokenizer=tokenizer)
     windows = whole[max(0, len(whole) - args.windows) :]
     if args.windows and not windows:
         raise ValueError(f"--text holds no window of --seq-len {args.seq_len} tokens")

@@ -219,6 +219,13 @@ def calibration_samples(
     return samples
 
 
+def full_windows(data, *, seq_len: int, block_size: int, tokenizer: Any = None) -> list[Tensor]:
+    """The windows of exactly ``seq_len`` tokens that :func:`calibration_samples` cuts ``data`` into (a shorter
+    sequence, or the tail of one, is left out): held-out text of one length for perplexity and KL."""
+    samples = calibration_samples(data, block_size=block_size, seq_len=seq_len, tokenizer=tokenizer)
+    return [window for window in samples if window.numel() == seq_len]
+
+
 # -- capture ----------------------------------------------------------------------------------------------------
 class _Recorder:
     """Accumulates, over the samples, the similarity and sensitivity sums the attention function reports."""
