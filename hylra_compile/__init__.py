@@ -7,6 +7,7 @@ attention site of the Dynamo graph by policy into ``hylra::topk_attention`` prod
 
 from . import lowering  # noqa: F401  (registers torch.ops.hylra.*)
 from .backend import HylraBackend, reports, reset_reports
+from .generate import GenerateCompilation, compile_for_generate
 from .evaluate import Evaluation, evaluate
 from .optimizer import optimize
 from .options import HylraOptions
@@ -16,12 +17,14 @@ from .report import GraphReport, SiteReport
 
 __all__ = [
     "Evaluation",
+    "GenerateCompilation",
     "GraphReport",
     "HylraBackend",
     "HylraOptions",
     "Policy",
     "Profile",
     "SiteReport",
+    "compile_for_generate",
     "evaluate",
     "optimize",
     "profile",

@@ -17,37 +17,65 @@ from .report import GraphReport
 class HylraBackend:
     """``torch.compile(model, backend=HylraBackend(**options))``; keeps what it compiled for inspection.
 
+    ``name``: how its graphs are named (``<name>_<frame>_<recompile>``), in reports and dump folders.
     ``graphs``: the rewritten ``GraphModule`` of each compiled graph, in compile order.
-    ``reports``: one :class:`GraphReport` per compiled graph, same order.
+    ``reports``: one :class:`GraphReport` per compiled graph, same order (also in :func:`reports`).
+
+    Called with ``mode="reduce-overhead"`` (what ``torch.compile(..., mode=...)`` passes on, e.g. from Hugging
+    Face's default ``CompileConfig(backend=HylraBackend(...))``) it replays graphs as CUDA graphs, as
+    ``cudagraphs=True`` does. A copy of the backend is the backend itself (``CompileConfig`` deep-copies its
+    fields), so its graphs and reports stay where the caller looks.
     """
 
-    def __init__(self, **options: Any):
+    def __init__(self, *, name: str = "graph", **options: Any):
+        self.name = name
         self.options = HylraOptions.parse(options)
         self.graphs: list[torch.fx.GraphModule] = []
         self.reports: list[GraphReport] = []
 
-    def __call__(self, gm: torch.fx.GraphModule, example_inputs: list) -> Callable:
-        name = _graph_name(len(self.graphs))
-        dump_dir = Path(self.options.dump_dir) / name if self.options.dump_dir else None
-        self.reports.append(run_passes(gm, self.options, name, dump_dir))
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs: list, *, mode: str | None = None) -> Callable:
+        cudagraphs = self.options.cudagraphs or _cudagraphs_of_mode(mode)
+        graph_name = _graph_name(self.name, len(self.graphs))
+        dump_dir = Path(self.options.dump_dir) / graph_name if self.options.dump_dir else None
+        report = run_passes(gm, self.options, graph_name, dump_dir)
+        self.reports.append(report)
+        _all_reports.append(report)
         self.graphs.append(gm)
         if self.options.inductor:
-            return compile_with_inductor(gm, example_inputs, self.options.cudagraphs)
+            return compile_with_inductor(gm, example_inputs, cudagraphs)
+        if cudagraphs:
+            raise ValueError(f"mode={mode!r} replays graphs as CUDA graphs, which needs the hylra option inductor=True")
         return gm.forward
 
+    def __deepcopy__(self, memo: dict) -> "HylraBackend":
+        return self
 
-def _graph_name(index: int) -> str:
-    """``graph_<frame>_<recompile>`` from Dynamo's compile id, so graphs of one process never share a dump folder."""
+
+_MODES = {None: False, "default": False, "reduce-overhead": True}
+
+
+def _cudagraphs_of_mode(mode: str | None) -> bool:
+    if mode not in _MODES:
+        raise ValueError(
+            f"the hylra backend takes mode None, 'default' or 'reduce-overhead' (CUDA graphs), got {mode!r}; "
+            "Inductor's autotuning modes do not apply to the hylra ops"
+        )
+    return _MODES[mode]
+
+
+def _graph_name(name: str, index: int) -> str:
+    """``<name>_<frame>_<recompile>`` from Dynamo's compile id, so graphs of one process never share a dump
+    folder."""
     compile_id = CompileContext.current_compile_id()
     if compile_id is None:
-        return f"graph_{index}"
-    return "graph_" + str(compile_id).replace("/", "_").replace(" ", "")
+        return f"{name}_{index}"
+    return f"{name}_" + str(compile_id).replace("/", "_").replace(" ", "")
 
 
 # backend="hylra": the backend of each torch.compile call, keyed by the options mapping that call holds (torch
-# passes the same object for every graph of the call), and the reports of all of them in compile order.
+# passes the same object for every graph of the call). The reports of every backend, in compile order.
 _string_backends: list[tuple[Mapping[str, Any] | None, HylraBackend]] = []
-_string_reports: list[GraphReport] = []
+_all_reports: list[GraphReport] = []
 
 
 def hylra_backend(
@@ -55,30 +83,23 @@ def hylra_backend(
 ) -> Callable:
     """Entry point behind ``backend="hylra"``: ``torch.compile(model, backend="hylra", options={...})``. The
     options are parsed once per ``torch.compile`` call (a policy file is read once); :func:`reports` returns
-    what every graph became."""
-    if mode not in (None, "default"):
-        raise ValueError(
-            f"the hylra backend takes no mode (got {mode!r}): torch.compile accepts either mode or options. Pass "
-            'settings through options={...}, e.g. options={"policy": ..., "cudagraphs": True} for what '
-            '"reduce-overhead" does'
-        )
+    what every graph became. ``mode="reduce-overhead"`` (torch.compile takes a mode only without options) turns
+    on CUDA graphs."""
     backend = next((held for key, held in _string_backends if key is options), None)
     if backend is None:
         backend = HylraBackend(**(options or {}))
         _string_backends.append((options, backend))
-    compiled = backend(gm, example_inputs)
-    _string_reports.append(backend.reports[-1])
-    return compiled
+    return backend(gm, example_inputs, mode=mode)
 
 
 def reports() -> list[GraphReport]:
-    """The report of every graph compiled with ``backend="hylra"`` in this process, in compile order (a
-    :class:`HylraBackend` instance keeps its own in ``.reports``)."""
-    return list(_string_reports)
+    """The report of every graph the hylra backend compiled in this process, in compile order, whichever way it
+    was called (``backend="hylra"``, a :class:`HylraBackend`, :func:`compile_for_generate`)."""
+    return list(_all_reports)
 
 
 def reset_reports() -> None:
-    """Forget the string backend's compiled graphs and reports (the next ``torch.compile`` parses its options
-    again)."""
+    """Forget every report and the string backend's compiled graphs (the next ``torch.compile`` with
+    ``backend="hylra"`` parses its options again)."""
     _string_backends.clear()
-    _string_reports.clear()
+    _all_reports.clear()

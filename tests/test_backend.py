@@ -9,10 +9,9 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from hylra_compile import HylraBackend, Policy
+from tests.independent import IndependentHylra
 from tests.numerics import rel_err
 from tests.tiny_models import decode_step, padded_batch, prefill_logits, tiny_model
 
@@ -28,69 +27,6 @@ def compile_model(model, **options):
     options = {"top_k": 24, "block_size": BLOCK, "min_seq_len": 0, "inductor": False, **options}
     backend = HylraBackend(**options)
     return torch.compile(model, backend=backend, fullgraph=True), backend
-
-
-class IndependentHylra:
-    """HyLRA written straight from the definition, as a Hugging Face attention function (no hylra code).
-
-    Producers attend densely and pick, per (batch, KV head, query block), the first ``sink`` and last ``local``
-    blocks holding an allowed key plus the blocks of largest softmax mass (summed over the head group and the
-    block's queries), ties to the lower index. Consumers attend to the allowed keys in their producer's blocks;
-    a query with fewer than ``min_seq_len`` allowed keys attends densely.
-    """
-
-    name = "hylra_test_independent"
-
-    def __init__(self, policy: Policy, n_select: int, sink: int, local: int, min_seq_len: int):
-        self.policy, self.n_select, self.sink, self.local, self.min_seq_len = policy, n_select, sink, local, min_seq_len
-        self.selected: dict[int, dict[tuple[int, int, int], set[int]]] = {}
-        AttentionInterface.register(self.name, self)
-        AttentionMaskInterface.register(self.name, sdpa_mask)
-
-    def __call__(self, module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-        B, Hq, Sq, _ = query.shape
-        Hkv, Skv = key.shape[1], key.shape[2]
-        G = Hq // Hkv
-        if attention_mask is None:
-            allowed = torch.ones(Sq, Skv, dtype=torch.bool).tril(Skv - Sq).expand(B, 1, Sq, Skv)
-        else:
-            allowed = attention_mask.expand(B, 1, Sq, Skv)
-        keep = allowed.expand(B, Hq, Sq, Skv).clone()
-        layer, mode = module.layer_idx, self.policy.modes[module.layer_idx]
-        if mode == "consumer":
-            chosen = self.selected[self.policy.sources[layer]]
-            for b in range(B):
-                for h in range(Hq):
-                    for i in range(Sq):
-                        if allowed[b, 0, i].sum() < self.min_seq_len:
-                            continue
-                        blocks = chosen[(b, h // G, i // BLOCK)]
-                        keep[b, h, i] &= torch.tensor([j // BLOCK in blocks for j in range(Skv)])
-        k, v = key.repeat_interleave(G, 1), value.repeat_interleave(G, 1)
-        scores = (query.double() @ k.double().transpose(2, 3)) * scaling
-        probs = torch.softmax(scores.masked_fill(~keep, float("-inf")), -1).nan_to_num(0.0)
-        if mode == "producer":
-            self.selected[layer] = self._select(probs, allowed, G)
-        out = (probs @ v.double()).to(query.dtype)
-        return out.transpose(1, 2).contiguous(), None
-
-    def _select(self, probs, allowed, G):
-        B, Hq, Sq, Skv = probs.shape
-        chosen = {}
-        for b in range(B):
-            for h in range(Hq // G):
-                for r in range(-(-Sq // BLOCK)):
-                    rows = slice(r * BLOCK, (r + 1) * BLOCK)
-                    candidates, mass = [], {}
-                    for c in range(-(-Skv // BLOCK)):
-                        cols = slice(c * BLOCK, (c + 1) * BLOCK)
-                        if allowed[b, 0, rows, cols].any():
-                            candidates.append(c)
-                            mass[c] = probs[b, h * G : (h + 1) * G, rows, cols].sum().item()
-                    forced = set(candidates[: self.sink]) | set(candidates[len(candidates) - self.local :])
-                    rest = sorted((c for c in candidates if c not in forced), key=lambda c: (-mass[c], c))
-                    chosen[(b, h, r)] = forced | set(rest[: self.n_select - len(forced)])
-        return chosen
 
 
 @pytest.mark.slow
@@ -216,7 +152,7 @@ class TwoAttentions(torch.nn.Module):
         return second
 
 
-def test_consumer_with_unprovable_shapes_stays_dense():
+def test_consumer_with_other_shapes_stays_dense():
     q = torch.randn(1, 2, 16, 8)
     k = torch.randn(1, 2, 16, 8)
     memory = torch.randn(1, 2, 24, 8)
@@ -225,7 +161,7 @@ def test_consumer_with_unprovable_shapes_stays_dense():
     torch.testing.assert_close(compiled(q, k, k, memory), module(q, k, k, memory))
     consumer = backend.reports[0].sites[1]
     assert consumer.action == "dense"
-    assert consumer.reason == "policy: consumer of 0, but KV length 24 is not provably equal to 16 of layer 0"
+    assert consumer.reason == "policy: consumer of 0, but KV length 24 differs from 16 of layer 0"
 
 
 def test_symbolic_shapes_shared_symbol_is_rewritten():
@@ -240,6 +176,23 @@ def test_symbolic_shapes_shared_symbol_is_rewritten():
     assert [s.action for s in last.sites] == ["producer", "consumer"]
     placeholders = backend.graphs[-1].graph.find_nodes(op="placeholder")
     assert any(isinstance(node.meta["example_value"], torch.SymInt) for node in placeholders)
+
+
+def test_sizes_equal_only_when_traced_are_guarded_on():
+    """Keys and memory of separately symbolic lengths (no duck sizing), equal when traced: the consumer is rewritten
+    under a guard on their equality; called with a longer memory, Dynamo recompiles and that graph keeps it dense
+    (and its producer, which nothing consumes, runs as full)."""
+    module = TwoAttentions()
+    compiled, backend = compile_model(module, policy=["producer", "consumer"], top_k=1024, block_size=4)
+    with torch.fx.experimental._config.patch(use_duck_shape=False):
+        for memory_length in (16, 24):
+            q, k, memory = torch.randn(1, 2, 16, 8), torch.randn(1, 2, 16, 8), torch.randn(1, 2, memory_length, 8)
+            for tensor in (q, k, memory):
+                torch._dynamo.mark_dynamic(tensor, 2)
+            torch.testing.assert_close(compiled(q, k, k, memory), module(q, k, k, memory))
+    assert [[s.action for s in report.sites] for report in backend.reports] == [
+        ["producer", "consumer"], ["dense", "dense"]]
+    assert backend.reports[1].sites[1].reason.startswith("policy: consumer of 0, but KV length s")
 
 
 def test_dropout_softcapping_and_escaping_probabilities_are_reported_dense():
@@ -297,7 +250,7 @@ def test_look_alikes_of_hf_patterns_are_not_rewritten():
 
     compiled, backend = compile_model(sequence_repeat, policy=["producer", "consumer"], top_k=1024, block_size=4)
     torch.testing.assert_close(compiled(q, q), sequence_repeat(q, q))
-    assert "KV length 32 is not provably equal to 16" in backend.reports[0].sites[1].reason
+    assert "KV length 32 differs from 16" in backend.reports[0].sites[1].reason
 
     def bool_bias(q, k, flags):
         scores = torch.matmul(q, k.transpose(2, 3)) * 0.3 + flags

@@ -18,7 +18,7 @@ import math
 
 import torch
 from torch import Tensor
-from torch.fx.experimental.symbolic_shapes import statically_known_true
+from torch.fx.experimental.symbolic_shapes import guard_or_false, statically_known_true
 
 # Scores of one chunk are held in fp32: cap a chunk at about this many elements, and at this many queries (small
 # chunks let a causal chunk skip more of the keys above the diagonal).
@@ -26,16 +26,25 @@ _CHUNK_ELEMENTS = 1 << 25
 _CHUNK_QUERIES = 256
 
 
+def holds(condition) -> bool:
+    """Whether a size condition (bool or SymBool) holds for the graph being compiled: statically, or for the sizes
+    Dynamo traced with, in which case a guard is installed (Dynamo recompiles the graph if it stops holding, so a
+    rewrite resting on it is never run on sizes that break it). False when it fails, or depends on data."""
+    return condition if isinstance(condition, bool) else guard_or_false(condition)
+
+
 def _require(condition, message: str, provable: bool) -> None:
-    """Raise ``ValueError(message)`` unless ``condition`` holds. A symbolic condition that cannot be decided now
-    raises too when ``provable`` (the pattern matcher then leaves the site dense), else it is handed to
-    ``torch._check`` (the fake kernels, while AOT traces an accepted graph)."""
+    """Raise ``ValueError(message)`` unless ``condition`` holds. When ``provable`` (the pattern matcher, which then
+    leaves the site dense) a symbolic condition must :func:`holds`; otherwise it is handed to ``torch._check``
+    (the fake kernels, while AOT traces an accepted graph)."""
     if isinstance(condition, bool):
         if not condition:
             raise ValueError(message)
     elif not statically_known_true(condition):
         if provable:
-            raise ValueError(f"cannot prove: {message}")
+            if not holds(condition):
+                raise ValueError(f"cannot prove: {message}")
+            return
         try:
             torch._check(condition, lambda: message)
         except RuntimeError:

@@ -15,6 +15,7 @@ import torch
 import torch.fx
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
+from ..lowering.reference import holds
 from ..options import HylraOptions
 from .decide import Decision
 from .find_attention import AttentionMatch
@@ -49,5 +50,5 @@ def _takes_block_mask(match: AttentionMatch) -> bool:
         return False
     heads = mask.shape[-3] if mask.dim() >= 3 else 1
     rows = mask.shape[-2] if mask.dim() >= 2 else 1
-    return (statically_known_true(heads == 1) and statically_known_true(mask.shape[-1] == k.shape[2])
-            and (statically_known_true(rows == 1) or statically_known_true(rows == q.shape[2])))
+    return (statically_known_true(heads == 1) and holds(mask.shape[-1] == k.shape[2])
+            and (statically_known_true(rows == 1) or holds(rows == q.shape[2])))

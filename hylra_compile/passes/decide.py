@@ -10,8 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from torch.fx.experimental.symbolic_shapes import statically_known_true
-
+from ..lowering.reference import holds
 from ..policy import Policy
 from .find_attention import AttentionMatch
 
@@ -25,7 +24,7 @@ DENSE_CAUSES = {
     "unconsumed_producer": "a producer no layer of this graph consumes",
     "source_in_other_graph": "a consumer whose producer is in another graph",
     "source_unusable": "a consumer whose producer stays dense or runs after it",
-    "shape_mismatch": "a consumer whose shapes are not provably its producer's",
+    "shape_mismatch": "a consumer whose shapes differ from its producer's",
 }
 
 
@@ -98,8 +97,8 @@ def _decide_one(match: AttentionMatch, policy: Policy, by_layer: dict, position:
                       "source_unusable")
     for name, operand, dim in _SHARED_DIMS:
         a, b = producer.shape(operand)[dim], match.shape(operand)[dim]
-        if not statically_known_true(a == b):
-            return _dense(f"policy: consumer of {source}, but {name} {b} is not provably equal to {a} of layer "
+        if not holds(a == b):
+            return _dense(f"policy: consumer of {source}, but {name} {b} differs from {a} of layer "
                           f"{source}", "shape_mismatch")
     return Decision(action="consumer", source=source)
 

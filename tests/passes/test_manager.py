@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import pytest
@@ -71,9 +72,17 @@ def test_string_backend_parses_options_once_per_compile_and_keeps_reports(tmp_pa
     assert len(parsed) == 2 and len(hylra_compile.reports()) == 3
 
 
-def test_string_backend_mode_says_what_to_write_instead():
-    with pytest.raises(Exception, match=r"Pass settings through options=\{\.\.\.\}.*cudagraphs"):
+def test_backend_modes():
+    """torch.compile passes a mode on only without options: "reduce-overhead" means CUDA graphs (skipped on the CPU),
+    an autotuning mode is refused with the valid ones; a deep copy (Hugging Face's CompileConfig makes one) is the
+    backend itself."""
+    with torch.no_grad():
         torch.compile(TinyStack(), backend="hylra", mode="reduce-overhead")(X)
+        backend = HylraBackend(policy=Policy.every(2, 2), **COVERING)
+        torch.compile(TinyStack(), backend=copy.deepcopy(backend), mode="reduce-overhead")(X)
+        assert [s.action for s in backend.reports[0].sites] == ["producer", "consumer"]
+        with pytest.raises(Exception, match=r"mode None, 'default' or 'reduce-overhead'.*got 'max-autotune'"):
+            torch.compile(TinyStack(), backend="hylra", mode="max-autotune")(X)
 
 
 def test_backend_and_profiler_number_layers_alike():

@@ -1,0 +1,73 @@
+"""HyLRA written straight from its definition as a Hugging Face attention function, sharing no code with hylra."""
+
+from __future__ import annotations
+
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from hylra_compile import Policy
+
+
+class IndependentHylra:
+    """HyLRA written straight from the definition, as a Hugging Face attention function (no hylra code).
+
+    Producers attend densely and pick, per (batch, KV head, query block), the first ``sink`` and last ``local``
+    blocks holding an allowed key plus the blocks of largest softmax mass (summed over the head group and the
+    block's queries), ties to the lower index. Consumers attend to the allowed keys in their producer's blocks;
+    a query with fewer than ``min_seq_len`` allowed keys attends densely.
+    """
+
+    name = "hylra_test_independent"
+
+    def __init__(self, policy: Policy, n_select: int, sink: int, local: int, min_seq_len: int, block: int = 8):
+        self.block = block
+        self.policy, self.n_select, self.sink, self.local, self.min_seq_len = policy, n_select, sink, local, min_seq_len
+        self.selected: dict[int, dict[tuple[int, int, int], set[int]]] = {}
+        AttentionInterface.register(self.name, self)
+        AttentionMaskInterface.register(self.name, sdpa_mask)
+
+    def __call__(self, module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        B, Hq, Sq, _ = query.shape
+        Hkv, Skv = key.shape[1], key.shape[2]
+        G = Hq // Hkv
+        if attention_mask is None:
+            allowed = torch.ones(Sq, Skv, dtype=torch.bool).tril(Skv - Sq).expand(B, 1, Sq, Skv)
+        else:
+            allowed = attention_mask.expand(B, 1, Sq, Skv)
+        keep = allowed.expand(B, Hq, Sq, Skv).clone()
+        layer, mode = module.layer_idx, self.policy.modes[module.layer_idx]
+        if mode == "consumer":
+            chosen = self.selected[self.policy.sources[layer]]
+            for b in range(B):
+                for h in range(Hq):
+                    for i in range(Sq):
+                        if allowed[b, 0, i].sum() < self.min_seq_len:
+                            continue
+                        blocks = chosen[(b, h // G, i // self.block)]
+                        keep[b, h, i] &= torch.tensor([j // self.block in blocks for j in range(Skv)])
+        k, v = key.repeat_interleave(G, 1), value.repeat_interleave(G, 1)
+        scores = (query.double() @ k.double().transpose(2, 3)) * scaling
+        probs = torch.softmax(scores.masked_fill(~keep, float("-inf")), -1).nan_to_num(0.0)
+        if mode == "producer":
+            self.selected[layer] = self._select(probs, allowed, G)
+        out = (probs @ v.double()).to(query.dtype)
+        return out.transpose(1, 2).contiguous(), None
+
+    def _select(self, probs, allowed, G):
+        B, Hq, Sq, Skv = probs.shape
+        chosen = {}
+        for b in range(B):
+            for h in range(Hq // G):
+                for r in range(-(-Sq // self.block)):
+                    rows = slice(r * self.block, (r + 1) * self.block)
+                    candidates, mass = [], {}
+                    for c in range(-(-Skv // self.block)):
+                        cols = slice(c * self.block, (c + 1) * self.block)
+                        if allowed[b, 0, rows, cols].any():
+                            candidates.append(c)
+                            mass[c] = probs[b, h * G : (h + 1) * G, rows, cols].sum().item()
+                    forced = set(candidates[: self.sink]) | set(candidates[len(candidates) - self.local :])
+                    rest = sorted((c for c in candidates if c not in forced), key=lambda c: (-mass[c], c))
+                    chosen[(b, h, r)] = forced | set(rest[: self.n_select - len(forced)])
+        return chosen

@@ -1,0 +1,130 @@
+"""``generate()`` through hylra (compile_for_generate, and Hugging Face's own CompileConfig with a HylraBackend)
+against plain ``generate()`` on a model whose attention is HyLRA written independently (tests.independent)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import CompileConfig, StaticCache
+
+import hylra_compile
+from hylra_compile import HylraBackend, Policy
+from tests.independent import IndependentHylra
+from tests.numerics import rel_err
+from tests.tiny_models import padded_batch, tiny_model
+
+BLOCK = 4
+POLICY = Policy.every(2, 4)
+OPTIONS = dict(policy=POLICY, top_k=3 * BLOCK, block_size=BLOCK, sink_blocks=1, local_blocks=1, min_seq_len=12)
+GREEDY = dict(do_sample=False, max_new_tokens=20, pad_token_id=0, return_dict_in_generate=True, output_logits=True)
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    hylra_compile.reset_reports()
+
+
+def independent_model():
+    attention = IndependentHylra(POLICY, n_select=3, sink=1, local=1, min_seq_len=12, block=BLOCK)
+    return tiny_model("llama", attention.name, num_layers=4)
+
+
+def same_generation(out, ref):
+    """Greedy tokens equal, and every step's logits equal to float rounding."""
+    assert torch.equal(out.sequences, ref.sequences)
+    assert max(rel_err(a, b) for a, b in zip(out.logits, ref.logits)) < 1e-4
+
+
+def test_generate_runs_prefill_and_decode_through_hylra():
+    """Three prompt lengths (a padded batch of two) and 20 new tokens each: the same tokens and logits as the
+    independent HyLRA, one prefill graph for every length and one decode graph for every step."""
+    model, independent, dense = tiny_model("llama", num_layers=4), independent_model(), tiny_model("llama", num_layers=4)
+    compilation = hylra_compile.compile_for_generate(model, **OPTIONS)
+    differs_from_dense = []
+    # Longest first: generate() sizes the static cache for the first call and keeps it for shorter ones.
+    for length in (41, 33, 20):
+        ids, mask = padded_batch(length, pads=(0, 3))
+        out = model.generate(ids, attention_mask=mask, cache_implementation="static", **GREEDY)
+        same_generation(out, independent.generate(ids, attention_mask=mask, cache_implementation="static", **GREEDY))
+        dense_out = dense.generate(ids, attention_mask=mask, cache_implementation="static", **GREEDY)
+        differs_from_dense.append(rel_err(out.logits[-1], dense_out.logits[-1]) > 1e-3)
+    assert any(differs_from_dense)  # the sparsity is real
+    assert len(compilation.prefill.graphs) == 1 and len(compilation.decode.graphs) == 1
+    reports = compilation.reports()
+    assert [r.name.split("_")[0] for r in reports] == ["prefill", "decode"] and reports == hylra_compile.reports()
+    for report in reports:
+        assert [(s.action, s.source) for s in report.sites] == [
+            ("producer", None), ("consumer", 0), ("producer", None), ("consumer", 2)]
+
+
+def test_chunked_prefill_stopping_and_restore():
+    """prefill_chunk_size sends each chunk through the prefill graph (a partly filled cache); an eos token stops a
+    row as in plain generate(); restore() gives the model back."""
+    model, independent = tiny_model("llama", num_layers=4), independent_model()
+    before = model.generation_config.to_dict()
+    compilation = hylra_compile.compile_for_generate(model, inductor=False, **OPTIONS)
+    ids, mask = padded_batch(37, pads=(0, 3))
+    settings = dict(GREEDY, prefill_chunk_size=16)
+    ref = independent.generate(ids, attention_mask=mask, cache_implementation="static", **settings)
+    same_generation(model.generate(ids, attention_mask=mask, cache_implementation="static", **settings), ref)
+    eos = int(ref.sequences[0, 37 + 4])
+    stopped = independent.generate(ids, attention_mask=mask, cache_implementation="static", eos_token_id=eos, **settings)
+    assert not torch.equal(stopped.sequences, ref.sequences)  # row 0 is padded after its eos
+    same_generation(model.generate(ids, attention_mask=mask, cache_implementation="static", eos_token_id=eos,
+                                   **settings), stopped)
+    assert len(compilation.prefill.graphs) == 1  # chunks of 16 and the last of 5 share the graph
+    compilation.restore()
+    assert "forward" not in vars(model) and model.generation_config.to_dict() == before
+
+
+def test_decode_without_static_cache_runs_the_prefill_graph():
+    """A dynamic cache has no static shapes: its decode steps share the dynamic prefill graph (no CUDA graphs)."""
+    model, independent = tiny_model("llama", num_layers=4), independent_model()
+    compilation = hylra_compile.compile_for_generate(model, inductor=False, **OPTIONS)
+    ids, mask = padded_batch(30, pads=(0, 3))
+    settings = dict(GREEDY, cache_implementation="dynamic")
+    same_generation(model.generate(ids, attention_mask=mask, **settings),
+                    independent.generate(ids, attention_mask=mask, **settings))
+    assert not compilation.decode.graphs and compilation.prefill.graphs
+
+
+def test_hugging_face_compile_config_with_a_backend_object():
+    """CompileConfig keeps its default mode="reduce-overhead" (passed on to the backend: CUDA graphs where there are
+    some); HF compiles the decode step only, with a deep copy of the config that is still our backend. The prompt
+    is shorter than min_seq_len, so HF's eager prefill is what the policy computes too."""
+    model, independent = tiny_model("llama", num_layers=4), independent_model()
+    backend = HylraBackend(**OPTIONS)
+    config = CompileConfig(backend=backend)
+    config._compile_all_devices = True  # HF compiles on accelerators only unless told
+    ids, mask = padded_batch(10, pads=(0, 3))
+    out = model.generate(ids, attention_mask=mask, cache_implementation="static", compile_config=config, **GREEDY)
+    same_generation(out, independent.generate(ids, attention_mask=mask, cache_implementation="static", **GREEDY))
+    assert len(backend.reports) == 1 and backend.reports[0].counts() == {"producer": 2, "consumer": 2, "dense": 0}
+
+
+def test_misuse_is_refused_with_what_to_do():
+    model = tiny_model("llama", num_layers=2)
+    with pytest.raises(ValueError, match="decode_cudagraphs=..., not cudagraphs"):
+        hylra_compile.compile_for_generate(model, cudagraphs=True)
+    with pytest.raises(ValueError, match="unknown hylra option"):
+        hylra_compile.compile_for_generate(model, topk=8)
+    hylra_compile.compile_for_generate(model, inductor=False, policy=Policy.every(2, 2))
+    with pytest.raises(ValueError, match="compile_for_generate called twice"):
+        hylra_compile.compile_for_generate(model)
+    with pytest.raises(Exception, match="compiles its own prefill and decode graphs"):
+        torch.compile(model, backend="eager", fullgraph=True)(padded_batch(8)[0])
+    with pytest.raises(TypeError, match="needs a transformers generation model"):
+        hylra_compile.compile_for_generate(torch.nn.Linear(2, 2))
+
+
+def test_a_cache_the_user_passes_is_initialised_outside_the_graph():
+    """A fresh StaticCache of the user's is allocated before the prefill graph runs (inside it, its tensors would
+    have symbolic lengths and no static address)."""
+    model = tiny_model("llama", num_layers=4)
+    compilation = hylra_compile.compile_for_generate(model, inductor=False, **OPTIONS)
+    ids, mask = padded_batch(30, pads=(0, 3))
+    cache = StaticCache(config=model.config, max_cache_len=64)
+    model.generate(ids, attention_mask=mask, past_key_values=cache, **GREEDY)
+    assert all(layer.keys.shape[2] == 64 for layer in cache.layers)
+    assert compilation.decode.reports[0].counts() == {"producer": 2, "consumer": 2, "dense": 0}
