@@ -1,0 +1,225 @@
+"""The end-to-end benchmark of record: time to first token and decode ms/token through ``generate()``.
+
+    python benchmarks/bench_e2e.py --context 32768 --batch 1 --variants eager,inductor,full,5of32,8of32 --floors
+    python benchmarks/bench_e2e.py --table benchmarks/results      # JSON rows -> Markdown + plot
+
+A Llama-3-8B-shaped model (random bf16 weights, ``--layers`` layers), a prompt of ``--context`` random tokens per
+row, a static cache, greedy decoding of ``--new-tokens`` tokens (``min_new_tokens`` too, so no row stops early).
+Rows, all through ``model.generate(..., cache_implementation="static")``:
+
+* ``eager``: no compile (``disable_compile=True``);
+* ``inductor``: Hugging Face's own compile, ``CompileConfig()`` (Inductor, ``mode="reduce-overhead"``; it compiles
+  the decode step only, the prefill runs eagerly);
+* ``full`` / ``5of32`` / ``8of32``: :func:`hylra_compile.compile_for_generate` with ``Policy.full`` /
+  ``Policy.every(7)`` / ``Policy.every(4)`` (that many of 32 layers dense), prefill and decode rewritten, decode
+  replayed as CUDA graphs.
+
+Time to first token is a ``generate()`` of one token; decode ms/token is ``(T(1 + n) - T(1)) / n``. Each variant
+runs once untimed first (compiles, and sizes the cache). ``--floors`` adds two rows: ``floor-512``, the
+``inductor`` row's decode with a 512-token prompt (what everything but attention costs on this stack), and
+``bytes-floor``, the weights plus the dense KV cache read once per token at the measured copy bandwidth. Rows are
+appended to ``e2e-<device>.json`` under ``--out``; ``--table`` writes the Markdown (ratios to the run's Inductor
+row) and a plot of ms/token against context.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_model import build_model  # noqa: E402
+
+import hylra_compile  # noqa: E402
+from hylra_compile import Policy  # noqa: E402
+
+POLICIES = {"full": Policy.full, "5of32": lambda layers: Policy.every(7, layers),
+            "8of32": lambda layers: Policy.every(4, layers)}
+VARIANTS = ("eager", "inductor", *POLICIES)
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed_generate(model, ids, new_tokens: int, settings: dict) -> float:
+    synchronize()
+    start = time.perf_counter()
+    model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                   do_sample=False, cache_implementation="static", **settings)
+    synchronize()
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def measure(model, variant: str, context: int, batch: int, args) -> dict:
+    """One row: time to first token (s) and decode ms/token of ``variant`` at this context and batch."""
+    from transformers import CompileConfig
+
+    torch._dynamo.reset()
+    compilation, settings = None, {}
+    if variant == "eager":
+        settings = {"disable_compile": True}
+    elif variant == "inductor":
+        settings = {"compile_config": CompileConfig()}
+    else:
+        compilation = hylra_compile.compile_for_generate(
+            model, policy=POLICIES[variant](model.config.num_hidden_layers), top_k=args.top_k, block_size=64)
+    if args.prefill_chunk:
+        settings["prefill_chunk_size"] = args.prefill_chunk
+    ids = torch.randint(0, model.config.vocab_size, (batch, context), device=model.device)
+    try:
+        start = time.perf_counter()
+        timed_generate(model, ids, 1 + args.new_tokens, settings)  # compiles; sizes the cache for both calls below
+        first_run_s = time.perf_counter() - start
+        ttft = [timed_generate(model, ids, 1, settings) for _ in range(args.repeats)]
+        whole = [timed_generate(model, ids, 1 + args.new_tokens, settings) for _ in range(args.repeats)]
+    finally:
+        if compilation is not None:
+            compilation.restore()
+    row = {"variant": variant, "context": context, "batch": batch, "ttft_s": statistics.median(ttft),
+           "decode_ms": (statistics.median(whole) - statistics.median(ttft)) / args.new_tokens * 1e3,
+           "first_run_s": first_run_s, "ttft_runs_s": ttft, "whole_runs_s": whole}
+    if compilation is not None:
+        row["graphs"] = {r.name: r.counts() for r in compilation.reports()}
+    return row
+
+
+def bytes_floor(model, context: int, batch: int) -> dict:
+    """Weights + dense KV cache bytes read once per token, at the copy bandwidth measured here (read + write)."""
+    source = torch.empty(1 << 30, dtype=torch.uint8, device=model.device)
+    target = torch.empty_like(source)
+    target.copy_(source)
+    synchronize()
+    start = time.perf_counter()
+    for _ in range(20):
+        target.copy_(source)
+    synchronize()
+    bandwidth = 2 * source.numel() * 20 / (time.perf_counter() - start)
+    del source, target
+    config = model.config
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv = 2 * config.num_hidden_layers * batch * config.num_key_value_heads * context * head_dim * model.dtype.itemsize
+    return {"variant": "bytes-floor", "context": context, "batch": batch, "decode_ms": (weights + kv) / bandwidth * 1e3,
+            "copy_bandwidth_GBps": bandwidth / 1e9, "weight_bytes": weights, "kv_bytes": kv}
+
+
+def table(folder: Path) -> None:
+    for path in sorted(folder.glob("e2e-*.json")):
+        rows = json.loads(path.read_text())
+        lines = [f"# generate() end to end ({rows[0]['device']}, {rows[-1]['date']})", "",
+                 f"{rows[0]['model']}; static cache, greedy. Ratios are to the Inductor row (HF `CompileConfig()`) of "
+                 "the same run, context and batch; `floor-512` is that row's decode with a 512-token prompt, "
+                 "`bytes-floor` the weights + dense KV bytes at the measured copy bandwidth.", "",
+                 "| code | batch | context | variant | TTFT s | TTFT ratio | decode ms/token | decode ratio |",
+                 "|---|---|---|---|---|---|---|---|"]
+        for row in rows:
+            base = next((r for r in rows if r["run"] == row["run"] and r["variant"] == "inductor"
+                         and r["context"] == row["context"] and r["batch"] == row["batch"]), None)
+            ttft = f"{row['ttft_s']:.2f}" if row.get("ttft_s") else ""
+            ttft_ratio = f"{row['ttft_s'] / base['ttft_s']:.2f}" if base and row.get("ttft_s") else ""
+            decode = f"{row['decode_ms']:.2f}" if row.get("decode_ms") else row.get("error", "")[:60]
+            ratio = f"{row['decode_ms'] / base['decode_ms']:.2f}" if base and row.get("decode_ms") else ""
+            lines.append(f"| {row['code'][:7]} | {row['batch']} | {row['context']} | {row['variant']} | {ttft} | "
+                         f"{ttft_ratio} | {decode} | {ratio} |")
+        path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+        print(path.with_suffix(".md").read_text())
+        _plot(rows, path.with_suffix(".png"))
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=False)
+    for axis, batch in zip(axes, (1, 8)):
+        lines: dict[str, list[tuple[int, float]]] = {}
+        for row in rows:
+            if row["batch"] == batch and row.get("decode_ms") and row["variant"] != "floor-512":
+                lines.setdefault(row["variant"], []).append((row["context"], row["decode_ms"]))
+        for variant, points in sorted(lines.items()):
+            points = sorted(dict(points).items())  # the latest row per context
+            axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=variant,
+                      linestyle="--" if variant == "bytes-floor" else "-")
+        floors = [row["decode_ms"] for row in rows if row["batch"] == batch and row["variant"] == "floor-512"]
+        if floors:
+            axis.axhline(floors[-1], color="gray", linestyle=":", label="floor-512 (Inductor, 512-token prompt)")
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("context (tokens)")
+        axis.set_ylabel("decode ms/token")
+        axis.set_title(f"batch {batch}")
+        axis.legend(fontsize=7)
+    figure.suptitle(f"generate() decode, {rows[0]['device']}, {rows[-1]['date']}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--context", type=int, default=32768)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--layers", type=int, default=32)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--floors", action="store_true", help="also the floor-512 and bytes-floor rows")
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--top-k", type=int, default=2048)
+    parser.add_argument("--prefill-chunk", type=int, default=None, help="prefill_chunk_size for every variant")
+    parser.add_argument("--small", action="store_true", help="tiny widths (a CPU smoke run)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--table", type=Path, default=None, help="only write the Markdown and plot of the JSON rows")
+    args = parser.parse_args()
+    if args.table is not None:
+        return table(args.table)
+    variants = args.variants.split(",") if args.variants else []
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; valid: {', '.join(VARIANTS)}")
+    cuda = torch.cuda.is_available()
+    model = build_model(args.layers, args.context + args.new_tokens + 1, torch.device("cuda" if cuda else "cpu"),
+                        torch.bfloat16 if cuda else torch.float32, small=args.small)
+    model.generation_config.pad_token_id = model.generation_config.eos_token_id = None
+    code = subprocess.run(["git", "log", "-1", "--format=%h: %s"], capture_output=True, text=True).stdout.strip()
+    device = torch.cuda.get_device_name() if cuda else "cpu"
+    meta = {"device": device, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
+            "code": code[:80], "run": datetime.datetime.now().isoformat(timespec="seconds"),
+            "model": f"Llama-3-8B shapes, {args.layers} layers, random bf16 weights" if not args.small else "tiny",
+            "new_tokens": args.new_tokens, "top_k": args.top_k, "prefill_chunk": args.prefill_chunk}
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"e2e-{device.replace(' ', '_')}.json"
+    jobs = [(variant, args.context) for variant in variants]
+    if args.floors:
+        jobs.append(("floor-512", 512))
+    for variant, context in jobs:
+        try:
+            if variant == "floor-512":
+                row = {**measure(model, "inductor", context, args.batch, args), "variant": "floor-512"}
+            else:
+                row = measure(model, variant, context, args.batch, args)
+        except torch.OutOfMemoryError as error:
+            row = {"variant": variant, "context": context, "batch": args.batch, "error": f"out of memory: {error}"[:300]}
+        if cuda:
+            torch.cuda.empty_cache()
+        rows = [{**meta, **row}]
+        if variant == "floor-512" and cuda:
+            rows.append({**meta, **bytes_floor(model, args.context, args.batch)})
+        for row in rows:
+            print(json.dumps({k: v for k, v in row.items() if not k.endswith("_runs_s")}), flush=True)
+        old = json.loads(path.read_text()) if path.exists() else []
+        path.write_text(json.dumps(old + rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
