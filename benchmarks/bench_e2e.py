@@ -28,7 +28,6 @@ import argparse
 import datetime
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_model import build_model  # noqa: E402
+from bench_model import build_model, code_version  # noqa: E402
 
 import hylra_compile  # noqa: E402
 from hylra_compile import Policy  # noqa: E402
@@ -191,7 +190,7 @@ def main() -> None:
     model = build_model(args.layers, args.context + args.new_tokens + 1, torch.device("cuda" if cuda else "cpu"),
                         torch.bfloat16 if cuda else torch.float32, small=args.small)
     model.generation_config.pad_token_id = model.generation_config.eos_token_id = None
-    code = subprocess.run(["git", "log", "-1", "--format=%h: %s"], capture_output=True, text=True).stdout.strip()
+    code = code_version()
     device = torch.cuda.get_device_name() if cuda else "cpu"
     meta = {"device": device, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
             "code": code[:80], "run": datetime.datetime.now().isoformat(timespec="seconds"),

@@ -22,15 +22,18 @@ import datetime
 import io
 import json
 import pstats
-import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from hylra_compile import kernels
-from hylra_compile.lowering import dispatch
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_model import code_version  # noqa: E402
+
+from hylra_compile import kernels  # noqa: E402
+from hylra_compile.lowering import dispatch  # noqa: E402
 
 
 def host_us(fn, calls: int) -> float:
@@ -74,7 +77,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device("cuda")
     B, Hq, Hkv, D, bs, n_select = 1, 32, 8, 128, 64, 32
-    code = subprocess.run(["git", "log", "-1", "--format=%h: %s"], capture_output=True, text=True).stdout.strip()
+    code = code_version()
     meta = {"device": torch.cuda.get_device_name(), "date": datetime.date.today().isoformat(),
             "torch": torch.__version__, "code": code[:80]}
     rows, profiles = [], []

@@ -14,13 +14,24 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import statistics
+import subprocess
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, StaticCache
 
 from hylra_compile import HylraBackend, Policy
+
+
+def code_version() -> str:
+    """``<short hash>: <subject>`` of the code measured: ``$HYLRA_CODE`` when set (a copy of the working tree on
+    another machine may carry a stale .git), else this checkout's HEAD."""
+    code = os.environ.get("HYLRA_CODE") or subprocess.run(
+        ["git", "log", "-1", "--format=%h: %s"], capture_output=True, text=True).stdout.strip()
+    return code[:80]
+
 
 # Cache slots past the context: every timed decode step appends one token (warm-up + iterations < SLACK).
 SLACK = 256

@@ -18,8 +18,9 @@ import torch
 import triton
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-import hylra_compile.kernels.prefill as P  # noqa: E402
 from bench_kernels import BS, LOCAL, NSEL, SINK, isolated, qkv  # noqa: E402
+
+import hylra_compile.kernels.prefill as P  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--out", default="benchmarks/results")

@@ -19,7 +19,6 @@ import argparse
 import datetime
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ import torch
 from transformers import StaticCache
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_model import SLACK, build_model, fill_cache, snapshot, time_decode  # noqa: E402
+from bench_model import SLACK, build_model, code_version, fill_cache, snapshot, time_decode  # noqa: E402
 
 from hylra_compile import HylraBackend, Policy  # noqa: E402
 
@@ -154,7 +153,7 @@ def main() -> None:
     model = build_model(args.layers, args.context + SLACK, torch.device("cuda" if cuda else "cpu"),
                         torch.bfloat16 if cuda else torch.float32, small=args.small)
     run_id = datetime.datetime.now().isoformat(timespec="seconds")
-    code = subprocess.run(["git", "log", "-1", "--format=%h: %s"], capture_output=True, text=True).stdout.strip()
+    code = code_version()
     meta = {"device": torch.cuda.get_device_name() if cuda else "cpu", "code": code[:80], "date": datetime.date.today().isoformat(),
             "torch": torch.__version__, "run": run_id, "mode": args.mode, "layers": args.layers,
             "context": args.context, "batch": args.batch, "top_k": args.top_k}

@@ -13,6 +13,7 @@ its mask bytes.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -210,6 +211,7 @@ def _decode_combine_kernel(
                        local_blocks, N_SEL_PAD)
 
 
+@functools.cache
 def _num_sms(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
@@ -248,12 +250,14 @@ def _decode(q, k, v, mask, is_causal, scale, block_size, block_idx, n_select, si
         n_items = n_kb
     if splits is None:
         splits = _splits(B, Hkv, n_items, dev, 2 if sparse else 8, 1 if sparse else 2)  # from the H100 sweep
-    f32 = torch.float32
-    mpart = torch.empty(B, Hkv, splits, G_PAD, dtype=f32, device=dev)
-    lpart = torch.empty(B, Hkv, splits, G_PAD, dtype=f32, device=dev)
-    accpart = torch.empty(B, Hkv, splits, G_PAD, DV, dtype=f32, device=dev)
     write_lse = select and not sparse
-    lse_blk = torch.empty(B, Hkv, G, n_kb, dtype=f32, device=dev) if write_lse else mpart
+    # One scratch allocation, viewed as the split maxima, sums, accumulators and (producer) block LSEs.
+    part = B * Hkv * splits * G_PAD
+    scratch = torch.empty(part * (2 + DV) + (B * Hkv * G * n_kb if write_lse else 0), dtype=torch.float32, device=dev)
+    mpart = scratch[:part].view(B, Hkv, splits, G_PAD)
+    lpart = scratch[part:2 * part].view(B, Hkv, splits, G_PAD)
+    accpart = scratch[2 * part:part * (2 + DV)].view(B, Hkv, splits, G_PAD, DV)
+    lse_blk = scratch[part * (2 + DV):].view(B, Hkv, G, n_kb) if write_lse else mpart
     out = torch.empty(B, Hq, Sq, DV, dtype=q.dtype, device=dev)
     _decode_split_kernel[(B, Hkv, splits)](
         q, k, v, m, idx, mpart, lpart, accpart, lse_blk,
