@@ -177,6 +177,8 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=2048)
     parser.add_argument("--prefill-chunk", type=int, default=None, help="prefill_chunk_size for every variant")
     parser.add_argument("--small", action="store_true", help="tiny widths (a CPU smoke run)")
+    parser.add_argument("--run", default=None, help="run label grouping rows for ratios (several calls on one "
+                        "machine, one after the other); default: this call's start time")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--table", type=Path, default=None, help="only write the Markdown and plot of the JSON rows")
     args = parser.parse_args()
@@ -193,7 +195,7 @@ def main() -> None:
     code = code_version()
     device = torch.cuda.get_device_name() if cuda else "cpu"
     meta = {"device": device, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
-            "code": code[:80], "run": datetime.datetime.now().isoformat(timespec="seconds"),
+            "code": code, "run": args.run or datetime.datetime.now().isoformat(timespec="seconds"),
             "model": f"Llama-3-8B shapes, {args.layers} layers, random bf16 weights" if not args.small else "tiny",
             "new_tokens": args.new_tokens, "top_k": args.top_k, "prefill_chunk": args.prefill_chunk}
     args.out.mkdir(parents=True, exist_ok=True)
