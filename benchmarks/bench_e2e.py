@@ -10,13 +10,15 @@ Rows, all through ``model.generate(..., cache_implementation="static")``:
 * ``eager``: no compile (``disable_compile=True``);
 * ``inductor``: Hugging Face's own compile, ``CompileConfig()`` (Inductor, ``mode="reduce-overhead"``; it compiles
   the decode step only, the prefill runs eagerly);
+* ``inductor-graphs``: the dense model through :func:`hylra_compile.compile_for_generate` without a policy (the
+  attention sites stay as written): Inductor for prefill and decode, decode replayed as CUDA graphs;
 * ``full`` / ``5of32`` / ``8of32``: :func:`hylra_compile.compile_for_generate` with ``Policy.full`` /
   ``Policy.every(7)`` / ``Policy.every(4)`` (that many of 32 layers dense), prefill and decode rewritten, decode
   replayed as CUDA graphs.
 
 Time to first token is a ``generate()`` of one token; decode ms/token is ``(T(1 + n) - T(1)) / n``. Each variant
 runs once untimed first (compiles, and sizes the cache). ``--floors`` adds two rows: ``floor-512``, the
-``inductor`` row's decode with a 512-token prompt (what everything but attention costs on this stack), and
+``inductor-graphs`` row's decode with a 512-token prompt (what everything but attention costs on this stack), and
 ``bytes-floor``, the weights plus the dense KV cache read once per token at the measured copy bandwidth. Rows are
 appended to ``e2e-<device>.json`` under ``--out``; ``--table`` writes the Markdown (ratios to the run's Inductor
 row) and a plot of ms/token against context.
@@ -42,7 +44,7 @@ from hylra_compile import Policy  # noqa: E402
 
 POLICIES = {"full": Policy.full, "5of32": lambda layers: Policy.every(7, layers),
             "8of32": lambda layers: Policy.every(4, layers)}
-VARIANTS = ("eager", "inductor", *POLICIES)
+VARIANTS = ("eager", "inductor", "inductor-graphs", *POLICIES)
 
 
 def synchronize() -> None:
@@ -62,6 +64,7 @@ def timed_generate(model, ids, new_tokens: int, settings: dict) -> float:
 @torch.no_grad()
 def measure(model, variant: str, context: int, batch: int, args) -> dict:
     """One row: time to first token (s) and decode ms/token of ``variant`` at this context and batch."""
+    from torch._dynamo.utils import counters
     from transformers import CompileConfig
 
     torch._dynamo.reset()
@@ -70,9 +73,12 @@ def measure(model, variant: str, context: int, batch: int, args) -> dict:
         settings = {"disable_compile": True}
     elif variant == "inductor":
         settings = {"compile_config": CompileConfig()}
+    elif variant == "inductor-graphs":
+        compilation = hylra_compile.compile_for_generate(model)
     else:
         compilation = hylra_compile.compile_for_generate(
             model, policy=POLICIES[variant](model.config.num_hidden_layers), top_k=args.top_k, block_size=64)
+    counters["inductor"].clear()
     if args.prefill_chunk:
         settings["prefill_chunk_size"] = args.prefill_chunk
     ids = torch.randint(0, model.config.vocab_size, (batch, context), device=model.device)
@@ -87,7 +93,8 @@ def measure(model, variant: str, context: int, batch: int, args) -> dict:
             compilation.restore()
     row = {"variant": variant, "context": context, "batch": batch, "ttft_s": statistics.median(ttft),
            "decode_ms": (statistics.median(whole) - statistics.median(ttft)) / args.new_tokens * 1e3,
-           "first_run_s": first_run_s, "ttft_runs_s": ttft, "whole_runs_s": whole}
+           "first_run_s": first_run_s, "ttft_runs_s": ttft, "whole_runs_s": whole,
+           "cudagraph_skips": counters["inductor"]["cudagraph_skips"]}
     if compilation is not None:
         row["graphs"] = {r.name: r.counts() for r in compilation.reports()}
     return row
@@ -146,7 +153,7 @@ def _plot(rows: list[dict], path: Path) -> None:
     for axis, batch in zip(axes, (1, 8)):
         lines: dict[str, list[tuple[int, float]]] = {}
         for row in rows:
-            if row["batch"] == batch and row.get("decode_ms") and row["variant"] != "floor-512":
+            if row["batch"] == batch and row.get("decode_ms") and not row["variant"].startswith("floor"):
                 lines.setdefault(row["variant"], []).append((row["context"], row["decode_ms"]))
         for variant, points in sorted(lines.items()):
             points = sorted(dict(points).items())  # the latest row per context
@@ -206,7 +213,7 @@ def main() -> None:
     for variant, context in jobs:
         try:
             if variant == "floor-512":
-                row = {**measure(model, "inductor", context, args.batch, args), "variant": "floor-512"}
+                row = {**measure(model, "inductor-graphs", context, args.batch, args), "variant": "floor-512"}
             else:
                 row = measure(model, variant, context, args.batch, args)
         except torch.OutOfMemoryError as error:
