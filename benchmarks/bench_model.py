@@ -50,8 +50,9 @@ def build_model(layers: int, context: int, device, dtype, small: bool):
 
 
 @torch.no_grad()
-def fill_cache(model, context: int, device, chunk: int = 8192):
-    cache = StaticCache(config=model.config, max_cache_len=context + SLACK)
+def fill_cache(model, context: int, device, chunk: int = 8192, cache_len: int | None = None):
+    """A StaticCache of ``cache_len`` slots (default: ``context`` + SLACK) holding ``context`` random tokens."""
+    cache = StaticCache(config=model.config, max_cache_len=max(cache_len or 0, context + SLACK))
     ids = torch.randint(0, model.config.vocab_size, (1, context), device=device)
     for start in range(0, context, chunk):
         end = min(context, start + chunk)

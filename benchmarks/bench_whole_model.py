@@ -95,7 +95,7 @@ def run(args, variant: str, model) -> dict:
             name = f"profile-{args.mode}-{args.layers}x{args.context}-{variant}.txt"
             (args.out / name).write_text(table + "\n")
     else:
-        cache = fill_cache(model, args.context, device)
+        cache = fill_cache(model, args.context, device, cache_len=args.cache_len)
         restore = snapshot(cache)
         token = ids[:, :1]
         position = torch.tensor([args.context], device=device)
@@ -118,12 +118,14 @@ def table(folder: Path) -> None:
         lines = [f"# Whole-model speed ({rows[0]['device']}, {rows[-1]['date']})", "",
                  "Ratios are to the best dense baseline of the same run (eager SDPA for prefill, Inductor with CUDA "
                  "graphs for decode); lower is faster.", "",
-                 "| code | mode | layers | context | batch | variant | ms | ratio |", "|---|---|---|---|---|---|---|---|"]
+                 "| code | mode | layers | context | cache slots | batch | variant | ms | ratio |",
+                 "|---|---|---|---|---|---|---|---|---|"]
         for row in rows:
             base = next((r for r in rows if r["run"] == row["run"] and r["variant"] == BASELINES[row["mode"]]), None)
             ratio = f"{row['ms'] / base['ms']:.2f}" if base and base["ms"] and row["ms"] else ""
             ms = f"{row['ms']:.1f}" if row["ms"] else row.get("graph_error", "")
-            lines.append(f"| {row['code']} | {row['mode']} | {row['layers']} | {row['context']} | {row['batch']} | "
+            lines.append(f"| {row['code']} | {row['mode']} | {row['layers']} | {row['context']} | "
+                         f"{row.get('cache_len') or ''} | {row['batch']} | "
                          f"{row['variant']} | {ms} | {ratio} |")
         path.with_suffix(".md").write_text("\n".join(lines) + "\n")
         print(path.with_suffix(".md").read_text())
@@ -135,6 +137,9 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--context", type=int, default=32768)
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--cache-len", type=int, default=None,
+                        help="decode: static cache slots (default context + 256); more than the context leaves the "
+                        "rest empty, to show the cost tracks the filled length")
     parser.add_argument("--variants", default="eager,inductor,full,5of32,8of32")
     parser.add_argument("--top-k", type=int, default=2048)
     parser.add_argument("--iters", type=int, default=3)
@@ -150,13 +155,13 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown variants {unknown}; valid: eager, inductor, {', '.join(POLICIES)}")
     cuda = torch.cuda.is_available()
-    model = build_model(args.layers, args.context + SLACK, torch.device("cuda" if cuda else "cpu"),
+    model = build_model(args.layers, max(args.cache_len or 0, args.context + SLACK), torch.device("cuda" if cuda else "cpu"),
                         torch.bfloat16 if cuda else torch.float32, small=args.small)
     run_id = datetime.datetime.now().isoformat(timespec="seconds")
     code = code_version()
     meta = {"device": torch.cuda.get_device_name() if cuda else "cpu", "code": code[:80], "date": datetime.date.today().isoformat(),
             "torch": torch.__version__, "run": run_id, "mode": args.mode, "layers": args.layers,
-            "context": args.context, "batch": args.batch, "top_k": args.top_k}
+            "context": args.context, "batch": args.batch, "top_k": args.top_k, "cache_len": args.cache_len}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"whole-model-{meta['device'].replace(' ', '_')}.json"
     for variant in variants:
