@@ -124,7 +124,7 @@ def table(folder: Path) -> None:
             base = next((r for r in rows if r["run"] == row["run"] and r["variant"] == BASELINES[row["mode"]]), None)
             ratio = f"{row['ms'] / base['ms']:.2f}" if base and base["ms"] and row["ms"] else ""
             ms = f"{row['ms']:.1f}" if row["ms"] else row.get("graph_error", "")
-            lines.append(f"| {row['code']} | {row['mode']} | {row['layers']} | {row['context']} | "
+            lines.append(f"| {row.get('code', '')} | {row['mode']} | {row['layers']} | {row['context']} | "
                          f"{row.get('cache_len') or ''} | {row['batch']} | "
                          f"{row['variant']} | {ms} | {ratio} |")
         path.with_suffix(".md").write_text("\n".join(lines) + "\n")
