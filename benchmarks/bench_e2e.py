@@ -125,20 +125,27 @@ def table(folder: Path) -> None:
     for path in sorted(folder.glob("e2e-*.json")):
         rows = json.loads(path.read_text())
         lines = [f"# generate() end to end ({rows[0]['device']}, {rows[-1]['date']})", "",
-                 f"{rows[0]['model']}; static cache, greedy. Ratios are to the Inductor row (HF `CompileConfig()`) of "
-                 "the same run, context and batch; `floor-512` is that row's decode with a 512-token prompt, "
-                 "`bytes-floor` the weights + dense KV bytes at the measured copy bandwidth.", "",
-                 "| code | batch | context | variant | TTFT s | TTFT ratio | decode ms/token | decode ratio |",
-                 "|---|---|---|---|---|---|---|---|"]
+                 f"{rows[0]['model']}; static cache, greedy, {rows[0]['new_tokens']} new tokens. Ratios within one run, "
+                 "context and batch: time to first token to the `eager` row, decode to the `inductor` row (HF "
+                 "`CompileConfig()`) and to the run's `floor-512` (the `full` row's decode with a 512-token prompt); "
+                 "`bytes-floor` is the weights + dense KV bytes at the measured copy bandwidth.", "",
+                 "| code | batch | context | variant | TTFT s | TTFT / eager | decode ms/token | decode / inductor | "
+                 "decode / floor-512 |", "|---|---|---|---|---|---|---|---|---|"]
+
+        def same(row, variant, context=True):
+            return next((r for r in rows if r["run"] == row["run"] and r["variant"] == variant and r["batch"] ==
+                         row["batch"] and (not context or r["context"] == row["context"])), {})
+
+        def ratio(row, base, key):
+            return f"{row[key] / base[key]:.2f}" if row.get(key) and base.get(key) else ""
+
         for row in rows:
-            base = next((r for r in rows if r["run"] == row["run"] and r["variant"] == "inductor"
-                         and r["context"] == row["context"] and r["batch"] == row["batch"]), None)
             ttft = f"{row['ttft_s']:.2f}" if row.get("ttft_s") else ""
-            ttft_ratio = f"{row['ttft_s'] / base['ttft_s']:.2f}" if base and row.get("ttft_s") else ""
-            decode = f"{row['decode_ms']:.2f}" if row.get("decode_ms") else row.get("error", "")[:60]
-            ratio = f"{row['decode_ms'] / base['decode_ms']:.2f}" if base and row.get("decode_ms") else ""
+            decode = f"{row['decode_ms']:.2f}" if row.get("decode_ms") else row.get("error", "")[:70]
             lines.append(f"| {row['code'][:7]} | {row['batch']} | {row['context']} | {row['variant']} | {ttft} | "
-                         f"{ttft_ratio} | {decode} | {ratio} |")
+                         f"{ratio(row, same(row, 'eager'), 'ttft_s')} | {decode} | "
+                         f"{ratio(row, same(row, 'inductor'), 'decode_ms')} | "
+                         f"{ratio(row, same(row, 'floor-512', context=False), 'decode_ms')} |")
         path.with_suffix(".md").write_text("\n".join(lines) + "\n")
         print(path.with_suffix(".md").read_text())
         _plot(rows, path.with_suffix(".png"))
