@@ -169,7 +169,7 @@ def _plot(rows: list[dict], path: Path) -> None:
                       linestyle="--" if variant == "bytes-floor" else "-")
         floors = [row["decode_ms"] for row in rows if row["batch"] == batch and row["variant"] == "floor-512"]
         if floors:
-            axis.axhline(floors[-1], color="gray", linestyle=":", label="floor-512 (Inductor, 512-token prompt)")
+            axis.axhline(floors[-1], color="gray", linestyle=":", label="floor-512 (full, 512-token prompt)")
         axis.set_xscale("log", base=2)
         axis.set_xlabel("context (tokens)")
         axis.set_ylabel("decode ms/token")

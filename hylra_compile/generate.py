@@ -68,11 +68,13 @@ class GenerateCompilation:
         tokens = kwargs.get("input_ids", args[0] if args else None)
         if tokens is None:
             tokens = kwargs.get("inputs_embeds")
+        if tokens is None:  # the model's own forward says what is missing
+            return self._run_prefill(*args, **kwargs)
         cache = kwargs.get("past_key_values")
-        one_token = tokens is not None and tokens.shape[1] == 1
-        if one_token and getattr(cache, "is_compileable", False):
+        static = getattr(cache, "is_compileable", False)
+        if static and tokens.shape[1] == 1:
             return self._run_decode(*args, **kwargs)
-        if getattr(cache, "is_compileable", False):
+        if static:
             _initialise_static_cache(self.model, cache, batch_size=tokens.shape[0])
         _mark_token_dims_dynamic(tokens, kwargs)
         return self._run_prefill(*args, **kwargs)

@@ -74,13 +74,15 @@ def test_string_backend_parses_options_once_per_compile_and_keeps_reports(tmp_pa
 
 def test_backend_modes():
     """torch.compile passes a mode on only without options: "reduce-overhead" means CUDA graphs (skipped on the CPU),
-    an autotuning mode is refused with the valid ones; a deep copy (Hugging Face's CompileConfig makes one) is the
-    backend itself."""
+    an autotuning mode is refused with the valid ones, and so is CUDA graphs without Inductor; a deep copy (Hugging
+    Face's CompileConfig makes one) is the backend itself."""
     with torch.no_grad():
         torch.compile(TinyStack(), backend="hylra", mode="reduce-overhead")(X)
-        backend = HylraBackend(policy=Policy.every(2, 2), **COVERING)
+        backend = HylraBackend(policy=Policy.every(2, 2), **{**COVERING, "inductor": True})
         torch.compile(TinyStack(), backend=copy.deepcopy(backend), mode="reduce-overhead")(X)
         assert [s.action for s in backend.reports[0].sites] == ["producer", "consumer"]
+        with pytest.raises(Exception, match="replays graphs as CUDA graphs, which needs the hylra option inductor"):
+            torch.compile(TinyStack(), backend=HylraBackend(**COVERING), mode="reduce-overhead")(X)
         with pytest.raises(Exception, match=r"mode None, 'default' or 'reduce-overhead'.*got 'max-autotune'"):
             torch.compile(TinyStack(), backend="hylra", mode="max-autotune")(X)
 
