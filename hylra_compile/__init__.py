@@ -7,8 +7,8 @@ attention site of the Dynamo graph by policy into ``hylra::topk_attention`` prod
 
 from . import lowering  # noqa: F401  (registers torch.ops.hylra.*)
 from .backend import HylraBackend, reports, reset_reports
-from .generate import GenerateCompilation, compile_for_generate
 from .evaluate import Evaluation, evaluate
+from .generate import GenerateCompilation, compile_for_generate
 from .optimizer import optimize
 from .options import HylraOptions
 from .policy import Policy

@@ -2,7 +2,7 @@
 
 Each op's signature and semantics are written once, in its reference implementation
 (:func:`reference.topk_attention`, :func:`reference.sparse_attention`, :func:`reference.attention`,
-:func:`reference.mask_blocks`): ``custom_op`` infers the schema from it and runs it on every device the CUDA
+:func:`reference.mask_blocks`, :func:`reference.shared_mask`): ``custom_op`` infers the schema from it and runs it on every device the CUDA
 kernels (:mod:`hylra_compile.lowering.dispatch`) do not cover. The tensors are positional (``custom_op`` takes no
 keyword-only tensors); every other argument is keyword-only, so no call site can shift them.
 """
@@ -22,6 +22,7 @@ topk_attention = _op(reference.topk_attention)
 sparse_attention = _op(reference.sparse_attention)
 attention = _op(reference.attention)
 mask_blocks = _op(reference.mask_blocks)
+shared_mask = _op(reference.shared_mask)
 
 
 @topk_attention.register_fake
@@ -55,3 +56,8 @@ def _attention_fake(q, k, v, mask, block_mask=None, *, block_size, **_):
 @mask_blocks.register_fake
 def _mask_blocks_fake(mask, *, block_size):
     return mask.new_empty(reference.block_mask_shape(mask, block_size), dtype=torch.int32)
+
+
+@shared_mask.register_fake
+def _shared_mask_fake(mask):
+    return mask.new_empty(mask.shape)

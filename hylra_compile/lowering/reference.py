@@ -272,6 +272,14 @@ def mask_blocks(mask: Tensor, *, block_size: int) -> Tensor:
     return torch.stack([first, full_end - torch.where(length > 0, length, 0), full_end, end], -1).to(torch.int32)
 
 
+def shared_mask(mask: Tensor) -> Tensor:
+    """A contiguous copy of ``mask``, same shape and dtype. The passes give the ops of a graph this one copy: a mask
+    that is a view of an expression Inductor has not stored (Hugging Face's causal mask is an ``expand`` of one) is
+    otherwise computed into a buffer of its own for every op that takes it, 32 at once in a 32-layer model (16 GiB
+    each for a [1, 1, 128K, 128K] bool mask)."""
+    return mask.clone(memory_format=torch.contiguous_format)
+
+
 def block_mask_shape(mask: Tensor, block_size: int) -> tuple:
     """The shape of :func:`mask_blocks` of ``mask``: [Bm, ceil(Sqm / bs), 4]."""
     m = mask_4d(mask)

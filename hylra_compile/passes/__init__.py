@@ -2,7 +2,8 @@
 
 1. :func:`find_attention` -- every attention call as an immutable :class:`AttentionMatch` (layer order).
 2. :func:`decide` -- one :class:`Decision` per match from the policy (by layer index) and what the graph allows.
-3. :func:`block_masks` -- one ``hylra::mask_blocks`` per distinct mask of a rewritten prefill site.
+3. :func:`block_masks` -- per distinct mask of a rewritten site one stored copy (``hylra::shared_mask``), and for
+   a prefill site its block structure (``hylra::mask_blocks``).
 4. :func:`rewrite` -- producers, consumers and the sites a policy leaves dense become ``hylra::topk_attention``
    / ``hylra::sparse_attention`` / ``hylra::attention``.
 

@@ -1,7 +1,9 @@
-"""Phase 3, ``block_masks(gm, matches, decisions, options)``: the block structure of each mask, computed once.
+"""Phase 3, ``block_masks(gm, matches, decisions, options)``: each mask stored once, and its block structure.
 
 Under tracing Hugging Face materialises the attention mask as a [B, 1, S, S] tensor that every layer reads. For
-each distinct mask node that a rewritten prefill site reads, one ``hylra::mask_blocks`` node (FlexAttention's
+each distinct mask node that a rewritten site reads, one ``hylra::shared_mask`` node stores it once for all the
+ops (Inductor would otherwise compute it into a buffer per op: 32 copies of 16 GiB at 128K tokens), and for a
+prefill site one ``hylra::mask_blocks`` node of that copy (FlexAttention's
 ``BlockMask``: per query block, which KV blocks to skip, which are wholly allowed, which need mask reads) is
 inserted before its first user and shared by the ops of every layer. A 32-layer model pays one pass over the mask,
 and the kernels skip the blocks above the diagonal of a causal mask, read no mask byte in the blocks below it, and
@@ -10,6 +12,8 @@ kernels trim each split to the blocks holding an allowed key, reading the one ma
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.fx
@@ -23,23 +27,34 @@ from .patterns import example_value
 from .rewrite import call_with_meta
 
 
+class SharedMask(NamedTuple):
+    """What the ops of a graph read for one mask node: its stored copy, and its block structure (None for decode)."""
+
+    mask: torch.fx.Node
+    block_mask: torch.fx.Node | None
+
+
 def block_masks(
     gm: torch.fx.GraphModule,
     matches: tuple[AttentionMatch, ...],
     decisions: tuple[Decision, ...],
     options: HylraOptions,
-) -> dict[torch.fx.Node, torch.fx.Node]:
-    """Insert the ``mask_blocks`` nodes; returns ``mask node -> its block-mask node``."""
+) -> dict[torch.fx.Node, SharedMask]:
+    """Insert the ``shared_mask`` and ``mask_blocks`` nodes; returns ``mask node -> what the ops read for it``."""
     order = {node: position for position, node in enumerate(gm.graph.nodes)}
-    found: dict[torch.fx.Node, torch.fx.Node] = {}
+    found: dict[torch.fx.Node, SharedMask] = {}
     for match, decision in zip(matches, decisions):
-        if decision.op is None or match.mask is None or match.mask in found or not _takes_block_mask(match):
+        if decision.op is None or match.mask is None or match.mask in found:
             continue
         first_user = min(match.mask.users, key=order.__getitem__)
-        found[match.mask] = call_with_meta(
-            gm.graph, torch.ops.hylra.mask_blocks.default, dict(mask=match.mask, block_size=options.block_size),
-            first_user,
-        )
+        stored = call_with_meta(gm.graph, torch.ops.hylra.shared_mask.default, dict(mask=match.mask), first_user)
+        block_mask = None
+        if _takes_block_mask(match):
+            block_mask = call_with_meta(
+                gm.graph, torch.ops.hylra.mask_blocks.default, dict(mask=stored, block_size=options.block_size),
+                first_user,
+            )
+        found[match.mask] = SharedMask(stored, block_mask)
     return found
 
 

@@ -5,8 +5,8 @@ torch's structured logging, so ``tlparse`` shows them) and counts what matched (
 0. input graph                                                       ``00-input.py``
 1. :func:`find_attention` (gm) -> matches                            ``01-find_attention.md``
 2. :func:`decide` (matches, policy) -> decisions                     ``02-decide.md``
-3. :func:`block_masks` (gm, matches, decisions) -> mask -> block mask  ``03-block_masks.md``
-4. :func:`rewrite` (gm, matches, decisions, block masks) -> gm        ``04-rewrite.py``
+3. :func:`block_masks` (gm, matches, decisions) -> shared masks      ``03-block_masks.md``
+4. :func:`rewrite` (gm, matches, decisions, shared masks) -> gm       ``04-rewrite.py``
    the report (matches + decisions)                                  ``report.md``, ``edges.dot``
 """
 
@@ -46,7 +46,9 @@ def run_passes(gm: torch.fx.GraphModule, options: HylraOptions, name: str, dump_
         [(m.layer, d.action, d.op, d.source, d.dense_cause, d.reason) for m, d in zip(matches, decisions)]))
     masks = block_masks(gm, matches, decisions, options)
     dump("03-block_masks.md", lambda: _table(
-        ("mask", "block mask", "shape"), [(mask.name, node.name, _shape_of(node)) for mask, node in masks.items()]))
+        ("mask", "stored copy", "block mask", "shape"),
+        [(mask.name, shared.mask.name, shared.block_mask.name if shared.block_mask else "",
+          _shape_of(shared.block_mask) if shared.block_mask else "") for mask, shared in masks.items()]))
     outputs = rewrite(gm, matches, decisions, masks, options)
     dump("04-rewrite.py", lambda: gm.print_readable(print_output=False))
     report = GraphReport.from_phases(name, matches, decisions)
@@ -64,7 +66,9 @@ def _count(matches, decisions, masks, outputs) -> None:
         hylra[f"{decision.action}_sites"] += 1
         if decision.dense_cause is not None:
             hylra[f"dense.{decision.dense_cause}"] += 1
-    for key, count in (("block_masks", len(masks)), ("rewritten", len(outputs))):
+    counts = (("shared_masks", len(masks)), ("block_masks", sum(s.block_mask is not None for s in masks.values())),
+              ("rewritten", len(outputs)))
+    for key, count in counts:
         if count:
             hylra[key] += count
 

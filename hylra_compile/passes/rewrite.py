@@ -1,13 +1,14 @@
-"""Phase 4, ``rewrite(gm, matches, decisions, block_masks, options)``: each site becomes the op its decision names
+"""Phase 4, ``rewrite(gm, matches, decisions, masks, options)``: each site becomes the op its decision names
 (:attr:`Decision.op`): producers ``hylra::topk_attention``, consumers ``hylra::sparse_attention`` fed by their
 producer's ``block_idx`` as a graph edge, sites the policy leaves dense ``hylra::attention`` (native KV heads, no
-``repeat_kv`` copy); each reads its mask's shared block mask (phase 3). Sites not understood, or compiled without a
-policy, are left as they are. Every op is emitted with keyword arguments, so the graph says what each number is.
+``repeat_kv`` copy); each reads its mask's stored copy and block mask (phase 3). Sites not understood, or compiled
+without a policy, are left as they are. Every op is emitted with keyword arguments, so the graph says what each number is.
 """
 
 from __future__ import annotations
 
 import operator
+from typing import TYPE_CHECKING
 
 import torch
 import torch.fx
@@ -17,6 +18,9 @@ from .decide import Decision
 from .find_attention import AttentionMatch
 from .patterns import example_value
 
+if TYPE_CHECKING:  # block_masks inserts its nodes with call_with_meta from here
+    from .block_masks import SharedMask
+
 # Node meta that stays true for the replacement: where the code came from, which module ran it.
 _KEPT_META = ("stack_trace", "nn_module_stack", "source_fn_stack")
 
@@ -25,7 +29,7 @@ def rewrite(
     gm: torch.fx.GraphModule,
     matches: tuple[AttentionMatch, ...],
     decisions: tuple[Decision, ...],
-    block_masks: dict[torch.fx.Node, torch.fx.Node],
+    masks: dict[torch.fx.Node, SharedMask],
     options: HylraOptions,
 ) -> dict[int, torch.fx.Node]:
     """Rewrite ``gm`` in place; returns ``layer -> node now computing its output`` for each rewritten site."""
@@ -37,8 +41,9 @@ def rewrite(
     for match, decision in zip(matches, decisions):
         if decision.op is None:
             continue
-        q, k, v, mask = (replaced.get(n, n) for n in (match.q, match.k, match.v, match.mask))
-        inputs = dict(q=q, k=k, v=v, mask=mask, block_mask=block_masks.get(match.mask))
+        q, k, v = (replaced.get(n, n) for n in (match.q, match.k, match.v))
+        mask, block_mask = masks.get(match.mask, (None, None))
+        inputs = dict(q=q, k=k, v=v, mask=mask, block_mask=block_mask)
         settings = dict(is_causal=match.is_causal, scale=match.scale)
         if decision.op == "topk_attention":
             arguments = {**inputs, **settings, **options.producer_settings()}

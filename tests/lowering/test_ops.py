@@ -261,6 +261,9 @@ def test_mask_blocks_equals_brute_force(kind):
         r = torch.arange(6, dtype=torch.int32)
         assert torch.equal(got[0], torch.stack([0 * r, 0 * r, r, r + 1], -1))
     torch.library.opcheck(torch.ops.hylra.mask_blocks.default, (mask,), dict(block_size=8))
+    stored = torch.ops.hylra.shared_mask(mask)  # the copy the passes give every op of a graph
+    assert torch.equal(stored, mask) and stored.is_contiguous() and stored.data_ptr() != mask.data_ptr()
+    torch.library.opcheck(torch.ops.hylra.shared_mask.default, (mask,))
 
 
 def test_block_mask_changes_no_result_and_dense_op_is_sdpa():

@@ -22,14 +22,16 @@ from tests.tiny_models import CONFIGS, decode_step, padded_batch, prefill_logits
 HYLRA_OPS = {torch.ops.hylra.topk_attention.default: "topk_attention",
              torch.ops.hylra.sparse_attention.default: "sparse_attention",
              torch.ops.hylra.attention.default: "attention",
-             torch.ops.hylra.mask_blocks.default: "mask_blocks"}
+             torch.ops.hylra.mask_blocks.default: "mask_blocks",
+             torch.ops.hylra.shared_mask.default: "shared_mask"}
 _DTYPES = {torch.float32: "f32", torch.bfloat16: "bf16", torch.bool: "b8", torch.int32: "i32", torch.int8: "i8"}
 
 
 def attention_ops(gm: torch.fx.GraphModule) -> str:
     """The attention ops of a graph, one line each, with tensor operands as ``%n dtype[shape]`` (n numbers
-    distinct nodes in order of first use, so a node shared by several ops shows the same n), and ``block_idx``
-    and ``block_mask`` as the op they come from. Attention left in the graph (SDPA, softmax, matmul) is listed too."""
+    distinct nodes in order of first use, so a node shared by several ops shows the same n), and ``block_idx``,
+    ``block_mask`` and the stored mask as the op they come from. Attention left in the graph (SDPA, softmax, matmul)
+    is listed too."""
     ids: dict[torch.fx.Node, int] = {}
     producers: dict[torch.fx.Node, str] = {}
 
@@ -47,7 +49,7 @@ def attention_ops(gm: torch.fx.GraphModule) -> str:
         if node.target in HYLRA_OPS:
             name = f"{HYLRA_OPS[node.target]}#{sum(HYLRA_OPS[node.target] in line for line in lines)}"
             lines.append(f"{name}({', '.join(f'{k}={show(v)}' for k, v in node.kwargs.items())})")
-            if HYLRA_OPS[node.target] == "mask_blocks":
+            if HYLRA_OPS[node.target] in ("mask_blocks", "shared_mask"):
                 producers[node] = name
             for user in node.users:
                 if user.target is operator.getitem and user.args[1] == 1:
@@ -147,26 +149,30 @@ class GraphModule(torch.nn.Module):
 
     def test_hf_sdpa_prefill(self):
         self.assertExpectedInline(self.hf_views("sdpa", "prefill"), """\
-mask_blocks#0(mask=%0 b8[2, 1, 20, 20], block_size=8)
-topk_attention#0(q=%1 f32[2, 4, 20, 8], k=%2 f32[2, 2, 20, 8], v=%3 f32[2, 2, 20, 8], mask=%0 b8[2, 1, 20, 20], block_mask=mask_blocks#0, is_causal=False, scale=0.3536, block_size=8, n_select=3, sink_blocks=1, local_blocks=2)
-sparse_attention#0(q=%4 f32[2, 4, 20, 8], k=%5 f32[2, 2, 20, 8], v=%6 f32[2, 2, 20, 8], mask=%0 b8[2, 1, 20, 20], block_mask=mask_blocks#0, block_idx=topk_attention#0.block_idx, is_causal=False, scale=0.3536, block_size=8, min_seq_len=0)
-block_masks=1, consumer_sites=1, producer_sites=1, rewritten=2, sdpa_matched=2""")
+shared_mask#0(mask=%0 b8[2, 1, 20, 20])
+mask_blocks#0(mask=shared_mask#0, block_size=8)
+topk_attention#0(q=%1 f32[2, 4, 20, 8], k=%2 f32[2, 2, 20, 8], v=%3 f32[2, 2, 20, 8], mask=shared_mask#0, block_mask=mask_blocks#0, is_causal=False, scale=0.3536, block_size=8, n_select=3, sink_blocks=1, local_blocks=2)
+sparse_attention#0(q=%4 f32[2, 4, 20, 8], k=%5 f32[2, 2, 20, 8], v=%6 f32[2, 2, 20, 8], mask=shared_mask#0, block_mask=mask_blocks#0, block_idx=topk_attention#0.block_idx, is_causal=False, scale=0.3536, block_size=8, min_seq_len=0)
+block_masks=1, consumer_sites=1, producer_sites=1, rewritten=2, sdpa_matched=2, shared_masks=1""")
 
     def test_hf_sdpa_decode(self):
         self.assertExpectedInline(self.hf_views("sdpa", "decode"), """\
-topk_attention#0(q=%0 f32[2, 4, 1, 8], k=%1 f32[2, 2, 48, 8], v=%2 f32[2, 2, 48, 8], mask=%3 b8[2, 1, 1, 48], block_mask=None, is_causal=False, scale=0.3536, block_size=8, n_select=3, sink_blocks=1, local_blocks=2)
-sparse_attention#0(q=%4 f32[2, 4, 1, 8], k=%5 f32[2, 2, 48, 8], v=%6 f32[2, 2, 48, 8], mask=%3 b8[2, 1, 1, 48], block_mask=None, block_idx=topk_attention#0.block_idx, is_causal=False, scale=0.3536, block_size=8, min_seq_len=0)
-consumer_sites=1, producer_sites=1, rewritten=2, sdpa_matched=2""")
+shared_mask#0(mask=%0 b8[2, 1, 1, 48])
+topk_attention#0(q=%1 f32[2, 4, 1, 8], k=%2 f32[2, 2, 48, 8], v=%3 f32[2, 2, 48, 8], mask=shared_mask#0, block_mask=None, is_causal=False, scale=0.3536, block_size=8, n_select=3, sink_blocks=1, local_blocks=2)
+sparse_attention#0(q=%4 f32[2, 4, 1, 8], k=%5 f32[2, 2, 48, 8], v=%6 f32[2, 2, 48, 8], mask=shared_mask#0, block_mask=None, block_idx=topk_attention#0.block_idx, is_causal=False, scale=0.3536, block_size=8, min_seq_len=0)
+consumer_sites=1, producer_sites=1, rewritten=2, sdpa_matched=2, shared_masks=1""")
 
     def test_hf_eager_prefill(self):
         self.assertExpectedInline(self.hf_views("eager", "prefill"), """\
-mask_blocks#0(mask=%0 f32[2, 1, 20, 20], block_size=8)
-topk_attention#0(q=%1 f32[2, 4, 20, 8], k=%2 f32[2, 2, 20, 8], v=%3 f32[2, 2, 20, 8], mask=%0 f32[2, 1, 20, 20], block_mask=mask_blocks#0, is_causal=False, scale=0.3536, block_size=8, n_select=3, sink_blocks=1, local_blocks=2)
-sparse_attention#0(q=%4 f32[2, 4, 20, 8], k=%5 f32[2, 2, 20, 8], v=%6 f32[2, 2, 20, 8], mask=%0 f32[2, 1, 20, 20], block_mask=mask_blocks#0, block_idx=topk_attention#0.block_idx, is_causal=False, scale=0.3536, block_size=8, min_seq_len=0)
-block_masks=1, consumer_sites=1, eager_matched=2, producer_sites=1, rewritten=2""")
+shared_mask#0(mask=%0 f32[2, 1, 20, 20])
+mask_blocks#0(mask=shared_mask#0, block_size=8)
+topk_attention#0(q=%1 f32[2, 4, 20, 8], k=%2 f32[2, 2, 20, 8], v=%3 f32[2, 2, 20, 8], mask=shared_mask#0, block_mask=mask_blocks#0, is_causal=False, scale=0.3536, block_size=8, n_select=3, sink_blocks=1, local_blocks=2)
+sparse_attention#0(q=%4 f32[2, 4, 20, 8], k=%5 f32[2, 2, 20, 8], v=%6 f32[2, 2, 20, 8], mask=shared_mask#0, block_mask=mask_blocks#0, block_idx=topk_attention#0.block_idx, is_causal=False, scale=0.3536, block_size=8, min_seq_len=0)
+block_masks=1, consumer_sites=1, eager_matched=2, producer_sites=1, rewritten=2, shared_masks=1""")
 
     def test_hf_eager_decode(self):
         self.assertExpectedInline(self.hf_views("eager", "decode"), """\
-topk_attention#0(q=%0 f32[2, 4, 1, 8], k=%1 f32[2, 2, 48, 8], v=%2 f32[2, 2, 48, 8], mask=%3 f32[2, 1, 1, 48], block_mask=None, is_causal=False, scale=0.3536, block_size=8, n_select=3, sink_blocks=1, local_blocks=2)
-sparse_attention#0(q=%4 f32[2, 4, 1, 8], k=%5 f32[2, 2, 48, 8], v=%6 f32[2, 2, 48, 8], mask=%3 f32[2, 1, 1, 48], block_mask=None, block_idx=topk_attention#0.block_idx, is_causal=False, scale=0.3536, block_size=8, min_seq_len=0)
-consumer_sites=1, eager_matched=2, producer_sites=1, rewritten=2""")
+shared_mask#0(mask=%0 f32[2, 1, 1, 48])
+topk_attention#0(q=%1 f32[2, 4, 1, 8], k=%2 f32[2, 2, 48, 8], v=%3 f32[2, 2, 48, 8], mask=shared_mask#0, block_mask=None, is_causal=False, scale=0.3536, block_size=8, n_select=3, sink_blocks=1, local_blocks=2)
+sparse_attention#0(q=%4 f32[2, 4, 1, 8], k=%5 f32[2, 2, 48, 8], v=%6 f32[2, 2, 48, 8], mask=shared_mask#0, block_mask=None, block_idx=topk_attention#0.block_idx, is_causal=False, scale=0.3536, block_size=8, min_seq_len=0)
+consumer_sites=1, eager_matched=2, producer_sites=1, rewritten=2, shared_masks=1""")
