@@ -36,9 +36,11 @@ import time
 from pathlib import Path
 
 import torch
+from torch._dynamo.utils import counters
+from transformers import CompileConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_model import build_model, code_version  # noqa: E402
+from bench_model import build_model, code_version, copy_bandwidth  # noqa: E402
 
 import hylra_compile  # noqa: E402
 from hylra_compile import Policy  # noqa: E402
@@ -65,9 +67,6 @@ def timed_generate(model, ids, new_tokens: int, settings: dict) -> float:
 @torch.no_grad()
 def measure(model, variant: str, context: int, batch: int, args) -> dict:
     """One row: time to first token (s) and decode ms/token of ``variant`` at this context and batch."""
-    from torch._dynamo.utils import counters
-    from transformers import CompileConfig
-
     torch._dynamo.reset()
     compilation, settings = None, {}
     if variant == "eager":
@@ -103,16 +102,7 @@ def measure(model, variant: str, context: int, batch: int, args) -> dict:
 
 def bytes_floor(model, context: int, batch: int) -> dict:
     """Weights + dense KV cache bytes read once per token, at the copy bandwidth measured here (read + write)."""
-    source = torch.empty(1 << 30, dtype=torch.uint8, device=model.device)
-    target = torch.empty_like(source)
-    target.copy_(source)
-    synchronize()
-    start = time.perf_counter()
-    for _ in range(20):
-        target.copy_(source)
-    synchronize()
-    bandwidth = 2 * source.numel() * 20 / (time.perf_counter() - start)
-    del source, target
+    bandwidth = copy_bandwidth()
     config = model.config
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads

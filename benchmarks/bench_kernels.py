@@ -36,6 +36,9 @@ from hylra_compile.kernels import (  # noqa: E402
 from hylra_compile.kernels.decode import _decode  # noqa: E402
 from hylra_compile.kernels.prefill import _prefill_attn  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(__file__))
+from bench_model import copy_bandwidth  # noqa: E402
+
 HQ, HKV, D, BS, TOPK = 32, 8, 128, 64, 2048
 NSEL = TOPK // BS
 SINK, LOCAL = 1, 2
@@ -47,14 +50,6 @@ def med(fn, graph=False, rep=100):
     if graph:
         return 1e3 * do_bench_cudagraph(fn, rep=rep, return_mode="median")
     return 1e3 * do_bench(fn, warmup=10, rep=rep, return_mode="median")
-
-
-def copy_bandwidth():
-    n = 1 << 30
-    a = torch.empty(n, dtype=torch.uint8, device="cuda")
-    b = torch.empty_like(a)
-    t = do_bench(lambda: b.copy_(a), warmup=5, rep=200, return_mode="median") * 1e-3
-    return 2 * n / t
 
 
 def rel(a, b):

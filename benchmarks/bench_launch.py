@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from triton.testing import do_bench_cudagraph
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_model import code_version  # noqa: E402
@@ -50,23 +51,9 @@ def host_us(fn, calls: int) -> float:
     return sorted(rounds)[2]
 
 
-def graph_us(fn, replays: int = 50) -> float:
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    graph.replay()
-    start.record()
-    for _ in range(replays):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / replays * 1e3
+def graph_us(fn) -> float:
+    """Median device µs of ``fn`` replayed in a CUDA graph."""
+    return do_bench_cudagraph(fn, rep=100, return_mode="median") * 1e3
 
 
 def main() -> None:

@@ -25,6 +25,17 @@ from transformers import AutoModelForCausalLM, LlamaConfig, StaticCache
 from hylra_compile import HylraBackend, Policy
 
 
+def copy_bandwidth() -> float:
+    """Bytes per second a 1 GiB device-to-device copy moves (read + write), median of triton's do_bench."""
+    from triton.testing import do_bench
+
+    n = 1 << 30
+    a = torch.empty(n, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    t = do_bench(lambda: b.copy_(a), warmup=5, rep=200, return_mode="median") * 1e-3
+    return 2 * n / t
+
+
 def code_version() -> str:
     """``<short hash>: <subject>`` of the code measured: ``$HYLRA_CODE`` when set (a copy of the working tree on
     another machine may carry a stale .git), else this checkout's HEAD."""
