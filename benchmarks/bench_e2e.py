@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 from torch._dynamo.utils import counters
-from transformers import CompileConfig
+from transformers import CompileConfig, LogitsProcessor, LogitsProcessorList
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_model import build_model, code_version, copy_bandwidth  # noqa: E402
@@ -88,6 +88,8 @@ def measure(model, variant: str, context: int, batch: int, args) -> dict:
         first_run_s = time.perf_counter() - start
         ttft = [timed_generate(model, ids, 1, settings) for _ in range(args.repeats)]
         whole = [timed_generate(model, ids, 1 + args.new_tokens, settings) for _ in range(args.repeats)]
+        if args.profile:
+            profile_decode(model, ids, settings, args.out / f"profile-e2e-{variant}-{batch}x{context}.txt")
     finally:
         if compilation is not None:
             compilation.restore()
@@ -98,6 +100,38 @@ def measure(model, variant: str, context: int, batch: int, args) -> dict:
     if compilation is not None:
         row["graphs"] = {r.name: r.counts() for r in compilation.reports()}
     return row
+
+
+class _ProfileDecode(LogitsProcessor):
+    """Starts a profiler at the first token's logits: what it records is generate()'s decode steps alone."""
+
+    def __init__(self, profiler):
+        self.profiler, self.started = profiler, False
+
+    def __call__(self, input_ids, scores):
+        if not self.started:
+            synchronize()
+            self.profiler.start()
+            self.started = True
+        return scores
+
+
+def profile_decode(model, ids, settings: dict, path: Path, steps: int = 8) -> None:
+    """A torch.profiler table (by device time, then by host time) of ``steps`` decode steps inside generate()."""
+    from torch.profiler import ProfilerActivity, profile
+
+    profiler = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+    start = _ProfileDecode(profiler)
+    model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=1 + steps, min_new_tokens=1 + steps,
+                   do_sample=False, cache_implementation="static", logits_processor=LogitsProcessorList([start]),
+                   **settings)
+    synchronize()
+    profiler.stop()
+    averages = profiler.key_averages()
+    path.write_text(f"{steps} decode steps inside generate(), by device time\n"
+                    + averages.table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70)
+                    + "\nby host time\n"
+                    + averages.table(sort_by="cpu_time_total", row_limit=30, max_name_column_width=70) + "\n")
 
 
 def bytes_floor(model, context: int, batch: int) -> dict:
@@ -182,6 +216,8 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=2048)
     parser.add_argument("--prefill-chunk", type=int, default=None, help="prefill_chunk_size for every variant")
     parser.add_argument("--small", action="store_true", help="tiny widths (a CPU smoke run)")
+    parser.add_argument("--profile", action="store_true", help="also a torch.profiler table of 8 decode steps "
+                        "inside generate() per variant (profile-e2e-<variant>-<batch>x<context>.txt)")
     parser.add_argument("--run", default=None, help="run label grouping rows for ratios (several calls on one "
                         "machine, one after the other); default: this call's start time")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
