@@ -265,15 +265,9 @@ def bench_prefill(res, B, S, do_flex, rep=100, rounds=7):
         row["producer_kernels_us"] = kernel_times(prod)
     import hylra_compile.kernels.prefill as P
 
-    row["producer_path"] = "one-pass (stored block LSEs)" if P.one_pass_fits(B, HQ, S, S, BS) \
-        else "two-pass (recompute QK^T)"
-    if row["producer_path"].startswith("one"):
-        saved, P.X_BUDGET_BYTES = P.X_BUDGET_BYTES, 0
-        try:
-            row["producer_2pass_us"] = med(prod, rep=rep)
-        finally:
-            P.X_BUDGET_BYTES = saved
-    fa = lambda: _prefill_attn(q, k, v, None, True, None, BS, None, 0, True)  # noqa: E731
+    hp = P._launch_cfg("dense_x", HQ // HKV, BS, D)[0]
+    row["producer_launches"] = triton.cdiv(triton.cdiv(S, BS) * B * HQ // hp, P.x_chunk(triton.cdiv(S, BS), hp, BS))
+    fa = lambda: _prefill_attn(q, k, v, None, True, None, BS, None, 0)  # noqa: E731
     row["producer_pass1_fa_us"] = med(fa, rep=rep)
     row["dense_fa_tflops"] = flops_dense / (row["producer_pass1_fa_us"] * 1e-6) / 1e12
     row["sdpa_tflops"] = flops_dense / (row["sdpa_causal_us"] * 1e-6) / 1e12
@@ -332,7 +326,7 @@ def sweep_prefill(out, res, S=32768):
         for kind, (idx, imp) in runs.items():
             try:
                 out[f"prefill_{kind} S={S} {tag}"] = med(
-                    lambda: _prefill_attn(q, k, v, None, True, None, BS, idx, 0, idx is None, importance=imp, cfg=cfg),
+                    lambda: _prefill_attn(q, k, v, None, True, None, BS, idx, 0, importance=imp, cfg=cfg),
                     rep=100)
             except Exception as e:  # noqa: BLE001 (a config can exceed shared memory)
                 out[f"prefill_{kind} S={S} {tag} error"] = repr(e)[:100]
@@ -342,20 +336,12 @@ def sweep_prefill(out, res, S=32768):
 
 
 def profile_prefill(S=32768):
-    """Per-kernel device times (µs per call) of the prefill producer's two paths, via torch.profiler."""
-    import hylra_compile.kernels.prefill as P
-
+    """Per-kernel device times (µs per call) of the prefill producer, via torch.profiler."""
     q, k, v = qkv(1, S, S)
-    for name, budget in [("one-pass", P.X_BUDGET_BYTES), ("two-pass", 0)]:
-        saved, P.X_BUDGET_BYTES = P.X_BUDGET_BYTES, budget
-        try:
-            times = kernel_times(lambda: prefill_topk_attention(
-                q, k, v, None, is_causal=True, scale=None, block_size=BS, n_select=NSEL, sink_blocks=SINK,
-                local_blocks=LOCAL,
-            ))
-        finally:
-            P.X_BUDGET_BYTES = saved
-        print(f"== profile producer {name} S={S}: {json.dumps(times)}", flush=True)
+    times = kernel_times(lambda: prefill_topk_attention(
+        q, k, v, None, is_causal=True, scale=None, block_size=BS, n_select=NSEL, sink_blocks=SINK, local_blocks=LOCAL,
+    ))
+    print(f"== profile producer S={S}: {json.dumps(times)}", flush=True)
 
 
 def targets(res):
@@ -420,14 +406,14 @@ def write(res, meta, outdir):
     pre = [r for r in res if r["case"].startswith("prefill")]
     if pre:
         lines += ["", "## Prefill (causal)", "",
-                  "| case | SDPA causal | producer | prod/SDPA | producer path | two-pass producer | FA alone | consumer | "
+                  "| case | SDPA causal | producer | prod/SDPA | producer launches | FA alone | consumer | "
                   "SDPA/consumer | Flex | TFLOP/s SDPA / our FA / consumer |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in pre:
             fl = f"{r['flex_us']:.0f}" if "flex_us" in r else r.get("flex_error", "-")[:40]
             lines.append(
                 f"| {r['case']} | {r['sdpa_causal_us']:.0f} | {r['producer_us']:.0f} | {r['producer_vs_sdpa']:.2f} | "
-                f"{r.get('producer_path', '-')} | {r.get('producer_2pass_us', r['producer_us']):.0f} | "
+                f"{r.get('producer_launches', '-')} | "
                 f"{r['producer_pass1_fa_us']:.0f} | {r['consumer_us']:.0f} | {r['consumer_speedup_vs_sdpa']:.2f}x | {fl} | "
                 f"{r['sdpa_tflops']:.0f} / {r['dense_fa_tflops']:.0f} / {r['consumer_tflops']:.0f} |")
     iso = [r for r in pre if "isolated_us" in r]

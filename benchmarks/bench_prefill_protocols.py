@@ -36,7 +36,7 @@ fns = {"sdpa": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, e
            q, k, v, None, is_causal=True, scale=None, block_size=BS, n_select=NSEL, sink_blocks=SINK,
            local_blocks=LOCAL,
        ),
-       "fa": lambda: P._prefill_attn(q, k, v, None, True, None, BS, None, 0, True),
+       "fa": lambda: P._prefill_attn(q, k, v, None, True, None, BS, None, 0),
        "consumer": lambda: P.prefill_sparse_attention(
            q, k, v, bidx, None, is_causal=True, scale=None, block_size=BS, min_seq_len=0,
        )}

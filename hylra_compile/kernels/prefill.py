@@ -5,14 +5,13 @@ rows: 256 for block 64 and G >= 4), so each K/V tile it loads serves HP heads. T
 first (``_program_rows``): under a causal mask a program's cost grows with its query block, and a heavy program
 dispatched last would run alone on a few SMs.
 
-Producer, one-pass path (when the fp32 scratch of one value per query row and KV block fits in ``X_BUDGET_BYTES``):
-``_prefill_attn_kernel`` (dense, causal loop bound) stores each row's block log2-sum-exp
-x[row, c] = m + log2(sum_j exp2(s_j - m)) in its own [n_kb, rows] slice; once the row's log2-sum-exp is final, the
-same program reads its rows back and sums exp2(x - lse_row) over its heads and queries (the exact softmax mass) into
-Imp[b, head group, query block, c]; ``_prefill_select_kernel`` sums the head groups of a KV head and selects per query
-block. Two launches.
-Two-pass path (larger inputs): the same FA kernel without x, then ``_prefill_importance_kernel`` recomputes QK^T per
-(query block, KV block) and sums exp2(s - lse) into the same Imp, then ``_prefill_select_kernel``. Three launches.
+Producer (one pass over K/V): ``_prefill_attn_kernel`` (dense, causal loop bound) stores each row's block
+log2-sum-exp x[row, c] = m + log2(sum_j exp2(s_j - m)) in its program's own [n_kb, rows] scratch slice; once the row's
+log2-sum-exp is final, the same program reads its rows back and sums exp2(x - lse_row) over its heads and queries (the
+exact softmax mass) into Imp[b, head group, query block, c]; ``_prefill_select_kernel`` sums the head groups of a KV
+head and selects per query block. The scratch holds at most ``X_BUDGET_BYTES``: where the grid's slices would not
+fit (128K tokens x 32 heads would need 34 GB), the grid is launched in chunks of programs that reuse it, one after
+the other on the stream. One launch per chunk, then the selection.
 
 Consumer (1 launch): ``_prefill_attn_kernel`` with SPARSE=True over the query block's selected KV blocks; rows with
 fewer than ``min_seq_len`` allowed keys (decided in the kernel) also visit the unselected blocks.
@@ -83,14 +82,14 @@ def _attn_block(q, acc, m_i, l_i, c, valid, k_base, v_base, m_base, skn, skd, sv
 
 
 @triton.jit
-def _program_rows(Q, sqb, sqh, sqs, sqd, Hq, Sq, n_qb, HP: tl.constexpr, G: tl.constexpr, QB: tl.constexpr,
+def _program_rows(Q, sqb, sqh, sqs, sqd, Hq, Sq, n_qb, pid0, HP: tl.constexpr, G: tl.constexpr, QB: tl.constexpr,
                   D: tl.constexpr):
-    """The rows of program program_id(0) of a 1-D grid of n_qb * B * Hq / HP: HP heads of one KV head x the QB
-    queries of one query block. For each (batch, head group) in turn, query blocks go from last to first: a causal
+    """The rows of program pid0 + program_id(0) of a 1-D grid of n_qb * B * Hq / HP (launched whole, or in chunks
+    starting at pid0): HP heads of one KV head x the QB queries of one query block. For each (batch, head group) in turn, query blocks go from last to first: a causal
     program costs more for a later query block, so the heaviest start first and the lightest fill the last wave
     (2.8% faster at 32K than first to last); consecutive programs share a KV head, whose K/V then stay in L2.
     Returns qb, b, head group, KV head, then per row head, q0, query position, in range, and q [HP * QB, D]."""
-    pid = tl.program_id(0)
+    pid = pid0 + tl.program_id(0)
     qb = n_qb - 1 - pid % n_qb
     pid1 = pid // n_qb
     n_hg = Hq // HP
@@ -175,20 +174,21 @@ def _block_ranges(Blocks, b, qb, sbb, sbr, n_blocks, n_whole, MASK_KIND: tl.cons
 
 @triton.jit
 def _prefill_attn_kernel(
-    Q, K, V, Mask, Blocks, Idx, Out, Lse, X, Imp,
+    Q, K, V, Mask, Blocks, Idx, Out, X, Imp,
     sqb, sqh, sqs, sqd,
     skb, skh, skn, skd,
     svb, svh, svn, svd,
     smb, smq, smk, sbb, sbr,
     sib, sih, sir, sis,
     sob, soh, sos, sod,
-    Hq, Sq, Skv, n_kb, n_qb, n_sel, qk_scale, mask_thr, min_seq_len,
+    Hq, Sq, Skv, n_kb, n_qb, n_sel, qk_scale, mask_thr, min_seq_len, pid0,
     HP: tl.constexpr, G: tl.constexpr, QB: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
-    MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, SPARSE: tl.constexpr, WRITE_LSE: tl.constexpr,
+    MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, SPARSE: tl.constexpr,
     N_SEL_PAD: tl.constexpr, WRITE_X: tl.constexpr, PTX: tl.constexpr, C_T: tl.constexpr,
     HAS_BLOCKS: tl.constexpr,
 ):
-    qb, b, hg, kvh, head, q0, qpos, row_ok, q = _program_rows(Q, sqb, sqh, sqs, sqd, Hq, Sq, n_qb, HP, G, QB, D)
+    qb, b, hg, kvh, head, q0, qpos, row_ok, q = _program_rows(Q, sqb, sqh, sqs, sqd, Hq, Sq, n_qb, pid0, HP, G, QB,
+                                                              D)
     M: tl.constexpr = HP * QB
     offs_d = tl.arange(0, D)
     offs_dv = tl.arange(0, DV)
@@ -203,7 +203,7 @@ def _prefill_attn_kernel(
     # HAS_BLOCKS: only blocks [first, end) hold allowed keys; [full_first, full_end) run with no mask reads.
     first, full_first, full_end, end = _block_ranges(Blocks, b, qb, sbb, sbr, n_blocks, n_whole, MASK_KIND,
                                                      HAS_BLOCKS)
-    x_base = X + tl.program_id(0).to(tl.int64) * n_kb * M + tl.arange(0, M)  # X [programs, n_kb, M]
+    x_base = X + tl.program_id(0).to(tl.int64) * n_kb * M + tl.arange(0, M)  # X [programs of a launch, n_kb, M]
 
     if SPARSE:
         i_base = Idx + b * sib + kvh * sih + qb * sir
@@ -267,16 +267,13 @@ def _prefill_attn_kernel(
     out = tl.where(l_ok[:, None], acc / tl.where(l_ok, l_i, 1.0)[:, None], 0.0)
     tl.store(Out + b * sob + head[:, None] * soh + qpos.to(tl.int64)[:, None] * sos + offs_dv[None, :] * sod,
              out.to(Out.dtype.element_ty), mask=row_ok[:, None])
-    m_safe = tl.where(m_i == float("-inf"), 0.0, m_i)
-    lse = tl.where(l_ok, m_safe + tl.log2(tl.where(l_ok, l_i, 1.0)), float("-inf"))
-    if WRITE_LSE:
-        tl.store(Lse + (b * Hq + head) * Sq + qpos, lse, mask=row_ok)
     if WRITE_X:
         # Importance: read back the x rows this program stored, C_T blocks at a time, now that the row LSEs are
         # final. The barrier makes the other lanes' stores visible; .cg reads them from L2. Rows with no allowed
         # key contribute 0 (lse -> +inf); a block is a candidate if some row has an allowed key in it.
         tl.debug_barrier()
-        lse_r = tl.where(l_ok & row_ok, lse, float("inf"))
+        m_safe = tl.where(m_i == float("-inf"), 0.0, m_i)
+        lse_r = tl.where(l_ok & row_ok, m_safe + tl.log2(tl.where(l_ok, l_i, 1.0)), float("inf"))
         offs_t = tl.arange(0, C_T)
         imp_base = Imp + ((b * (Hq // HP) + hg) * n_qb + qb) * n_kb
         # The next tile is loaded before this one is reduced: the loop is bound by load latency. Blocks outside
@@ -300,64 +297,6 @@ def _prefill_attn_kernel(
 
 
 @triton.jit
-def _block_importance(q, k_base, m_base, c, qpos, row_ok, lse, skn, skd, smq, smk, Skv, qk_scale, mask_thr,
-                      offs_n, offs_d, QB: tl.constexpr, MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr,
-                      FULL: tl.constexpr):
-    """Sum of the exact probabilities of the rows over KV block c; -1 if c holds no allowed key of the rows.
-    FULL: every key of c is allowed for every row (no mask read, no bounds)."""
-    k_ptrs = k_base + tl.cast(c * QB, tl.int64) * skn + offs_n[:, None] * skn + offs_d[None, :] * skd
-    if FULL:
-        p = tl.exp2(tl.dot(q, tl.trans(tl.load(k_ptrs))) * qk_scale - lse[:, None])
-        return tl.sum(tl.sum(tl.where(row_ok[:, None], p, 0.0), 1), 0)
-    allowed, bias = mask_tile(m_base, smq, smk, qpos, c * QB + offs_n, row_ok, Skv, mask_thr, MASK_KIND, IS_CAUSAL)
-    kmask = tl.max(allowed.to(tl.int32), 0) != 0
-    sc = tl.dot(q, tl.trans(tl.load(k_ptrs, mask=kmask[:, None], other=0.0))) * qk_scale
-    if MASK_KIND == 2:
-        sc += bias * 1.4426950408889634
-    val = tl.sum(tl.sum(tl.where(allowed, tl.exp2(sc - lse[:, None]), 0.0), 1), 0)
-    return tl.where(tl.sum(kmask.to(tl.int32), 0) > 0, val, -1.0)
-
-
-@triton.jit
-def _prefill_importance_kernel(
-    Q, K, Mask, Blocks, Lse, Imp,
-    sqb, sqh, sqs, sqd,
-    skb, skh, skn, skd,
-    smb, smq, smk, sbb, sbr,
-    Hq, Sq, Skv, n_kb, n_qb, qk_scale, mask_thr,
-    HP: tl.constexpr, G: tl.constexpr, QB: tl.constexpr, D: tl.constexpr,
-    MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_BLOCKS: tl.constexpr,
-):
-    """Imp[b, head group, qb, c] = sum of exact probabilities of the group's rows over KV block c; -1 if c holds no
-    allowed key of the query block."""
-    qb, b, hg, kvh, head, q0, qpos, row_ok, q = _program_rows(Q, sqb, sqh, sqs, sqd, Hq, Sq, n_qb, HP, G, QB, D)
-    n_hg = Hq // HP
-    offs_d = tl.arange(0, D)
-    offs_n = tl.arange(0, QB)
-    lse = tl.load(Lse + (b * Hq + head) * Sq + qpos, mask=row_ok, other=float("-inf"))
-    lse = tl.where(lse == float("-inf"), float("inf"), lse)  # rows with no allowed key contribute 0
-    k_base = K + b * skb + kvh * skh
-    m_base = Mask + b * smb
-    imp_base = Imp + ((b * n_hg + hg) * n_qb + qb) * n_kb
-    _kv_end, n_blocks, n_whole = _kv_blocks(q0, Skv, QB, QB, IS_CAUSAL)
-    first, full_first, full_end, end = _block_ranges(Blocks, b, qb, sbb, sbr, n_blocks, n_whole, MASK_KIND,
-                                                     HAS_BLOCKS)
-    for c in range(0, first):
-        tl.store(imp_base + c, -1.0)
-    for c in range(first, full_first):
-        tl.store(imp_base + c, _block_importance(q, k_base, m_base, c, qpos, row_ok, lse, skn, skd, smq, smk, Skv,
-                                                 qk_scale, mask_thr, offs_n, offs_d, QB, MASK_KIND, IS_CAUSAL, False))
-    for c in range(full_first, full_end):
-        tl.store(imp_base + c, _block_importance(q, k_base, m_base, c, qpos, row_ok, lse, skn, skd, smq, smk, Skv,
-                                                 qk_scale, mask_thr, offs_n, offs_d, QB, MASK_KIND, IS_CAUSAL, True))
-    for c in range(full_end, end):
-        tl.store(imp_base + c, _block_importance(q, k_base, m_base, c, qpos, row_ok, lse, skn, skd, smq, smk, Skv,
-                                                 qk_scale, mask_thr, offs_n, offs_d, QB, MASK_KIND, IS_CAUSAL, False))
-    for c in range(end, n_kb):
-        tl.store(imp_base + c, -1.0)
-
-
-@triton.jit
 def _prefill_select_kernel(Imp, BlockIdx, n_kb, n_select, sink_blocks, local_blocks,
                            NG: tl.constexpr, C_PAD: tl.constexpr, N_SEL_PAD: tl.constexpr):
     """One program per (b, kv head, query block) row; Imp [B, Hkv, NG, n_qb, n_kb] with NG head groups."""
@@ -376,8 +315,8 @@ def _prefill_select_kernel(Imp, BlockIdx, n_kb, n_select, sink_blocks, local_blo
                N_SEL_PAD)
 
 
-# The one-pass producer keeps an fp32 block log-sum-exp per (query row, KV block), B * Hq * Sq * n_kb * 4 bytes;
-# above this size it recomputes QK^T in a second pass instead (e.g. 128K tokens x 32 heads would need 34 GB).
+# The producer's scratch: an fp32 block log-sum-exp per (query row, KV block), n_kb * HP * block_size * 4 bytes per
+# program. A grid whose scratch would exceed this is launched in chunks of programs that reuse one buffer.
 X_BUDGET_BYTES = 4 << 30
 # KV blocks per step when a producer program reads its block log-sum-exps back ([X_STEP_BLOCKS, rows] tiles). At
 # 32K on the H100 (FA pass with this read-back, results/explore-session4-*.json): 32 -> 17.5 ms, 64 -> 16.9,
@@ -385,10 +324,9 @@ X_BUDGET_BYTES = 4 << 30
 X_STEP_BLOCKS = 64
 
 
-def one_pass_fits(B: int, Hq: int, Sq: int, Skv: int, block_size: int) -> bool:
-    """Whether the one-pass producer's scratch (an fp32 per query row, padded to whole query blocks, and KV block)
-    fits in X_BUDGET_BYTES."""
-    return B * Hq * triton.cdiv(Sq, block_size) * block_size * triton.cdiv(Skv, block_size) * 4 <= X_BUDGET_BYTES
+def x_chunk(n_kb: int, HP: int, block_size: int) -> int:
+    """Producer programs per launch: as many as X_BUDGET_BYTES of scratch holds (at least one)."""
+    return max(1, X_BUDGET_BYTES // (n_kb * HP * block_size * 4))
 
 
 def _pack(G: int, block_size: int, max_rows: int) -> int:
@@ -405,7 +343,7 @@ def _pack(G: int, block_size: int, max_rows: int) -> int:
 # 19.4 for 2 x 64 taking two KV blocks per step, the best while these stores went through shared memory); the
 # sparse consumer with 4 x 64, 16 warps and 2 stages (2.43 vs 2.57 ms with 3 stages, paired over 20 calls;
 # 2.49 with 8 warps).
-TUNED = {"dense": (256, 8, 3), "dense_x": (256, 8, 3), "sparse": (256, 16, 2), "importance": (128, 4, 3)}
+TUNED = {"dense": (256, 8, 3), "dense_x": (256, 8, 3), "sparse": (256, 16, 2)}
 
 
 # (kernel, its constexpr arguments) -> the most pipeline stages whose shared memory fits this GPU.
@@ -440,12 +378,12 @@ def _launch_cfg(kind: str, G: int, block_size: int, D: int):
     return hp, nw, ns
 
 
-def _prefill_attn(q, k, v, mask, is_causal, scale, block_size, block_idx, min_seq_len, write_lse, importance=False,
-                  cfg=None, block_mask=None):
-    """One FA launch: dense (block_idx None) or sparse. Returns (out, lse or None, imp or None): ``importance=True``
-    (dense only) also stores the block log-sum-exps in a scratch buffer and reduces them into
-    imp [B, Hq / HP, n_qb, n_kb] (see the module docstring). ``cfg`` overrides the tuned (HP, num_warps,
-    num_stages). ``block_mask``: reference.mask_blocks of ``mask`` (blocks to skip or to run without mask reads)."""
+def _prefill_attn(q, k, v, mask, is_causal, scale, block_size, block_idx, min_seq_len, importance=False, cfg=None,
+                  block_mask=None):
+    """The FA pass: dense (block_idx None) or sparse. Returns (out, imp or None): ``importance=True`` (dense only)
+    also stores the block log-sum-exps in a scratch buffer and reduces them into imp [B, Hq / HP, n_qb, n_kb] (see
+    the module docstring), launching the grid in chunks whose scratch fits X_BUDGET_BYTES. ``cfg`` overrides the
+    tuned (HP, num_warps, num_stages). ``block_mask``: reference.mask_blocks of ``mask`` (blocks to skip or to run without mask reads)."""
     B, Hq, Sq, D = q.shape
     Hkv, Skv, DV = k.shape[1], k.shape[2], v.shape[3]
     G = Hq // Hkv
@@ -463,26 +401,26 @@ def _prefill_attn(q, k, v, mask, is_causal, scale, block_size, block_idx, min_se
     else:
         idx, n_sel, sidx = q, 0, (0, 0, 0, 0)
     out = torch.empty(B, Hq, Sq, DV, dtype=q.dtype, device=dev)
-    lse = torch.empty(B, Hq, Sq, dtype=torch.float32, device=dev) if write_lse else None
-    grid = n_qb * B * (Hq // HP)
-    x_buf = torch.empty(grid, n_kb, HP * block_size, dtype=torch.float32, device=dev) if importance else None
     imp = torch.empty(B, Hq // HP, n_qb, n_kb, dtype=torch.float32, device=dev) if importance else None
-    _launch_fitted(_prefill_attn_kernel, (grid,), (
-        q, k, v, m, blocks, idx, out, out if lse is None else lse, out if x_buf is None else x_buf,
-        out if imp is None else imp,
-        q.stride(0), q.stride(1), q.stride(2), q.stride(3),
-        k.stride(0), k.stride(1), k.stride(2), k.stride(3),
-        v.stride(0), v.stride(1), v.stride(2), v.stride(3),
-        smb, smq, smk, sbb, sbr, *sidx,
-        out.stride(0), out.stride(1), out.stride(2), out.stride(3),
-        Hq, Sq, Skv, n_kb, n_qb, n_sel, scale * LOG2E, thr, min_seq_len,
-    ), dict(
+    grid = n_qb * B * (Hq // HP)
+    chunk = x_chunk(n_kb, HP, block_size) if importance else grid
+    x_buf = torch.empty(min(chunk, grid), n_kb, HP * block_size, dtype=torch.float32, device=dev) if importance else None
+    constexprs = dict(
         HP=HP, G=G, QB=block_size, BLOCK_N=block_size, D=D, DV=DV, MASK_KIND=kind, IS_CAUSAL=bool(is_causal),
-        SPARSE=sparse, WRITE_LSE=write_lse, N_SEL_PAD=triton.next_power_of_2(max(n_sel, 1)),
-        WRITE_X=importance, PTX=ptx_stores(q), C_T=min(X_STEP_BLOCKS, triton.next_power_of_2(n_kb)),
-        HAS_BLOCKS=block_mask is not None,
-    ), nw, ns)
-    return out, lse, imp
+        SPARSE=sparse, N_SEL_PAD=triton.next_power_of_2(max(n_sel, 1)), WRITE_X=importance, PTX=ptx_stores(q),
+        C_T=min(X_STEP_BLOCKS, triton.next_power_of_2(n_kb)), HAS_BLOCKS=block_mask is not None,
+    )
+    for pid0 in range(0, grid, chunk):  # one launch unless the scratch is over budget
+        _launch_fitted(_prefill_attn_kernel, (min(chunk, grid - pid0),), (
+            q, k, v, m, blocks, idx, out, out if x_buf is None else x_buf, out if imp is None else imp,
+            q.stride(0), q.stride(1), q.stride(2), q.stride(3),
+            k.stride(0), k.stride(1), k.stride(2), k.stride(3),
+            v.stride(0), v.stride(1), v.stride(2), v.stride(3),
+            smb, smq, smk, sbb, sbr, *sidx,
+            out.stride(0), out.stride(1), out.stride(2), out.stride(3),
+            Hq, Sq, Skv, n_kb, n_qb, n_sel, scale * LOG2E, thr, min_seq_len, pid0,
+        ), constexprs, nw, ns)
+    return out, imp
 
 
 def _select(imp, block_idx, n_kb, n_select, sink_blocks, local_blocks, NG):
@@ -498,43 +436,23 @@ def _select(imp, block_idx, n_kb, n_select, sink_blocks, local_blocks, NG):
 def prefill_topk_attention(q, k, v, mask, block_mask=None, *, is_causal, scale, block_size, n_select, sink_blocks,
                            local_blocks):
     """Producer for any Sq: (out [B, Hq, Sq, Dv], block_idx int32 [B, Hkv, ceil(Sq/bs), n_select])."""
-    B, Hq, Sq, D = q.shape
+    B, Hq, Sq, _ = q.shape
     Hkv, Skv = k.shape[1], k.shape[2]
-    G = Hq // Hkv
     n_kb, n_qb = triton.cdiv(Skv, block_size), triton.cdiv(Sq, block_size)
     block_idx = torch.empty(B, Hkv, n_qb, n_select, dtype=torch.int32, device=q.device)
-    if one_pass_fits(B, Hq, Sq, Skv, block_size):
-        # One pass: the FA kernel stores each row's block log-sum-exp and turns them into exact importances once
-        # the row LSEs are known (no second QK^T pass).
-        out, _, imp = _prefill_attn(q, k, v, mask, is_causal, scale, block_size, None, 0, False, importance=True,
-                                    block_mask=block_mask)
-        _select(imp, block_idx, n_kb, n_select, sink_blocks, local_blocks, imp.shape[1] // Hkv)
-        return out, block_idx
-    out, lse, _ = _prefill_attn(q, k, v, mask, is_causal, scale, block_size, None, 0, True, block_mask=block_mask)
-    blocks, sbb, sbr = block_mask_args(block_mask, q)
-    scale = 1.0 / math.sqrt(D) if scale is None else scale
-    m, kind, smb, smq, smk, thr = mask_args(mask, B, Sq, Skv, q)
-    HP, nw, ns = _launch_cfg("importance", G, block_size, D)
-    imp = torch.empty(B, Hq // HP, n_qb, n_kb, dtype=torch.float32, device=q.device)
-    _launch_fitted(_prefill_importance_kernel, (n_qb * B * (Hq // HP),), (
-        q, k, m, blocks, lse, imp,
-        q.stride(0), q.stride(1), q.stride(2), q.stride(3),
-        k.stride(0), k.stride(1), k.stride(2), k.stride(3),
-        smb, smq, smk, sbb, sbr,
-        Hq, Sq, Skv, n_kb, n_qb, scale * LOG2E, thr,
-    ), dict(HP=HP, G=G, QB=block_size, D=D, MASK_KIND=kind, IS_CAUSAL=bool(is_causal),
-            HAS_BLOCKS=block_mask is not None), nw, ns)
-    _select(imp, block_idx, n_kb, n_select, sink_blocks, local_blocks, G // HP)
+    out, imp = _prefill_attn(q, k, v, mask, is_causal, scale, block_size, None, 0, importance=True,
+                             block_mask=block_mask)
+    _select(imp, block_idx, n_kb, n_select, sink_blocks, local_blocks, imp.shape[1] // Hkv)
     return out, block_idx
 
 
 def prefill_sparse_attention(q, k, v, block_idx, mask, block_mask=None, *, is_causal, scale, block_size, min_seq_len,
                              **kw):
     """Consumer for any Sq: block-sparse FlashAttention over each query block's selected KV blocks."""
-    return _prefill_attn(q, k, v, mask, is_causal, scale, block_size, block_idx, min_seq_len, False,
+    return _prefill_attn(q, k, v, mask, is_causal, scale, block_size, block_idx, min_seq_len,
                          block_mask=block_mask, **kw)[0]
 
 
 def prefill_attention(q, k, v, mask, block_mask=None, *, is_causal, scale, block_size, **kw):
     """Dense attention for any Sq (a layer the policy leaves dense): the FlashAttention pass alone."""
-    return _prefill_attn(q, k, v, mask, is_causal, scale, block_size, None, 0, False, block_mask=block_mask, **kw)[0]
+    return _prefill_attn(q, k, v, mask, is_causal, scale, block_size, None, 0, block_mask=block_mask, **kw)[0]
