@@ -16,8 +16,11 @@ Rows, all through ``model.generate(..., cache_implementation="static")``:
   ``Policy.every(7)`` / ``Policy.every(4)`` (that many of 32 layers dense), prefill and decode rewritten, decode
   replayed as CUDA graphs.
 
-Time to first token is a ``generate()`` of one token; decode ms/token is ``(T(1 + n) - T(1)) / n``. Each variant
-runs once untimed first (compiles, and sizes the cache). ``--floors`` adds two rows: ``floor-512``, the ``full``
+A logits processor stamps the time (after a synchronize) at each new token's logits: time to first token is the
+first stamp, decode ms/token the median of the intervals between stamps (each a whole step of ``generate()``:
+forward, sampling, stopping criteria), over ``--repeats`` calls of ``1 + n`` tokens. (``(T(1 + n) - T(1)) / n`` of
+two calls, used before, carries the difference of two prefills: at 128K a 1% change of a 6 s prefill is 2 ms per
+token over 32 tokens.) Each variant runs once untimed first (compiles, and sizes the cache). ``--floors`` adds two rows: ``floor-512``, the ``full``
 row's decode with a 512-token prompt (what everything but attention costs on this stack, through ``generate()``
 with CUDA graphs; the dense Inductor rows are no floor: their decode takes as long at 512 tokens as at 32K), and
 ``bytes-floor``, the weights plus the dense KV cache read once per token at the measured copy bandwidth. Rows are
@@ -55,13 +58,28 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def timed_generate(model, ids, new_tokens: int, settings: dict) -> float:
+class _AtEachToken(LogitsProcessor):
+    """Calls ``hook()`` when each new token's logits are ready (after a synchronize), inside generate()."""
+
+    def __init__(self, hook):
+        self.hook = hook
+
+    def __call__(self, input_ids, scores):
+        synchronize()
+        self.hook()
+        return scores
+
+
+def timed_generate(model, ids, new_tokens: int, settings: dict) -> list[float]:
+    """Seconds from the call to each new token's logits (generate() synchronises at every token anyway)."""
+    stamps = []
+    clock = _AtEachToken(lambda: stamps.append(time.perf_counter()))
     synchronize()
     start = time.perf_counter()
     model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                   do_sample=False, cache_implementation="static", **settings)
-    synchronize()
-    return time.perf_counter() - start
+                   do_sample=False, cache_implementation="static", logits_processor=LogitsProcessorList([clock]),
+                   **settings)
+    return [stamp - start for stamp in stamps]
 
 
 @torch.no_grad()
@@ -84,44 +102,39 @@ def measure(model, variant: str, context: int, batch: int, args) -> dict:
     ids = torch.randint(0, model.config.vocab_size, (batch, context), device=model.device)
     try:
         start = time.perf_counter()
-        timed_generate(model, ids, 1 + args.new_tokens, settings)  # compiles; sizes the cache for both calls below
+        timed_generate(model, ids, 1 + args.new_tokens, settings)  # compiles; sizes the cache for the calls below
         first_run_s = time.perf_counter() - start
-        ttft = [timed_generate(model, ids, 1, settings) for _ in range(args.repeats)]
-        whole = [timed_generate(model, ids, 1 + args.new_tokens, settings) for _ in range(args.repeats)]
+        runs = [timed_generate(model, ids, 1 + args.new_tokens, settings) for _ in range(args.repeats)]
         if args.profile:
             profile_decode(model, ids, settings, args.out / f"profile-e2e-{variant}-{batch}x{context}.txt")
     finally:
         if compilation is not None:
             compilation.restore()
-    row = {"variant": variant, "context": context, "batch": batch, "ttft_s": statistics.median(ttft),
-           "decode_ms": (statistics.median(whole) - statistics.median(ttft)) / args.new_tokens * 1e3,
-           "first_run_s": first_run_s, "ttft_runs_s": ttft, "whole_runs_s": whole,
+    steps_ms = [(later - earlier) * 1e3 for run in runs for earlier, later in zip(run, run[1:])]
+    row = {"variant": variant, "context": context, "batch": batch, "ttft_s": statistics.median(run[0] for run in runs),
+           "decode_ms": statistics.median(steps_ms), "first_run_s": first_run_s,
+           "ttft_runs_s": [run[0] for run in runs], "decode_steps_ms": steps_ms,
            "cudagraph_skips": counters["inductor"]["cudagraph_skips"]}
     if compilation is not None:
         row["graphs"] = {r.name: r.counts() for r in compilation.reports()}
     return row
 
 
-class _ProfileDecode(LogitsProcessor):
-    """Starts a profiler at the first token's logits: what it records is generate()'s decode steps alone."""
-
-    def __init__(self, profiler):
-        self.profiler, self.started = profiler, False
-
-    def __call__(self, input_ids, scores):
-        if not self.started:
-            synchronize()
-            self.profiler.start()
-            self.started = True
-        return scores
-
-
 def profile_decode(model, ids, settings: dict, path: Path, steps: int = 8) -> None:
-    """A torch.profiler table (by device time, then by host time) of ``steps`` decode steps inside generate()."""
+    """A torch.profiler table (by device time, then by host time) of ``steps`` decode steps inside generate(): the
+    profiler starts at the first token's logits, so the prefill stays out of it. (Profiling slows the host side,
+    CUDA-graph launches most.)"""
     from torch.profiler import ProfilerActivity, profile
 
     profiler = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
-    start = _ProfileDecode(profiler)
+    started = []
+
+    def start_once():
+        if not started:
+            profiler.start()
+            started.append(True)
+
+    start = _AtEachToken(start_once)
     model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=1 + steps, min_new_tokens=1 + steps,
                    do_sample=False, cache_implementation="static", logits_processor=LogitsProcessorList([start]),
                    **settings)
@@ -258,7 +271,7 @@ def main() -> None:
         if variant == "floor-512" and cuda:
             rows.append({**meta, **bytes_floor(model, args.context, args.batch)})
         for row in rows:
-            print(json.dumps({k: v for k, v in row.items() if not k.endswith("_runs_s")}), flush=True)
+            print(json.dumps({k: v for k, v in row.items() if not k.endswith(("_runs_s", "_steps_ms"))}), flush=True)
         old = json.loads(path.read_text()) if path.exists() else []
         path.write_text(json.dumps(old + rows, indent=1) + "\n")
 

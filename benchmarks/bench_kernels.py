@@ -472,6 +472,7 @@ def main():
     ap.add_argument("--sweep-prefill-only", action="store_true")
     ap.add_argument("--profile-prefill", action="store_true")
     ap.add_argument("--prefill-only", action="store_true", help="only the prefill cases (a repeat of their timings)")
+    ap.add_argument("--prefill-cases", default="1x8192,1x32768,8x8192,1x131072", help="prefill cases, BxS,...")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     torch.manual_seed(0)
@@ -509,7 +510,8 @@ def main():
         except Exception:  # noqa: BLE001
             traceback.print_exc()
     write(res, meta, args.out)
-    for B, S in [(1, 8192), (1, 32768), (8, 8192)] + ([] if args.quick or args.prefill_only else [(1, 131072)]):
+    cases = [tuple(int(n) for n in case.split("x")) for case in args.prefill_cases.split(",") if case]
+    for B, S in cases if not args.quick else [case for case in cases if case[1] <= 32768]:
         try:
             bench_prefill(res, B, S, do_flex and S <= 32768, rep=100 if S <= 32768 else 3,
                           rounds=7 if S <= 32768 else 1)
