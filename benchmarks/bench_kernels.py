@@ -408,7 +408,7 @@ def write(res, meta, outdir):
         lines += ["", "## Prefill (causal)", "",
                   "| case | SDPA causal | producer | prod/SDPA | producer launches | FA alone | consumer | "
                   "SDPA/consumer | Flex | TFLOP/s SDPA / our FA / consumer |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in pre:
             fl = f"{r['flex_us']:.0f}" if "flex_us" in r else r.get("flex_error", "-")[:40]
             lines.append(
