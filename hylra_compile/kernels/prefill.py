@@ -172,7 +172,9 @@ def _block_ranges(Blocks, b, qb, sbb, sbr, n_blocks, n_whole, MASK_KIND: tl.cons
     return first, full_first, full_end, end
 
 
-@triton.jit
+# pid0 (the first program of a chunked launch) is not specialised on: every chunk runs one compiled kernel, where
+# Triton would otherwise compile separate ones for pid0 == 1 and for multiples of 16.
+@triton.jit(do_not_specialize=["pid0"])
 def _prefill_attn_kernel(
     Q, K, V, Mask, Blocks, Idx, Out, X, Imp,
     sqb, sqh, sqs, sqd,
