@@ -24,6 +24,10 @@ from torch.fx.experimental.symbolic_shapes import guard_or_false, statically_kno
 # chunks let a causal chunk skip more of the keys above the diagonal).
 _CHUNK_ELEMENTS = 1 << 25
 _CHUNK_QUERIES = 256
+# mask_blocks reads the mask in chunks of about this many elements (bool temporaries of that many bytes): few enough
+# chunks that a [1, 1, 128K, 128K] mask takes 64 of them, not 512 (its small reductions made that host-bound: 0.2 s
+# of a 128K prefill on the H100).
+_MASK_CHUNK_ELEMENTS = 1 << 28
 
 
 def holds(condition) -> bool:
@@ -249,17 +253,20 @@ def mask_blocks(mask: Tensor, *, block_size: int) -> Tensor:
     bs, n_kb = block_size, num_blocks(Skv, block_size)
     any_allowed = torch.empty(Bm, num_blocks(Sqm, bs), n_kb, dtype=torch.bool, device=m.device)
     whole = torch.empty_like(any_allowed)
-    rows = max(bs, _CHUNK_ELEMENTS // max(Bm * Hm * n_kb * bs, 1) // bs * bs)
+    rows = max(bs, _MASK_CHUNK_ELEMENTS // max(Bm * Hm * n_kb * bs, 1) // bs * bs)
     for start in range(0, Sqm, rows):
         part = m[:, :, start : start + rows]
         allowed = part if part.dtype == torch.bool else ~_dropped(part)
         plain = allowed if part.dtype == torch.bool else allowed & (part == 0)
         n_qb = num_blocks(part.shape[2], bs)
         pad = (0, n_kb * bs - Skv, 0, n_qb * bs - part.shape[2])
+        if any(pad):
+            allowed = torch.nn.functional.pad(allowed, pad, value=False)
+            plain = torch.nn.functional.pad(plain, pad, value=True)
         blocks = (Bm, Hm, n_qb, bs, n_kb, bs)
         r = slice(start // bs, start // bs + n_qb)
-        any_allowed[:, r] = torch.nn.functional.pad(allowed, pad, value=False).view(blocks).any(5).any(3).any(1)
-        whole[:, r] = torch.nn.functional.pad(plain, pad, value=True).view(blocks).all(5).all(3).all(1)
+        any_allowed[:, r] = allowed.reshape(blocks).any(5).any(3).any(1)
+        whole[:, r] = plain.reshape(blocks).all(5).all(3).all(1)
     columns = torch.arange(n_kb, device=m.device)
     whole &= any_allowed & (columns < Skv // bs)
     end = torch.where(any_allowed, columns + 1, 0).amax(-1)
