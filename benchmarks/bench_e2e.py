@@ -20,12 +20,13 @@ A logits processor stamps the time (after a synchronize) at each new token's log
 first stamp, decode ms/token the median of the intervals between stamps (each a whole step of ``generate()``:
 forward, sampling, stopping criteria), over ``--repeats`` calls of ``1 + n`` tokens. (``(T(1 + n) - T(1)) / n`` of
 two calls, used before, carries the difference of two prefills: at 128K a 1% change of a 6 s prefill is 2 ms per
-token over 32 tokens.) Each variant runs once untimed first (compiles, and sizes the cache). ``--floors`` adds two rows: ``floor-512``, the ``full``
-row's decode with a 512-token prompt (what everything but attention costs on this stack, through ``generate()``
-with CUDA graphs; the dense Inductor rows are no floor: their decode takes as long at 512 tokens as at 32K), and
-``bytes-floor``, the weights plus the dense KV cache read once per token at the measured copy bandwidth. Rows are
-appended to ``e2e-<device>.json`` under ``--out``; ``--table`` writes the Markdown (ratios to the run's Inductor
-row) and a plot of ms/token against context.
+token over 32 tokens.) Each variant runs once untimed first (compiles, and sizes the cache).
+
+``--floors`` adds two rows: ``floor-512``, the ``full`` row's decode with a 512-token prompt (what everything but
+attention costs on this stack, through ``generate()`` with CUDA graphs; the dense Inductor rows are no floor: their
+decode takes as long at 512 tokens as at 32K), and ``bytes-floor``, the weights plus the dense KV cache read once
+per token at the measured copy bandwidth. Rows are appended to ``e2e-<device>.json`` under ``--out``; ``--table``
+writes the Markdown (ratios to the run's Inductor row) and a plot of ms/token against context.
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ def measure(model, variant: str, context: int, batch: int, args) -> dict:
         first_run_s = time.perf_counter() - start
         runs = [timed_generate(model, ids, 1 + args.new_tokens, settings) for _ in range(args.repeats)]
         if args.profile:
-            profile_decode(model, ids, settings, args.out / f"profile-e2e-{variant}-{batch}x{context}.txt")
+            profile_decode(model, ids, settings, args.out / f"profile-e2e-{variant}-{batch}x{context}.txt",
+                           steps=min(8, args.new_tokens))  # the cache was sized for 1 + new_tokens
     finally:
         if compilation is not None:
             compilation.restore()
@@ -120,7 +122,7 @@ def measure(model, variant: str, context: int, batch: int, args) -> dict:
     return row
 
 
-def profile_decode(model, ids, settings: dict, path: Path, steps: int = 8) -> None:
+def profile_decode(model, ids, settings: dict, path: Path, steps: int) -> None:
     """A torch.profiler table (by device time, then by host time) of ``steps`` decode steps inside generate(): the
     profiler starts at the first token's logits, so the prefill stays out of it. (Profiling slows the host side,
     CUDA-graph launches most.)"""
@@ -135,11 +137,14 @@ def profile_decode(model, ids, settings: dict, path: Path, steps: int = 8) -> No
             started.append(True)
 
     start = _AtEachToken(start_once)
-    model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=1 + steps, min_new_tokens=1 + steps,
-                   do_sample=False, cache_implementation="static", logits_processor=LogitsProcessorList([start]),
-                   **settings)
-    synchronize()
-    profiler.stop()
+    try:
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=1 + steps, min_new_tokens=1 + steps,
+                       do_sample=False, cache_implementation="static", logits_processor=LogitsProcessorList([start]),
+                       **settings)
+        synchronize()
+    finally:
+        if started:
+            profiler.stop()
     averages = profiler.key_averages()
     path.write_text(f"{steps} decode steps inside generate(), by device time\n"
                     + averages.table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70)
@@ -229,8 +234,8 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=2048)
     parser.add_argument("--prefill-chunk", type=int, default=None, help="prefill_chunk_size for every variant")
     parser.add_argument("--small", action="store_true", help="tiny widths (a CPU smoke run)")
-    parser.add_argument("--profile", action="store_true", help="also a torch.profiler table of 8 decode steps "
-                        "inside generate() per variant (profile-e2e-<variant>-<batch>x<context>.txt)")
+    parser.add_argument("--profile", action="store_true", help="also a torch.profiler table of 8 decode steps (at "
+                        "most --new-tokens) inside generate() per variant (profile-e2e-<variant>-<batch>x<context>.txt)")
     parser.add_argument("--run", default=None, help="run label grouping rows for ratios (several calls on one "
                         "machine, one after the other); default: this call's start time")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -264,7 +269,8 @@ def main() -> None:
             else:
                 row = measure(model, variant, context, args.batch, args)
         except torch.OutOfMemoryError as error:
-            row = {"variant": variant, "context": context, "batch": args.batch, "error": f"out of memory: {error}"[:300]}
+            row = {"variant": variant, "context": context, "batch": args.batch,
+                   "error": f"out of memory: {error}"[:300]}
         if cuda:
             torch.cuda.empty_cache()
         rows = [{**meta, **row}]

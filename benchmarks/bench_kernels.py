@@ -319,6 +319,8 @@ def sweep_prefill(out, res, S=32768):
     _, bidx = prefill_topk_attention(
         q, k, v, None, is_causal=True, scale=None, block_size=BS, n_select=NSEL, sink_blocks=SINK, local_blocks=LOCAL,
     )
+    # Timings only: the 16-warp sparse builds gave wrong rows in one GPU test case (block 32, float mask; see
+    # kernels/prefill.py TUNED), so a faster 16-warp consumer here is no candidate without that test passing.
     configs = [(4, 8, 3), (4, 8, 4), (4, 16, 2), (4, 16, 3), (2, 8, 3), (2, 4, 3)]
     for cfg in configs:
         tag = "hp={} nw={} ns={}".format(*cfg)

@@ -85,9 +85,10 @@ def _attn_block(q, acc, m_i, l_i, c, valid, k_base, v_base, m_base, skn, skd, sv
 def _program_rows(Q, sqb, sqh, sqs, sqd, Hq, Sq, n_qb, pid0, HP: tl.constexpr, G: tl.constexpr, QB: tl.constexpr,
                   D: tl.constexpr):
     """The rows of program pid0 + program_id(0) of a 1-D grid of n_qb * B * Hq / HP (launched whole, or in chunks
-    starting at pid0): HP heads of one KV head x the QB queries of one query block. For each (batch, head group) in turn, query blocks go from last to first: a causal
-    program costs more for a later query block, so the heaviest start first and the lightest fill the last wave
-    (2.8% faster at 32K than first to last); consecutive programs share a KV head, whose K/V then stay in L2.
+    starting at pid0): HP heads of one KV head x the QB queries of one query block. For each (batch, head group) in
+    turn, query blocks go from last to first: a causal program costs more for a later query block, so the heaviest
+    start first and the lightest fill the last wave (2.8% faster at 32K than first to last); consecutive programs
+    share a KV head, whose K/V then stay in L2.
     Returns qb, b, head group, KV head, then per row head, q0, query position, in range, and q [HP * QB, D]."""
     pid = pid0 + tl.program_id(0)
     qb = n_qb - 1 - pid % n_qb
@@ -328,7 +329,7 @@ X_STEP_BLOCKS = 64
 
 def x_chunk(n_kb: int, HP: int, block_size: int) -> int:
     """Producer programs per launch: as many as X_BUDGET_BYTES of scratch holds (at least one)."""
-    return max(1, X_BUDGET_BYTES // (n_kb * HP * block_size * 4))
+    return max(1, X_BUDGET_BYTES // (max(n_kb, 1) * HP * block_size * 4))
 
 
 def _pack(G: int, block_size: int, max_rows: int) -> int:
@@ -386,7 +387,8 @@ def _prefill_attn(q, k, v, mask, is_causal, scale, block_size, block_idx, min_se
     """The FA pass: dense (block_idx None) or sparse. Returns (out, imp or None): ``importance=True`` (dense only)
     also stores the block log-sum-exps in a scratch buffer and reduces them into imp [B, Hq / HP, n_qb, n_kb] (see
     the module docstring), launching the grid in chunks whose scratch fits X_BUDGET_BYTES. ``cfg`` overrides the
-    tuned (HP, num_warps, num_stages). ``block_mask``: reference.mask_blocks of ``mask`` (blocks to skip or to run without mask reads)."""
+    tuned (HP, num_warps, num_stages). ``block_mask``: reference.mask_blocks of ``mask`` (blocks to skip or to run
+    without mask reads)."""
     B, Hq, Sq, D = q.shape
     Hkv, Skv, DV = k.shape[1], k.shape[2], v.shape[3]
     G = Hq // Hkv
@@ -406,8 +408,9 @@ def _prefill_attn(q, k, v, mask, is_causal, scale, block_size, block_idx, min_se
     out = torch.empty(B, Hq, Sq, DV, dtype=q.dtype, device=dev)
     imp = torch.empty(B, Hq // HP, n_qb, n_kb, dtype=torch.float32, device=dev) if importance else None
     grid = n_qb * B * (Hq // HP)
-    chunk = x_chunk(n_kb, HP, block_size) if importance else grid
-    x_buf = torch.empty(min(chunk, grid), n_kb, HP * block_size, dtype=torch.float32, device=dev) if importance else None
+    chunk = x_chunk(n_kb, HP, block_size) if importance else max(grid, 1)
+    x_buf = (torch.empty(min(chunk, grid), n_kb, HP * block_size, dtype=torch.float32, device=dev) if importance
+             else None)
     constexprs = dict(
         HP=HP, G=G, QB=block_size, BLOCK_N=block_size, D=D, DV=DV, MASK_KIND=kind, IS_CAUSAL=bool(is_causal),
         SPARSE=sparse, N_SEL_PAD=triton.next_power_of_2(max(n_sel, 1)), WRITE_X=importance, PTX=ptx_stores(q),

@@ -24,10 +24,10 @@ from torch.fx.experimental.symbolic_shapes import guard_or_false, statically_kno
 # chunks let a causal chunk skip more of the keys above the diagonal).
 _CHUNK_ELEMENTS = 1 << 25
 _CHUNK_QUERIES = 256
-# mask_blocks reads the mask in chunks of about this many elements (bool temporaries of that many bytes): few enough
-# chunks that a [1, 1, 128K, 128K] mask takes 64 of them, not 512 (its small reductions made that host-bound: 0.2 s
-# of a 128K prefill on the H100).
-_MASK_CHUNK_ELEMENTS = 1 << 28
+# mask_blocks reads the mask in chunks of about this many elements: few enough that a [1, 1, 128K, 128K] mask takes
+# 128 of them, not 512 (512 chunks of small reductions were host-bound: 0.2 s of a 128K prefill on the H100). Its
+# temporaries are a few bool tensors of a chunk's size (up to ~6 at once for a float mask: ~0.8 GiB).
+_MASK_CHUNK_ELEMENTS = 1 << 27
 
 
 def holds(condition) -> bool:

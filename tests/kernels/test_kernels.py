@@ -168,9 +168,11 @@ def _check_prefill(case, device):
         imp, cand = ref_importance(q, k, v, mask, causal, None, bs)
         # With a mask, again with its block structure (blocks skipped, or run without mask reads).
         for block_mask in [None] + ([] if mask is None else [R.mask_blocks(mask, block_size=bs)]):
-            # the producer's scratch in one launch, and over budget (0: a launch per program, each reusing the
-            # first program's slice); on the CPU the read-back takes 2 blocks per step, so its loop runs several
-            for budget in (P.X_BUDGET_BYTES, 0):
+            # the producer's scratch in one launch, and over budget: launches of 3 programs (the last one shorter
+            # where the grid is no multiple of 3), and of one (budget 0); on the CPU the read-back takes 2 blocks per
+            # step, so its loop runs several
+            hp = P._launch_cfg("dense_x", Hq // Hkv, bs, D)[0]
+            for budget in (P.X_BUDGET_BYTES, 3 * R.num_blocks(Skv, bs) * hp * bs * 4, 0):
                 saved = P.X_BUDGET_BYTES, P.X_STEP_BLOCKS
                 P.X_BUDGET_BYTES, P.X_STEP_BLOCKS = budget, 2 if device == "cpu" else P.X_STEP_BLOCKS
                 try:

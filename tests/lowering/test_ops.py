@@ -263,18 +263,23 @@ def test_mask_blocks_equals_brute_force(kind):
     torch.library.opcheck(torch.ops.hylra.mask_blocks.default, (mask,), dict(block_size=8))
     stored = torch.ops.hylra.shared_mask(mask)  # the copy the passes give every op of a graph
     assert torch.equal(stored, mask) and stored.is_contiguous() and stored.data_ptr() != mask.data_ptr()
+    torch.library.opcheck(torch.ops.hylra.shared_mask.default, (mask,))
 
 
 @pytest.mark.parametrize("S", [45, 48])  # padded to whole blocks, and whole blocks read as they are
-def test_mask_blocks_in_chunks(S, monkeypatch):
+@pytest.mark.parametrize("kind", ["bool", "float"])
+def test_mask_blocks_in_chunks(S, kind, monkeypatch):
     """The mask read a few query blocks at a time gives the same structure as in one piece."""
     i, j = torch.arange(S)[:, None], torch.arange(S)[None, :]
-    mask = ((j <= i) & (j > i - 20))[None, None].expand(2, 1, S, S)
+    window = ((j <= i) & (j > i - 20))[None, None].expand(2, 1, S, S)
+    if kind == "bool":
+        mask = window
+    else:  # additive: 0 allowed, a bias on every 9th key, min dropped
+        mask = torch.where(window, torch.where(j % 9 == 0, 0.5, 0.0), torch.finfo(torch.float32).min)
     whole = torch.ops.hylra.mask_blocks(mask, block_size=8)
     monkeypatch.setattr(R, "_MASK_CHUNK_ELEMENTS", 2 * 8 * 2 * 48)  # two query blocks per chunk
     assert torch.equal(R.mask_blocks(mask, block_size=8), whole)
     assert torch.equal(whole, brute_force_blocks(mask, 8))
-    torch.library.opcheck(torch.ops.hylra.shared_mask.default, (mask,))
 
 
 def test_block_mask_changes_no_result_and_dense_op_is_sdpa():
