@@ -71,15 +71,20 @@ class _AtEachToken(LogitsProcessor):
         return scores
 
 
+def generate(model, ids, new_tokens: int, settings: dict, at_each_token) -> None:
+    """Greedy ``generate()`` of exactly ``new_tokens`` tokens into a static cache, calling ``at_each_token()`` when
+    each token's logits are ready."""
+    model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                   do_sample=False, cache_implementation="static",
+                   logits_processor=LogitsProcessorList([_AtEachToken(at_each_token)]), **settings)
+
+
 def timed_generate(model, ids, new_tokens: int, settings: dict) -> list[float]:
     """Seconds from the call to each new token's logits (generate() synchronises at every token anyway)."""
     stamps = []
-    clock = _AtEachToken(lambda: stamps.append(time.perf_counter()))
     synchronize()
     start = time.perf_counter()
-    model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                   do_sample=False, cache_implementation="static", logits_processor=LogitsProcessorList([clock]),
-                   **settings)
+    generate(model, ids, new_tokens, settings, lambda: stamps.append(time.perf_counter()))
     return [stamp - start for stamp in stamps]
 
 
@@ -136,11 +141,8 @@ def profile_decode(model, ids, settings: dict, path: Path, steps: int) -> None:
             profiler.start()
             started.append(True)
 
-    start = _AtEachToken(start_once)
     try:
-        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=1 + steps, min_new_tokens=1 + steps,
-                       do_sample=False, cache_implementation="static", logits_processor=LogitsProcessorList([start]),
-                       **settings)
+        generate(model, ids, 1 + steps, settings, start_once)
         synchronize()
     finally:
         if started:

@@ -76,20 +76,19 @@ def main() -> None:
         settings = dict(is_causal=False, scale=None, block_size=bs)
         selection = dict(n_select=n_select, sink_blocks=1, local_blocks=2)
         _, block_idx = torch.ops.hylra.topk_attention(q, k, v, mask, **settings, **selection)
-        m4 = mask  # already 4-d
         calls = {
             "topk_attention": (
                 lambda: torch.ops.hylra.topk_attention(q, k, v, mask, **settings, **selection),
                 lambda: dispatch.topk_attention_triton(q, k, v, mask, **settings, **selection),
-                lambda: kernels.decode_topk_attention(q, k, v, m4, **settings, **selection)),
+                lambda: kernels.decode_topk_attention(q, k, v, mask, **settings, **selection)),
             "sparse_attention": (
                 lambda: torch.ops.hylra.sparse_attention(q, k, v, block_idx, mask, **settings, min_seq_len=4096),
                 lambda: dispatch.sparse_attention_triton(q, k, v, block_idx, mask, **settings, min_seq_len=4096),
-                lambda: kernels.decode_sparse_attention(q, k, v, block_idx, m4, **settings, min_seq_len=4096)),
+                lambda: kernels.decode_sparse_attention(q, k, v, block_idx, mask, **settings, min_seq_len=4096)),
             "attention": (
                 lambda: torch.ops.hylra.attention(q, k, v, mask, **settings),
                 lambda: dispatch.attention_triton(q, k, v, mask, **settings),
-                lambda: kernels.decode_attention(q, k, v, m4, **settings)),
+                lambda: kernels.decode_attention(q, k, v, mask, **settings)),
         }
         for name, (op, dispatched, kernel) in calls.items():
             row = {**meta, "context": context, "op": name, "op_us": host_us(op, args.calls),

@@ -34,7 +34,9 @@ class HylraBackend:
         self.reports: list[GraphReport] = []
 
     def __call__(self, gm: torch.fx.GraphModule, example_inputs: list, *, mode: str | None = None) -> Callable:
-        cudagraphs = self.options.cudagraphs or _cudagraphs_of_mode(mode)
+        cudagraphs = _cudagraphs_of_mode(mode) or self.options.cudagraphs  # the mode checked even when it adds nothing
+        if cudagraphs and not self.options.inductor:
+            raise ValueError(f"mode={mode!r} replays graphs as CUDA graphs, which needs the hylra option inductor=True")
         graph_name = _graph_name(self.name, len(self.graphs))
         dump_dir = Path(self.options.dump_dir) / graph_name if self.options.dump_dir else None
         report = run_passes(gm, self.options, graph_name, dump_dir)
@@ -43,8 +45,6 @@ class HylraBackend:
         self.graphs.append(gm)
         if self.options.inductor:
             return compile_with_inductor(gm, example_inputs, cudagraphs)
-        if cudagraphs:
-            raise ValueError(f"mode={mode!r} replays graphs as CUDA graphs, which needs the hylra option inductor=True")
         return gm.forward
 
     def __deepcopy__(self, memo: dict) -> "HylraBackend":

@@ -1,8 +1,8 @@
 """``generate()`` through hylra: the prompt's prefill and every decode step run rewritten graphs.
 
 Hugging Face's ``generate()`` compiles only its decode step (``compile_config``), and only with a static cache on
-an accelerator; the prompt's prefill, where most of a long prompt's time goes, runs eagerly. :func:`compile_for_generate`
-instead routes the model's own ``forward`` by step:
+an accelerator; the prompt's prefill, where most of a long prompt's time goes, runs eagerly.
+:func:`compile_for_generate` instead routes the model's own ``forward`` by step:
 
 * **prefill** (any call with more than one new token, chunked or not, and any call without a static cache): one
   graph compiled with dynamic shapes, so prompts of every length share it (no recompile per length);

@@ -39,7 +39,8 @@ def same_generation(out, ref):
 def test_generate_runs_prefill_and_decode_through_hylra():
     """Three prompt lengths (a padded batch of two) and 20 new tokens each: the same tokens and logits as the
     independent HyLRA, one prefill graph for every length and one decode graph for every step."""
-    model, independent, dense = tiny_model("llama", num_layers=4), independent_model(), tiny_model("llama", num_layers=4)
+    model, dense = tiny_model("llama", num_layers=4), tiny_model("llama", num_layers=4)
+    independent = independent_model()
     compilation = hylra_compile.compile_for_generate(model, **OPTIONS)
     differs_from_dense = []
     # Longest first: generate() sizes the static cache for the first call and keeps it for shorter ones.
@@ -69,7 +70,8 @@ def test_chunked_prefill_stopping_and_restore():
     ref = independent.generate(ids, attention_mask=mask, cache_implementation="static", **settings)
     same_generation(model.generate(ids, attention_mask=mask, cache_implementation="static", **settings), ref)
     eos = int(ref.sequences[0, 37 + 4])
-    stopped = independent.generate(ids, attention_mask=mask, cache_implementation="static", eos_token_id=eos, **settings)
+    stopped = independent.generate(ids, attention_mask=mask, cache_implementation="static", eos_token_id=eos,
+                                   **settings)
     assert not torch.equal(stopped.sequences, ref.sequences)  # row 0 is padded after its eos
     same_generation(model.generate(ids, attention_mask=mask, cache_implementation="static", eos_token_id=eos,
                                    **settings), stopped)

@@ -3,8 +3,8 @@
 Each op's signature and semantics are written once, in its reference implementation
 (:func:`reference.topk_attention`, :func:`reference.sparse_attention`, :func:`reference.attention`,
 :func:`reference.mask_blocks`, :func:`reference.shared_mask`): ``custom_op`` infers the schema from it and runs it
-on every device the CUDA kernels (:mod:`hylra_compile.lowering.dispatch`) do not cover. The tensors are positional (``custom_op`` takes no
-keyword-only tensors); every other argument is keyword-only, so no call site can shift them.
+on every device the CUDA kernels (:mod:`hylra_compile.lowering.dispatch`) do not cover. The tensors are positional
+(``custom_op`` takes no keyword-only tensors); every other argument is keyword-only, so no call site can shift them.
 """
 
 from __future__ import annotations

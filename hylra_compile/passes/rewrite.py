@@ -2,7 +2,8 @@
 (:attr:`Decision.op`): producers ``hylra::topk_attention``, consumers ``hylra::sparse_attention`` fed by their
 producer's ``block_idx`` as a graph edge, sites the policy leaves dense ``hylra::attention`` (native KV heads, no
 ``repeat_kv`` copy); each reads its mask's stored copy and block mask (phase 3). Sites not understood, or compiled
-without a policy, are left as they are. Every op is emitted with keyword arguments, so the graph says what each number is.
+without a policy, are left as they are. Every op is emitted with keyword arguments, so the graph says what each
+number is.
 """
 
 from __future__ import annotations
