@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import statistics
 import sys
@@ -106,11 +107,15 @@ def measure(model, variant: str, context: int, batch: int, args) -> dict:
     if args.prefill_chunk:
         settings["prefill_chunk_size"] = args.prefill_chunk
     ids = torch.randint(0, model.config.vocab_size, (batch, context), device=model.device)
+    forward_times: list[tuple] = []
     try:
         start = time.perf_counter()
         timed_generate(model, ids, 1 + args.new_tokens, settings)  # compiles; sizes the cache for the calls below
         first_run_s = time.perf_counter() - start
+        if compilation is not None:
+            _time_decode_forwards(model, forward_times)
         runs = [timed_generate(model, ids, 1 + args.new_tokens, settings) for _ in range(args.repeats)]
+        forward_times = forward_times[:]  # not the profiled steps below
         if args.profile:
             profile_decode(model, ids, settings, args.out / f"profile-e2e-{variant}-{batch}x{context}.txt",
                            steps=min(8, args.new_tokens))  # the cache was sized for 1 + new_tokens
@@ -122,9 +127,38 @@ def measure(model, variant: str, context: int, batch: int, args) -> dict:
            "decode_ms": statistics.median(steps_ms), "first_run_s": first_run_s,
            "ttft_runs_s": [run[0] for run in runs], "decode_steps_ms": steps_ms,
            "cudagraph_skips": counters["inductor"]["cudagraph_skips"]}
+    if forward_times:
+        row["decode_forward_host_ms"] = statistics.median(host * 1e3 for host, _, _ in forward_times)
+        row["decode_forward_ms"] = statistics.median(begin.elapsed_time(end) for _, begin, end in forward_times)
     if compilation is not None:
         row["graphs"] = {r.name: r.counts() for r in compilation.reports()}
     return row
+
+
+def _time_decode_forwards(model, records: list[tuple]) -> None:
+    """Record, for each decode step's ``forward`` (one new token) of a model prepared by ``compile_for_generate``,
+    the host seconds inside the call (Dynamo's guards, the CUDA-graph replay's launch) and CUDA events around it.
+    generate() synchronises before each step, so the events' interval runs from the call to the end of its device
+    work (``decode_forward_ms``); the rest of a token's interval is generate()'s own work (sampling, stopping
+    criteria, the next step's inputs and mask). Undone by ``restore()``, which deletes the instance's ``forward``."""
+    if not torch.cuda.is_available():
+        return
+    routed_forward = model.forward
+
+    @functools.wraps(routed_forward)  # generate() inspects forward's signature
+    def timed_forward(*args, **kwargs):
+        tokens = kwargs.get("input_ids", args[0] if args else None)
+        if tokens is None or tokens.shape[1] != 1:
+            return routed_forward(*args, **kwargs)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start_s = time.perf_counter()
+        start.record()
+        output = routed_forward(*args, **kwargs)
+        end.record()
+        records.append((time.perf_counter() - start_s, start, end))
+        return output
+
+    model.forward = timed_forward
 
 
 def profile_decode(model, ids, settings: dict, path: Path, steps: int) -> None:
@@ -173,8 +207,10 @@ def table(folder: Path) -> None:
                  "context and batch: time to first token to the `eager` row, decode to the `inductor` row (HF "
                  "`CompileConfig()`) and to the run's `floor-512` (the `full` row's decode with a 512-token prompt); "
                  "`bytes-floor` is the weights + dense KV bytes at the measured copy bandwidth.", "",
+                 "`forward ms (host)`: of a decode step, the model's forward from its call to the end of its device work, "
+                 "and the host time inside the call; the rest of the token's interval is generate()'s own work.", "",
                  "| code | batch | context | variant | TTFT s | TTFT / eager | decode ms/token | decode / inductor | "
-                 "decode / floor-512 |", "|---|---|---|---|---|---|---|---|---|"]
+                 "decode / floor-512 | forward ms (host) |", "|---|---|---|---|---|---|---|---|---|---|"]
 
         def same(row, variant, context=True):
             return next((r for r in rows if r["run"] == row["run"] and r["variant"] == variant and r["batch"] ==
@@ -186,10 +222,12 @@ def table(folder: Path) -> None:
         for row in rows:
             ttft = f"{row['ttft_s']:.2f}" if row.get("ttft_s") else ""
             decode = f"{row['decode_ms']:.2f}" if row.get("decode_ms") else row.get("error", "")[:70]
+            forward = (f"{row['decode_forward_ms']:.2f} ({row['decode_forward_host_ms']:.2f})"
+                       if "decode_forward_ms" in row else "")
             lines.append(f"| {row['code'][:7]} | {row['batch']} | {row['context']} | {row['variant']} | {ttft} | "
                          f"{ratio(row, same(row, 'eager'), 'ttft_s')} | {decode} | "
                          f"{ratio(row, same(row, 'inductor'), 'decode_ms')} | "
-                         f"{ratio(row, same(row, 'floor-512', context=False), 'decode_ms')} |")
+                         f"{ratio(row, same(row, 'floor-512', context=False), 'decode_ms')} | {forward} |")
         path.with_suffix(".md").write_text("\n".join(lines) + "\n")
         print(path.with_suffix(".md").read_text())
         _plot(rows, path.with_suffix(".png"))
