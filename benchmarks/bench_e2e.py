@@ -1,11 +1,14 @@
 """The end-to-end benchmark of record: time to first token and decode ms/token through ``generate()``.
 
     python benchmarks/bench_e2e.py --context 32768 --batch 1 --variants eager,inductor,full,5of32,8of32 --floors
+    python benchmarks/bench_e2e.py --context 131072 --variants 5of32 --at-512 --floors
     python benchmarks/bench_e2e.py --table benchmarks/results      # JSON rows -> Markdown + plot
 
 A Llama-3-8B-shaped model (random bf16 weights, ``--layers`` layers), a prompt of ``--context`` random tokens per
-row, a static cache, greedy decoding of ``--new-tokens`` tokens (``min_new_tokens`` too, so no row stops early).
-Rows, all through ``model.generate(..., cache_implementation="static")``:
+row, greedy decoding of ``--new-tokens`` tokens (``min_new_tokens`` too, so no row stops early) into a
+``StaticCache`` of exactly prompt + new tokens, passed to ``generate()`` (left to itself, generate() sizes a static
+cache to the longest of all its calls on the model so far, so a 512-token row after a 128K one would decode in a
+128K cache) and reset before each call. Rows, all through ``model.generate(..., past_key_values=cache)``:
 
 * ``eager``: no compile (``disable_compile=True``);
 * ``inductor``: Hugging Face's own compile, ``CompileConfig()`` (Inductor, ``mode="reduce-overhead"``; it compiles
@@ -20,13 +23,19 @@ A logits processor stamps the time (after a synchronize) at each new token's log
 first stamp, decode ms/token the median of the intervals between stamps (each a whole step of ``generate()``:
 forward, sampling, stopping criteria), over ``--repeats`` calls of ``1 + n`` tokens. (``(T(1 + n) - T(1)) / n`` of
 two calls, used before, carries the difference of two prefills: at 128K a 1% change of a 6 s prefill is 2 ms per
-token over 32 tokens.) Each variant runs once untimed first (compiles, and sizes the cache).
+token over 32 tokens.) Each variant runs once untimed first (compiles). For the ``compile_for_generate`` rows each
+decode step's ``forward`` is also timed (``decode_forward_ms``: from the call to the end of its device work;
+``decode_forward_host_ms``: host time inside the call).
 
-``--floors`` adds two rows: ``floor-512``, the ``full`` row's decode with a 512-token prompt (what everything but
-attention costs on this stack, through ``generate()`` with CUDA graphs; the dense Inductor rows are no floor: their
-decode takes as long at 512 tokens as at 32K), and ``bytes-floor``, the weights plus the dense KV cache read once
-per token at the measured copy bandwidth. Rows are appended to ``e2e-<device>.json`` under ``--out``; ``--table``
-writes the Markdown (ratios to the run's Inductor row) and a plot of ms/token against context.
+``--at-512`` adds, to each ``compile_for_generate`` row, its own decode at a 512-token prompt (``decode_ms_at_512``)
+in runs taking turns with the context's, within the same compilation: the ratio of the two shares one process
+state and one compiled model, where rows measured one after the other drift apart by up to ~1 ms of host time per
+token. ``--floors`` adds two rows: ``floor-512``, the ``full`` row's decode with a 512-token prompt (what
+everything but attention costs on this stack, through ``generate()`` with CUDA graphs; the dense Inductor rows are
+no floor: their decode takes as long at 512 tokens as at 32K), and ``bytes-floor``, the weights plus the dense KV
+cache read once per token at the measured copy bandwidth. Rows are appended to ``e2e-<device>.json`` under
+``--out``; ``--table`` writes the Markdown (ratios to the run's Inductor row) and a plot of ms/token against
+context.
 """
 
 from __future__ import annotations
@@ -42,7 +51,7 @@ from pathlib import Path
 
 import torch
 from torch._dynamo.utils import counters
-from transformers import CompileConfig, LogitsProcessor, LogitsProcessorList
+from transformers import CompileConfig, LogitsProcessor, LogitsProcessorList, StaticCache
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_model import build_model, code_version, copy_bandwidth  # noqa: E402
@@ -72,21 +81,33 @@ class _AtEachToken(LogitsProcessor):
         return scores
 
 
-def generate(model, ids, new_tokens: int, settings: dict, at_each_token) -> None:
-    """Greedy ``generate()`` of exactly ``new_tokens`` tokens into a static cache, calling ``at_each_token()`` when
-    each token's logits are ready."""
+def static_cache(model, ids, new_tokens: int) -> StaticCache:
+    """A static cache of exactly the prompt plus ``new_tokens`` (passed to generate(), which would otherwise size it
+    to the longest of all its calls so far on this model: a 512-token run after a 128K one would decode in a 128K
+    cache). Reused by every call at this length (reset before each), so CUDA graphs keep its addresses."""
+    return StaticCache(config=model.config, max_cache_len=ids.shape[1] + new_tokens)
+
+
+def generate(model, ids, new_tokens: int, settings: dict, at_each_token, cache: StaticCache) -> None:
+    """Greedy ``generate()`` of exactly ``new_tokens`` tokens into ``cache`` (reset first), calling
+    ``at_each_token()`` when each token's logits are ready."""
+    cache.reset()
     model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                   do_sample=False, cache_implementation="static",
+                   do_sample=False, past_key_values=cache,
                    logits_processor=LogitsProcessorList([_AtEachToken(at_each_token)]), **settings)
 
 
-def timed_generate(model, ids, new_tokens: int, settings: dict) -> list[float]:
+def timed_generate(model, ids, new_tokens: int, settings: dict, cache: StaticCache) -> list[float]:
     """Seconds from the call to each new token's logits (generate() synchronises at every token anyway)."""
     stamps = []
     synchronize()
     start = time.perf_counter()
-    generate(model, ids, new_tokens, settings, lambda: stamps.append(time.perf_counter()))
+    generate(model, ids, new_tokens, settings, lambda: stamps.append(time.perf_counter()), cache)
     return [stamp - start for stamp in stamps]
+
+
+def decode_intervals_ms(runs: list[list[float]]) -> list[float]:
+    return [(later - earlier) * 1e3 for run in runs for earlier, later in zip(run, run[1:])]
 
 
 @torch.no_grad()
@@ -106,62 +127,93 @@ def measure(model, variant: str, context: int, batch: int, args) -> dict:
     counters["inductor"].clear()
     if args.prefill_chunk:
         settings["prefill_chunk_size"] = args.prefill_chunk
+    new_tokens = 1 + args.new_tokens
+    at_512 = args.at_512 and compilation is not None and context > 512
     ids = torch.randint(0, model.config.vocab_size, (batch, context), device=model.device)
-    forward_times: list[tuple] = []
+    cache = static_cache(model, ids, new_tokens)
+    # The same compilation's decode at a 512-token prompt, in runs taking turns with this context's: the ratio of
+    # the two shares one process state and one compiled model (separate rows drift apart by ~1 ms of host time).
+    short = (ids[:, :512], static_cache(model, ids[:, :512], new_tokens)) if at_512 else None
+    timer = None
+    runs, short_runs = [], []
     try:
         start = time.perf_counter()
-        timed_generate(model, ids, 1 + args.new_tokens, settings)  # compiles; sizes the cache for the calls below
+        timed_generate(model, ids, new_tokens, settings, cache)  # compiles
         first_run_s = time.perf_counter() - start
-        if compilation is not None:
-            _time_decode_forwards(model, forward_times)
-        runs = [timed_generate(model, ids, 1 + args.new_tokens, settings) for _ in range(args.repeats)]
-        forward_times = forward_times[:]  # not the profiled steps below
+        if short:
+            timed_generate(model, short[0], new_tokens, settings, short[1])  # compiles its decode graph
+        if compilation is not None and torch.cuda.is_available():
+            timer = DecodeForwardTimer(model)
+        for _ in range(args.repeats):
+            runs.append(timed_generate(model, ids, new_tokens, settings, cache))
+            if short:
+                short_runs.append(timed_generate(model, short[0], new_tokens, settings, short[1]))
+        if timer is not None:
+            timer.remove()
         if args.profile:
             profile_decode(model, ids, settings, args.out / f"profile-e2e-{variant}-{batch}x{context}.txt",
-                           steps=min(8, args.new_tokens))  # the cache was sized for 1 + new_tokens
+                           min(8, args.new_tokens), cache)
     finally:
         if compilation is not None:
             compilation.restore()
-    steps_ms = [(later - earlier) * 1e3 for run in runs for earlier, later in zip(run, run[1:])]
+    steps_ms = decode_intervals_ms(runs)
     row = {"variant": variant, "context": context, "batch": batch, "ttft_s": statistics.median(run[0] for run in runs),
            "decode_ms": statistics.median(steps_ms), "first_run_s": first_run_s,
            "ttft_runs_s": [run[0] for run in runs], "decode_steps_ms": steps_ms,
            "cudagraph_skips": counters["inductor"]["cudagraph_skips"]}
-    if forward_times:
-        row["decode_forward_host_ms"] = statistics.median(host * 1e3 for host, _, _ in forward_times)
-        row["decode_forward_ms"] = statistics.median(begin.elapsed_time(end) for _, begin, end in forward_times)
+    if short_runs:
+        row["decode_ms_at_512"] = statistics.median(decode_intervals_ms(short_runs))
+        row["decode_steps_ms_at_512"] = decode_intervals_ms(short_runs)
+    if timer is not None:
+        row.update(timer.medians(cache))
+        if short:
+            row.update({f"{key}_at_512": value for key, value in timer.medians(short[1]).items()})
     if compilation is not None:
         row["graphs"] = {r.name: r.counts() for r in compilation.reports()}
     return row
 
 
-def _time_decode_forwards(model, records: list[tuple]) -> None:
-    """Record, for each decode step's ``forward`` (one new token) of a model prepared by ``compile_for_generate``,
-    the host seconds inside the call (Dynamo's guards, the CUDA-graph replay's launch) and CUDA events around it.
-    generate() synchronises before each step, so the events' interval runs from the call to the end of its device
-    work (``decode_forward_ms``); the rest of a token's interval is generate()'s own work (sampling, stopping
-    criteria, the next step's inputs and mask). Undone by ``restore()``, which deletes the instance's ``forward``."""
-    if not torch.cuda.is_available():
-        return
-    routed_forward = model.forward
+class DecodeForwardTimer:
+    """While installed on a model prepared by ``compile_for_generate``, records for each decode step's ``forward``
+    (one new token) the host seconds inside the call (Dynamo's guards, the CUDA-graph replay's launch) and CUDA
+    events around it, by the static cache it decodes into. generate() synchronises before each step, so the events'
+    interval runs from the call to the end of its device work (``decode_forward_ms``); the rest of a token's
+    interval is generate()'s own work (sampling, stopping criteria, the next step's inputs and mask)."""
 
-    @functools.wraps(routed_forward)  # generate() inspects forward's signature
-    def timed_forward(*args, **kwargs):
-        tokens = kwargs.get("input_ids", args[0] if args else None)
-        if tokens is None or tokens.shape[1] != 1:
-            return routed_forward(*args, **kwargs)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start_s = time.perf_counter()
-        start.record()
-        output = routed_forward(*args, **kwargs)
-        end.record()
-        records.append((time.perf_counter() - start_s, start, end))
-        return output
+    def __init__(self, model):
+        self.model = model
+        self.routed_forward = model.forward
+        self.records: dict[int, list[tuple]] = {}  # id(cache) -> [(host s, start event, end event)]
 
-    model.forward = timed_forward
+        @functools.wraps(self.routed_forward)  # generate() inspects forward's signature
+        def timed_forward(*args, **kwargs):
+            tokens = kwargs.get("input_ids", args[0] if args else None)
+            if tokens is None or tokens.shape[1] != 1:
+                return self.routed_forward(*args, **kwargs)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start_s = time.perf_counter()
+            start.record()
+            output = self.routed_forward(*args, **kwargs)
+            end.record()
+            self.records.setdefault(id(kwargs.get("past_key_values")), []).append(
+                (time.perf_counter() - start_s, start, end))
+            return output
+
+        model.forward = timed_forward
+
+    def remove(self) -> None:
+        self.model.forward = self.routed_forward
+
+    def medians(self, cache) -> dict:
+        """Median host ms inside the call and ms from the call to the end of its device work, for ``cache``."""
+        records = self.records.get(id(cache), [])
+        if not records:
+            return {}
+        return {"decode_forward_host_ms": statistics.median(host * 1e3 for host, _, _ in records),
+                "decode_forward_ms": statistics.median(begin.elapsed_time(end) for _, begin, end in records)}
 
 
-def profile_decode(model, ids, settings: dict, path: Path, steps: int) -> None:
+def profile_decode(model, ids, settings: dict, path: Path, steps: int, cache: StaticCache) -> None:
     """A torch.profiler table (by device time, then by host time) of ``steps`` decode steps inside generate(): the
     profiler starts at the first token's logits, so the prefill stays out of it. (Profiling slows the host side,
     CUDA-graph launches most.)"""
@@ -176,7 +228,7 @@ def profile_decode(model, ids, settings: dict, path: Path, steps: int) -> None:
             started.append(True)
 
     try:
-        generate(model, ids, 1 + steps, settings, start_once)
+        generate(model, ids, 1 + steps, settings, start_once, cache)
         synchronize()
     finally:
         if started:
@@ -207,10 +259,13 @@ def table(folder: Path) -> None:
                  "context and batch: time to first token to the `eager` row, decode to the `inductor` row (HF "
                  "`CompileConfig()`) and to the run's `floor-512` (the `full` row's decode with a 512-token prompt); "
                  "`bytes-floor` is the weights + dense KV bytes at the measured copy bandwidth.", "",
-                 "`forward ms (host)`: of a decode step, the model's forward from its call to the end of its device work, "
-                 "and the host time inside the call; the rest of the token's interval is generate()'s own work.", "",
+                 "`decode at 512`: the same compilation's decode at a 512-token prompt, in runs taking turns with the "
+                 "row's. `forward ms (host)`: of a decode step, the model's forward from its call to the end of its "
+                 "device work, and the host time inside the call; the rest of the token's interval is generate()'s own "
+                 "work.", "",
                  "| code | batch | context | variant | TTFT s | TTFT / eager | decode ms/token | decode / inductor | "
-                 "decode / floor-512 | forward ms (host) |", "|---|---|---|---|---|---|---|---|---|---|"]
+                 "decode / floor-512 | decode at 512 (same compilation) | decode / at 512 | forward ms (host) |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
         def same(row, variant, context=True):
             return next((r for r in rows if r["run"] == row["run"] and r["variant"] == variant and r["batch"] ==
@@ -224,10 +279,12 @@ def table(folder: Path) -> None:
             decode = f"{row['decode_ms']:.2f}" if row.get("decode_ms") else row.get("error", "")[:70]
             forward = (f"{row['decode_forward_ms']:.2f} ({row['decode_forward_host_ms']:.2f})"
                        if "decode_forward_ms" in row else "")
+            at_512 = f"{row['decode_ms_at_512']:.2f}" if row.get("decode_ms_at_512") else ""
             lines.append(f"| {row['code'][:7]} | {row['batch']} | {row['context']} | {row['variant']} | {ttft} | "
                          f"{ratio(row, same(row, 'eager'), 'ttft_s')} | {decode} | "
                          f"{ratio(row, same(row, 'inductor'), 'decode_ms')} | "
-                         f"{ratio(row, same(row, 'floor-512', context=False), 'decode_ms')} | {forward} |")
+                         f"{ratio(row, same(row, 'floor-512', context=False), 'decode_ms')} | {at_512} | "
+                         f"{ratio(row, {'decode_ms': row.get('decode_ms_at_512')}, 'decode_ms')} | {forward} |")
         path.with_suffix(".md").write_text("\n".join(lines) + "\n")
         print(path.with_suffix(".md").read_text())
         _plot(rows, path.with_suffix(".png"))
@@ -269,6 +326,8 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--floors", action="store_true", help="also the floor-512 and bytes-floor rows")
+    parser.add_argument("--at-512", action="store_true", help="also each compile_for_generate row's own decode at a "
+                        "512-token prompt, in runs taking turns with the context's (decode_ms_at_512)")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--top-k", type=int, default=2048)
