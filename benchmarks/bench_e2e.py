@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
+import gc
 import json
 import statistics
 import sys
@@ -100,6 +101,7 @@ def generate(model, ids, new_tokens: int, settings: dict, at_each_token, cache: 
 def timed_generate(model, ids, new_tokens: int, settings: dict, cache: StaticCache) -> list[float]:
     """Seconds from the call to each new token's logits (generate() synchronises at every token anyway)."""
     stamps = []
+    gc.collect()  # earlier calls' garbage (reference cycles can hold a prefill's mask) is freed outside the timing
     synchronize()
     start = time.perf_counter()
     generate(model, ids, new_tokens, settings, lambda: stamps.append(time.perf_counter()), cache)
