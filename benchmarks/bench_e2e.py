@@ -28,8 +28,8 @@ decode step's ``forward`` is also timed (``decode_forward_ms``: from the call to
 ``decode_forward_host_ms``: host time inside the call).
 
 ``--at-512`` adds, to each ``compile_for_generate`` row, its own decode at a 512-token prompt (``decode_ms_at_512``)
-in runs taking turns with the context's, within the same compilation: the ratio of the two shares one process
-state and one compiled model, where rows measured one after the other drift apart by up to ~1 ms of host time per
+measured right after the context's runs, within the same compilation: the ratio of the two shares one process
+state and one compiled model, where rows of separate compilations drift apart by up to ~1 ms of host time per
 token. ``--floors`` adds two rows: ``floor-512``, the ``full`` row's decode with a 512-token prompt (what
 everything but attention costs on this stack, through ``generate()`` with CUDA graphs; the dense Inductor rows are
 no floor: their decode takes as long at 512 tokens as at 32K), and ``bytes-floor``, the weights plus the dense KV
@@ -99,9 +99,7 @@ def generate(model, ids, new_tokens: int, settings: dict, at_each_token, cache: 
 
 
 def release_memory() -> None:
-    """Free earlier calls' garbage and the allocator's cached blocks before a call. At 128K a prefill's mask
-    temporaries are cached as 16 GiB blocks; a 512-token call in between splits them with its own allocations, and
-    the next 128K prefill finds 17 GiB reserved that no 16 GiB request fits (out of memory with 15 GiB free)."""
+    """Free earlier calls' garbage and the allocator's cached blocks, so each call starts from the same state."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -142,28 +140,32 @@ def measure(model, variant: str, context: int, batch: int, args) -> dict:
     at_512 = args.at_512 and compilation is not None and context > 512
     ids = torch.randint(0, model.config.vocab_size, (batch, context), device=model.device)
     cache = static_cache(model, ids, new_tokens)
-    # The same compilation's decode at a 512-token prompt, in runs taking turns with this context's: the ratio of
-    # the two shares one process state and one compiled model (separate rows drift apart by ~1 ms of host time).
+    # The same compilation's decode at a 512-token prompt, measured right after this context's runs: the ratio of
+    # the two shares one process state and one compiled model (rows of separate compilations, measured one after
+    # the other, drift apart by up to ~1 ms of host time per token). Not taking turns with the long runs: at 128K
+    # a 128K prefill after a 512-token call ran out of memory on the H100 (17 GiB reserved that no 16 GiB request
+    # fitted, not freed by empty_cache; not located).
     short = (ids[:, :512], static_cache(model, ids[:, :512], new_tokens)) if at_512 else None
-    timer = None
+    timer, forward_times = None, {}
     runs, short_runs = [], []
     try:
         start = time.perf_counter()
         timed_generate(model, ids, new_tokens, settings, cache)  # compiles
         first_run_s = time.perf_counter() - start
-        if short:
-            timed_generate(model, short[0], new_tokens, settings, short[1])  # compiles its decode graph
         if compilation is not None and torch.cuda.is_available():
             timer = DecodeForwardTimer(model)
-        for _ in range(args.repeats):
-            runs.append(timed_generate(model, ids, new_tokens, settings, cache))
-            if short:
-                short_runs.append(timed_generate(model, short[0], new_tokens, settings, short[1]))
-        if timer is not None:
-            timer.remove()
+        runs = [timed_generate(model, ids, new_tokens, settings, cache) for _ in range(args.repeats)]
+        forward_times = timer.medians(cache) if timer is not None else {}  # before the profiled steps
         if args.profile:
             profile_decode(model, ids, settings, args.out / f"profile-e2e-{variant}-{batch}x{context}.txt",
                            min(8, args.new_tokens), cache)
+        if short:
+            del cache  # its 128K slots are not needed any more
+            timed_generate(model, short[0], new_tokens, settings, short[1])  # compiles its decode graph
+            short_runs = [timed_generate(model, short[0], new_tokens, settings, short[1])
+                          for _ in range(args.repeats)]
+        if timer is not None:
+            timer.remove()
     finally:
         if compilation is not None:
             compilation.restore()
@@ -175,10 +177,9 @@ def measure(model, variant: str, context: int, batch: int, args) -> dict:
     if short_runs:
         row["decode_ms_at_512"] = statistics.median(decode_intervals_ms(short_runs))
         row["decode_steps_ms_at_512"] = decode_intervals_ms(short_runs)
-    if timer is not None:
-        row.update(timer.medians(cache))
-        if short:
-            row.update({f"{key}_at_512": value for key, value in timer.medians(short[1]).items()})
+    row.update(forward_times)
+    if timer is not None and short:
+        row.update({f"{key}_at_512": value for key, value in timer.medians(short[1]).items()})
     if compilation is not None:
         row["graphs"] = {r.name: r.counts() for r in compilation.reports()}
     return row
@@ -271,8 +272,8 @@ def table(folder: Path) -> None:
                  "context and batch: time to first token to the `eager` row, decode to the `inductor` row (HF "
                  "`CompileConfig()`) and to the run's `floor-512` (the `full` row's decode with a 512-token prompt); "
                  "`bytes-floor` is the weights + dense KV bytes at the measured copy bandwidth.", "",
-                 "`decode at 512`: the same compilation's decode at a 512-token prompt, in runs taking turns with the "
-                 "row's. `forward ms (host)`: of a decode step, the model's forward from its call to the end of its "
+                 "`decode at 512`: the same compilation's decode at a 512-token prompt, measured right after the row's "
+                 "runs. `forward ms (host)`: of a decode step, the model's forward from its call to the end of its "
                  "device work, and the host time inside the call; the rest of the token's interval is generate()'s own "
                  "work.", "",
                  "| code | batch | context | variant | TTFT s | TTFT / eager | decode ms/token | decode / inductor | "
@@ -339,7 +340,7 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--floors", action="store_true", help="also the floor-512 and bytes-floor rows")
     parser.add_argument("--at-512", action="store_true", help="also each compile_for_generate row's own decode at a "
-                        "512-token prompt, in runs taking turns with the context's (decode_ms_at_512)")
+                        "512-token prompt, measured right after the context's runs (decode_ms_at_512)")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--top-k", type=int, default=2048)
