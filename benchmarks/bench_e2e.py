@@ -6,9 +6,9 @@
 
 A Llama-3-8B-shaped model (random bf16 weights, ``--layers`` layers), a prompt of ``--context`` random tokens per
 row, greedy decoding of ``--new-tokens`` tokens (``min_new_tokens`` too, so no row stops early) into a
-``StaticCache`` of exactly prompt + new tokens, passed to ``generate()`` (left to itself, generate() sizes a static
-cache to the longest of all its calls on the model so far, so a 512-token row after a 128K one would decode in a
-128K cache) and reset before each call. Rows, all through ``model.generate(..., past_key_values=cache)``:
+fresh ``StaticCache`` of exactly prompt + new tokens per call, passed to ``generate()`` (left to itself, generate()
+sizes a static cache to the longest of all its calls on the model so far, so a 512-token row after a 128K one would
+decode in a 128K cache). Rows, all through ``model.generate(..., past_key_values=StaticCache(...))``:
 
 * ``eager``: no compile (``disable_compile=True``);
 * ``inductor``: Hugging Face's own compile, ``CompileConfig()`` (Inductor, ``mode="reduce-overhead"``; it compiles
@@ -82,17 +82,13 @@ class _AtEachToken(LogitsProcessor):
         return scores
 
 
-def static_cache(model, ids, new_tokens: int) -> StaticCache:
-    """A static cache of exactly the prompt plus ``new_tokens`` (passed to generate(), which would otherwise size it
-    to the longest of all its calls so far on this model: a 512-token run after a 128K one would decode in a 128K
-    cache). Reused by every call at this length (reset before each), so CUDA graphs keep its addresses."""
-    return StaticCache(config=model.config, max_cache_len=ids.shape[1] + new_tokens)
-
-
-def generate(model, ids, new_tokens: int, settings: dict, at_each_token, cache: StaticCache) -> None:
-    """Greedy ``generate()`` of exactly ``new_tokens`` tokens into ``cache`` (reset first), calling
-    ``at_each_token()`` when each token's logits are ready."""
-    cache.reset()
+def generate(model, ids, new_tokens: int, settings: dict, at_each_token) -> None:
+    """Greedy ``generate()`` of exactly ``new_tokens`` tokens into a fresh ``StaticCache`` of exactly the prompt plus
+    ``new_tokens``, calling ``at_each_token()`` when each token's logits are ready. (Left to itself, generate()
+    sizes a static cache to the longest of all its calls on the model so far: a 512-token call after a 128K one
+    would decode in a 128K cache. One cache reused by every call at 128K ran out of memory in the second call's
+    prefill on the H100; a fresh cache per call is what generate() does itself.)"""
+    cache = StaticCache(config=model.config, max_cache_len=ids.shape[1] + new_tokens)
     model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                    do_sample=False, past_key_values=cache,
                    logits_processor=LogitsProcessorList([_AtEachToken(at_each_token)]), **settings)
@@ -105,13 +101,13 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def timed_generate(model, ids, new_tokens: int, settings: dict, cache: StaticCache) -> list[float]:
+def timed_generate(model, ids, new_tokens: int, settings: dict) -> list[float]:
     """Seconds from the call to each new token's logits (generate() synchronises at every token anyway)."""
     stamps = []
     release_memory()
     synchronize()
     start = time.perf_counter()
-    generate(model, ids, new_tokens, settings, lambda: stamps.append(time.perf_counter()), cache)
+    generate(model, ids, new_tokens, settings, lambda: stamps.append(time.perf_counter()))
     return [stamp - start for stamp in stamps]
 
 
@@ -139,31 +135,30 @@ def measure(model, variant: str, context: int, batch: int, args) -> dict:
     new_tokens = 1 + args.new_tokens
     at_512 = args.at_512 and compilation is not None and context > 512
     ids = torch.randint(0, model.config.vocab_size, (batch, context), device=model.device)
-    cache = static_cache(model, ids, new_tokens)
     # The same compilation's decode at a 512-token prompt, measured right after this context's runs: the ratio of
     # the two shares one process state and one compiled model (rows of separate compilations, measured one after
-    # the other, drift apart by up to ~1 ms of host time per token). Not taking turns with the long runs: at 128K
-    # a 128K prefill after a 512-token call ran out of memory on the H100 (17 GiB reserved that no 16 GiB request
-    # fitted, not freed by empty_cache; not located).
-    short = (ids[:, :512], static_cache(model, ids[:, :512], new_tokens)) if at_512 else None
+    # the other, drift apart by up to ~1 ms of host time per token).
+    short = ids[:, :512] if at_512 else None
     timer, forward_times = None, {}
     runs, short_runs = [], []
     try:
         start = time.perf_counter()
-        timed_generate(model, ids, new_tokens, settings, cache)  # compiles
+        timed_generate(model, ids, new_tokens, settings)  # compiles
         first_run_s = time.perf_counter() - start
         if compilation is not None and torch.cuda.is_available():
-            timer = DecodeForwardTimer(model)
-        runs = [timed_generate(model, ids, new_tokens, settings, cache) for _ in range(args.repeats)]
-        forward_times = timer.medians(cache) if timer is not None else {}  # before the profiled steps
+            timer = DecodeForwardTimer(model, "context")
+        runs = [timed_generate(model, ids, new_tokens, settings) for _ in range(args.repeats)]
+        forward_times = timer.medians("context") if timer is not None else {}
+        if timer is not None:
+            timer.label = "profiled"
         if args.profile:
             profile_decode(model, ids, settings, args.out / f"profile-e2e-{variant}-{batch}x{context}.txt",
-                           min(8, args.new_tokens), cache)
-        if short:
-            del cache  # its 128K slots are not needed any more
-            timed_generate(model, short[0], new_tokens, settings, short[1])  # compiles its decode graph
-            short_runs = [timed_generate(model, short[0], new_tokens, settings, short[1])
-                          for _ in range(args.repeats)]
+                           min(8, args.new_tokens))
+        if short is not None:
+            timed_generate(model, short, new_tokens, settings)  # compiles its decode graph
+            if timer is not None:
+                timer.label = "at_512"
+            short_runs = [timed_generate(model, short, new_tokens, settings) for _ in range(args.repeats)]
         if timer is not None:
             timer.remove()
     finally:
@@ -178,8 +173,8 @@ def measure(model, variant: str, context: int, batch: int, args) -> dict:
         row["decode_ms_at_512"] = statistics.median(decode_intervals_ms(short_runs))
         row["decode_steps_ms_at_512"] = decode_intervals_ms(short_runs)
     row.update(forward_times)
-    if timer is not None and short:
-        row.update({f"{key}_at_512": value for key, value in timer.medians(short[1]).items()})
+    if timer is not None and short is not None:
+        row.update({f"{key}_at_512": value for key, value in timer.medians("at_512").items()})
     if compilation is not None:
         row["graphs"] = {r.name: r.counts() for r in compilation.reports()}
     return row
@@ -188,14 +183,15 @@ def measure(model, variant: str, context: int, batch: int, args) -> dict:
 class DecodeForwardTimer:
     """While installed on a model prepared by ``compile_for_generate``, records for each decode step's ``forward``
     (one new token) the host seconds inside the call (Dynamo's guards, the CUDA-graph replay's launch) and CUDA
-    events around it, by the static cache it decodes into. generate() synchronises before each step, so the events'
+    events around it, under the current ``label``. generate() synchronises before each step, so the events'
     interval runs from the call to the end of its device work (``decode_forward_ms``); the rest of a token's
     interval is generate()'s own work (sampling, stopping criteria, the next step's inputs and mask)."""
 
-    def __init__(self, model):
+    def __init__(self, model, label: str):
         self.model = model
         self.routed_forward = model.forward
-        self.records: dict[int, list[tuple]] = {}  # id(cache) -> [(host s, start event, end event)]
+        self.label = label
+        self.records: dict[str, list[tuple]] = {}  # label -> [(host s, start event, end event)]
 
         @functools.wraps(self.routed_forward)  # generate() inspects forward's signature
         def timed_forward(*args, **kwargs):
@@ -207,8 +203,7 @@ class DecodeForwardTimer:
             start.record()
             output = self.routed_forward(*args, **kwargs)
             end.record()
-            self.records.setdefault(id(kwargs.get("past_key_values")), []).append(
-                (time.perf_counter() - start_s, start, end))
+            self.records.setdefault(self.label, []).append((time.perf_counter() - start_s, start, end))
             return output
 
         model.forward = timed_forward
@@ -216,16 +211,16 @@ class DecodeForwardTimer:
     def remove(self) -> None:
         self.model.forward = self.routed_forward
 
-    def medians(self, cache) -> dict:
-        """Median host ms inside the call and ms from the call to the end of its device work, for ``cache``."""
-        records = self.records.get(id(cache), [])
+    def medians(self, label: str) -> dict:
+        """Median host ms inside the call and ms from the call to the end of its device work, under ``label``."""
+        records = self.records.get(label, [])
         if not records:
             return {}
         return {"decode_forward_host_ms": statistics.median(host * 1e3 for host, _, _ in records),
                 "decode_forward_ms": statistics.median(begin.elapsed_time(end) for _, begin, end in records)}
 
 
-def profile_decode(model, ids, settings: dict, path: Path, steps: int, cache: StaticCache) -> None:
+def profile_decode(model, ids, settings: dict, path: Path, steps: int) -> None:
     """A torch.profiler table (by device time, then by host time) of ``steps`` decode steps inside generate(): the
     profiler starts at the first token's logits, so the prefill stays out of it. (Profiling slows the host side,
     CUDA-graph launches most.)"""
@@ -241,7 +236,7 @@ def profile_decode(model, ids, settings: dict, path: Path, steps: int, cache: St
 
     release_memory()
     try:
-        generate(model, ids, 1 + steps, settings, start_once, cache)
+        generate(model, ids, 1 + steps, settings, start_once)
         synchronize()
     finally:
         if started:
