@@ -94,8 +94,8 @@ def generate(model, ids, new_tokens: int, settings: dict, at_each_token) -> None
 
 
 def release_garbage() -> None:
-    """Free earlier calls' garbage outside the timing. (Not the allocator's cached blocks: after an empty_cache the
-    128K prefill allocates ~48 GiB afresh, which made time to first token 6.8 s where it is 5.2 s.)"""
+    """Free earlier calls' garbage outside the timing. (Not the allocator's cached blocks: after an empty_cache each
+    128K prefill allocates ~48 GiB afresh; a run that did so took 6.8 s to the first token where others took 5.2.)"""
     gc.collect()
 
 
