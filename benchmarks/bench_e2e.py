@@ -23,18 +23,18 @@ A logits processor stamps the time (after a synchronize) at each new token's log
 first stamp, decode ms/token the median of the intervals between stamps (each a whole step of ``generate()``:
 forward, sampling, stopping criteria), over ``--repeats`` calls of ``1 + n`` tokens. (``(T(1 + n) - T(1)) / n`` of
 two calls, used before, carries the difference of two prefills: at 128K a 1% change of a 6 s prefill is 2 ms per
-token over 32 tokens.) Each variant runs once untimed first (compiles). For the ``compile_for_generate`` rows each
-decode step's ``forward`` is also timed (``decode_forward_ms``: from the call to the end of its device work;
-``decode_forward_host_ms``: host time inside the call).
+token over 32 tokens.) Each variant runs once untimed first (compiles). On CUDA, each decode step's ``forward`` of
+the ``compile_for_generate`` rows is also timed (``decode_forward_ms``: from the call to the end of its device
+work; ``decode_forward_host_ms``: host time inside the call).
 
-``--at-512`` adds, to each ``compile_for_generate`` row, its own decode at a 512-token prompt (``decode_ms_at_512``)
-measured right after the context's runs, within the same compilation: the ratio of the two shares one process
-state and one compiled model, where rows of separate compilations drift apart by up to ~1 ms of host time per
-token. ``--floors`` adds two rows: ``floor-512``, the ``full`` row's decode with a 512-token prompt (what
-everything but attention costs on this stack, through ``generate()`` with CUDA graphs), and ``bytes-floor``, the
-weights plus the dense KV cache read once per token at the measured copy bandwidth. Rows are appended to ``e2e-<device>.json`` under
-``--out``; ``--table`` writes the Markdown (ratios to the run's Inductor row) and a plot of ms/token against
-context.
+``--at-512`` adds, to each ``compile_for_generate`` row of a context longer than 512, its own decode at a
+512-token prompt (``decode_ms_at_512``) measured right after the context's runs, within the same compilation: the
+ratio of the two shares one process state and one compiled model, where rows of separate compilations drift apart
+by up to ~1 ms of host time per token. ``--profile`` comes last. ``--floors`` adds two rows: ``floor-512``, the
+``full`` row's decode with a 512-token prompt (what everything but attention costs on this stack, through
+``generate()`` with CUDA graphs), and ``bytes-floor``, the weights plus the dense KV cache read once per token at
+the measured copy bandwidth. Rows are appended to ``e2e-<device>.json`` under ``--out``; ``--table`` writes the
+Markdown (ratios to the run's Inductor row) and a plot of ms/token against context.
 """
 
 from __future__ import annotations
@@ -81,13 +81,19 @@ class _AtEachToken(LogitsProcessor):
         return scores
 
 
-def generate(model, ids, new_tokens: int, settings: dict, at_each_token) -> None:
-    """Greedy ``generate()`` of exactly ``new_tokens`` tokens into a fresh ``StaticCache`` of exactly the prompt plus
-    ``new_tokens``, calling ``at_each_token()`` when each token's logits are ready. (Left to itself, generate()
-    sizes a static cache to the longest of all its calls on the model so far: a 512-token call after a 128K one
-    would decode in a 128K cache. One cache reused by every call at 128K ran out of memory in the second call's
-    prefill on the H100; a fresh cache per call is what generate() does itself.)"""
-    cache = StaticCache(config=model.config, max_cache_len=ids.shape[1] + new_tokens)
+def generate(model, ids, new_tokens: int, settings: dict, at_each_token, cache_len: int | None = None) -> None:
+    """Greedy ``generate()`` of exactly ``new_tokens`` tokens into a fresh ``StaticCache`` of ``cache_len`` slots
+    (default: the prompt plus ``new_tokens``), calling ``at_each_token()`` when each token's logits are ready.
+    (Left to itself, generate() sizes a static cache to the longest of all its calls on the model so far: a
+    512-token call after a 128K one would decode in a 128K cache. One cache reused by every call at 128K ran out of
+    memory in the second call's prefill on the H100; a fresh cache per call is what generate() does itself.) The
+    cache is allocated before the call, as generate() does for a compiled chunked prefill: allocated inside a
+    compiled graph its tensors would get no static address."""
+    cache = StaticCache(config=model.config, max_cache_len=cache_len or ids.shape[1] + new_tokens)
+    init_shape = model._get_static_cache_init_shape()  # (KV heads, head dim); None: not on one device
+    if init_shape is not None:
+        cache.early_initialization(batch_size=ids.shape[0], num_heads=init_shape[0], head_dim=init_shape[1],
+                                   dtype=model.dtype, device=model.device)
     model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                    do_sample=False, past_key_values=cache,
                    logits_processor=LogitsProcessorList([_AtEachToken(at_each_token)]), **settings)
@@ -131,14 +137,8 @@ def measure(model, variant: str, context: int, batch: int, args) -> dict:
     if args.prefill_chunk:
         settings["prefill_chunk_size"] = args.prefill_chunk
     new_tokens = 1 + args.new_tokens
-    at_512 = args.at_512 and compilation is not None and context > 512
     ids = torch.randint(0, model.config.vocab_size, (batch, context), device=model.device)
-    # The same compilation's decode at a 512-token prompt, measured right after this context's runs: the ratio of
-    # the two shares one process state and one compiled model (rows of separate compilations, measured one after
-    # the other, drift apart by up to ~1 ms of host time per token).
-    short = ids[:, :512] if at_512 else None
-    timer, forward_times = None, {}
-    runs, short_runs = [], []
+    timer = None
     try:
         start = time.perf_counter()
         timed_generate(model, ids, new_tokens, settings)  # compiles
@@ -146,36 +146,50 @@ def measure(model, variant: str, context: int, batch: int, args) -> dict:
         if compilation is not None and torch.cuda.is_available():
             timer = DecodeForwardTimer(model, "context")
         runs = [timed_generate(model, ids, new_tokens, settings) for _ in range(args.repeats)]
-        forward_times = timer.medians("context") if timer is not None else {}
+        steps_ms = decode_intervals_ms(runs)
+        row = {"variant": variant, "context": context, "batch": batch,
+               "ttft_s": statistics.median(run[0] for run in runs), "decode_ms": statistics.median(steps_ms),
+               "first_run_s": first_run_s, "ttft_runs_s": [run[0] for run in runs], "decode_steps_ms": steps_ms,
+               "cudagraph_skips": counters["inductor"]["cudagraph_skips"]}
         if timer is not None:
-            timer.label = "profiled"
+            row.update(timer.medians("context"))
+        if compilation is not None:
+            row["graphs"] = {r.name: r.counts() for r in compilation.reports()}
+        # The optional parts below come after the row's own measurements, and their failures do not lose it.
+        if args.at_512 and compilation is not None and context > 512:
+            row.update(_measure_at_512(model, ids[:, :512], new_tokens, settings, args.repeats, timer))
         if args.profile:
-            profile_decode(model, ids, settings, args.out / f"profile-e2e-{variant}-{batch}x{context}.txt",
-                           min(8, args.new_tokens))
-        if short is not None:
-            timed_generate(model, short, new_tokens, settings)  # compiles its decode graph
-            if timer is not None:
-                timer.label = "at_512"
-            short_runs = [timed_generate(model, short, new_tokens, settings) for _ in range(args.repeats)]
+            try:
+                profile_decode(model, ids, settings, args.out / f"profile-e2e-{variant}-{batch}x{context}.txt",
+                               min(8, args.new_tokens), cache_len=context + new_tokens)
+            except torch.OutOfMemoryError as error:
+                row["profile_error"] = f"out of memory: {error}"[:300]
         if timer is not None:
             timer.remove()
     finally:
         if compilation is not None:
             compilation.restore()
-    steps_ms = decode_intervals_ms(runs)
-    row = {"variant": variant, "context": context, "batch": batch, "ttft_s": statistics.median(run[0] for run in runs),
-           "decode_ms": statistics.median(steps_ms), "first_run_s": first_run_s,
-           "ttft_runs_s": [run[0] for run in runs], "decode_steps_ms": steps_ms,
-           "cudagraph_skips": counters["inductor"]["cudagraph_skips"]}
-    if short_runs:
-        row["decode_ms_at_512"] = statistics.median(decode_intervals_ms(short_runs))
-        row["decode_steps_ms_at_512"] = decode_intervals_ms(short_runs)
-    row.update(forward_times)
-    if timer is not None and short is not None:
-        row.update({f"{key}_at_512": value for key, value in timer.medians("at_512").items()})
-    if compilation is not None:
-        row["graphs"] = {r.name: r.counts() for r in compilation.reports()}
     return row
+
+
+def _measure_at_512(model, short_ids, new_tokens: int, settings: dict, repeats: int, timer) -> dict:
+    """The same compilation's decode at a 512-token prompt, measured right after the context's runs: the ratio of
+    the two shares one process state and one compiled model (rows of separate compilations, measured one after the
+    other, drift apart by up to ~1 ms of host time per token)."""
+    try:
+        if timer is not None:
+            timer.label = "untimed"
+        timed_generate(model, short_ids, new_tokens, settings)  # compiles its decode graph
+        if timer is not None:
+            timer.label = "at_512"
+        steps_ms = decode_intervals_ms([timed_generate(model, short_ids, new_tokens, settings)
+                                        for _ in range(repeats)])
+    except torch.OutOfMemoryError as error:
+        return {"at_512_error": f"out of memory: {error}"[:300]}
+    result = {"decode_ms_at_512": statistics.median(steps_ms), "decode_at_512_steps_ms": steps_ms}
+    if timer is not None:
+        result.update({f"{key}_at_512": value for key, value in timer.medians("at_512").items()})
+    return result
 
 
 class DecodeForwardTimer:
@@ -218,10 +232,11 @@ class DecodeForwardTimer:
                 "decode_forward_ms": statistics.median(begin.elapsed_time(end) for _, begin, end in records)}
 
 
-def profile_decode(model, ids, settings: dict, path: Path, steps: int) -> None:
+def profile_decode(model, ids, settings: dict, path: Path, steps: int, cache_len: int) -> None:
     """A torch.profiler table (by device time, then by host time) of ``steps`` decode steps inside generate(): the
-    profiler starts at the first token's logits, so the prefill stays out of it. (Profiling slows the host side,
-    CUDA-graph launches most.)"""
+    profiler starts at the first token's logits, so the prefill stays out of it. ``cache_len``: the timed runs'
+    cache length, so the decode graph is the one they ran (a static-shape graph recompiles for another). (Profiling
+    slows the host side, CUDA-graph launches most.)"""
     from torch.profiler import ProfilerActivity, profile
 
     profiler = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
@@ -234,7 +249,7 @@ def profile_decode(model, ids, settings: dict, path: Path, steps: int) -> None:
 
     release_garbage()
     try:
-        generate(model, ids, 1 + steps, settings, start_once)
+        generate(model, ids, 1 + steps, settings, start_once, cache_len)
         synchronize()
     finally:
         if started:
@@ -261,8 +276,8 @@ def table(folder: Path) -> None:
     for path in sorted(folder.glob("e2e-*.json")):
         rows = json.loads(path.read_text())
         lines = [f"# generate() end to end ({rows[0]['device']}, {rows[-1]['date']})", "",
-                 f"{rows[0]['model']}; static cache, greedy, {rows[0]['new_tokens']} new tokens. Ratios within one run, "
-                 "context and batch: time to first token to the `eager` row, decode to the `inductor` row (HF "
+                 f"{rows[0]['model']}; static cache, greedy, {rows[0]['new_tokens']} new tokens. Ratios within one "
+                 "run, context and batch: time to first token to the `eager` row, decode to the `inductor` row (HF "
                  "`CompileConfig()`) and to the run's `floor-512` (the `full` row's decode with a 512-token prompt); "
                  "`bytes-floor` is the weights + dense KV bytes at the measured copy bandwidth.", "",
                  "`decode at 512`: the same compilation's decode at a 512-token prompt, measured right after the row's "
@@ -345,7 +360,8 @@ def main() -> None:
     parser.add_argument("--prefill-chunk", type=int, default=None, help="prefill_chunk_size for every variant")
     parser.add_argument("--small", action="store_true", help="tiny widths (a CPU smoke run)")
     parser.add_argument("--profile", action="store_true", help="also a torch.profiler table of 8 decode steps (at "
-                        "most --new-tokens) inside generate() per variant (profile-e2e-<variant>-<batch>x<context>.txt)")
+                        "most --new-tokens) inside generate() per variant, last "
+                        "(profile-e2e-<variant>-<batch>x<context>.txt)")
     parser.add_argument("--run", default=None, help="run label grouping rows for ratios (several calls on one "
                         "machine, one after the other); default: this call's start time")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
