@@ -58,6 +58,7 @@ from bench_model import build_model, code_version, copy_bandwidth  # noqa: E402
 
 import hylra_compile  # noqa: E402
 from hylra_compile import Policy  # noqa: E402
+from hylra_compile.generate import initialise_static_cache  # noqa: E402
 
 POLICIES = {"full": Policy.full, "5of32": lambda layers: Policy.every(7, layers),
             "8of32": lambda layers: Policy.every(4, layers)}
@@ -90,10 +91,7 @@ def generate(model, ids, new_tokens: int, settings: dict, at_each_token, cache_l
     cache is allocated before the call, as generate() does for a compiled chunked prefill: allocated inside a
     compiled graph its tensors would get no static address."""
     cache = StaticCache(config=model.config, max_cache_len=cache_len or ids.shape[1] + new_tokens)
-    init_shape = model._get_static_cache_init_shape()  # (KV heads, head dim); None: not on one device
-    if init_shape is not None:
-        cache.early_initialization(batch_size=ids.shape[0], num_heads=init_shape[0], head_dim=init_shape[1],
-                                   dtype=model.dtype, device=model.device)
+    initialise_static_cache(model, cache, batch_size=ids.shape[0])
     model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                    do_sample=False, past_key_values=cache,
                    logits_processor=LogitsProcessorList([_AtEachToken(at_each_token)]), **settings)

@@ -75,7 +75,7 @@ class GenerateCompilation:
         if static and tokens.shape[1] == 1:
             return self._run_decode(*args, **kwargs)
         if static:
-            _initialise_static_cache(self.model, cache, batch_size=tokens.shape[0])
+            initialise_static_cache(self.model, cache, batch_size=tokens.shape[0])
         _mark_token_dims_dynamic(tokens, kwargs)
         return self._run_prefill(*args, **kwargs)
 
@@ -86,7 +86,7 @@ class GenerateCompilation:
             setattr(self.model.generation_config, name, value)
 
 
-def _initialise_static_cache(model: torch.nn.Module, cache: Any, batch_size: int) -> None:
+def initialise_static_cache(model: torch.nn.Module, cache: Any, batch_size: int) -> None:
     """Allocate a fresh static cache's tensors now, outside the prefill graph, as Hugging Face does before a compiled
     chunked prefill: allocated inside a graph they would get symbolic lengths, and no static address, which the
     decode graph's static shapes and CUDA graphs need."""

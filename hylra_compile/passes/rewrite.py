@@ -43,7 +43,7 @@ def rewrite(
         if decision.op is None:
             continue
         q, k, v = (replaced.get(n, n) for n in (match.q, match.k, match.v))
-        mask, block_mask = masks.get(match.mask, (None, None))
+        mask, block_mask = masks[match.mask] if match.mask is not None else (None, None)
         inputs = dict(q=q, k=k, v=v, mask=mask, block_mask=block_mask)
         settings = dict(is_causal=match.is_causal, scale=match.scale)
         if decision.op == "topk_attention":
