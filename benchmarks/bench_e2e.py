@@ -8,7 +8,7 @@ A Llama-3-8B-shaped model (random bf16 weights, ``--layers`` layers), a prompt o
 row, greedy decoding of ``--new-tokens`` tokens (``min_new_tokens`` too, so no row stops early) into a
 fresh ``StaticCache`` of exactly prompt + new tokens per call, passed to ``generate()`` (left to itself, generate()
 sizes a static cache to the longest of all its calls on the model so far, so a 512-token row after a 128K one would
-decode in a 128K cache). Rows, all through ``model.generate(..., past_key_values=StaticCache(...))``:
+decode in a 128K cache). Rows, all through ``model.generate(..., cache=StaticCache(...))``:
 
 * ``eager``: no compile (``disable_compile=True``);
 * ``inductor``: Hugging Face's own compile, ``CompileConfig()`` (Inductor, ``mode="reduce-overhead"``; it compiles
@@ -59,6 +59,7 @@ from bench_model import build_model, code_version, copy_bandwidth  # noqa: E402
 import hylra_compile  # noqa: E402
 from hylra_compile import Policy  # noqa: E402
 from hylra_compile.generate import initialise_static_cache  # noqa: E402
+from hylra_compile.models import cache_argument  # noqa: E402
 
 POLICIES = {"full": Policy.full, "5of32": lambda layers: Policy.every(7, layers),
             "8of32": lambda layers: Policy.every(4, layers)}
@@ -93,7 +94,7 @@ def generate(model, ids, new_tokens: int, settings: dict, at_each_token, cache_l
     cache = StaticCache(config=model.config, max_cache_len=cache_len or ids.shape[1] + new_tokens)
     initialise_static_cache(model, cache, batch_size=ids.shape[0])
     model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                   do_sample=False, past_key_values=cache,
+                   do_sample=False, **{cache_argument(model): cache},
                    logits_processor=LogitsProcessorList([_AtEachToken(at_each_token)]), **settings)
 
 

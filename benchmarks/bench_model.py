@@ -23,6 +23,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, StaticCache
 
 from hylra_compile import HylraBackend, Policy
+from hylra_compile.models import cache_argument
 
 
 def copy_bandwidth() -> float:
@@ -67,7 +68,7 @@ def fill_cache(model, context: int, device, chunk: int = 8192, cache_len: int | 
     ids = torch.randint(0, model.config.vocab_size, (1, context), device=device)
     for start in range(0, context, chunk):
         end = min(context, start + chunk)
-        model(ids[:, start:end], past_key_values=cache, cache_position=torch.arange(start, end, device=device))
+        model(ids[:, start:end], **{cache_argument(model): cache}, cache_position=torch.arange(start, end, device=device))
     return cache
 
 
@@ -153,7 +154,7 @@ def main() -> None:
     position = torch.tensor([args.context], device=device)
 
     def runner(compiled):
-        return lambda: compiled(step_ids, past_key_values=cache, cache_position=position).logits.float()
+        return lambda: compiled(step_ids, **{cache_argument(model): cache}, cache_position=position).logits.float()
 
     hylra = HylraBackend(policy=Policy.every(args.every, args.layers), top_k=args.top_k, block_size=64)
     dense_us, dense_graph_us, dense_logits = time_decode(

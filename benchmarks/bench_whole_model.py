@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_model import SLACK, build_model, code_version, fill_cache, snapshot, time_decode  # noqa: E402
 
 from hylra_compile import HylraBackend, Policy  # noqa: E402
+from hylra_compile.models import cache_argument  # noqa: E402
 
 POLICIES = {"full": lambda layers: Policy.full(layers), "5of32": lambda layers: Policy.every(7, layers),
             "8of32": lambda layers: Policy.every(4, layers)}
@@ -78,7 +79,7 @@ def run(args, variant: str, model) -> dict:
             if cache is None:
                 return fn_model(ids, use_cache=False, logits_to_keep=1)
             cache.reset()  # the cache counts what it holds: empty it (a memset, ~1 ms of a 32K prefill)
-            return fn_model(ids, past_key_values=cache, cache_position=positions, logits_to_keep=1)
+            return fn_model(ids, **{cache_argument(model): cache}, cache_position=positions, logits_to_keep=1)
 
         start = time.perf_counter()
         step()
@@ -100,7 +101,7 @@ def run(args, variant: str, model) -> dict:
         token = ids[:, :1]
         position = torch.tensor([args.context], device=device)
         launched, graphed, _ = time_decode(
-            lambda: fn_model(token, past_key_values=cache, cache_position=position).logits, restore, 3, args.iters,
+            lambda: fn_model(token, **{cache_argument(model): cache}, cache_position=position).logits, restore, 3, args.iters,
             device)
         times = [graphed / 1e3] if isinstance(graphed, float) else []
         row["launched_ms"] = launched / 1e3

@@ -27,6 +27,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from .models import cache_argument
 from .options import HylraOptions
 from .policy import Policy
 from .routing import AttentionCall, routed_attention
@@ -184,6 +185,7 @@ def greedy_answer(model, tokenizer, text: str, max_new_tokens: int, prompt_logit
     eos = model.generation_config.eos_token_id
     stop = {tokenizer.eos_token_id, *(eos if isinstance(eos, (list, tuple)) else [eos])} - {None}
     output = model(input_ids=ids, use_cache=True, logits_to_keep=prompt_logits)
+    cache_name = cache_argument(model)
     logits = output.logits[0]
     generated: list[int] = []
     for _ in range(max_new_tokens):
@@ -193,8 +195,8 @@ def greedy_answer(model, tokenizer, text: str, max_new_tokens: int, prompt_logit
         generated.append(token)
         if first_number(tokenizer.decode(generated))[1]:
             break
-        output = model(input_ids=torch.tensor([[token]], device=device), past_key_values=output.past_key_values,
-                       use_cache=True, logits_to_keep=1)
+        cache = {cache_name: getattr(output, cache_name)}
+        output = model(input_ids=torch.tensor([[token]], device=device), **cache, use_cache=True, logits_to_keep=1)
     return tokenizer.decode(generated), logits
 
 

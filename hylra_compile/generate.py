@@ -70,7 +70,7 @@ class GenerateCompilation:
             tokens = kwargs.get("inputs_embeds")
         if tokens is None:  # the model's own forward says what is missing
             return self._run_prefill(*args, **kwargs)
-        cache = kwargs.get("past_key_values")
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers >= 5.24 | before
         static = getattr(cache, "is_compileable", False)
         if static and tokens.shape[1] == 1:
             return self._run_decode(*args, **kwargs)
@@ -122,8 +122,8 @@ def compile_for_generate(model: torch.nn.Module, *, decode_cudagraphs: bool | No
     steps as CUDA graphs (default: when the model is on CUDA); prefill graphs never are (their shapes vary).
 
     Decode steps run the static decode graph with a static cache (``generate(..., cache_implementation="static")``
-    or a ``StaticCache`` passed as ``past_key_values``); with a dynamic cache they run the prefill graph (still
-    rewritten, never CUDA graphs). The model's generation config gets ``disable_compile=True``. Returns a
+    or a ``StaticCache`` passed as ``cache``; ``past_key_values`` before transformers 5.24); with a dynamic cache
+    they run the prefill graph (still rewritten, never CUDA graphs). The model's generation config gets ``disable_compile=True``. Returns a
     :class:`GenerateCompilation` (reports, ``restore()``).
     """
     if "cudagraphs" in options:

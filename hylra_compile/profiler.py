@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from .lowering import reference
+from .models import cache_argument
 from .options import HylraOptions
 from .routing import AttentionCall, routed_attention
 
@@ -435,6 +436,7 @@ def profile(
     recorder = _Recorder(options, head_map, similarity == "mass", bar)
     device = next(model.parameters()).device
     forward_kwargs = {"use_cache": decode_steps > 0}
+    cache_name = cache_argument(model)
     if "logits_to_keep" in inspect.signature(model.forward).parameters:
         # Only the last position's logits are read (the next decode token); [S, vocab] would dwarf attention.
         forward_kwargs["logits_to_keep"] = 1
@@ -448,7 +450,8 @@ def profile(
                 recorder.finish_forward()
                 for _ in range(decode_steps):
                     next_token = output.logits[:, -1:].argmax(-1)
-                    output = model(input_ids=next_token, past_key_values=output.past_key_values, **forward_kwargs)
+                    cache = {cache_name: getattr(output, cache_name)}
+                    output = model(input_ids=next_token, **cache, **forward_kwargs)
                     recorder.finish_forward()
     finally:
         bar.close()

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from hylra_compile import HylraBackend, Policy
+from hylra_compile.models import cache_argument
 from tests.independent import IndependentHylra
 from tests.numerics import rel_err
 from tests.tiny_models import decode_step, padded_batch, prefill_logits, tiny_model
@@ -285,14 +286,14 @@ def test_cudagraphs_option_decode_cuda():
     def decode(cudagraphs):
         torch._dynamo.reset()
         counters.clear()
-        cache = StaticCache(config=config, max_cache_len=320)
-        model(ids, past_key_values=cache, cache_position=torch.arange(300, device="cuda"))
+        cache = {cache_argument(model): StaticCache(config=config, max_cache_len=320)}
+        model(ids, **cache, cache_position=torch.arange(300, device="cuda"))
         backend = HylraBackend(policy=Policy.every(2, 2), top_k=256, block_size=64, min_seq_len=0,
                                cudagraphs=cudagraphs)
         compiled = torch.compile(model, backend=backend)
         token, logits = ids[:, -1:], []
         for step in range(4):  # graph trees warm up, record, then replay
-            out = compiled(token, past_key_values=cache, cache_position=torch.tensor([300 + step], device="cuda"))
+            out = compiled(token, **cache, cache_position=torch.tensor([300 + step], device="cuda"))
             logits.append(out.logits.float().clone())
             token = out.logits[:, -1:].argmax(-1)
         assert backend.reports[0].counts() == {"producer": 1, "consumer": 1, "dense": 0}

@@ -9,6 +9,7 @@ from transformers import CompileConfig, StaticCache
 
 import hylra_compile
 from hylra_compile import HylraBackend, Policy
+from hylra_compile.models import cache_argument
 from tests.independent import IndependentHylra
 from tests.numerics import rel_err
 from tests.tiny_models import padded_batch, tiny_model
@@ -127,7 +128,7 @@ def test_a_cache_the_user_passes_is_initialised_outside_the_graph():
     compilation = hylra_compile.compile_for_generate(model, inductor=False, **OPTIONS)
     ids, mask = padded_batch(30, pads=(0, 3))
     cache = StaticCache(config=model.config, max_cache_len=64)
-    model.generate(ids, attention_mask=mask, past_key_values=cache, **GREEDY)
+    model.generate(ids, attention_mask=mask, **{cache_argument(model): cache}, **GREEDY)
     assert all(layer.keys.shape[2] == 64 for layer in cache.layers)
     assert compilation.decode.reports[0].counts() == {"producer": 2, "consumer": 2, "dense": 0}
 

@@ -15,6 +15,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 import hylra_compile
 from hylra_compile import Profile, optimize, profile
 from hylra_compile.lowering import reference
+from hylra_compile.models import cache_argument
 from tests.tiny_models import VOCAB, tiny_config, tiny_model
 
 NUM_LAYERS, SEQ, BLOCK, TOP_K = 4, 128, 8, 40  # 16 query blocks, 5 selected blocks (1 sink, 2 local, 2 chosen)
@@ -70,8 +71,8 @@ def capture_attention(model, tokens, decode_steps=0):
             output = model(tokens[None], use_cache=decode_steps > 0)
             for _ in range(decode_steps):
                 passes.append({})
-                output = model(output.logits[:, -1:].argmax(-1), past_key_values=output.past_key_values,
-                               use_cache=True)
+                cache = {cache_argument(model): getattr(output, cache_argument(model))}
+                output = model(output.logits[:, -1:].argmax(-1), **cache, use_cache=True)
     finally:
         model.set_attn_implementation("sdpa")
     return passes

@@ -12,6 +12,8 @@ from transformers import (
     StaticCache,
 )
 
+from hylra_compile.models import cache_argument
+
 VOCAB = 64
 _COMMON = dict(
     vocab_size=VOCAB,
@@ -58,9 +60,9 @@ def prefill_logits(model, ids, mask):
 @torch.no_grad()
 def decode_step(model, compiled, ids, mask, max_cache_len: int = 48):
     """Fill a StaticCache with ``ids`` eagerly, then run one decode token through ``compiled``; returns its logits."""
-    cache = StaticCache(config=model.config, max_cache_len=max_cache_len)
-    model(ids, attention_mask=mask, past_key_values=cache, use_cache=True)
+    cache = {cache_argument(model): StaticCache(config=model.config, max_cache_len=max_cache_len)}
+    model(ids, attention_mask=mask, **cache, use_cache=True)
     step_ids = ids[:, -1:]
     step_mask = torch.cat([mask, torch.ones(mask.shape[0], 1, dtype=mask.dtype)], dim=1)
     position = torch.tensor([ids.shape[1]])
-    return compiled(step_ids, attention_mask=step_mask, past_key_values=cache, cache_position=position).logits
+    return compiled(step_ids, attention_mask=step_mask, **cache, cache_position=position).logits
