@@ -108,12 +108,16 @@ def constant(value, name: str, types: tuple[type, ...]):
     return value
 
 
+# ``x.mT`` as Dynamo records it from torch 2.14 (before: ``getattr(x, "mT")``).
+MT_OPS = (torch.ops.aten.mT, torch.ops.aten.mT.default)
+
+
 def transposed_source(node) -> torch.fx.Node | None:
     """``x`` when ``node`` is a 4-d ``x`` with its last two dims swapped (``transpose(-1, -2)``, ``swapaxes``,
     ``permute(0, 1, 3, 2)`` or ``.mT``), else None."""
     if not isinstance(node, torch.fx.Node):
         return None
-    if node.op == "call_function" and node.target is getattr and node.args[1:] == ("mT",):
+    if node.op == "call_function" and (node.target is getattr and node.args[1:] == ("mT",) or node.target in MT_OPS):
         return node.args[0]
     source = example_value(node.args[0]) if node.args else None
     if source is None or source.dim() != 4:
