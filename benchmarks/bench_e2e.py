@@ -25,7 +25,8 @@ forward, sampling, stopping criteria), over ``--repeats`` calls of ``1 + n`` tok
 two calls, used before, carries the difference of two prefills: at 128K a 1% change of a 6 s prefill is 2 ms per
 token over 32 tokens.) Each variant runs once untimed first (compiles). On CUDA, each decode step's ``forward`` of
 the ``compile_for_generate`` rows is also timed (``decode_forward_ms``: from the call to the end of its device
-work; ``decode_forward_host_ms``: host time inside the call).
+work; ``decode_forward_host_ms``: host time inside the call), and ``allocator_during_runs`` counts the CUDA
+allocator's retries and device allocations / frees over the timed runs.
 
 ``--at-512`` adds, to each ``compile_for_generate`` row of a context longer than 512, its own decode at a
 512-token prompt (``decode_ms_at_512``) measured right after the context's runs, within the same compilation: the
@@ -114,6 +115,16 @@ def timed_generate(model, ids, new_tokens: int, settings: dict) -> list[float]:
     return [stamp - start for stamp in stamps]
 
 
+def allocator_counts() -> dict:
+    """The CUDA caching allocator's counts of retries (a failed allocation that freed the cache and tried again,
+    with a device synchronisation) and of device allocations and frees: calls into the driver that a step's host
+    time would show, more likely near a full device. Empty without CUDA."""
+    if not torch.cuda.is_available():
+        return {}
+    stats = torch.cuda.memory_stats()
+    return {name: stats.get(name, 0) for name in ("num_alloc_retries", "num_device_alloc", "num_device_free")}
+
+
 def decode_intervals_ms(runs: list[list[float]]) -> list[float]:
     return [(later - earlier) * 1e3 for run in runs for earlier, later in zip(run, run[1:])]
 
@@ -144,12 +155,14 @@ def measure(model, variant: str, context: int, batch: int, args) -> dict:
         first_run_s = time.perf_counter() - start
         if compilation is not None and torch.cuda.is_available():
             timer = DecodeForwardTimer(model, "context")
+        counts_before = allocator_counts()
         runs = [timed_generate(model, ids, new_tokens, settings) for _ in range(args.repeats)]
         steps_ms = decode_intervals_ms(runs)
+        allocator_during_runs = {name: count - counts_before[name] for name, count in allocator_counts().items()}
         row = {"variant": variant, "context": context, "batch": batch,
                "ttft_s": statistics.median(run[0] for run in runs), "decode_ms": statistics.median(steps_ms),
                "first_run_s": first_run_s, "ttft_runs_s": [run[0] for run in runs], "decode_steps_ms": steps_ms,
-               "cudagraph_skips": counters["inductor"]["cudagraph_skips"]}
+               "cudagraph_skips": counters["inductor"]["cudagraph_skips"], "allocator_during_runs": allocator_during_runs}
         if timer is not None:
             row.update(timer.medians("context"))
         if compilation is not None:
