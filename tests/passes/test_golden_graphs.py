@@ -30,8 +30,8 @@ _DTYPES = {torch.float32: "f32", torch.bfloat16: "bf16", torch.bool: "b8", torch
 def attention_ops(gm: torch.fx.GraphModule) -> str:
     """The attention ops of a graph, one line each, with tensor operands as ``%n dtype[shape]`` (n numbers
     distinct nodes in order of first use, so a node shared by several ops shows the same n), and ``block_idx``,
-    ``block_mask`` and the stored mask as the op they come from. Attention left in the graph (SDPA, softmax, matmul)
-    is listed too."""
+    ``block_mask`` and the stored mask as the op they come from. Attention left in the graph is listed too, by its
+    SDPA or softmax (not every matmul: transformers 5.17 computes rotary angles with one)."""
     ids: dict[torch.fx.Node, int] = {}
     producers: dict[torch.fx.Node, str] = {}
 
@@ -54,7 +54,7 @@ def attention_ops(gm: torch.fx.GraphModule) -> str:
             for user in node.users:
                 if user.target is operator.getitem and user.args[1] == 1:
                     producers[user] = f"{name}.block_idx"
-        elif any(is_call(node, op) for op in ("sdpa", "softmax", "matmul")):
+        elif is_call(node, "sdpa") or is_call(node, "softmax"):
             lines.append(f"left: {node.format_node()}")
     return "\n".join(lines)
 
