@@ -162,7 +162,8 @@ def measure(model, variant: str, context: int, batch: int, args) -> dict:
         row = {"variant": variant, "context": context, "batch": batch,
                "ttft_s": statistics.median(run[0] for run in runs), "decode_ms": statistics.median(steps_ms),
                "first_run_s": first_run_s, "ttft_runs_s": [run[0] for run in runs], "decode_steps_ms": steps_ms,
-               "cudagraph_skips": counters["inductor"]["cudagraph_skips"], "allocator_during_runs": allocator_during_runs}
+               "cudagraph_skips": counters["inductor"]["cudagraph_skips"],
+               "allocator_during_runs": allocator_during_runs}
         if timer is not None:
             row.update(timer.medians("context"))
         if compilation is not None:

@@ -66,9 +66,10 @@ def fill_cache(model, context: int, device, chunk: int = 8192, cache_len: int | 
     """A StaticCache of ``cache_len`` slots (default: ``context`` + SLACK) holding ``context`` random tokens."""
     cache = StaticCache(config=model.config, max_cache_len=max(cache_len or 0, context + SLACK))
     ids = torch.randint(0, model.config.vocab_size, (1, context), device=device)
+    cache_kwargs = {cache_argument(model): cache}
     for start in range(0, context, chunk):
         end = min(context, start + chunk)
-        model(ids[:, start:end], **{cache_argument(model): cache}, cache_position=torch.arange(start, end, device=device))
+        model(ids[:, start:end], **cache_kwargs, cache_position=torch.arange(start, end, device=device))
     return cache
 
 

@@ -101,8 +101,8 @@ def run(args, variant: str, model) -> dict:
         token = ids[:, :1]
         position = torch.tensor([args.context], device=device)
         launched, graphed, _ = time_decode(
-            lambda: fn_model(token, **{cache_argument(model): cache}, cache_position=position).logits, restore, 3, args.iters,
-            device)
+            lambda: fn_model(token, **{cache_argument(model): cache}, cache_position=position).logits, restore, 3,
+            args.iters, device)
         times = [graphed / 1e3] if isinstance(graphed, float) else []
         row["launched_ms"] = launched / 1e3
         row["graph_error"] = None if isinstance(graphed, float) else graphed
