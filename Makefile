@@ -17,5 +17,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: $(VENV)/.installed
 	$(PY) examples/demo.py
 
+# The stack's versions first: a fresh install takes the newest releases (transformers 5.24 once renamed an argument).
 test: $(VENV)/.installed
+	$(PY) -c "import numpy, torch, transformers, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__, 'numpy', numpy.__version__)"
 	$(PY) -m pytest -q tests
