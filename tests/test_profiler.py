@@ -69,9 +69,10 @@ def capture_attention(model, tokens, decode_steps=0):
         with torch.no_grad():
             passes.append({})
             output = model(tokens[None], use_cache=decode_steps > 0)
+            cache_name = cache_argument(model)
             for _ in range(decode_steps):
                 passes.append({})
-                cache = {cache_argument(model): getattr(output, cache_argument(model))}
+                cache = {cache_name: getattr(output, cache_name)}
                 output = model(output.logits[:, -1:].argmax(-1), **cache, use_cache=True)
     finally:
         model.set_attn_implementation("sdpa")
