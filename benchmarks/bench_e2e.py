@@ -31,7 +31,9 @@ allocator's retries and device allocations / frees over the timed runs.
 ``--at-512`` adds, to each ``compile_for_generate`` row of a context longer than 512, its own decode at a
 512-token prompt (``decode_ms_at_512``) measured right after the context's runs, within the same compilation: the
 ratio of the two shares one process state and one compiled model, where rows of separate compilations drift apart
-by up to ~1 ms of host time per token. ``--profile`` comes last. ``--floors`` adds two rows: ``floor-512``, the
+by up to ~1 ms of host time per token. ``--host-profile`` adds cProfile tables of decode steps inside generate()
+(at the context and, with ``--at-512``, at 512 tokens; the steady state and the first step after the prefill) and
+the functions whose host time differs most between the two. ``--profile`` comes last. ``--floors`` adds two rows: ``floor-512``, the
 ``full`` row's decode with a 512-token prompt (what everything but attention costs on this stack, through
 ``generate()`` with CUDA graphs), and ``bytes-floor``, the weights plus the dense KV cache read once per token at
 the measured copy bandwidth. Rows are appended to ``e2e-<device>.json`` under ``--out``; ``--table`` writes the
@@ -41,10 +43,12 @@ Markdown (ratios to the run's Inductor row) and a plot of ms/token against conte
 from __future__ import annotations
 
 import argparse
+import cProfile
 import datetime
 import functools
 import gc
 import json
+import pstats
 import statistics
 import sys
 import time
@@ -171,6 +175,9 @@ def measure(model, variant: str, context: int, batch: int, args) -> dict:
         # The optional parts below come after the row's own measurements, and their failures do not lose it.
         if args.at_512 and compilation is not None and context > 512:
             row.update(_measure_at_512(model, ids[:, :512], new_tokens, settings, args.repeats, timer))
+        if args.host_profile and compilation is not None:
+            _host_profiles(model, ids, new_tokens, settings, args, args.out / f"host-profile-e2e-{variant}-{batch}x"
+                           f"{context}.txt")
         if args.profile:
             try:
                 profile_decode(model, ids, settings, args.out / f"profile-e2e-{variant}-{batch}x{context}.txt",
@@ -183,6 +190,20 @@ def measure(model, variant: str, context: int, batch: int, args) -> dict:
         if compilation is not None:
             compilation.restore()
     return row
+
+
+def _host_profiles(model, ids, new_tokens: int, settings: dict, args, path: Path) -> None:
+    """cProfile tables of decode steps inside generate() at the context and (``--at-512``) at a 512-token prompt:
+    the steady state (up to 16 steps after the first three) and the first decode step after the prefill alone, in
+    the timed runs' cache length (the decode graph has static shapes)."""
+    prompts = {str(ids.shape[1]): ids} | ({"512": ids[:, :512]} if args.at_512 and ids.shape[1] > 512 else {})
+    profiles, steps = {}, {}
+    for when, skip, count in (("steady", 3, min(16, new_tokens - 4)), ("first step", 0, 1)):
+        for label, prompt in prompts.items():
+            name = f"{label} tokens, {when}"
+            profiles[name] = host_profile(model, prompt, settings, prompt.shape[1] + new_tokens, skip, count)
+            steps[name] = count
+    write_host_profiles(path, profiles, steps)
 
 
 def _measure_at_512(model, short_ids, new_tokens: int, settings: dict, repeats: int, timer) -> dict:
@@ -272,6 +293,56 @@ def profile_decode(model, ids, settings: dict, path: Path, steps: int, cache_len
                     + averages.table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70)
                     + "\nby host time\n"
                     + averages.table(sort_by="cpu_time_total", row_limit=30, max_name_column_width=70) + "\n")
+
+
+def host_profile(model, ids, settings: dict, cache_len: int, skip: int, steps: int) -> dict:
+    """Python's cProfile (every Python function and builtin, CUDA calls included) over decode steps ``skip`` to
+    ``skip + steps - 1`` (0-based) inside generate(), with their wall time and the CUDA allocator's counts over
+    them. Returns ``{"stats": pstats.Stats, "step_ms": [...], "allocator": {...}}``."""
+    profiler = cProfile.Profile()
+    stamps, counts = [], {}
+
+    def at_each_token():
+        stamps.append(time.perf_counter())
+        if len(stamps) == skip + 1:
+            counts.update(allocator_counts())
+            profiler.enable()
+        elif len(stamps) == skip + steps + 1:
+            profiler.disable()
+
+    release_garbage()
+    generate(model, ids, 1 + skip + steps, settings, at_each_token, cache_len)
+    profiler.disable()
+    allocator = {name: count - counts[name] for name, count in allocator_counts().items()}
+    return {"stats": pstats.Stats(profiler), "step_ms": decode_intervals_ms([stamps[skip:]]), "allocator": allocator}
+
+
+def _per_step_us(stats: pstats.Stats, steps: int) -> dict[str, tuple[float, float, float]]:
+    """{function: (own µs, cumulative µs, calls) per step}."""
+    return {pstats.func_std_string(function): (own / steps * 1e6, cumulative / steps * 1e6, calls / steps)
+            for function, (_, calls, own, cumulative, _) in stats.stats.items()}
+
+
+def write_host_profiles(path: Path, profiles: dict[str, dict], steps: dict[str, int]) -> None:
+    """Each profile's top functions by own and by cumulative time per step, then the functions whose own time per
+    step differs most between the first two profiles (which host work grows with the context)."""
+    tables = {label: _per_step_us(profile["stats"], steps[label]) for label, profile in profiles.items()}
+    lines = []
+    for label, table in tables.items():
+        profile = profiles[label]
+        lines += [f"== {label}: step ms {[round(ms, 2) for ms in profile['step_ms']]}, "
+                  f"allocator {profile['allocator']}"]
+        for key, title in ((0, "own"), (1, "cumulative")):
+            lines.append(f"-- by {title} µs per step (own, cumulative, calls)")
+            for name, (own, cumulative, calls) in sorted(table.items(), key=lambda item: -item[1][key])[:30]:
+                lines.append(f"{own:10.1f} {cumulative:10.1f} {calls:8.1f}  {name}")
+    if len(tables) >= 2:
+        (first, a), (second, b) = list(tables.items())[:2]
+        lines.append(f"== own µs per step, {first} minus {second} (largest differences)")
+        differences = {name: a.get(name, (0, 0, 0))[0] - b.get(name, (0, 0, 0))[0] for name in a.keys() | b.keys()}
+        for name, difference in sorted(differences.items(), key=lambda item: -abs(item[1]))[:30]:
+            lines.append(f"{difference:10.1f}  {name}")
+    path.write_text("\n".join(lines) + "\n")
 
 
 def bytes_floor(model, context: int, batch: int) -> dict:
@@ -375,6 +446,10 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="also a torch.profiler table of 8 decode steps (at "
                         "most --new-tokens) inside generate() per variant, last "
                         "(profile-e2e-<variant>-<batch>x<context>.txt)")
+    parser.add_argument("--host-profile", action="store_true", help="also cProfile tables of decode steps inside "
+                        "generate() for each compile_for_generate row, at the context and with --at-512 at 512 "
+                        "tokens, and the functions whose host time differs most (host-profile-e2e-<variant>-"
+                        "<batch>x<context>.txt)")
     parser.add_argument("--run", default=None, help="run label grouping rows for ratios (several calls on one "
                         "machine, one after the other); default: this call's start time")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
