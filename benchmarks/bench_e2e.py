@@ -6,9 +6,10 @@
 
 A Llama-3-8B-shaped model (random bf16 weights, ``--layers`` layers), a prompt of ``--context`` random tokens per
 row, greedy decoding of ``--new-tokens`` tokens (``min_new_tokens`` too, so no row stops early) into a
-fresh ``StaticCache`` of exactly prompt + new tokens per call, passed to ``generate()`` (left to itself, generate()
-sizes a static cache to the longest of all its calls on the model so far, so a 512-token row after a 128K one would
-decode in a 128K cache). Rows, all through ``model.generate(..., cache=StaticCache(...))``:
+``StaticCache`` of exactly prompt + new tokens, passed to ``generate()`` (:class:`StaticCaches`: one per length,
+reset and reused by each call of the row, as generate() reuses its own; left to itself, generate() sizes a static
+cache to the longest of all its calls on the model so far, so a 512-token row after a 128K one would decode in a
+128K cache). Rows, all through ``model.generate(..., cache=StaticCache(...))``:
 
 * ``eager``: no compile (``disable_compile=True``);
 * ``inductor``: Hugging Face's own compile, ``CompileConfig()`` (Inductor, ``mode="reduce-overhead"``; it compiles
@@ -21,7 +22,8 @@ decode in a 128K cache). Rows, all through ``model.generate(..., cache=StaticCac
 
 A logits processor stamps the time (after a synchronize) at each new token's logits: time to first token is the
 first stamp, decode ms/token the median of the intervals between stamps (each a whole step of ``generate()``:
-forward, sampling, stopping criteria), over ``--repeats`` calls of ``1 + n`` tokens. (``(T(1 + n) - T(1)) / n`` of
+forward, sampling, stopping criteria), over ``--repeats`` calls of ``1 + n`` tokens; ``first_decode_step_ms`` is
+the median of the calls' first intervals. (``(T(1 + n) - T(1)) / n`` of
 two calls, used before, carries the difference of two prefills: at 128K a 1% change of a 6 s prefill is 2 ms per
 token over 32 tokens.) Each variant runs once untimed first (compiles). On CUDA, each decode step's ``forward`` of
 the ``compile_for_generate`` rows is also timed (``decode_forward_ms``: from the call to the end of its device
@@ -29,9 +31,10 @@ work; ``decode_forward_host_ms``: host time inside the call), and ``allocator_du
 allocator's retries and device allocations / frees over the timed runs.
 
 ``--at-512`` adds, to each ``compile_for_generate`` row of a context longer than 512, its own decode at a
-512-token prompt (``decode_ms_at_512``) measured right after the context's runs, within the same compilation: the
-ratio of the two shares one process state and one compiled model, where rows of separate compilations drift apart
-by up to ~1 ms of host time per token. ``--host-profile`` adds cProfile tables of decode steps inside generate()
+512-token prompt (``decode_ms_at_512``) within the same compilation, its calls taking turns with the context's
+(context, 512, context, 512, ...): the two share one process state and one compiled model, where rows of separate
+compilations drift apart by up to ~1 ms of host time per token; ``decode_ratio_at_512`` is the median over the
+rounds of each round's ratio. ``--host-profile`` adds cProfile tables of decode steps inside generate()
 (at the context and, with ``--at-512``, at 512 tokens; the steady state and the first step after the prefill) and
 the functions whose host time differs most between the two. ``--profile`` comes last. ``--floors`` adds two rows: ``floor-512``, the
 ``full`` row's decode with a 512-token prompt (what everything but attention costs on this stack, through
@@ -88,16 +91,34 @@ class _AtEachToken(LogitsProcessor):
         return scores
 
 
-def generate(model, ids, new_tokens: int, settings: dict, at_each_token, cache_len: int | None = None) -> None:
-    """Greedy ``generate()`` of exactly ``new_tokens`` tokens into a fresh ``StaticCache`` of ``cache_len`` slots
-    (default: the prompt plus ``new_tokens``), calling ``at_each_token()`` when each token's logits are ready.
-    (Left to itself, generate() sizes a static cache to the longest of all its calls on the model so far: a
-    512-token call after a 128K one would decode in a 128K cache. One cache reused by every call at 128K ran out of
-    memory in the second call's prefill on the H100; a fresh cache per call is what generate() does itself.) The
-    cache is allocated before the call, as generate() does for a compiled chunked prefill: allocated inside a
-    compiled graph its tensors would get no static address."""
-    cache = StaticCache(config=model.config, max_cache_len=cache_len or ids.shape[1] + new_tokens)
-    initialise_static_cache(model, cache, batch_size=ids.shape[0])
+class StaticCaches:
+    """One ``StaticCache`` per (batch, length), reset and reused by each call, as generate() reuses its own
+    (``cache_implementation="static"``). A decode graph replayed as a CUDA graph has the cache's addresses recorded
+    in it: a fresh cache per call moves them, and the graph is recorded again at the call's first decode step
+    (140 ms at 128K on the H100, 2026-11-24). Each cache is allocated before its first call, as generate() does for
+    a compiled chunked prefill: allocated inside a compiled graph its tensors would get no static address.
+    ``fresh=True``: a new cache for every call instead (how this benchmark ran up to 4d6270e)."""
+
+    def __init__(self, model, fresh: bool = False):
+        self.model = model
+        self.fresh = fresh
+        self.caches: dict[tuple[int, int], StaticCache] = {}
+
+    def get(self, batch: int, length: int) -> StaticCache:
+        cache = None if self.fresh else self.caches.get((batch, length))
+        if cache is None:
+            cache = self.caches[batch, length] = StaticCache(config=self.model.config, max_cache_len=length)
+            initialise_static_cache(self.model, cache, batch_size=batch)
+        else:
+            cache.reset()
+        return cache
+
+
+def generate(model, ids, new_tokens: int, settings: dict, at_each_token, caches: StaticCaches,
+             cache_len: int | None = None) -> None:
+    """Greedy ``generate()`` of exactly ``new_tokens`` tokens into ``caches``' static cache of ``cache_len`` slots
+    (default: the prompt plus ``new_tokens``), calling ``at_each_token()`` when each token's logits are ready."""
+    cache = caches.get(ids.shape[0], cache_len or ids.shape[1] + new_tokens)
     model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                    do_sample=False, **{cache_argument(model): cache},
                    logits_processor=LogitsProcessorList([_AtEachToken(at_each_token)]), **settings)
@@ -109,13 +130,13 @@ def release_garbage() -> None:
     gc.collect()
 
 
-def timed_generate(model, ids, new_tokens: int, settings: dict) -> list[float]:
+def timed_generate(model, ids, new_tokens: int, settings: dict, caches: StaticCaches) -> list[float]:
     """Seconds from the call to each new token's logits (generate() synchronises at every token anyway)."""
     stamps = []
     release_garbage()
     synchronize()
     start = time.perf_counter()
-    generate(model, ids, new_tokens, settings, lambda: stamps.append(time.perf_counter()))
+    generate(model, ids, new_tokens, settings, lambda: stamps.append(time.perf_counter()), caches)
     return [stamp - start for stamp in stamps]
 
 
@@ -152,78 +173,87 @@ def measure(model, variant: str, context: int, batch: int, args) -> dict:
         settings["prefill_chunk_size"] = args.prefill_chunk
     new_tokens = 1 + args.new_tokens
     ids = torch.randint(0, model.config.vocab_size, (batch, context), device=model.device)
-    timer = None
+    prompts = {"context": ids}
+    if args.at_512 and compilation is not None and context > 512:
+        prompts["at_512"] = ids[:, :512]
+    caches, timer, row = StaticCaches(model, fresh=args.fresh_caches), None, {}
     try:
         start = time.perf_counter()
-        timed_generate(model, ids, new_tokens, settings)  # compiles
+        timed_generate(model, ids, new_tokens, settings, caches)  # compiles
         first_run_s = time.perf_counter() - start
+        if "at_512" in prompts:
+            try:
+                timed_generate(model, prompts["at_512"], new_tokens, settings, caches)  # compiles its decode graph
+            except torch.OutOfMemoryError as error:
+                row["at_512_error"] = f"out of memory: {error}"[:300]
+                del prompts["at_512"]
         if compilation is not None and torch.cuda.is_available():
-            timer = DecodeForwardTimer(model, "context")
+            timer = DecodeForwardTimer(model)
         counts_before = allocator_counts()
-        runs = [timed_generate(model, ids, new_tokens, settings) for _ in range(args.repeats)]
-        steps_ms = decode_intervals_ms(runs)
+        runs = {label: [] for label in prompts}
+        for _ in range(args.repeats):  # the prompts take turns, so a drift of the host's speed reaches both
+            for label, prompt in prompts.items():
+                if timer is not None:
+                    timer.label = label
+                runs[label].append(timed_generate(model, prompt, new_tokens, settings, caches))
         allocator_during_runs = {name: count - counts_before[name] for name, count in allocator_counts().items()}
-        row = {"variant": variant, "context": context, "batch": batch,
-               "ttft_s": statistics.median(run[0] for run in runs), "decode_ms": statistics.median(steps_ms),
-               "first_run_s": first_run_s, "ttft_runs_s": [run[0] for run in runs], "decode_steps_ms": steps_ms,
-               "cudagraph_skips": counters["inductor"]["cudagraph_skips"],
-               "allocator_during_runs": allocator_during_runs}
+        steps_ms = decode_intervals_ms(runs["context"])
+        row.update({"variant": variant, "context": context, "batch": batch,
+                    "ttft_s": statistics.median(run[0] for run in runs["context"]),
+                    "decode_ms": statistics.median(steps_ms), "first_run_s": first_run_s,
+                    "first_decode_step_ms": statistics.median(decode_intervals_ms([run[:2]])[0]
+                                                              for run in runs["context"]),
+                    "ttft_runs_s": [run[0] for run in runs["context"]], "decode_steps_ms": steps_ms,
+                    "cudagraph_skips": counters["inductor"]["cudagraph_skips"],
+                    "allocator_during_runs": allocator_during_runs})
         if timer is not None:
             row.update(timer.medians("context"))
+        if "at_512" in prompts:
+            row.update(_at_512(runs, timer))
         if compilation is not None:
             row["graphs"] = {r.name: r.counts() for r in compilation.reports()}
         # The optional parts below come after the row's own measurements, and their failures do not lose it.
-        if args.at_512 and compilation is not None and context > 512:
-            row.update(_measure_at_512(model, ids[:, :512], new_tokens, settings, args.repeats, timer))
         if args.host_profile and compilation is not None:
-            _host_profiles(model, ids, new_tokens, settings, args, args.out / f"host-profile-e2e-{variant}-{batch}x"
-                           f"{context}.txt")
+            _host_profiles(model, prompts, new_tokens, settings, caches,
+                           args.out / f"host-profile-e2e-{variant}-{batch}x{context}.txt")
         if args.profile:
             try:
                 profile_decode(model, ids, settings, args.out / f"profile-e2e-{variant}-{batch}x{context}.txt",
-                               min(8, args.new_tokens), cache_len=context + new_tokens)
+                               min(8, args.new_tokens), caches, cache_len=context + new_tokens)
             except torch.OutOfMemoryError as error:
                 row["profile_error"] = f"out of memory: {error}"[:300]
+    finally:
         if timer is not None:
             timer.remove()
-    finally:
         if compilation is not None:
             compilation.restore()
     return row
 
 
-def _host_profiles(model, ids, new_tokens: int, settings: dict, args, path: Path) -> None:
-    """cProfile tables of decode steps inside generate() at the context and (``--at-512``) at a 512-token prompt:
-    the steady state (up to 16 steps after the first three) and the first decode step after the prefill alone, in
-    the timed runs' cache length (the decode graph has static shapes)."""
-    prompts = {str(ids.shape[1]): ids} | ({"512": ids[:, :512]} if args.at_512 and ids.shape[1] > 512 else {})
-    profiles, steps = {}, {}
-    for when, skip, count in (("steady", 3, min(16, new_tokens - 4)), ("first step", 0, 1)):
-        for label, prompt in prompts.items():
-            name = f"{label} tokens, {when}"
-            profiles[name] = host_profile(model, prompt, settings, prompt.shape[1] + new_tokens, skip, count)
-            steps[name] = count
-    write_host_profiles(path, profiles, steps)
-
-
-def _measure_at_512(model, short_ids, new_tokens: int, settings: dict, repeats: int, timer) -> dict:
-    """The same compilation's decode at a 512-token prompt, measured right after the context's runs: the ratio of
-    the two shares one process state and one compiled model (rows of separate compilations, measured one after the
-    other, drift apart by up to ~1 ms of host time per token)."""
-    try:
-        if timer is not None:
-            timer.label = "untimed"
-        timed_generate(model, short_ids, new_tokens, settings)  # compiles its decode graph
-        if timer is not None:
-            timer.label = "at_512"
-        steps_ms = decode_intervals_ms([timed_generate(model, short_ids, new_tokens, settings)
-                                        for _ in range(repeats)])
-    except torch.OutOfMemoryError as error:
-        return {"at_512_error": f"out of memory: {error}"[:300]}
-    result = {"decode_ms_at_512": statistics.median(steps_ms), "decode_at_512_steps_ms": steps_ms}
+def _at_512(runs: dict[str, list[list[float]]], timer) -> dict:
+    """The decode at a 512-token prompt from its calls, which took turns with the context's, and the median over
+    the rounds of each round's ratio of the two (context / 512)."""
+    steps_ms = decode_intervals_ms(runs["at_512"])
+    ratios = [statistics.median(decode_intervals_ms([long])) / statistics.median(decode_intervals_ms([short]))
+              for long, short in zip(runs["context"], runs["at_512"])]
+    result = {"decode_ms_at_512": statistics.median(steps_ms), "decode_at_512_steps_ms": steps_ms,
+              "decode_ratio_at_512": statistics.median(ratios), "decode_ratio_rounds": ratios}
     if timer is not None:
         result.update({f"{key}_at_512": value for key, value in timer.medians("at_512").items()})
     return result
+
+
+def _host_profiles(model, prompts: dict, new_tokens: int, settings: dict, caches: StaticCaches, path: Path) -> None:
+    """cProfile tables of decode steps inside generate() at each prompt (the context's, and with ``--at-512`` the
+    512-token one): the steady state (up to 16 steps after the first three) and the first decode step after the
+    prefill alone, in the timed runs' cache length (the decode graph has static shapes)."""
+    profiles, steps = {}, {}
+    for when, skip, count in (("steady", 3, min(16, new_tokens - 4)), ("first step", 0, 1)):
+        for prompt in prompts.values():
+            name = f"{prompt.shape[1]} tokens, {when}"
+            profiles[name] = host_profile(model, prompt, settings, caches, prompt.shape[1] + new_tokens, skip, count)
+            steps[name] = count
+    write_host_profiles(path, profiles, steps)
 
 
 class DecodeForwardTimer:
@@ -233,10 +263,10 @@ class DecodeForwardTimer:
     interval runs from the call to the end of its device work (``decode_forward_ms``); the rest of a token's
     interval is generate()'s own work (sampling, stopping criteria, the next step's inputs and mask)."""
 
-    def __init__(self, model, label: str):
+    def __init__(self, model):
         self.model = model
         self.routed_forward = model.forward
-        self.label = label
+        self.label = "context"
         self.records: dict[str, list[tuple]] = {}  # label -> [(host s, start event, end event)]
 
         @functools.wraps(self.routed_forward)  # generate() inspects forward's signature
@@ -266,7 +296,7 @@ class DecodeForwardTimer:
                 "decode_forward_ms": statistics.median(begin.elapsed_time(end) for _, begin, end in records)}
 
 
-def profile_decode(model, ids, settings: dict, path: Path, steps: int, cache_len: int) -> None:
+def profile_decode(model, ids, settings: dict, path: Path, steps: int, caches: StaticCaches, cache_len: int) -> None:
     """A torch.profiler table (by device time, then by host time) of ``steps`` decode steps inside generate(): the
     profiler starts at the first token's logits, so the prefill stays out of it. ``cache_len``: the timed runs'
     cache length, so the decode graph is the one they ran (a static-shape graph recompiles for another). (Profiling
@@ -283,7 +313,7 @@ def profile_decode(model, ids, settings: dict, path: Path, steps: int, cache_len
 
     release_garbage()
     try:
-        generate(model, ids, 1 + steps, settings, start_once, cache_len)
+        generate(model, ids, 1 + steps, settings, start_once, caches, cache_len)
         synchronize()
     finally:
         if started:
@@ -295,7 +325,7 @@ def profile_decode(model, ids, settings: dict, path: Path, steps: int, cache_len
                     + averages.table(sort_by="cpu_time_total", row_limit=30, max_name_column_width=70) + "\n")
 
 
-def host_profile(model, ids, settings: dict, cache_len: int, skip: int, steps: int) -> dict:
+def host_profile(model, ids, settings: dict, caches: StaticCaches, cache_len: int, skip: int, steps: int) -> dict:
     """Python's cProfile (every Python function and builtin, CUDA calls included) over decode steps ``skip`` to
     ``skip + steps - 1`` (0-based) inside generate(), with their wall time and the CUDA allocator's counts over
     them. Returns ``{"stats": pstats.Stats, "step_ms": [...], "allocator": {...}}``."""
@@ -311,7 +341,7 @@ def host_profile(model, ids, settings: dict, cache_len: int, skip: int, steps: i
             profiler.disable()
 
     release_garbage()
-    generate(model, ids, 1 + skip + steps, settings, at_each_token, cache_len)
+    generate(model, ids, 1 + skip + steps, settings, at_each_token, caches, cache_len)
     profiler.disable()
     allocator = {name: count - counts[name] for name, count in allocator_counts().items()}
     return {"stats": pstats.Stats(profiler), "step_ms": decode_intervals_ms([stamps[skip:]]), "allocator": allocator}
@@ -364,13 +394,16 @@ def table(folder: Path) -> None:
                  "run, context and batch: time to first token to the `eager` row, decode to the `inductor` row (HF "
                  "`CompileConfig()`) and to the run's `floor-512` (the `full` row's decode with a 512-token prompt); "
                  "`bytes-floor` is the weights + dense KV bytes at the measured copy bandwidth.", "",
-                 "`decode at 512`: the same compilation's decode at a 512-token prompt, measured right after the row's "
-                 "runs. `forward ms (host)`: of a decode step, the model's forward from its call to the end of its "
+                 "`decode at 512`: the same compilation's decode at a 512-token prompt, its calls taking turns with "
+                 "the row's (up to 4d6270e: measured after them); `decode / at 512` the median of the rounds' ratios. "
+                 "`first step`: the first decode step's interval (up to 4d6270e each call had a fresh static cache, "
+                 "whose first decode step recorded the CUDA graph again). `forward ms (host)`: of a decode step, the model's forward from its call to the end of its "
                  "device work, and the host time inside the call; the rest of the token's interval is generate()'s own "
                  "work.", "",
                  "| code | batch | context | variant | TTFT s | TTFT / eager | decode ms/token | decode / inductor | "
-                 "decode / floor-512 | decode at 512 (same compilation) | decode / at 512 | forward ms (host) |",
-                 "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                 "decode / floor-512 | decode at 512 (same compilation) | decode / at 512 | first step ms | "
+                 "forward ms (host) |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
         def same(row, variant, context=True):
             return next((r for r in rows if r["run"] == row["run"] and r["variant"] == variant and r["batch"] ==
@@ -388,11 +421,14 @@ def table(folder: Path) -> None:
             forward = (f"{row['decode_forward_ms']:.2f} ({row['decode_forward_host_ms']:.2f})"
                        if "decode_forward_ms" in row else "")
             at_512 = f"{row['decode_ms_at_512']:.2f}" if row.get("decode_ms_at_512") else ""
+            at_512_ratio = (f"{row['decode_ratio_at_512']:.3f}" if "decode_ratio_at_512" in row
+                            else ratio(row, {"decode_ms": row.get("decode_ms_at_512")}, "decode_ms"))
+            first_step = f"{row['first_decode_step_ms']:.1f}" if "first_decode_step_ms" in row else ""
             lines.append(f"| {row['code'][:7]} | {row['batch']} | {row['context']} | {row['variant']} | {ttft} | "
                          f"{ratio(row, same(row, 'eager'), 'ttft_s')} | {decode} | "
                          f"{ratio(row, same(row, 'inductor'), 'decode_ms')} | "
                          f"{ratio(row, same(row, 'floor-512', context=False), 'decode_ms')} | {at_512} | "
-                         f"{ratio(row, {'decode_ms': row.get('decode_ms_at_512')}, 'decode_ms')} | {forward} |")
+                         f"{at_512_ratio} | {first_step} | {forward} |")
         if notes:
             lines += ["", "Notes:", ""] + [f"- {note}" for note in dict.fromkeys(notes)]
         path.with_suffix(".md").write_text("\n".join(lines) + "\n")
@@ -450,6 +486,8 @@ def main() -> None:
                         "generate() for each compile_for_generate row, at the context and with --at-512 at 512 "
                         "tokens, and the functions whose host time differs most (host-profile-e2e-<variant>-"
                         "<batch>x<context>.txt)")
+    parser.add_argument("--fresh-caches", action="store_true", help="a new StaticCache for every generate() call "
+                        "(its first decode step records the CUDA graph again) instead of one per length, reset")
     parser.add_argument("--run", default=None, help="run label grouping rows for ratios (several calls on one "
                         "machine, one after the other); default: this call's start time")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
