@@ -51,6 +51,7 @@ import datetime
 import functools
 import gc
 import json
+import os
 import pstats
 import statistics
 import sys
@@ -508,7 +509,8 @@ def main() -> None:
     meta = {"device": device, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
             "code": code, "run": args.run or datetime.datetime.now().isoformat(timespec="seconds"),
             "model": f"Llama-3-8B shapes, {args.layers} layers, random bf16 weights" if not args.small else "tiny",
-            "new_tokens": args.new_tokens, "top_k": args.top_k, "prefill_chunk": args.prefill_chunk}
+            "new_tokens": args.new_tokens, "top_k": args.top_k, "prefill_chunk": args.prefill_chunk,
+            "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", os.environ.get("PYTORCH_ALLOC_CONF"))}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"e2e-{device.replace(' ', '_')}.json"
     jobs = [(variant, args.context) for variant in variants]
