@@ -219,8 +219,10 @@ def measure(model, variant: str, context: int, batch: int, args) -> dict:
                            args.out / f"host-profile-e2e-{variant}-{batch}x{context}.txt")
         if args.profile:
             try:
-                profile_decode(model, ids, settings, args.out / f"profile-e2e-{variant}-{batch}x{context}.txt",
-                               min(8, args.new_tokens), caches, cache_len=context + new_tokens)
+                for part, steps in (("", min(8, args.new_tokens)), ("prefill-", 0)):
+                    profile_generate(model, ids, settings,
+                                     args.out / f"profile-e2e-{part}{variant}-{batch}x{context}.txt", steps, caches,
+                                     cache_len=context + new_tokens)
             except torch.OutOfMemoryError as error:
                 row["profile_error"] = f"out of memory: {error}"[:300]
     finally:
@@ -297,30 +299,39 @@ class DecodeForwardTimer:
                 "decode_forward_ms": statistics.median(begin.elapsed_time(end) for _, begin, end in records)}
 
 
-def profile_decode(model, ids, settings: dict, path: Path, steps: int, caches: StaticCaches, cache_len: int) -> None:
-    """A torch.profiler table (by device time, then by host time) of ``steps`` decode steps inside generate(): the
-    profiler starts at the first token's logits, so the prefill stays out of it. ``cache_len``: the timed runs'
-    cache length, so the decode graph is the one they ran (a static-shape graph recompiles for another). (Profiling
-    slows the host side, CUDA-graph launches most.)"""
+def profile_generate(model, ids, settings: dict, path: Path, steps: int, caches: StaticCaches,
+                     cache_len: int) -> None:
+    """A torch.profiler table (by device time, then by host time) of part of a generate() call: ``steps`` decode
+    steps from the first token's logits on, or with ``steps=0`` the prompt's prefill up to the first token's logits
+    (time to first token). ``cache_len``: the timed runs' cache length, so the graphs are the ones they ran (a
+    static-shape decode graph recompiles for another). (Profiling slows the host side, CUDA-graph launches most.)"""
     from torch.profiler import ProfilerActivity, profile
 
     profiler = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
-    started = []
+    running, tokens = [], []
 
-    def start_once():
-        if not started:
+    def at_each_token():
+        tokens.append(None)
+        if len(tokens) == 1 and running:  # the prefill's end
+            profiler.stop()
+            running.clear()
+        elif len(tokens) == 1:  # the decode steps' start
             profiler.start()
-            started.append(True)
+            running.append(True)
 
     release_garbage()
+    if steps == 0:
+        profiler.start()
+        running.append(True)
     try:
-        generate(model, ids, 1 + steps, settings, start_once, caches, cache_len)
+        generate(model, ids, 1 + steps, settings, at_each_token, caches, cache_len)
         synchronize()
     finally:
-        if started:
+        if running:
             profiler.stop()
     averages = profiler.key_averages()
-    path.write_text(f"{steps} decode steps inside generate(), by device time\n"
+    part = f"{steps} decode steps" if steps else f"the prefill of {ids.shape[1]} tokens"
+    path.write_text(f"{part} inside generate(), by device time\n"
                     + averages.table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70)
                     + "\nby host time\n"
                     + averages.table(sort_by="cpu_time_total", row_limit=30, max_name_column_width=70) + "\n")
@@ -480,9 +491,9 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=2048)
     parser.add_argument("--prefill-chunk", type=int, default=None, help="prefill_chunk_size for every variant")
     parser.add_argument("--small", action="store_true", help="tiny widths (a CPU smoke run)")
-    parser.add_argument("--profile", action="store_true", help="also a torch.profiler table of 8 decode steps (at "
-                        "most --new-tokens) inside generate() per variant, last "
-                        "(profile-e2e-<variant>-<batch>x<context>.txt)")
+    parser.add_argument("--profile", action="store_true", help="also torch.profiler tables of 8 decode steps (at "
+                        "most --new-tokens) and of the prefill inside generate() per variant, last "
+                        "(profile-e2e-[prefill-]<variant>-<batch>x<context>.txt)")
     parser.add_argument("--host-profile", action="store_true", help="also cProfile tables of decode steps inside "
                         "generate() for each compile_for_generate row, at the context and with --at-512 at 512 "
                         "tokens, and the functions whose host time differs most (host-profile-e2e-<variant>-"
