@@ -208,22 +208,23 @@ def _prefill_attn_kernel(
                                                      HAS_BLOCKS)
     x_base = X + tl.program_id(0).to(tl.int64) * n_kb * M + tl.arange(0, M)  # X [programs of a launch, n_kb, M]
 
-    sparse_program = False
+    run_end = end  # the dense pass below visits [first, run_end): every block, or none in a program of selections
     if SPARSE:
         # A program none of whose rows can reach min_seq_len allowed keys (at most those of [first, end)) attends
-        # every allowed key: it runs the dense pass, whose wholly allowed blocks need no mask reads, and never
-        # counts keys (with a mask, a count read the mask block by block: 2/3 of a 32K consumer's time).
+        # every allowed key: it visits no selection and never counts keys (with a mask, a count read it block by
+        # block: 2/3 of a 32K consumer's time), and runs the dense pass, whose wholly allowed blocks need no mask
+        # reads. Its bounds gate the work (a branch around the selection loops does not compile on triton 3.6).
         if MASK_KIND == 0:
-            most_keys = tl.minimum(q0 + QB, Skv) if IS_CAUSAL else Skv
+            most_keys = tl.minimum(q0 + QB, Skv) if IS_CAUSAL else q0 * 0 + Skv
         else:
             most_keys = (end - first) * BLOCK_N
         sparse_program = most_keys >= min_seq_len
-    if sparse_program:
+        run_end = tl.where(sparse_program, first, end)
         i_base = Idx + b * sib + kvh * sih + qb * sir
         offs_s = tl.arange(0, N_SEL_PAD)
-        sel_vec = tl.load(i_base + offs_s * sis, mask=offs_s < n_sel, other=-1)
+        sel_vec = tl.where(sparse_program, tl.load(i_base + offs_s * sis, mask=offs_s < n_sel, other=-1), -1)
         # The list is ascending, then -1 padded (the op contract). The padding is not visited: a query block near
-        # the start has few candidates, so most of its list is padding.
+        # the start has few candidates, so most of its list is padding. A dense program's list reads as all padding.
         n_used = tl.sum((sel_vec >= 0).to(tl.int32), 0)
         # The ascending list's entries in [full_first, full_end) need no mask reads: the list splits in three.
         n_masked_lead = tl.sum(((sel_vec >= 0) & (sel_vec < full_first)).to(tl.int32), 0)
@@ -252,29 +253,30 @@ def _prefill_attn_kernel(
         else:  # whole blocks count without mask reads; scan the others until every row has enough
             cnt = tl.zeros([M], dtype=tl.int32) + (full_end - full_first) * BLOCK_N
             c = first
-            while (c < end) & (tl.min(tl.where(row_ok, cnt, min_seq_len), 0) < min_seq_len):
+            while (c < end) & (tl.min(tl.where(row_ok, cnt, min_seq_len), 0) < min_seq_len) & sparse_program:
                 al, _b = mask_tile(m_base, smq, smk, qpos, c * BLOCK_N + offs_n, row_ok, Skv, mask_thr, MASK_KIND,
                                    IS_CAUSAL)
                 cnt += tl.where((c >= full_first) & (c < full_end), 0, tl.sum(al.to(tl.int32), 1))
                 c += 1
-        dense_row = (cnt < min_seq_len) & row_ok
+        dense_row = (cnt < min_seq_len) & row_ok & sparse_program
         if tl.max(dense_row.to(tl.int32), 0) != 0:
             for c in range(first, end):
                 is_sel = tl.sum((sel_vec == c).to(tl.int32), 0) != 0
                 acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c, dense_row & (is_sel == 0), k_base, v_base,
                                             m_base, skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale,
                                             mask_thr, offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, False)
-    else:
-        # Mask reads, none (wholly allowed), mask reads: three branch-free runs the compiler can pipeline.
-        acc, m_i, l_i = _dense_run(q, acc, m_i, l_i, first, full_first, x_base, k_base, v_base, m_base, skn, skd, svn,
-                                   svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr, offs_n, offs_d, offs_dv, M,
-                                   BLOCK_N, MASK_KIND, IS_CAUSAL, False, WRITE_X, PTX)
-        acc, m_i, l_i = _dense_run(q, acc, m_i, l_i, full_first, full_end, x_base, k_base, v_base, m_base, skn, skd,
-                                   svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr, offs_n, offs_d, offs_dv,
-                                   M, BLOCK_N, MASK_KIND, IS_CAUSAL, True, WRITE_X, PTX)
-        acc, m_i, l_i = _dense_run(q, acc, m_i, l_i, full_end, end, x_base, k_base, v_base, m_base, skn, skd, svn, svd,
-                                   smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr, offs_n, offs_d, offs_dv, M,
-                                   BLOCK_N, MASK_KIND, IS_CAUSAL, False, WRITE_X, PTX)
+    # The dense pass: mask reads, none (wholly allowed), mask reads: three branch-free runs the compiler can pipeline.
+    run_full_first = tl.minimum(full_first, run_end)
+    run_full_end = tl.minimum(full_end, run_end)
+    acc, m_i, l_i = _dense_run(q, acc, m_i, l_i, first, run_full_first, x_base, k_base, v_base, m_base, skn, skd,
+                               svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr, offs_n, offs_d, offs_dv, M,
+                               BLOCK_N, MASK_KIND, IS_CAUSAL, False, WRITE_X, PTX)
+    acc, m_i, l_i = _dense_run(q, acc, m_i, l_i, run_full_first, run_full_end, x_base, k_base, v_base, m_base, skn,
+                               skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr, offs_n, offs_d, offs_dv,
+                               M, BLOCK_N, MASK_KIND, IS_CAUSAL, True, WRITE_X, PTX)
+    acc, m_i, l_i = _dense_run(q, acc, m_i, l_i, run_full_end, run_end, x_base, k_base, v_base, m_base, skn, skd, svn,
+                               svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr, offs_n, offs_d, offs_dv, M,
+                               BLOCK_N, MASK_KIND, IS_CAUSAL, False, WRITE_X, PTX)
 
     l_ok = l_i > 0
     out = tl.where(l_ok[:, None], acc / tl.where(l_ok, l_i, 1.0)[:, None], 0.0)
