@@ -123,8 +123,11 @@ def compile_for_generate(model: torch.nn.Module, *, decode_cudagraphs: bool | No
 
     Decode steps run the static decode graph with a static cache (``generate(..., cache_implementation="static")``
     or a ``StaticCache`` passed as ``cache``; ``past_key_values`` before transformers 5.24); with a dynamic cache
-    they run the prefill graph (still rewritten, never CUDA graphs). The model's generation config gets
-    ``disable_compile=True``. Returns a :class:`GenerateCompilation` (reports, ``restore()``).
+    they run the prefill graph (still rewritten, never CUDA graphs). The decode CUDA graph holds the static cache's
+    addresses: reuse one cache across calls (``cache_implementation="static"`` does; a passed ``StaticCache`` is
+    ``reset()`` between calls), since a new cache's first decode step records the graph again. The model's
+    generation config gets ``disable_compile=True``. Returns a :class:`GenerateCompilation` (reports,
+    ``restore()``).
     """
     if "cudagraphs" in options:
         raise ValueError(
