@@ -34,13 +34,15 @@ allocator's retries and device allocations / frees over the timed runs.
 512-token prompt (``decode_ms_at_512``) within the same compilation, its calls taking turns with the context's
 (context, 512, context, 512, ...): the two share one process state and one compiled model, where rows of separate
 compilations drift apart by up to ~1 ms of host time per token; ``decode_ratio_at_512`` is the median over the
-rounds of each round's ratio. ``--host-profile`` adds cProfile tables of decode steps inside generate()
-(at the context and, with ``--at-512``, at 512 tokens; the steady state and the first step after the prefill) and
-the functions whose host time differs most between the two. ``--profile`` comes last. ``--floors`` adds two rows: ``floor-512``, the
-``full`` row's decode with a 512-token prompt (what everything but attention costs on this stack, through
-``generate()`` with CUDA graphs), and ``bytes-floor``, the weights plus the dense KV cache read once per token at
-the measured copy bandwidth. Rows are appended to ``e2e-<device>.json`` under ``--out``; ``--table`` writes the
-Markdown (ratios to the run's Inductor row) and a plot of ms/token against context.
+rounds of each round's ratio. ``--host-profile`` adds cProfile tables of decode steps inside generate() (at the
+context and, with ``--at-512``, at 512 tokens; the steady state and the first step after the prefill) and the
+functions whose host time differs most between the two. ``--profile`` (last) adds torch.profiler tables of decode
+steps and of the prefill. ``--floors`` adds two rows: ``floor-512``, the ``full`` row's decode with a 512-token
+prompt (what everything but attention costs on this stack, through ``generate()`` with CUDA graphs), and
+``bytes-floor``, the weights plus the dense KV cache read once per token at the measured copy bandwidth. Rows are
+appended to ``e2e-<device>.json`` under ``--out``; ``--table`` writes the Markdown (ratios to the run's Inductor
+row) and a plot of ms/token against context. At long contexts set ``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True``
+(a reused 128K cache otherwise runs out of memory from fragmentation); each row records the setting.
 """
 
 from __future__ import annotations
@@ -409,9 +411,9 @@ def table(folder: Path) -> None:
                  "`decode at 512`: the same compilation's decode at a 512-token prompt, its calls taking turns with "
                  "the row's (up to 4d6270e: measured after them); `decode / at 512` the median of the rounds' ratios. "
                  "`first step`: the first decode step's interval (up to 4d6270e each call had a fresh static cache, "
-                 "whose first decode step recorded the CUDA graph again). `forward ms (host)`: of a decode step, the model's forward from its call to the end of its "
-                 "device work, and the host time inside the call; the rest of the token's interval is generate()'s own "
-                 "work.", "",
+                 "whose first decode step recorded the CUDA graph again). `forward ms (host)`: of a decode step, the "
+                 "model's forward from its call to the end of its device work, and the host time inside the call; the "
+                 "rest of the token's interval is generate()'s own work.", "",
                  "| code | batch | context | variant | TTFT s | TTFT / eager | decode ms/token | decode / inductor | "
                  "decode / floor-512 | decode at 512 (same compilation) | decode / at 512 | first step ms | "
                  "forward ms (host) |",

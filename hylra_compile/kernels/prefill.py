@@ -14,7 +14,8 @@ fit (128K tokens x 32 heads would need 34 GB), the grid is launched in chunks of
 the other on the stream. One launch per chunk, then the selection.
 
 Consumer (1 launch): ``_prefill_attn_kernel`` with SPARSE=True over the query block's selected KV blocks; rows with
-fewer than ``min_seq_len`` allowed keys (decided in the kernel) also visit the unselected blocks.
+fewer than ``min_seq_len`` allowed keys (decided in the kernel) also visit the unselected blocks; a program none of
+whose rows can have that many (bounded by its block range) runs the dense pass instead, counting nothing.
 
 Every pass walks a query block's KV blocks in three branch-free runs (``_block_ranges``): blocks with mask reads,
 blocks that need none (wholly allowed: below the causal diagonal, or inside a mask's full run), blocks with mask
@@ -215,7 +216,7 @@ def _prefill_attn_kernel(
         # block: 2/3 of a 32K consumer's time), and runs the dense pass, whose wholly allowed blocks need no mask
         # reads. Its bounds gate the work (a branch around the selection loops does not compile on triton 3.6).
         if MASK_KIND == 0:
-            most_keys = tl.minimum(q0 + QB, Skv) if IS_CAUSAL else q0 * 0 + Skv
+            most_keys = tl.minimum(q0 + QB, Skv) if IS_CAUSAL else q0 * 0 + Skv  # a tensor, as for the interpreter
         else:
             most_keys = (end - first) * BLOCK_N
         sparse_program = most_keys >= min_seq_len
