@@ -133,6 +133,28 @@ def test_a_cache_the_user_passes_is_initialised_outside_the_graph():
     assert compilation.decode.reports[0].counts() == {"producer": 2, "consumer": 2, "dense": 0}
 
 
+def test_a_cache_the_user_passes_is_reset_and_reused():
+    """One StaticCache passed to every call and reset between them, as the README advises (the decode CUDA graph
+    holds its addresses): each call generates what the independent HyLRA does, the cache keeps its tensors, and no
+    graph compiles again."""
+    model = tiny_model("llama", num_layers=4)
+    independent = independent_model()
+    compilation = hylra_compile.compile_for_generate(model, **OPTIONS)
+    cache = StaticCache(config=model.config, max_cache_len=64)
+    addresses = []
+    for length in (41, 30):
+        ids, mask = padded_batch(length, pads=(0, 3))
+        if addresses:
+            cache.reset()
+        out = model.generate(ids, attention_mask=mask, **{cache_argument(model): cache}, **GREEDY)
+        ref_cache = StaticCache(config=independent.config, max_cache_len=64)
+        same_generation(out, independent.generate(ids, attention_mask=mask, **{cache_argument(independent): ref_cache},
+                                                  **GREEDY))
+        addresses.append([layer.keys.data_ptr() for layer in cache.layers])
+    assert addresses[0] == addresses[1]
+    assert len(compilation.prefill.graphs) == 1 and len(compilation.decode.graphs) == 1
+
+
 @pytest.mark.cuda
 def test_generate_on_cuda_with_cuda_graphs():
     """A small bf16 model the Triton kernels take (head_dim 64): decode replayed as CUDA graphs gives the tokens of
