@@ -451,6 +451,8 @@ def table(folder: Path) -> None:
 
 
 def _plot(rows: list[dict], path: Path) -> None:
+    """ms/token against context, a line per variant through its latest row at each context; rows marked
+    ``diagnostic`` (runs made to locate a cost, e.g. under a profiler) stay in the table only."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -460,7 +462,8 @@ def _plot(rows: list[dict], path: Path) -> None:
     for axis, batch in zip(axes, (1, 8)):
         lines: dict[str, list[tuple[int, float]]] = {}
         for row in rows:
-            if row["batch"] == batch and row.get("decode_ms") and not row["variant"].startswith("floor"):
+            if (row["batch"] == batch and row.get("decode_ms") and not row["variant"].startswith("floor")
+                    and not row.get("diagnostic")):
                 lines.setdefault(row["variant"], []).append((row["context"], row["decode_ms"]))
         for variant, points in sorted(lines.items()):
             points = sorted(dict(points).items())  # the latest row per context
