@@ -153,6 +153,11 @@ def allocator_counts() -> dict:
     return {name: stats.get(name, 0) for name in ("num_alloc_retries", "num_device_alloc", "num_device_free")}
 
 
+def allocator_counts_since(before: dict) -> dict:
+    """:func:`allocator_counts` now minus ``before``."""
+    return {name: count - before[name] for name, count in allocator_counts().items()}
+
+
 def decode_intervals_ms(runs: list[list[float]]) -> list[float]:
     return [(later - earlier) * 1e3 for run in runs for earlier, later in zip(run, run[1:])]
 
@@ -199,7 +204,7 @@ def measure(model, variant: str, context: int, batch: int, args) -> dict:
                 if timer is not None:
                     timer.label = label
                 runs[label].append(timed_generate(model, prompt, new_tokens, settings, caches))
-        allocator_during_runs = {name: count - counts_before[name] for name, count in allocator_counts().items()}
+        allocator_during_runs = allocator_counts_since(counts_before)
         steps_ms = decode_intervals_ms(runs["context"])
         row.update({"variant": variant, "context": context, "batch": batch,
                     "ttft_s": statistics.median(run[0] for run in runs["context"]),
@@ -252,13 +257,12 @@ def _host_profiles(model, prompts: dict, new_tokens: int, settings: dict, caches
     """cProfile tables of decode steps inside generate() at each prompt (the context's, and with ``--at-512`` the
     512-token one): the steady state (up to 16 steps after the first three) and the first decode step after the
     prefill alone, in the timed runs' cache length (the decode graph has static shapes)."""
-    profiles, steps = {}, {}
+    profiles = {}
     for when, skip, count in (("steady", 3, min(16, new_tokens - 4)), ("first step", 0, 1)):
         for prompt in prompts.values():
-            name = f"{prompt.shape[1]} tokens, {when}"
-            profiles[name] = host_profile(model, prompt, settings, caches, prompt.shape[1] + new_tokens, skip, count)
-            steps[name] = count
-    write_host_profiles(path, profiles, steps)
+            profiles[f"{prompt.shape[1]} tokens, {when}"] = host_profile(model, prompt, settings, caches,
+                                                                         prompt.shape[1] + new_tokens, skip, count)
+    write_host_profiles(path, profiles)
 
 
 class DecodeForwardTimer:
@@ -357,8 +361,8 @@ def host_profile(model, ids, settings: dict, caches: StaticCaches, cache_len: in
     release_garbage()
     generate(model, ids, 1 + skip + steps, settings, at_each_token, caches, cache_len)
     profiler.disable()
-    allocator = {name: count - counts[name] for name, count in allocator_counts().items()}
-    return {"stats": pstats.Stats(profiler), "step_ms": decode_intervals_ms([stamps[skip:]]), "allocator": allocator}
+    return {"stats": pstats.Stats(profiler), "step_ms": decode_intervals_ms([stamps[skip:]]),
+            "allocator": allocator_counts_since(counts)}
 
 
 def _per_step_us(stats: pstats.Stats, steps: int) -> dict[str, tuple[float, float, float]]:
@@ -367,10 +371,10 @@ def _per_step_us(stats: pstats.Stats, steps: int) -> dict[str, tuple[float, floa
             for function, (_, calls, own, cumulative, _) in stats.stats.items()}
 
 
-def write_host_profiles(path: Path, profiles: dict[str, dict], steps: dict[str, int]) -> None:
-    """Each profile's top functions by own and by cumulative time per step, then the functions whose own time per
-    step differs most between the first two profiles (which host work grows with the context)."""
-    tables = {label: _per_step_us(profile["stats"], steps[label]) for label, profile in profiles.items()}
+def write_host_profiles(path: Path, profiles: dict[str, dict]) -> None:
+    """Each profile's (:func:`host_profile`) top functions by own and by cumulative time per step, then the functions
+    whose own time per step differs most between the first two profiles (which host work grows with the context)."""
+    tables = {label: _per_step_us(profile["stats"], len(profile["step_ms"])) for label, profile in profiles.items()}
     lines = []
     for label, table in tables.items():
         profile = profiles[label]
