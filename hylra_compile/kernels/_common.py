@@ -11,16 +11,33 @@ LOG2E = 1.4426950408889634
 
 
 def mask_args(mask: torch.Tensor | None, B: int, Sq: int, Skv: int, q: torch.Tensor):
-    """(tensor, kind, stride_b, stride_q, stride_k, threshold) for a mask [B|1, 1, Sq|1, Skv|1] (already 4-d)."""
+    """(tensor, kind, stride_b, stride_q, stride_k, readable columns, threshold) for a mask [B|1, 1, Sq|1, Skv|1]
+    (already 4-d); see :func:`readable_columns`."""
     if mask is None:
-        return q, 0, 0, 0, 0, 0.0
+        return q, 0, 0, 0, 0, 0, 0.0
     m = mask.expand(B, 1, Sq, Skv)
     if m.dtype == torch.bool:
         m = m.view(torch.uint8)
         kind, thr = 1, 0.0
     else:
         kind, thr = 2, float(torch.finfo(m.dtype).min) / 2
-    return m, kind, m.stride(0), m.stride(2), m.stride(3), thr
+    return m, kind, m.stride(0), m.stride(2), m.stride(3), readable_columns(m), thr
+
+
+def readable_columns(m: torch.Tensor) -> int:
+    """How many columns from the start of each row of the 4-d mask ``m`` the kernels may load: ``Skv`` rounded up
+    to 16 where every row has that many elements in ``m``'s storage (rows padded as ``hylra::shared_mask`` pads
+    them; bytes past ``Skv`` are loaded, never used), else ``Skv``.
+
+    Why: a tile load is 16 bytes per instruction only where its predicate is constant over 16 columns; a predicate
+    that cut at ``Skv`` made every mask byte a load of its own, with its own 64-bit address (a prefill consumer's
+    partially allowed block cost ~14 wholly allowed ones)."""
+    Skv = m.shape[3]
+    if m.stride(3) != 1:
+        return Skv
+    last_row_start = m.storage_offset() + sum((n - 1) * s for n, s in zip(m.shape[:3], m.stride()[:3]))
+    stored = m.untyped_storage().nbytes() // m.element_size() - last_row_start
+    return max(Skv, min(triton.cdiv(Skv, 16) * 16, stored))
 
 
 def block_mask_args(block_mask: torch.Tensor | None, q: torch.Tensor):
@@ -64,6 +81,7 @@ def mask_tile(
     offs_k,
     q_valid,
     Skv,
+    mask_cols,
     mask_thr,
     MASK_KIND: tl.constexpr,
     IS_CAUSAL: tl.constexpr,
@@ -71,7 +89,8 @@ def mask_tile(
     """Allowed keys [Q, K] (bool) and the additive bias [Q, K] (fp32, natural-log units) of one tile.
 
     MASK_KIND 0: no mask; 1: bool/uint8 mask (nonzero = attend); 2: float mask (HF: -inf or <= mask_thr drops the
-    key, other values are added to the scores). Masked-out loads fetch nothing.
+    key, other values are added to the scores). The load takes columns up to ``mask_cols`` (readable_columns: a
+    multiple of 16 where the rows are padded, so it loads 16 bytes per instruction) of the valid rows.
     """
     allowed = (offs_k[None, :] < Skv) & (q_valid[:, None] != 0)
     if IS_CAUSAL:
@@ -79,11 +98,12 @@ def mask_tile(
     bias = tl.zeros(allowed.shape, dtype=tl.float32)
     # Row offsets in 64 bits: a materialised [S, S] mask passes 2^31 elements at S = 46341.
     mask_ptrs = mask_base + offs_q.to(tl.int64)[:, None] * stride_mq + offs_k[None, :] * stride_mk
+    loaded = (q_valid[:, None] != 0) & (offs_k[None, :] < mask_cols)
     if MASK_KIND == 1:
-        mv = tl.load(mask_ptrs, mask=allowed, other=0)
+        mv = tl.load(mask_ptrs, mask=loaded, other=0)
         allowed = allowed & (mv != 0)
     elif MASK_KIND == 2:
-        mv = tl.load(mask_ptrs, mask=allowed, other=0.0)
+        mv = tl.load(mask_ptrs, mask=loaded, other=0.0)
         mv = mv.to(tl.float32)
         dropped = (mv == float("-inf")) | (mv <= mask_thr)
         allowed = allowed & (dropped == 0)

@@ -31,7 +31,7 @@ def _decode_split_kernel(
     svb, svh, svn, svd,
     smb, smk,
     sib, sih, sis,
-    Skv, n_kb, n_sel, n_splits, qk_scale, mask_thr, min_seq_len,
+    Skv, mask_cols, n_kb, n_sel, n_splits, qk_scale, mask_thr, min_seq_len,
     G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BLOCK_N: tl.constexpr,
     MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, SPARSE: tl.constexpr, WRITE_LSE: tl.constexpr,
     SCAN_N: tl.constexpr, SCAN_IT: tl.constexpr,
@@ -65,7 +65,8 @@ def _decode_split_kernel(
             j = tl.zeros([], dtype=tl.int32)
             while (j < Skv) & (cnt < min_seq_len):
                 offs = j + tl.arange(0, SCAN_N)
-                al, _b = mask_tile(m_base, 0, smk, zero_q, offs, one_q, Skv, mask_thr, MASK_KIND, IS_CAUSAL)
+                al, _b = mask_tile(m_base, 0, smk, zero_q, offs, one_q, Skv, mask_cols, mask_thr, MASK_KIND,
+                                   IS_CAUSAL)
                 cnt += tl.sum(tl.sum(al.to(tl.int32), 1), 0)
                 j += SCAN_N
         dense = cnt < min_seq_len
@@ -131,7 +132,8 @@ def _decode_split_kernel(
             c = item
             valid = True
         offs_k = c * BLOCK_N + offs_n
-        allowed, bias = mask_tile(m_base, 0, smk, zero_q, offs_k, one_q & valid, Skv, mask_thr, MASK_KIND, IS_CAUSAL)
+        allowed, bias = mask_tile(m_base, 0, smk, zero_q, offs_k, one_q & valid, Skv, mask_cols, mask_thr, MASK_KIND,
+                                  IS_CAUSAL)
         kmask = tl.max(allowed.to(tl.int32), 0) != 0  # [BLOCK_N]
         # The block's first key in 64 bits, then small in-block offsets: no K/V offset wraps at any length.
         k_blk = k_base + tl.cast(c * BLOCK_N, tl.int64) * skn
@@ -237,7 +239,7 @@ def _decode(q, k, v, mask, is_causal, scale, block_size, block_idx, n_select, si
     sparse = block_idx is not None
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     dev = q.device
-    m, kind, smb, _smq, smk, thr = mask_args(mask, B, Sq, Skv, q)
+    m, kind, smb, _smq, smk, mask_cols, thr = mask_args(mask, B, Sq, Skv, q)
     if sparse:
         n_sel = block_idx.shape[-1]
         idx = block_idx
@@ -265,7 +267,7 @@ def _decode(q, k, v, mask, is_causal, scale, block_size, block_idx, n_select, si
         k.stride(0), k.stride(1), k.stride(2), k.stride(3),
         v.stride(0), v.stride(1), v.stride(2), v.stride(3),
         smb, smk, sib, sih, sis,
-        Skv, n_kb, n_sel, splits, scale * LOG2E, thr, min_seq_len,
+        Skv, mask_cols, n_kb, n_sel, splits, scale * LOG2E, thr, min_seq_len,
         G=G, G_PAD=G_PAD, D=D, DV=DV, BLOCK_N=block_size, MASK_KIND=kind, IS_CAUSAL=bool(is_causal),
         SPARSE=sparse, WRITE_LSE=write_lse, SCAN_N=1024, SCAN_IT=64, num_warps=num_warps, num_stages=num_stages,
     )
@@ -279,7 +281,8 @@ def _decode(q, k, v, mask, is_causal, scale, block_size, block_idx, n_select, si
         mpart, lpart, accpart, lse_blk, out, bidx,
         out.stride(0), out.stride(1), out.stride(3),
         splits, n_kb, n_select_arg, sink_blocks, local_blocks,
-        G=G, G_PAD=G_PAD, DV=DV, S_PAD=triton.next_power_of_2(splits), SELECT=write_lse, C_PAD=triton.next_power_of_2(max(n_kb, 1)),
+        G=G, G_PAD=G_PAD, DV=DV, S_PAD=triton.next_power_of_2(splits), SELECT=write_lse,
+        C_PAD=triton.next_power_of_2(max(n_kb, 1)),
         N_SEL_PAD=triton.next_power_of_2(max(n_select_arg, 1)),
         num_warps=4 if n_kb <= 1024 else 8,  # H100: 4 warps best at 32K, 8 at 128K
     )

@@ -38,7 +38,7 @@ from ._common import LOG2E, block_mask_args, mask_args, mask_tile, ptx_stores, s
 
 @triton.jit
 def _attn_block(q, acc, m_i, l_i, c, valid, k_base, v_base, m_base, skn, skd, svn, svd, smq, smk,
-                qpos, row_ok, Skv, qk_scale, mask_thr,
+                qpos, row_ok, Skv, mask_cols, qk_scale, mask_thr,
                 offs_n, offs_d, offs_dv,
                 BLOCK_N: tl.constexpr, MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, FULL: tl.constexpr):
     offs_k = c * BLOCK_N + offs_n
@@ -53,7 +53,7 @@ def _attn_block(q, acc, m_i, l_i, c, valid, k_base, v_base, m_base, skn, skd, sv
         p = tl.exp2(sc - m_safe[:, None])
         v = tl.load(v_blk + offs_n[:, None] * svn + offs_dv[None, :] * svd)
     else:
-        allowed, bias = mask_tile(m_base, smq, smk, qpos, offs_k, row_ok & valid, Skv, mask_thr, MASK_KIND,
+        allowed, bias = mask_tile(m_base, smq, smk, qpos, offs_k, row_ok & valid, Skv, mask_cols, mask_thr, MASK_KIND,
                                   IS_CAUSAL)
         if MASK_KIND == 0:
             kmask = offs_k < Skv  # causal/bounds only: no cross-row reduction for the load mask
@@ -125,15 +125,15 @@ def _kv_blocks(q0, Skv, QB: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.c
 
 @triton.jit
 def _dense_run(q, acc, m_i, l_i, c_lo, c_hi, x_base, k_base, v_base, m_base, skn, skd, svn, svd, smq, smk, qpos,
-               row_ok, Skv, qk_scale, mask_thr, offs_n, offs_d, offs_dv, M: tl.constexpr, BLOCK_N: tl.constexpr,
-               MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, FULL: tl.constexpr, WRITE_X: tl.constexpr,
-               PTX: tl.constexpr):
+               row_ok, Skv, mask_cols, qk_scale, mask_thr, offs_n, offs_d, offs_dv, M: tl.constexpr,
+               BLOCK_N: tl.constexpr, MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, FULL: tl.constexpr,
+               WRITE_X: tl.constexpr, PTX: tl.constexpr):
     """KV blocks [c_lo, c_hi) in turn (FULL: with no mask reads), storing each block's row log2-sum-exps if
     WRITE_X."""
     for c in range(c_lo, c_hi):
         acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c, True, k_base, v_base, m_base, skn, skd, svn, svd,
-                                           smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr, offs_n, offs_d, offs_dv,
-                                           BLOCK_N, MASK_KIND, IS_CAUSAL, FULL)
+                                           smq, smk, qpos, row_ok, Skv, mask_cols, qk_scale, mask_thr, offs_n,
+                                           offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, FULL)
         if WRITE_X:
             store_rows(x_base + c * M, x_blk, row_ok, PTX)
     return acc, m_i, l_i
@@ -141,15 +141,15 @@ def _dense_run(q, acc, m_i, l_i, c_lo, c_hi, x_base, k_base, v_base, m_base, skn
 
 @triton.jit
 def _selected_block(q, acc, m_i, l_i, i_base, j, sis, n_kb, k_base, v_base, m_base, skn, skd, svn, svd, smq, smk,
-                    qpos, row_ok, Skv, qk_scale, mask_thr, offs_n, offs_d, offs_dv,
+                    qpos, row_ok, Skv, mask_cols, qk_scale, mask_thr, offs_n, offs_d, offs_dv,
                     BLOCK_N: tl.constexpr, MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr):
     """Entry j of a selection list, with mask reads: skipped when out of range or a repeat of the entry before."""
     c_sel = tl.load(i_base + j * sis)
     prev = tl.load(i_base + (j - 1) * sis, mask=j > 0, other=-1)
     ok = (c_sel >= 0) & (c_sel < n_kb) & (c_sel != prev)
     acc, m_i, l_i, _x = _attn_block(q, acc, m_i, l_i, tl.where(ok, c_sel, 0), ok, k_base, v_base, m_base, skn, skd,
-                                    svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr, offs_n, offs_d,
-                                    offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, False)
+                                    svn, svd, smq, smk, qpos, row_ok, Skv, mask_cols, qk_scale, mask_thr, offs_n,
+                                    offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, False)
     return acc, m_i, l_i
 
 
@@ -185,7 +185,7 @@ def _prefill_attn_kernel(
     smb, smq, smk, sbb, sbr,
     sib, sih, sir, sis,
     sob, soh, sos, sod,
-    Hq, Sq, Skv, n_kb, n_qb, n_sel, qk_scale, mask_thr, min_seq_len, pid0,
+    Hq, Sq, Skv, mask_cols, n_kb, n_qb, n_sel, qk_scale, mask_thr, min_seq_len, pid0,
     HP: tl.constexpr, G: tl.constexpr, QB: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
     MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, SPARSE: tl.constexpr,
     N_SEL_PAD: tl.constexpr, WRITE_X: tl.constexpr, PTX: tl.constexpr, C_T: tl.constexpr,
@@ -232,19 +232,19 @@ def _prefill_attn_kernel(
         n_full_sel = tl.sum(((sel_vec >= 0) & (sel_vec < full_end)).to(tl.int32), 0)
         for j in range(0, n_masked_lead):
             acc, m_i, l_i = _selected_block(q, acc, m_i, l_i, i_base, j, sis, n_kb, k_base, v_base, m_base, skn, skd,
-                                            svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr, offs_n, offs_d,
-                                            offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL)
+                                            svn, svd, smq, smk, qpos, row_ok, Skv, mask_cols, qk_scale, mask_thr,
+                                            offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL)
         for j in range(n_masked_lead, n_full_sel):
             # In [full_first, full_end) for an ascending list (the op contract, not checked on the device); the
             # clamp keeps an unordered list's reads inside the keys.
             c_sel = tl.minimum(tl.maximum(tl.load(i_base + j * sis), full_first), full_end - 1)
             acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c_sel, True, k_base, v_base, m_base,
-                                        skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr,
+                                        skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, mask_cols, qk_scale, mask_thr,
                                         offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, True)
         for j in range(n_full_sel, n_used):
             acc, m_i, l_i = _selected_block(q, acc, m_i, l_i, i_base, j, sis, n_kb, k_base, v_base, m_base, skn, skd,
-                                            svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr, offs_n, offs_d,
-                                            offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL)
+                                            svn, svd, smq, smk, qpos, row_ok, Skv, mask_cols, qk_scale, mask_thr,
+                                            offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL)
         # Rows with fewer than min_seq_len allowed keys attend all of them.
         if MASK_KIND == 0:
             if IS_CAUSAL:
@@ -255,8 +255,8 @@ def _prefill_attn_kernel(
             cnt = tl.zeros([M], dtype=tl.int32) + (full_end - full_first) * BLOCK_N
             c = first
             while (c < end) & (tl.min(tl.where(row_ok, cnt, min_seq_len), 0) < min_seq_len) & sparse_program:
-                al, _b = mask_tile(m_base, smq, smk, qpos, c * BLOCK_N + offs_n, row_ok, Skv, mask_thr, MASK_KIND,
-                                   IS_CAUSAL)
+                al, _b = mask_tile(m_base, smq, smk, qpos, c * BLOCK_N + offs_n, row_ok, Skv, mask_cols, mask_thr,
+                                   MASK_KIND, IS_CAUSAL)
                 cnt += tl.where((c >= full_first) & (c < full_end), 0, tl.sum(al.to(tl.int32), 1))
                 c += 1
         dense_row = (cnt < min_seq_len) & row_ok & sparse_program
@@ -264,20 +264,21 @@ def _prefill_attn_kernel(
             for c in range(first, end):
                 is_sel = tl.sum((sel_vec == c).to(tl.int32), 0) != 0
                 acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c, dense_row & (is_sel == 0), k_base, v_base,
-                                            m_base, skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale,
-                                            mask_thr, offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, False)
+                                            m_base, skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, mask_cols,
+                                            qk_scale, mask_thr, offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND,
+                                            IS_CAUSAL, False)
     # The dense pass: mask reads, none (wholly allowed), mask reads: three branch-free runs the compiler can pipeline.
     run_full_first = tl.minimum(full_first, run_end)
     run_full_end = tl.minimum(full_end, run_end)
     acc, m_i, l_i = _dense_run(q, acc, m_i, l_i, first, run_full_first, x_base, k_base, v_base, m_base, skn, skd,
-                               svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr, offs_n, offs_d, offs_dv, M,
-                               BLOCK_N, MASK_KIND, IS_CAUSAL, False, WRITE_X, PTX)
+                               svn, svd, smq, smk, qpos, row_ok, Skv, mask_cols, qk_scale, mask_thr, offs_n, offs_d,
+                               offs_dv, M, BLOCK_N, MASK_KIND, IS_CAUSAL, False, WRITE_X, PTX)
     acc, m_i, l_i = _dense_run(q, acc, m_i, l_i, run_full_first, run_full_end, x_base, k_base, v_base, m_base, skn,
-                               skd, svn, svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr, offs_n, offs_d, offs_dv,
-                               M, BLOCK_N, MASK_KIND, IS_CAUSAL, True, WRITE_X, PTX)
+                               skd, svn, svd, smq, smk, qpos, row_ok, Skv, mask_cols, qk_scale, mask_thr, offs_n,
+                               offs_d, offs_dv, M, BLOCK_N, MASK_KIND, IS_CAUSAL, True, WRITE_X, PTX)
     acc, m_i, l_i = _dense_run(q, acc, m_i, l_i, run_full_end, run_end, x_base, k_base, v_base, m_base, skn, skd, svn,
-                               svd, smq, smk, qpos, row_ok, Skv, qk_scale, mask_thr, offs_n, offs_d, offs_dv, M,
-                               BLOCK_N, MASK_KIND, IS_CAUSAL, False, WRITE_X, PTX)
+                               svd, smq, smk, qpos, row_ok, Skv, mask_cols, qk_scale, mask_thr, offs_n, offs_d,
+                               offs_dv, M, BLOCK_N, MASK_KIND, IS_CAUSAL, False, WRITE_X, PTX)
 
     l_ok = l_i > 0
     out = tl.where(l_ok[:, None], acc / tl.where(l_ok, l_i, 1.0)[:, None], 0.0)
@@ -411,7 +412,7 @@ def _prefill_attn(q, k, v, mask, is_causal, scale, block_size, block_idx, min_se
     n_kb, n_qb = triton.cdiv(Skv, block_size), triton.cdiv(Sq, block_size)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     dev = q.device
-    m, kind, smb, smq, smk, thr = mask_args(mask, B, Sq, Skv, q)
+    m, kind, smb, smq, smk, mask_cols, thr = mask_args(mask, B, Sq, Skv, q)
     blocks, sbb, sbr = block_mask_args(block_mask, q)
     if sparse:
         idx, n_sel = block_idx, block_idx.shape[-1]
@@ -437,7 +438,7 @@ def _prefill_attn(q, k, v, mask, is_causal, scale, block_size, block_idx, min_se
             v.stride(0), v.stride(1), v.stride(2), v.stride(3),
             smb, smq, smk, sbb, sbr, *sidx,
             out.stride(0), out.stride(1), out.stride(2), out.stride(3),
-            Hq, Sq, Skv, n_kb, n_qb, n_sel, scale * LOG2E, thr, min_seq_len, pid0,
+            Hq, Sq, Skv, mask_cols, n_kb, n_qb, n_sel, scale * LOG2E, thr, min_seq_len, pid0,
         ), constexprs, nw, ns)
     return out, imp
 

@@ -279,12 +279,27 @@ def mask_blocks(mask: Tensor, *, block_size: int) -> Tensor:
     return torch.stack([first, full_end - torch.where(length > 0, length, 0), full_end, end], -1).to(torch.int32)
 
 
+# hylra::shared_mask starts each mask row at a multiple of this many elements (16-byte aligned for any dtype).
+MASK_ROW_ALIGN = 128
+
+
 def shared_mask(mask: Tensor) -> Tensor:
-    """A contiguous copy of ``mask``, same shape and dtype. The passes give the ops of a graph this one copy: a mask
-    that is a view of an expression Inductor has not stored (Hugging Face's causal mask is an ``expand`` of one) is
-    otherwise computed into a buffer of its own for every op that takes it, 32 at once in a 32-layer model (16 GiB
-    each for a [1, 1, 128K, 128K] bool mask)."""
-    return mask.clone(memory_format=torch.contiguous_format)
+    """A copy of ``mask``: same shape, dtype and values, stored row-major with each row padded to a multiple of
+    ``MASK_ROW_ALIGN`` elements (the padding's values are unspecified and never read as mask values).
+
+    The passes give the ops of a graph this one copy: a mask that is a view of an expression Inductor has not
+    stored (Hugging Face's causal mask is an ``expand`` of one) is otherwise computed into a buffer of its own for
+    every op that takes it, 32 at once in a 32-layer model (16 GiB each for a [1, 1, 128K, 128K] bool mask). The
+    aligned rows let the kernels load it 16 bytes at a time (kernels._common.readable_columns); Hugging Face's rows
+    are ``max_cache_len`` long, 131105 bytes at 128K, which only byte loads can read."""
+    return padded_rows_like(mask).copy_(mask)
+
+
+def padded_rows_like(mask: Tensor) -> Tensor:
+    """An uninitialised tensor of ``mask``'s shape and dtype, row-major, each row starting ``MASK_ROW_ALIGN``
+    elements after the one before (the layout of :func:`shared_mask`)."""
+    width = num_blocks(mask.shape[-1], MASK_ROW_ALIGN) * MASK_ROW_ALIGN
+    return mask.new_empty((*mask.shape[:-1], width))[..., : mask.shape[-1]]
 
 
 def block_mask_shape(mask: Tensor, block_size: int) -> tuple:

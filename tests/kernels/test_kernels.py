@@ -87,6 +87,15 @@ def make_mask(kind, B, Sq, Skv, valid, device, left=False, dtype=torch.float32, 
     return m.to(dtype=dtype, device=device)
 
 
+def stored_like_shared_mask(mask):
+    """``mask`` in hylra::shared_mask's layout (the one the passes give the ops), its row padding holding values
+    that would allow every key if a kernel read them as mask values (True; NaN for a float mask)."""
+    stored = R.shared_mask(mask)
+    rows = torch.as_strided(stored, (*stored.shape[:-1], stored.stride(-2)), stored.stride())
+    rows[..., mask.shape[-1]:] = True if mask.dtype == torch.bool else float("nan")
+    return stored
+
+
 # -------------------------------------------------------------------------------------------------------- the cases
 DECODE_CASES = {
     # name: (B, Hq, Hkv, Skv, D, mask kind, valid lengths, left, is_causal, n_select, sink, local)
@@ -134,6 +143,8 @@ def _check_decode(case, device):
         B, Hq, Hkv, Skv, D, mk, valid, left, causal, n_sel, sink, local = _scale_case(case, device, False)
         q, k, v = make_qkv(B, Hq, Hkv, 1, Skv, D, dtype, device, layout="bshd")
         mask = make_mask(mk, B, 1, Skv, valid, device, left=left, dtype=torch.float32 if dtype == torch.float32 else dtype)
+        if mask is not None and B > 2:  # as the passes give it (the others take the mask as made)
+            mask = stored_like_shared_mask(mask)
         tol = TOL[dtype]
         common = dict(is_causal=causal, scale=None, block_size=bs)
         producer = dict(common, n_select=n_sel, sink_blocks=sink, local_blocks=local)
@@ -168,8 +179,13 @@ def _check_prefill(case, device):
         producer = dict(common, n_select=n_sel, sink_blocks=sink, local_blocks=local)
         rout, rbidx = R.topk_attention(q, k, v, mask, **producer)
         imp, cand = ref_importance(q, k, v, mask, causal, None, bs)
-        # With a mask, again with its block structure (blocks skipped, or run without mask reads).
-        for block_mask in [None] + ([] if mask is None else [R.mask_blocks(mask, block_size=bs)]):
+        # With a mask: as given, then as the passes give it, stored with padded rows (16-byte loads) and with its
+        # block structure (blocks skipped, or run without mask reads).
+        layouts = [(mask, None)]
+        if mask is not None:
+            stored = stored_like_shared_mask(mask)
+            layouts.append((stored, R.mask_blocks(stored, block_size=bs)))
+        for mask, block_mask in layouts:
             # the producer's scratch in one launch, and over budget: launches of 3 programs (the last one shorter
             # where the grid is no multiple of 3), and of one (budget 0); on the CPU the read-back takes 2 blocks per
             # step, so its loop runs several
@@ -334,25 +350,42 @@ def test_decode_many_splits_interpreter(kind):
         assert rel_err(sout, R.sparse_attention(q, k, v, rbidx, mask, **common, min_seq_len=100)) <= 1e-4
 
 
+def test_readable_columns():
+    """The kernels load mask columns up to Skv rounded up to 16 only where every row has them in its storage."""
+    from hylra_compile.kernels._common import readable_columns
+
+    mask = torch.ones(2, 1, 5, 90, dtype=torch.bool)
+    assert readable_columns(mask) == 90  # the last row ends the storage
+    assert readable_columns(R.shared_mask(mask)) == 96  # rows padded to 128
+    assert readable_columns(torch.ones(2, 1, 5, 100, dtype=torch.bool)[..., :90]) == 96
+    assert readable_columns(torch.ones(2, 1, 5, 92, dtype=torch.bool)[..., :90]) == 92
+    assert readable_columns(torch.ones(2, 1, 90, 5, dtype=torch.bool).transpose(2, 3)) == 90  # columns strided
+    assert readable_columns(torch.ones(1, 1, 1, 100)[..., :90].expand(3, 1, 7, 90)) == 96  # broadcast rows
+
+
 @cuda
-@pytest.mark.parametrize("chunked", [False, True])
-def test_materialised_mask_past_2_31_elements_cuda(chunked):
+@pytest.mark.parametrize("chunked, stored", [(False, False), (True, False), (False, True)])
+def test_materialised_mask_past_2_31_elements_cuda(chunked, stored):
     """A [1, 1, N, N] bool mask with N^2 > 2^31 (what HF materialises under tracing at 48K tokens): the producer
     (its scratch in one launch, or in chunks of 100 programs) and the consumer give the reference's rows, checked
-    on the last query blocks."""
-    N, bs, rows = 49152, 64, 128
+    on the last query blocks; ``stored``: the mask as the passes give it (padded rows, with its block structure)."""
+    N, bs, rows = 49216, 64, 128  # rows of N bytes: padded to 49280 when stored
     assert N * N > 2**31
     q, k, v = make_qkv(1, 4, 1, N, N, 64, torch.bfloat16, "cuda")
     mask = torch.ones(N, N, dtype=torch.bool, device="cuda").tril_()[None, None]
+    block_mask = None
+    if stored:
+        mask = torch.ops.hylra.shared_mask(mask)
+        block_mask = torch.ops.hylra.mask_blocks(mask, block_size=bs)
     common = dict(is_causal=False, scale=None, block_size=bs)
     producer = dict(common, n_select=16, sink_blocks=1, local_blocks=2)
     saved = P.X_BUDGET_BYTES
     P.X_BUDGET_BYTES = 100 * (N // bs) * 4 * bs * 4 if chunked else saved  # 4 heads x 64 queries per program
     try:
-        out, bidx = torch.ops.hylra.topk_attention(q, k, v, mask, **producer)
+        out, bidx = torch.ops.hylra.topk_attention(q, k, v, mask, block_mask, **producer)
     finally:
         P.X_BUDGET_BYTES = saved
-    sout = torch.ops.hylra.sparse_attention(q, k, v, bidx, mask, **common, min_seq_len=0)
+    sout = torch.ops.hylra.sparse_attention(q, k, v, bidx, mask, block_mask, **common, min_seq_len=0)
     tail_q, tail_mask = q[:, :, -rows:], mask[:, :, -rows:]
     rout, rbidx = R.topk_attention(tail_q, k, v, tail_mask, **producer)
     assert rel_err(out[:, :, -rows:], rout) <= TOL[torch.bfloat16]
