@@ -1,7 +1,8 @@
 """Triton kernels against the reference (hylra_compile.lowering.reference).
 
 Without a GPU these run under TRITON_INTERPRET=1 on CPU tensors at tiny sizes (fp32, block 16); ``pytest -m cuda``
-runs the same cases on the GPU in bf16 and fp16 at block 64, plus the op dispatch and a CUDA-graph replay.
+runs the same cases on the GPU in bf16 at blocks 32, 64 and 128 and in fp16 at block 64 (one test per case and
+setting), plus the op dispatch and a CUDA-graph replay.
 """
 
 from __future__ import annotations
@@ -117,11 +118,13 @@ PREFILL_CASES = {
 }
 
 
-def _settings(device):
-    if device == "cpu":
-        return [(torch.float32, 16)]
-    # Every block size the dispatch accepts from 32 up: their launch configurations differ (shared memory).
-    return [(torch.bfloat16, 64), (torch.float16, 64), (torch.bfloat16, 32), (torch.bfloat16, 128)]
+# (dtype, block size) by device. On the GPU every block size the dispatch accepts from 32 up: their launch
+# configurations differ (shared memory); one test each, so the GPU run compiles them in parallel processes.
+SETTINGS = {
+    "cpu": {"f32-16": (torch.float32, 16)},
+    "cuda": {"bf16-64": (torch.bfloat16, 64), "fp16-64": (torch.float16, 64), "bf16-32": (torch.bfloat16, 32),
+             "bf16-128": (torch.bfloat16, 128)},
+}
 
 
 def _scale_case(case, device, prefill):
@@ -138,82 +141,82 @@ def _scale_case(case, device, prefill):
             causal, n, s, l)
 
 
-def _check_decode(case, device):
-    for dtype, bs in _settings(device):
-        B, Hq, Hkv, Skv, D, mk, valid, left, causal, n_sel, sink, local = _scale_case(case, device, False)
-        q, k, v = make_qkv(B, Hq, Hkv, 1, Skv, D, dtype, device, layout="bshd")
-        mask = make_mask(mk, B, 1, Skv, valid, device, left=left, dtype=torch.float32 if dtype == torch.float32 else dtype)
-        if mask is not None and B > 2:  # as the passes give it (the others take the mask as made)
-            mask = stored_like_shared_mask(mask)
-        tol = TOL[dtype]
-        common = dict(is_causal=causal, scale=None, block_size=bs)
-        producer = dict(common, n_select=n_sel, sink_blocks=sink, local_blocks=local)
-        out, bidx = decode_topk_attention(q, k, v, mask, **producer)
-        rout, rbidx = R.topk_attention(q, k, v, mask, **producer)
-        assert out.dtype == q.dtype and out.shape == rout.shape
-        assert rel_err(out, rout) <= tol, (dtype, rel_err(out, rout))
-        imp, cand = ref_importance(q, k, v, mask, causal, None, bs)
-        assert_same_selection(bidx, rbidx, imp, 10 * tol)
-        # consumer on the reference selection, with and without min_seq_len
-        for msl in (0, 40 * (bs // 16)):
-            sout = decode_sparse_attention(q, k, v, rbidx, mask, **common, min_seq_len=msl)
+def _check_decode(case, device, setting):
+    dtype, bs = SETTINGS[device][setting]
+    B, Hq, Hkv, Skv, D, mk, valid, left, causal, n_sel, sink, local = _scale_case(case, device, False)
+    q, k, v = make_qkv(B, Hq, Hkv, 1, Skv, D, dtype, device, layout="bshd")
+    mask = make_mask(mk, B, 1, Skv, valid, device, left=left, dtype=torch.float32 if dtype == torch.float32 else dtype)
+    if mask is not None and B > 2:  # as the passes give it (the others take the mask as made)
+        mask = stored_like_shared_mask(mask)
+    tol = TOL[dtype]
+    common = dict(is_causal=causal, scale=None, block_size=bs)
+    producer = dict(common, n_select=n_sel, sink_blocks=sink, local_blocks=local)
+    out, bidx = decode_topk_attention(q, k, v, mask, **producer)
+    rout, rbidx = R.topk_attention(q, k, v, mask, **producer)
+    assert out.dtype == q.dtype and out.shape == rout.shape
+    assert rel_err(out, rout) <= tol, (dtype, rel_err(out, rout))
+    imp, cand = ref_importance(q, k, v, mask, causal, None, bs)
+    assert_same_selection(bidx, rbidx, imp, 10 * tol)
+    # consumer on the reference selection, with and without min_seq_len
+    for msl in (0, 40 * (bs // 16)):
+        sout = decode_sparse_attention(q, k, v, rbidx, mask, **common, min_seq_len=msl)
+        rsout = R.sparse_attention(q, k, v, rbidx, mask, **common, min_seq_len=msl)
+        assert rel_err(sout, rsout) <= tol, (dtype, msl, rel_err(sout, rsout))
+    n_kb = R.num_blocks(Skv, bs)
+    if n_sel >= n_kb:  # selection covers every candidate: the consumer equals dense attention
+        assert ((bidx >= 0).sum(-1) == cand.sum(-1)).all()
+        assert rel_err(decode_sparse_attention(q, k, v, bidx, mask, **common, min_seq_len=0), rout) <= tol
+    assert rel_err(decode_attention(q, k, v, mask, **common), rout) <= tol
+    if valid is not None and min(valid) == 0:
+        b0 = valid.index(0)
+        assert torch.all(out[b0] == 0) and torch.all(bidx[b0] == -1)
+
+
+def _check_prefill(case, device, setting):
+    dtype, bs = SETTINGS[device][setting]
+    B, Hq, Hkv, Sq, Skv, D, mk, valid, left, causal, n_sel, sink, local = _scale_case(case, device, True)
+    q, k, v = make_qkv(B, Hq, Hkv, Sq, Skv, D, dtype, device, layout="bshd" if B > 1 else "contig")
+    mask = make_mask(mk, B, Sq, Skv, valid, device, left=left, dtype=torch.float32 if dtype == torch.float32 else dtype)
+    tol = TOL[dtype]
+    common = dict(is_causal=causal, scale=None, block_size=bs)
+    producer = dict(common, n_select=n_sel, sink_blocks=sink, local_blocks=local)
+    rout, rbidx = R.topk_attention(q, k, v, mask, **producer)
+    imp, cand = ref_importance(q, k, v, mask, causal, None, bs)
+    # With a mask: as given, then as the passes give it, stored with padded rows (16-byte loads) and with its
+    # block structure (blocks skipped, or run without mask reads).
+    layouts = [(mask, None)]
+    if mask is not None:
+        stored = stored_like_shared_mask(mask)
+        layouts.append((stored, R.mask_blocks(stored, block_size=bs)))
+    for mask, block_mask in layouts:
+        # the producer's scratch in one launch, and over budget: launches of 3 programs (the last one shorter
+        # where the grid is no multiple of 3), and of one (budget 0); on the CPU the read-back takes 2 blocks per
+        # step, so its loop runs several
+        hp = P._launch_cfg("dense_x", Hq // Hkv, bs, D)[0]
+        for budget in (P.X_BUDGET_BYTES, 3 * R.num_blocks(Skv, bs) * hp * bs * 4, 0):
+            saved = P.X_BUDGET_BYTES, P.X_STEP_BLOCKS
+            P.X_BUDGET_BYTES, P.X_STEP_BLOCKS = budget, 2 if device == "cpu" else P.X_STEP_BLOCKS
+            try:
+                out, bidx = prefill_topk_attention(q, k, v, mask, block_mask, **producer)
+            finally:
+                P.X_BUDGET_BYTES, P.X_STEP_BLOCKS = saved
+            assert out.dtype == q.dtype and out.shape == rout.shape
+            assert rel_err(out, rout) <= tol, (dtype, budget, rel_err(out, rout))
+            assert_same_selection(bidx, rbidx, imp, 10 * tol)
+        # min_seq_len: none dense; the first query blocks' rows dense (whole programs, then some rows of one);
+        # every program dense (it runs the dense pass, its selection unread).
+        for msl in (0, 30 * (bs // 16), 10**6):
+            sout = prefill_sparse_attention(q, k, v, rbidx, mask, block_mask, **common, min_seq_len=msl)
             rsout = R.sparse_attention(q, k, v, rbidx, mask, **common, min_seq_len=msl)
             assert rel_err(sout, rsout) <= tol, (dtype, msl, rel_err(sout, rsout))
-        n_kb = R.num_blocks(Skv, bs)
-        if n_sel >= n_kb:  # selection covers every candidate: the consumer equals dense attention
+        if n_sel >= R.num_blocks(Skv, bs):
             assert ((bidx >= 0).sum(-1) == cand.sum(-1)).all()
-            assert rel_err(decode_sparse_attention(q, k, v, bidx, mask, **common, min_seq_len=0), rout) <= tol
-        assert rel_err(decode_attention(q, k, v, mask, **common), rout) <= tol
-        if valid is not None and min(valid) == 0:
-            b0 = valid.index(0)
-            assert torch.all(out[b0] == 0) and torch.all(bidx[b0] == -1)
-
-
-def _check_prefill(case, device):
-    for dtype, bs in _settings(device):
-        B, Hq, Hkv, Sq, Skv, D, mk, valid, left, causal, n_sel, sink, local = _scale_case(case, device, True)
-        q, k, v = make_qkv(B, Hq, Hkv, Sq, Skv, D, dtype, device, layout="bshd" if B > 1 else "contig")
-        mask = make_mask(mk, B, Sq, Skv, valid, device, left=left, dtype=torch.float32 if dtype == torch.float32 else dtype)
-        tol = TOL[dtype]
-        common = dict(is_causal=causal, scale=None, block_size=bs)
-        producer = dict(common, n_select=n_sel, sink_blocks=sink, local_blocks=local)
-        rout, rbidx = R.topk_attention(q, k, v, mask, **producer)
-        imp, cand = ref_importance(q, k, v, mask, causal, None, bs)
-        # With a mask: as given, then as the passes give it, stored with padded rows (16-byte loads) and with its
-        # block structure (blocks skipped, or run without mask reads).
-        layouts = [(mask, None)]
-        if mask is not None:
-            stored = stored_like_shared_mask(mask)
-            layouts.append((stored, R.mask_blocks(stored, block_size=bs)))
-        for mask, block_mask in layouts:
-            # the producer's scratch in one launch, and over budget: launches of 3 programs (the last one shorter
-            # where the grid is no multiple of 3), and of one (budget 0); on the CPU the read-back takes 2 blocks per
-            # step, so its loop runs several
-            hp = P._launch_cfg("dense_x", Hq // Hkv, bs, D)[0]
-            for budget in (P.X_BUDGET_BYTES, 3 * R.num_blocks(Skv, bs) * hp * bs * 4, 0):
-                saved = P.X_BUDGET_BYTES, P.X_STEP_BLOCKS
-                P.X_BUDGET_BYTES, P.X_STEP_BLOCKS = budget, 2 if device == "cpu" else P.X_STEP_BLOCKS
-                try:
-                    out, bidx = prefill_topk_attention(q, k, v, mask, block_mask, **producer)
-                finally:
-                    P.X_BUDGET_BYTES, P.X_STEP_BLOCKS = saved
-                assert out.dtype == q.dtype and out.shape == rout.shape
-                assert rel_err(out, rout) <= tol, (dtype, budget, rel_err(out, rout))
-                assert_same_selection(bidx, rbidx, imp, 10 * tol)
-            # min_seq_len: none dense; the first query blocks' rows dense (whole programs, then some rows of one);
-            # every program dense (it runs the dense pass, its selection unread).
-            for msl in (0, 30 * (bs // 16), 10**6):
-                sout = prefill_sparse_attention(q, k, v, rbidx, mask, block_mask, **common, min_seq_len=msl)
-                rsout = R.sparse_attention(q, k, v, rbidx, mask, **common, min_seq_len=msl)
-                assert rel_err(sout, rsout) <= tol, (dtype, msl, rel_err(sout, rsout))
-            if n_sel >= R.num_blocks(Skv, bs):
-                assert ((bidx >= 0).sum(-1) == cand.sum(-1)).all()
-                sout = prefill_sparse_attention(q, k, v, bidx, mask, block_mask, **common, min_seq_len=0)
-                assert rel_err(sout, rout) <= tol
-            assert rel_err(prefill_attention(q, k, v, mask, block_mask, **common), rout) <= tol
-        if valid is not None and min(valid) == 0:
-            b0 = valid.index(0)
-            assert torch.all(out[b0] == 0) and torch.all(bidx[b0] == -1)
+            sout = prefill_sparse_attention(q, k, v, bidx, mask, block_mask, **common, min_seq_len=0)
+            assert rel_err(sout, rout) <= tol
+        assert rel_err(prefill_attention(q, k, v, mask, block_mask, **common), rout) <= tol
+    if valid is not None and min(valid) == 0:
+        b0 = valid.index(0)
+        assert torch.all(out[b0] == 0) and torch.all(bidx[b0] == -1)
 
 
 # ------------------------------------------------------------------------------------------------ interpreter (CI)
@@ -230,13 +233,13 @@ needs_working_interpreter = pytest.mark.skipif(
 @needs_working_interpreter
 @pytest.mark.parametrize("name", sorted(DECODE_CASES))
 def test_decode_interpreter(name):
-    _check_decode(DECODE_CASES[name], "cpu")
+    _check_decode(DECODE_CASES[name], "cpu", "f32-16")
 
 
 @needs_working_interpreter
 @pytest.mark.parametrize("name", sorted(PREFILL_CASES))
 def test_prefill_interpreter(name):
-    _check_prefill(PREFILL_CASES[name], "cpu")
+    _check_prefill(PREFILL_CASES[name], "cpu", "f32-16")
 
 
 def test_select_ties_and_padding_interpreter():
@@ -269,15 +272,17 @@ cuda = pytest.mark.cuda
 
 
 @cuda
+@pytest.mark.parametrize("setting", sorted(SETTINGS["cuda"]))
 @pytest.mark.parametrize("name", sorted(DECODE_CASES))
-def test_decode_cuda(name):
-    _check_decode(DECODE_CASES[name], "cuda")
+def test_decode_cuda(name, setting):
+    _check_decode(DECODE_CASES[name], "cuda", setting)
 
 
 @cuda
+@pytest.mark.parametrize("setting", sorted(SETTINGS["cuda"]))
 @pytest.mark.parametrize("name", sorted(PREFILL_CASES))
-def test_prefill_cuda(name):
-    _check_prefill(PREFILL_CASES[name], "cuda")
+def test_prefill_cuda(name, setting):
+    _check_prefill(PREFILL_CASES[name], "cuda", setting)
 
 
 @cuda
