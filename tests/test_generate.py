@@ -175,7 +175,9 @@ def test_generate_on_cuda_with_cuda_graphs():
         torch.manual_seed(0)
         return AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).cuda().eval()
 
-    ids = torch.randint(0, 512, (2, 300), device="cuda")
+    # Seeded: a near-tie in some layer's selection moves a row's logits by ~7% (a prompt of seed 2, in a sweep of
+    # six on the H100; the other five 0.6-0.8%), and the prompt was drawn from whatever state earlier tests left.
+    ids = torch.randint(0, 512, (2, 300), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
     mask = torch.ones_like(ids)
     mask[1, :7] = 0
     settings = dict(GREEDY, cache_implementation="static")
