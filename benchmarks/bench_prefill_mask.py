@@ -7,10 +7,11 @@ Llama-3-8B attention (32 query heads, 8 KV heads, d=128, bf16), block 64, top_k 
 ``[1, 1, S, S + 33]`` bool (causal, the unfilled tail masked). "stored mask": as the compiled graph passes it, the
 copy ``hylra::shared_mask`` makes (rows padded to 128 bytes, so tiles load 16 bytes at a time) with its block
 structure (``reference.mask_blocks``); "mask": Hugging Face's own rows (S + 33 bytes: byte loads), with or without
-the block structure; against the same attention with no mask (``is_causal``, keys cut to the prompt). Consumers
-run on the producer's selection at the backend's default ``min_seq_len`` (4096: a query with fewer allowed keys
-attends all of them). Median ms by ``triton.testing.do_bench``; one row per run appended to
-``prefill-mask-<device>.json`` under ``--out``, with device, date and code.
+the block structure; "mask_blocks" is the torch reference, "(Triton)" the op's CUDA kernel; against the same
+attention with no mask (``is_causal``, keys cut to the prompt). Consumers run on the producer's selection at the
+backend's default ``min_seq_len`` (4096: a query with fewer allowed keys attends all of them). Median ms by
+``triton.testing.do_bench``; one row per run appended to ``prefill-mask-<device>.json`` under ``--out``, with
+device, date and code.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def main() -> None:
     cases = {
         "shared_mask": lambda: shared_mask(mask),
         "mask_blocks": lambda: mask_blocks(mask, block_size=bs),
+        "mask_blocks (Triton), stored mask": lambda: torch.ops.hylra.mask_blocks(stored, block_size=bs),
         "producer, stored mask + block structure": lambda: prefill_topk_attention(q, k, v, stored, block_mask,
                                                                                   is_causal=False, **producer),
         "producer, mask + block structure": lambda: prefill_topk_attention(q, k, v, mask, block_mask,

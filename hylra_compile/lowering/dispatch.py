@@ -2,7 +2,9 @@
 
 Supported: q/k/v bf16 or fp16 (same dtype), head_dim and value dim 64 or 128, block_size 16/32/64/128, at most
 8192 KV blocks, mask None or bool/float broadcastable to [B, 1, Sq, Skv] (no per-head masks), any strides.
-Sq == 1 runs the split-K decode kernels, other Sq the prefill kernels. Nothing here syncs with the host or allocates data-dependent shapes.
+Sq == 1 runs the split-K decode kernels, other Sq the prefill kernels. ``mask_blocks`` runs its Triton pass over the
+mask for a one-head mask and those block sizes. Nothing here syncs with the host or allocates data-dependent
+shapes.
 """
 
 from __future__ import annotations
@@ -99,6 +101,21 @@ def _register_cuda(op, triton_fn, reference_fn, mask_at: int) -> None:
     _CUDA_KERNELS.impl(op._name, kernel, "CUDA")
 
 
+def _mask_blocks_cuda(mask, *, block_size):
+    """Triton for a mask the kernels take (one head, no empty dimension), else the reference."""
+    from ..kernels.masks import mask_blocks
+
+    m = reference.mask_4d(mask)
+    reason = ("per-head mask" if m.dim() != 4 or m.shape[1] != 1 else "empty mask" if m.numel() == 0
+              else f"block_size {block_size} (16, 32, 64 or 128 only)" if block_size not in (16, 32, 64, 128)
+              else None)
+    if reason is not None:
+        _warn_once("mask_blocks", reason)
+        return reference.mask_blocks(mask, block_size=block_size)
+    return mask_blocks(mask, block_size=block_size)
+
+
+_CUDA_KERNELS.impl("mask_blocks", _mask_blocks_cuda, "CUDA")
 _register_cuda(ops.topk_attention, topk_attention_triton, reference.topk_attention, mask_at=3)
 _register_cuda(ops.sparse_attention, sparse_attention_triton, reference.sparse_attention, mask_at=4)
 _register_cuda(ops.attention, attention_triton, reference.attention, mask_at=3)

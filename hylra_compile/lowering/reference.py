@@ -244,11 +244,23 @@ def mask_blocks(mask: Tensor, *, block_size: int) -> Tensor:
     layer that use it: the ops take it as ``block_mask`` and no result depends on it; their kernels visit only
     ``[first, end)`` and read no mask byte in ``[full_first, full_end)``.
     """
+    check_mask_blocks_inputs(mask, block_size)
+    m = mask_4d(mask)
+    return block_ranges(*block_hits(m, block_size), m.shape[3], block_size)
+
+
+def check_mask_blocks_inputs(mask: Tensor, block_size: int) -> None:
+    """Raise a clear error for a mask or block size :func:`mask_blocks` cannot take."""
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
     if mask.dtype != torch.bool and not mask.is_floating_point():
         raise ValueError(f"mask must be bool (True = attend) or floating (additive), got {mask.dtype}")
-    m = mask_4d(mask)
+
+
+def block_hits(m: Tensor, block_size: int) -> tuple[Tensor, Tensor]:
+    """Per (batch, query block, KV block) of a 4-d mask: (whether any key is allowed for some query in some head;
+    whether every key is allowed with no additive value for every query in every head), bool [Bm, n_qb, n_kb]
+    each. Queries past Sqm and keys past Skv count as wholly allowed (the ranges exclude blocks cut by Skv)."""
     Bm, Hm, Sqm, Skv = m.shape
     bs, n_kb = block_size, num_blocks(Skv, block_size)
     any_allowed = torch.empty(Bm, num_blocks(Sqm, bs), n_kb, dtype=torch.bool, device=m.device)
@@ -267,8 +279,14 @@ def mask_blocks(mask: Tensor, *, block_size: int) -> Tensor:
         r = slice(start // bs, start // bs + n_qb)
         any_allowed[:, r] = allowed.reshape(blocks).any(5).any(3).any(1)
         whole[:, r] = plain.reshape(blocks).all(5).all(3).all(1)
-    columns = torch.arange(n_kb, device=m.device)
-    whole &= any_allowed & (columns < Skv // bs)
+    return any_allowed, whole
+
+
+def block_ranges(any_allowed: Tensor, whole: Tensor, Skv: int, block_size: int) -> Tensor:
+    """:func:`mask_blocks`' ranges from :func:`block_hits`' two [Bm, n_qb, n_kb] tables."""
+    n_kb = any_allowed.shape[-1]
+    columns = torch.arange(n_kb, device=any_allowed.device)
+    whole = whole & any_allowed & (columns < Skv // block_size)
     end = torch.where(any_allowed, columns + 1, 0).amax(-1)
     first = torch.where(end == 0, 0, torch.where(any_allowed, columns, n_kb).amin(-1))
     # Longest run of whole blocks: the run length ending at each column, its first maximum.

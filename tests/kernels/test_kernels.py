@@ -355,6 +355,23 @@ def test_decode_many_splits_interpreter(kind):
         assert rel_err(sout, R.sparse_attention(q, k, v, rbidx, mask, **common, min_seq_len=100)) <= 1e-4
 
 
+@needs_working_interpreter
+def test_mask_blocks_interpreter():
+    """The Triton pass over a mask gives reference.mask_blocks: causal, padded and windowed bool masks, float masks
+    with biases (a zero-bias block is whole, a biased one is not), one row for all queries, the stored layout."""
+    from hylra_compile.kernels.masks import mask_blocks
+
+    S, L, bs = 45, 53, 16
+    i, j = torch.arange(S)[:, None], torch.arange(L)[None, :]
+    causal = (j <= i + (L - S))[None, None]
+    padded = causal & (j >= torch.tensor([0, 20])[:, None, None, None])
+    window = causal & (j > i - 20)
+    biased = torch.where(causal, torch.where(j < 16, 0.0, 0.5 * (j % 3 == 0)), torch.finfo(torch.float32).min)
+    row = (j < 40)[None, None].expand(3, 1, 1, L)
+    for mask in (causal, padded, window, biased, row, R.shared_mask(padded), R.shared_mask(biased)):
+        assert torch.equal(mask_blocks(mask, block_size=bs), R.mask_blocks(mask, block_size=bs))
+
+
 def test_readable_columns():
     """The kernels load mask columns up to Skv rounded up to 16 only where every row has them in its storage."""
     from hylra_compile.kernels._common import readable_columns
@@ -381,7 +398,8 @@ def test_materialised_mask_past_2_31_elements_cuda(chunked, stored):
     block_mask = None
     if stored:
         mask = torch.ops.hylra.shared_mask(mask)
-        block_mask = torch.ops.hylra.mask_blocks(mask, block_size=bs)
+        block_mask = torch.ops.hylra.mask_blocks(mask, block_size=bs)  # the Triton pass over the mask
+        assert torch.equal(block_mask, R.mask_blocks(mask, block_size=bs))
     common = dict(is_causal=False, scale=None, block_size=bs)
     producer = dict(common, n_select=16, sink_blocks=1, local_blocks=2)
     saved = P.X_BUDGET_BYTES
