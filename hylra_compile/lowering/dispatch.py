@@ -30,6 +30,15 @@ def _warn_once(op: str, reason: str) -> None:
 _MAX_KV_BLOCKS = 8192
 
 
+def _mask_and_block_reason(mask, block_size) -> str | None:
+    """Why no Triton kernel (attention or mask_blocks) takes this mask or block size (None when they do)."""
+    if block_size not in (16, 32, 64, 128):
+        return f"block_size {block_size} (16, 32, 64 or 128 only)"
+    if mask is not None and reference.mask_4d(mask).shape[1] != 1:
+        return "per-head mask"
+    return None
+
+
 def unsupported_reason(q, k, v, mask, block_size) -> str | None:
     """Why the Triton kernels cannot take these inputs (None when they can). Inputs the ops reject outright are
     left to :func:`reference.check_inputs`."""
@@ -39,15 +48,11 @@ def unsupported_reason(q, k, v, mask, block_size) -> str | None:
         return f"dtype {q.dtype} (bf16/fp16 only)"
     if q.shape[3] not in (64, 128) or v.shape[3] not in (64, 128):
         return f"head_dim {q.shape[3]} / value dim {v.shape[3]} (64 or 128 only)"
-    if block_size not in (16, 32, 64, 128):
-        return f"block_size {block_size} (16, 32, 64 or 128 only)"
     if q.shape[0] == 0 or q.shape[1] == 0 or q.shape[2] == 0 or k.shape[2] == 0:
         return "empty input"
     if reference.num_blocks(k.shape[2], block_size) > _MAX_KV_BLOCKS:
         return f"more than {_MAX_KV_BLOCKS} KV blocks"
-    if mask is not None and reference.mask_4d(mask).shape[1] != 1:
-        return "per-head mask"
-    return None
+    return _mask_and_block_reason(mask, block_size)
 
 
 def topk_attention_triton(q, k, v, mask, block_mask=None, **params):
@@ -102,13 +107,11 @@ def _register_cuda(op, triton_fn, reference_fn, mask_at: int) -> None:
 
 
 def _mask_blocks_cuda(mask, *, block_size):
-    """Triton for a mask the kernels take (one head, no empty dimension), else the reference."""
+    """Triton for a mask the kernels take (4-d at most, one head, not empty), else the reference."""
     from ..kernels.masks import mask_blocks
 
-    m = reference.mask_4d(mask)
-    reason = ("per-head mask" if m.dim() != 4 or m.shape[1] != 1 else "empty mask" if m.numel() == 0
-              else f"block_size {block_size} (16, 32, 64 or 128 only)" if block_size not in (16, 32, 64, 128)
-              else None)
+    reason = (f"mask of {mask.dim()} dims" if mask.dim() > 4 else "empty mask" if mask.numel() == 0
+              else _mask_and_block_reason(mask, block_size))
     if reason is not None:
         _warn_once("mask_blocks", reason)
         return reference.mask_blocks(mask, block_size=block_size)
