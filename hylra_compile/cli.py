@@ -18,7 +18,7 @@ import torch
 
 from .corpora import PREFIX as BUILTIN, builtin_text
 from .models import load_config, load_model
-from .options import HylraOptions
+from .options import DEFAULT_CANDIDATES, SELECTIONS, HylraOptions
 from .policy import Policy
 from .profiler import SIMILARITIES
 from .tasks import TASKS
@@ -126,8 +126,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seq-len", type=_positive_int, default=4096, help="tokens per text window (default 4096)")
     ev.add_argument("--tasks", default="passkey,multikey",
                     help=f"comma-separated retrieval tasks of {list(TASKS)}, or none (default passkey,multikey)")
+    ev.add_argument("--haystacks", default="filler,prose",
+                    help="comma-separated haystacks of the retrieval prompts: filler (one line repeated) and prose "
+                         "(natural text) (default filler,prose)")
     ev.add_argument("--lengths", default="4096", help="comma-separated prompt lengths in tokens (default 4096)")
-    ev.add_argument("--samples", type=int, default=4, help="prompts per task and length (default 4)")
+    ev.add_argument("--samples", type=int, default=24,
+                    help="prompts per task, haystack and length, at as many depths in [0.1, 0.9] (default 24)")
+    ev.add_argument("--selection", choices=SELECTIONS, default="reuse",
+                    help="how consumers choose their blocks: reuse (the producer's), refine (the top of the "
+                         "producer's --candidates x top_k blocks by the consumer's own attention), oracle (the "
+                         "consumer's own top-k of all blocks: a measurement) (default reuse)")
+    ev.add_argument("--candidates", type=_positive_int, default=DEFAULT_CANDIDATES,
+                    help=f"with --selection refine, producers emit this many times top_k blocks (default "
+                         f"{DEFAULT_CANDIDATES})")
     ev.add_argument("--calibration", nargs="+", metavar="FILE",
                     help="data to profile for budget:/dp: policies: its first --calibration-windows windows "
                          "(default: the --text files)")
@@ -231,33 +242,59 @@ def _profile(args: argparse.Namespace) -> int:
 DEFAULT_POLICIES = ("every:5", "budget:6", "dp:0.9")
 
 
+def check_policy_spec(spec: str, num_layers: int) -> None:
+    """Refuse a ``--policy`` spec that cannot make a policy for a model of ``num_layers`` layers, before the model
+    loads or a profile runs (a policy JSON is read and checked against the layer count)."""
+    kind, _, value = spec.partition(":")
+    if spec == "full":
+        return
+    if spec.endswith(".json"):
+        try:
+            Policy.load(spec).check_model(num_layers, None)
+        except ValueError as err:
+            raise ValueError(f"--policy {spec}: {err}") from None
+        return
+    number = {"every": int, "budget": int, "dp": float}.get(kind)
+    if number is None or not value:
+        raise ValueError(f"--policy {spec!r}: valid forms are every:N, budget:N, dp:THETA, full, or a policy .json "
+                         "file")
+    try:
+        parsed = number(value)
+    except ValueError:
+        raise ValueError(f"--policy {spec}: {value!r} is not {'an integer' if number is int else 'a number'}") from None
+    if kind == "every" and parsed < 1:
+        raise ValueError(f"--policy {spec}: N must be >= 1")
+    if kind == "budget" and not 1 <= parsed <= num_layers:
+        raise ValueError(f"--policy {spec}: the model has {num_layers} layers; N must lie in [1, {num_layers}]")
+    if kind == "dp" and not 0.0 <= parsed <= 1.0:
+        raise ValueError(f"--policy {spec}: THETA must lie in [0, 1]")
+
+
 def policy_from_spec(spec: str, num_layers: int, get_profile, max_rnmse: float | None, keep_sensitive: int) -> Policy:
-    """A policy from ``every:N``, ``budget:N``, ``dp:THETA``, ``full`` or a policy JSON path; ``get_profile()``
-    is called only for ``budget:`` and ``dp:``."""
+    """A policy from ``every:N``, ``budget:N``, ``dp:THETA``, ``full`` or a policy JSON path (checked by
+    :func:`check_policy_spec`); ``get_profile()`` is called only for ``budget:`` and ``dp:``."""
     from .optimizer import optimize
 
+    check_policy_spec(spec, num_layers)
     kind, _, value = spec.partition(":")
     try:
-        if kind == "every" and value:
+        if kind == "every":
             return Policy.every(int(value), num_layers)
-        if kind == "budget" and value:
+        if kind == "budget":
             return optimize(get_profile(), budget=int(value), max_rnmse=max_rnmse, keep_sensitive=keep_sensitive)
-        if kind == "dp" and value:
+        if kind == "dp":
             return optimize(get_profile(), theta=float(value), max_rnmse=max_rnmse, keep_sensitive=keep_sensitive)
     except ValueError as err:
         raise ValueError(f"--policy {spec}: {err}") from None
-    if spec == "full":
-        return Policy.full(num_layers)
-    if spec.endswith(".json"):
-        return Policy.load(spec)
-    raise ValueError(f"--policy {spec!r}: valid forms are every:N, budget:N, dp:THETA, full, or a policy .json file")
+    return Policy.full(num_layers) if spec == "full" else Policy.load(spec)
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate
+    from .evaluate import check_sparse, evaluate
     from .profiler import Profile, calibration_samples, full_windows, profile
-    from .tasks import make_prompts
+    from .tasks import HAYSTACKS, make_prompts
 
+    # Everything that can be checked without the model is checked before it loads.
     for name in ("windows", "calibration_windows", "samples", "min_seq_len"):
         if getattr(args, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
@@ -265,10 +302,30 @@ def _eval(args: argparse.Namespace) -> int:
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
         raise ValueError(f"--tasks: unknown task(s) {unknown}; valid tasks are {list(TASKS)} or none")
+    haystacks = [h.strip() for h in args.haystacks.split(",") if h.strip()]
+    if not haystacks or set(haystacks) - set(HAYSTACKS):
+        raise ValueError(f"--haystacks: {args.haystacks!r} is not a comma-separated list of {list(HAYSTACKS)}")
     try:
         lengths = [int(n) for n in args.lengths.split(",")]
     except ValueError:
         raise ValueError(f"--lengths must be comma-separated integers, got {args.lengths!r}") from None
+    if tasks and min(lengths) < 1:
+        raise ValueError(f"--lengths must be positive, got {args.lengths!r}")
+    if tasks and args.samples == 0:
+        raise ValueError("--samples 0 asks for no retrieval prompt: pass --tasks none instead")
+    if not tasks and not args.windows:
+        raise ValueError("--tasks none with --windows 0 leaves nothing to evaluate")
+    options = HylraOptions(top_k=args.top_k, block_size=args.block_size, sink_blocks=args.sink_blocks,
+                           local_blocks=args.local_blocks, min_seq_len=args.min_seq_len, selection=args.selection,
+                           candidates=args.candidates)
+    longest = max((lengths if tasks else []) + ([args.seq_len] if args.windows else []))
+    check_sparse(f"--top-k {args.top_k}", options, longest)
+    if args.profile and not Path(args.profile).is_file():
+        raise ValueError(f"--profile {args.profile!r} does not exist")
+    specs = args.policies or list(DEFAULT_POLICIES)
+    config_layers = getattr(load_config(args.model, args.gguf_file), "num_hidden_layers", None)
+    for spec in specs:
+        check_policy_spec(spec, config_layers)
     model, tokenizer = _load(args)
     num_layers = model.config.num_hidden_layers
     if tasks and tokenizer is None:
@@ -300,10 +357,9 @@ def _eval(args: argparse.Namespace) -> int:
                     description=f"{', '.join(calibration)} (first {len(samples)} window(s) of {args.seq_len})"))
         return profile_cache[0]
 
-    specs = args.policies or list(DEFAULT_POLICIES)
     policies = {spec: policy_from_spec(spec, num_layers, get_profile, args.max_rnmse, args.keep_sensitive)
                 for spec in specs}
-    prompts = make_prompts(tasks, tokenizer, lengths, args.samples, seed=args.seed) if tasks else []
+    prompts = make_prompts(tasks, tokenizer, lengths, args.samples, seed=args.seed, haystacks=haystacks) if tasks else []
     metadata = {"model": args.model + (f" ({args.gguf_file})" if args.gguf_file else ""),
                 "text": ", ".join(args.text) + " (last windows)",
                 **({"calibration": profile_cache[0].metadata["calibration"],
@@ -311,7 +367,7 @@ def _eval(args: argparse.Namespace) -> int:
     evaluation = evaluate(
         model, policies, tokenizer=tokenizer, prompts=prompts, windows=windows, top_k=args.top_k,
         block_size=args.block_size, sink_blocks=args.sink_blocks, local_blocks=args.local_blocks,
-        min_seq_len=args.min_seq_len, metadata=metadata, progress=not args.no_progress,
+        min_seq_len=args.min_seq_len, selection=args.selection, metadata=metadata, progress=not args.no_progress,
     )
     print(evaluation.to_markdown())
     for path in evaluation.save(args.out_dir):

@@ -10,8 +10,13 @@
 
 A policy runs eagerly: each layer's attention is routed (:func:`routing.routed_attention`) to the op the backend
 would rewrite it into, with the backend's options: ``hylra::topk_attention`` for a producer,
-``hylra::sparse_attention`` over its producer's ``block_idx`` for a consumer, SDPA for a full layer. These are
-the ops' reference semantics on the CPU (no compile per prompt length); on CUDA the same ops run the kernels.
+``hylra::sparse_attention`` over the blocks its ``selection`` gives for a consumer, SDPA for a full layer. These
+are the ops' reference semantics on the CPU (no compile per prompt length); on CUDA the same ops run the kernels.
+
+Each evaluated setting is a :class:`Setting`: a policy, the selection options that differ from the evaluation's
+(``top_k``, ``selection``, ...), and the phases it is sparse in (``decode`` only: the prompt's prefill runs dense,
+and the reverse), so one dense baseline serves a whole frontier. Retrieval is reported with Wilson 95% intervals
+(:func:`wilson_interval`).
 """
 
 from __future__ import annotations
@@ -36,18 +41,47 @@ from .tasks import TaskPrompt, first_number, score
 DENSE = "dense"
 
 
-class PolicyAttention:
-    """Attention handler running ``policy`` (None: every layer dense) through the hylra ops; optionally keeps each
-    layer's output at the scored positions (``keep_from``) for the RNMSE."""
+PHASES = ("prefill", "decode")
+# The options a Setting may set for itself; the rest (min_seq_len above all: it fixes the scored positions) belong
+# to the whole evaluation.
+SETTING_OPTIONS = ("top_k", "block_size", "sink_blocks", "local_blocks", "selection", "candidates")
 
-    def __init__(self, policy: Policy | None, options: HylraOptions, keep_from: int | None = None):
-        self.policy, self.options, self.keep_from = policy, options, keep_from
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One evaluated setting: ``policy``; ``options``, the selection options (:data:`SETTING_OPTIONS`) that differ
+    from the evaluation's; ``phases``, where it is sparse: ``prefill`` (calls of more than one query: prompts and
+    text windows) and ``decode`` (one query per call). A phase left out runs every layer dense."""
+
+    policy: Policy
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    phases: tuple[str, ...] = PHASES
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.policy, Policy):
+            raise ValueError(f"a setting's policy must be a hylra_compile.Policy, got {type(self.policy).__name__}")
+        unknown = sorted(set(self.options) - set(SETTING_OPTIONS))
+        if unknown:
+            raise ValueError(f"setting options {unknown} are not per setting; valid ones are {list(SETTING_OPTIONS)}")
+        bad = sorted(set(self.phases) - set(PHASES))
+        if bad or not self.phases:
+            raise ValueError(f"setting phases must be a non-empty subset of {list(PHASES)}, got {list(self.phases)}")
+
+
+class PolicyAttention:
+    """Attention handler running ``policy`` (None: every layer dense) through the hylra ops in ``phases``;
+    optionally keeps each layer's output at the scored positions (``keep_from``) for the RNMSE."""
+
+    def __init__(self, policy: Policy | None, options: HylraOptions, keep_from: int | None = None,
+                 phases: Sequence[str] = PHASES):
+        self.policy, self.options, self.keep_from, self.phases = policy, options, keep_from, tuple(phases)
         self.block_idx: dict[int, Tensor] = {}  # producer layer -> its block_idx in the forward pass under way
         self.outputs: dict[int, Tensor] = {}
 
     def __call__(self, call: AttentionCall) -> Tensor:
         o = self.options
-        mode = "full" if self.policy is None else self.policy.modes[call.layer]
+        phase = "decode" if call.query.shape[2] == 1 else "prefill"
+        mode = "full" if self.policy is None or phase not in self.phases else self.policy.modes[call.layer]
         if mode == "producer":
             out, self.block_idx[call.layer] = torch.ops.hylra.topk_attention(
                 call.query, call.key, call.value, call.mask, is_causal=call.is_causal, scale=call.scale,
@@ -55,7 +89,7 @@ class PolicyAttention:
             )
         elif mode == "consumer":
             out = torch.ops.hylra.sparse_attention(
-                call.query, call.key, call.value, self.block_idx[self.policy.sources[call.layer]], call.mask,
+                call.query, call.key, call.value, self.consumer_selection(call), call.mask,
                 is_causal=call.is_causal, scale=call.scale, **o.consumer_settings(),
             )
         else:
@@ -68,6 +102,20 @@ class PolicyAttention:
         return out
 
 
+    def consumer_selection(self, call: AttentionCall) -> Tensor:
+        """A consumer's ``block_idx`` under the options' ``selection`` (as :func:`passes.rewrite.consumer_selection`
+        emits it)."""
+        produced = self.block_idx[self.policy.sources[call.layer]]
+        o, settings = self.options, dict(is_causal=call.is_causal, scale=call.scale)
+        if o.selection == "reuse":
+            return produced
+        if o.selection == "refine":
+            return torch.ops.hylra.refine_blocks(call.query, call.key, produced, call.mask, **settings,
+                                                 **o.selection_settings())
+        return torch.ops.hylra.topk_attention(call.query, call.key, call.value, call.mask, **settings,
+                                              **o.selection_settings())[1]
+
+
 @dataclasses.dataclass
 class Result:
     """One row of the table: a policy (or dense) over all inputs."""
@@ -75,6 +123,8 @@ class Result:
     name: str
     full_layers: int
     policy: dict[str, Any] | None = None  # Policy.to_dict(), None for dense
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)  # the setting's selection options
+    phases: tuple[str, ...] = PHASES
     answers: dict[str, str] = dataclasses.field(default_factory=dict)  # prompt name -> greedy answer
     correct: dict[str, bool] = dataclasses.field(default_factory=dict)
     nll: float = 0.0  # summed over the scored positions
@@ -110,15 +160,42 @@ class Result:
             self.dense_sq[layer] += dense_outputs[layer].square().sum().item()
 
     def accuracy(self, task: str | None = None) -> tuple[int, int]:
-        hits = [ok for name, ok in self.correct.items() if task is None or name.startswith(task + "-")]
+        hits = [ok for name, ok in self.correct.items() if task is None or task_of(name) == task]
         return sum(hits), len(hits)
 
     def summary(self) -> dict[str, Any]:
         right, total = self.accuracy()
-        return {"name": self.name, "full_layers": self.full_layers, "perplexity": self.perplexity,
-                "kl": self.mean_kl, "scored_positions": self.positions, "retrieval_correct": right,
-                "retrieval_total": total, "rnmse": self.rnmse, "answers": self.answers, "correct": self.correct,
-                "policy": self.policy}
+        tasks = sorted({task_of(name) for name in self.correct})
+        return {"name": self.name, "full_layers": self.full_layers, "options": self.options,
+                "phases": list(self.phases), "perplexity": self.perplexity, "kl": self.mean_kl,
+                "scored_positions": self.positions, "retrieval_correct": right, "retrieval_total": total,
+                "retrieval": {task: dict(zip(("correct", "total", "low", "high"),
+                                             (*self.accuracy(task), *wilson_interval(*self.accuracy(task)))))
+                              for task in tasks},
+                "rnmse": self.rnmse, "answers": self.answers, "correct": self.correct, "policy": self.policy}
+
+
+def task_of(prompt_name: str) -> str:
+    """The task a prompt's name (:attr:`tasks.TaskPrompt.name`) belongs to, with its haystack: ``passkey``,
+    ``passkey.prose``, ..."""
+    return prompt_name.split("-")[0]
+
+
+def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score interval (95% by default) of a success rate ``correct / total``, as fractions; (0, 1)
+    when ``total`` is 0."""
+    if total == 0:
+        return 0.0, 1.0
+    p = correct / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def same_within_intervals(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    """Whether two retrieval results (correct, total) are no different at 95%: their Wilson intervals overlap."""
+    (low_a, high_a), (low_b, high_b) = wilson_interval(*a), wilson_interval(*b)
+    return low_a <= high_b and low_b <= high_a
 
 
 @dataclasses.dataclass
@@ -136,28 +213,34 @@ class Evaluation:
 
     @property
     def tasks(self) -> list[str]:
-        return sorted({name.split("-")[0] for name in self.results[0].correct})
+        return sorted({task_of(name) for name in self.results[0].correct})
 
     def to_markdown(self) -> str:
+        """One row per setting; retrieval as correct/total with the Wilson 95% interval, marked ``*`` where the
+        interval does not overlap dense's (a difference; anything else is no measurable difference)."""
         dense = self[DENSE]
-        head = ["policy", "full layers"]
+        head = ["setting", "dense layers"]
         if dense.positions:
-            head += [f"perplexity (dense {dense.perplexity:.3f})", "KL(dense ‖ policy)", "mean layer RNMSE"]
-        head += [f"{task} (dense {'/'.join(map(str, dense.accuracy(task)))})" for task in self.tasks]
+            head += [f"perplexity (dense {dense.perplexity:.3f})", "KL(dense ‖ setting)", "mean layer RNMSE"]
+        head += [f"{task} (dense {_retrieval_cell(dense.accuracy(task))})" for task in self.tasks]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for result in self.results:
-            row = [result.name, f"{result.full_layers} / {len(dense.rnmse) or self.metadata.get('num_layers')}"]
+            row = [result.name, f"{result.full_layers} / {self.metadata.get('num_layers')}"]
             if dense.positions:
                 change = 100 * (result.perplexity / dense.perplexity - 1)
                 rnmse = sum(result.rnmse) / len(result.rnmse)
                 row += [f"{result.perplexity:.3f} ({change:+.1f}%)", f"{result.mean_kl:.4f}", f"{rnmse:.4f}"]
-            row += ["{}/{}".format(*result.accuracy(task)) for task in self.tasks]
+            for task in self.tasks:
+                differs = not same_within_intervals(result.accuracy(task), dense.accuracy(task))
+                row.append(_retrieval_cell(result.accuracy(task)) + (" *" if differs else ""))
             lines.append("| " + " | ".join(row) + " |")
         m = self.metadata
         notes = [f"{m['model']}, {m['device']}, {m['date']}; top_k {m['top_k']}, block {m['block_size']}, "
-                 f"sink {m['sink_blocks']}, local {m['local_blocks']}, min_seq_len {m['min_seq_len']}.",
+                 f"sink {m['sink_blocks']}, local {m['local_blocks']}, selection {m['selection']}, "
+                 f"min_seq_len {m['min_seq_len']} (settings name what they change).",
                  f"Text: {m['text']}, {m['text_windows']} window(s) of {m['seq_len']} tokens, "
-                 f"{dense.positions} scored positions. Retrieval: {m['prompts']} prompt(s), lengths {m['lengths']}."]
+                 f"{dense.positions} scored positions. Retrieval: {m['prompts']} prompt(s), lengths {m['lengths']}; "
+                 "correct/total [Wilson 95% interval]; * marks a difference from dense (intervals apart)."]
         return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
     def to_json(self) -> dict[str, Any]:
@@ -174,6 +257,11 @@ class Evaluation:
         paths[1].write_text(self.to_markdown())
         plot_evaluation(self, paths[2])
         return paths
+
+
+def _retrieval_cell(accuracy: tuple[int, int]) -> str:
+    low, high = wilson_interval(*accuracy)
+    return f"{accuracy[0]}/{accuracy[1]} [{100 * low:.0f}–{100 * high:.0f}%]"
 
 
 def greedy_answer(model, tokenizer, text: str, max_new_tokens: int, prompt_logits: int = 1) -> tuple[str, Tensor]:
@@ -200,6 +288,20 @@ def greedy_answer(model, tokenizer, text: str, max_new_tokens: int, prompt_logit
     return tokenizer.decode(generated), logits
 
 
+def check_sparse(name: str, options: HylraOptions, longest: int) -> None:
+    """Refuse a setting whose consumers would attend every allowed key of inputs of up to ``longest`` tokens: its
+    ``top_k`` covers every block, or ``min_seq_len`` exceeds every query's keys."""
+    blocks = -(-longest // options.block_size)
+    if options.n_select >= blocks:
+        raise ValueError(
+            f"{name}: top_k={options.top_k} keeps all {blocks} blocks of {options.block_size} tokens of the longest "
+            f"input ({longest} tokens), so it cannot differ from dense; use a top_k below {longest} or longer inputs")
+    if options.min_seq_len >= longest:
+        raise ValueError(
+            f"{name}: no query of inputs of at most {longest} tokens has min_seq_len={options.min_seq_len} keys, so "
+            "every layer attends densely; lower min_seq_len or use longer inputs")
+
+
 def _text_scores(model, window: Tensor, handler: PolicyAttention, start: int) -> Tensor:
     """Log-probabilities [S - 1 - start, vocab] (float32) of the next token at scored positions start..S-2."""
     with routed_attention(model, handler):
@@ -215,7 +317,7 @@ def kl_divergence(dense_logp: Tensor, logp: Tensor) -> Tensor:
 
 def evaluate(
     model,
-    policies: Mapping[str, Policy],
+    policies: Mapping[str, Policy | Setting],
     *,
     tokenizer: Any = None,
     prompts: Sequence[TaskPrompt] = (),
@@ -225,24 +327,33 @@ def evaluate(
     sink_blocks: int = 1,
     local_blocks: int = 2,
     min_seq_len: int = 1024,
+    selection: str = "reuse",
     max_new_tokens: int = 32,
     metadata: Mapping[str, Any] | None = None,
     progress: bool = True,
 ) -> Evaluation:
-    """Dense and each of ``policies`` (name -> Policy) on ``prompts`` (need ``tokenizer``) and ``windows`` (1-d
-    token tensors of one length); see the module docstring. ``top_k`` … ``min_seq_len`` are the backend options of
-    those names. ``metadata`` (e.g. the text's and the policies' provenance) is stored in the result."""
+    """Dense and each of ``policies`` (name -> :class:`Policy` or :class:`Setting`) on ``prompts`` (need
+    ``tokenizer``) and ``windows`` (1-d token tensors of one length); see the module docstring. ``top_k`` …
+    ``selection`` are the backend options of those names, which a :class:`Setting` may change for itself.
+    ``metadata`` (e.g. the text's and the policies' provenance) is stored in the result.
+
+    Refused before any model run: a setting that cannot be sparse on these inputs (its ``top_k`` keeps every
+    block of the longest input, or no input reaches ``min_seq_len`` keys): its numbers would equal dense's."""
     from tqdm.auto import tqdm
 
-    options = HylraOptions(top_k=top_k, block_size=block_size, sink_blocks=sink_blocks, local_blocks=local_blocks,
-                           min_seq_len=min_seq_len)
+    base = dict(top_k=top_k, block_size=block_size, sink_blocks=sink_blocks, local_blocks=local_blocks,
+                selection=selection)
+    options = HylraOptions(min_seq_len=min_seq_len, **base)
     num_layers = model.config.num_hidden_layers
     if DENSE in policies:
         raise ValueError(f"{DENSE!r} is the name of the dense baseline; give the policy another name")
-    for name, policy in policies.items():
-        if not isinstance(policy, Policy):
-            raise ValueError(f"policy {name!r} is a {type(policy).__name__}, not a hylra_compile.Policy")
-        policy.check_model(num_layers, getattr(model.config, "num_key_value_heads", None))
+    settings = {name: p if isinstance(p, Setting) else Setting(p) if isinstance(p, Policy) else None
+                for name, p in policies.items()}
+    for name, setting in settings.items():
+        if setting is None:
+            raise ValueError(f"policy {name!r} is a {type(policies[name]).__name__}, not a hylra_compile.Policy "
+                             "or Setting")
+        setting.policy.check_model(num_layers, getattr(model.config, "num_key_value_heads", None))
     if prompts and tokenizer is None:
         raise ValueError("retrieval prompts need the model's tokenizer (tokenizer=...)")
     lengths = {w.numel() for w in windows}
@@ -252,16 +363,25 @@ def evaluate(
     if seq_len is not None and seq_len < max(min_seq_len, 1) + 1:
         raise ValueError(f"text windows of {seq_len} tokens have no position with min_seq_len={min_seq_len} keys "
                          "and a next token to score; use longer windows or a smaller min_seq_len")
+    setting_options = {name: HylraOptions(min_seq_len=min_seq_len, **{**base, **s.options})
+                       for name, s in settings.items()}
+    longest = max([p.length for p in prompts] + [seq_len or 0])
+    for name, o in setting_options.items():
+        check_sparse(name, o, longest)
     start = max(min_seq_len - 1, 0)
-    configs: dict[str, Policy | None] = {DENSE: None, **policies}
+    configs: dict[str, tuple[Policy | None, HylraOptions, tuple[str, ...]]] = {
+        DENSE: (None, options, PHASES),
+        **{name: (s.policy, setting_options[name], s.phases) for name, s in settings.items()}}
     results = {name: Result(name, num_layers if p is None else sum(m != "consumer" for m in p.modes),
-                            None if p is None else p.to_dict()) for name, p in configs.items()}
+                            None if p is None else p.to_dict(),
+                            {} if p is None else dict(settings[name].options), phases)
+               for name, (p, _, phases) in configs.items()}
     device = next(model.parameters()).device
     bar = tqdm(total=len(configs) * (len(prompts) + len(windows)), desc="hylra eval", unit="run", disable=not progress)
     with torch.no_grad():
         for prompt in prompts:
-            for name, policy in configs.items():
-                with routed_attention(model, PolicyAttention(policy, options)):
+            for name, (policy, setting, phases) in configs.items():
+                with routed_attention(model, PolicyAttention(policy, setting, phases=phases)):
                     answer = greedy_answer(model, tokenizer, prompt.text, max_new_tokens)[0]
                 results[name].answers[prompt.name] = answer
                 results[name].correct[prompt.name] = score(prompt.answer, answer)
@@ -272,11 +392,14 @@ def evaluate(
             dense_handler = PolicyAttention(None, options, keep_from=start)
             dense_scores = _text_scores(model, window, dense_handler, start)
             bar.update(1)
-            for result, policy in zip(results.values(), configs.values()):
+            for result, (policy, setting, phases) in zip(results.values(), configs.values()):
                 if policy is None:
                     scores, handler = dense_scores, dense_handler
+                elif "prefill" not in phases:  # a text window is one prefill: this setting leaves it dense
+                    scores, handler = dense_scores, dense_handler
+                    bar.update(1)
                 else:
-                    handler = PolicyAttention(policy, options, keep_from=start)
+                    handler = PolicyAttention(policy, setting, keep_from=start, phases=phases)
                     scores = _text_scores(model, window, handler, start)
                     bar.update(1)
                 result.add_window(scores, dense_scores, targets, handler.outputs, dense_handler.outputs)

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
 from .policy import Policy
+
+# How a consumer chooses the KV blocks it attends (HylraOptions.selection).
+SELECTIONS = ("reuse", "refine", "oracle")
+DEFAULT_CANDIDATES = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,6 +24,11 @@ class HylraOptions:
     block_size: tokens per KV block (and per query block).
     sink_blocks / local_blocks: blocks always selected at the start / end of the allowed keys.
     min_seq_len: a query with fewer allowed keys than this attends all of them (decided at run time).
+    selection: how a consumer chooses its blocks. ``reuse``: its producer's blocks (HyLRA). ``refine``: its
+        producer emits ``candidates`` times as many blocks and the consumer keeps the ``top_k`` of them that hold
+        most of its own attention mass (``hylra::refine_blocks``). ``oracle``: the consumer picks its own top
+        blocks among all (a dense pass of its own: what top-k at this budget costs without reuse; for measuring).
+    candidates: with ``selection="refine"``, the producer's selection is this many times ``top_k``.
     dump_dir: where to write before/after graphs, the report and the edge graph (env ``HYLRA_DUMP_DIR``).
     inductor: hand the rewritten graph to Inductor (``compile_fx``); ``False`` runs it as is.
     cudagraphs: let Inductor replay the compiled graph as CUDA graphs (its ``triton.cudagraphs``, what
@@ -32,6 +42,8 @@ class HylraOptions:
     sink_blocks: int = 1
     local_blocks: int = 2
     min_seq_len: int = 4096
+    selection: str = "reuse"
+    candidates: int = DEFAULT_CANDIDATES
     dump_dir: str | None = None
     inductor: bool = True
     cudagraphs: bool = False
@@ -41,10 +53,17 @@ class HylraOptions:
         """Blocks selected per query block: ``ceil(top_k / block_size)``."""
         return -(-self.top_k // self.block_size)
 
-    def producer_settings(self) -> dict[str, int]:
-        """The keyword arguments of ``hylra::topk_attention`` that these options set."""
+    def selection_settings(self) -> dict[str, int]:
+        """The keyword arguments of a layer's own top-``top_k`` selection: ``hylra::refine_blocks``, and
+        ``hylra::topk_attention`` where a consumer selects for itself (``selection="oracle"``)."""
         return dict(block_size=self.block_size, n_select=self.n_select, sink_blocks=self.sink_blocks,
                     local_blocks=self.local_blocks)
+
+    def producer_settings(self) -> dict[str, int]:
+        """The keyword arguments of a producer's ``hylra::topk_attention``: its selection is ``candidates`` times
+        ``top_k`` under ``selection="refine"``."""
+        multiple = self.candidates if self.selection == "refine" else 1
+        return {**self.selection_settings(), "n_select": self.n_select * multiple}
 
     def consumer_settings(self) -> dict[str, int]:
         """The keyword arguments of ``hylra::sparse_attention`` that these options set."""
@@ -79,6 +98,13 @@ class HylraOptions:
                 f"top_k={self.top_k} selects {self.n_select} block(s) of {self.block_size}, fewer than "
                 f"sink_blocks + local_blocks = {self.sink_blocks + self.local_blocks}; raise top_k or lower them"
             )
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"hylra option selection must be one of {list(SELECTIONS)}, got {self.selection!r}")
+        if not _is_int(self.candidates) or self.candidates < 1:
+            raise ValueError(f"hylra option candidates must be a positive int, got {self.candidates!r}")
+        if self.candidates != DEFAULT_CANDIDATES and self.selection != "refine":
+            warnings.warn(f"hylra option candidates={self.candidates} does nothing with selection="
+                          f"{self.selection!r}: only selection='refine' reads it", stacklevel=3)
         for name in ("inductor", "cudagraphs"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"hylra option {name} must be True or False, got {getattr(self, name)!r}")

@@ -9,6 +9,10 @@ question, among filler text and (for ``multikey`` and ``vartrack``) distractors 
 * ``vartrack``: a chain "VAR X1 = 52843", "VAR X2 = X1", ... spread over the filler, among a distractor chain
   of other names and another value; the question asks for the value of the last variable of the first chain.
 
+The haystack around the needles is ``filler`` (one line of filler repeated, RULER's noise: the needle stands out)
+or ``prose`` (consecutive paragraphs of natural English, ``builtin:prose``, from a seeded start: the needle is one
+sentence among many unlike each other).
+
 A greedy answer is correct when the first number standing alone in it equals the answer (exact match).
 """
 
@@ -17,9 +21,10 @@ from __future__ import annotations
 import dataclasses
 import random
 import re
-from typing import Any
+from typing import Any, Sequence
 
 TASKS = ("passkey", "multikey", "vartrack")
+HAYSTACKS = ("filler", "prose")
 VARTRACK_HOPS = 2  # variables per vartrack chain (SmolLM2-135M already fails most 2-hop chains dense)
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
@@ -40,10 +45,16 @@ class TaskPrompt:
     text: str
     answer: str
     distractors: tuple[str, ...] = ()
+    haystack: str = "filler"
+
+    @property
+    def label(self) -> str:
+        """The task with its haystack: ``passkey`` (filler), ``passkey.prose``."""
+        return self.task if self.haystack == "filler" else f"{self.task}.{self.haystack}"
 
     @property
     def name(self) -> str:
-        return f"{self.task}-{self.length}-d{self.depth:.2f}-s{self.seed}"
+        return f"{self.label}-{self.length}-d{self.depth:.2f}-s{self.seed}"
 
 
 _NUMBER = re.compile(r"(?<![A-Za-z0-9])\d+")  # a number standing alone (not the 2 of "X2")
@@ -106,15 +117,31 @@ def _format(tokenizer: Any, body: str, question: str) -> str:
     return f"{content}\nAnswer:"
 
 
-def make_prompt(task: str, tokenizer: Any, length: int, depth: float, seed: int) -> TaskPrompt:
-    """One prompt of about ``length`` tokens (never more) with the answer's needle at ``depth`` of the filler
+def _haystack_units(haystack: str, rng: random.Random) -> list[str]:
+    """The haystack as units the needles go between: the filler line, or paragraphs of prose from a seeded
+    start (wrapping around)."""
+    if haystack == "filler":
+        return [FILLER]
+    if haystack == "prose":
+        from .corpora import builtin_text
+
+        paragraphs = [" ".join(p.split()) + " " for p in builtin_text("builtin:prose").split("\n\n") if p.strip()]
+        start = rng.randrange(len(paragraphs))
+        return paragraphs[start:] + paragraphs[:start]
+    raise ValueError(f"unknown haystack {haystack!r}; valid haystacks are {list(HAYSTACKS)}")
+
+
+def make_prompt(task: str, tokenizer: Any, length: int, depth: float, seed: int,
+                haystack: str = "filler") -> TaskPrompt:
+    """One prompt of about ``length`` tokens (never more) with the answer's needle at ``depth`` of the haystack
     (other needles of the task are spread evenly over it)."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid tasks are {list(TASKS)}")
     if not 0.0 <= depth <= 1.0:
         raise ValueError(f"depth must lie in [0, 1], got {depth}")
-    rng = random.Random(f"{task}/{length}/{depth}/{seed}")
+    rng = random.Random(f"{task}/{length}/{depth}/{seed}" + ("" if haystack == "filler" else f"/{haystack}"))
     needles, question, answer, distractors, target = _needles(task, rng)
+    units = _haystack_units(haystack, rng)
 
     def build(repeats: int) -> str:
         if task == "vartrack":  # the chain keeps its order: spread from the answer's depth to the end
@@ -126,23 +153,27 @@ def make_prompt(task: str, tokenizer: Any, length: int, depth: float, seed: int)
         for position in range(repeats + 1):
             parts += [needle + " " for needle, slot in zip(needles, slots) if slot == position]
             if position < repeats:
-                parts.append(FILLER)
+                parts.append(units[position % len(units)])
         return _format(tokenizer, "".join(parts).strip(), question)
 
     def tokens(repeats: int) -> int:
         return len(tokenizer(build(repeats), add_special_tokens=False)["input_ids"])
 
-    per_filler = len(tokenizer(FILLER * 8, add_special_tokens=False)["input_ids"]) / 8
-    repeats = max(0, int((length - tokens(0)) / per_filler))
+    sample = "".join(units[i % len(units)] for i in range(8))
+    per_unit = len(tokenizer(sample, add_special_tokens=False)["input_ids"]) / 8
+    repeats = max(0, int((length - tokens(0)) / per_unit))
     while repeats > 0 and tokens(repeats) > length:
-        repeats -= 1
+        repeats = max(0, min(repeats - 1, int(repeats * length / tokens(repeats))))
+    while tokens(repeats + 1) <= length:  # a unit longer than the average estimate left room
+        repeats += 1
     if tokens(repeats) > length:
         raise ValueError(f"{task}: even with no filler the prompt has {tokens(0)} tokens, more than length={length}")
-    return TaskPrompt(task, length, depth, seed, build(repeats), answer, distractors)
+    return TaskPrompt(task, length, depth, seed, build(repeats), answer, distractors, haystack)
 
 
-def make_prompts(tasks, tokenizer: Any, lengths, samples: int, seed: int = 0) -> list[TaskPrompt]:
-    """``samples`` prompts per (task, length), the answer's depth spread evenly over [0.1, 0.9]."""
+def make_prompts(tasks, tokenizer: Any, lengths, samples: int, seed: int = 0,
+                 haystacks: Sequence[str] = ("filler",)) -> list[TaskPrompt]:
+    """``samples`` prompts per (task, haystack, length), the answer's depth spread evenly over [0.1, 0.9]."""
     depths = [0.5] if samples == 1 else [0.1 + 0.8 * i / (samples - 1) for i in range(samples)]
-    return [make_prompt(task, tokenizer, length, depth, seed + i)
-            for task in tasks for length in lengths for i, depth in enumerate(depths)]
+    return [make_prompt(task, tokenizer, length, depth, seed + i, haystack)
+            for task in tasks for haystack in haystacks for length in lengths for i, depth in enumerate(depths)]

@@ -2,7 +2,7 @@
 
 Each op's signature and semantics are written once, in its reference implementation
 (:func:`reference.topk_attention`, :func:`reference.sparse_attention`, :func:`reference.attention`,
-:func:`reference.mask_blocks`, :func:`reference.shared_mask`): ``custom_op`` infers the schema from it and runs it
+:func:`reference.refine_blocks`, :func:`reference.mask_blocks`, :func:`reference.shared_mask`): ``custom_op`` infers the schema from it and runs it
 on every device the CUDA kernels (:mod:`hylra_compile.lowering.dispatch`) do not cover. The tensors are positional
 (``custom_op`` takes no keyword-only tensors); every other argument is keyword-only, so no call site can shift them.
 """
@@ -21,6 +21,7 @@ def _op(function):
 topk_attention = _op(reference.topk_attention)
 sparse_attention = _op(reference.sparse_attention)
 attention = _op(reference.attention)
+refine_blocks = _op(reference.refine_blocks)
 mask_blocks = _op(reference.mask_blocks)
 shared_mask = _op(reference.shared_mask)
 
@@ -51,6 +52,14 @@ def _attention_fake(q, k, v, mask, block_mask=None, *, block_size, **_):
     reference.check_block_mask(block_mask, mask, k, block_size)
     B, Hq, Sq, _ = q.shape
     return q.new_empty(B, Hq, Sq, v.shape[3])
+
+
+@refine_blocks.register_fake
+def _refine_blocks_fake(q, k, candidate_idx, mask, *, block_size, n_select, sink_blocks, local_blocks, **_):
+    reference.check_inputs(q, k, k, mask, block_size)
+    reference.check_selection(n_select, sink_blocks, local_blocks)
+    reference.check_block_idx(candidate_idx, q, k, block_size, "candidate_idx")
+    return candidate_idx.new_empty(*candidate_idx.shape[:3], n_select)
 
 
 @mask_blocks.register_fake

@@ -21,9 +21,10 @@ from torch import Tensor
 from torch.fx.experimental.symbolic_shapes import guard_or_false, statically_known_true
 
 # Scores of one chunk are held in fp32: cap a chunk at about this many elements, and at this many queries (small
-# chunks let a causal chunk skip more of the keys above the diagonal).
-_CHUNK_ELEMENTS = 1 << 25
-_CHUNK_QUERIES = 256
+# chunks let a causal chunk skip more of the keys above the diagonal). A GPU takes larger chunks: at 32K keys the
+# CPU's caps make 512 chunks of ~30 small kernels per layer, bound by their launches.
+_CHUNK_ELEMENTS = {"cpu": 1 << 25, "cuda": 1 << 28}
+_CHUNK_QUERIES = {"cpu": 256, "cuda": 2048}
 # mask_blocks reads the mask in chunks of about this many elements: few enough that a [1, 1, 128K, 128K] mask takes
 # 128 of them, not 512 (512 chunks of small reductions were host-bound: 0.2 s of a 128K prefill on the H100). Its
 # temporaries are a few bool tensors of a chunk's size (up to ~6 at once for a float mask: ~0.8 GiB).
@@ -94,11 +95,11 @@ def check_selection(n_select: int, sink_blocks: int, local_blocks: int) -> None:
         raise ValueError(f"n_select={n_select} is smaller than sink_blocks + local_blocks = {sink_blocks + local_blocks}")
 
 
-def check_block_idx(block_idx: Tensor, q: Tensor, k: Tensor, block_size: int) -> None:
+def check_block_idx(block_idx: Tensor, q: Tensor, k: Tensor, block_size: int, name: str = "block_idx") -> None:
     """``block_idx`` must be int32 [B, Hkv, ceil(Sq / bs), n_sel] (values are checked by the reference only)."""
     B, Sq, Hkv = q.shape[0], q.shape[2], k.shape[1]
     n_qb = num_blocks(Sq, block_size)
-    message = f"block_idx must be int32 [B, Hkv, ceil(Sq/bs), n_sel] = [{B}, {Hkv}, {n_qb}, n_sel], got "
+    message = f"{name} must be int32 [B, Hkv, ceil(Sq/bs), n_sel] = [{B}, {Hkv}, {n_qb}, n_sel], got "
     message += f"{block_idx.dtype} {tuple(block_idx.shape)}"
     if block_idx.dim() != 4 or block_idx.dtype != torch.int32:
         raise ValueError(message)
@@ -181,9 +182,10 @@ def _group_heads(x: Tensor, B: int, Hkv: int, G: int, n: int, Skv: int) -> Tenso
     return x.reshape(B, Hkv, G, n, Skv)
 
 
-def _chunk_len(B: int, Hq: int, Skv: int, block_size: int) -> int:
+def _chunk_len(B: int, Hq: int, Skv: int, block_size: int, device: torch.device) -> int:
+    kind = "cuda" if device.type == "cuda" else "cpu"
     per_query = max(1, B * Hq * Skv)
-    return max(1, min(_CHUNK_ELEMENTS // per_query, _CHUNK_QUERIES) // block_size) * block_size
+    return max(1, min(_CHUNK_ELEMENTS[kind] // per_query, _CHUNK_QUERIES[kind]) // block_size) * block_size
 
 
 def _masked_attention(q_chunk: Tensor, k: Tensor, v: Tensor, allowed: Tensor, bias: Tensor | None, scale: float):
@@ -357,7 +359,7 @@ def candidate_counts(q: Tensor, k: Tensor, mask: Tensor | None, is_causal: bool,
         last_query = torch.clamp((blocks + 1) * block_size - 1, max=Sq - 1)
         return torch.clamp(last_query // block_size + 1, max=n_kb)[None, None]
     counts = []
-    chunk = _chunk_len(B, Hq, Skv, block_size)
+    chunk = _chunk_len(B, Hq, Skv, block_size, q.device)
     for start in range(0, Sq, chunk):
         end = min(Sq, start + chunk)
         allowed, _, _ = _allowed_and_bias(mask, is_causal, start, end, (B, Hkv, Hq // Hkv, Sq, Skv), torch.float32,
@@ -388,29 +390,34 @@ def select_blocks(importance: Tensor, candidate: Tensor, n_select: int, sink_blo
 
 
 def attention_with_importance(
-    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool, scale: float | None, block_size: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """(out, importance, candidate) as :func:`topk_attention` defines them: ``out`` [B, Hq, Sq, Dv] is SDPA's;
-    ``importance`` [B, Hkv, ceil(Sq/bs), ceil(Skv/bs)] (fp32, fp64 for fp64 inputs) the softmax mass of each
-    (query block, KV block), summed over the G query heads of the KV head; ``candidate`` (bool, same shape) the
-    blocks holding an allowed key."""
-    check_inputs(q, k, v, mask, block_size)
+    q: Tensor, k: Tensor, v: Tensor | None, mask: Tensor | None, is_causal: bool, scale: float | None, block_size: int,
+    keep=None,
+) -> tuple[Tensor | None, Tensor, Tensor]:
+    """(out, importance, candidate) as :func:`topk_attention` defines them: ``out`` [B, Hq, Sq, Dv] is SDPA's
+    (None when ``v`` is None); ``importance`` [B, Hkv, ceil(Sq/bs), ceil(Skv/bs)] (fp32, fp64 for fp64 inputs) the
+    softmax mass of each (query block, KV block), summed over the G query heads of the KV head; ``candidate``
+    (bool, same shape) the blocks holding an allowed key. ``keep(start, end, allowed)``, when given, narrows the
+    allowed keys of queries [start, end) (the softmax, the mass and the candidates then see only those)."""
+    check_inputs(q, k, k if v is None else v, mask, block_size)
     B, Hq, Sq, D = q.shape
     Hkv, Skv = k.shape[1], k.shape[2]
     G = Hq // Hkv
     n_kb, n_qb = num_blocks(Skv, block_size), num_blocks(Sq, block_size)
     dtype = _compute_dtype(q)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
-    kf, vf = k.to(dtype), v.to(dtype)
-    out = torch.empty(B, Hkv, G, Sq, v.shape[3], dtype=dtype, device=q.device)
+    kf = k.to(dtype)
+    vf = kf[..., :0] if v is None else v.to(dtype)  # no values: the probabilities alone
+    out = torch.empty(B, Hkv, G, Sq, vf.shape[3], dtype=dtype, device=q.device)
     importance = torch.zeros(B, Hkv, n_qb, n_kb, dtype=dtype, device=q.device)
     candidate = torch.zeros(B, Hkv, n_qb, n_kb, dtype=torch.bool, device=q.device)
-    chunk = _chunk_len(B, Hq, Skv, block_size)
+    chunk = _chunk_len(B, Hq, Skv, block_size, q.device)
     for start in range(0, Sq, chunk):
         end = min(Sq, start + chunk)
         n, rows = end - start, num_blocks(end - start, block_size)
         r0 = start // block_size
         allowed, bias, key_end = _allowed_and_bias(mask, is_causal, start, end, (B, Hkv, G, Sq, Skv), dtype, q.device)
+        if keep is not None:
+            allowed = keep(start, end, allowed)
         kb_end = num_blocks(key_end, block_size)
         q_chunk = q[:, :, start:end].to(dtype).reshape(B, Hkv, G, n, D)
         out[:, :, :, start:end], probs = _masked_attention(
@@ -420,7 +427,7 @@ def attention_with_importance(
         probs = torch.nn.functional.pad(probs.sum(2), (0, kb_end * block_size - key_end, 0, rows * block_size - n))
         importance[:, :, r0 : r0 + rows, :kb_end] = probs.view(B, Hkv, rows, block_size, kb_end, block_size).sum((3, 5))
         candidate[:, :, r0 : r0 + rows, :kb_end] = _block_hits(allowed, block_size)
-    return out.reshape(B, Hq, Sq, -1).to(q.dtype), importance, candidate
+    return None if v is None else out.reshape(B, Hq, Sq, -1).to(q.dtype), importance, candidate
 
 
 def topk_attention(
@@ -479,26 +486,72 @@ def sparse_attention(
     """
     check_inputs(q, k, v, mask, block_size)
     check_block_mask(block_mask, mask, k, block_size)
+    in_selection = _selection_keys(block_idx, "block_idx", q, k, block_size)
+
+    def keep(start: int, end: int, allowed: Tensor) -> Tensor:
+        return allowed & (in_selection(start, end, allowed) | (allowed.sum(-1, keepdim=True) < min_seq_len))
+
+    return _streamed_attention(q, k, v, mask, is_causal, scale, block_size, keep)
+
+
+def _selection_keys(block_idx: Tensor, name: str, q: Tensor, k: Tensor, block_size: int):
+    """Check a block selection (int32 [B, Hkv, ceil(Sq / bs), n]: each row strictly ascending block indices, then
+    -1 padding) and return ``in_selection(start, end, allowed)``: bool [B, Hkv, 1, end - start, keys], whether
+    each key of ``allowed`` lies in a selected block of its query's block."""
     B, Hkv, Skv = q.shape[0], k.shape[1], k.shape[2]
     n_kb, n_qb = num_blocks(Skv, block_size), num_blocks(q.shape[2], block_size)
-    check_block_idx(block_idx, q, k, block_size)
+    check_block_idx(block_idx, q, k, block_size, name)
     if ((block_idx < -1) | (block_idx >= n_kb)).any():
-        raise ValueError(f"block_idx holds entries outside [-1, {n_kb})")
+        raise ValueError(f"{name} holds entries outside [-1, {n_kb})")
     valid = block_idx >= 0
     ascending = (block_idx[..., 1:] > block_idx[..., :-1]) | ~valid[..., 1:]
     if (valid[..., 1:] & ~valid[..., :-1]).any() or not ascending.all():
-        raise ValueError("each block_idx row must be strictly ascending block indices followed by -1 padding")
+        raise ValueError(f"each {name} row must be strictly ascending block indices followed by -1 padding")
     # selected[b, h, r, c]: KV block c is selected for query block r (the -1 padding lands in a spare column).
     selected = torch.zeros(B, Hkv, n_qb, n_kb + 1, dtype=torch.bool, device=q.device)
     selected.scatter_(-1, torch.where(block_idx < 0, n_kb, block_idx).long(), True)
     selected_keys = selected[..., :n_kb].repeat_interleave(block_size, dim=-1)[..., :Skv]
 
-    def keep(start: int, end: int, allowed: Tensor) -> Tensor:
+    def in_selection(start: int, end: int, allowed: Tensor) -> Tensor:
         query_block = torch.arange(start, end, device=q.device) // block_size
-        in_selection = selected_keys[:, :, query_block, : allowed.shape[-1]].unsqueeze(2)  # [B, Hkv, 1, n, keys]
-        return allowed & (in_selection | (allowed.sum(-1, keepdim=True) < min_seq_len))
+        return selected_keys[:, :, query_block, : allowed.shape[-1]].unsqueeze(2)
 
-    return _streamed_attention(q, k, v, mask, is_causal, scale, block_size, keep)
+    return in_selection
+
+
+def refine_blocks(
+    q: Tensor,
+    k: Tensor,
+    candidate_idx: Tensor,
+    mask: Tensor | None,
+    *,
+    is_causal: bool,
+    scale: float | None,
+    block_size: int,
+    n_select: int,
+    sink_blocks: int,
+    local_blocks: int,
+) -> Tensor:
+    """A consumer's own top KV blocks among the candidates its producer emitted: the ``block_idx`` that
+    :func:`topk_attention` would emit for these ``q``, ``k`` and ``mask`` if only the keys of the candidate blocks
+    were allowed.
+
+    ``candidate_idx`` int32 [B, Hkv, ceil(Sq / bs), n_cand], as a producer emits it (strictly ascending entries,
+    then -1 padding). The importance of candidate block c for (b, KV head h, query block r) is the softmax mass
+    on the keys of c, the softmax of each query running over its allowed keys in the candidate blocks of r,
+    summed over the G query heads of h and the queries of r. Candidates are the blocks of ``candidate_idx[b, h,
+    r]`` holding an allowed key of (any query of r, any query head of h); selection follows
+    :func:`select_blocks` (the first ``sink_blocks`` and last ``local_blocks`` candidates, then the most
+    important). Returns int32 [B, Hkv, ceil(Sq / bs), n_select]. With every block a candidate it equals
+    :func:`topk_attention`'s ``block_idx``.
+    """
+    check_inputs(q, k, k, mask, block_size)
+    check_selection(n_select, sink_blocks, local_blocks)
+    in_candidates = _selection_keys(candidate_idx, "candidate_idx", q, k, block_size)
+    _, importance, candidate = attention_with_importance(
+        q, k, None, mask, is_causal, scale, block_size, keep=lambda s, e, allowed: allowed & in_candidates(s, e, allowed)
+    )
+    return select_blocks(importance, candidate, n_select, sink_blocks, local_blocks)
 
 
 def attention(
@@ -531,7 +584,7 @@ def _streamed_attention(q, k, v, mask, is_causal, scale, block_size, keep) -> Te
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     kf, vf = k.to(dtype), v.to(dtype)
     out = torch.empty(B, Hkv, G, Sq, v.shape[3], dtype=dtype, device=q.device)
-    chunk = _chunk_len(B, Hq, Skv, block_size)
+    chunk = _chunk_len(B, Hq, Skv, block_size, q.device)
     for start in range(0, Sq, chunk):
         end = min(Sq, start + chunk)
         n = end - start

@@ -1,6 +1,6 @@
 """Phase 4, ``rewrite(gm, matches, decisions, masks, options)``: each site becomes the op its decision names
 (:attr:`Decision.op`): producers ``hylra::topk_attention``, consumers ``hylra::sparse_attention`` fed by their
-producer's ``block_idx`` as a graph edge, sites the policy leaves dense ``hylra::attention`` (native KV heads, no
+producer's ``block_idx`` as a graph edge (through ``hylra::refine_blocks`` under ``selection="refine"``), sites the policy leaves dense ``hylra::attention`` (native KV heads, no
 ``repeat_kv`` copy); each reads its mask's stored copy and block mask (phase 3). Sites not understood, or compiled
 without a policy, are left as they are. Every op is emitted with keyword arguments, so the graph says what each
 number is.
@@ -52,7 +52,8 @@ def rewrite(
             out = call_with_meta(graph, operator.getitem, (op, 0), match.output)
             block_idx[match.layer] = call_with_meta(graph, operator.getitem, (op, 1), match.output)
         elif decision.op == "sparse_attention":
-            arguments = {**inputs, "block_idx": block_idx[decision.source], **settings, **options.consumer_settings()}
+            selected = consumer_selection(graph, inputs, settings, block_idx[decision.source], options, match.output)
+            arguments = {**inputs, "block_idx": selected, **settings, **options.consumer_settings()}
             out = call_with_meta(graph, torch.ops.hylra.sparse_attention.default, arguments, match.output)
         else:
             arguments = {**inputs, **settings, "block_size": options.block_size}
@@ -65,6 +66,23 @@ def rewrite(
         graph.lint()
         gm.recompile()
     return outputs
+
+
+def consumer_selection(graph: torch.fx.Graph, inputs: dict, settings: dict, produced: torch.fx.Node,
+                       options: HylraOptions, like: torch.fx.Node) -> torch.fx.Node:
+    """The node giving a consumer's ``block_idx`` under ``options.selection``: its producer's (``reuse``), the
+    top of its producer's candidates by its own attention mass (``refine``: ``hylra::refine_blocks``), or its own
+    top blocks among all (``oracle``: ``hylra::topk_attention``'s selection; its output is not used)."""
+    if options.selection == "reuse":
+        return produced
+    own = {"q": inputs["q"], "k": inputs["k"]}
+    if options.selection == "refine":
+        arguments = {**own, "candidate_idx": produced, "mask": inputs["mask"], **settings,
+                     **options.selection_settings()}
+        return call_with_meta(graph, torch.ops.hylra.refine_blocks.default, arguments, like)
+    arguments = {**inputs, **settings, **options.selection_settings()}
+    op = call_with_meta(graph, torch.ops.hylra.topk_attention.default, arguments, like)
+    return call_with_meta(graph, operator.getitem, (op, 1), like)
 
 
 def call_with_meta(graph: torch.fx.Graph, target, arguments, like: torch.fx.Node) -> torch.fx.Node:

@@ -1,0 +1,329 @@
+"""The speed–accuracy frontier: each setting's accuracy on a real model at its longest context, beside the speed of
+the same setting on the 32-layer 8B-shaped model (H100, ``bench_e2e.py``).
+
+    python benchmarks/frontier.py accuracy --model qwen2.5-coder-0.5b --length 32768 --top-k 2048 \\
+        --group mechanisms --device cuda
+    python benchmarks/frontier.py table                       # frontier-accuracy-*.json + e2e-*.json -> frontier.md
+
+``accuracy`` runs :func:`hylra_compile.evaluate` (dense and every setting of a group on the same inputs: retrieval
+prompts of ``--tasks`` on filler and prose haystacks, ``--samples`` per task and haystack at as many depths; KL on
+``--windows`` held-out windows of ``builtin:prose`` and ``builtin:code``) and writes
+``frontier-accuracy-<model>-<length>-<top_k>-<group>.{json,md,png}``. A group is a list of settings at ``D`` dense
+layers (``--dense-layers``, default a quarter of the model's layers):
+
+* ``mechanisms``: Jump-n (n = ceil(layers / D)) with each consumer selection -- ``reuse`` (the producer's blocks,
+  plain HyLRA), ``refine`` (the top of the producer's 4 x top_k candidates by the consumer's own attention mass) and
+  ``oracle`` (the consumer's own top-k of all blocks: dense -> oracle is what top-k at this budget costs, oracle ->
+  reuse what reuse costs) -- and the profiled ``budget:D`` policy with reuse and refine;
+* ``phases``: Jump-n (reuse) sparse only in the prompt's prefill, and only in decode;
+* ``attribution``: Jump-n (reuse) with one consumer at a time made dense (``every:n +dense L``): which layers carry
+  the loss (``--attribution-prompts`` of the prompts, spread over tasks, haystacks and depths).
+
+The profiled policies are calibrated on the first window of each text and one retrieval prompt of another seed
+(captured-mass similarity); the evaluated windows are the texts' last ones.
+
+``table`` joins every accuracy file with the speed of the same dense-layer share and ``top_k`` from the committed
+``e2e-*.json`` rows (the latest row of the nearest ``<D>of32`` variant; ratios to the latest ``eager`` row at the
+same context: time to first token, and decode ms/token to Hugging Face's compiled decode, the ``inductor`` row).
+Settings whose mechanism the speed rows do not cover say so. It writes ``frontier.md`` and ``frontier.png``, the
+Pareto front (no other setting of the same model, length and top_k has lower KL, at least as many retrieval hits
+and at least its speed) marked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+import time
+from pathlib import Path
+
+from hylra_compile import Policy, optimize, profile
+from hylra_compile.corpora import builtin_text
+from hylra_compile.evaluate import DENSE, Setting, evaluate, same_within_intervals, task_of, wilson_interval
+from hylra_compile.models import load_model
+from hylra_compile.profiler import full_windows
+from hylra_compile.tasks import make_prompts
+
+GROUPS = ("mechanisms", "phases", "attribution")
+RESULTS = Path(__file__).parent / "results"
+
+
+def _jump(num_layers: int, dense: int) -> int:
+    """The n of Jump-n with ``dense`` producers in ``num_layers`` layers (``ceil(layers / n) == dense``)."""
+    return min(range(1, num_layers + 1), key=lambda n: (abs(math.ceil(num_layers / n) - dense), n))
+
+
+def settings_of(group: str, num_layers: int, dense: int, get_profile) -> dict[str, Setting]:
+    n = _jump(num_layers, dense)
+    jump = Policy.every(n, num_layers)
+    dense = math.ceil(num_layers / n)  # the budget policies match Jump-n's count
+    if group == "mechanisms":
+        budget = optimize(get_profile(), budget=dense)
+        return {f"every:{n}": Setting(jump),
+                f"every:{n} refine": Setting(jump, {"selection": "refine"}),
+                f"every:{n} oracle": Setting(jump, {"selection": "oracle"}),
+                f"budget:{dense}": Setting(budget),
+                f"budget:{dense} refine": Setting(budget, {"selection": "refine"})}
+    if group == "phases":
+        return {f"every:{n} prefill only": Setting(jump, phases=("prefill",)),
+                f"every:{n} decode only": Setting(jump, phases=("decode",))}
+    if group == "attribution":
+        settings = {f"every:{n}": Setting(jump)}
+        for layer, mode in enumerate(jump.modes):
+            if mode == "consumer":
+                modes = list(jump.modes)
+                modes[layer] = "full"
+                settings[f"every:{n} +dense {layer}"] = Setting(Policy(modes, [s if m == "consumer" else None
+                                                                               for m, s in zip(modes, jump.sources)]))
+        return settings
+    raise ValueError(f"unknown group {group!r}; valid groups are {list(GROUPS)}")
+
+
+def accuracy(args: argparse.Namespace) -> None:
+    import torch
+
+    model, tokenizer = load_model(args.model, device=args.device,
+                                  dtype=torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
+    num_layers = model.config.num_hidden_layers
+    dense = args.dense_layers or max(1, num_layers // 4)
+    selection = {"top_k": args.top_k, "block_size": args.block_size, "sink_blocks": 1, "local_blocks": 2,
+                 "min_seq_len": args.length // 8}
+    texts = [full_windows([builtin_text(name)], block_size=64, seq_len=args.length, tokenizer=tokenizer)
+             for name in ("builtin:prose", "builtin:code")]
+    windows = [w for whole in texts for w in whole[-args.windows:]] if args.windows else []
+
+    def get_profile():
+        retrieval = make_prompts(["passkey"], tokenizer, [args.length], 1, seed=1000, haystacks=("prose",))[0]
+        calibration = [texts[0][0], texts[1][0], tokenizer(retrieval.text, add_special_tokens=False)["input_ids"]]
+        return profile(model, calibration, similarity="mass", progress=not args.no_progress,
+                       description="first windows of builtin:prose and builtin:code, one passkey prompt (seed 1000)",
+                       **{k: v for k, v in selection.items() if k != "min_seq_len"})
+
+    tasks = args.tasks.split(",")
+    prompts = make_prompts(tasks, tokenizer, [args.length], args.samples, seed=0, haystacks=("filler", "prose"))
+    for group in args.group:
+        start = time.perf_counter()
+        settings = settings_of(group, num_layers, dense, get_profile)
+        evaluation = evaluate(model, settings, tokenizer=tokenizer, prompts=prompts if group != "attribution" else
+                              prompts[:: max(1, len(prompts) // args.attribution_prompts)],
+                              windows=windows, max_new_tokens=12, progress=not args.no_progress,
+                              metadata={"model": args.model, "experiment": f"frontier {group}",
+                                        "text": "builtin:prose and builtin:code (last windows)",
+                                        "command": "python benchmarks/frontier.py " + " ".join(sys.argv[2:])},
+                              **selection)
+        evaluation.metadata["seconds"] = round(time.perf_counter() - start)
+        stem = f"frontier-accuracy-{args.model}-{args.length}-{args.top_k}-{group}"
+        evaluation.save(args.out, stem=stem)
+        print(evaluation.to_markdown(), flush=True)
+
+
+# -- table -------------------------------------------------------------------------------------------------------
+def speed_rows(folder: Path) -> list[dict]:
+    rows = []
+    for path in sorted(folder.glob("e2e-*.json")):
+        rows += [r for r in json.loads(path.read_text()) if not r.get("diagnostic") and "error" not in r]
+    return rows
+
+
+def speed_of(rows: list[dict], dense_share: float, top_k: int, selection: str) -> dict | None:
+    """The speed of a setting with ``dense_share`` of its layers dense: the latest batch-1 rows of the nearest
+    ``<D>of32`` variant at 32K and 128K, as ratios to the latest ``eager`` (time to first token) and ``inductor``
+    (decode) rows of the same context. None for a selection the speed rows do not run."""
+    if selection != "reuse":
+        return None
+    variants = {int(m.group(1)): m.group(0) for r in rows if (m := re.fullmatch(r"(\d+)of32", r["variant"]))}
+    if not variants:
+        return None
+    dense = min(variants, key=lambda d: abs(d / 32 - dense_share))
+    speed = {"variant": variants[dense]}
+    for context, name in ((32768, "32K"), (131072, "128K")):
+        def latest(variant: str) -> dict | None:
+            found = [r for r in rows if r["variant"] == variant and r["context"] == context and r["batch"] == 1
+                     and r.get("top_k", top_k) == top_k]
+            return found[-1] if found else None
+
+        row, eager, compiled = latest(variants[dense]), latest("eager"), latest("inductor")
+        if row is None:
+            continue
+        speed[f"decode_ms_{name}"] = row["decode_ms"]
+        speed[f"ttft_s_{name}"] = row["ttft_s"]
+        if eager:
+            speed[f"ttft_ratio_{name}"] = row["ttft_s"] / eager["ttft_s"]
+        if compiled:
+            speed[f"decode_speedup_{name}"] = compiled["decode_ms"] / row["decode_ms"]
+        speed[f"date_{name}"] = row["date"]
+    return speed if len(speed) > 1 else None
+
+
+def frontier_rows(folder: Path) -> list[dict]:
+    speed = speed_rows(folder)
+    rows = []
+    for path in sorted(folder.glob("frontier-accuracy-*.json")):
+        data = json.loads(path.read_text())
+        m, results = data["metadata"], data["results"]
+        dense = next(r for r in results if r["name"] == DENSE)
+        for r in results:
+            if r["name"] == DENSE:
+                continue
+            options = {**{k: m[k] for k in ("top_k", "block_size", "selection")}, **r["options"]}
+            tasks = {t: (v["correct"], v["total"]) for t, v in r["retrieval"].items()}
+            dense_tasks = {t: (v["correct"], v["total"]) for t, v in dense["retrieval"].items()}
+            rows.append({
+                "model": m["model"], "length": m["lengths"][0] if m["lengths"] else m["seq_len"],
+                "device": m["device"], "date": m["date"], "experiment": m.get("experiment"), "setting": r["name"],
+                "dense_layers": r["full_layers"], "num_layers": m["num_layers"], **options,
+                "phases": r.get("phases", ["prefill", "decode"]), "kl": r["kl"],
+                "perplexity_change": r["perplexity"] / dense["perplexity"] - 1 if dense["perplexity"] else None,
+                "retrieval": tasks, "dense_retrieval": dense_tasks,
+                "retrieval_as_dense": all(same_within_intervals(tasks[t], dense_tasks[t]) for t in tasks),
+                "speed": speed_of(speed, r["full_layers"] / m["num_layers"], options["top_k"], options["selection"])
+                if r.get("phases", ["prefill", "decode"]) == ["prefill", "decode"] else None,
+            })
+    for row in rows:
+        row["pareto"] = row["speed"] is not None and not any(_dominates(other, row) for other in rows)
+    return rows
+
+
+def _hits(row: dict) -> int:
+    return sum(correct for correct, _ in row["retrieval"].values())
+
+
+def _dominates(a: dict, b: dict) -> bool:
+    """``a`` is as good as ``b`` everywhere and better somewhere (same model, length and top_k; speed measured)."""
+    if a is b or a["speed"] is None or (a["model"], a["length"], a["top_k"]) != (b["model"], b["length"], b["top_k"]):
+        return False
+    key = "decode_speedup_32K"  # every <D>of32 variant has 32K rows; 128K rows only some
+    fast_a, fast_b = a["speed"].get(key, 0), b["speed"].get(key, 0)
+    as_good = a["kl"] <= b["kl"] and _hits(a) >= _hits(b) and fast_a >= fast_b
+    return as_good and (a["kl"] < b["kl"] or _hits(a) > _hits(b) or fast_a > fast_b)
+
+
+def _cell(accuracy: tuple[int, int], dense: tuple[int, int]) -> str:
+    low, high = wilson_interval(*accuracy)
+    mark = "" if same_within_intervals(accuracy, dense) else " **↓**" if accuracy[0] / accuracy[1] < dense[0] / dense[1] \
+        else " **↑**"
+    return f"{accuracy[0]}/{accuracy[1]} [{100 * low:.0f}–{100 * high:.0f}]{mark}"
+
+
+def table(folder: Path) -> None:
+    rows = frontier_rows(folder)
+    if not rows:
+        raise SystemExit(f"no frontier-accuracy-*.json under {folder}: run `frontier.py accuracy` first")
+    lines = ["# The speed–accuracy frontier", "",
+             "Accuracy: a real model at its longest context against dense on the same inputs (retrieval exact match "
+             "correct/total [Wilson 95% interval, %], **↓** where the interval lies below dense's; KL(dense ‖ "
+             "setting) in nats per token on held-out prose and code). Speed: the same dense-layer share and top_k on "
+             "the 32-layer Llama-3-8B-shaped model through `generate()` (bench_e2e rows, batch 1): decode speed-up "
+             "over Hugging Face's compiled decode and time to first token as a share of eager's. ★ marks the Pareto "
+             "front (KL, retrieval hits, 128K decode speed). Generated by `python benchmarks/frontier.py table`.", ""]
+    for (model, length, top_k), group in _grouped(rows).items():
+        tasks = sorted({t for r in group for t in r["retrieval"]})
+        dense = group[0]["dense_retrieval"]
+        first = group[0]
+        lines += [f"## {model}, {length} tokens, top_k {top_k} ({100 * top_k / length:.1f}% of the context)", "",
+                  f"{first['device']}, {first['date']}; block {first['block_size']}, sink 1, local 2. Dense: "
+                  + ", ".join(f"{t} {dense[t][0]}/{dense[t][1]}" for t in tasks) + ".", ""]
+        head = ["", "setting", "dense layers", "KL", "perplexity", *tasks, "decode speed-up 32K · 128K",
+                "TTFT / eager 32K · 128K"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in group:
+            s = r["speed"]
+            if s is None:
+                why = ("a phase diagnostic" if r["phases"] != ["prefill", "decode"] else
+                       "a measurement: each consumer runs a dense pass" if r["selection"] == "oracle" else
+                       "hylra::refine_blocks has no kernel yet" if r["selection"] == "refine" else
+                       f"no bench_e2e row at top_k {r['top_k']}")
+                speed = [f"not measured ({why})", ""]
+            else:
+                speed = [" · ".join(f"{s[k]:.1f}×" if k in s else "-" for k in ("decode_speedup_32K",
+                                                                                 "decode_speedup_128K"))
+                         + f" ({s['variant']})",
+                         " · ".join(f"{s[k]:.2f}" if k in s else "-" for k in ("ttft_ratio_32K", "ttft_ratio_128K"))]
+            ppl = "-" if r["perplexity_change"] is None else f"{100 * r['perplexity_change']:+.1f}%"
+            kl = f"{r['kl']:.4f}"
+            if "prefill" not in r["phases"]:  # the text windows are prefills, which this setting leaves dense
+                kl, ppl = "— (text is prefill)", "—"
+            lines.append("| " + " | ".join(["★" if r["pareto"] else "", r["setting"],
+                                            f"{r['dense_layers']}/{r['num_layers']}", kl, ppl,
+                                            *[_cell(r["retrieval"][t], dense[t]) for t in tasks], *speed]) + " |")
+        lines.append("")
+    (folder / "frontier.md").write_text("\n".join(lines))
+    (folder / "frontier.json").write_text(json.dumps(rows, indent=1) + "\n")
+    plot(rows, folder / "frontier.png")
+    print("\n".join(lines))
+
+
+def _grouped(rows: list[dict]) -> dict:
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["length"], r["top_k"]), []).append(r)
+    return groups
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Per model / length / top_k: retrieval exact match (with 95% intervals) against KL, one point per setting,
+    coloured by selection; the dense retrieval as a band."""
+    from hylra_compile.plots import _pyplot
+
+    plt = _pyplot()
+    groups = _grouped(rows)
+    fig, axes = plt.subplots(1, len(groups), figsize=(6.5 * len(groups), 5), squeeze=False)
+    colours = {"reuse": "#1f77b4", "refine": "#2ca02c", "oracle": "#7f7f7f"}
+    for ax, ((model, length, top_k), group) in zip(axes[0], groups.items()):
+        dense = group[0]["dense_retrieval"]
+        d_hits, d_total = sum(c for c, _ in dense.values()), sum(t for _, t in dense.values())
+        low, high = wilson_interval(d_hits, d_total)
+        ax.axhspan(100 * low, 100 * high, color="black", alpha=0.08, label=f"dense {d_hits}/{d_total} (95% interval)")
+        for r in group:
+            hits, total = _hits(r), sum(t for _, t in r["retrieval"].values())
+            lo, hi = wilson_interval(hits, total)
+            y = 100 * hits / total
+            ax.errorbar(r["kl"], y, yerr=[[y - 100 * lo], [100 * hi - y]], fmt="*" if r["pareto"] else "o",
+                        color=colours.get(r["selection"], "#d62728"), capsize=3, markersize=9 if r["pareto"] else 5)
+            speed = r["speed"] and r["speed"].get("decode_speedup_32K")
+            label = r["setting"] + (f" ({speed:.1f}× decode at 32K)" if speed else "")
+            ax.annotate(label, (r["kl"], y), textcoords="offset points", xytext=(5, -3), fontsize=7)
+        for selection, colour in colours.items():
+            ax.scatter([], [], color=colour, label=f"selection {selection}")
+        ax.set_xlabel("KL(dense ‖ setting), nats/token (held-out prose and code)")
+        ax.set_ylabel("retrieval exact match, all tasks (%)")
+        ax.set_title(f"{model}, {length} tokens, top_k {top_k} ({group[0]['date']})", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    acc = commands.add_parser("accuracy", help="evaluate a group of settings on a real model")
+    acc.add_argument("--model", required=True, help="a named model (smollm2, qwen2.5-coder-0.5b) or a GGUF path")
+    acc.add_argument("--length", type=int, required=True, help="prompt and text-window length in tokens")
+    acc.add_argument("--top-k", type=int, required=True)
+    acc.add_argument("--block-size", type=int, default=64)
+    acc.add_argument("--group", action="append", choices=GROUPS, required=True, help="repeatable")
+    acc.add_argument("--dense-layers", type=int, default=None, help="D (default: a quarter of the layers)")
+    acc.add_argument("--samples", type=int, default=24, help="prompts per task and haystack (default 24)")
+    acc.add_argument("--tasks", default="passkey,multikey")
+    acc.add_argument("--windows", type=int, default=1, help="held-out windows per text (default 1)")
+    acc.add_argument("--attribution-prompts", type=int, default=24, help="prompts of the attribution group")
+    acc.add_argument("--device", default="cuda")
+    acc.add_argument("--out", type=Path, default=RESULTS)
+    acc.add_argument("--no-progress", action="store_true")
+    tab = commands.add_parser("table", help="join the accuracy files with the speed rows")
+    tab.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.command == "accuracy":
+        accuracy(args)
+    else:
+        table(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
