@@ -107,6 +107,8 @@ def accuracy(args: argparse.Namespace) -> None:
     for group in args.group:
         start = time.perf_counter()
         settings = settings_of(group, num_layers, dense, get_profile)
+        if args.only:
+            settings = {name: setting for name, setting in settings.items() if name in args.only}
         evaluation = evaluate(model, settings, tokenizer=tokenizer, prompts=prompts if group != "attribution" else
                               prompts[:: max(1, len(prompts) // args.attribution_prompts)],
                               windows=windows, max_new_tokens=12, progress=not args.no_progress,
@@ -226,7 +228,7 @@ def table(folder: Path) -> None:
         lines += [f"## {model}, {length} tokens, top_k {top_k} ({100 * top_k / length:.1f}% of the context)", "",
                   f"{first['device']}, {first['date']}; block {first['block_size']}, sink 1, local 2. Dense: "
                   + ", ".join(f"{t} {dense[t][0]}/{dense[t][1]}" for t in tasks) + ".", ""]
-        head = ["", "setting", "dense layers", "KL", "perplexity", *tasks, "decode speed-up 32K · 128K",
+        head = ["", "setting", "full-attention layers", "KL", "perplexity", *tasks, "decode speed-up 32K · 128K",
                 "TTFT / eager 32K · 128K"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in group:
@@ -307,6 +309,7 @@ def main(argv=None) -> int:
     acc.add_argument("--top-k", type=int, required=True)
     acc.add_argument("--block-size", type=int, default=64)
     acc.add_argument("--group", action="append", choices=GROUPS, required=True, help="repeatable")
+    acc.add_argument("--only", action="append", metavar="SETTING", help="run only these settings of the group")
     acc.add_argument("--dense-layers", type=int, default=None, help="D (default: a quarter of the layers)")
     acc.add_argument("--samples", type=int, default=24, help="prompts per task and haystack (default 24)")
     acc.add_argument("--tasks", default="passkey,multikey")

@@ -219,7 +219,7 @@ class Evaluation:
         """One row per setting; retrieval as correct/total with the Wilson 95% interval, marked ``*`` where the
         interval does not overlap dense's (a difference; anything else is no measurable difference)."""
         dense = self[DENSE]
-        head = ["setting", "dense layers"]
+        head = ["setting", "full-attention layers"]
         if dense.positions:
             head += [f"perplexity (dense {dense.perplexity:.3f})", "KL(dense ‖ setting)", "mean layer RNMSE"]
         head += [f"{task} (dense {_retrieval_cell(dense.accuracy(task))})" for task in self.tasks]
@@ -245,6 +245,21 @@ class Evaluation:
 
     def to_json(self) -> dict[str, Any]:
         return {"metadata": self.metadata, "results": [r.summary() for r in self.results]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Evaluation":
+        """An evaluation from :meth:`to_json`'s form (the sums it keeps are rebuilt from the means: tables and
+        figures come out the same)."""
+        results = []
+        for r in data["results"]:
+            positions = r["scored_positions"]
+            result = Result(r["name"], r["full_layers"], r["policy"], r.get("options", {}),
+                            tuple(r.get("phases", PHASES)), r["answers"], r["correct"],
+                            math.log(r["perplexity"]) * positions if positions else 0.0,
+                            r["kl"] * positions if positions else 0.0, positions,
+                            [x * x for x in r["rnmse"]], [1.0] * len(r["rnmse"]))
+            results.append(result)
+        return cls(results, data["metadata"])
 
     def save(self, out_dir: str | Path, stem: str = "eval") -> list[Path]:
         """``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` in ``out_dir``."""
