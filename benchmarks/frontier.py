@@ -266,8 +266,8 @@ def _grouped(rows: list[dict]) -> dict:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """Per model / length / top_k: retrieval exact match (with 95% intervals) against KL, one point per setting,
-    coloured by selection; the dense retrieval as a band."""
+    """Per model / length / top_k: retrieval exact match (with 95% intervals) against KL, one point per setting
+    sparse in both phases (a star on the Pareto front), coloured by selection; the dense retrieval as a band."""
     from hylra_compile.plots import _pyplot
 
     plt = _pyplot()
@@ -279,7 +279,8 @@ def plot(rows: list[dict], path: Path) -> None:
         d_hits, d_total = sum(c for c, _ in dense.values()), sum(t for _, t in dense.values())
         low, high = wilson_interval(d_hits, d_total)
         ax.axhspan(100 * low, 100 * high, color="black", alpha=0.08, label=f"dense {d_hits}/{d_total} (95% interval)")
-        for r in group:
+        shown = [r for r in group if r["phases"] == ["prefill", "decode"]]  # phase diagnostics: the table only
+        for i, r in enumerate(sorted(shown, key=lambda r: (r["kl"], _hits(r)))):
             hits, total = _hits(r), sum(t for _, t in r["retrieval"].values())
             lo, hi = wilson_interval(hits, total)
             y = 100 * hits / total
@@ -287,12 +288,14 @@ def plot(rows: list[dict], path: Path) -> None:
                         color=colours.get(r["selection"], "#d62728"), capsize=3, markersize=9 if r["pareto"] else 5)
             speed = r["speed"] and r["speed"].get("decode_speedup_32K")
             label = r["setting"] + (f" ({speed:.1f}× decode at 32K)" if speed else "")
-            ax.annotate(label, (r["kl"], y), textcoords="offset points", xytext=(5, -3), fontsize=7)
+            # Neighbours in KL get labels at staggered heights, so near-equal settings stay readable.
+            ax.annotate(label, (r["kl"], y), textcoords="offset points", xytext=(6, 10 - 10 * (i % 3)), fontsize=7)
         for selection, colour in colours.items():
             ax.scatter([], [], color=colour, label=f"selection {selection}")
         ax.set_xlabel("KL(dense ‖ setting), nats/token (held-out prose and code)")
         ax.set_ylabel("retrieval exact match, all tasks (%)")
-        ax.set_title(f"{model}, {length} tokens, top_k {top_k} ({group[0]['date']})", fontsize=9)
+        ax.set_title(f"{model}, {length} tokens, top_k {top_k}; {d_total} prompts a setting ({group[0]['date']})",
+                     fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()

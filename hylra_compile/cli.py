@@ -267,7 +267,7 @@ def check_policy_spec(spec: str, num_layers: int) -> None:
     if kind == "budget" and not 1 <= parsed <= num_layers:
         raise ValueError(f"--policy {spec}: the model has {num_layers} layers; N must lie in [1, {num_layers}]")
     if kind == "dp" and not 0.0 <= parsed <= 1.0:
-        raise ValueError(f"--policy {spec}: THETA must lie in [0, 1]")
+        raise ValueError(f"--policy {spec}: theta must be a number in [0, 1], got {parsed}")
 
 
 def policy_from_spec(spec: str, num_layers: int, get_profile, max_rnmse: float | None, keep_sensitive: int) -> Policy:
@@ -324,6 +324,8 @@ def _eval(args: argparse.Namespace) -> int:
         raise ValueError(f"--profile {args.profile!r} does not exist")
     specs = args.policies or list(DEFAULT_POLICIES)
     config_layers = getattr(load_config(args.model, args.gguf_file), "num_hidden_layers", None)
+    if not isinstance(config_layers, int):
+        raise ValueError(f"--model {args.model}: its config gives no num_hidden_layers; cannot apply a policy")
     for spec in specs:
         check_policy_spec(spec, config_layers)
     model, tokenizer = _load(args)
@@ -367,7 +369,8 @@ def _eval(args: argparse.Namespace) -> int:
     evaluation = evaluate(
         model, policies, tokenizer=tokenizer, prompts=prompts, windows=windows, top_k=args.top_k,
         block_size=args.block_size, sink_blocks=args.sink_blocks, local_blocks=args.local_blocks,
-        min_seq_len=args.min_seq_len, selection=args.selection, metadata=metadata, progress=not args.no_progress,
+        min_seq_len=args.min_seq_len, selection=args.selection, candidates=args.candidates, metadata=metadata,
+        progress=not args.no_progress,
     )
     print(evaluation.to_markdown())
     for path in evaluation.save(args.out_dir):

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from .models import cache_argument
-from .options import HylraOptions
+from .options import DEFAULT_CANDIDATES, HylraOptions
 from .policy import Policy
 from .routing import AttentionCall, routed_attention
 from .tasks import TaskPrompt, first_number, score
@@ -189,7 +189,8 @@ def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[floa
     p = correct / total
     centre = (p + z * z / (2 * total)) / (1 + z * z / total)
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At none or all correct an end is exactly 0 or 1 (the formula gives it up to rounding).
+    return 0.0 if correct == 0 else centre - half, 1.0 if correct == total else centre + half
 
 
 def same_within_intervals(a: tuple[int, int], b: tuple[int, int]) -> bool:
@@ -311,7 +312,7 @@ def check_sparse(name: str, options: HylraOptions, longest: int) -> None:
         raise ValueError(
             f"{name}: top_k={options.top_k} keeps all {blocks} blocks of {options.block_size} tokens of the longest "
             f"input ({longest} tokens), so it cannot differ from dense; use a top_k below {longest} or longer inputs")
-    if options.min_seq_len >= longest:
+    if options.min_seq_len > longest:  # a query with fewer than min_seq_len keys attends densely
         raise ValueError(
             f"{name}: no query of inputs of at most {longest} tokens has min_seq_len={options.min_seq_len} keys, so "
             "every layer attends densely; lower min_seq_len or use longer inputs")
@@ -343,13 +344,14 @@ def evaluate(
     local_blocks: int = 2,
     min_seq_len: int = 1024,
     selection: str = "reuse",
+    candidates: int = DEFAULT_CANDIDATES,
     max_new_tokens: int = 32,
     metadata: Mapping[str, Any] | None = None,
     progress: bool = True,
 ) -> Evaluation:
     """Dense and each of ``policies`` (name -> :class:`Policy` or :class:`Setting`) on ``prompts`` (need
     ``tokenizer``) and ``windows`` (1-d token tensors of one length); see the module docstring. ``top_k`` …
-    ``selection`` are the backend options of those names, which a :class:`Setting` may change for itself.
+    ``candidates`` are the backend options of those names, which a :class:`Setting` may change for itself.
     ``metadata`` (e.g. the text's and the policies' provenance) is stored in the result.
 
     Refused before any model run: a setting that cannot be sparse on these inputs (its ``top_k`` keeps every
@@ -357,7 +359,7 @@ def evaluate(
     from tqdm.auto import tqdm
 
     base = dict(top_k=top_k, block_size=block_size, sink_blocks=sink_blocks, local_blocks=local_blocks,
-                selection=selection)
+                selection=selection, candidates=candidates)
     options = HylraOptions(min_seq_len=min_seq_len, **base)
     num_layers = model.config.num_hidden_layers
     if DENSE in policies:

@@ -30,13 +30,14 @@ class GraphReport:
 
     name: str
     sites: tuple[SiteReport, ...] = ()
+    selection: str = "reuse"  # how the consumers choose their blocks (HylraOptions.selection)
 
     @classmethod
-    def from_phases(cls, name: str, matches, decisions) -> "GraphReport":
+    def from_phases(cls, name: str, matches, decisions, selection: str = "reuse") -> "GraphReport":
         """The report of ``find_attention``'s matches and ``decide``'s decisions (same order)."""
         return cls(name, tuple(
             SiteReport(m.layer, m.kind, d.action, d.op, d.source, d.reason, m.notes) for m, d in zip(matches, decisions)
-        ))
+        ), selection)
 
     def counts(self) -> dict[str, int]:
         counts = {"producer": 0, "consumer": 0, "dense": 0}
@@ -69,7 +70,10 @@ class GraphReport:
         header = f"hylra report for {self.name}: "
         if not self.sites:
             return header + "no attention found; graph left unchanged"
-        header += ", ".join(f"{n} {action}" for action, n in self.counts().items())
+        counts = self.counts()
+        header += ", ".join(f"{n} {action}" for action, n in counts.items())
+        if counts["consumer"] and self.selection != "reuse":
+            header += f" (consumers select by {self.selection})"
         rows = [("layer", "kind", "action", "op", "source", "reason"), *self._rows()]
         widths = [max(len(row[i]) for row in rows) for i in range(5)]
         lines = [header]

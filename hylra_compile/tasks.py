@@ -10,8 +10,8 @@ question, among filler text and (for ``multikey`` and ``vartrack``) distractors 
   of other names and another value; the question asks for the value of the last variable of the first chain.
 
 The haystack around the needles is ``filler`` (one line of filler repeated, RULER's noise: the needle stands out)
-or ``prose`` (consecutive paragraphs of natural English, ``builtin:prose``, from a seeded start: the needle is one
-sentence among many unlike each other).
+or ``prose`` (consecutive sentences of natural English, ``builtin:prose``, from a seeded start: the needle is one
+sentence among many unlike each other; the text has numbers of its own besides the task's).
 
 A greedy answer is correct when the first number standing alone in it equals the answer (exact match).
 """
@@ -19,6 +19,7 @@ A greedy answer is correct when the first number standing alone in it equals the
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 import re
 from typing import Any, Sequence
@@ -117,17 +118,37 @@ def _format(tokenizer: Any, body: str, question: str) -> str:
     return f"{content}\nAnswer:"
 
 
+# Prose units: whole sentences, merged up to at least this many characters and cut (between words) at most this
+# many, so a unit is a small, even share of the prompt (the needle's depth and the prompt's length then track the
+# text, not paragraphs of 6 to 1000 tokens).
+_UNIT_CHARS = (60, 200)
+
+
+@functools.cache
+def _prose_units() -> tuple[str, ...]:
+    from .corpora import builtin_text
+
+    units, unit = [], ""
+    for word in " ".join(builtin_text("builtin:prose").split()).split(" "):
+        if unit and len(unit) + len(word) >= _UNIT_CHARS[1]:
+            units.append(unit)
+            unit = ""
+        unit += word + " "
+        if len(unit) >= _UNIT_CHARS[0] and word[-1] in ".!?":
+            units.append(unit)
+            unit = ""
+    return tuple(units)
+
+
 def _haystack_units(haystack: str, rng: random.Random) -> list[str]:
-    """The haystack as units the needles go between: the filler line, or paragraphs of prose from a seeded
-    start (wrapping around)."""
+    """The haystack as units the needles go between: the filler line, or units of whole sentences of prose
+    (:data:`_UNIT_CHARS`) from a seeded start (wrapping around)."""
     if haystack == "filler":
         return [FILLER]
     if haystack == "prose":
-        from .corpora import builtin_text
-
-        paragraphs = [" ".join(p.split()) + " " for p in builtin_text("builtin:prose").split("\n\n") if p.strip()]
-        start = rng.randrange(len(paragraphs))
-        return paragraphs[start:] + paragraphs[:start]
+        units = _prose_units()
+        start = rng.randrange(len(units))
+        return units[start:] + units[:start]
     raise ValueError(f"unknown haystack {haystack!r}; valid haystacks are {list(HAYSTACKS)}")
 
 

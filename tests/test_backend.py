@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import subprocess
 import sys
 import textwrap
@@ -306,3 +307,67 @@ def test_cudagraphs_option_decode_cuda():
     assert get_container(torch.cuda.current_device()).tree_manager.roots, "no CUDA graph was recorded"
     launched, _ = decode(False)
     assert rel_err(graphed, launched) < 1e-3
+
+
+def hylra_nodes(gm, name):
+    return list(gm.graph.find_nodes(op="call_function", target=getattr(torch.ops.hylra, name).default))
+
+
+def test_refine_selection_feeds_each_consumer_through_refine_blocks():
+    """selection="refine": each consumer's sparse_attention takes the block_idx of a refine_blocks over its own q, k
+    and mask whose candidate_idx is its producer's block_idx, the producer selecting `candidates` times top_k."""
+    model = tiny_model("llama", "sdpa", num_layers=4)
+    compiled, backend = compile_model(model, policy=Policy.every(2, 4), selection="refine", candidates=3)
+    prefill_logits(compiled, *padded_batch(40))
+    (gm,) = backend.graphs
+    producers, refines, consumers = (hylra_nodes(gm, name) for name in ("topk_attention", "refine_blocks",
+                                                                        "sparse_attention"))
+    assert (len(producers), len(refines), len(consumers)) == (2, 2, 2)
+    assert backend.reports[0].counts() == {"producer": 2, "consumer": 2, "dense": 0}
+    assert str(backend.reports[0]).splitlines()[0].endswith("2 producer, 2 consumer, 0 dense (consumers select by "
+                                                              "refine)")
+    for producer, refine, consumer in zip(producers, refines, consumers):
+        assert producer.kwargs["n_select"] == 9 and refine.kwargs["n_select"] == 3
+        candidates = refine.kwargs["candidate_idx"]
+        assert candidates.target is operator.getitem and candidates.args == (producer, 1)
+        assert consumer.kwargs["block_idx"] is refine
+        assert all(refine.kwargs[name] is consumer.kwargs[name] for name in ("q", "k", "mask"))
+        assert refine.kwargs["is_causal"] == consumer.kwargs["is_causal"]
+        assert refine.kwargs["scale"] == consumer.kwargs["scale"]
+        assert (refine.kwargs["sink_blocks"], refine.kwargs["local_blocks"], refine.kwargs["block_size"]) == (1, 2, 8)
+
+
+def test_oracle_selection_gives_each_consumer_its_own_topk():
+    """selection="oracle": each consumer has a topk_attention of its own (top_k, not widened) over its q, k, v and
+    mask, whose block_idx (getitem 1) feeds its sparse_attention; no refine_blocks."""
+    model = tiny_model("llama", "sdpa", num_layers=4)
+    compiled, backend = compile_model(model, policy=Policy.every(2, 4), selection="oracle")
+    prefill_logits(compiled, *padded_batch(40))
+    (gm,) = backend.graphs
+    consumers = hylra_nodes(gm, "sparse_attention")
+    assert len(hylra_nodes(gm, "topk_attention")) == 4 and len(consumers) == 2 and not hylra_nodes(gm, "refine_blocks")
+    for consumer in consumers:
+        block_idx = consumer.kwargs["block_idx"]
+        assert block_idx.target is operator.getitem and block_idx.args[1] == 1
+        own = block_idx.args[0]
+        assert own.target is torch.ops.hylra.topk_attention.default and own.kwargs["n_select"] == 3
+        assert all(own.kwargs[name] is consumer.kwargs[name] for name in ("q", "k", "v", "mask"))
+        assert [user.args[1] for user in own.users] == [1]
+
+
+@pytest.mark.parametrize("selection", ["refine", "oracle"])
+@pytest.mark.parametrize("phase", ["prefill", "decode"])
+def test_refine_and_oracle_with_top_k_covering_sequence_equal_dense(selection, phase):
+    """With top_k at or past the sequence length every consumer's own selection keeps every block: the compiled
+    model equals the model run without the backend (past the fully padded queries, which the ops zero)."""
+    model = tiny_model("llama", "sdpa", num_layers=4)
+    top_k = 40 if phase == "prefill" else 48
+    compiled, backend = compile_model(model, policy=Policy.every(2, 4), top_k=top_k, selection=selection)
+    ids, mask = padded_batch(40 if phase == "prefill" else 20)
+    if phase == "prefill":
+        out, ref = prefill_logits(compiled, ids, mask)[:, 5:], prefill_logits(model, ids, mask)[:, 5:]
+    else:
+        out, ref = decode_step(model, compiled, ids, mask), decode_step(model, model, ids, mask)
+    assert rel_err(out, ref) < 1e-5
+    selections = {"refine": ("refine_blocks", 2), "oracle": ("topk_attention", 4)}[selection]
+    assert len(hylra_nodes(backend.graphs[0], selections[0])) == selections[1]

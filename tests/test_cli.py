@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from hylra_compile import Policy
-from hylra_compile.cli import main
+from hylra_compile.cli import build_parser, main
 
 CONFIG = {
     "model_type": "llama",
@@ -162,14 +162,14 @@ def test_eval_config_only_model(files, capsys):
     assert data["metadata"]["similarity"] == "mass"
     assert data["results"][1]["policy"]["provenance"]["keep_sensitive"] == 1
     assert (files / "eval" / "eval.png").read_bytes().startswith(PNG_MAGIC)
-    assert (files / "eval" / "eval.md").read_text().startswith("| policy | full layers |")
+    assert (files / "eval" / "eval.md").read_text() in capsys.readouterr().out  # the table it printed
 
 
 @pytest.mark.parametrize("extra, message", [
     (["--policy", "jump:3"], "valid forms are every:N, budget:N, dp:THETA, full"),
     (["--policy", "dp:1.5"], "--policy dp:1.5: theta must be a number in [0, 1]"),
     (["--tasks", "needle"], "unknown task(s) ['needle']; valid tasks are"),
-    (["--tasks", "passkey"], "has no tokenizer, so it cannot read retrieval prompts"),
+    (["--tasks", "passkey", "--policy", "every:2"], "has no tokenizer, so it cannot read retrieval prompts"),
     (["--windows", "5", "--calibration-windows", "2", "--policy", "dp:0.8"], "calibration and held-out windows overlap"),
     (["--lengths", "4k"], "--lengths must be comma-separated integers"),
 ])
@@ -184,7 +184,8 @@ def test_model_errors(files, capsys):
     assert "GGUF file" in err and "does not exist" in err
     Policy.full(3).save(files / "policy.json")
     err = run_error(["inspect", str(files / "policy.json"), "--model", str(files / "tokens.pt")], capsys)
-    assert "is neither a checkpoint directory, a config .json file, a .gguf file nor 'smollm2'" in err
+    assert ("is neither a checkpoint directory, a config .json file, a .gguf file nor a named model "
+            "(qwen2.5-coder-0.5b, smollm2)") in err
 
 
 def test_eval_gguf_model_end_to_end(tmp_path, capsys):
@@ -199,5 +200,90 @@ def test_eval_gguf_model_end_to_end(tmp_path, capsys):
                  "--lengths", "512", "--samples", "1", "--windows", "1", "--seq-len", "512", "--min-seq-len", "128",
                  "--top-k", "256", "--policy", "every:5", "--out-dir", str(tmp_path), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "| dense | 30 / 30 |" in out and "| every:5 | 6 / 30 |" in out and "passkey (dense 1/1)" in out
+    assert "| dense | 30 / 30 |" in out and "| every:5 | 6 / 30 |" in out and "passkey (dense 1/1 [21–100%])" in out
+    assert "passkey.prose (dense " in out  # --haystacks defaults to filler,prose
     assert json.loads((tmp_path / "eval.json").read_text())["metadata"]["model"].endswith(f"({gguf.name})")
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Every load_model call the CLI makes is recorded, and raises (the early checks must come before it)."""
+    calls = []
+
+    def load_model(*args, **kwargs):
+        calls.append(args)
+        raise RuntimeError("the model was loaded")
+
+    monkeypatch.setattr("hylra_compile.cli.load_model", load_model)
+    return calls
+
+
+def test_eval_defaults():
+    args = build_parser().parse_args(["eval", "--model", "m.json"])
+    assert (args.samples, args.haystacks, args.selection, args.candidates) == (24, "filler,prose", "reuse", 4)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--policy", "every:x"], "--policy every:x: 'x' is not an integer"),
+    (["--policy", "every:0"], "--policy every:0: N must be >= 1"),
+    (["--policy", "every:"], "--policy 'every:': valid forms are every:N, budget:N, dp:THETA, full, or a policy .json"),
+    (["--policy", "foo"], "--policy 'foo': valid forms are every:N"),
+    (["--policy", "budget:0"], "--policy budget:0: the model has 3 layers; N must lie in [1, 3]"),
+    (["--policy", "budget:999"], "--policy budget:999: the model has 3 layers; N must lie in [1, 3]"),
+    (["--policy", "every:2", "--policy", "dp:2"], "--policy dp:2: "),
+    (["--policy", "dp:x"], "--policy dp:x: 'x' is not a number"),
+    (["--tasks", "passkey"], "--policy budget:6: the model has 3 layers"),  # a default policy
+    (["--policy", "every:2", "--top-k", "64"], "--top-k 64: top_k=64 keeps all 8 blocks of 8 tokens of the longest "
+                                               "input (64 tokens)"),
+    (["--policy", "every:2", "--tasks", "passkey", "--lengths", "32,48", "--windows", "0", "--top-k", "48"],
+     "--top-k 48: top_k=48 keeps all 6 blocks of 8 tokens of the longest input (48 tokens)"),
+    (["--policy", "every:2", "--min-seq-len", "100"], "no query of inputs of at most 64 tokens has min_seq_len=100 keys"),
+    (["--policy", "every:2", "--windows", "0"], "--tasks none with --windows 0 leaves nothing to evaluate"),
+    (["--policy", "every:2", "--haystacks", "filler,novel"],
+     "--haystacks: 'filler,novel' is not a comma-separated list of ['filler', 'prose']"),
+    (["--policy", "every:2", "--haystacks", ","], "--haystacks: ',' is not a comma-separated list"),
+    (["--policy", "every:2", "--tasks", "passkey", "--samples", "0"],
+     "--samples 0 asks for no retrieval prompt: pass --tasks none instead"),
+    (["--policy", "every:2", "--selection", "best"], "argument --selection: invalid choice: 'best'"),
+    (["--policy", "every:2", "--candidates", "0"], "argument --candidates: 0 is not a positive integer"),
+])
+def test_eval_refuses_before_the_model_loads(files, capsys, no_model_load, extra, message):
+    """Bad policy specs (for this model's 3 layers), a top_k or min_seq_len that cannot be sparse on the longest
+    input, nothing to evaluate, bad haystacks, no samples and bad selection flags exit with code 2 and the reason,
+    and the model is never loaded."""
+    assert message in run_error(eval_args(files, *extra), capsys)
+    assert no_model_load == []
+
+
+def test_eval_refuses_policy_files_before_the_model_loads(files, capsys, no_model_load):
+    """A missing, malformed or other-model policy JSON is named before the model loads; a good one reaches it."""
+    (files / "broken.json").write_text("{modes: [")
+    Policy.every(2, 4).save(files / "four.json")
+    Policy.every(2, 3).save(files / "three.json")
+    for name, message in [("missing.json", "does not exist"), ("broken.json", "is not valid JSON"),
+                          ("four.json", "the policy has 4 layers but the model has 3")]:
+        err = run_error(eval_args(files, "--policy", str(files / name)), capsys)
+        assert f"--policy {files / name}" in err and message in err
+    assert no_model_load == []
+    with pytest.raises(RuntimeError, match="the model was loaded"):
+        main(eval_args(files, "--policy", str(files / "three.json"), "--haystacks", "prose"))
+    assert len(no_model_load) == 1
+
+
+def test_eval_selection_reaches_the_evaluation(files, capsys):
+    """--selection is the evaluation's (metadata) and changes the numbers (top_k 32: one block beyond the sink and
+    local ones to choose)."""
+    results = {}
+    for selection in ("reuse", "oracle"):
+        assert main(eval_args(files, "--policy", "every:2", "--top-k", "32", "--selection", selection, "--out-dir",
+                              str(files / selection))) == 0
+        results[selection] = json.loads((files / selection / "eval.json").read_text())
+    assert [results[s]["metadata"]["selection"] for s in results] == ["reuse", "oracle"]
+    assert results["reuse"]["results"][1]["kl"] != results["oracle"]["results"][1]["kl"]
+
+
+def test_eval_candidates_reach_the_evaluation(files):
+    """--selection refine --candidates 2 evaluates with 2 candidates per kept block."""
+    assert main(eval_args(files, "--policy", "every:2", "--selection", "refine", "--candidates", "2")) == 0
+    metadata = json.loads((files / "eval" / "eval.json").read_text())["metadata"]
+    assert (metadata["selection"], metadata["candidates"]) == ("refine", 2)

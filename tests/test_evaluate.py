@@ -10,9 +10,22 @@ import pytest
 import torch
 
 from hylra_compile import HylraBackend, Policy
-from hylra_compile.evaluate import DENSE, PolicyAttention, evaluate
+from hylra_compile.evaluate import (
+    DENSE,
+    Evaluation,
+    PolicyAttention,
+    Result,
+    Setting,
+    check_sparse,
+    evaluate,
+    same_within_intervals,
+    task_of,
+    wilson_interval,
+)
+from hylra_compile.models import cache_argument
 from hylra_compile.options import HylraOptions
 from hylra_compile.routing import routed_attention
+from hylra_compile.tasks import TaskPrompt
 from tests.numerics import rel_err
 from tests.tiny_models import VOCAB, tiny_model
 
@@ -60,7 +73,7 @@ def test_metrics_on_tiny_model(model, windows):
     assert dense.mean_kl == pytest.approx(0.0, abs=1e-9) and full.mean_kl == pytest.approx(0.0, abs=1e-7)
     assert max(full.rnmse) < 1e-5 and jump.mean_kl > 0 and jump.rnmse[0] < 1e-5 and jump.rnmse[1] > 1e-3
     table = result.to_markdown()
-    assert "| every:2 | 2 / 4 |" in table and "KL(dense ‖ policy)" in table
+    assert "| every:2 | 2 / 4 |" in table and "KL(dense ‖ setting)" in table
     assert set(result.to_json()["results"][1]) >= {"perplexity", "kl", "rnmse", "retrieval_correct", "policy"}
 
 
@@ -75,6 +88,167 @@ def test_evaluate_errors(model, windows):
         evaluate(model, {}, windows=windows, progress=False, **{**SELECTION, "min_seq_len": 200})
     with pytest.raises(ValueError, match="need the model's tokenizer"):
         evaluate(model, {}, prompts=[object()], progress=False, **SELECTION)
+
+
+@pytest.mark.parametrize("selection", ["refine", "oracle"])
+def test_policy_runner_equals_compiled_backend_under_selection(model, windows, selection):
+    """Under refine and oracle too, `evaluate`'s eager runner computes what the compiled backend runs, and each
+    selection gives other outputs than the two others (refine with 2 candidates per kept block, of 16 blocks)."""
+    torch._dynamo.reset()
+    policy = Policy.every(2, 4)
+    options = {name: {**SELECTION, "selection": name, **({"candidates": 2} if name == "refine" else {})}
+               for name in ("reuse", "refine", "oracle")}
+    backend = HylraBackend(policy=policy, inductor=False, **options[selection])
+    ids = torch.stack(windows)
+    with torch.no_grad():
+        want = torch.compile(model, backend=backend, fullgraph=True)(ids, use_cache=False).logits
+        outputs = {}
+        for name, changed in options.items():
+            with routed_attention(model, PolicyAttention(policy, HylraOptions(**changed))):
+                outputs[name] = model(ids, use_cache=False).logits
+    assert rel_err(outputs[selection], want) < 1e-5
+    assert min(rel_err(outputs[selection], outputs[other]) for other in outputs if other != selection) > 1e-4
+
+
+@pytest.mark.parametrize("policy, options, phases, message", [
+    (["full"] * 4, {}, ("prefill", "decode"), "a setting's policy must be a hylra_compile.Policy, got list"),
+    (Policy.full(4), {"min_seq_len": 8}, ("prefill",),
+     r"setting options \['min_seq_len'\] are not per setting; valid ones are \['top_k', 'block_size'"),
+    (Policy.full(4), {}, ("prefill", "train"),
+     r"non-empty subset of \['prefill', 'decode'\], got \['prefill', 'train'\]"),
+    (Policy.full(4), {}, (), r"non-empty subset of \['prefill', 'decode'\], got \[\]"),
+])
+def test_setting_is_validated(policy, options, phases, message):
+    with pytest.raises(ValueError, match=message):
+        Setting(policy, options, phases)
+
+
+def test_settings_and_policies_evaluate_alike(model, windows):
+    """A Setting with no changes gives exactly the numbers of its bare Policy; one with its own options records them
+    and differs; both record their phases."""
+    policy = Policy.every(2, 4)
+    policies = {"policy": policy, "same": Setting(policy, {"top_k": TOP_K}),
+                "narrow": Setting(policy, {"top_k": 24, "selection": "refine", "candidates": 2}, ("prefill",))}
+    result = evaluate(model, policies, windows=windows[:1], progress=False, **SELECTION)
+    bare, same, narrow = (result[name] for name in policies)
+    assert (same.kl, same.nll, same.rnmse) == (bare.kl, bare.nll, bare.rnmse) and bare.kl > 0
+    assert narrow.kl != bare.kl and narrow.options == {"top_k": 24, "selection": "refine", "candidates": 2}
+    assert bare.options == {} and bare.phases == ("prefill", "decode") and narrow.phases == ("prefill",)
+    summary = result.to_json()["results"][3]
+    assert summary["options"] == narrow.options and summary["phases"] == ["prefill"]
+
+
+def test_phases_decide_where_a_setting_is_sparse(model, windows):
+    """A text window is one prefill: a decode-only setting leaves it exactly dense, a prefill-only one does not."""
+    policies = {"decode": Setting(Policy.every(2, 4), phases=("decode",)),
+                "prefill": Setting(Policy.every(2, 4), phases=("prefill",))}
+    result = evaluate(model, policies, windows=windows, progress=False, **SELECTION)
+    dense, decode, prefill = result[DENSE], result["decode"], result["prefill"]
+    assert decode.kl == 0.0 and decode.nll == dense.nll and decode.rnmse == [0.0] * 4
+    assert prefill.mean_kl > 0 and max(prefill.rnmse) > 1e-3
+
+
+def test_phases_decide_whether_a_decode_step_is_sparse(model, windows):
+    """One decode step after a dense 127-token prefill: a prefill-only handler runs it dense, a decode-only one
+    sparse."""
+    ids = windows[0][None]
+    name = cache_argument(model)
+
+    def decode(handler):
+        with torch.no_grad():
+            cache = getattr(model(ids[:, :-1], use_cache=True), name)
+            if handler is None:
+                return model(ids[:, -1:], use_cache=True, **{name: cache}).logits
+            with routed_attention(model, handler):
+                return model(ids[:, -1:], use_cache=True, **{name: cache}).logits
+
+    options = HylraOptions(**SELECTION)
+    dense = decode(None)
+    assert rel_err(decode(PolicyAttention(Policy.every(2, 4), options, phases=("prefill",))), dense) < 1e-6
+    assert rel_err(decode(PolicyAttention(Policy.every(2, 4), options, phases=("decode",))), dense) > 1e-3
+
+
+def test_settings_that_cannot_be_sparse_are_refused_before_any_model_run(windows):
+    """A top_k keeping every block of the longest input (the evaluation's or a setting's own) and a min_seq_len past
+    every input are refused, naming the setting, before the model runs once."""
+    model = tiny_model("llama", num_layers=4)
+    calls = []
+
+    def forward(*args, **kwargs):
+        calls.append(1)
+        raise AssertionError("the model ran")
+
+    model.forward = forward
+    every = Policy.every(2, 4)
+    with pytest.raises(ValueError, match=r"wide: top_k=121 keeps all 16 blocks of 8 tokens of the longest input \(128"):
+        evaluate(model, {"ok": every, "wide": Setting(every, {"top_k": 121})}, windows=windows, progress=False,
+                 **SELECTION)
+    with pytest.raises(ValueError, match="every:2: top_k=128 keeps all 16 blocks"):
+        evaluate(model, {"every:2": every}, windows=windows, progress=False, **{**SELECTION, "top_k": 128})
+    prompt = TaskPrompt("passkey", 64, 0.5, 0, "The pass key is 12345.", "12345")
+    with pytest.raises(ValueError, match="every:2: no query of inputs of at most 64 tokens has min_seq_len=80 keys"):
+        evaluate(model, {"every:2": every}, tokenizer=object(), prompts=[prompt], progress=False,
+                 **{**SELECTION, "top_k": 24, "min_seq_len": 80})
+    assert calls == []
+    with pytest.raises(AssertionError, match="the model ran"):  # 15 of 16 blocks pass, and the model runs
+        evaluate(model, {"ok": Setting(every, {"top_k": 120})}, windows=windows, progress=False, **SELECTION)
+    assert calls == [1]
+
+
+def test_min_seq_len_equal_to_the_longest_input_is_sparse():
+    """sparse_attention attends densely only a query with *fewer* than min_seq_len keys: the last of 64 causal
+    queries with min_seq_len=64 is sparse, so check_sparse must accept min_seq_len=64 for 64-token inputs (and
+    refuse 65)."""
+    q, k, v = torch.randn(3, 1, 2, 64, 8, generator=torch.Generator().manual_seed(0)).unbind()
+    block_idx = torch.tensor([0, 7], dtype=torch.int32).expand(1, 2, 8, 2).contiguous()
+    settings = dict(is_causal=True, scale=None, block_size=8, min_seq_len=64)
+    sparse = torch.ops.hylra.sparse_attention(q, k, v, block_idx, None, **settings)
+    dense = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert torch.allclose(sparse[:, :, :63], dense[:, :, :63]) and not torch.allclose(sparse[:, :, 63], dense[:, :, 63])
+    with pytest.raises(ValueError, match="min_seq_len=65"):
+        check_sparse("s", HylraOptions(top_k=24, block_size=8, min_seq_len=65), 64)
+    check_sparse("s", HylraOptions(top_k=24, block_size=8, min_seq_len=64), 64)
+
+
+def test_wilson_intervals_and_task_names():
+    """Known Wilson 95% intervals, overlap as "no difference", and the task (with haystack) of a prompt name."""
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    low, high = wilson_interval(30, 100)
+    assert low < 0.3 < high and wilson_interval(300, 1000)[1] - wilson_interval(300, 1000)[0] < high - low
+    assert same_within_intervals((9, 10), (10, 10)) and same_within_intervals((5, 10), (5, 10))
+    assert not same_within_intervals((0, 10), (10, 10)) and not same_within_intervals((10, 10), (2, 10))
+    assert task_of("passkey.prose-1024-d0.10-s0") == "passkey.prose"
+    assert task_of("multikey-4096-d0.50-s3") == "multikey"
+
+
+def test_wilson_interval_ends_are_exact_at_all_or_none():
+    """All correct: the interval reaches exactly 1; none correct: it starts exactly at 0."""
+    assert [wilson_interval(n, n)[1] for n in range(1, 101)] == [1.0] * 100
+    assert [wilson_interval(0, n)[0] for n in range(1, 101)] == [0.0] * 100
+
+
+def test_markdown_shows_intervals_and_marks_differences():
+    """Retrieval cells are correct/total with the Wilson interval; '*' marks only a result whose interval misses
+    dense's."""
+    names = [f"passkey-64-d0.50-s{i}" for i in range(10)] + [f"passkey.prose-64-d0.50-s{i}" for i in range(5)]
+    results = [Result(DENSE, 4, correct={name: True for name in names}),
+               Result("close", 2, correct={name: not name.endswith("s0") for name in names}),
+               Result("broken", 2, correct={name: name.startswith("passkey.prose") for name in names})]
+    metadata = dict(model="tiny", device="CPU", date="2026-12-06", top_k=40, block_size=8, sink_blocks=1,
+                    local_blocks=2, selection="reuse", min_seq_len=16, num_layers=4, text="none", text_windows=0,
+                    seq_len=None, prompts=15, lengths=[64])
+    evaluation = Evaluation(results, metadata)
+    assert evaluation.tasks == ["passkey", "passkey.prose"]
+    lines = evaluation.to_markdown().splitlines()
+    assert lines[0].endswith("| passkey (dense 10/10 [72–100%]) | passkey.prose (dense 5/5 [57–100%]) |")
+    assert lines[2] == "| dense | 4 / 4 | 10/10 [72–100%] | 5/5 [57–100%] |"
+    assert lines[3] == "| close | 2 / 4 | 9/10 [60–98%] | 4/5 [38–96%] |"
+    assert lines[4] == "| broken | 2 / 4 | 0/10 [0–28%] * | 5/5 [57–100%] |"
+    retrieval = results[2].summary()["retrieval"]
+    assert retrieval["passkey"] == pytest.approx({"correct": 0, "total": 10, "low": 0.0, "high": 0.2775}, abs=1e-4)
 
 
 # -- the real model --------------------------------------------------------------------------------------------

@@ -1,6 +1,9 @@
+import warnings
+
 import pytest
 
 from hylra_compile import HylraOptions, Policy
+from hylra_compile.options import SELECTIONS
 
 
 def test_defaults():
@@ -48,3 +51,46 @@ def test_direct_construction_is_validated_too():
         HylraOptions(top_k=0)
     with pytest.raises(ValueError, match="policy must be a Policy here"):
         HylraOptions(policy=["producer"])
+
+
+def test_selection_defaults_and_settings():
+    """selection defaults to reuse with 4 candidates; only refine widens the producer's selection, by candidates;
+    a consumer's own selection (refine_blocks, oracle's topk_attention) always takes top_k."""
+    opts = HylraOptions(top_k=256, block_size=64)
+    assert (opts.selection, opts.candidates) == ("reuse", 4) and SELECTIONS == ("reuse", "refine", "oracle")
+    own = dict(block_size=64, n_select=4, sink_blocks=1, local_blocks=2)
+    assert opts.selection_settings() == own and opts.producer_settings() == own
+    for selection, candidates, producer_blocks in [("refine", 4, 16), ("refine", 3, 12), ("refine", 1, 4),
+                                                   ("oracle", 4, 4)]:
+        opts = HylraOptions.parse({"top_k": 256, "block_size": 64, "selection": selection, "candidates": candidates})
+        assert opts.selection_settings() == own
+        assert opts.producer_settings() == {**own, "n_select": producer_blocks}
+        assert opts.consumer_settings() == dict(block_size=64, min_seq_len=4096)
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"selection": "reus"}, r"selection must be one of \['reuse', 'refine', 'oracle'\], got 'reus'"),
+        ({"selection": None}, r"selection must be one of \['reuse', 'refine', 'oracle'\], got None"),
+        ({"selection": "refine", "candidates": 0}, "candidates must be a positive int, got 0"),
+        ({"selection": "refine", "candidates": 2.0}, "candidates must be a positive int, got 2.0"),
+        ({"selection": "refine", "candidates": True}, "candidates must be a positive int, got True"),
+    ],
+)
+def test_bad_selection_values(options, message):
+    with pytest.raises(ValueError, match=message):
+        HylraOptions.parse(options)
+
+
+@pytest.mark.parametrize("selection", ["reuse", "oracle"])
+def test_candidates_without_refine_warn(selection):
+    """candidates other than the default with a selection that ignores it warn, pointing at the caller; with
+    refine, or at the default, nothing warns."""
+    with pytest.warns(UserWarning, match=f"candidates=8 does nothing with selection='{selection}'") as record:
+        HylraOptions(selection=selection, candidates=8)
+    assert record[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        HylraOptions(selection="refine", candidates=8)
+        HylraOptions(selection=selection, candidates=4)

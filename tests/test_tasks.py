@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from hylra_compile.tasks import TASKS, first_number, make_prompt, make_prompts, score
+from hylra_compile.tasks import FILLER, TASKS, first_number, make_prompt, make_prompts, score
 from tests.smollm2 import smollm2
 
 
@@ -55,3 +55,77 @@ def test_scoring_and_errors(tokenizer):
         make_prompt("needle", tokenizer, 500, 0.5, 0)
     with pytest.raises(ValueError, match="more than length=20"):
         make_prompt("passkey", tokenizer, 20, 0.5, 0)
+
+
+# -- prose haystacks ----------------------------------------------------------------------------------------------
+NEEDLE = {"passkey": "pass key is {}", "multikey": "is: {}", "vartrack": "X1 = {}"}
+
+
+@pytest.fixture(scope="module")
+def prose(tokenizer):
+    """(prompt, its tokens) of 1024-token prose prompts: every task, depths 0.1 / 0.5 / 0.9, seeds 0-7."""
+    prompts = [make_prompt(task, tokenizer, 1024, depth, seed, haystack="prose")
+               for task in TASKS for depth in (0.1, 0.5, 0.9) for seed in range(8)]
+    return [(p, len(tokenizer(p.text, add_special_tokens=False)["input_ids"])) for p in prompts]
+
+
+def needle_offset(prompt) -> float:
+    """Where the answer's needle starts, as a fraction of the prompt's characters."""
+    return prompt.text.index(NEEDLE[prompt.task].format(prompt.answer)) / len(prompt.text)
+
+
+def test_prose_prompts_are_named_labelled_and_seeded(tokenizer):
+    """make_prompts crosses tasks, haystacks and lengths; a prose prompt is labelled and named with its haystack,
+    reads consecutive paragraphs of builtin:prose from a seeded start, and is the same for the same seed."""
+    from hylra_compile.corpora import builtin_text
+
+    prompts = make_prompts(["passkey", "vartrack"], tokenizer, [300, 400], samples=2, seed=3,
+                           haystacks=("filler", "prose"))
+    assert [(p.task, p.haystack, p.length, p.seed) for p in prompts[:8]] == [
+        ("passkey", haystack, length, seed) for haystack in ("filler", "prose") for length in (300, 400)
+        for seed in (3, 4)]
+    assert len(prompts) == 16 and prompts[0].label == "passkey" and prompts[-1].label == "vartrack.prose"
+    assert prompts[4].name == "passkey.prose-300-d0.10-s3" and prompts[0].name == "passkey-300-d0.10-s3"
+    assert prompts[4].haystack == "prose" and FILLER not in prompts[4].text and FILLER in prompts[0].text
+    sentences = re.split(r"(?<=[.!?])\s+", " ".join(builtin_text("builtin:prose").split()))
+    assert sum(p in prompts[4].text for p in sentences if len(p) > 80) >= 2
+    again = make_prompt("passkey", tokenizer, 300, 0.1, 3, haystack="prose")
+    assert again == prompts[4] and make_prompt("passkey", tokenizer, 300, 0.1, 5, haystack="prose").text != again.text
+    assert make_prompt("passkey", tokenizer, 300, 0.1, 3) == make_prompt("passkey", tokenizer, 300, 0.1, 3, "filler")
+
+
+def test_prose_prompts_never_exceed_their_length_and_state_the_answer_once(prose):
+    """Every prose prompt fits its length; the answer appears only in its needle (the prose has numbers of its own,
+    never the answer) and not among the distractors."""
+    for prompt, tokens in prose:
+        assert tokens <= 1024
+        numbers = re.findall(r"(?<![A-Za-z0-9])\d+", prompt.text)
+        assert numbers.count(prompt.answer) == (2 if prompt.task == "passkey" else 1)
+        assert prompt.answer not in prompt.distractors
+
+
+def test_prose_needle_roughly_tracks_its_depth(prose):
+    """The needle's character offset follows its depth: on average over seeds within 0.1, each within 0.3."""
+    offsets: dict[tuple[str, float], list[float]] = {}
+    for prompt, _ in prose:
+        offsets.setdefault((prompt.task, prompt.depth), []).append(needle_offset(prompt))
+    for (task, depth), found in offsets.items():
+        assert abs(sum(found) / len(found) - depth) < 0.1, (task, depth, found)
+        assert max(abs(offset - depth) for offset in found) < 0.3, (task, depth, found)
+
+
+def test_prose_prompts_come_close_to_their_length(prose):
+    """Like filler prompts, prose prompts of 1024 tokens have at least 90% of them."""
+    assert [(prompt.name, tokens) for prompt, tokens in prose if tokens < 0.9 * 1024] == []
+
+
+def test_prose_needle_sits_within_015_of_its_depth(prose):
+    """As with filler, the needle's character offset is within 0.15 of its depth."""
+    assert [(p.name, round(needle_offset(p), 2)) for p, _ in prose if abs(needle_offset(p) - p.depth) > 0.15] == []
+
+
+def test_unknown_haystack_names_the_valid_ones(tokenizer):
+    with pytest.raises(ValueError, match=r"unknown haystack 'novel'; valid haystacks are \['filler', 'prose'\]"):
+        make_prompt("passkey", tokenizer, 500, 0.5, 0, haystack="novel")
+    with pytest.raises(ValueError, match="unknown haystack 'novel'"):
+        make_prompts(["passkey"], tokenizer, [500], samples=1, haystacks=("filler", "novel"))

@@ -51,7 +51,7 @@ def run_passes(gm: torch.fx.GraphModule, options: HylraOptions, name: str, dump_
           _shape_of(shared.block_mask) if shared.block_mask else "") for mask, shared in masks.items()]))
     outputs = rewrite(gm, matches, decisions, masks, options)
     dump("04-rewrite.py", lambda: gm.print_readable(print_output=False))
-    report = GraphReport.from_phases(name, matches, decisions)
+    report = GraphReport.from_phases(name, matches, decisions, options.selection)
     dump("report.md", report.to_markdown)
     if dump_dir is not None:
         nx.nx_pydot.write_dot(report.edge_graph(), dump_dir / "edges.dot")

@@ -300,3 +300,196 @@ def test_block_mask_changes_no_result_and_dense_op_is_sdpa():
                                                                                   block_size=8))
     with pytest.raises(ValueError, match=r"block_mask must be int32 \[2, 3, 4\]"):
         topk_attention(q, k, v, mask, block_mask[:, :2], **producer)
+
+
+# -- refine_blocks --------------------------------------------------------------------------------------------------
+refine_blocks = torch.ops.hylra.refine_blocks.default
+
+
+def every_block(B, Hkv, Sq, Skv, bs, padding=0):
+    """candidate_idx listing every KV block for every query block, then ``padding`` columns of -1."""
+    n_qb, n_kb = -(-Sq // bs), -(-Skv // bs)
+    blocks = torch.arange(n_kb, dtype=torch.int32).expand(B, Hkv, n_qb, n_kb)
+    return F.pad(blocks, (0, padding), value=-1).contiguous()
+
+
+def random_candidates(B, Hkv, n_qb, n_kb, width, seed=0):
+    """int32 [B, Hkv, n_qb, width]: each row a random subset of the KV blocks (possibly empty), ascending, -1 padded."""
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.full((B, Hkv, n_qb, width), -1, dtype=torch.int32)
+    for index in torch.cartesian_prod(torch.arange(B), torch.arange(Hkv), torch.arange(n_qb)).tolist():
+        count = int(torch.randint(0, min(width, n_kb) + 1, (1,), generator=g))
+        chosen = torch.randperm(n_kb, generator=g)[:count].sort().values
+        rows[tuple(index)][:count] = chosen.to(torch.int32)
+    return rows
+
+
+def allowed_and_bias(mask, is_causal, B, Sq, Skv):
+    """(allowed bool, bias fp64), both [B, 1|Hq, Sq, Skv], of a mask as SDPA reads it (HF's convention for floats)."""
+    if mask is None:
+        allowed = torch.ones(1, 1, Sq, Skv, dtype=torch.bool)
+        bias = torch.zeros(1, 1, Sq, Skv, dtype=torch.float64)
+    elif mask.dtype == torch.bool:
+        allowed, bias = mask, torch.zeros(mask.shape, dtype=torch.float64)
+    else:
+        allowed = (mask != -math.inf) & (mask > torch.finfo(mask.dtype).min / 2)
+        bias = torch.where(allowed, mask.double(), 0.0)
+    if is_causal:
+        allowed = allowed & torch.ones(Sq, Skv, dtype=torch.bool).tril()
+    return allowed.expand(B, -1, Sq, Skv), bias.expand(B, -1, Sq, Skv)
+
+
+def independent_refine(q, k, candidate_idx, allowed, bias, scale, bs, n_select, sink, local):
+    """refine_blocks from its definition, one (batch, KV head, query block) at a time in fp64: each query's softmax
+    over its allowed keys inside the row's candidate blocks, its probabilities summed per KV block over the head group
+    and the block's queries; the first ``sink`` and last ``local`` candidate blocks holding such a key, then the most
+    important others (ties to the lower index), ascending, -1 padded."""
+    B, Hq, Sq, _ = q.shape
+    Hkv, Skv = k.shape[1], k.shape[2]
+    G, n_qb = Hq // Hkv, -(-Sq // bs)
+    out = torch.full((B, Hkv, n_qb, n_select), -1, dtype=torch.int32)
+    for b in range(B):
+        for h in range(Hkv):
+            for r in range(n_qb):
+                listed = {int(c) for c in candidate_idx[b, h, r] if c >= 0}
+                mass: dict[int, float] = {}
+                for head in range(h * G, (h + 1) * G):
+                    m = min(head, allowed.shape[1] - 1)
+                    for i in range(r * bs, min((r + 1) * bs, Sq)):
+                        keys = [j for j in range(Skv) if allowed[b, m, i, j] and j // bs in listed]
+                        if not keys:
+                            continue
+                        scores = (k[b, h, keys].double() @ q[b, head, i].double()) * scale + bias[b, m, i, keys]
+                        for j, p in zip(keys, torch.softmax(scores, 0).tolist()):
+                            mass[j // bs] = mass.get(j // bs, 0.0) + p
+                candidates = sorted(mass)
+                forced = set(candidates[:sink]) | set(candidates[len(candidates) - local :])
+                rest = sorted((c for c in candidates if c not in forced), key=lambda c: (-mass[c], c))
+                chosen = sorted(forced | set(rest[: n_select - len(forced)]))
+                out[b, h, r, : len(chosen)] = torch.tensor(chosen, dtype=torch.int32)
+    return out
+
+
+@pytest.mark.parametrize("case", ["causal", "bool_mask", "float_mask", "padded_gqa8", "sq_not_multiple", "decode"])
+def test_refine_with_every_block_a_candidate_is_topk_selection(case):
+    """With every KV block a candidate (and -1 padding after them), refine_blocks gives exactly topk_attention's
+    block_idx: causal, bool and additive masks, a padded batch, 8 query heads per KV head, a query length that is
+    not a multiple of the block size, and a one-query decode step against a longer key sequence."""
+    shapes = dict(causal=(4, 2, 24, 24), bool_mask=(4, 2, 21, 37), float_mask=(4, 2, 21, 37),
+                  padded_gqa8=(8, 1, 21, 37), sq_not_multiple=(4, 2, 13, 29), decode=(4, 2, 1, 80))
+    Hq, Hkv, Sq, Skv = shapes[case]
+    q, k, v = qkv(Hq=Hq, Hkv=Hkv, Sq=Sq, Skv=Skv, seed=3)
+    mask, is_causal = None, case in ("causal", "sq_not_multiple")
+    if case in ("bool_mask", "padded_gqa8", "decode"):
+        mask = padding_mask(2, Sq, Skv, [Skv, Skv - 19])
+    elif case == "float_mask":
+        allowed = padding_mask(2, Sq, Skv, [Skv, 25])
+        mask = torch.where(allowed, torch.randn(2, 1, Sq, Skv) * 0.5, torch.finfo(torch.float32).min)
+    settings = dict(is_causal=is_causal, scale=None, **selection(3, 1, 1))
+    _, block_idx = topk_attention(q, k, v, mask, **settings)
+    refined = refine_blocks(q, k, every_block(2, Hkv, Sq, Skv, 8, padding=2), mask, **settings)
+    assert torch.equal(refined, block_idx)
+
+
+@pytest.mark.parametrize("is_causal", [True, False])
+def test_refine_keeps_a_subset_of_the_candidates_in_block_idx_format(is_causal):
+    """Each row is a subset of its candidates (a producer's wider selection, or random subsets), strictly ascending
+    and then -1 padded, of shape [B, Hkv, ceil(Sq / bs), n_select]; it keeps every candidate when they fit."""
+    q, k, v = qkv(Sq=21, Skv=37, seed=1)
+    mask = None if is_causal else padding_mask(2, 21, 37, [37, 30])
+    _, wide = topk_attention(q, k, v, mask, is_causal=is_causal, scale=None, **selection(4, 1, 1))
+    for candidates in (wide, random_candidates(2, 2, 3, 5, 4, seed=2)):
+        for n_select in (2, 3, 5):
+            refined = refine_blocks(q, k, candidates, mask, is_causal=is_causal, scale=None,
+                                    **selection(n_select, 1, 1 if n_select > 2 else 0))
+            assert refined.dtype == torch.int32 and refined.shape == (2, 2, 3, n_select)
+            for row, listed in zip(refined.reshape(-1, n_select).tolist(), candidates.reshape(-1, 4).tolist()):
+                kept = [c for c in row if c >= 0]
+                assert row == kept + [-1] * (n_select - len(kept)) and kept == sorted(set(kept))
+                assert set(kept) <= {c for c in listed if c >= 0}
+            if candidates is wide and n_select >= 4 and not is_causal:  # each listed block holds an allowed key
+                assert torch.equal(refined[..., :4], wide)
+
+
+@pytest.mark.parametrize("mask_kind", ["causal", "bool", "float", "per_head"])
+@pytest.mark.parametrize("n_select,sink,local", [(3, 1, 1), (4, 0, 2), (2, 0, 0)])
+def test_refine_equals_independent_computation(mask_kind, n_select, sink, local):
+    """refine_blocks agrees exactly with :func:`independent_refine` on random fp64 inputs and random candidate
+    sets, including empty rows and candidate blocks holding no allowed key (above the causal diagonal, padding)."""
+    q, k, _ = qkv(Sq=21, Skv=37, dtype=torch.float64, seed=4)
+    mask, is_causal, scale = None, mask_kind == "causal", 0.3 if mask_kind == "float" else None
+    if mask_kind == "bool":
+        mask = padding_mask(2, 21, 37, [37, 22])
+    elif mask_kind == "float":
+        g = torch.Generator().manual_seed(5)
+        mask = torch.where(padding_mask(2, 21, 37, [37, 30]), torch.randn(2, 1, 21, 37, generator=g,
+                                                                          dtype=torch.float64), -math.inf)
+    elif mask_kind == "per_head":
+        mask = torch.rand(2, 4, 21, 37, generator=torch.Generator().manual_seed(6)) > 0.3
+    candidates = random_candidates(2, 2, 3, 5, 4, seed=7)
+    got = refine_blocks(q, k, candidates, mask, is_causal=is_causal, scale=scale,
+                        **selection(n_select, sink, local))
+    allowed, bias = allowed_and_bias(mask, is_causal, 2, 21, 37)
+    want = independent_refine(q, k, candidates, allowed, bias, scale or 1 / math.sqrt(16), 8, n_select, sink, local)
+    assert torch.equal(got, want)
+    assert (candidates < 0).all(-1).any() and (got >= 0).any()  # empty rows and real selections both occur
+
+
+def test_refine_softmax_runs_over_the_candidates_keys_only():
+    """Two queries of one block; block 2 is not a candidate. Over all keys, query 0's mass sits on block 2 and block 1
+    would win (0.45 against 0.27); over the candidates' keys, query 0 puts 0.88 on block 0, which wins (1.26 against
+    0.74). topk_attention itself picks block 2."""
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)[None, None]
+    k = torch.tensor([[2.0, 0.0]] * 2 + [[0.0, 0.5]] * 2 + [[10.0, 0.0]] * 2, dtype=torch.float64)[None, None]
+    settings = dict(is_causal=False, scale=1.0, block_size=2, n_select=1, sink_blocks=0, local_blocks=0)
+    candidates = torch.tensor([0, 1], dtype=torch.int32).view(1, 1, 1, 2)
+    assert refine_blocks(q, k, candidates, None, **settings).tolist() == [[[[0]]]]
+    assert topk_attention(q, k, k, None, **settings)[1].tolist() == [[[[2]]]]
+    assert refine_blocks(q, k, candidates[..., 1:], None, **settings).tolist() == [[[[1]]]]
+
+
+def test_refine_candidate_idx_errors_name_it():
+    """A malformed candidate_idx (dtype, rank, shape, order, padding, range) is a ValueError naming it."""
+    q, k, _ = qkv(Sq=21, Skv=37)
+    good = every_block(2, 2, 21, 37, 8)
+
+    def refine(candidates, **changes):
+        refine_blocks(q, k, candidates, None, **{"is_causal": True, "scale": None, **selection(3, 1, 1), **changes})
+
+    refine(good)
+    row = torch.tensor([[0, 1, 2, 3, 4]], dtype=torch.int32)
+    for candidates, message in [
+        (good.long(), r"candidate_idx must be int32 \[B, Hkv, ceil\(Sq/bs\), n_sel\] = \[2, 2, 3, n_sel\]"),
+        (good[0], "candidate_idx must be int32"),
+        (good[:, :, :2], r"candidate_idx must be int32 .* got torch.int32 \(2, 2, 2, 5\)"),
+        (good.flip(-1), "each candidate_idx row must be strictly ascending block indices followed by -1 padding"),
+        (torch.where(row == 1, 0, row).expand(2, 2, 3, 5), "each candidate_idx row must be strictly ascending"),
+        (torch.where(row == 0, -1, row).expand(2, 2, 3, 5), "each candidate_idx row must be strictly ascending"),
+        (torch.where(row == 4, 5, row).expand(2, 2, 3, 5), r"candidate_idx holds entries outside \[-1, 5\)"),
+        (torch.where(row == 4, -2, row).expand(2, 2, 3, 5), r"candidate_idx holds entries outside \[-1, 5\)"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            refine(candidates.contiguous())
+    with pytest.raises(ValueError, match="sink_blocks \\+ local_blocks"):
+        refine(good, n_select=1)
+
+
+def test_opcheck_refine_blocks_and_fake_shape():
+    """opcheck passes, and under FakeTensorMode the op gives int32 [B, Hkv, ceil(Sq / bs), n_select] and refuses a
+    candidate_idx of the wrong shape as the real kernel does."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    q, k, v = qkv()
+    mask = padding_mask(2, 21, 37, [37, 30])
+    _, candidates = topk_attention(q, k, v, mask, is_causal=False, scale=None, **selection(4, 1, 1))
+    torch.library.opcheck(refine_blocks, (q, k, candidates, mask), dict(is_causal=False, scale=0.3,
+                                                                        **selection(2, 1, 1)))
+    torch.library.opcheck(refine_blocks, (q, k, every_block(2, 2, 21, 37, 8), None),
+                          dict(is_causal=True, scale=None, **selection(3, 1, 1)))
+    with FakeTensorMode() as mode:
+        fake_q, fake_k, fake_candidates = (mode.from_tensor(t) for t in (q, k, candidates))
+        out = refine_blocks(fake_q, fake_k, fake_candidates, None, is_causal=True, scale=None, **selection(6, 1, 2))
+        assert out.shape == (2, 2, 3, 6) and out.dtype == torch.int32
+        with pytest.raises(ValueError, match="candidate_idx must be int32"):
+            refine_blocks(fake_q, fake_k, fake_candidates[:, :1], None, is_causal=True, scale=None,
+                          **selection(6, 1, 2))
