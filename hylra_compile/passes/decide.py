@@ -2,7 +2,8 @@
 
 The policy is applied by layer index: each graph takes the entries of the layers it holds, so a model split by
 graph breaks compiles graph by graph. A consumer whose producer lies in another graph (or stays dense, runs later,
-or has other shapes) stays dense with that reason; a producer that no layer of this graph consumes runs as full.
+has other shapes, or another mask: a sliding-window layer beside a global one) stays dense with that reason; a
+producer that no layer of this graph consumes runs as full.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ DENSE_CAUSES = {
     "source_in_other_graph": "a consumer whose producer is in another graph",
     "source_unusable": "a consumer whose producer stays dense or runs after it",
     "shape_mismatch": "a consumer whose shapes differ from its producer's",
+    "mask_mismatch": "a consumer whose mask differs from its producer's (another mask kind or window)",
 }
 
 
@@ -100,6 +102,16 @@ def _decide_one(match: AttentionMatch, policy: Policy, by_layer: dict, position:
         if not holds(a == b):
             return _dense(f"policy: consumer of {source}, but {name} {b} differs from {a} of layer "
                           f"{source}", "shape_mismatch")
+    # A selection covers the consumer's keys only if the producer chose among the same allowed keys: a sliding-window
+    # producer never selects what a global consumer may see (hybrid models alternate the two), so the mask must be
+    # the same graph value and causality the same.
+    if producer.mask is not match.mask or producer.is_causal != match.is_causal:
+        def kind(m: AttentionMatch) -> str:
+            return f"mask {m.mask.name}" if m.mask is not None else "causal, no mask" if m.is_causal else "no mask"
+
+        return _dense(f"policy: consumer of {source}, but its keys ({kind(match)}) differ from layer {source}'s "
+                      f"({kind(producer)}): another mask kind or window, whose selection cannot cover them",
+                      "mask_mismatch")
     return Decision(action="consumer", source=source)
 
 

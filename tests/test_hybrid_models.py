@@ -1,0 +1,99 @@
+"""Models that mix sliding-window and global layers: a consumer reuses only a producer with the same mask.
+
+A sliding-window producer never selects the keys a global consumer may see beyond the window (and a global producer
+spends its budget on keys a window consumer cannot see), so such a pairing is left dense with the reason
+(``mask_mismatch``); pairings of the same mask kind are rewritten. Metamorphic check on every hybrid family this
+transformers ships that runs through SDPA or the eager path: with ``top_k`` past the sequence every policy equals
+dense.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from hylra_compile import HylraBackend, Policy
+from tests.independent import IndependentHylra
+from tests.numerics import rel_err
+
+BLOCK = 8
+LAYER_TYPES = ["sliding_attention", "full_attention"] * 2
+# family -> (config overrides, attention implementation)
+FAMILIES = {
+    "gemma2": (dict(attn_logit_softcapping=None, final_logit_softcapping=None), "eager"),
+    "gemma3_text": ({}, "sdpa"),
+    "cohere2": ({}, "sdpa"),
+    "qwen2": (dict(use_sliding_window=True), "sdpa"),
+    "qwen3": (dict(use_sliding_window=True), "sdpa"),
+    "exaone4": ({}, "sdpa"),
+    "olmo3": ({}, "sdpa"),
+    "ministral": ({}, "sdpa"),
+}
+# Layers 0 and 2 slide, 1 and 3 are global: consumers 2 and 3 each reuse the producer of their own kind.
+SAME_KIND = Policy(["producer", "producer", "consumer", "consumer"], [None, None, 0, 1])
+
+
+def hybrid_model(family: str, attn: str | None = None, window: int = 24):
+    overrides, default_attn = FAMILIES[family]
+    try:
+        config = AutoConfig.for_model(
+            family, vocab_size=64, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
+            head_dim=16, num_hidden_layers=4, layer_types=LAYER_TYPES, sliding_window=window,
+            max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2, **overrides)
+    except (KeyError, ValueError) as err:
+        pytest.skip(f"transformers has no {family} config here: {err}")
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config, attn_implementation=attn or default_attn).eval()
+
+
+def compiled_logits(model, ids, policy, top_k):
+    torch._dynamo.reset()
+    backend = HylraBackend(policy=policy, top_k=top_k, block_size=BLOCK, min_seq_len=0, inductor=False)
+    with torch.no_grad():
+        return torch.compile(model, backend=backend)(ids).logits, backend
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_top_k_past_the_sequence_equals_dense_for_any_policy(family):
+    """Jump-2 pairs each global layer with a sliding producer: those consumers stay dense (mask_mismatch) and the
+    logits equal dense; the same-kind policy rewrites both consumers and still equals dense."""
+    model = hybrid_model(family)
+    ids = torch.randint(3, 64, (1, 70))
+    with torch.no_grad():
+        dense = model(ids).logits
+    counters.clear()
+    out, backend = compiled_logits(model, ids, Policy.every(2, 4), top_k=512)
+    assert rel_err(out, dense) < 1e-5
+    assert [s.action for s in backend.reports[0].sites] == ["dense"] * 4
+    assert counters["hylra"]["dense.mask_mismatch"] == 2
+    out, backend = compiled_logits(model, ids, SAME_KIND, top_k=512)
+    assert rel_err(out, dense) < 1e-5
+    assert [s.action for s in backend.reports[0].sites] == ["producer", "producer", "consumer", "consumer"]
+
+
+def test_mismatch_reason_names_both_masks():
+    model = hybrid_model("gemma3_text")
+    _, backend = compiled_logits(model, torch.randint(3, 64, (1, 40)), Policy.every(2, 4), top_k=512)
+    reason = backend.reports[0].sites[1].reason
+    assert reason.startswith("policy: consumer of 0, but its keys (causal, no mask) differ from layer 0's (mask ")
+    assert "another mask kind or window" in reason
+
+
+@pytest.mark.parametrize("family", ["gemma3_text", "qwen2"])
+def test_same_kind_pairs_equal_independent_hylra(family):
+    """A small top_k on a sequence longer than the window: the sliding consumer reuses the sliding producer's blocks,
+    the global one the global producer's, as HyLRA written independently does."""
+    model = hybrid_model(family)
+    reference = IndependentHylra(SAME_KIND, n_select=3, sink=1, local=1, min_seq_len=0, block=BLOCK)
+    independent = hybrid_model(family, attn=reference.name)
+    ids = torch.randint(3, 64, (1, 75))
+    torch._dynamo.reset()
+    backend = HylraBackend(policy=SAME_KIND, top_k=3 * BLOCK, block_size=BLOCK, sink_blocks=1, local_blocks=1,
+                           min_seq_len=0, inductor=False)
+    with torch.no_grad():
+        out = torch.compile(model, backend=backend)(ids).logits
+        ref, dense = independent(ids).logits, model(ids).logits
+    assert rel_err(out, ref) < 1e-5
+    assert rel_err(out, dense) > 1e-3  # the sparsity is real
