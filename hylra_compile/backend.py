@@ -73,8 +73,9 @@ def _graph_name(name: str, index: int) -> str:
 
 
 # backend="hylra": the backend of each torch.compile call, keyed by the options mapping that call holds (torch
-# passes the same object for every graph of the call). The reports of every backend, in compile order.
-_string_backends: list[tuple[Mapping[str, Any] | None, HylraBackend]] = []
+# passes the same object for every graph of the call) and the values it held then. The reports of every backend,
+# in compile order.
+_string_backends: list[tuple[Mapping[str, Any] | None, dict[str, Any], HylraBackend]] = []
 _all_reports: list[GraphReport] = []
 
 
@@ -85,10 +86,13 @@ def hylra_backend(
     options are parsed once per ``torch.compile`` call (a policy file is read once); :func:`reports` returns
     what every graph became. ``mode="reduce-overhead"`` (torch.compile takes a mode only without options) turns
     on CUDA graphs."""
-    backend = next((held for key, held in _string_backends if key is options), None)
+    values = dict(options or {})
+    # The same mapping with the same values: a mapping changed since (opts["policy"] = ...) is parsed anew.
+    backend = next((held for key, held_values, held in _string_backends if key is options and held_values == values),
+                   None)
     if backend is None:
-        backend = HylraBackend(**(options or {}))
-        _string_backends.append((options, backend))
+        backend = HylraBackend(**values)
+        _string_backends.append((options, values, backend))
     return backend(gm, example_inputs, mode=mode)
 
 

@@ -17,10 +17,11 @@ import numpy as np
 import torch
 
 from .corpora import PREFIX as BUILTIN, builtin_text
+from .files import check_output_file, check_writable_folder
 from .models import load_config, load_model
 from .options import DEFAULT_CANDIDATES, SELECTIONS, HylraOptions
 from .policy import Policy
-from .profiler import SIMILARITIES
+from .profiler import SIMILARITIES, Profile, profile_path
 from .tasks import TASKS
 
 TOKEN_SUFFIXES = (".pt", ".npy")
@@ -107,8 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="greedy decode steps measured after each prefill (default 0: prefill only)")
     prof.add_argument("--head-map", action="store_true", help="also record the cross-head overlap in --profile-out")
     _add_similarity_argument(prof)
-    prof.add_argument("--out", required=True, help="policy JSON to write")
+    prof.add_argument("--out", required=True, help="policy JSON to write (an existing file must be a policy)")
     prof.add_argument("--profile-out", help="also save the profile (.json or .safetensors)")
+    prof.add_argument("--force", action="store_true", help="replace --out / --profile-out even when the existing file "
+                      "is not an earlier output of the same kind")
 
     ev = commands.add_parser("eval", help="accuracy of policies against dense: retrieval, perplexity, KL, RNMSE")
     _add_model_arguments(ev)
@@ -167,6 +170,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(2, f"hylra {args.command}: error: {err}\n")
 
 
+def _is_profile_file(path: Path) -> bool:
+    try:
+        Profile.load(path)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return True
+
+
 # -- data -------------------------------------------------------------------------------------------------------
 def load_data(paths: Sequence[str], tokenizer: Any) -> list[Any]:
     """One item per file: an integer array for .pt / .npy files, the text for ``builtin:*`` and any other file."""
@@ -212,6 +223,10 @@ def _profile(args: argparse.Namespace) -> int:
         raise ValueError("give --theta (threshold mode) or --budget (budget mode)")
     if args.max_rnmse is not None and args.max_rnmse < 0:
         raise ValueError(f"--max-rnmse must be >= 0, got {args.max_rnmse}")
+    # The outputs are checked before the model loads: a profile can take many minutes.
+    check_output_file(args.out, "--out", Policy.is_policy_file, args.force)
+    if args.profile_out:
+        check_output_file(profile_path(args.profile_out), "--profile-out", _is_profile_file, args.force)
     model, tokenizer = _load(args)
     data = load_data(args.data, tokenizer)
     prof = profile(
@@ -291,7 +306,7 @@ def policy_from_spec(spec: str, num_layers: int, get_profile, max_rnmse: float |
 
 def _eval(args: argparse.Namespace) -> int:
     from .evaluate import check_sparse, evaluate
-    from .profiler import Profile, calibration_samples, full_windows, profile
+    from .profiler import calibration_samples, full_windows, profile
     from .tasks import HAYSTACKS, make_prompts
 
     # Everything that can be checked without the model is checked before it loads.
@@ -322,6 +337,7 @@ def _eval(args: argparse.Namespace) -> int:
     check_sparse(f"--top-k {args.top_k}", options, longest)
     if args.profile and not Path(args.profile).is_file():
         raise ValueError(f"--profile {args.profile!r} does not exist")
+    check_writable_folder(args.out_dir, "--out-dir")
     specs = args.policies or list(DEFAULT_POLICIES)
     config_layers = getattr(load_config(args.model, args.gguf_file), "num_hidden_layers", None)
     if not isinstance(config_layers, int):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import io
 import json
 import math
 import platform
@@ -32,6 +33,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from .files import write_atomic
 from .models import cache_argument
 from .options import DEFAULT_CANDIDATES, HylraOptions
 from .policy import Policy
@@ -263,15 +265,17 @@ class Evaluation:
         return cls(results, data["metadata"])
 
     def save(self, out_dir: str | Path, stem: str = "eval") -> list[Path]:
-        """``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` in ``out_dir``."""
+        """``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` in ``out_dir``, each written atomically."""
         from .plots import plot_evaluation
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         paths = [out_dir / f"{stem}.{suffix}" for suffix in ("json", "md", "png")]
-        paths[0].write_text(json.dumps(self.to_json(), indent=1) + "\n")
-        paths[1].write_text(self.to_markdown())
-        plot_evaluation(self, paths[2])
+        figure = io.BytesIO()
+        plot_evaluation(self, figure)  # drawn first: a plotting error leaves no new file
+        write_atomic(paths[0], json.dumps(self.to_json(), indent=1) + "\n")
+        write_atomic(paths[1], self.to_markdown())
+        write_atomic(paths[2], figure.getvalue())
         return paths
 
 

@@ -80,7 +80,9 @@ class GenerateCompilation:
         return self._run_prefill(*args, **kwargs)
 
     def restore(self) -> None:
-        """Give the model back its own ``forward`` and generation settings."""
+        """Give the model back its own ``forward`` and generation settings (a second call does nothing)."""
+        if "forward" not in vars(self.model):
+            return
         del self.model.forward
         for name, value in self._saved.items():
             setattr(self.model.generation_config, name, value)

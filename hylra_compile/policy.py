@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from .files import write_atomic
+
 MODES = ("full", "producer", "consumer")
 FORMAT = "hylra-policy"
 VERSION = 1
@@ -107,7 +109,8 @@ class Policy:
         )
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        """Write the policy JSON atomically (a failed write leaves the old file, never a truncated one)."""
+        write_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "Policy":
@@ -116,9 +119,20 @@ class Policy:
             raise ValueError(f"policy file {str(path)!r} does not exist")
         try:
             data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"policy file {str(path)!r} is not valid JSON: {err}") from None
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except (ValueError, TypeError, AttributeError) as err:
+            raise ValueError(f"policy file {str(path)!r}: {err}") from None
+
+    @staticmethod
+    def is_policy_file(path: str | Path) -> bool:
+        """Whether ``path`` holds a hylra policy JSON (an earlier output of ``hylra profile``)."""
+        try:
+            return json.loads(Path(path).read_text()).get("format") == FORMAT
+        except (OSError, ValueError, AttributeError):
+            return False
 
     # -- queries ------------------------------------------------------------------------------------------------
     @property

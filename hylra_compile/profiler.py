@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .files import write_atomic
 from .lowering import reference
 from .models import cache_argument
 from .options import HylraOptions
@@ -118,20 +119,20 @@ class Profile:
     def save(self, path: str | Path) -> None:
         """Write ``.json`` (matrices as nested lists) or ``.safetensors`` (matrices as float64 tensors, metadata in
         the header)."""
-        path = _profile_path(path)
+        path = profile_path(path)
         header = {"format": PROFILE_FORMAT, "version": PROFILE_VERSION, "metadata": self.metadata}
         if path.suffix == ".safetensors":
-            from safetensors.numpy import save_file
+            from safetensors.numpy import save
 
-            save_file({k: np.ascontiguousarray(v) for k, v in self._arrays().items()}, str(path),
-                      metadata={"hylra": json.dumps(header)})
+            write_atomic(path, save({k: np.ascontiguousarray(v) for k, v in self._arrays().items()},
+                                    metadata={"hylra": json.dumps(header)}))
         else:
             data = {**header, **{k: v.tolist() for k, v in self._arrays().items()}}
-            path.write_text(json.dumps(data) + "\n")
+            write_atomic(path, json.dumps(data) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "Profile":
-        path = _profile_path(path)
+        path = profile_path(path)
         if not path.is_file():
             raise ValueError(f"profile file {str(path)!r} does not exist")
         if path.suffix == ".safetensors":
@@ -157,7 +158,8 @@ class Profile:
         return f"Profile(num_layers={self.num_layers}, num_kv_heads={self.num_kv_heads})"
 
 
-def _profile_path(path: str | Path) -> Path:
+def profile_path(path: str | Path) -> Path:
+    """``path`` as a profile file name (``.json`` or ``.safetensors``), or a clear error."""
     path = Path(path)
     if path.suffix not in (".json", ".safetensors"):
         raise ValueError(f"profile file {str(path)!r}: unknown extension; valid ones are '.json' and '.safetensors'")

@@ -371,3 +371,54 @@ def test_refine_and_oracle_with_top_k_covering_sequence_equal_dense(selection, p
     assert rel_err(out, ref) < 1e-5
     selections = {"refine": ("refine_blocks", 2), "oracle": ("topk_attention", 4)}[selection]
     assert len(hylra_nodes(backend.graphs[0], selections[0])) == selections[1]
+
+
+def test_string_backend_parses_a_changed_options_mapping_again():
+    """backend="hylra" with the same options dict, changed between compiles: the new values apply."""
+    import hylra_compile
+
+    model = tiny_model("llama", "sdpa", num_layers=2)
+    ids = torch.randint(0, 64, (1, 40))
+    options = {"policy": Policy.every(2, 2), "top_k": 24, "block_size": BLOCK, "min_seq_len": 0, "inductor": False}
+    hylra_compile.reset_reports()
+    for top_k in (24, 32):
+        options["top_k"] = top_k
+        torch._dynamo.reset()
+        with torch.no_grad():
+            torch.compile(model, backend="hylra", options=options)(ids)
+    assert [r.sites[0].action for r in hylra_compile.reports()] == ["producer", "producer"]
+    graphs = [backend.graphs[-1] for _, _, backend in hylra_compile.backend._string_backends]
+    assert [hylra_nodes(gm, "topk_attention")[0].kwargs["n_select"] for gm in graphs] == [3, 4]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("grad", "inputs require grad: run the model under torch.no_grad()"),
+    ("dynamic", "not a compile-time constant: compile with static shapes"),
+    ("no consumer", "the policy has no consumer layer"),
+    ("top_k", "top_k=64 keeps every block of the traced keys (40)"),
+])
+def test_a_compile_that_runs_nothing_sparse_warns_with_the_fix(case, message):
+    model = tiny_model("llama", "sdpa", num_layers=4)
+    ids = torch.randint(0, 64, (1, 40))
+    policy = Policy.full(4) if case == "no consumer" else Policy.every(2, 4)
+    backend = HylraBackend(policy=policy, top_k=64 if case == "top_k" else 24, block_size=BLOCK, inductor=False)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=backend, dynamic=case == "dynamic")
+    with pytest.warns(UserWarning, match="no attention site of .* runs sparse") as record:
+        if case == "grad":
+            compiled(ids)
+        else:
+            with torch.no_grad():
+                compiled(ids)
+    assert any(message in str(w.message) for w in record)
+
+
+def test_a_sparse_compile_does_not_warn():
+    import warnings
+
+    model = tiny_model("llama", "sdpa", num_layers=4)
+    compiled, _ = compile_model(model, policy=Policy.every(2, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        with torch.no_grad():
+            compiled(torch.randint(0, 64, (1, 40)))

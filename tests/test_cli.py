@@ -287,3 +287,34 @@ def test_eval_candidates_reach_the_evaluation(files):
     assert main(eval_args(files, "--policy", "every:2", "--selection", "refine", "--candidates", "2")) == 0
     metadata = json.loads((files / "eval" / "eval.json").read_text())["metadata"]
     assert (metadata["selection"], metadata["candidates"]) == ("refine", 2)
+
+
+def test_profile_refuses_to_replace_a_file_that_is_not_a_policy(files, capsys, no_model_load):
+    """--out naming a file that is not a policy (the model's own config here) is refused before the model loads;
+    --force replaces it; an unwritable --profile-out folder is refused before the model loads too."""
+    config = files / "config.json"
+    before = config.read_text()
+    argv = profile_args(files, "--budget", "2")
+    argv[argv.index("--out") + 1] = str(config)
+    assert "exists and is not an earlier output of this kind" in run_error(argv, capsys)
+    assert config.read_text() == before and no_model_load == []
+    blocked = files / "a-file"
+    blocked.write_text("x")
+    message = run_error(profile_args(files, "--budget", "2", "--profile-out", str(blocked / "p.json")), capsys)
+    assert "cannot be written" in message and no_model_load == []
+    assert "unknown extension" in run_error(profile_args(files, "--budget", "2", "--profile-out", "p.txt"), capsys)
+    with pytest.raises(RuntimeError, match="the model was loaded"):
+        main([*argv, "--force"])
+
+
+def test_profile_replaces_its_own_earlier_policy(files):
+    assert main(profile_args(files, "--budget", "2")) == 0
+    assert main(profile_args(files, "--budget", "1")) == 0
+    assert Policy.load(files / "policy.json").modes.count("consumer") == 2
+
+
+def test_eval_refuses_an_unwritable_out_dir_before_the_model_loads(files, capsys, no_model_load):
+    (files / "a-file").write_text("x")
+    argv = eval_args(files, "--policy", "every:2")
+    argv[argv.index("--out-dir") + 1] = str(files / "a-file" / "eval")
+    assert "--out-dir" in run_error(argv, capsys) and no_model_load == []

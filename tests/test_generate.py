@@ -79,6 +79,8 @@ def test_chunked_prefill_stopping_and_restore():
     assert len(compilation.prefill.graphs) == 1  # chunks of 16 and the last of 5 share the graph
     compilation.restore()
     assert "forward" not in vars(model) and model.generation_config.to_dict() == before
+    compilation.restore()  # a second restore does nothing
+    assert "forward" not in vars(model) and model.generation_config.to_dict() == before
 
 
 def test_decode_without_static_cache_runs_the_prefill_graph():

@@ -61,6 +61,28 @@ def test_bad_constructor_args_and_files(tmp_path):
         Policy.load(tmp_path / "v.json")
 
 
+@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n\x00\xff", b'{"format": "hylra-policy", "version": 1, '
+                                     b'"num_layers": 1, "layers": [7]}', b"[1, 2]"])
+def test_broken_policy_files_are_named(tmp_path, content):
+    """A binary file, a layer that is not an object, a list: a ValueError naming the file, never a raw
+    UnicodeDecodeError / TypeError / AttributeError."""
+    path = tmp_path / "broken.json"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="broken.json"):
+        Policy.load(path)
+    assert Policy.is_policy_file(path) == content.startswith(b'{"format": "hylra-policy"')  # may be replaced
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    """A failed save leaves the earlier policy file whole."""
+    path = tmp_path / "p.json"
+    Policy.every(2, 4).save(path)
+    monkeypatch.setattr("hylra_compile.policy.json.dumps", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        Policy.full(4).save(path)
+    assert Policy.load(path) == Policy.every(2, 4) and Policy.is_policy_file(path)
+
+
 def test_check_model():
     policy = Policy.every(2, 4, num_kv_heads=8)
     policy.check_model(4, 8)

@@ -56,6 +56,7 @@ def run_passes(gm: torch.fx.GraphModule, options: HylraOptions, name: str, dump_
     if dump_dir is not None:
         nx.nx_pydot.write_dot(report.edge_graph(), dump_dir / "edges.dot")
     _count(matches, decisions, masks, outputs)
+    warn_if_nothing_sparse(name, matches, decisions, options)
     return report
 
 
@@ -106,3 +107,35 @@ def _table(header: tuple[str, ...], rows: list[tuple]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join("" if cell is None else str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+# Why a whole graph may end up with no sparse site although a policy was given, for causes the user can fix: (the
+# text of a site's reason that names it, what to do).
+_FIXABLE_CAUSES = (
+    ("inputs require grad", "run the model under torch.no_grad() (or torch.inference_mode()) and in model.eval()"),
+    ("not a compile-time constant", "compile with static shapes (no dynamic=True): the attention scale became a "
+                                    "symbolic value"),
+)
+
+
+def warn_if_nothing_sparse(name: str, matches, decisions, options: HylraOptions) -> None:
+    """Warn (once per cause and graph) when a policy was given but no site of the graph attends sparsely for a
+    reason the user can fix: the inputs require grad, a symbolic scale (``dynamic=True``), a policy with no
+    consumer, or a ``top_k`` that keeps every block of the traced key length."""
+    import warnings
+
+    if options.policy is None or not matches:
+        return
+    fixes = []
+    if not any(d.action == "consumer" for d in decisions):
+        fixes += [f"{cause}: {fix}" for cause, fix in _FIXABLE_CAUSES
+                  if any(d.reason and cause in d.reason for d in decisions)]
+        if "consumer" not in options.policy.modes:
+            fixes.append("the policy has no consumer layer: give some layers mode 'consumer' (e.g. Policy.every(4, "
+                         "n))")
+    lengths = [example_value(m.k).shape[2] for m, d in zip(matches, decisions) if d.action == "consumer"]
+    if lengths and all(isinstance(n, int) and options.n_select * options.block_size >= n for n in lengths):
+        fixes.append(f"top_k={options.top_k} keeps every block of the traced keys ({max(lengths)}), so consumers "
+                     "attend densely: a smaller top_k, or longer inputs, make them sparse")
+    for fix in fixes:
+        warnings.warn(f"hylra: no attention site of {name} runs sparse; {fix}", UserWarning, stacklevel=2)
