@@ -44,7 +44,8 @@ plot_policy(policy, OUT / "policy.png")
 plot_similarity(profile.similarity, policy, OUT / "similarity.png")
 full = sum(mode != "consumer" for mode in policy.modes)
 sensitive = sorted(range(L), key=lambda layer: -profile.sensitivity[layer])[:KEEP_SENSITIVE]
-print(f"policy: {policy} ({full} of {L} layers attend fully; most sensitive layers {sorted(sensitive)})")
+print(f"policy: {policy} (P producer, c consumer, F dense: {full} of {L} full-attention layers; most sensitive "
+      f"layers {sorted(sensitive)})")
 
 # 3. Compile. inductor=False: on the CPU the ops run their reference code either way, and Inductor's C++ compile
 # of a 30-layer graph would take most of the demo's time.
@@ -66,7 +67,10 @@ with torch.no_grad():
 kl = kl_divergence(torch.log_softmax(dense_logits.float(), -1), torch.log_softmax(hylra_logits.float(), -1))
 agree = (dense_logits.argmax(-1) == hylra_logits.argmax(-1)).float().mean()
 
-print(f"\n{backend.reports[0]}\n")
+# Three graphs: the prompt's prefill, the first decode step (a cache of the prompt's length) and the later decode
+# steps (Dynamo makes the cache length dynamic on its second size).
+print(f"\n{len(backend.reports)} graphs: the prompt's prefill and the decode steps")
+print(*backend.reports, sep="\n\n", end="\n\n")
 print(f"expected answer: {prompt.answer} (distractors {', '.join(prompt.distractors)})")
 print(f"dense : {dense_answer!r} -> {'correct' if score(prompt.answer, dense_answer) else 'wrong'} ({dense_time:.0f} s)")
 print(f"hylra : {hylra_answer!r} -> {'correct' if score(prompt.answer, hylra_answer) else 'wrong'} "

@@ -51,11 +51,14 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
                         help="checkpoint directory, config JSON (random weights), .gguf file, or smollm2")
     parser.add_argument("--gguf-file", help="GGUF file name inside the --model directory")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the model runs: cuda (the Triton kernels) or cpu (the ops' torch reference, "
+                             "minutes per long prompt) (default: cuda when available)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
                         help="model dtype (default: bfloat16 on CUDA, float32 otherwise)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights of a config-only model")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (neither hylra's nor transformers' GGUF conversion bar)")
 
 
 def _add_selection_arguments(parser: argparse.ArgumentParser, top_k: int | None, block_size: int | None) -> None:
@@ -83,6 +86,10 @@ def _add_similarity_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace):
+    if args.no_progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     dtype_name = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     return load_model(args.model, gguf_file=args.gguf_file, device=args.device, dtype=getattr(torch, dtype_name),
                       seed=args.seed)
@@ -92,7 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hylra", description="HyLRA offline profiler and policy tools")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    prof = commands.add_parser("profile", help="profile a model on calibration data and write an optimal policy")
+    prof = commands.add_parser(
+        "profile", help="profile a model on calibration data and write an optimal policy",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="example:\n  hylra profile --model smollm2 "
+        "--data builtin:prose --seq-len 4096 --top-k 1024 --block-size 64 --budget 6 --out policy.json")
     _add_model_arguments(prof)
     prof.add_argument("--data", required=True, nargs="+", metavar="FILE",
                       help="text files (need the checkpoint's tokenizer), builtin:prose / builtin:code, or token-id "
@@ -113,7 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--force", action="store_true", help="replace --out / --profile-out even when the existing file "
                       "is not an earlier output of the same kind")
 
-    ev = commands.add_parser("eval", help="accuracy of policies against dense: retrieval, perplexity, KL, RNMSE")
+    ev = commands.add_parser(
+        "eval", help="accuracy of policies against dense: retrieval, perplexity, KL, RNMSE",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="example (a GPU, ~5 minutes):\n  hylra eval "
+        "--model qwen2.5-coder-0.5b --seq-len 32768 --lengths 32768 --top-k 2048 --min-seq-len 4096 \\\n"
+        "             --policy every:4 --policy budget:6 --selection refine --samples 6")
     _add_model_arguments(ev)
     ev.add_argument("--policy", dest="policies", action="append", default=[], metavar="SPEC",
                     help="repeatable: every:N (Jump-N), budget:N (N dense layers, profiled), dp:THETA (the optimiser "
@@ -152,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_similarity_argument(ev)
     ev.add_argument("--out-dir", default="hylra-eval", help="where eval.json, eval.md, eval.png go (default hylra-eval)")
 
-    insp = commands.add_parser("inspect", help="print a policy's layer table and draw its figures")
+    insp = commands.add_parser("inspect", help="print a policy's layer table and draw its figures",
+                               formatter_class=argparse.RawDescriptionHelpFormatter,
+                               epilog="example:\n  hylra inspect policy.json --model smollm2 --out-dir figures/")
     insp.add_argument("policy", help="policy JSON")
     insp.add_argument("--out-dir", help="where to write similarity.png and policy.png (default: the policy's folder)")
     insp.add_argument("--model", help="also check that the policy fits this model (directory, config JSON, .gguf, "
@@ -431,9 +447,9 @@ def format_policy_table(policy: Policy) -> str:
         sim = f"{similarity[source][layer]:.4f}" if similarity is not None and source is not None else "-"
         sens = f"{sensitivity[layer]:.4f}" if sensitivity is not None else "-"
         rows.append(f"{layer:>5}  {mode:<8}  {'-' if source is None else source:>6}  {sim:>10}  {sens:>11}")
-    dense = sum(mode != "consumer" for mode in policy.modes)
-    rows.append(f"{policy.num_layers} layers, {dense} dense, {policy.num_layers - dense} consumers; "
-                f"num_kv_heads={policy.num_kv_heads}")
+    count = {mode: policy.modes.count(mode) for mode in ("full", "producer", "consumer")}
+    rows.append(f"{policy.num_layers} layers: {count['full'] + count['producer']} full-attention ({count['full']} dense, "
+                f"{count['producer']} producer), {count['consumer']} consumer; num_kv_heads={policy.num_kv_heads}")
     return "\n".join(rows)
 
 

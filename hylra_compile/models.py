@@ -176,6 +176,9 @@ def resolve(path: str, gguf_file: str | None = None) -> tuple[Path, str | None]:
         return location, gguf_file
     if location.is_dir() or (location.is_file() and location.suffix == ".json"):
         return location, None
+    if not location.exists():
+        raise ValueError(f"model {path!r} does not exist (nor is it a named model: "
+                         f"{', '.join(sorted(NAMED_MODELS))})")
     raise ValueError(
         f"model {path!r} is neither a checkpoint directory, a config .json file, a .gguf file nor a named model "
         f"({', '.join(sorted(NAMED_MODELS))})"

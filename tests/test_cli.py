@@ -62,7 +62,7 @@ def test_profile_then_inspect(files, capsys):
     assert len(policy.provenance["similarity"]) == 3 and len(policy.provenance["sensitivity"]) == 3
     assert (files / "profile.safetensors").stat().st_size > 0
     printed = capsys.readouterr().out
-    assert "consumer" in printed and "3 layers, 1 dense, 2 consumers" in printed
+    assert "consumer" in printed and "3 layers: 1 full-attention (0 dense, 1 producer), 2 consumer" in printed
 
     assert main(["inspect", str(files / "policy.json"), "--out-dir", str(files / "figures"),
                  "--model", str(files / "config.json")]) == 0
@@ -318,3 +318,25 @@ def test_eval_refuses_an_unwritable_out_dir_before_the_model_loads(files, capsys
     argv = eval_args(files, "--policy", "every:2")
     argv[argv.index("--out-dir") + 1] = str(files / "a-file" / "eval")
     assert "--out-dir" in run_error(argv, capsys) and no_model_load == []
+
+
+@pytest.mark.parametrize("command", ["profile", "eval", "inspect"])
+def test_help_shows_an_example(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert "example" in out and f"hylra {command} " in out.split("example")[-1]
+
+
+def test_missing_model_is_named_missing(files, capsys):
+    message = run_error(eval_args(files, "--policy", "every:2")[:2] + ["nowhere/model"] +
+                        eval_args(files, "--policy", "every:2")[3:], capsys)
+    assert "model 'nowhere/model' does not exist" in message
+
+
+def test_no_progress_also_quiets_transformers(files, monkeypatch):
+    from transformers.utils import logging as hf_logging
+
+    monkeypatch.setattr(hf_logging, "_tqdm_active", True)
+    assert main(eval_args(files, "--policy", "every:2")) == 0
+    assert not hf_logging.is_progress_bar_enabled()
