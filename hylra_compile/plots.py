@@ -100,8 +100,8 @@ def plot_policy(policy: Policy, path: str | Path) -> None:
 def plot_evaluation(evaluation, path) -> None:
     """Retrieval accuracy (with Wilson 95% intervals) and KL(dense ‖ setting) against the number of full-attention
     layers, one labelled point per setting (dense included), written to ``path`` (a file name or a binary file).
-    Labels of settings at the same place are stacked, and a KL axis whose values are all rounding noise (< 1e-6)
-    is drawn from 0 to 1e-3 rather than magnified."""
+    Labels of settings at one x alternate between two columns, and a KL axis whose values are all rounding noise
+    (< 1e-6) is drawn from 0 to 1e-3 rather than magnified."""
     from .evaluate import wilson_interval
 
     plt = _pyplot()
@@ -117,19 +117,22 @@ def plot_evaluation(evaluation, path) -> None:
         raise ValueError("the evaluation has neither retrieval prompts nor text windows: nothing to plot")
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
     for ax, (label, values) in zip(axes[0], panels):
-        seen: dict[tuple, int] = {}
-        for result, (value, interval) in zip(results, values):
+        # Labels of settings at one x alternate between two columns in the order of their values, so settings
+        # with close values do not print over each other.
+        column = {}
+        for x in {r.full_layers for r in results}:
+            ranked = sorted((i for i, r in enumerate(results) if r.full_layers == x), key=lambda i: -values[i][0])
+            column.update({i: rank % 2 for rank, i in enumerate(ranked)})
+        for index, (result, (value, interval)) in enumerate(zip(results, values)):
             colour = "black" if result.name == "dense" else "#1f77b4"
             if interval is not None:
                 ax.errorbar(result.full_layers, value, yerr=[[value - interval[0]], [interval[1] - value]],
                             fmt="o", color=colour, capsize=3, alpha=0.8)
             else:
                 ax.scatter(result.full_layers, value, color=colour)
-            place = (result.full_layers, round(value, 6))
-            stacked = seen.get(place, 0)
-            seen[place] = stacked + 1
             ax.annotate(result.name, (result.full_layers, value), textcoords="offset points",
-                        xytext=(5, 4 - 9 * stacked), fontsize=7)
+                        xytext=(6 + 75 * column[index], 2), fontsize=7,
+                        arrowprops=dict(arrowstyle="-", color="#bbbbbb", lw=0.5) if column[index] else None)
         if label.startswith("KL") and max(value for value, _ in values) < 1e-6:
             ax.set_ylim(-5e-5, 1e-3)
         ax.set_xlabel("full-attention layers (dense + producer)")
@@ -137,7 +140,9 @@ def plot_evaluation(evaluation, path) -> None:
         ax.grid(alpha=0.3)
     m = evaluation.metadata
     dense = results[0]
-    fig.suptitle(f"{m['model']}: top_k {m['top_k']}, block {m['block_size']}, selection {m.get('selection', 'reuse')}; "
+    varied = any(r.options for r in results)  # settings then name what they change
+    fig.suptitle(f"{m['model']}: top_k {m['top_k']}, block {m['block_size']}"
+                 + ("" if varied else f", selection {m.get('selection', 'reuse')}") + "; "
                  f"{dense.accuracy()[1]} prompts, {dense.positions} scored text positions ({m['device']}, {m['date']})",
                  fontsize=9)
     fig.tight_layout()

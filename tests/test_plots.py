@@ -42,7 +42,7 @@ def test_evaluation_figure_titles_intervals_and_noise_axis(monkeypatch):
     assert kl.get_ylim()[1] == pytest.approx(1e-3)  # a KL of 1e-9 is not drawn as a difference
     labels = [t for t in retrieval.texts if t.get_text() in ("every:2", "budget:2")]
     assert len({t.xy for t in labels}) == 1  # same point ...
-    assert len({t.xyann for t in labels}) == 2  # ... labels stacked, not overlapping
+    assert len({t.xyann for t in labels}) == 2  # ... labels in two columns, not over each other
 
 
 def test_evaluation_figure_is_png_bytes():
