@@ -217,6 +217,8 @@ def load_model(
         with torch.device(device):  # initialise on the target device: an 8B model would take minutes on the CPU
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         tokenizer = None
+    if path in NAMED_MODELS and gguf_file is None:
+        model.config._name_or_path = path  # reports and figures name "smollm2", not a site-packages folder
     return model.to(device).eval(), tokenizer
 
 
