@@ -44,6 +44,7 @@ from hylra_compile import Policy, optimize, profile
 from hylra_compile.corpora import builtin_text
 from hylra_compile.evaluate import DENSE, Setting, evaluate, same_within_intervals, task_of, wilson_interval
 from hylra_compile.models import load_model
+from hylra_compile.plots import SETTING_TERMS
 from hylra_compile.profiler import full_windows
 from hylra_compile.tasks import make_prompts
 
@@ -287,18 +288,21 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.errorbar(r["kl"], y, yerr=[[y - 100 * lo], [100 * hi - y]], fmt="*" if r["pareto"] else "o",
                         color=colours.get(r["selection"], "#d62728"), capsize=3, markersize=9 if r["pareto"] else 5)
             speed = r["speed"] and r["speed"].get("decode_speedup_32K")
-            label = r["setting"] + (f" ({speed:.1f}× decode at 32K)" if speed else "")
+            label = r["setting"] + (f" ({speed:.1f}× decode at 32K, 8B shapes on H100)" if speed else "")
             # Neighbours in KL get labels at staggered heights, so near-equal settings stay readable.
             ax.annotate(label, (r["kl"], y), textcoords="offset points", xytext=(6, 10 - 10 * (i % 3)), fontsize=7)
         for selection, colour in colours.items():
             ax.scatter([], [], color=colour, label=f"selection {selection}")
+        ax.scatter([], [], marker="*", color="black", s=60, label="Pareto front (KL, retrieval, speed)")
         ax.set_xlabel("KL(dense ‖ setting), nats/token (held-out prose and code)")
         ax.set_ylabel("retrieval exact match, all tasks (%)")
-        ax.set_title(f"{model}, {length} tokens, top_k {top_k}; {d_total} prompts a setting ({group[0]['date']})",
-                     fontsize=9)
+        ax.set_title(f"{model}, {length} tokens, top_k {top_k}, block {group[0]['block_size']}, "
+                     f"{group[0]['dense_layers']}/{group[0]['num_layers']} full-attention layers\n{d_total} prompts per "
+                     f"setting ({group[0]['device']}, {group[0]['date']})", fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+        ax.legend(fontsize=7, loc="upper right")
+    fig.text(0.5, 0.01, SETTING_TERMS, ha="center", fontsize=7, wrap=True)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

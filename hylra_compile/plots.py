@@ -55,12 +55,14 @@ def plot_similarity(similarity: np.ndarray, policy: Policy, path: str | Path) ->
         if source is not None:
             ax.add_patch(Rectangle((j - 0.5, source - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
     ax.set_xlabel("consumer layer j")
-    ax.set_ylabel("producer layer i")
+    ax.set_ylabel("candidate producer layer i")
     theta = policy.provenance.get("theta")
     settings = _settings(policy.provenance)
+    dense = [layer for layer, mode in enumerate(policy.modes) if mode == "full"]
     ax.set_title("how well layer i's blocks serve layer j; red: the chosen reuse"
-                 + (f" (θ = {theta:g})" if theta is not None else "") + (f"\n{settings}" if settings else ""),
-                 fontsize=9)
+                 + (f" (θ = {theta:g})" if theta is not None else "")
+                 + (f"; dense layers (no reuse): {', '.join(map(str, dense))}" if dense else "")
+                 + (f"\n{settings}" if settings else ""), fontsize=9)
     step = max(1, num_layers // 16)
     ax.set_xticks(range(0, num_layers, step))
     ax.set_yticks(range(0, num_layers, step))
@@ -97,11 +99,21 @@ def plot_policy(policy: Policy, path: str | Path) -> None:
     plt.close(fig)
 
 
+# The selection's colour in accuracy figures (dense is black).
+SELECTION_COLORS = {"reuse": "#1f77b4", "refine": "#2ca02c", "oracle": "#7f7f7f"}
+SETTING_TERMS = ("every:n = Jump-n (layers 0, n, 2n, … produce); budget:n = n full-attention layers chosen by the "
+                 "profile; refine = consumers keep the top_k of 4×top_k producer blocks by their own attention; "
+                 "oracle = each consumer's own top-k (a measurement)")
+
+
 def plot_evaluation(evaluation, path) -> None:
     """Retrieval accuracy (with Wilson 95% intervals) and KL(dense ‖ setting) against the number of full-attention
-    layers, one labelled point per setting (dense included), written to ``path`` (a file name or a binary file).
-    Labels of settings at one x alternate between two columns, and a KL axis whose values are all rounding noise
-    (< 1e-6) is drawn from 0 to 1e-3 rather than magnified."""
+    layers, one labelled point per setting (dense black, the others coloured by selection), written to ``path`` (a
+    file name or a binary file). Settings at one x are spread a little apart and their labels stacked in two
+    columns; a setting sparse in decode only has no KL point (the text windows are prefills, which it leaves
+    dense); a KL axis whose values are all rounding noise (< 1e-6) is drawn from 0 to 1e-3, not magnified."""
+    from matplotlib.ticker import MaxNLocator
+
     from .evaluate import wilson_interval
 
     plt = _pyplot()
@@ -112,39 +124,49 @@ def plot_evaluation(evaluation, path) -> None:
                        [(100 * r.accuracy()[0] / max(r.accuracy()[1], 1),
                          [100 * end for end in wilson_interval(*r.accuracy())]) for r in results]))
     if any(r.positions for r in results):
-        panels.append(("KL(dense ‖ setting), nats/token", [(r.mean_kl, None) for r in results]))
+        panels.append(("KL(dense ‖ setting), nats/token",
+                       [(r.mean_kl if "prefill" in r.phases else None, None) for r in results]))
     if not panels:
         raise ValueError("the evaluation has neither retrieval prompts nor text windows: nothing to plot")
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.6), squeeze=False)
+    m = evaluation.metadata
     for ax, (label, values) in zip(axes[0], panels):
-        # Labels of settings at one x alternate between two columns in the order of their values, so settings
-        # with close values do not print over each other.
-        column = {}
-        for x in {r.full_layers for r in results}:
-            ranked = sorted((i for i, r in enumerate(results) if r.full_layers == x), key=lambda i: -values[i][0])
-            column.update({i: rank % 2 for rank, i in enumerate(ranked)})
-        for index, (result, (value, interval)) in enumerate(zip(results, values)):
-            colour = "black" if result.name == "dense" else "#1f77b4"
+        shown = [i for i, (value, _) in enumerate(values) if value is not None]
+        place = {}  # index -> (x offset, label column, label row)
+        for x in {results[i].full_layers for i in shown}:
+            ranked = sorted((i for i in shown if results[i].full_layers == x), key=lambda i: -values[i][0])
+            place.update({i: (0.3 * (rank - (len(ranked) - 1) / 2), rank % 2, rank // 2)
+                          for rank, i in enumerate(ranked)})
+        for index in shown:
+            result, (value, interval) = results[index], values[index]
+            colour = "black" if result.name == "dense" else SELECTION_COLORS.get(
+                result.options.get("selection", m.get("selection", "reuse")), "#d62728")
+            dx, column, row = place[index]
+            x = result.full_layers + dx
             if interval is not None:
-                ax.errorbar(result.full_layers, value, yerr=[[value - interval[0]], [interval[1] - value]],
-                            fmt="o", color=colour, capsize=3, alpha=0.8)
+                ax.errorbar(x, value, yerr=[[value - interval[0]], [interval[1] - value]], fmt="o", color=colour,
+                            capsize=3, alpha=0.8)
             else:
-                ax.scatter(result.full_layers, value, color=colour)
-            ax.annotate(result.name, (result.full_layers, value), textcoords="offset points",
-                        xytext=(6 + 75 * column[index], 2), fontsize=7,
-                        arrowprops=dict(arrowstyle="-", color="#bbbbbb", lw=0.5) if column[index] else None)
-        if label.startswith("KL") and max(value for value, _ in values) < 1e-6:
+                ax.scatter(x, value, color=colour)
+            ax.annotate(result.name, (x, value), textcoords="offset points", xytext=(6 + 75 * column, 2 - 9 * row),
+                        fontsize=7, arrowprops=dict(arrowstyle="-", color="#bbbbbb", lw=0.5) if column else None)
+        if label.startswith("KL") and max(values[i][0] for i in shown) < 1e-6:
             ax.set_ylim(-5e-5, 1e-3)
+        if label.startswith("retrieval"):
+            ax.set_ylim(bottom=0)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("full-attention layers (dense + producer)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    m = evaluation.metadata
+    for selection, colour in SELECTION_COLORS.items():
+        axes[0][0].scatter([], [], color=colour, label=f"selection {selection}")
+    axes[0][0].legend(fontsize=7, loc="upper right")
     dense = results[0]
-    varied = any(r.options for r in results)  # settings then name what they change
-    fig.suptitle(f"{m['model']}: top_k {m['top_k']}, block {m['block_size']}"
-                 + ("" if varied else f", selection {m.get('selection', 'reuse')}") + "; "
+    lengths = ", ".join(str(n) for n in m.get("lengths") or [m.get("seq_len")])
+    fig.suptitle(f"{m['model']}, {lengths} tokens: top_k {m['top_k']}, block {m['block_size']}; "
                  f"{dense.accuracy()[1]} prompts, {dense.positions} scored text positions ({m['device']}, {m['date']})",
                  fontsize=9)
-    fig.tight_layout()
+    fig.text(0.5, 0.01, SETTING_TERMS, ha="center", fontsize=6, wrap=True)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     fig.savefig(path, dpi=120, format="png")
     plt.close(fig)

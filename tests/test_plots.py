@@ -41,8 +41,8 @@ def test_evaluation_figure_titles_intervals_and_noise_axis(monkeypatch):
     retrieval, kl = figure.axes
     assert kl.get_ylim()[1] == pytest.approx(1e-3)  # a KL of 1e-9 is not drawn as a difference
     labels = [t for t in retrieval.texts if t.get_text() in ("every:2", "budget:2")]
-    assert len({t.xy for t in labels}) == 1  # same point ...
-    assert len({t.xyann for t in labels}) == 2  # ... labels in two columns, not over each other
+    assert len({t.xy[1] for t in labels}) == 1 and len({t.xy[0] for t in labels}) == 2  # one value, spread apart
+    assert len({t.xyann for t in labels}) == 2  # labels in two columns, not over each other
 
 
 def test_evaluation_figure_is_png_bytes():
