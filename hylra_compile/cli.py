@@ -239,7 +239,10 @@ def _profile(args: argparse.Namespace) -> int:
         raise ValueError("give --theta (threshold mode) or --budget (budget mode)")
     if args.max_rnmse is not None and args.max_rnmse < 0:
         raise ValueError(f"--max-rnmse must be >= 0, got {args.max_rnmse}")
-    # The outputs are checked before the model loads: a profile can take many minutes.
+    # The data and the outputs are checked before the model loads: a profile can take many minutes.
+    missing = [name for name in args.data if not name.startswith(BUILTIN) and not Path(name).is_file()]
+    if missing:
+        raise ValueError(f"data file(s) {', '.join(map(repr, missing))} do not exist")
     check_output_file(args.out, "--out", Policy.is_policy_file, args.force)
     if args.profile_out:
         check_output_file(profile_path(args.profile_out), "--profile-out", _is_profile_file, args.force)

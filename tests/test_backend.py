@@ -396,12 +396,14 @@ def test_string_backend_parses_a_changed_options_mapping_again():
     ("dynamic", "not a compile-time constant: compile with static shapes"),
     ("no consumer", "the policy has no consumer layer"),
     ("top_k", "top_k=64 keeps every block of the traced keys (40)"),
+    ("min_seq_len", "every query has fewer than min_seq_len=4096 keys (the traced keys: 40)"),
 ])
 def test_a_compile_that_runs_nothing_sparse_warns_with_the_fix(case, message):
     model = tiny_model("llama", "sdpa", num_layers=4)
     ids = torch.randint(0, 64, (1, 40))
     policy = Policy.full(4) if case == "no consumer" else Policy.every(2, 4)
-    backend = HylraBackend(policy=policy, top_k=64 if case == "top_k" else 24, block_size=BLOCK, inductor=False)
+    backend = HylraBackend(policy=policy, top_k=64 if case == "top_k" else 24, block_size=BLOCK, inductor=False,
+                           min_seq_len=4096 if case == "min_seq_len" else 0)
     torch._dynamo.reset()
     compiled = torch.compile(model, backend=backend, dynamic=case == "dynamic")
     with pytest.warns(UserWarning, match="no attention site of .* runs sparse") as record:

@@ -340,3 +340,8 @@ def test_no_progress_also_quiets_transformers(files, monkeypatch):
     monkeypatch.setattr(hf_logging, "_tqdm_active", True)
     assert main(eval_args(files, "--policy", "every:2")) == 0
     assert not hf_logging.is_progress_bar_enabled()
+
+
+def test_profile_refuses_missing_data_before_the_model_loads(files, capsys, no_model_load):
+    message = run_error(profile_args(files, "--budget", "2", data=("tokens.pt", "missing.txt")), capsys)
+    assert "missing.txt" in message and "do not exist" in message and no_model_load == []

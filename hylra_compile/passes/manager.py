@@ -121,7 +121,7 @@ _FIXABLE_CAUSES = (
 def warn_if_nothing_sparse(name: str, matches, decisions, options: HylraOptions) -> None:
     """Warn (once per cause and graph) when a policy was given but no site of the graph attends sparsely for a
     reason the user can fix: the inputs require grad, a symbolic scale (``dynamic=True``), a policy with no
-    consumer, or a ``top_k`` that keeps every block of the traced key length."""
+    consumer, a ``top_k`` that keeps every block of the traced key length, or a ``min_seq_len`` above it."""
     import warnings
 
     if options.policy is None or not matches:
@@ -137,5 +137,9 @@ def warn_if_nothing_sparse(name: str, matches, decisions, options: HylraOptions)
     if lengths and all(isinstance(n, int) and options.n_select * options.block_size >= n for n in lengths):
         fixes.append(f"top_k={options.top_k} keeps every block of the traced keys ({max(lengths)}), so consumers "
                      "attend densely: a smaller top_k, or longer inputs, make them sparse")
+    elif lengths and all(isinstance(n, int) and n < options.min_seq_len for n in lengths):
+        fixes.append(f"every query has fewer than min_seq_len={options.min_seq_len} keys (the traced keys: "
+                     f"{max(lengths)}), so consumers attend densely: a smaller min_seq_len, or longer inputs, make "
+                     "them sparse")
     for fix in fixes:
         warnings.warn(f"hylra: no attention site of {name} runs sparse; {fix}", UserWarning, stacklevel=2)
