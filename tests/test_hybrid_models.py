@@ -97,3 +97,22 @@ def test_same_kind_pairs_equal_independent_hylra(family):
         ref, dense = independent(ids).logits, model(ids).logits
     assert rel_err(out, ref) < 1e-5
     assert rel_err(out, dense) > 1e-3  # the sparsity is real
+
+
+@pytest.mark.parametrize("family, overrides, reason", [
+    ("gpt_oss", dict(num_local_experts=2, num_experts_per_tok=1), "attention sinks (extra logits concatenated"),
+    ("gemma2", dict(attn_logit_softcapping=50.0, final_logit_softcapping=None), "logit softcapping (tanh of the scores"),
+])
+def test_unsupported_variants_are_named(family, overrides, reason):
+    """A site the ops cannot compute stays dense with its real cause (GPT-OSS's sinks were called softcapping)."""
+    try:
+        config = AutoConfig.for_model(
+            family, vocab_size=64, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
+            head_dim=16, num_hidden_layers=2, layer_types=["full_attention"] * 2, sliding_window=48,
+            max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2, **overrides)
+    except (KeyError, ValueError) as err:
+        pytest.skip(f"transformers has no {family} config here: {err}")
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+    _, backend = compiled_logits(model, torch.randint(3, 64, (1, 40)), Policy.every(2, 2), top_k=24)
+    assert [s.action for s in backend.reports[0].sites] == ["dense", "dense"]
+    assert all(s.reason.startswith(reason) for s in backend.reports[0].sites)

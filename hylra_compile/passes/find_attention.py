@@ -151,7 +151,7 @@ def match_eager(softmax: torch.fx.Node) -> AttentionMatch:
     if qk is not scaled:
         internal.append(scaled)
     if not is_call(qk, "matmul"):
-        raise NoMatch(f"unsupported op {describe(qk)} between QKᵀ and softmax (e.g. softcapping)")
+        raise NoMatch(_between_scores_and_softmax(qk))
     internal.append(qk)
     qk_args = call_args(qk, "matmul")
     q, k_t = qk_args["input"], qk_args["other"]
@@ -187,6 +187,21 @@ def match_eager(softmax: torch.fx.Node) -> AttentionMatch:
     if out is None or out.dtype != q_val.dtype:
         raise NoMatch(f"attention output dtype {getattr(out, 'dtype', None)} differs from the query's {q_val.dtype}")
     return match
+
+
+def _between_scores_and_softmax(node) -> str:
+    """Why the op before the softmax is not attention the ops compute, naming the known variants: attention sinks
+    (GPT-OSS concatenates extra logits to the scores) and logit softcapping (Gemma 2: tanh of the scores)."""
+    seen, frontier = set(), [node]
+    for _ in range(4):  # the variant's op lies a few nodes above the softmax's input
+        found = [n for n in frontier if isinstance(n, torch.fx.Node) and (is_call(n, "cat") or is_call(n, "tanh"))]
+        if found:
+            kind = ("attention sinks (extra logits concatenated to the scores before the softmax)"
+                    if is_call(found[0], "cat") else "logit softcapping (tanh of the scores before the softmax)")
+            return f"{kind}: the hylra ops compute plain softmax attention"
+        seen.update(n for n in frontier if isinstance(n, torch.fx.Node))
+        frontier = [a for n in frontier if isinstance(n, torch.fx.Node) for a in n.all_input_nodes if a not in seen]
+    return f"unsupported op {describe(node)} between QKᵀ and softmax"
 
 
 def _is_call_function(node, targets: tuple) -> bool:

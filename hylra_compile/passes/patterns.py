@@ -44,6 +44,9 @@ SPELLINGS = {
                           renames=(("axis0", "dim0"), ("axis1", "dim1"))),
     "permute": Spelling(functions=(torch.permute,), methods=("permute",), schema=torch.permute),
     "dropout": Spelling(functions=(torch.nn.functional.dropout,)),
+    # Only named in reasons: attention variants the ops do not compute (sinks, softcapping).
+    "cat": Spelling(functions=(torch.cat, torch.concat, torch.concatenate), methods=()),
+    "tanh": Spelling(functions=(torch.tanh, torch.nn.functional.tanh), methods=("tanh",)),
 }
 
 
