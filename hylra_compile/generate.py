@@ -59,12 +59,6 @@ class GenerateCompilation:
     def route(self, *args: Any, **kwargs: Any) -> Any:
         """The model's ``forward``, run by the decode graph for one new token into a static cache, by the prefill
         graph otherwise."""
-        if torch.compiler.is_compiling():
-            raise RuntimeError(
-                "a model prepared by hylra_compile.compile_for_generate is being compiled again (an outer "
-                "torch.compile, or generate() with disable_compile=False); it compiles its own prefill and decode "
-                "graphs: call generate() without compile_config and leave disable_compile alone"
-            )
         tokens = kwargs.get("input_ids", args[0] if args else None)
         if tokens is None:
             tokens = kwargs.get("inputs_embeds")
@@ -147,6 +141,8 @@ def compile_for_generate(model: torch.nn.Module, *, decode_cudagraphs: bool | No
         decode_cudagraphs = next(model.parameters()).device.type == "cuda"
     compilation = GenerateCompilation(model, options, decode_cudagraphs)
     # functools.wraps keeps forward's signature, which generate() inspects (cache_position, logits_to_keep, …).
+    # An outer torch.compile (or generate()'s own, re-enabled) does not trace into it: it runs its own graphs.
+    @torch.compiler.disable
     @functools.wraps(compilation._forward)
     def routed_forward(*args: Any, **kwargs: Any) -> Any:
         return compilation.route(*args, **kwargs)
