@@ -1,4 +1,4 @@
-"""The README's first example runs as pasted and prints what the README shows."""
+"""The README's first example and its generate() continuation run as pasted and print what the README shows."""
 
 import re
 import subprocess
@@ -17,9 +17,11 @@ def test_readme_use_example_runs_as_pasted(tmp_path):
     smollm2()  # skips when the model package is missing
     text = README.read_text()
     use = text[text.index("## Use"):]
-    code = re.search(r"```python\n(.*?)```", use, re.S).group(1)
+    first = re.search(r"```python\n(.*?)```", use, re.S).group(1)
+    generate = re.search(r"### `generate\(\)`\n\n```python\n(.*?)```", use, re.S).group(1)
     shown = re.search(r"```\n(hylra report for .*?)\n", use).group(1)
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", first + generate], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert shown in result.stdout
+    assert "hylra report for prefill_" in result.stdout and "hylra report for decode_" in result.stdout
     assert "runs sparse" not in result.stderr  # no warning that nothing is sparse
