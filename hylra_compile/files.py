@@ -5,16 +5,24 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable, Iterable
 
 
-def write_atomic(path: str | Path, data: str | bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, renamed over ``path`` once complete:
-    a failed write leaves the old file (or none), never a truncated one."""
+def write_atomic(path: str | Path, data: str | bytes | Iterable[bytes],
+                 verify: Callable[[], None] | None = None) -> None:
+    """Write ``data`` (text, bytes, or chunks of bytes) to ``path`` through a temporary file in the same folder,
+    renamed over ``path`` once complete and once ``verify()`` (when given) has not raised: a failed write or check
+    leaves the old file (or none), never a truncated or unverified one."""
     path = Path(path)
-    mode = "wb" if isinstance(data, bytes) else "w"
+    mode = "w" if isinstance(data, str) else "wb"
+    chunks = [data] if isinstance(data, (str, bytes)) else data
     with tempfile.NamedTemporaryFile(mode, dir=path.parent, prefix=f".{path.name}.", delete=False) as out:
         try:
-            out.write(data)
+            for chunk in chunks:
+                out.write(chunk)
+            out.flush()
+            if verify is not None:
+                verify()
         except BaseException:
             os.unlink(out.name)
             raise

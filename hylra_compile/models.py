@@ -18,11 +18,12 @@ import importlib.util
 import inspect
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .files import write_atomic
 
 SMOLLM2 = "smollm2"
 QWEN_CODER = "qwen2.5-coder-0.5b"
@@ -100,26 +101,25 @@ def _cached_copy(model: NamedModel) -> Path | None:
 
 
 def _write_verified(name: str, model: NamedModel, sources: list[Path]) -> Path:
-    """Join ``sources`` into the cache copy: written to a temporary file, checked against the MD5 sum, then renamed,
-    so a broken or interrupted copy never leaves a file that looks whole."""
+    """Join ``sources`` into the cache copy, written atomically and renamed only once its MD5 sum matches, then
+    stamped."""
     target = cache_dir() / model.gguf
     target.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.md5()
-    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{model.gguf}.", delete=False) as out:
-        try:
-            for source in sources:
-                with source.open("rb") as part:
-                    while chunk := part.read(1 << 24):
-                        digest.update(chunk)
-                        out.write(chunk)
-        except BaseException:
-            os.unlink(out.name)
-            raise
-    if digest.hexdigest() != model.md5:
-        os.unlink(out.name)
-        raise ValueError(f"model {name!r}: {', '.join(map(str, sources))} hold MD5 {digest.hexdigest()}, not "
-                         f"{model.md5}: not this model, or damaged")
-    os.replace(out.name, target)
+
+    def chunks():
+        for source in sources:
+            with source.open("rb") as part:
+                while chunk := part.read(1 << 24):
+                    digest.update(chunk)
+                    yield chunk
+
+    def verify() -> None:
+        if digest.hexdigest() != model.md5:
+            raise ValueError(f"model {name!r}: {', '.join(map(str, sources))} hold MD5 {digest.hexdigest()}, not "
+                             f"{model.md5}: not this model, or damaged")
+
+    write_atomic(target, chunks(), verify)
     target.with_name(target.name + ".md5").write_text(model.md5)
     return target
 
