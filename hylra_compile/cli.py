@@ -244,6 +244,11 @@ def _profile(args: argparse.Namespace) -> int:
     if missing:
         raise ValueError(f"data file(s) {', '.join(map(repr, missing))} do not exist")
     check_output_file(args.out, "--out", Policy.is_policy_file, args.force)
+    num_layers = getattr(load_config(args.model, args.gguf_file), "num_hidden_layers", None)
+    if args.budget is not None and isinstance(num_layers, int) and args.budget > num_layers:
+        raise ValueError(f"--budget {args.budget}: the model has {num_layers} layers; it must lie in [1, {num_layers}]")
+    if isinstance(num_layers, int) and not 0 <= args.keep_sensitive <= num_layers:
+        raise ValueError(f"--keep-sensitive {args.keep_sensitive}: it must lie in [0, {num_layers}]")
     if args.profile_out:
         check_output_file(profile_path(args.profile_out), "--profile-out", _is_profile_file, args.force)
     model, tokenizer = _load(args)

@@ -345,3 +345,11 @@ def test_no_progress_also_quiets_transformers(files, monkeypatch):
 def test_profile_refuses_missing_data_before_the_model_loads(files, capsys, no_model_load):
     message = run_error(profile_args(files, "--budget", "2", data=("tokens.pt", "missing.txt")), capsys)
     assert "missing.txt" in message and "do not exist" in message and no_model_load == []
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--budget", "9"], "--budget 9: the model has 3 layers"),
+    (["--budget", "2", "--keep-sensitive", "7"], "--keep-sensitive 7: it must lie in [0, 3]"),
+])
+def test_profile_checks_counts_against_the_model_before_it_loads(files, capsys, no_model_load, extra, message):
+    assert message in run_error(profile_args(files, *extra), capsys) and no_model_load == []
