@@ -57,17 +57,17 @@ def _jump(num_layers: int, dense: int) -> int:
     return min(range(1, num_layers + 1), key=lambda n: (abs(math.ceil(num_layers / n) - dense), n))
 
 
-def settings_of(group: str, num_layers: int, dense: int, get_profile) -> dict[str, Setting]:
+def settings_of(group: str, num_layers: int, dense: int, get_profile, only=None) -> dict[str, Setting]:
+    """The settings of ``group`` (those named in ``only``, when given; the profile runs only if one needs it)."""
     n = _jump(num_layers, dense)
     jump = Policy.every(n, num_layers)
     dense = math.ceil(num_layers / n)  # the budget policies match Jump-n's count
     if group == "mechanisms":
-        budget = optimize(get_profile(), budget=dense)
-        return {f"every:{n}": Setting(jump),
-                f"every:{n} refine": Setting(jump, {"selection": "refine"}),
-                f"every:{n} oracle": Setting(jump, {"selection": "oracle"}),
-                f"budget:{dense}": Setting(budget),
-                f"budget:{dense} refine": Setting(budget, {"selection": "refine"})}
+        names = [f"every:{n}", f"every:{n} refine", f"every:{n} oracle", f"budget:{dense}", f"budget:{dense} refine"]
+        names = [name for name in names if not only or name in only]
+        budget = optimize(get_profile(), budget=dense) if any(name.startswith("budget") for name in names) else None
+        return {name: Setting(budget if name.startswith("budget") else jump,
+                              {"selection": name.split()[1]} if " " in name else {}) for name in names}
     if group == "phases":
         return {f"every:{n} prefill only": Setting(jump, phases=("prefill",)),
                 f"every:{n} decode only": Setting(jump, phases=("decode",))}
@@ -107,9 +107,9 @@ def accuracy(args: argparse.Namespace) -> None:
     prompts = make_prompts(tasks, tokenizer, [args.length], args.samples, seed=0, haystacks=("filler", "prose"))
     for group in args.group:
         start = time.perf_counter()
-        settings = settings_of(group, num_layers, dense, get_profile)
-        if args.only:
-            settings = {name: setting for name, setting in settings.items() if name in args.only}
+        settings = {name: setting for name, setting in settings_of(group, num_layers, dense, get_profile,
+                                                                    args.only).items()
+                    if not args.only or name in args.only}
         evaluation = evaluate(model, settings, tokenizer=tokenizer, prompts=prompts if group != "attribution" else
                               prompts[:: max(1, len(prompts) // args.attribution_prompts)],
                               windows=windows, max_new_tokens=12, progress=not args.no_progress,

@@ -1,0 +1,77 @@
+"""benchmarks/frontier.py: settings of a group, and the table joining accuracy with the speed of the same setting."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from hylra_compile import Policy
+from hylra_compile.evaluate import Evaluation, Result
+
+FRONTIER = Path(__file__).resolve().parents[2] / "benchmarks" / "frontier.py"
+
+
+@pytest.fixture(scope="module")
+def frontier():
+    spec = importlib.util.spec_from_file_location("frontier", FRONTIER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_settings_profile_only_when_a_budget_setting_is_asked_for(frontier):
+    def no_profile():
+        raise AssertionError("profiled")
+
+    settings = frontier.settings_of("mechanisms", 24, 6, no_profile, only=["every:4 refine", "every:4 oracle"])
+    assert {name: s.options for name, s in settings.items()} == {"every:4 refine": {"selection": "refine"},
+                                                                 "every:4 oracle": {"selection": "oracle"}}
+    assert settings["every:4 refine"].policy == Policy.every(4, 24)
+    assert [s.phases for s in frontier.settings_of("phases", 24, 6, no_profile).values()] == [("prefill",),
+                                                                                             ("decode",)]
+    attribution = frontier.settings_of("attribution", 8, 2, no_profile)
+    assert list(attribution) == ["every:4", *[f"every:4 +dense {layer}" for layer in (1, 2, 3, 5, 6, 7)]]
+    assert attribution["every:4 +dense 2"].policy.modes[2] == "full"
+
+
+def accuracy_file(folder: Path) -> None:
+    results = [Result("dense", 24), Result("every:4", 6), Result("every:4 refine", 6, options={"selection": "refine"}),
+               Result("budget:6", 6)]
+    for result, kl, hits in zip(results, (0.0, 0.09, 0.04, 0.03), (6, 1, 5, 5)):
+        result.positions, result.kl, result.nll = 100, kl * 100, 100.0
+        result.error_sq, result.dense_sq = [kl], [1.0]
+        result.correct = {f"passkey-32768-d0.{i}-s{i}": i < hits for i in range(6)}
+    metadata = {"model": "m", "num_layers": 24, "device": "GPU", "date": "d", "top_k": 2048, "block_size": 64,
+                "sink_blocks": 1, "local_blocks": 2, "min_seq_len": 4096, "selection": "reuse", "lengths": [32768],
+                "seq_len": 32768, "text": "prose", "text_windows": 1, "prompts": 6}
+    Evaluation(results, metadata).save(folder, stem="frontier-accuracy-m-32768-2048-mechanisms")
+
+
+def speed_file(folder: Path) -> None:
+    row = dict(batch=1, top_k=2048, date="d")
+    rows = [dict(row, variant="eager", context=32768, ttft_s=1.4, decode_ms=36.0),
+            dict(row, variant="inductor", context=32768, ttft_s=1.4, decode_ms=24.0),
+            dict(row, variant="8of32", context=32768, ttft_s=1.0, decode_ms=9.6),
+            dict(row, variant="5of32", context=32768, ttft_s=1.0, decode_ms=9.0),
+            dict(row, variant="5of32", context=32768, error="out of memory")]
+    (folder / "e2e-GPU.json").write_text(json.dumps(rows))
+
+
+def test_table_joins_speed_of_the_same_share_and_marks_the_front(frontier, tmp_path):
+    accuracy_file(tmp_path)
+    speed_file(tmp_path)
+    rows = {r["setting"]: r for r in frontier.frontier_rows(tmp_path)}
+    assert rows["every:4"]["speed"]["variant"] == "8of32"  # 6 of 24 full-attention layers: a quarter, as 8 of 32
+    assert rows["every:4"]["speed"]["decode_speedup_32K"] == pytest.approx(24.0 / 9.6)
+    assert rows["every:4"]["speed"]["ttft_ratio_32K"] == pytest.approx(1.0 / 1.4)
+    assert rows["every:4 refine"]["speed"] is None  # no speed row runs refine
+    assert rows["budget:6"]["pareto"] and not rows["every:4"]["pareto"]  # same speed, lower KL, more hits
+    assert not rows["every:4 refine"]["pareto"]  # no measured speed: never on the front
+    assert rows["every:4"]["retrieval"] == {"passkey": (1, 6)} and not rows["every:4"]["retrieval_as_dense"]
+    frontier.table(tmp_path)
+    text = (tmp_path / "frontier.md").read_text()
+    assert "| ★ | budget:6 |" in text and "hylra::refine_blocks has no kernel yet" in text
+    assert (tmp_path / "frontier.png").read_bytes().startswith(b"\x89PNG")
