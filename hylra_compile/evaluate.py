@@ -103,7 +103,6 @@ class PolicyAttention:
             self.outputs[call.layer] = out[:, :, self.keep_from :].float()
         return out
 
-
     def consumer_selection(self, call: AttentionCall) -> Tensor:
         """A consumer's ``block_idx`` under the options' ``selection`` (as :func:`passes.rewrite.consumer_selection`
         emits it)."""
@@ -414,15 +413,13 @@ def evaluate(
             dense_scores = _text_scores(model, window, dense_handler, start)
             bar.update(1)
             for result, (policy, setting, phases) in zip(results.values(), configs.values()):
-                if policy is None:
+                # A text window is one prefill: dense, and a setting sparse in decode only, take dense's scores.
+                if policy is None or "prefill" not in phases:
                     scores, handler = dense_scores, dense_handler
-                elif "prefill" not in phases:  # a text window is one prefill: this setting leaves it dense
-                    scores, handler = dense_scores, dense_handler
-                    bar.update(1)
                 else:
                     handler = PolicyAttention(policy, setting, keep_from=start, phases=phases)
                     scores = _text_scores(model, window, handler, start)
-                    bar.update(1)
+                bar.update(policy is not None)
                 result.add_window(scores, dense_scores, targets, handler.outputs, dense_handler.outputs)
     bar.close()
     config = model.config

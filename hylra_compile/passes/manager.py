@@ -13,6 +13,7 @@ torch's structured logging, so ``tlparse`` shows them) and counts what matched (
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import networkx as nx
@@ -122,8 +123,6 @@ def warn_if_nothing_sparse(name: str, matches, decisions, options: HylraOptions)
     """Warn (once per cause and graph) when a policy was given but no site of the graph attends sparsely for a
     reason the user can fix: the inputs require grad, a symbolic scale (``dynamic=True``), a policy with no
     consumer, a ``top_k`` that keeps every block of the traced key length, or a ``min_seq_len`` above it."""
-    import warnings
-
     if options.policy is None or not matches:
         return
     fixes = []
