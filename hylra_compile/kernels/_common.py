@@ -112,17 +112,18 @@ def mask_tile(
 
 
 @triton.jit
-def select_row(imp, cand, offs_c, out_ptr, n_select, sink_blocks, local_blocks, N_SEL_PAD: tl.constexpr,
+def select_row(imp, cand, ids, out_ptr, n_select, sink_blocks, local_blocks, N_SEL_PAD: tl.constexpr,
                N_THR: tl.constexpr = 8):
     """reference.select_blocks for one row, without sorting.
 
-    ``imp`` fp32 >= 0 [C_PAD], ``cand`` bool [C_PAD] (False on padding). Forced: the first ``sink_blocks`` and last
-    ``local_blocks`` candidates. The rest: search on the int32 bit pattern of the non-negative importance for the
-    largest threshold T such that at least ``need`` non-forced candidates are >= T; take all > T, then the
-    lowest-index ones equal to T. Each step counts against N_THR thresholds at once (one reduction narrows the range
-    N_THR-fold; 8 measured best on an H100 at 512-2048 blocks), and the search stops as soon as some
-    threshold has exactly ``need`` candidates at or above it (it selects the same set as T). Indices are written
-    ascending (cumsum of the selection), -1 padded.
+    ``imp`` fp32 >= 0 [C_PAD], ``cand`` bool [C_PAD] (False on padding), ``ids`` int32 [C_PAD]: the block id of
+    each column (the column itself, or a candidate list's entry), ascending over the candidates. Forced: the first
+    ``sink_blocks`` and last ``local_blocks`` candidates. The rest: search on the int32 bit pattern of the
+    non-negative importance for the largest threshold T such that at least ``need`` non-forced candidates are >= T;
+    take all > T, then the lowest-column ones equal to T. Each step counts against N_THR thresholds at once (one
+    reduction narrows the range N_THR-fold; 8 measured best on an H100 at 512-2048 blocks), and the search stops as
+    soon as some threshold has exactly ``need`` candidates at or above it (it selects the same set as T). The
+    selected ids are written in column order (cumsum of the selection), -1 padded.
     """
     tl.static_assert(N_THR >= 2)
     ci = cand.to(tl.int32)
@@ -156,6 +157,6 @@ def select_row(imp, cand, offs_c, out_ptr, n_select, sink_blocks, local_blocks, 
     si = sel.to(tl.int32)
     pos = tl.cumsum(si, 0) - 1
     n_picked = tl.sum(si, 0)
-    tl.store(out_ptr + pos, offs_c, mask=sel)
+    tl.store(out_ptr + pos, ids, mask=sel)
     offs_s = tl.arange(0, N_SEL_PAD)
     tl.store(out_ptr + offs_s, tl.full([N_SEL_PAD], -1, tl.int32), mask=(offs_s >= n_picked) & (offs_s < n_select))

@@ -7,8 +7,13 @@ importances sum_g exp2(lse_gc - lse_g) and selects the top blocks. Two launches,
 
 Consumer: the same two kernels with SPARSE=True: the split programs walk the selected block list (or all blocks
 when the query has fewer than ``min_seq_len`` allowed keys, decided in the kernel) and the combine only merges.
-Keys that are not allowed are never loaded (masked loads), so padding / an unfilled static cache costs nothing but
-its mask bytes.
+
+Refinement (``refine_blocks``): SPARSE=True over the producer's candidate list with WITH_V=False (scores only, no
+value reads) writes the LSE of every list entry; the combine selects among the entries and writes their block ids.
+Keys that are not allowed are never loaded (masked loads). With a block mask (reference.mask_blocks of the mask row,
+computed once per graph) the kernels visit only the KV blocks ``[first, end)`` holding allowed keys, and a consumer
+decides "fewer than ``min_seq_len`` allowed keys" from the block ranges, reading the mask only where they leave it
+open: decode in a partly filled static cache costs what the filled part costs.
 """
 
 from __future__ import annotations
@@ -20,22 +25,24 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import LOG2E, mask_args, mask_tile, select_row
+from ._common import LOG2E, block_mask_args, mask_args, mask_tile, select_row
 
 
 @triton.jit
 def _decode_split_kernel(
-    Q, K, V, Mask, Idx, MPart, LPart, AccPart, LseBlk,
+    Q, K, V, Mask, Blocks, Idx, MPart, LPart, AccPart, LseBlk,
     sqb, sqh, sqd,
     skb, skh, skn, skd,
     svb, svh, svn, svd,
-    smb, smk,
+    smb, smk, sbb,
     sib, sih, sis,
-    Skv, mask_cols, n_kb, n_sel, n_splits, qk_scale, mask_thr, min_seq_len,
+    Skv, mask_cols, n_kb, n_sel, n_lse, n_splits, qk_scale, mask_thr, min_seq_len,
     G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BLOCK_N: tl.constexpr,
     MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, SPARSE: tl.constexpr, WRITE_LSE: tl.constexpr,
-    SCAN_N: tl.constexpr, SCAN_IT: tl.constexpr,
+    WITH_V: tl.constexpr, HAS_BLOCKS: tl.constexpr, SCAN_N: tl.constexpr, SCAN_IT: tl.constexpr,
 ):
+    """LseBlk [B, Hkv, G, n_lse]: the LSE of each KV block (dense, n_lse = n_kb) or of each list entry (SPARSE,
+    n_lse = n_sel)."""
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1).to(tl.int64)
     s = tl.program_id(2)
@@ -52,29 +59,43 @@ def _decode_split_kernel(
     m_base = Mask + b * smb
     zero_q = tl.zeros([1], dtype=tl.int32)
     one_q = zero_q == 0
+    # Every allowed key lies in KV blocks [kb_lo, kb_hi); those of [full_first, full_end) are all allowed.
+    if HAS_BLOCKS:
+        row = Blocks + b * sbb
+        kb_hi = tl.maximum(tl.minimum(tl.load(row + 3), n_kb), 0)
+        kb_lo = tl.maximum(tl.minimum(tl.load(row), kb_hi), 0)
+        full_blocks = tl.minimum(tl.load(row + 2), kb_hi) - tl.maximum(tl.load(row + 1), kb_lo)
+        full_keys = tl.maximum(full_blocks, 0) * BLOCK_N
+    else:
+        kb_lo = tl.zeros([], dtype=tl.int32)
+        kb_hi = kb_lo + n_kb
+        full_keys = kb_lo
 
     if SPARSE:
-        # A query with fewer than min_seq_len allowed keys attends all of them: count (stop early once enough).
+        # A query with fewer than min_seq_len allowed keys attends all of them: count (stop early once enough),
+        # unless the block ranges decide it (at least the whole blocks' keys, at most those of [kb_lo, kb_hi)).
         if MASK_KIND == 0:
             if IS_CAUSAL:
                 cnt = tl.zeros([], dtype=tl.int32) + tl.minimum(Skv, 1)
             else:
                 cnt = tl.zeros([], dtype=tl.int32) + Skv
         else:
-            cnt = tl.zeros([], dtype=tl.int32)
-            j = tl.zeros([], dtype=tl.int32)
-            while (j < Skv) & (cnt < min_seq_len):
+            cnt = tl.where(full_keys >= min_seq_len, full_keys, 0)
+            j = kb_lo * BLOCK_N
+            j_end = tl.where((kb_hi - kb_lo) * BLOCK_N < min_seq_len, j, tl.minimum(kb_hi * BLOCK_N, Skv))
+            while (j < j_end) & (cnt < min_seq_len):
                 offs = j + tl.arange(0, SCAN_N)
                 al, _b = mask_tile(m_base, 0, smk, zero_q, offs, one_q, Skv, mask_cols, mask_thr, MASK_KIND,
                                    IS_CAUSAL)
                 cnt += tl.sum(tl.sum(al.to(tl.int32), 1), 0)
                 j += SCAN_N
         dense = cnt < min_seq_len
-        n_items = tl.where(dense, n_kb, n_sel)
+        n_items = tl.where(dense, kb_hi - kb_lo, n_sel)
     else:
-        n_items = n_kb
-    # Items of this split: it in [it_lo, it_hi), block/list entry c0 + it * cstride. Masked producers take blocks
-    # strided across the splits, so a valid prefix (static cache, padding) spreads evenly over all programs.
+        n_items = kb_hi - kb_lo
+    # Items of this split: it in [it_lo, it_hi), list entry or block kb_lo + (c0 + it * cstride). Masked producers
+    # take blocks strided across the splits, so a valid prefix (static cache, padding) spreads evenly over all
+    # programs.
     if SPARSE or MASK_KIND == 0:
         per = (n_items + n_splits - 1) // n_splits
         c0 = s * per
@@ -93,7 +114,7 @@ def _decode_split_kernel(
             last = tl.zeros([], dtype=tl.int32) - 1
             for i0 in range(0, it_hi, SCAN_IT):
                 its = i0 + tl.arange(0, SCAN_IT)
-                offs = (c0 + its * cstride)[:, None] * BLOCK_N + offs_n[None, :]
+                offs = (kb_lo + c0 + its * cstride)[:, None] * BLOCK_N + offs_n[None, :]
                 ok = (its[:, None] < it_hi) & (offs < Skv)
                 if IS_CAUSAL:
                     ok = ok & (offs <= 0)
@@ -110,9 +131,11 @@ def _decode_split_kernel(
             if WRITE_LSE:
                 neg = tl.full([G_PAD], float("-inf"), dtype=tl.float32)
                 for it in range(0, first):
-                    tl.store(LseBlk + ((b * n_kvh + h) * G + offs_g) * n_kb + c0 + it * cstride, neg, mask=gm)
+                    tl.store(LseBlk + ((b * n_kvh + h) * G + offs_g) * n_lse + kb_lo + c0 + it * cstride, neg,
+                             mask=gm)
                 for it in range(new_hi, it_hi):
-                    tl.store(LseBlk + ((b * n_kvh + h) * G + offs_g) * n_kb + c0 + it * cstride, neg, mask=gm)
+                    tl.store(LseBlk + ((b * n_kvh + h) * G + offs_g) * n_lse + kb_lo + c0 + it * cstride, neg,
+                             mask=gm)
             it_lo = first
             it_hi = new_hi
 
@@ -126,10 +149,10 @@ def _decode_split_kernel(
             c_sel = tl.load(i_base + item * sis)
             prev = tl.load(i_base + (item - 1) * sis, mask=item > 0, other=-1)
             ok = (c_sel >= 0) & (c_sel < n_kb) & (c_sel != prev)
-            c = tl.where(dense, item, tl.where(ok, c_sel, 0))
+            c = tl.where(dense, kb_lo + item, tl.where(ok, c_sel, 0))
             valid = dense | ok
         else:
-            c = item
+            c = kb_lo + item
             valid = True
         offs_k = c * BLOCK_N + offs_n
         allowed, bias = mask_tile(m_base, 0, smk, zero_q, offs_k, one_q & valid, Skv, mask_cols, mask_thr, MASK_KIND,
@@ -149,14 +172,15 @@ def _decode_split_kernel(
         p = tl.exp2(sc - m_safe[:, None])
         alpha = tl.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_blk + offs_n[:, None] * svn + offs_dv[None, :] * svd, mask=kmask[:, None], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        if WITH_V:
+            v = tl.load(v_blk + offs_n[:, None] * svn + offs_dv[None, :] * svd, mask=kmask[:, None], other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
         if WRITE_LSE:
             mb = tl.where(m_blk == float("-inf"), 0.0, m_blk)
             lb = tl.sum(tl.exp2(sc - mb[:, None]), 1)
             lse = tl.where(lb > 0, mb + tl.log2(lb), float("-inf"))
-            tl.store(LseBlk + ((b * n_kvh + h) * G + offs_g) * n_kb + c, lse, mask=gm)
+            tl.store(LseBlk + ((b * n_kvh + h) * G + offs_g) * n_lse + (item if SPARSE else c), lse, mask=gm)
 
     pbase = (b * n_kvh + h) * n_splits + s
     tl.store(MPart + pbase * G_PAD + offs_g, m_i)
@@ -166,14 +190,17 @@ def _decode_split_kernel(
 
 @triton.jit
 def _decode_combine_kernel(
-    MPart, LPart, AccPart, LseBlk, Out, BlockIdx,
-    sob, soh, sod,
-    n_splits, n_kb, n_select, sink_blocks, local_blocks,
+    MPart, LPart, AccPart, LseBlk, Out, BlockIdx, Idx, Blocks,
+    sob, soh, sod, sib, sih, sis, sbb,
+    n_splits, n_lse, n_select, sink_blocks, local_blocks,
     G: tl.constexpr, G_PAD: tl.constexpr, DV: tl.constexpr, S_PAD: tl.constexpr,
-    SELECT: tl.constexpr, C_PAD: tl.constexpr, N_SEL_PAD: tl.constexpr,
+    SELECT: tl.constexpr, WRITE_OUT: tl.constexpr, FROM_LIST: tl.constexpr, C_PAD: tl.constexpr,
+    N_SEL_PAD: tl.constexpr, HAS_BLOCKS: tl.constexpr,
 ):
-    """Grid (B, Hkv, G): program g merges the splits of query head g; program 0 also selects (needs every head's
-    log-sum-exp, which it recomputes from the small (max, sum) partials)."""
+    """Grid (B, Hkv, G), or (B, Hkv, 1) without WRITE_OUT: program g merges the splits of query head g; program 0
+    also selects (needs every head's log-sum-exp, which it recomputes from the small (max, sum) partials) among the
+    n_lse LSE columns: KV blocks (HAS_BLOCKS: those of [first, end), the only ones the splits wrote), or with
+    FROM_LIST the entries of the list Idx, whose block ids it writes."""
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1).to(tl.int64)
     g = tl.program_id(2)
@@ -191,25 +218,33 @@ def _decode_combine_kernel(
     L = tl.sum(l_s * w, 0)
     wg = tl.sum(tl.where(offs_g[None, :] == g, w, 0.0), 1)  # [S_PAD]
     Lg = tl.sum(tl.where(offs_g == g, L, 0.0), 0)
-    a_s = tl.load(AccPart + ((pbase + offs_s[:, None]) * G_PAD + g) * DV + offs_dv[None, :], mask=sm[:, None],
-                  other=0.0)
-    acc = tl.sum(a_s * wg[:, None], 0)
-    out = tl.where(Lg > 0, acc / tl.where(Lg > 0, Lg, 1.0), 0.0)
-    tl.store(Out + b * sob + (h * G + g) * soh + offs_dv * sod, out.to(Out.dtype.element_ty))
+    if WRITE_OUT:
+        a_s = tl.load(AccPart + ((pbase + offs_s[:, None]) * G_PAD + g) * DV + offs_dv[None, :], mask=sm[:, None],
+                      other=0.0)
+        acc = tl.sum(a_s * wg[:, None], 0)
+        out = tl.where(Lg > 0, acc / tl.where(Lg > 0, Lg, 1.0), 0.0)
+        tl.store(Out + b * sob + (h * G + g) * soh + offs_dv * sod, out.to(Out.dtype.element_ty))
     if SELECT:
         if g == 0:
             lse_g = tl.where(L > 0, M_safe + tl.log2(tl.where(L > 0, L, 1.0)), float("-inf"))
             offs_c = tl.arange(0, C_PAD)
-            cm = offs_c < n_kb
+            cm = offs_c < n_lse
+            if HAS_BLOCKS and not FROM_LIST:
+                end = tl.load(Blocks + b * sbb + 3)
+                cm = cm & (offs_c >= tl.minimum(tl.load(Blocks + b * sbb), end)) & (offs_c < end)
             row = (b * n_kvh + h) * G
-            l0 = tl.load(LseBlk + row * n_kb + offs_c, mask=cm, other=float("-inf"))
+            l0 = tl.load(LseBlk + row * n_lse + offs_c, mask=cm, other=float("-inf"))
             cand = l0 > float("-inf")
             imp = tl.zeros([C_PAD], dtype=tl.float32)
             for gg in range(G):
                 lg = tl.sum(tl.where(offs_g == gg, lse_g, 0.0), 0)
-                lc = tl.load(LseBlk + (row + gg) * n_kb + offs_c, mask=cm, other=float("-inf"))
+                lc = tl.load(LseBlk + (row + gg) * n_lse + offs_c, mask=cm, other=float("-inf"))
                 imp += tl.where(cand & (lc > float("-inf")), tl.exp2(lc - lg), 0.0)
-            select_row(imp, cand, offs_c, BlockIdx + (b * n_kvh + h) * n_select, n_select, sink_blocks,
+            if FROM_LIST:
+                ids = tl.load(Idx + b * sib + h * sih + offs_c * sis, mask=cm, other=-1)
+            else:
+                ids = offs_c
+            select_row(imp, cand, ids, BlockIdx + (b * n_kvh + h) * n_select, n_select, sink_blocks,
                        local_blocks, N_SEL_PAD)
 
 
@@ -226,10 +261,12 @@ def _splits(B: int, Hkv: int, n_items: int, device: torch.device, min_per_split:
     return max(1, min(want, -(-n_items // min_per_split)))
 
 
-def _decode(q, k, v, mask, is_causal, scale, block_size, block_idx, n_select, sink_blocks, local_blocks,
+def _decode(q, k, v, mask, block_mask, is_causal, scale, block_size, block_idx, n_select, sink_blocks, local_blocks,
             min_seq_len, select=True, splits=None, num_warps=4, num_stages=3):
-    """One split-K decode: sparse over ``block_idx`` when given, else dense, selecting ``n_select`` blocks when
-    ``select``. Returns (out, block_idx or None)."""
+    """One split-K decode, over the list ``block_idx`` when given, else over every block. ``select``: choose
+    ``n_select`` blocks, among all blocks (no list: the producer, which also attends) or among the list's entries
+    (the refinement: scores only, no output). ``block_mask``: reference.mask_blocks of the mask, [B | 1, 1, 4]
+    (the blocks to visit), or None. Returns (out or None, block_idx or None)."""
     B, Hq, Sq, D = q.shape
     assert Sq == 1
     Hkv, Skv, DV = k.shape[1], k.shape[2], v.shape[3]
@@ -237,9 +274,11 @@ def _decode(q, k, v, mask, is_causal, scale, block_size, block_idx, n_select, si
     G_PAD = max(16, triton.next_power_of_2(G))
     n_kb = triton.cdiv(Skv, block_size)
     sparse = block_idx is not None
+    refine = sparse and select
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     dev = q.device
     m, kind, smb, _smq, smk, mask_cols, thr = mask_args(mask, B, Sq, Skv, q)
+    blocks, sbb, _sbr = block_mask_args(block_mask, q)
     if sparse:
         n_sel = block_idx.shape[-1]
         idx = block_idx
@@ -252,57 +291,61 @@ def _decode(q, k, v, mask, is_causal, scale, block_size, block_idx, n_select, si
         n_items = n_kb
     if splits is None:
         splits = _splits(B, Hkv, n_items, dev, 2 if sparse else 8, 1 if sparse else 2)  # from the H100 sweep
-    write_lse = select and not sparse
-    # One scratch allocation, viewed as the split maxima, sums, accumulators and (producer) block LSEs.
+    n_lse = (n_sel if sparse else n_kb) if select else 0
+    # One scratch allocation, viewed as the split maxima, sums, accumulators and the LSEs selected from.
     part = B * Hkv * splits * G_PAD
-    scratch = torch.empty(part * (2 + DV) + (B * Hkv * G * n_kb if write_lse else 0), dtype=torch.float32, device=dev)
+    scratch = torch.empty(part * (2 + DV) + B * Hkv * G * n_lse, dtype=torch.float32, device=dev)
     mpart = scratch[:part].view(B, Hkv, splits, G_PAD)
     lpart = scratch[part:2 * part].view(B, Hkv, splits, G_PAD)
     accpart = scratch[2 * part:part * (2 + DV)].view(B, Hkv, splits, G_PAD, DV)
-    lse_blk = scratch[part * (2 + DV):].view(B, Hkv, G, n_kb) if write_lse else mpart
-    out = torch.empty(B, Hq, Sq, DV, dtype=q.dtype, device=dev)
+    lse_blk = scratch[part * (2 + DV):].view(B, Hkv, G, n_lse) if select else mpart
+    out = None if refine else torch.empty(B, Hq, Sq, DV, dtype=q.dtype, device=dev)
     _decode_split_kernel[(B, Hkv, splits)](
-        q, k, v, m, idx, mpart, lpart, accpart, lse_blk,
+        q, k, v, m, blocks, idx, mpart, lpart, accpart, lse_blk,
         q.stride(0), q.stride(1), q.stride(3),
         k.stride(0), k.stride(1), k.stride(2), k.stride(3),
         v.stride(0), v.stride(1), v.stride(2), v.stride(3),
-        smb, smk, sib, sih, sis,
-        Skv, mask_cols, n_kb, n_sel, splits, scale * LOG2E, thr, min_seq_len,
+        smb, smk, sbb, sib, sih, sis,
+        Skv, mask_cols, n_kb, n_sel, n_lse, splits, scale * LOG2E, thr, min_seq_len,
         G=G, G_PAD=G_PAD, D=D, DV=DV, BLOCK_N=block_size, MASK_KIND=kind, IS_CAUSAL=bool(is_causal),
-        SPARSE=sparse, WRITE_LSE=write_lse, SCAN_N=1024, SCAN_IT=64, num_warps=num_warps, num_stages=num_stages,
+        SPARSE=sparse, WRITE_LSE=select, WITH_V=not refine, HAS_BLOCKS=block_mask is not None, SCAN_N=1024, SCAN_IT=64, num_warps=num_warps,
+        num_stages=num_stages,
     )
-    if not write_lse:
-        bidx = out  # unused
-        n_select_arg = 0
-    else:
-        bidx = torch.empty(B, Hkv, 1, n_select, dtype=torch.int32, device=dev)
-        n_select_arg = n_select
-    _decode_combine_kernel[(B, Hkv, G)](
-        mpart, lpart, accpart, lse_blk, out, bidx,
-        out.stride(0), out.stride(1), out.stride(3),
-        splits, n_kb, n_select_arg, sink_blocks, local_blocks,
-        G=G, G_PAD=G_PAD, DV=DV, S_PAD=triton.next_power_of_2(splits), SELECT=write_lse,
-        C_PAD=triton.next_power_of_2(max(n_kb, 1)),
-        N_SEL_PAD=triton.next_power_of_2(max(n_select_arg, 1)),
-        num_warps=4 if n_kb <= 1024 else 8,  # H100: 4 warps best at 32K, 8 at 128K
+    bidx = torch.empty(B, Hkv, 1, n_select, dtype=torch.int32, device=dev) if select else None
+    _decode_combine_kernel[(B, Hkv, 1 if refine else G)](
+        mpart, lpart, accpart, lse_blk, mpart if out is None else out, mpart if bidx is None else bidx, idx, blocks,
+        *((out.stride(0), out.stride(1), out.stride(3)) if out is not None else (0, 0, 0)), sib, sih, sis, sbb,
+        splits, n_lse, n_select if select else 0, sink_blocks, local_blocks,
+        G=G, G_PAD=G_PAD, DV=DV, S_PAD=triton.next_power_of_2(splits), SELECT=select, WRITE_OUT=not refine,
+        FROM_LIST=refine, C_PAD=triton.next_power_of_2(max(n_lse, 1)),
+        N_SEL_PAD=triton.next_power_of_2(max(n_select if select else 0, 1)), HAS_BLOCKS=block_mask is not None,
+        num_warps=4 if n_lse <= 1024 else 8,  # H100: 4 warps best at 32K, 8 at 128K
     )
-    return out, (bidx if write_lse else None)
+    return out, bidx
 
 
-# Decode needs no block mask: each split already trims to the blocks holding an allowed key (its mask row is
-# Skv bytes), and keys that are not allowed are never loaded.
 def decode_topk_attention(q, k, v, mask, block_mask=None, *, is_causal, scale, block_size, n_select, sink_blocks,
                           local_blocks, **kw):
     """Producer for Sq == 1: (out [B, Hq, 1, Dv], block_idx int32 [B, Hkv, 1, n_select])."""
-    return _decode(q, k, v, mask, is_causal, scale, block_size, None, n_select, sink_blocks, local_blocks, 0, **kw)
+    return _decode(q, k, v, mask, block_mask, is_causal, scale, block_size, None, n_select, sink_blocks,
+                   local_blocks, 0, **kw)
 
 
 def decode_sparse_attention(q, k, v, block_idx, mask, block_mask=None, *, is_causal, scale, block_size, min_seq_len,
                             **kw):
     """Consumer for Sq == 1: out [B, Hq, 1, Dv] over the selected blocks (dense below min_seq_len allowed keys)."""
-    return _decode(q, k, v, mask, is_causal, scale, block_size, block_idx, 0, 0, 0, min_seq_len, **kw)[0]
+    return _decode(q, k, v, mask, block_mask, is_causal, scale, block_size, block_idx, 0, 0, 0, min_seq_len,
+                   select=False, **kw)[0]
 
 
 def decode_attention(q, k, v, mask, block_mask=None, *, is_causal, scale, block_size, **kw):
     """Dense attention for Sq == 1 (a layer the policy leaves dense): out [B, Hq, 1, Dv], no selection."""
-    return _decode(q, k, v, mask, is_causal, scale, block_size, None, 0, 0, 0, 0, select=False, **kw)[0]
+    return _decode(q, k, v, mask, block_mask, is_causal, scale, block_size, None, 0, 0, 0, 0, select=False, **kw)[0]
+
+
+def decode_refine_blocks(q, k, candidate_idx, mask, block_mask=None, *, is_causal, scale, block_size, n_select,
+                         sink_blocks, local_blocks, **kw):
+    """A consumer's own top ``n_select`` among its producer's candidate blocks, for Sq == 1 (the semantics of
+    reference.refine_blocks): int32 [B, Hkv, 1, n_select]. Reads the candidates' keys only."""
+    return _decode(q, k, k, mask, block_mask, is_causal, scale, block_size, candidate_idx, n_select, sink_blocks,
+                   local_blocks, 0, **kw)[1]

@@ -17,6 +17,10 @@ Consumer (1 launch): ``_prefill_attn_kernel`` with SPARSE=True over the query bl
 fewer than ``min_seq_len`` allowed keys (decided in the kernel) also visit the unselected blocks; a program none of
 whose rows can have that many (bounded by its block range) runs the dense pass instead, counting nothing.
 
+Refinement (``refine_blocks``, 2 launches): the consumer pass over the producer's candidate list with WITH_V=False
+(scores only, no value reads, no output) stores the row log2-sum-exps per list entry and reduces them as the
+producer does; ``_prefill_select_kernel`` selects among the entries and writes their block ids.
+
 Every pass walks a query block's KV blocks in three branch-free runs (``_block_ranges``): blocks with mask reads,
 blocks that need none (wholly allowed: below the causal diagonal, or inside a mask's full run), blocks with mask
 reads; blocks outside ``[first, end)`` are never visited. With a materialised mask the ranges come from its block
@@ -40,7 +44,8 @@ from ._common import LOG2E, block_mask_args, mask_args, mask_tile, ptx_stores, s
 def _attn_block(q, acc, m_i, l_i, c, valid, k_base, v_base, m_base, skn, skd, svn, svd, smq, smk,
                 qpos, row_ok, Skv, mask_cols, qk_scale, mask_thr,
                 offs_n, offs_d, offs_dv,
-                BLOCK_N: tl.constexpr, MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, FULL: tl.constexpr):
+                BLOCK_N: tl.constexpr, MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, FULL: tl.constexpr,
+                WITH_V: tl.constexpr = True):
     offs_k = c * BLOCK_N + offs_n
     # The block's first key in 64 bits, then small in-block offsets: no K/V offset wraps at any length.
     k_blk = k_base + tl.cast(c * BLOCK_N, tl.int64) * skn
@@ -51,7 +56,6 @@ def _attn_block(q, acc, m_i, l_i, c, valid, k_base, v_base, m_base, skn, skd, sv
         m_new = tl.maximum(m_i, tl.max(sc, 1))
         m_safe = m_new
         p = tl.exp2(sc - m_safe[:, None])
-        v = tl.load(v_blk + offs_n[:, None] * svn + offs_dv[None, :] * svd)
     else:
         allowed, bias = mask_tile(m_base, smq, smk, qpos, offs_k, row_ok & valid, Skv, mask_cols, mask_thr, MASK_KIND,
                                   IS_CAUSAL)
@@ -67,11 +71,15 @@ def _attn_block(q, acc, m_i, l_i, c, valid, k_base, v_base, m_base, skn, skd, sv
         m_new = tl.maximum(m_i, tl.max(sc, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.exp2(sc - m_safe[:, None])
-        v = tl.load(v_blk + offs_n[:, None] * svn + offs_dv[None, :] * svd, mask=kmask[:, None], other=0.0)
     alpha = tl.exp2(m_i - m_safe)
     l_blk = tl.sum(p, 1)
     l_i = l_i * alpha + l_blk
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    if WITH_V:
+        if FULL:
+            v = tl.load(v_blk + offs_n[:, None] * svn + offs_dv[None, :] * svd)
+        else:
+            v = tl.load(v_blk + offs_n[:, None] * svn + offs_dv[None, :] * svd, mask=kmask[:, None], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
     # Block log2-sum-exp per row, exact: m_safe + log2(sum_j exp2(s_j - m_safe)). A row with an allowed key whose
     # terms underflowed gets -1e30 (candidate, ~zero importance); a row with none gets -inf.
     if FULL:
@@ -127,13 +135,13 @@ def _kv_blocks(q0, Skv, QB: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.c
 def _dense_run(q, acc, m_i, l_i, c_lo, c_hi, x_base, k_base, v_base, m_base, skn, skd, svn, svd, smq, smk, qpos,
                row_ok, Skv, mask_cols, qk_scale, mask_thr, offs_n, offs_d, offs_dv, M: tl.constexpr,
                BLOCK_N: tl.constexpr, MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, FULL: tl.constexpr,
-               WRITE_X: tl.constexpr, PTX: tl.constexpr):
+               WRITE_X: tl.constexpr, PTX: tl.constexpr, WITH_V: tl.constexpr):
     """KV blocks [c_lo, c_hi) in turn (FULL: with no mask reads), storing each block's row log2-sum-exps if
     WRITE_X."""
     for c in range(c_lo, c_hi):
         acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c, True, k_base, v_base, m_base, skn, skd, svn, svd,
                                            smq, smk, qpos, row_ok, Skv, mask_cols, qk_scale, mask_thr, offs_n,
-                                           offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, FULL)
+                                           offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, FULL, WITH_V)
         if WRITE_X:
             store_rows(x_base + c * M, x_blk, row_ok, PTX)
     return acc, m_i, l_i
@@ -142,15 +150,15 @@ def _dense_run(q, acc, m_i, l_i, c_lo, c_hi, x_base, k_base, v_base, m_base, skn
 @triton.jit
 def _selected_block(q, acc, m_i, l_i, i_base, j, sis, n_kb, k_base, v_base, m_base, skn, skd, svn, svd, smq, smk,
                     qpos, row_ok, Skv, mask_cols, qk_scale, mask_thr, offs_n, offs_d, offs_dv,
-                    BLOCK_N: tl.constexpr, MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr):
-    """Entry j of a selection list, with mask reads: skipped when out of range or a repeat of the entry before."""
+                    BLOCK_N: tl.constexpr, MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, WITH_V: tl.constexpr):
+    """Entry j of a selection list, with mask reads: skipped (no allowed key, x = -inf) when out of range or a
+    repeat of the entry before."""
     c_sel = tl.load(i_base + j * sis)
     prev = tl.load(i_base + (j - 1) * sis, mask=j > 0, other=-1)
     ok = (c_sel >= 0) & (c_sel < n_kb) & (c_sel != prev)
-    acc, m_i, l_i, _x = _attn_block(q, acc, m_i, l_i, tl.where(ok, c_sel, 0), ok, k_base, v_base, m_base, skn, skd,
-                                    svn, svd, smq, smk, qpos, row_ok, Skv, mask_cols, qk_scale, mask_thr, offs_n,
-                                    offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, False)
-    return acc, m_i, l_i
+    return _attn_block(q, acc, m_i, l_i, tl.where(ok, c_sel, 0), ok, k_base, v_base, m_base, skn, skd, svn, svd, smq,
+                       smk, qpos, row_ok, Skv, mask_cols, qk_scale, mask_thr, offs_n, offs_d, offs_dv, BLOCK_N,
+                       MASK_KIND, IS_CAUSAL, False, WITH_V)
 
 
 @triton.jit
@@ -189,8 +197,10 @@ def _prefill_attn_kernel(
     HP: tl.constexpr, G: tl.constexpr, QB: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
     MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, SPARSE: tl.constexpr,
     N_SEL_PAD: tl.constexpr, WRITE_X: tl.constexpr, PTX: tl.constexpr, C_T: tl.constexpr,
-    HAS_BLOCKS: tl.constexpr,
+    HAS_BLOCKS: tl.constexpr, WITH_V: tl.constexpr,
 ):
+    """X [programs of a launch, n_x, rows] and Imp [B, head groups, n_qb, n_x] (WRITE_X) have a column per KV block
+    (dense, n_x = n_kb) or per list entry (SPARSE: the refinement, n_x = n_sel, with WITH_V=False: no output)."""
     qb, b, hg, kvh, head, q0, qpos, row_ok, q = _program_rows(Q, sqb, sqh, sqs, sqd, Hq, Sq, n_qb, pid0, HP, G, QB,
                                                               D)
     M: tl.constexpr = HP * QB
@@ -207,7 +217,8 @@ def _prefill_attn_kernel(
     # HAS_BLOCKS: only blocks [first, end) hold allowed keys; [full_first, full_end) run with no mask reads.
     first, full_first, full_end, end = _block_ranges(Blocks, b, qb, sbb, sbr, n_blocks, n_whole, MASK_KIND,
                                                      HAS_BLOCKS)
-    x_base = X + tl.program_id(0).to(tl.int64) * n_kb * M + tl.arange(0, M)  # X [programs of a launch, n_kb, M]
+    n_x = n_sel if SPARSE else n_kb
+    x_base = X + tl.program_id(0).to(tl.int64) * n_x * M + tl.arange(0, M)
 
     run_end = end  # the dense pass below visits [first, run_end): every block, or none in a program of selections
     if SPARSE:
@@ -231,20 +242,28 @@ def _prefill_attn_kernel(
         n_masked_lead = tl.sum(((sel_vec >= 0) & (sel_vec < full_first)).to(tl.int32), 0)
         n_full_sel = tl.sum(((sel_vec >= 0) & (sel_vec < full_end)).to(tl.int32), 0)
         for j in range(0, n_masked_lead):
-            acc, m_i, l_i = _selected_block(q, acc, m_i, l_i, i_base, j, sis, n_kb, k_base, v_base, m_base, skn, skd,
-                                            svn, svd, smq, smk, qpos, row_ok, Skv, mask_cols, qk_scale, mask_thr,
-                                            offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL)
+            acc, m_i, l_i, x_blk = _selected_block(q, acc, m_i, l_i, i_base, j, sis, n_kb, k_base, v_base, m_base,
+                                                   skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, mask_cols,
+                                                   qk_scale, mask_thr, offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND,
+                                                   IS_CAUSAL, WITH_V)
+            if WRITE_X:
+                store_rows(x_base + j * M, x_blk, row_ok, PTX)
         for j in range(n_masked_lead, n_full_sel):
             # In [full_first, full_end) for an ascending list (the op contract, not checked on the device); the
             # clamp keeps an unordered list's reads inside the keys.
             c_sel = tl.minimum(tl.maximum(tl.load(i_base + j * sis), full_first), full_end - 1)
             acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c_sel, True, k_base, v_base, m_base,
                                         skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, mask_cols, qk_scale, mask_thr,
-                                        offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, True)
+                                        offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, True, WITH_V)
+            if WRITE_X:
+                store_rows(x_base + j * M, x_blk, row_ok, PTX)
         for j in range(n_full_sel, n_used):
-            acc, m_i, l_i = _selected_block(q, acc, m_i, l_i, i_base, j, sis, n_kb, k_base, v_base, m_base, skn, skd,
-                                            svn, svd, smq, smk, qpos, row_ok, Skv, mask_cols, qk_scale, mask_thr,
-                                            offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL)
+            acc, m_i, l_i, x_blk = _selected_block(q, acc, m_i, l_i, i_base, j, sis, n_kb, k_base, v_base, m_base,
+                                                   skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, mask_cols,
+                                                   qk_scale, mask_thr, offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND,
+                                                   IS_CAUSAL, WITH_V)
+            if WRITE_X:
+                store_rows(x_base + j * M, x_blk, row_ok, PTX)
         # Rows with fewer than min_seq_len allowed keys attend all of them.
         if MASK_KIND == 0:
             if IS_CAUSAL:
@@ -266,24 +285,25 @@ def _prefill_attn_kernel(
                 acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c, dense_row & (is_sel == 0), k_base, v_base,
                                             m_base, skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, mask_cols,
                                             qk_scale, mask_thr, offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND,
-                                            IS_CAUSAL, False)
+                                            IS_CAUSAL, False, WITH_V)
     # The dense pass: mask reads, none (wholly allowed), mask reads: three branch-free runs the compiler can pipeline.
     run_full_first = tl.minimum(full_first, run_end)
     run_full_end = tl.minimum(full_end, run_end)
     acc, m_i, l_i = _dense_run(q, acc, m_i, l_i, first, run_full_first, x_base, k_base, v_base, m_base, skn, skd,
                                svn, svd, smq, smk, qpos, row_ok, Skv, mask_cols, qk_scale, mask_thr, offs_n, offs_d,
-                               offs_dv, M, BLOCK_N, MASK_KIND, IS_CAUSAL, False, WRITE_X, PTX)
+                               offs_dv, M, BLOCK_N, MASK_KIND, IS_CAUSAL, False, WRITE_X, PTX, WITH_V)
     acc, m_i, l_i = _dense_run(q, acc, m_i, l_i, run_full_first, run_full_end, x_base, k_base, v_base, m_base, skn,
                                skd, svn, svd, smq, smk, qpos, row_ok, Skv, mask_cols, qk_scale, mask_thr, offs_n,
-                               offs_d, offs_dv, M, BLOCK_N, MASK_KIND, IS_CAUSAL, True, WRITE_X, PTX)
+                               offs_d, offs_dv, M, BLOCK_N, MASK_KIND, IS_CAUSAL, True, WRITE_X, PTX, WITH_V)
     acc, m_i, l_i = _dense_run(q, acc, m_i, l_i, run_full_end, run_end, x_base, k_base, v_base, m_base, skn, skd, svn,
                                svd, smq, smk, qpos, row_ok, Skv, mask_cols, qk_scale, mask_thr, offs_n, offs_d,
-                               offs_dv, M, BLOCK_N, MASK_KIND, IS_CAUSAL, False, WRITE_X, PTX)
+                               offs_dv, M, BLOCK_N, MASK_KIND, IS_CAUSAL, False, WRITE_X, PTX, WITH_V)
 
     l_ok = l_i > 0
-    out = tl.where(l_ok[:, None], acc / tl.where(l_ok, l_i, 1.0)[:, None], 0.0)
-    tl.store(Out + b * sob + head[:, None] * soh + qpos.to(tl.int64)[:, None] * sos + offs_dv[None, :] * sod,
-             out.to(Out.dtype.element_ty), mask=row_ok[:, None])
+    if WITH_V:
+        out = tl.where(l_ok[:, None], acc / tl.where(l_ok, l_i, 1.0)[:, None], 0.0)
+        tl.store(Out + b * sob + head[:, None] * soh + qpos.to(tl.int64)[:, None] * sos + offs_dv[None, :] * sod,
+                 out.to(Out.dtype.element_ty), mask=row_ok[:, None])
     if WRITE_X:
         # Importance: read back the x rows this program stored, C_T blocks at a time, now that the row LSEs are
         # final. The barrier makes the other lanes' stores visible; .cg reads them from L2. Rows with no allowed
@@ -292,43 +312,55 @@ def _prefill_attn_kernel(
         m_safe = tl.where(m_i == float("-inf"), 0.0, m_i)
         lse_r = tl.where(l_ok & row_ok, m_safe + tl.log2(tl.where(l_ok, l_i, 1.0)), float("inf"))
         offs_t = tl.arange(0, C_T)
-        imp_base = Imp + ((b * (Hq // HP) + hg) * n_qb + qb) * n_kb
-        # The next tile is loaded before this one is reduced: the loop is bound by load latency. Blocks outside
-        # [first, end) were not visited: no candidates.
-        stored = (offs_t >= first) & (offs_t < end)
+        imp_base = Imp + ((b * (Hq // HP) + hg) * n_qb + qb) * n_x
+        # Columns stored: the blocks [first, end) the dense pass visited, or the list's entries [0, n_used).
+        if SPARSE:
+            x_lo = 0
+            x_hi = n_used
+        else:
+            x_lo = first
+            x_hi = end
+        # The next tile is loaded before this one is reduced: the loop is bound by load latency. Columns not
+        # stored hold no candidates.
+        stored = (offs_t >= x_lo) & (offs_t < x_hi)
         x_next = tl.load(x_base[None, :] + offs_t[:, None] * M, mask=stored[:, None] & row_ok[None, :],
                          other=float("-inf"), cache_modifier=".cg")
-        for c0 in range(0, end, C_T):
+        for c0 in range(0, x_hi, C_T):
             cols = c0 + offs_t
             x = x_next
             nc = cols + C_T
-            stored = (nc >= first) & (nc < end)
+            stored = (nc >= x_lo) & (nc < x_hi)
             x_next = tl.load(x_base[None, :] + nc[:, None] * M, mask=stored[:, None] & row_ok[None, :],
                              other=float("-inf"), cache_modifier=".cg")
             cand = tl.max((x > float("-inf")).to(tl.int32), 1) != 0
             imp = tl.sum(tl.exp2(x - lse_r[None, :]), 1)
-            tl.store(imp_base + cols, tl.where(cand, imp, -1.0), mask=cols < end)
-        for c0 in range(end, n_kb, C_T):
+            tl.store(imp_base + cols, tl.where(cand, imp, -1.0), mask=cols < x_hi)
+        for c0 in range(x_hi, n_x, C_T):
             cols = c0 + offs_t
-            tl.store(imp_base + cols, tl.full([C_T], -1.0, tl.float32), mask=cols < n_kb)
+            tl.store(imp_base + cols, tl.full([C_T], -1.0, tl.float32), mask=cols < n_x)
 
 
 @triton.jit
-def _prefill_select_kernel(Imp, BlockIdx, n_kb, n_select, sink_blocks, local_blocks,
-                           NG: tl.constexpr, C_PAD: tl.constexpr, N_SEL_PAD: tl.constexpr):
-    """One program per (b, kv head, query block) row; Imp [B, Hkv, NG, n_qb, n_kb] with NG head groups."""
+def _prefill_select_kernel(Imp, BlockIdx, Idx, sib, sih, sir, sis, n_kvh, n_x, n_select, sink_blocks, local_blocks,
+                           NG: tl.constexpr, C_PAD: tl.constexpr, N_SEL_PAD: tl.constexpr, FROM_LIST: tl.constexpr):
+    """One program per (b, kv head, query block) row; Imp [B, Hkv, NG, n_qb, n_x] with NG head groups, a column
+    per KV block, or with FROM_LIST per entry of the list Idx [B, Hkv, n_qb, n_x] (whose block ids it writes)."""
     pid = tl.program_id(0).to(tl.int64)
     n_qb = tl.num_programs(1)
     r = tl.program_id(1)
     offs_c = tl.arange(0, C_PAD)
-    cm = offs_c < n_kb
-    base = Imp + (pid * NG * n_qb + r) * n_kb
+    cm = offs_c < n_x
+    base = Imp + (pid * NG * n_qb + r) * n_x
     first = tl.load(base + offs_c, mask=cm, other=-1.0)
     cand = first >= 0
     imp = tl.where(cand, first, 0.0)
     for g in range(1, NG):
-        imp += tl.where(cand, tl.load(base + g * n_qb * n_kb + offs_c, mask=cm, other=0.0), 0.0)
-    select_row(imp, cand, offs_c, BlockIdx + (pid * n_qb + r) * n_select, n_select, sink_blocks, local_blocks,
+        imp += tl.where(cand, tl.load(base + g * n_qb * n_x + offs_c, mask=cm, other=0.0), 0.0)
+    if FROM_LIST:
+        ids = tl.load(Idx + (pid // n_kvh) * sib + (pid % n_kvh) * sih + r * sir + offs_c * sis, mask=cm, other=-1)
+    else:
+        ids = offs_c
+    select_row(imp, cand, ids, BlockIdx + (pid * n_qb + r) * n_select, n_select, sink_blocks, local_blocks,
                N_SEL_PAD)
 
 
@@ -398,15 +430,17 @@ def _launch_cfg(kind: str, G: int, block_size: int, D: int):
 
 def _prefill_attn(q, k, v, mask, is_causal, scale, block_size, block_idx, min_seq_len, importance=False, cfg=None,
                   block_mask=None):
-    """The FA pass: dense (block_idx None) or sparse. Returns (out, imp or None): ``importance=True`` (dense only)
-    also stores the block log-sum-exps in a scratch buffer and reduces them into imp [B, Hq / HP, n_qb, n_kb] (see
-    the module docstring), launching the grid in chunks whose scratch fits X_BUDGET_BYTES. ``cfg`` overrides the
-    tuned (HP, num_warps, num_stages). ``block_mask``: reference.mask_blocks of ``mask`` (blocks to skip or to run
-    without mask reads)."""
+    """The FA pass: dense (block_idx None) or sparse over the lists ``block_idx``. Returns (out, imp or None):
+    ``importance=True`` also stores the row log-sum-exp of each visited block in a scratch buffer and reduces them
+    into imp [B, Hq / HP, n_qb, n_x] (see the module docstring), launching the grid in chunks whose scratch fits
+    X_BUDGET_BYTES: a column per KV block (dense), or per list entry (sparse: the refinement, which reads no values
+    and returns no out). ``cfg`` overrides the tuned (HP, num_warps, num_stages). ``block_mask``:
+    reference.mask_blocks of ``mask`` (blocks to skip or to run without mask reads)."""
     B, Hq, Sq, D = q.shape
     Hkv, Skv, DV = k.shape[1], k.shape[2], v.shape[3]
     G = Hq // Hkv
     sparse = block_idx is not None
+    refine = sparse and importance
     kind = "sparse" if sparse else ("dense_x" if importance else "dense")
     HP, nw, ns = cfg or _launch_cfg(kind, G, block_size, D)
     n_kb, n_qb = triton.cdiv(Skv, block_size), triton.cdiv(Sq, block_size)
@@ -419,37 +453,44 @@ def _prefill_attn(q, k, v, mask, is_causal, scale, block_size, block_idx, min_se
         sidx = (idx.stride(0), idx.stride(1), idx.stride(2), idx.stride(3))
     else:
         idx, n_sel, sidx = q, 0, (0, 0, 0, 0)
-    out = torch.empty(B, Hq, Sq, DV, dtype=q.dtype, device=dev)
-    imp = torch.empty(B, Hq // HP, n_qb, n_kb, dtype=torch.float32, device=dev) if importance else None
+    n_x = n_sel if sparse else n_kb
+    out = None if refine else torch.empty(B, Hq, Sq, DV, dtype=q.dtype, device=dev)
+    imp = torch.empty(B, Hq // HP, n_qb, n_x, dtype=torch.float32, device=dev) if importance else None
     grid = n_qb * B * (Hq // HP)
-    chunk = x_chunk(n_kb, HP, block_size) if importance else max(grid, 1)
-    x_buf = (torch.empty(min(chunk, grid), n_kb, HP * block_size, dtype=torch.float32, device=dev) if importance
+    chunk = x_chunk(n_x, HP, block_size) if importance else max(grid, 1)
+    x_buf = (torch.empty(min(chunk, grid), n_x, HP * block_size, dtype=torch.float32, device=dev) if importance
              else None)
     constexprs = dict(
         HP=HP, G=G, QB=block_size, BLOCK_N=block_size, D=D, DV=DV, MASK_KIND=kind, IS_CAUSAL=bool(is_causal),
         SPARSE=sparse, N_SEL_PAD=triton.next_power_of_2(max(n_sel, 1)), WRITE_X=importance, PTX=ptx_stores(q),
-        C_T=min(X_STEP_BLOCKS, triton.next_power_of_2(n_kb)), HAS_BLOCKS=block_mask is not None,
+        C_T=min(X_STEP_BLOCKS, triton.next_power_of_2(max(n_x, 1))), HAS_BLOCKS=block_mask is not None,
+        WITH_V=not refine,
     )
+    unused = q  # a pointer the kernel never reads under these constexprs
     for pid0 in range(0, grid, chunk):  # one launch unless the scratch is over budget
         _launch_fitted(_prefill_attn_kernel, (min(chunk, grid - pid0),), (
-            q, k, v, m, blocks, idx, out, out if x_buf is None else x_buf, out if imp is None else imp,
+            q, k, v, m, blocks, idx, unused if out is None else out, unused if x_buf is None else x_buf,
+            unused if imp is None else imp,
             q.stride(0), q.stride(1), q.stride(2), q.stride(3),
             k.stride(0), k.stride(1), k.stride(2), k.stride(3),
             v.stride(0), v.stride(1), v.stride(2), v.stride(3),
             smb, smq, smk, sbb, sbr, *sidx,
-            out.stride(0), out.stride(1), out.stride(2), out.stride(3),
+            *((out.stride(0), out.stride(1), out.stride(2), out.stride(3)) if out is not None else (0, 0, 0, 0)),
             Hq, Sq, Skv, mask_cols, n_kb, n_qb, n_sel, scale * LOG2E, thr, min_seq_len, pid0,
         ), constexprs, nw, ns)
     return out, imp
 
 
-def _select(imp, block_idx, n_kb, n_select, sink_blocks, local_blocks, NG):
-    """block_idx [B, Hkv, n_qb, n_select] from imp [B, Hkv * NG, n_qb, n_kb] (summing NG head groups per KV head)."""
+def _select(imp, block_idx, n_x, n_select, sink_blocks, local_blocks, NG, candidate_idx=None):
+    """block_idx [B, Hkv, n_qb, n_select] from imp [B, Hkv * NG, n_qb, n_x] (summing NG head groups per KV head):
+    a column per KV block, or per entry of ``candidate_idx`` [B, Hkv, n_qb, n_x]."""
     B, Hkv, n_qb, _ = block_idx.shape
+    ids = candidate_idx if candidate_idx is not None else block_idx
     _prefill_select_kernel[(B * Hkv, n_qb)](
-        imp, block_idx, n_kb, n_select, sink_blocks, local_blocks,
-        NG=NG, C_PAD=triton.next_power_of_2(max(n_kb, 1)), N_SEL_PAD=triton.next_power_of_2(max(n_select, 1)),
-        num_warps=4 if n_kb <= 4096 else 8,
+        imp, block_idx, ids, ids.stride(0), ids.stride(1), ids.stride(2), ids.stride(3), Hkv, n_x, n_select,
+        sink_blocks, local_blocks,
+        NG=NG, C_PAD=triton.next_power_of_2(max(n_x, 1)), N_SEL_PAD=triton.next_power_of_2(max(n_select, 1)),
+        FROM_LIST=candidate_idx is not None, num_warps=4 if n_x <= 4096 else 8,
     )
 
 
@@ -464,6 +505,18 @@ def prefill_topk_attention(q, k, v, mask, block_mask=None, *, is_causal, scale, 
                              block_mask=block_mask)
     _select(imp, block_idx, n_kb, n_select, sink_blocks, local_blocks, imp.shape[1] // Hkv)
     return out, block_idx
+
+
+def prefill_refine_blocks(q, k, candidate_idx, mask, block_mask=None, *, is_causal, scale, block_size, n_select,
+                          sink_blocks, local_blocks):
+    """A consumer's own top ``n_select`` among its producer's candidate blocks, for any Sq (the semantics of
+    reference.refine_blocks): int32 [B, Hkv, ceil(Sq/bs), n_select]. Scores the candidates' keys; reads no values."""
+    B, Hkv, n_qb, n_cand = candidate_idx.shape
+    block_idx = torch.empty(B, Hkv, n_qb, n_select, dtype=torch.int32, device=q.device)
+    _, imp = _prefill_attn(q, k, k, mask, is_causal, scale, block_size, candidate_idx, 0, importance=True,
+                           block_mask=block_mask)
+    _select(imp, block_idx, n_cand, n_select, sink_blocks, local_blocks, imp.shape[1] // Hkv, candidate_idx)
+    return block_idx
 
 
 def prefill_sparse_attention(q, k, v, block_idx, mask, block_mask=None, *, is_causal, scale, block_size, min_seq_len,

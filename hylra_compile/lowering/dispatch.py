@@ -76,6 +76,18 @@ def sparse_attention_triton(q, k, v, block_idx, mask, block_mask=None, **params)
     return fn(q, k, v, block_idx, reference.mask_4d(mask), block_mask, **params)
 
 
+def refine_blocks_triton(q, k, candidate_idx, mask, block_mask=None, **params):
+    from ..kernels import decode_refine_blocks, prefill_refine_blocks
+
+    reference.check_inputs(q, k, k, mask, params["block_size"])
+    reference.check_block_mask(block_mask, mask, k, params["block_size"])
+    reference.check_selection(params["n_select"], params["sink_blocks"], params["local_blocks"])
+    reference.check_block_idx(candidate_idx, q, k, params["block_size"], "candidate_idx")
+    # As for block_idx, the rows' order and range are the producer's contract, not checked on the host.
+    fn = decode_refine_blocks if q.shape[2] == 1 else prefill_refine_blocks
+    return fn(q, k, candidate_idx, reference.mask_4d(mask), block_mask, **params)
+
+
 def attention_triton(q, k, v, mask, block_mask=None, **params):
     from ..kernels import decode_attention, prefill_attention
 
@@ -91,12 +103,13 @@ def attention_triton(q, k, v, mask, block_mask=None, **params):
 _CUDA_KERNELS = torch.library.Library("hylra", "IMPL")
 
 
-def _register_cuda(op, triton_fn, reference_fn, mask_at: int) -> None:
+def _register_cuda(op, triton_fn, reference_fn, mask_at: int, values_at: int = 2) -> None:
     """Register ``triton_fn`` as ``op``'s CUDA kernel, falling back to the reference for inputs it cannot take;
-    ``mask_at``: the position of ``mask`` among the op's tensors."""
+    ``mask_at``, ``values_at``: the positions of ``mask`` and of the values (the keys for an op that reads none)
+    among the op's tensors."""
 
     def kernel(*tensors, **params):
-        q, k, v = tensors[:3]
+        q, k, v = tensors[0], tensors[1], tensors[values_at]
         reason = unsupported_reason(q, k, v, tensors[mask_at], params["block_size"])
         if reason is not None:
             _warn_once(op._name, reason)
@@ -122,3 +135,4 @@ _CUDA_KERNELS.impl("mask_blocks", _mask_blocks_cuda, "CUDA")
 _register_cuda(ops.topk_attention, topk_attention_triton, reference.topk_attention, mask_at=3)
 _register_cuda(ops.sparse_attention, sparse_attention_triton, reference.sparse_attention, mask_at=4)
 _register_cuda(ops.attention, attention_triton, reference.attention, mask_at=3)
+_register_cuda(ops.refine_blocks, refine_blocks_triton, reference.refine_blocks, mask_at=3, values_at=1)

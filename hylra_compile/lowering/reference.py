@@ -524,6 +524,7 @@ def refine_blocks(
     k: Tensor,
     candidate_idx: Tensor,
     mask: Tensor | None,
+    block_mask: Tensor | None = None,
     *,
     is_causal: bool,
     scale: float | None,
@@ -543,9 +544,10 @@ def refine_blocks(
     r]`` holding an allowed key of (any query of r, any query head of h); selection follows
     :func:`select_blocks` (the first ``sink_blocks`` and last ``local_blocks`` candidates, then the most
     important). Returns int32 [B, Hkv, ceil(Sq / bs), n_select]. With every block a candidate it equals
-    :func:`topk_attention`'s ``block_idx``.
+    :func:`topk_attention`'s ``block_idx``. ``block_mask`` as in :func:`topk_attention` (speed only).
     """
     check_inputs(q, k, k, mask, block_size)
+    check_block_mask(block_mask, mask, k, block_size)
     check_selection(n_select, sink_blocks, local_blocks)
     in_candidates = _selection_keys(candidate_idx, "candidate_idx", q, k, block_size)
     _, importance, candidate = attention_with_importance(

@@ -2,13 +2,13 @@
 
 Under tracing Hugging Face materialises the attention mask as a [B, 1, S, S] tensor that every layer reads. For
 each distinct mask node that a rewritten site reads, one ``hylra::shared_mask`` node stores it once for all the
-ops (Inductor would otherwise compute it into a buffer per op: 32 copies of 16 GiB at 128K tokens), and for a
-prefill site one ``hylra::mask_blocks`` node of that copy (FlexAttention's
-``BlockMask``: per query block, which KV blocks to skip, which are wholly allowed, which need mask reads) is
-inserted before its first user and shared by the ops of every layer. A 32-layer model pays one pass over the mask,
-and the kernels skip the blocks above the diagonal of a causal mask, read no mask byte in the blocks below it, and
-read it only on the diagonal (and where padding or a sliding window cuts a block). Decode sites get none: their
-kernels trim each split to the blocks holding an allowed key, reading the one mask row.
+ops (Inductor would otherwise compute it into a buffer per op: 32 copies of 16 GiB at 128K tokens), and one
+``hylra::mask_blocks`` node of that copy (FlexAttention's ``BlockMask``: per query block, which KV blocks to skip,
+which are wholly allowed, which need mask reads) is inserted before its first user and shared by the ops of every
+layer. A 32-layer model pays one pass over the mask. In prefill the kernels skip the blocks above the diagonal of
+a causal mask, read no mask byte in the blocks below it, and read it only on the diagonal (and where padding or a
+sliding window cuts a block); in decode they visit only the blocks of the mask row holding allowed keys (a short
+prompt in a long static cache costs its own length), and consumers count allowed keys from the block ranges.
 """
 
 from __future__ import annotations
@@ -59,9 +59,9 @@ def block_masks(
 
 
 def _takes_block_mask(match: AttentionMatch) -> bool:
-    """A prefill site whose mask has one head and a column per key (the shapes the kernels' block masks take)."""
+    """A site whose mask has one head and a column per key (the shapes the kernels' block masks take)."""
     q, k, mask = (example_value(node) for node in (match.q, match.k, match.mask))
-    if statically_known_true(q.shape[2] == 1) or mask.dim() > 4:
+    if mask.dim() > 4:
         return False
     heads = mask.shape[-3] if mask.dim() >= 3 else 1
     rows = mask.shape[-2] if mask.dim() >= 2 else 1

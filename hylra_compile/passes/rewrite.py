@@ -77,8 +77,8 @@ def consumer_selection(graph: torch.fx.Graph, inputs: dict, settings: dict, prod
         return produced
     own = {"q": inputs["q"], "k": inputs["k"]}
     if options.selection == "refine":
-        arguments = {**own, "candidate_idx": produced, "mask": inputs["mask"], **settings,
-                     **options.selection_settings()}
+        arguments = {**own, "candidate_idx": produced, "mask": inputs["mask"], "block_mask": inputs["block_mask"],
+                     **settings, **options.selection_settings()}
         return call_with_meta(graph, torch.ops.hylra.refine_blocks.default, arguments, like)
     arguments = {**inputs, **settings, **options.selection_settings()}
     op = call_with_meta(graph, torch.ops.hylra.topk_attention.default, arguments, like)

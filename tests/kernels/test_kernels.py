@@ -16,9 +16,11 @@ import triton
 
 from hylra_compile.kernels import (
     decode_attention,
+    decode_refine_blocks,
     decode_sparse_attention,
     decode_topk_attention,
     prefill_attention,
+    prefill_refine_blocks,
     prefill_sparse_attention,
     prefill_topk_attention,
 )
@@ -36,6 +38,24 @@ def ref_importance(q, k, v, mask, is_causal, scale, bs):
     """importance [B, Hkv, nqb, nkb] (float64) and candidate, exactly as reference.topk_attention defines them."""
     _, imp, hit = R.attention_with_importance(q.double(), k.double(), v.double(), mask, is_causal, scale, bs)
     return imp, hit
+
+
+def check_refine(refine, q, k, v, mask, block_mask, producer, rtol):
+    """``refine`` (a kernel) against reference.refine_blocks, the candidates being the reference producer's
+    selection of twice ``n_select`` blocks (and then of every block), keeping one block beyond the forced ones and
+    ``n_select``."""
+    n_sel = producer["n_select"]
+    extra = {} if block_mask is None else dict(block_mask=block_mask)
+    for n_cand in (2 * n_sel, R.num_blocks(k.shape[2], producer["block_size"]) + 2):
+        candidates = R.topk_attention(q, k, v, mask, **dict(producer, n_select=n_cand))[1]
+        in_candidates = R._selection_keys(candidates, "candidates", q, k, producer["block_size"])
+        _, imp, _hit = R.attention_with_importance(
+            q.double(), k.double(), None, mask, producer["is_causal"], producer["scale"], producer["block_size"],
+            keep=lambda s, e, allowed: allowed & in_candidates(s, e, allowed))
+        for n in (producer["sink_blocks"] + producer["local_blocks"] + 1, n_sel):
+            settings = dict(producer, n_select=n)
+            got = refine(q, k, candidates, mask, **extra, **settings)
+            assert_same_selection(got, R.refine_blocks(q, k, candidates, mask, **settings), imp, rtol)
 
 
 def assert_same_selection(got, want, imp, rtol):
@@ -146,27 +166,34 @@ def _check_decode(case, device, setting):
     B, Hq, Hkv, Skv, D, mk, valid, left, causal, n_sel, sink, local = _scale_case(case, device, False)
     q, k, v = make_qkv(B, Hq, Hkv, 1, Skv, D, dtype, device, layout="bshd")
     mask = make_mask(mk, B, 1, Skv, valid, device, left=left, dtype=torch.float32 if dtype == torch.float32 else dtype)
-    if mask is not None and B > 2:  # as the passes give it (the others take the mask as made)
-        mask = stored_like_shared_mask(mask)
     tol = TOL[dtype]
     common = dict(is_causal=causal, scale=None, block_size=bs)
     producer = dict(common, n_select=n_sel, sink_blocks=sink, local_blocks=local)
-    out, bidx = decode_topk_attention(q, k, v, mask, **producer)
     rout, rbidx = R.topk_attention(q, k, v, mask, **producer)
-    assert out.dtype == q.dtype and out.shape == rout.shape
-    assert rel_err(out, rout) <= tol, (dtype, rel_err(out, rout))
     imp, cand = ref_importance(q, k, v, mask, causal, None, bs)
-    assert_same_selection(bidx, rbidx, imp, 10 * tol)
-    # consumer on the reference selection, with and without min_seq_len
-    for msl in (0, 40 * (bs // 16)):
-        sout = decode_sparse_attention(q, k, v, rbidx, mask, **common, min_seq_len=msl)
-        rsout = R.sparse_attention(q, k, v, rbidx, mask, **common, min_seq_len=msl)
-        assert rel_err(sout, rsout) <= tol, (dtype, msl, rel_err(sout, rsout))
     n_kb = R.num_blocks(Skv, bs)
-    if n_sel >= n_kb:  # selection covers every candidate: the consumer equals dense attention
-        assert ((bidx >= 0).sum(-1) == cand.sum(-1)).all()
-        assert rel_err(decode_sparse_attention(q, k, v, bidx, mask, **common, min_seq_len=0), rout) <= tol
-    assert rel_err(decode_attention(q, k, v, mask, **common), rout) <= tol
+    # With a mask: as given, then as the passes give it, stored with padded rows and with its block ranges (the
+    # blocks to visit; the consumer's key count decided from them where they can).
+    layouts = [(mask, None)]
+    if mask is not None:
+        stored = stored_like_shared_mask(mask)
+        layouts.append((stored, R.mask_blocks(stored, block_size=bs)))
+    for mask, block_mask in layouts:
+        out, bidx = decode_topk_attention(q, k, v, mask, block_mask, **producer)
+        assert out.dtype == q.dtype and out.shape == rout.shape
+        assert rel_err(out, rout) <= tol, (dtype, rel_err(out, rout))
+        assert_same_selection(bidx, rbidx, imp, 10 * tol)
+        # consumer on the reference selection: no row dense, rows dense by their count, every row dense
+        for msl in (0, 40 * (bs // 16), 10**6):
+            sout = decode_sparse_attention(q, k, v, rbidx, mask, block_mask, **common, min_seq_len=msl)
+            rsout = R.sparse_attention(q, k, v, rbidx, mask, **common, min_seq_len=msl)
+            assert rel_err(sout, rsout) <= tol, (dtype, msl, rel_err(sout, rsout))
+        if n_sel >= n_kb:  # selection covers every candidate: the consumer equals dense attention
+            assert ((bidx >= 0).sum(-1) == cand.sum(-1)).all()
+            sout = decode_sparse_attention(q, k, v, bidx, mask, block_mask, **common, min_seq_len=0)
+            assert rel_err(sout, rout) <= tol
+        assert rel_err(decode_attention(q, k, v, mask, block_mask, **common), rout) <= tol
+        check_refine(decode_refine_blocks, q, k, v, mask, block_mask, producer, 10 * tol)
     if valid is not None and min(valid) == 0:
         b0 = valid.index(0)
         assert torch.all(out[b0] == 0) and torch.all(bidx[b0] == -1)
@@ -214,6 +241,7 @@ def _check_prefill(case, device, setting):
             sout = prefill_sparse_attention(q, k, v, bidx, mask, block_mask, **common, min_seq_len=0)
             assert rel_err(sout, rout) <= tol
         assert rel_err(prefill_attention(q, k, v, mask, block_mask, **common), rout) <= tol
+        check_refine(prefill_refine_blocks, q, k, v, mask, block_mask, producer, 10 * tol)
     if valid is not None and min(valid) == 0:
         b0 = valid.index(0)
         assert torch.all(out[b0] == 0) and torch.all(bidx[b0] == -1)
@@ -243,28 +271,31 @@ def test_prefill_interpreter(name):
 
 
 def test_select_ties_and_padding_interpreter():
-    """Exact ties resolve to the lower index; forced sink/local; too few candidates pad -1 (prefill select path)."""
-    from hylra_compile.kernels.prefill import _prefill_select_kernel
+    """Exact ties resolve to the lower index; forced sink/local; too few candidates pad -1 (prefill select path);
+    selecting among a list's entries writes the entries' block ids."""
 
-    def check(imp, cases, C_PAD):
+    def check(imp, cases):
         cand = imp >= 0
+        rows, n_x = imp.shape
+        ids = torch.arange(n_x, dtype=torch.int32) * 3 + 1  # a candidate list: ascending block ids
         for n_select, sink, local in cases:
-            out = torch.empty(imp.shape[0], n_select, dtype=torch.int32)
-            _prefill_select_kernel[(imp.shape[0], 1)](imp, out, imp.shape[1], n_select, sink, local, NG=1,
-                                                      C_PAD=C_PAD, N_SEL_PAD=triton.next_power_of_2(n_select))
             want = R.select_blocks(imp.clamp_min(0), cand, n_select, sink, local)
-            assert torch.equal(out, want), (n_select, sink, local, out, want)
+            for listed in (None, ids.expand(rows, n_x).reshape(1, rows, 1, n_x)):
+                out = torch.empty(1, rows, 1, n_select, dtype=torch.int32)
+                P._select(imp.reshape(1, rows, 1, n_x), out, n_x, n_select, sink, local, NG=1, candidate_idx=listed)
+                expected = want if listed is None else torch.where(want >= 0, ids[want.clamp_min(0).long()], -1)
+                assert torch.equal(out.reshape(rows, n_select), expected), (n_select, sink, local, out, expected)
 
     imp = torch.tensor([[0.5, 0.1, 0.3, 0.3, 0.3, -1.0, 0.2, 0.3, 0.0, 0.05],
                         [-1.0] * 8 + [0.7, 0.2]], dtype=torch.float32)
-    check(imp, [(4, 1, 1), (6, 2, 1), (12, 1, 2), (2, 1, 1)], C_PAD=16)
+    check(imp, [(4, 1, 1), (6, 2, 1), (12, 1, 2), (2, 1, 1)])
     # Distinct values (the search stops early), underflowed zeros and repeated values, non-candidates.
     g = torch.Generator().manual_seed(3)
     imp = torch.rand(3, 50, generator=g) ** 8
     imp[0, ::7] = 0.0
     imp[1, 10:30] = imp[1, 5]
     imp[2, ::3] = -1.0
-    check(imp, [(8, 1, 2), (20, 0, 0), (3, 1, 2), (45, 2, 2)], C_PAD=64)
+    check(imp, [(8, 1, 2), (20, 0, 0), (3, 1, 2), (45, 2, 2)])
 
 
 # ---------------------------------------------------------------------------------------------------------- on GPU

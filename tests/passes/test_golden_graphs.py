@@ -141,7 +141,7 @@ class GraphModule(torch.nn.Module):
         (gm,) = backend.graphs
         self.assertExpectedInline(attention_ops(gm) + "\n" + attention_counters(), """\
 topk_attention#0(q=%0 f32[1, 2, 12, 4], k=%1 f32[1, 1, 12, 4], v=%2 f32[1, 1, 12, 4], mask=None, block_mask=None, is_causal=True, scale=None, block_size=4, n_select=4, sink_blocks=1, local_blocks=1)
-refine_blocks#0(q=%3 f32[1, 2, 12, 4], k=%4 f32[1, 1, 12, 4], candidate_idx=topk_attention#0.block_idx, mask=None, is_causal=True, scale=None, block_size=4, n_select=2, sink_blocks=1, local_blocks=1)
+refine_blocks#0(q=%3 f32[1, 2, 12, 4], k=%4 f32[1, 1, 12, 4], candidate_idx=topk_attention#0.block_idx, mask=None, block_mask=None, is_causal=True, scale=None, block_size=4, n_select=2, sink_blocks=1, local_blocks=1)
 sparse_attention#0(q=%3 f32[1, 2, 12, 4], k=%4 f32[1, 1, 12, 4], v=%5 f32[1, 1, 12, 4], mask=None, block_mask=None, block_idx=refine_blocks#0, is_causal=True, scale=None, block_size=4, min_seq_len=0)
 consumer_sites=1, producer_sites=1, rewritten=2, sdpa_matched=2""")
 
@@ -178,9 +178,10 @@ block_masks=1, consumer_sites=1, producer_sites=1, rewritten=2, sdpa_matched=2, 
     def test_hf_sdpa_decode(self):
         self.assertExpectedInline(self.hf_views("sdpa", "decode"), """\
 shared_mask#0(mask=%0 b8[2, 1, 1, 48])
-topk_attention#0(q=%1 f32[2, 4, 1, 8], k=%2 f32[2, 2, 48, 8], v=%3 f32[2, 2, 48, 8], mask=shared_mask#0, block_mask=None, is_causal=False, scale=0.3536, block_size=8, n_select=3, sink_blocks=1, local_blocks=2)
-sparse_attention#0(q=%4 f32[2, 4, 1, 8], k=%5 f32[2, 2, 48, 8], v=%6 f32[2, 2, 48, 8], mask=shared_mask#0, block_mask=None, block_idx=topk_attention#0.block_idx, is_causal=False, scale=0.3536, block_size=8, min_seq_len=0)
-consumer_sites=1, producer_sites=1, rewritten=2, sdpa_matched=2, shared_masks=1""")
+mask_blocks#0(mask=shared_mask#0, block_size=8)
+topk_attention#0(q=%1 f32[2, 4, 1, 8], k=%2 f32[2, 2, 48, 8], v=%3 f32[2, 2, 48, 8], mask=shared_mask#0, block_mask=mask_blocks#0, is_causal=False, scale=0.3536, block_size=8, n_select=3, sink_blocks=1, local_blocks=2)
+sparse_attention#0(q=%4 f32[2, 4, 1, 8], k=%5 f32[2, 2, 48, 8], v=%6 f32[2, 2, 48, 8], mask=shared_mask#0, block_mask=mask_blocks#0, block_idx=topk_attention#0.block_idx, is_causal=False, scale=0.3536, block_size=8, min_seq_len=0)
+block_masks=1, consumer_sites=1, producer_sites=1, rewritten=2, sdpa_matched=2, shared_masks=1""")
 
     def test_hf_eager_prefill(self):
         self.assertExpectedInline(self.hf_views("eager", "prefill"), """\
@@ -193,6 +194,7 @@ block_masks=1, consumer_sites=1, eager_matched=2, producer_sites=1, rewritten=2,
     def test_hf_eager_decode(self):
         self.assertExpectedInline(self.hf_views("eager", "decode"), """\
 shared_mask#0(mask=%0 f32[2, 1, 1, 48])
-topk_attention#0(q=%1 f32[2, 4, 1, 8], k=%2 f32[2, 2, 48, 8], v=%3 f32[2, 2, 48, 8], mask=shared_mask#0, block_mask=None, is_causal=False, scale=0.3536, block_size=8, n_select=3, sink_blocks=1, local_blocks=2)
-sparse_attention#0(q=%4 f32[2, 4, 1, 8], k=%5 f32[2, 2, 48, 8], v=%6 f32[2, 2, 48, 8], mask=shared_mask#0, block_mask=None, block_idx=topk_attention#0.block_idx, is_causal=False, scale=0.3536, block_size=8, min_seq_len=0)
-consumer_sites=1, eager_matched=2, producer_sites=1, rewritten=2, shared_masks=1""")
+mask_blocks#0(mask=shared_mask#0, block_size=8)
+topk_attention#0(q=%1 f32[2, 4, 1, 8], k=%2 f32[2, 2, 48, 8], v=%3 f32[2, 2, 48, 8], mask=shared_mask#0, block_mask=mask_blocks#0, is_causal=False, scale=0.3536, block_size=8, n_select=3, sink_blocks=1, local_blocks=2)
+sparse_attention#0(q=%4 f32[2, 4, 1, 8], k=%5 f32[2, 2, 48, 8], v=%6 f32[2, 2, 48, 8], mask=shared_mask#0, block_mask=mask_blocks#0, block_idx=topk_attention#0.block_idx, is_causal=False, scale=0.3536, block_size=8, min_seq_len=0)
+block_masks=1, consumer_sites=1, eager_matched=2, producer_sites=1, rewritten=2, shared_masks=1""")
