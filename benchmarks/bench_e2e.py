@@ -18,7 +18,8 @@ cache to the longest of all its calls on the model so far, so a 512-token row af
   attention sites stay as written): Inductor for prefill and decode, decode replayed as CUDA graphs;
 * ``full`` / ``5of32`` / ``8of32``: :func:`hylra_compile.compile_for_generate` with ``Policy.full`` /
   ``Policy.every(7)`` / ``Policy.every(4)`` (that many of 32 layers dense), prefill and decode rewritten, decode
-  replayed as CUDA graphs.
+  replayed as CUDA graphs; ``5of32-refine`` / ``8of32-refine`` the same with ``selection="refine"`` (producers
+  emit 4 x ``top_k`` candidates, each consumer keeps its own ``top_k`` of them).
 
 A logits processor stamps the time (after a synchronize) at each new token's logits: time to first token is the
 first stamp, decode ms/token the median of the intervals between stamps (each a whole step of ``generate()``:
@@ -34,7 +35,9 @@ allocator's retries and device allocations / frees over the timed runs.
 512-token prompt (``decode_ms_at_512``) within the same compilation, its calls taking turns with the context's
 (context, 512, context, 512, ...): the two share one process state and one compiled model, where rows of separate
 compilations drift apart by up to ~1 ms of host time per token; ``decode_ratio_at_512`` is the median over the
-rounds of each round's ratio. ``--host-profile`` adds cProfile tables of decode steps inside generate() (at the
+rounds of each round's ratio. ``--short-in-long`` adds the same 512-token prompt decoded in the context's own
+static cache (``decode_ms_short_in_long``, ``decode_ratio_short_in_long``): a server's short request in a cache
+sized for its longest. ``--host-profile`` adds cProfile tables of decode steps inside generate() (at the
 context and, with ``--at-512``, at 512 tokens; the steady state and the first step after the prefill) and the
 functions whose host time differs most between the two. ``--profile`` (last) adds torch.profiler tables of decode
 steps and of the prefill. ``--floors`` adds two rows: ``floor-512``, the ``full`` row's decode with a 512-token
@@ -74,7 +77,9 @@ from hylra_compile.models import cache_argument  # noqa: E402
 
 POLICIES = {"full": Policy.full, "5of32": lambda layers: Policy.every(7, layers),
             "8of32": lambda layers: Policy.every(4, layers)}
-VARIANTS = ("eager", "inductor", "inductor-graphs", *POLICIES)
+# "<policy>-refine": consumers keep the top_k of their producer's 4 x top_k candidates by their own attention mass.
+REFINED = {f"{name}-refine": name for name in ("5of32", "8of32")}
+VARIANTS = ("eager", "inductor", "inductor-graphs", *POLICIES, *REFINED)
 
 
 def synchronize() -> None:
@@ -133,14 +138,17 @@ def release_garbage() -> None:
     gc.collect()
 
 
-def timed_generate(model, ids, new_tokens: int, settings: dict, caches: StaticCaches) -> list[float]:
-    """Seconds from the call to each new token's logits (generate() synchronises at every token anyway)."""
+def timed_generate(model, ids, cache_len: int | None, new_tokens: int, settings: dict, caches: StaticCaches,
+                   warm_up: bool = False) -> list[float]:
+    """Seconds from the call to each new token's logits (generate() synchronises at every token anyway), in a static
+    cache of ``cache_len`` slots (None: the prompt plus ``new_tokens``). ``warm_up``: an untimed first call (it
+    compiles or records a decode graph)."""
     stamps = []
     release_garbage()
     synchronize()
     start = time.perf_counter()
-    generate(model, ids, new_tokens, settings, lambda: stamps.append(time.perf_counter()), caches)
-    return [stamp - start for stamp in stamps]
+    generate(model, ids, new_tokens, settings, lambda: stamps.append(time.perf_counter()), caches, cache_len)
+    return [] if warm_up else [stamp - start for stamp in stamps]
 
 
 def allocator_counts() -> dict:
@@ -174,27 +182,32 @@ def measure(model, variant: str, context: int, batch: int, args) -> dict:
     elif variant == "inductor-graphs":
         compilation = hylra_compile.compile_for_generate(model)
     else:
-        compilation = hylra_compile.compile_for_generate(
-            model, policy=POLICIES[variant](model.config.num_hidden_layers), top_k=args.top_k, block_size=64)
+        selection = {"selection": "refine"} if variant in REFINED else {}
+        policy = POLICIES[REFINED.get(variant, variant)](model.config.num_hidden_layers)
+        compilation = hylra_compile.compile_for_generate(model, policy=policy, top_k=args.top_k, block_size=64,
+                                                         **selection)
     counters["inductor"].clear()
     if args.prefill_chunk:
         settings["prefill_chunk_size"] = args.prefill_chunk
     new_tokens = 1 + args.new_tokens
     ids = torch.randint(0, model.config.vocab_size, (batch, context), device=model.device)
-    prompts = {"context": ids}
-    if args.at_512 and compilation is not None and context > 512:
-        prompts["at_512"] = ids[:, :512]
+    prompts = {"context": (ids, None)}  # label -> (prompt, static cache length: None for the prompt's own)
+    if compilation is not None and context > 512:
+        if args.at_512:
+            prompts["at_512"] = (ids[:, :512], None)
+        if args.short_in_long:
+            prompts["short_in_long"] = (ids[:, :512], context + new_tokens)
     caches, timer, row = StaticCaches(model, fresh=args.fresh_caches), None, {}
     try:
         start = time.perf_counter()
-        timed_generate(model, ids, new_tokens, settings, caches)  # compiles
+        timed_generate(model, ids, None, new_tokens, settings, caches, warm_up=True)  # compiles
         first_run_s = time.perf_counter() - start
-        if "at_512" in prompts:
+        for label in [label for label in prompts if label != "context"]:
             try:
-                timed_generate(model, prompts["at_512"], new_tokens, settings, caches)  # compiles its decode graph
+                timed_generate(model, *prompts[label], new_tokens, settings, caches, warm_up=True)
             except torch.OutOfMemoryError as error:
-                row["at_512_error"] = f"out of memory: {error}"[:300]
-                del prompts["at_512"]
+                row[f"{label}_error"] = f"out of memory: {error}"[:300]
+                del prompts[label]
         if compilation is not None and torch.cuda.is_available():
             timer = DecodeForwardTimer(model)
         counts_before = allocator_counts()
@@ -203,7 +216,7 @@ def measure(model, variant: str, context: int, batch: int, args) -> dict:
             for label, prompt in prompts.items():
                 if timer is not None:
                     timer.label = label
-                runs[label].append(timed_generate(model, prompt, new_tokens, settings, caches))
+                runs[label].append(timed_generate(model, *prompt, new_tokens, settings, caches))
         allocator_during_runs = allocator_counts_since(counts_before)
         steps_ms = decode_intervals_ms(runs["context"])
         row.update({"variant": variant, "context": context, "batch": batch,
@@ -216,8 +229,9 @@ def measure(model, variant: str, context: int, batch: int, args) -> dict:
                     "allocator_during_runs": allocator_during_runs})
         if timer is not None:
             row.update(timer.medians("context"))
-        if "at_512" in prompts:
-            row.update(_at_512(runs, timer))
+        for label in ("at_512", "short_in_long"):
+            if label in prompts:
+                row.update(_short_prompt(runs, timer, label))
         if compilation is not None:
             row["graphs"] = {r.name: r.counts() for r in compilation.reports()}
         # The optional parts below come after the row's own measurements, and their failures do not lose it.
@@ -240,16 +254,18 @@ def measure(model, variant: str, context: int, batch: int, args) -> dict:
     return row
 
 
-def _at_512(runs: dict[str, list[list[float]]], timer) -> dict:
-    """The decode at a 512-token prompt from its calls, which took turns with the context's, and the median over
-    the rounds of each round's ratio of the two (context / 512)."""
-    steps_ms = decode_intervals_ms(runs["at_512"])
+def _short_prompt(runs: dict[str, list[list[float]]], timer, label: str) -> dict:
+    """The decode at the 512-token prompt ``label`` (``at_512``: in its own cache; ``short_in_long``: in the
+    context's) from its calls, which took turns with the context's, and the median over the rounds of each round's
+    ratio of the two (context / short)."""
+    steps_ms = decode_intervals_ms(runs[label])
     ratios = [statistics.median(decode_intervals_ms([long])) / statistics.median(decode_intervals_ms([short]))
-              for long, short in zip(runs["context"], runs["at_512"])]
-    result = {"decode_ms_at_512": statistics.median(steps_ms), "decode_at_512_steps_ms": steps_ms,
-              "decode_ratio_at_512": statistics.median(ratios), "decode_ratio_rounds": ratios}
+              for long, short in zip(runs["context"], runs[label])]
+    rounds_key = "decode_ratio_rounds" if label == "at_512" else f"decode_ratio_rounds_{label}"
+    result = {f"decode_ms_{label}": statistics.median(steps_ms), f"decode_{label}_steps_ms": steps_ms,
+              f"decode_ratio_{label}": statistics.median(ratios), rounds_key: ratios}
     if timer is not None:
-        result.update({f"{key}_at_512": value for key, value in timer.medians("at_512").items()})
+        result.update({f"{key}_{label}": value for key, value in timer.medians(label).items()})
     return result
 
 
@@ -259,9 +275,10 @@ def _host_profiles(model, prompts: dict, new_tokens: int, settings: dict, caches
     prefill alone, in the timed runs' cache length (the decode graph has static shapes)."""
     profiles = {}
     for when, skip, count in (("steady", 3, min(16, new_tokens - 4)), ("first step", 0, 1)):
-        for prompt in prompts.values():
-            profiles[f"{prompt.shape[1]} tokens, {when}"] = host_profile(model, prompt, settings, caches,
-                                                                         prompt.shape[1] + new_tokens, skip, count)
+        for prompt, cache_len in prompts.values():
+            cache_len = cache_len or prompt.shape[1] + new_tokens
+            profiles[f"{prompt.shape[1]} tokens in {cache_len} slots, {when}"] = host_profile(
+                model, prompt, settings, caches, cache_len, skip, count)
     write_host_profiles(path, profiles)
 
 
@@ -415,13 +432,15 @@ def table(folder: Path) -> None:
                  "`decode at 512`: the same compilation's decode at a 512-token prompt, its calls taking turns with "
                  "the row's (up to 4d6270e: measured after them); `decode / at 512` the median of the rounds' ratios. "
                  "`first step`: the first decode step's interval (up to 4d6270e each call had a fresh static cache, "
-                 "whose first decode step recorded the CUDA graph again). `forward ms (host)`: of a decode step, the "
+                 "whose first decode step recorded the CUDA graph again). `512 in context cache`: the same "
+                 "compilation's decode of a 512-token prompt in the row's own static cache (a short request in a "
+                 "cache sized for a long one), with the median of the rounds' ratios to it. `forward ms (host)`: of a decode step, the "
                  "model's forward from its call to the end of its device work, and the host time inside the call; the "
                  "rest of the token's interval is generate()'s own work.", "",
                  "| code | batch | context | variant | TTFT s | TTFT / eager | decode ms/token | decode / inductor | "
-                 "decode / floor-512 | decode at 512 (same compilation) | decode / at 512 | first step ms | "
-                 "forward ms (host) |",
-                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                 "decode / floor-512 | decode at 512 (same compilation) | decode / at 512 | 512 in context cache | "
+                 "decode / 512 in context cache | first step ms | forward ms (host) |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
         def same(row, variant, context=True):
             return next((r for r in rows if r["run"] == row["run"] and r["variant"] == variant and r["batch"] ==
@@ -441,12 +460,14 @@ def table(folder: Path) -> None:
             at_512 = f"{row['decode_ms_at_512']:.2f}" if row.get("decode_ms_at_512") else ""
             at_512_ratio = (f"{row['decode_ratio_at_512']:.3f}" if "decode_ratio_at_512" in row
                             else ratio(row, {"decode_ms": row.get("decode_ms_at_512")}, "decode_ms"))
+            in_long = f"{row['decode_ms_short_in_long']:.2f}" if row.get("decode_ms_short_in_long") else ""
+            in_long_ratio = f"{row['decode_ratio_short_in_long']:.3f}" if "decode_ratio_short_in_long" in row else ""
             first_step = f"{row['first_decode_step_ms']:.1f}" if "first_decode_step_ms" in row else ""
             lines.append(f"| {row['code'][:7]} | {row['batch']} | {row['context']} | {row['variant']} | {ttft} | "
                          f"{ratio(row, same(row, 'eager'), 'ttft_s')} | {decode} | "
                          f"{ratio(row, same(row, 'inductor'), 'decode_ms')} | "
                          f"{ratio(row, same(row, 'floor-512', context=False), 'decode_ms')} | {at_512} | "
-                         f"{at_512_ratio} | {first_step} | {forward} |")
+                         f"{at_512_ratio} | {in_long} | {in_long_ratio} | {first_step} | {forward} |")
         if notes:
             lines += ["", "Notes:", ""] + [f"- {note}" for note in dict.fromkeys(notes)]
         path.with_suffix(".md").write_text("\n".join(lines) + "\n")
@@ -495,6 +516,8 @@ def main() -> None:
     parser.add_argument("--floors", action="store_true", help="also the floor-512 and bytes-floor rows")
     parser.add_argument("--at-512", action="store_true", help="also each compile_for_generate row's own decode at a "
                         "512-token prompt, measured right after the context's runs (decode_ms_at_512)")
+    parser.add_argument("--short-in-long", action="store_true", help="also each compile_for_generate row's decode "
+                        "of a 512-token prompt in the context's static cache (decode_ms_short_in_long)")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--top-k", type=int, default=2048)
