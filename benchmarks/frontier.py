@@ -133,24 +133,29 @@ def speed_rows(folder: Path) -> list[dict]:
 
 def speed_of(rows: list[dict], dense_share: float, top_k: int, selection: str) -> dict | None:
     """The speed of a setting with ``dense_share`` of its layers dense: the latest batch-1 rows of the nearest
-    ``<D>of32`` variant at 32K and 128K, as ratios to the latest ``eager`` (time to first token) and ``inductor``
-    (decode) rows of the same context. None for a selection the speed rows do not run."""
-    if selection != "reuse":
+    ``<D>of32`` variant (``<D>of32-refine`` under ``selection="refine"``) at 32K and 128K, as ratios to the
+    ``eager`` (time to first token) and ``inductor`` (decode) rows of the same device and context, from the same
+    run where it has them. None for a selection the speed rows do not run (``oracle``)."""
+    suffix = {"reuse": "", "refine": "-refine"}.get(selection)
+    if suffix is None:
         return None
-    variants = {int(m.group(1)): m.group(0) for r in rows if (m := re.fullmatch(r"(\d+)of32", r["variant"]))}
+    pattern = r"(\d+)of32" + re.escape(suffix)
+    variants = {int(m.group(1)): m.group(0) for r in rows if (m := re.fullmatch(pattern, r["variant"]))}
     if not variants:
         return None
     dense = min(variants, key=lambda d: abs(d / 32 - dense_share))
     speed = {"variant": variants[dense]}
     for context, name in ((32768, "32K"), (131072, "128K")):
-        def latest(variant: str) -> dict | None:
+        def latest(variant: str, like: dict | None = None) -> dict | None:
             found = [r for r in rows if r["variant"] == variant and r["context"] == context and r["batch"] == 1
-                     and r.get("top_k", top_k) == top_k]
-            return found[-1] if found else None
+                     and r.get("top_k", top_k) == top_k and (like is None or r["device"] == like["device"])]
+            same_run = [r for r in found if like is not None and r.get("run") == like.get("run")]
+            return (same_run or found or [None])[-1]
 
-        row, eager, compiled = latest(variants[dense]), latest("eager"), latest("inductor")
+        row = latest(variants[dense])
         if row is None:
             continue
+        eager, compiled = latest("eager", row), latest("inductor", row)
         speed[f"decode_ms_{name}"] = row["decode_ms"]
         speed[f"ttft_s_{name}"] = row["ttft_s"]
         if eager:
@@ -158,6 +163,7 @@ def speed_of(rows: list[dict], dense_share: float, top_k: int, selection: str) -
         if compiled:
             speed[f"decode_speedup_{name}"] = compiled["decode_ms"] / row["decode_ms"]
         speed[f"date_{name}"] = row["date"]
+        speed[f"device_{name}"] = row["device"]
     return speed if len(speed) > 1 else None
 
 
@@ -237,8 +243,8 @@ def table(folder: Path) -> None:
             if s is None:
                 why = ("a phase diagnostic" if r["phases"] != ["prefill", "decode"] else
                        "a measurement: each consumer runs a dense pass" if r["selection"] == "oracle" else
-                       "hylra::refine_blocks has no kernel yet" if r["selection"] == "refine" else
-                       f"no bench_e2e row at top_k {r['top_k']}")
+                       f"no bench_e2e row of a -refine variant at top_k {r['top_k']}" if r["selection"] == "refine"
+                       else f"no bench_e2e row at top_k {r['top_k']}")
                 speed = [f"not measured ({why})", ""]
             else:
                 speed = [" · ".join(f"{s[k]:.1f}×" if k in s else "-" for k in ("decode_speedup_32K",

@@ -50,13 +50,18 @@ def accuracy_file(folder: Path) -> None:
     Evaluation(results, metadata).save(folder, stem="frontier-accuracy-m-32768-2048-mechanisms")
 
 
-def speed_file(folder: Path) -> None:
-    row = dict(batch=1, top_k=2048, date="d")
+def speed_file(folder: Path, refine: bool = False) -> None:
+    row = dict(batch=1, top_k=2048, date="d", device="GPU", run="r1")
     rows = [dict(row, variant="eager", context=32768, ttft_s=1.4, decode_ms=36.0),
             dict(row, variant="inductor", context=32768, ttft_s=1.4, decode_ms=24.0),
             dict(row, variant="8of32", context=32768, ttft_s=1.0, decode_ms=9.6),
             dict(row, variant="5of32", context=32768, ttft_s=1.0, decode_ms=9.0),
             dict(row, variant="5of32", context=32768, error="out of memory")]
+    if refine:  # another device's run: its ratios are to its own eager and inductor rows
+        other = dict(row, device="GPU2", run="r2")
+        rows += [dict(other, variant="8of32-refine", context=32768, ttft_s=1.1, decode_ms=5.0),
+                 dict(other, variant="inductor", context=32768, ttft_s=1.0, decode_ms=20.0),
+                 dict(other, variant="eager", context=32768, ttft_s=2.2, decode_ms=30.0)]
     (folder / "e2e-GPU.json").write_text(json.dumps(rows))
 
 
@@ -67,11 +72,22 @@ def test_table_joins_speed_of_the_same_share_and_marks_the_front(frontier, tmp_p
     assert rows["every:4"]["speed"]["variant"] == "8of32"  # 6 of 24 full-attention layers: a quarter, as 8 of 32
     assert rows["every:4"]["speed"]["decode_speedup_32K"] == pytest.approx(24.0 / 9.6)
     assert rows["every:4"]["speed"]["ttft_ratio_32K"] == pytest.approx(1.0 / 1.4)
-    assert rows["every:4 refine"]["speed"] is None  # no speed row runs refine
+    assert rows["every:4 refine"]["speed"] is None  # no speed row runs refine (yet)
     assert rows["budget:6"]["pareto"] and not rows["every:4"]["pareto"]  # same speed, lower KL, more hits
     assert not rows["every:4 refine"]["pareto"]  # no measured speed: never on the front
     assert rows["every:4"]["retrieval"] == {"passkey": (1, 6)} and not rows["every:4"]["retrieval_as_dense"]
     frontier.table(tmp_path)
     text = (tmp_path / "frontier.md").read_text()
-    assert "| ★ | budget:6 |" in text and "hylra::refine_blocks has no kernel yet" in text
+    assert "| ★ | budget:6 |" in text and "no bench_e2e row of a -refine variant at top_k 2048" in text
     assert (tmp_path / "frontier.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_refine_settings_join_the_refine_variant_with_ratios_of_its_own_device(frontier, tmp_path):
+    accuracy_file(tmp_path)
+    speed_file(tmp_path, refine=True)
+    rows = {r["setting"]: r for r in frontier.frontier_rows(tmp_path)}
+    speed = rows["every:4 refine"]["speed"]
+    assert speed["variant"] == "8of32-refine" and speed["device_32K"] == "GPU2"
+    assert speed["decode_speedup_32K"] == pytest.approx(20.0 / 5.0)
+    assert speed["ttft_ratio_32K"] == pytest.approx(1.1 / 2.2)
+    assert rows["every:4"]["speed"]["variant"] == "8of32"  # reuse settings never take a -refine row
