@@ -15,6 +15,8 @@ layers (``--dense-layers``, default a quarter of the model's layers):
   plain HyLRA), ``refine`` (the top of the producer's 4 x top_k candidates by the consumer's own attention mass) and
   ``oracle`` (the consumer's own top-k of all blocks: dense -> oracle is what top-k at this budget costs, oracle ->
   reuse what reuse costs) -- and the profiled ``budget:D`` policy with reuse and refine;
+* ``refinement``: the profiled ``budget:D`` policy with reuse, with refine from 4 and from 8 x top_k candidates
+  (``c8``), and with reuse at 4 x top_k (``4x top_k``: attending every key the refinement reads to choose);
 * ``phases``: Jump-n (reuse) sparse only in the prompt's prefill, and only in decode;
 * ``attribution``: Jump-n (reuse) with one consumer at a time made dense (``every:n +dense L``): which layers carry
   the loss (``--attribution-prompts`` of the prompts, spread over tasks, haystacks and depths).
@@ -48,7 +50,7 @@ from hylra_compile.plots import SETTING_TERMS
 from hylra_compile.profiler import full_windows
 from hylra_compile.tasks import make_prompts
 
-GROUPS = ("mechanisms", "phases", "attribution")
+GROUPS = ("mechanisms", "refinement", "phases", "attribution")
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -57,7 +59,8 @@ def _jump(num_layers: int, dense: int) -> int:
     return min(range(1, num_layers + 1), key=lambda n: (abs(math.ceil(num_layers / n) - dense), n))
 
 
-def settings_of(group: str, num_layers: int, dense: int, get_profile, only=None) -> dict[str, Setting]:
+def settings_of(group: str, num_layers: int, dense: int, get_profile, only=None, top_k: int = 2048
+                ) -> dict[str, Setting]:
     """The settings of ``group`` (those named in ``only``, when given; the profile runs only if one needs it)."""
     n = _jump(num_layers, dense)
     jump = Policy.every(n, num_layers)
@@ -68,6 +71,13 @@ def settings_of(group: str, num_layers: int, dense: int, get_profile, only=None)
         budget = optimize(get_profile(), budget=dense) if any(name.startswith("budget") for name in names) else None
         return {name: Setting(budget if name.startswith("budget") else jump,
                               {"selection": name.split()[1]} if " " in name else {}) for name in names}
+    if group == "refinement":
+        options = {f"budget:{dense}": {}, f"budget:{dense} refine": {"selection": "refine"},
+                   f"budget:{dense} refine c8": {"selection": "refine", "candidates": 8},
+                   f"budget:{dense} 4x top_k": {"top_k": 4 * top_k}}
+        names = [name for name in options if not only or name in only]
+        budget = optimize(get_profile(), budget=dense) if names else None
+        return {name: Setting(budget, options[name]) for name in names}
     if group == "phases":
         return {f"every:{n} prefill only": Setting(jump, phases=("prefill",)),
                 f"every:{n} decode only": Setting(jump, phases=("decode",))}
@@ -108,7 +118,7 @@ def accuracy(args: argparse.Namespace) -> None:
     for group in args.group:
         start = time.perf_counter()
         settings = {name: setting for name, setting in settings_of(group, num_layers, dense, get_profile,
-                                                                    args.only).items()
+                                                                    args.only, args.top_k).items()
                     if not args.only or name in args.only}
         evaluation = evaluate(model, settings, tokenizer=tokenizer, prompts=prompts if group != "attribution" else
                               prompts[:: max(1, len(prompts) // args.attribution_prompts)],

@@ -37,6 +37,15 @@ def test_settings_profile_only_when_a_budget_setting_is_asked_for(frontier):
     assert attribution["every:4 +dense 2"].policy.modes[2] == "full"
 
 
+def test_refinement_settings_share_the_budget_policy_and_set_their_own_options(frontier, monkeypatch):
+    monkeypatch.setattr(frontier, "optimize", lambda profile, budget: Policy.every(4, 24))
+    settings = frontier.settings_of("refinement", 24, 6, lambda: "profile", top_k=1024)
+    assert {name: s.options for name, s in settings.items()} == {
+        "budget:6": {}, "budget:6 refine": {"selection": "refine"},
+        "budget:6 refine c8": {"selection": "refine", "candidates": 8}, "budget:6 4x top_k": {"top_k": 4096}}
+    assert all(s.policy == Policy.every(4, 24) for s in settings.values())
+
+
 def accuracy_file(folder: Path) -> None:
     results = [Result("dense", 24), Result("every:4", 6), Result("every:4 refine", 6, options={"selection": "refine"}),
                Result("budget:6", 6)]
