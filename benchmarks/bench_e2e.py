@@ -37,7 +37,8 @@ allocator's retries and device allocations / frees over the timed runs.
 compilations drift apart by up to ~1 ms of host time per token; ``decode_ratio_at_512`` is the median over the
 rounds of each round's ratio. ``--short-in-long`` adds the same 512-token prompt decoded in the context's own
 static cache (``decode_ms_short_in_long``, ``decode_ratio_short_in_long``): a server's short request in a cache
-sized for its longest. ``--host-profile`` adds cProfile tables of decode steps inside generate() (at the
+sized for its longest. ``--mixed TOKENS`` (batch > 1) adds the batch with its first row whole and the others
+left-padded to their last ``TOKENS`` tokens (``decode_ms_mixed``): each row's cost should track its own length. ``--host-profile`` adds cProfile tables of decode steps inside generate() (at the
 context and, with ``--at-512``, at 512 tokens; the steady state and the first step after the prefill) and the
 functions whose host time differs most between the two. ``--profile`` (last) adds torch.profiler tables of decode
 steps and of the prefill. ``--floors`` adds two rows: ``floor-512``, the ``full`` row's decode with a 512-token
@@ -62,6 +63,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch._dynamo.utils import counters
@@ -122,12 +124,22 @@ class StaticCaches:
         return cache
 
 
+class Prompt(NamedTuple):
+    """A batch of prompts: token ids, the static cache's length (None: the prompt plus the new tokens) and the
+    attention mask (None: every token; zeros on the left for a row shorter than the batch, as generate() pads)."""
+
+    ids: torch.Tensor
+    cache_len: int | None = None
+    attention_mask: torch.Tensor | None = None
+
+
 def generate(model, ids, new_tokens: int, settings: dict, at_each_token, caches: StaticCaches,
-             cache_len: int | None = None) -> None:
+             cache_len: int | None = None, attention_mask: torch.Tensor | None = None) -> None:
     """Greedy ``generate()`` of exactly ``new_tokens`` tokens into ``caches``' static cache of ``cache_len`` slots
     (default: the prompt plus ``new_tokens``), calling ``at_each_token()`` when each token's logits are ready."""
     cache = caches.get(ids.shape[0], cache_len or ids.shape[1] + new_tokens)
-    model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+    model.generate(ids, attention_mask=torch.ones_like(ids) if attention_mask is None else attention_mask,
+                   max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                    do_sample=False, **{cache_argument(model): cache},
                    logits_processor=LogitsProcessorList([_AtEachToken(at_each_token)]), **settings)
 
@@ -138,16 +150,16 @@ def release_garbage() -> None:
     gc.collect()
 
 
-def timed_generate(model, ids, cache_len: int | None, new_tokens: int, settings: dict, caches: StaticCaches,
+def timed_generate(model, prompt: Prompt, new_tokens: int, settings: dict, caches: StaticCaches,
                    warm_up: bool = False) -> list[float]:
-    """Seconds from the call to each new token's logits (generate() synchronises at every token anyway), in a static
-    cache of ``cache_len`` slots (None: the prompt plus ``new_tokens``). ``warm_up``: an untimed first call (it
-    compiles or records a decode graph)."""
+    """Seconds from the call to each new token's logits (generate() synchronises at every token anyway).
+    ``warm_up``: an untimed first call (it compiles or records a decode graph)."""
     stamps = []
     release_garbage()
     synchronize()
     start = time.perf_counter()
-    generate(model, ids, new_tokens, settings, lambda: stamps.append(time.perf_counter()), caches, cache_len)
+    generate(model, prompt.ids, new_tokens, settings, lambda: stamps.append(time.perf_counter()), caches,
+             prompt.cache_len, prompt.attention_mask)
     return [] if warm_up else [stamp - start for stamp in stamps]
 
 
@@ -191,20 +203,27 @@ def measure(model, variant: str, context: int, batch: int, args) -> dict:
         settings["prefill_chunk_size"] = args.prefill_chunk
     new_tokens = 1 + args.new_tokens
     ids = torch.randint(0, model.config.vocab_size, (batch, context), device=model.device)
-    prompts = {"context": (ids, None)}  # label -> (prompt, static cache length: None for the prompt's own)
+    row: dict = {}
+    prompts = {"context": Prompt(ids)}
     if compilation is not None and context > 512:
         if args.at_512:
-            prompts["at_512"] = (ids[:, :512], None)
+            prompts["at_512"] = Prompt(ids[:, :512])
         if args.short_in_long:
-            prompts["short_in_long"] = (ids[:, :512], context + new_tokens)
-    caches, timer, row = StaticCaches(model, fresh=args.fresh_caches), None, {}
+            prompts["short_in_long"] = Prompt(ids[:, :512], context + new_tokens)
+    if args.mixed and batch > 1 and compilation is not None:
+        mask = torch.ones_like(ids)
+        mask[1:, :context - args.mixed] = 0  # row 0 the whole context, the others its last args.mixed tokens
+        prompts["mixed"] = Prompt(ids, None, mask)
+        settings["pad_token_id"] = 0
+        row["mixed_tokens"] = args.mixed
+    caches, timer = StaticCaches(model, fresh=args.fresh_caches), None
     try:
         start = time.perf_counter()
-        timed_generate(model, ids, None, new_tokens, settings, caches, warm_up=True)  # compiles
+        timed_generate(model, prompts["context"], new_tokens, settings, caches, warm_up=True)  # compiles
         first_run_s = time.perf_counter() - start
         for label in [label for label in prompts if label != "context"]:
             try:
-                timed_generate(model, *prompts[label], new_tokens, settings, caches, warm_up=True)
+                timed_generate(model, prompts[label], new_tokens, settings, caches, warm_up=True)
             except torch.OutOfMemoryError as error:
                 row[f"{label}_error"] = f"out of memory: {error}"[:300]
                 del prompts[label]
@@ -216,7 +235,7 @@ def measure(model, variant: str, context: int, batch: int, args) -> dict:
             for label, prompt in prompts.items():
                 if timer is not None:
                     timer.label = label
-                runs[label].append(timed_generate(model, *prompt, new_tokens, settings, caches))
+                runs[label].append(timed_generate(model, prompt, new_tokens, settings, caches))
         allocator_during_runs = allocator_counts_since(counts_before)
         steps_ms = decode_intervals_ms(runs["context"])
         row.update({"variant": variant, "context": context, "batch": batch,
@@ -229,7 +248,7 @@ def measure(model, variant: str, context: int, batch: int, args) -> dict:
                     "allocator_during_runs": allocator_during_runs})
         if timer is not None:
             row.update(timer.medians("context"))
-        for label in ("at_512", "short_in_long"):
+        for label in ("at_512", "short_in_long", "mixed"):
             if label in prompts:
                 row.update(_short_prompt(runs, timer, label))
         if compilation is not None:
@@ -255,9 +274,9 @@ def measure(model, variant: str, context: int, batch: int, args) -> dict:
 
 
 def _short_prompt(runs: dict[str, list[list[float]]], timer, label: str) -> dict:
-    """The decode at the 512-token prompt ``label`` (``at_512``: in its own cache; ``short_in_long``: in the
-    context's) from its calls, which took turns with the context's, and the median over the rounds of each round's
-    ratio of the two (context / short)."""
+    """The decode of the prompts ``label`` (``at_512``: 512 tokens in their own cache; ``short_in_long``: in the
+    context's; ``mixed``: the batch with all rows but the first shortened) from its calls, which took turns with
+    the context's, and the median over the rounds of each round's ratio of the two (context / ``label``)."""
     steps_ms = decode_intervals_ms(runs[label])
     ratios = [statistics.median(decode_intervals_ms([long])) / statistics.median(decode_intervals_ms([short]))
               for long, short in zip(runs["context"], runs[label])]
@@ -275,10 +294,10 @@ def _host_profiles(model, prompts: dict, new_tokens: int, settings: dict, caches
     prefill alone, in the timed runs' cache length (the decode graph has static shapes)."""
     profiles = {}
     for when, skip, count in (("steady", 3, min(16, new_tokens - 4)), ("first step", 0, 1)):
-        for prompt, cache_len in prompts.values():
-            cache_len = cache_len or prompt.shape[1] + new_tokens
-            profiles[f"{prompt.shape[1]} tokens in {cache_len} slots, {when}"] = host_profile(
-                model, prompt, settings, caches, cache_len, skip, count)
+        for prompt in prompts.values():
+            cache_len = prompt.cache_len or prompt.ids.shape[1] + new_tokens
+            profiles[f"{prompt.ids.shape[1]} tokens in {cache_len} slots, {when}"] = host_profile(
+                model, prompt.ids, settings, caches, cache_len, skip, count)
     write_host_profiles(path, profiles)
 
 
@@ -434,13 +453,15 @@ def table(folder: Path) -> None:
                  "`first step`: the first decode step's interval (up to 4d6270e each call had a fresh static cache, "
                  "whose first decode step recorded the CUDA graph again). `512 in context cache`: the same "
                  "compilation's decode of a 512-token prompt in the row's own static cache (a short request in a "
-                 "cache sized for a long one), with the median of the rounds' ratios to it. `forward ms (host)`: of a decode step, the "
+                 "cache sized for a long one), with the median of the rounds' ratios to it. `mixed`: the same "
+                 "compilation's decode of the batch with every row but the first left-padded to a short prompt "
+                 "(`--mixed`), and the ratio to it. `forward ms (host)`: of a decode step, the "
                  "model's forward from its call to the end of its device work, and the host time inside the call; the "
                  "rest of the token's interval is generate()'s own work.", "",
                  "| code | batch | context | variant | TTFT s | TTFT / eager | decode ms/token | decode / inductor | "
                  "decode / floor-512 | decode at 512 (same compilation) | decode / at 512 | 512 in context cache | "
-                 "decode / 512 in context cache | first step ms | forward ms (host) |",
-                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                 "decode / 512 in context cache | mixed | decode / mixed | first step ms | forward ms (host) |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
         def same(row, variant, context=True):
             return next((r for r in rows if r["run"] == row["run"] and r["variant"] == variant and r["batch"] ==
@@ -462,12 +483,16 @@ def table(folder: Path) -> None:
                             else ratio(row, {"decode_ms": row.get("decode_ms_at_512")}, "decode_ms"))
             in_long = f"{row['decode_ms_short_in_long']:.2f}" if row.get("decode_ms_short_in_long") else ""
             in_long_ratio = f"{row['decode_ratio_short_in_long']:.3f}" if "decode_ratio_short_in_long" in row else ""
+            mixed = (f"{row['decode_ms_mixed']:.2f} ({row['mixed_tokens']})" if row.get("decode_ms_mixed")
+                     else "")
+            mixed_ratio = f"{row['decode_ratio_mixed']:.3f}" if "decode_ratio_mixed" in row else ""
             first_step = f"{row['first_decode_step_ms']:.1f}" if "first_decode_step_ms" in row else ""
             lines.append(f"| {row['code'][:7]} | {row['batch']} | {row['context']} | {row['variant']} | {ttft} | "
                          f"{ratio(row, same(row, 'eager'), 'ttft_s')} | {decode} | "
                          f"{ratio(row, same(row, 'inductor'), 'decode_ms')} | "
                          f"{ratio(row, same(row, 'floor-512', context=False), 'decode_ms')} | {at_512} | "
-                         f"{at_512_ratio} | {in_long} | {in_long_ratio} | {first_step} | {forward} |")
+                         f"{at_512_ratio} | {in_long} | {in_long_ratio} | {mixed} | {mixed_ratio} | {first_step} | "
+                         f"{forward} |")
         if notes:
             lines += ["", "Notes:", ""] + [f"- {note}" for note in dict.fromkeys(notes)]
         path.with_suffix(".md").write_text("\n".join(lines) + "\n")
@@ -518,6 +543,9 @@ def main() -> None:
                         "512-token prompt, measured right after the context's runs (decode_ms_at_512)")
     parser.add_argument("--short-in-long", action="store_true", help="also each compile_for_generate row's decode "
                         "of a 512-token prompt in the context's static cache (decode_ms_short_in_long)")
+    parser.add_argument("--mixed", type=int, default=0, metavar="TOKENS", help="with --batch > 1: also each "
+                        "compile_for_generate row's decode of the batch with every row but the first left-padded to "
+                        "its last TOKENS tokens (decode_ms_mixed)")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--top-k", type=int, default=2048)
