@@ -4,11 +4,18 @@ A call's layer is the last number in the qualified name of the module that runs 
 -> 3; Dynamo spells the same path ``L['self'].model.layers[3].self_attn``). The backend reads that path from a
 node's ``nn_module_stack``, the profiler and evaluator from ``model.named_modules()``: both see the same number,
 including for models whose layers are skipped or numbered with gaps.
+
+:func:`traced_model` finds, while Dynamo compiles a frame, the model that frame belongs to, and what the graph
+alone cannot tell of it: how many layers it has.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import sys
+
+import torch
 
 _NUMBER_IN_PATH = re.compile(r"[.\[](\d+)(?=[.\]]|$)")
 
@@ -39,3 +46,83 @@ def module_layers(model) -> dict[int, int]:
         if layer is not None:
             layers.setdefault(id(module), set()).add(layer)
     return {key: next(iter(found)) for key, found in layers.items() if len(found) == 1}
+
+
+@dataclasses.dataclass(frozen=True)
+class TracedModel:
+    """What the model a Dynamo graph belongs to says of itself. ``num_layers``: its config's
+    ``num_hidden_layers`` (None when no enclosing module has a config giving it)."""
+
+    num_layers: int | None = None
+
+
+def traced_model(gm: torch.fx.GraphModule) -> TracedModel:
+    """The model of the frame Dynamo is compiling into ``gm``: the outermost module, among the frame's locals and
+    the ``self`` of the frames that called it, that holds a module the graph runs. A graph may hold only part of
+    the model (graph breaks, one layer compiled on its own); the model is still there, in the calling frames.
+    Outside a Dynamo compile (the passes run on a graph given directly), nothing is known."""
+    frame_locals = _compiled_frame_locals()
+    if frame_locals is None:
+        return TracedModel()
+    paths = {path for node in gm.graph.nodes for path, _ in (node.meta.get("nn_module_stack") or {}).values()}
+    resolved = (_resolve(path, frame_locals) for path in paths)
+    graph_modules = {id(module) for module in resolved if isinstance(module, torch.nn.Module)}
+    if not graph_modules:
+        return TracedModel()
+    frame_modules = [value for value in frame_locals.values() if isinstance(value, torch.nn.Module)]
+    enclosing = [module for module in frame_modules + _caller_modules()
+                 if any(id(inner) in graph_modules for inner in module.modules())]
+    # Outermost first: a wrapper without a config (torch.compile's OptimizedModule forwards attributes to the model)
+    # gives way to the model inside it that has one.
+    for module in reversed(enclosing):
+        num_layers = getattr(getattr(module, "config", None), "num_hidden_layers", None)
+        if isinstance(num_layers, int) and not isinstance(num_layers, bool):
+            return TracedModel(num_layers)
+    return TracedModel()
+
+
+def _compiled_frame_locals() -> dict | None:
+    """The locals of the frame Dynamo is compiling (real objects, not its variable trackers), or None."""
+    from torch._dynamo.symbolic_convert import InstructionTranslator
+
+    try:
+        return InstructionTranslator.current_tx().f_locals
+    except AttributeError:  # no frame is being compiled
+        return None
+
+
+def _caller_modules() -> list:
+    """The ``self`` of every frame on the Python stack that is a module, innermost first: the frames that called
+    the one Dynamo compiles (its own frame is not on the stack yet)."""
+    modules, frame = [], sys._getframe(1)
+    while frame is not None:
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, torch.nn.Module) and all(owner is not seen for seen in modules):
+            modules.append(owner)
+        frame = frame.f_back
+    return modules
+
+
+# Dynamo's spelling of a module path: L['local'] then .attr, [index] or ['key'] steps.
+_PATH_START = re.compile(r"L\['([^']+)'\]")
+_PATH_STEP = re.compile(r"\.(\w+)|\[(\d+)\]|\['([^']*)'\]")
+
+
+def _resolve(path: str, frame_locals: dict):
+    """The object an ``nn_module_stack`` path names among the frame's locals, or None (a global, or a path that no
+    longer resolves)."""
+    start = _PATH_START.match(path)
+    if start is None or start.group(1) not in frame_locals:
+        return None
+    value, position = frame_locals[start.group(1)], start.end()
+    while position < len(path):
+        step = _PATH_STEP.match(path, position)
+        if step is None:
+            return None
+        attribute, index, key = step.groups()
+        try:
+            value = getattr(value, attribute) if attribute is not None else value[int(index) if key is None else key]
+        except (AttributeError, IndexError, KeyError, TypeError):
+            return None
+        position = step.end()
+    return value

@@ -15,6 +15,7 @@ from hylra_compile import HylraBackend, Policy
 from hylra_compile.models import cache_argument
 from tests.independent import IndependentHylra
 from tests.numerics import rel_err
+from tests.passes.models import TinyStack, X
 from tests.tiny_models import decode_step, padded_batch, prefill_logits, tiny_model
 
 BLOCK = 8
@@ -125,12 +126,26 @@ def test_no_policy_and_producer_without_consumer_run_dense():
     assert "scaled_dot_product_attention" not in code
 
 
-def test_short_policy_and_other_model_are_errors():
+@pytest.mark.parametrize("policy_layers", [1, 8])
+def test_a_policy_for_another_layer_count_is_refused(policy_layers):
+    """A policy longer than the model used to compile silently (its first entries applied): the model's config
+    gives its layer count, and the first graph refuses a policy of another length, naming both."""
     model = tiny_model("llama", "sdpa", num_layers=2)
-    compiled, _ = compile_model(model, policy=["full"])
-    with pytest.raises(Exception, match=r"attention at layer\(s\) \[1\] but the policy lists 1 layers"):
+    compiled, _ = compile_model(model, policy=Policy.full(policy_layers))
+    with pytest.raises(Exception, match=f"the policy has {policy_layers} layers but the model has 2 attention layers"):
         prefill_logits(compiled, *padded_batch(20))
-    torch._dynamo.reset()
+
+
+def test_a_model_without_a_layer_count_takes_a_policy_by_its_graph_layers():
+    """No config, so no count to check: a longer policy applies to the layers the graph holds."""
+    compiled, backend = compile_model(TinyStack(2), policy=Policy.every(2, 8), top_k=8, block_size=4, local_blocks=1)
+    with torch.no_grad():
+        compiled(X)
+    assert [s.action for s in backend.reports[0].sites] == ["producer", "consumer"]
+
+
+def test_a_policy_for_other_kv_heads_is_refused():
+    model = tiny_model("llama", "sdpa", num_layers=2)
     compiled, _ = compile_model(model, policy=Policy.every(2, 2, num_kv_heads=8))
     with pytest.raises(Exception, match="made for a model with 8 KV heads, this graph has 2"):
         prefill_logits(compiled, *padded_batch(20))

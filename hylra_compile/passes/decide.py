@@ -56,11 +56,16 @@ class Decision:
 _SHARED_DIMS = (("batch", "q", 0), ("query length", "q", 2), ("KV heads", "k", 1), ("KV length", "k", 2))
 
 
-def decide(matches: tuple[AttentionMatch, ...], policy: Policy | None) -> tuple[Decision, ...]:
-    """One decision per match, same order."""
+def decide(matches: tuple[AttentionMatch, ...], policy: Policy | None,
+           model_layers: int | None = None) -> tuple[Decision, ...]:
+    """One decision per match, same order. ``model_layers``: the layer count of the model the graph belongs to,
+    when known (:func:`hylra_compile.layers.traced_model`); a policy of another length is refused, though the
+    graph may hold only some of the layers."""
     if policy is None:
         return tuple(_dense(m.problem, "not_understood") if m.problem else _dense("no policy given", "no_policy")
                      for m in matches)
+    if model_layers is not None:
+        policy.check_num_layers(model_layers)
     usable = [m for m in matches if m.problem is None]
     policy.check_graph([m.layer for m in usable], _kv_heads(usable), _tensor_parallel_size())
     by_layer = {m.layer: m for m in matches}  # a layer with several calls has a problem: never used as a source

@@ -4,7 +4,7 @@ torch's structured logging, so ``tlparse`` shows them) and counts what matched (
 
 0. input graph                                                       ``00-input.py``
 1. :func:`find_attention` (gm) -> matches                            ``01-find_attention.md``
-2. :func:`decide` (matches, policy) -> decisions                     ``02-decide.md``
+2. :func:`decide` (matches, policy, model's layer count) -> decisions ``02-decide.md``
 3. :func:`block_masks` (gm, matches, decisions) -> shared masks      ``03-block_masks.md``
 4. :func:`rewrite` (gm, matches, decisions, shared masks) -> gm       ``04-rewrite.py``
    the report (matches + decisions)                                  ``report.md``, ``edges.dot``
@@ -21,6 +21,7 @@ import torch.fx
 from torch._dynamo.utils import counters
 from torch._logging import trace_structured
 
+from ..layers import TracedModel
 from ..options import HylraOptions
 from ..report import GraphReport
 from .block_masks import block_masks
@@ -32,8 +33,10 @@ from .rewrite import rewrite
 log = logging.getLogger(__name__)
 
 
-def run_passes(gm: torch.fx.GraphModule, options: HylraOptions, name: str, dump_dir: Path | None) -> GraphReport:
-    """Rewrite ``gm`` in place by ``options``; returns its report. ``dump_dir``: this graph's dump folder."""
+def run_passes(gm: torch.fx.GraphModule, options: HylraOptions, name: str, dump_dir: Path | None,
+               model: TracedModel = TracedModel()) -> GraphReport:
+    """Rewrite ``gm`` in place by ``options``; returns its report. ``dump_dir``: this graph's dump folder.
+    ``model``: what the model the graph belongs to says of itself (its layer count)."""
     dump = _Dump(name, dump_dir)
     dump("00-input.py", lambda: gm.print_readable(print_output=False))
     matches = find_attention(gm)
@@ -41,7 +44,7 @@ def run_passes(gm: torch.fx.GraphModule, options: HylraOptions, name: str, dump_
         ("layer", "kind", "output", "q", "k", "v", "mask", "is_causal", "scale", "problem / notes"),
         [(m.layer, m.kind, m.output.name, *(_shape(m, o) for o in ("q", "k", "v", "mask")), m.is_causal, m.scale,
           "; ".join(([m.problem] if m.problem else []) + list(m.notes))) for m in matches]))
-    decisions = decide(matches, options.policy)
+    decisions = decide(matches, options.policy, model.num_layers)
     dump("02-decide.md", lambda: _table(
         ("layer", "action", "op", "source", "dense cause", "reason"),
         [(m.layer, d.action, d.op, d.source, d.dense_cause, d.reason) for m, d in zip(matches, decisions)]))
