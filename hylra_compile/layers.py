@@ -6,7 +6,7 @@ node's ``nn_module_stack``, the profiler and evaluator from ``model.named_module
 including for models whose layers are skipped or numbered with gaps.
 
 :func:`traced_model` finds, while Dynamo compiles a frame, the model that frame belongs to, and what the graph
-alone cannot tell of it: how many layers it has.
+alone cannot tell of it: how many layers it has, and which of its attention modules are not causal.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import sys
+from typing import Mapping
 
 import torch
 
@@ -51,9 +52,12 @@ def module_layers(model) -> dict[int, int]:
 @dataclasses.dataclass(frozen=True)
 class TracedModel:
     """What the model a Dynamo graph belongs to says of itself. ``num_layers``: its config's
-    ``num_hidden_layers`` (None when no enclosing module has a config giving it)."""
+    ``num_hidden_layers`` (None when no enclosing module has a config giving it). ``causal``: each module path of
+    the graph whose module carries an ``is_causal`` flag -> the flag (Hugging Face's attention modules do, and its
+    SDPA integration reads it: False for a bidirectional encoder or cross-attention)."""
 
     num_layers: int | None = None
+    causal: Mapping[str, bool] = dataclasses.field(default_factory=dict)
 
 
 def traced_model(gm: torch.fx.GraphModule) -> TracedModel:
@@ -65,10 +69,11 @@ def traced_model(gm: torch.fx.GraphModule) -> TracedModel:
     if frame_locals is None:
         return TracedModel()
     paths = {path for node in gm.graph.nodes for path, _ in (node.meta.get("nn_module_stack") or {}).values()}
-    resolved = (_resolve(path, frame_locals) for path in paths)
-    graph_modules = {id(module) for module in resolved if isinstance(module, torch.nn.Module)}
-    if not graph_modules:
-        return TracedModel()
+    resolved = {path: _resolve(path, frame_locals) for path in paths}
+    modules = {path: module for path, module in resolved.items() if isinstance(module, torch.nn.Module)}
+    causal = {path: module.is_causal for path, module in modules.items()
+              if isinstance(getattr(module, "is_causal", None), bool)}
+    graph_modules = {id(module) for module in modules.values()}
     frame_modules = [value for value in frame_locals.values() if isinstance(value, torch.nn.Module)]
     enclosing = [module for module in frame_modules + _caller_modules()
                  if any(id(inner) in graph_modules for inner in module.modules())]
@@ -77,8 +82,8 @@ def traced_model(gm: torch.fx.GraphModule) -> TracedModel:
     for module in reversed(enclosing):
         num_layers = getattr(getattr(module, "config", None), "num_hidden_layers", None)
         if isinstance(num_layers, int) and not isinstance(num_layers, bool):
-            return TracedModel(num_layers)
-    return TracedModel()
+            return TracedModel(num_layers, causal)
+    return TracedModel(causal=causal)
 
 
 def _compiled_frame_locals() -> dict | None:

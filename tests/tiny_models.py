@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import (
     AutoModelForCausalLM,
+    BertConfig,
+    BertModel,
     LlamaConfig,
     MistralConfig,
     Qwen2Config,
@@ -40,6 +42,16 @@ def tiny_config(family: str = "llama", num_layers: int = 2):
 def tiny_model(family: str = "llama", attn: str = "sdpa", num_layers: int = 2, seed: int = 0):
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(tiny_config(family, num_layers), attn_implementation=attn).eval()
+
+
+def tiny_bert(attn: str = "sdpa", num_layers: int = 2, seed: int = 0):
+    """A bidirectional encoder: every query attends every (unpadded) key."""
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                        num_hidden_layers=num_layers, max_position_embeddings=256)
+    model = BertModel(config, add_pooling_layer=False).eval()
+    model.set_attn_implementation(attn)
+    return model
 
 
 def padded_batch(seq_len: int, pads: tuple[int, ...] = (0, 5), seed: int = 1):

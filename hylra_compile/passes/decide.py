@@ -1,9 +1,11 @@
-"""Phase 2, ``decide(matches, policy)``: one :class:`Decision` per match -- producer, consumer or dense, and why.
+"""Phase 2, ``decide(matches, policy, model_layers)``: one :class:`Decision` per match -- producer, consumer or
+dense, and why.
 
 The policy is applied by layer index: each graph takes the entries of the layers it holds, so a model split by
 graph breaks compiles graph by graph. A consumer whose producer lies in another graph (or stays dense, runs later,
 has other shapes, or another mask: a sliding-window layer beside a global one) stays dense with that reason; a
-producer that no layer of this graph consumes runs as full.
+producer that no layer of this graph consumes runs as full. Non-causal attention (an encoder's, cross-attention)
+stays dense whatever the policy says.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ SiteAction = Literal["producer", "consumer", "dense"]
 # Why a site stays dense: the counter key (``counters["hylra"]["dense." + cause]``) and what it means.
 DENSE_CAUSES = {
     "not_understood": "the call is attention the ops cannot take (match problem)",
+    "non_causal": "attention whose queries see keys after them (a bidirectional encoder, cross-attention)",
     "no_policy": "no policy given",
     "policy_full": "the policy says full",
     "unconsumed_producer": "a producer no layer of this graph consumes",
@@ -51,6 +54,11 @@ class Decision:
             return "sparse_attention"
         return None if self.dense_cause in ("not_understood", "no_policy") else "attention"
 
+
+# The selection's forced local blocks are the last that hold an allowed key: a causal query's neighbours, but the
+# sequence's end for a query that sees keys after it.
+NON_CAUSAL = ("non-causal attention: its queries see keys after them (a bidirectional encoder or cross-attention), "
+              "and the hylra selection is made for causal queries (its local blocks would be the sequence's last)")
 
 # (name, operand, dim) a consumer must share with its producer for the indices to mean the same blocks.
 _SHARED_DIMS = (("batch", "q", 0), ("query length", "q", 2), ("KV heads", "k", 1), ("KV length", "k", 2))
@@ -86,6 +94,8 @@ def _dense(reason: str, cause: str) -> Decision:
 def _decide_one(match: AttentionMatch, policy: Policy, by_layer: dict, position: dict) -> Decision:
     if match.problem is not None:
         return _dense(match.problem, "not_understood")
+    if match.bidirectional:
+        return _dense(NON_CAUSAL, "non_causal")
     mode = policy.modes[match.layer]
     if mode == "full":
         return _dense("policy: full", "policy_full")
@@ -96,9 +106,9 @@ def _decide_one(match: AttentionMatch, policy: Policy, by_layer: dict, position:
     if producer is None:
         return _dense(f"policy: consumer of {source}, but layer {source} is not in this graph (a graph break "
                       "splits them)", "source_in_other_graph")
-    if producer.problem is not None:
-        return _dense(f"policy: consumer of {source}, but layer {source} stays dense ({producer.problem})",
-                      "source_unusable")
+    if producer.problem is not None or producer.bidirectional:
+        return _dense(f"policy: consumer of {source}, but layer {source} stays dense "
+                      f"({producer.problem or 'non-causal attention'})", "source_unusable")
     if position[producer.output] > position[match.output]:
         return _dense(f"policy: consumer of {source}, but layer {source} runs after it in the graph",
                       "source_unusable")

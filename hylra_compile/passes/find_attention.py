@@ -1,4 +1,5 @@
-"""Phase 1, ``find_attention(gm)``: every attention call of a Dynamo graph as an immutable :class:`AttentionMatch`.
+"""Phase 1, ``find_attention(gm, model)``: every attention call of a Dynamo graph as an immutable
+:class:`AttentionMatch`.
 
 Two patterns, each a plain function with an explicit check (in the style of Inductor's ``fuse_attention``),
 written in the canonical ops of :mod:`.patterns` so every spelling of a call matches:
@@ -14,6 +15,9 @@ exactly is still a match, with ``problem`` saying why: it stays dense and the re
 
 A match's ``layer`` is :func:`hylra_compile.layers.layer_of_node` (the number in its module path), the same number
 the profiler gives the layer; attention in plain functions (no module, no numbers) is numbered in graph order.
+A match is ``bidirectional`` when its queries see keys after them: a prefill call with neither a mask nor
+``is_causal``, or a call in a module whose ``is_causal`` flag is False (a padding mask alone cannot tell an encoder
+from a decoder).
 """
 
 from __future__ import annotations
@@ -21,13 +25,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 import operator
-from typing import Literal
+from typing import Literal, Mapping
 
 import torch
 import torch.fx
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
-from ..layers import layer_of_node
+from ..layers import TracedModel, layer_of_node
 from ..lowering import reference
 from .patterns import NoMatch, call_args, constant, describe, example_value, is_call, single_user, transposed_source
 
@@ -41,7 +45,8 @@ class AttentionMatch:
     ``output``: the node whose value is the attention output [B, Hq, Sq, Dv]. ``q``/``k``/``v``: the ops' inputs
     (``k``/``v`` with native KV heads), ``mask`` the SDPA-style mask or None, ``internal`` the nodes the site is
     made of (erased once a rewrite leaves them unused). ``problem``: why the ops cannot take this call (it then
-    stays dense). ``notes``: what the report should say about a call that is taken anyway.
+    stays dense). ``notes``: what the report should say about a call that is taken anyway. ``bidirectional``: its
+    queries see keys after them (a bidirectional encoder, cross-attention).
     """
 
     layer: int | None
@@ -56,14 +61,16 @@ class AttentionMatch:
     internal: tuple[torch.fx.Node, ...] = ()
     problem: str | None = None
     notes: tuple[str, ...] = ()
+    bidirectional: bool = False
 
     def shape(self, operand: str) -> tuple:
         """The (possibly symbolic) shape of ``q``, ``k``, ``v`` or ``mask``."""
         return tuple(example_value(getattr(self, operand)).shape)
 
 
-def find_attention(gm: torch.fx.GraphModule) -> tuple[AttentionMatch, ...]:
-    """Every attention call of ``gm``, matched or not, in layer order (graph order among equal layers)."""
+def find_attention(gm: torch.fx.GraphModule, model: TracedModel = TracedModel()) -> tuple[AttentionMatch, ...]:
+    """Every attention call of ``gm``, matched or not, in layer order (graph order among equal layers). ``model``:
+    what the model says of its modules (which are not causal)."""
     found = []
     for node in gm.graph.nodes:
         if is_call(node, "sdpa"):
@@ -74,11 +81,22 @@ def find_attention(gm: torch.fx.GraphModule) -> tuple[AttentionMatch, ...]:
             continue
         try:
             match = matcher(node)
+            match = dataclasses.replace(match, bidirectional=_is_bidirectional(match, model.causal))
         except NoMatch as err:
             match = AttentionMatch(layer=None, kind=kind, output=node, problem=str(err))
         found.append(match)
     numbered = _number_layers(found, in_module=_traces_a_module(gm))
     return tuple(sorted(numbered, key=lambda m: (m.layer is None, m.layer or 0)))
+
+
+def _is_bidirectional(match: AttentionMatch, causal: Mapping[str, bool]) -> bool:
+    """Whether the call's queries see keys after them: a prefill call with neither a mask nor ``is_causal``, or a
+    call whose innermost module with an ``is_causal`` flag says False (a padded encoder's mask is a padding mask)."""
+    if match.mask is None and not match.is_causal and not statically_known_true(match.shape("q")[2] == 1):
+        return True
+    stack = match.output.meta.get("nn_module_stack") or {}
+    flags = [causal[path] for path, _ in reversed(list(stack.values())) if path in causal]
+    return bool(flags) and not flags[0]
 
 
 def _traces_a_module(gm: torch.fx.GraphModule) -> bool:

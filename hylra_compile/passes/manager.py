@@ -3,7 +3,7 @@ numbered dump of every phase's result (to the dump folder and to ``TORCH_LOGS`` 
 torch's structured logging, so ``tlparse`` shows them) and counts what matched (``counters["hylra"]``).
 
 0. input graph                                                       ``00-input.py``
-1. :func:`find_attention` (gm) -> matches                            ``01-find_attention.md``
+1. :func:`find_attention` (gm, model's modules) -> matches           ``01-find_attention.md``
 2. :func:`decide` (matches, policy, model's layer count) -> decisions ``02-decide.md``
 3. :func:`block_masks` (gm, matches, decisions) -> shared masks      ``03-block_masks.md``
 4. :func:`rewrite` (gm, matches, decisions, shared masks) -> gm       ``04-rewrite.py``
@@ -36,10 +36,10 @@ log = logging.getLogger(__name__)
 def run_passes(gm: torch.fx.GraphModule, options: HylraOptions, name: str, dump_dir: Path | None,
                model: TracedModel = TracedModel()) -> GraphReport:
     """Rewrite ``gm`` in place by ``options``; returns its report. ``dump_dir``: this graph's dump folder.
-    ``model``: what the model the graph belongs to says of itself (its layer count)."""
+    ``model``: what the model the graph belongs to says of itself (its layer count, its non-causal modules)."""
     dump = _Dump(name, dump_dir)
     dump("00-input.py", lambda: gm.print_readable(print_output=False))
-    matches = find_attention(gm)
+    matches = find_attention(gm, model)
     dump("01-find_attention.md", lambda: _table(
         ("layer", "kind", "output", "q", "k", "v", "mask", "is_causal", "scale", "problem / notes"),
         [(m.layer, m.kind, m.output.name, *(_shape(m, o) for o in ("q", "k", "v", "mask")), m.is_causal, m.scale,
@@ -113,24 +113,27 @@ def _table(header: tuple[str, ...], rows: list[tuple]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# Why a whole graph may end up with no sparse site although a policy was given, for causes the user can fix: (the
-# text of a site's reason that names it, what to do).
-_FIXABLE_CAUSES = (
+# Why a whole graph may end up with no sparse site although a policy was given, for causes the user can fix or
+# should know of: (the text of a site's reason that names it, what to do).
+_EXPLAINED_CAUSES = (
     ("inputs require grad", "run the model under torch.no_grad() (or torch.inference_mode()) and in model.eval()"),
     ("not a compile-time constant", "compile with static shapes (no dynamic=True): the attention scale became a "
                                     "symbolic value"),
+    ("non-causal attention", "the policy applies to causal (decoder) attention only; a bidirectional encoder runs "
+                             "dense"),
 )
 
 
 def warn_if_nothing_sparse(name: str, matches, decisions, options: HylraOptions) -> None:
     """Warn (once per cause and graph) when a policy was given but no site of the graph attends sparsely for a
-    reason the user can fix: the inputs require grad, a symbolic scale (``dynamic=True``), a policy with no
-    consumer, a ``top_k`` that keeps every block of the traced key length, or a ``min_seq_len`` above it."""
+    reason the user can fix or should know of: the inputs require grad, a symbolic scale (``dynamic=True``),
+    non-causal attention, a policy with no consumer, a ``top_k`` that keeps every block of the traced key length,
+    or a ``min_seq_len`` above it."""
     if options.policy is None or not matches:
         return
     fixes = []
     if not any(d.action == "consumer" for d in decisions):
-        fixes += [f"{cause}: {fix}" for cause, fix in _FIXABLE_CAUSES
+        fixes += [f"{cause}: {fix}" for cause, fix in _EXPLAINED_CAUSES
                   if any(d.reason and cause in d.reason for d in decisions)]
         if "consumer" not in options.policy.modes:
             fixes.append("the policy has no consumer layer: give some layers mode 'consumer' (e.g. Policy.every(4, "

@@ -10,6 +10,7 @@ from torch._dynamo.utils import counters
 from hylra_compile import HylraBackend, Policy
 from hylra_compile.passes import decide, find_attention
 from tests.passes.models import COVERING, BrokenStack, LoopBrokenStack, TinyAttention, TinyStack, X, dynamo_graph
+from tests.tiny_models import padded_batch, tiny_bert
 
 
 def compile_broken(policy: Policy, model=None):
@@ -80,3 +81,22 @@ def test_decide_is_a_function_of_matches_and_policy():
     ]
     with pytest.raises(ValueError, match=r"attention at layer\(s\) \[2\] but the policy lists 2 layers"):
         decide(matches, Policy.every(2, 2))
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded"])
+def test_non_causal_attention_stays_dense(attn, padded):
+    """A bidirectional encoder: its queries see the keys after them, where the selection's local blocks (the last
+    candidates) would be the sequence's end, not the query's neighbours. Unpadded, BERT's SDPA call has no mask and
+    is_causal=False; padded, its mask is a padding mask only the module's own is_causal=False tells apart."""
+    model = tiny_bert(attn)
+    ids, mask = padded_batch(40)
+    kwargs = {"attention_mask": mask} if padded else {}
+    backend = HylraBackend(policy=Policy.every(2, 2), top_k=8, block_size=8, local_blocks=0, min_seq_len=0,
+                           inductor=False)
+    with torch.no_grad(), pytest.warns(UserWarning, match="non-causal attention"):
+        out = torch.compile(model, backend=backend)(ids, **kwargs).last_hidden_state
+        torch.testing.assert_close(out, model(ids, **kwargs).last_hidden_state)
+    sites = [site for report in backend.reports for site in report.sites]
+    assert len(sites) == 2 and all(s.action == "dense" and s.reason.startswith("non-causal attention") for s in sites)
+    assert counters["hylra"]["dense.non_causal"] == 2
