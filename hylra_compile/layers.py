@@ -52,7 +52,8 @@ def module_layers(model) -> dict[int, int]:
 @dataclasses.dataclass(frozen=True)
 class TracedModel:
     """What the model a Dynamo graph belongs to says of itself. ``num_layers``: its config's
-    ``num_hidden_layers`` (None when no enclosing module has a config giving it). ``causal``: each module path of
+    ``num_hidden_layers`` (None when no enclosing module has a config giving it, or the model is an
+    encoder-decoder, whose count is the encoder's). ``causal``: each module path of
     the graph whose module carries an ``is_causal`` flag -> the flag (Hugging Face's attention modules do, and its
     SDPA integration reads it: False for a bidirectional encoder or cross-attention)."""
 
@@ -80,7 +81,10 @@ def traced_model(gm: torch.fx.GraphModule) -> TracedModel:
     # Outermost first: a wrapper without a config (torch.compile's OptimizedModule forwards attributes to the model)
     # gives way to the model inside it that has one.
     for module in reversed(enclosing):
-        num_layers = getattr(getattr(module, "config", None), "num_hidden_layers", None)
+        config = getattr(module, "config", None)
+        if getattr(config, "is_encoder_decoder", False):
+            break  # its num_hidden_layers counts the encoder's layers; a policy governs the decoder's causal ones
+        num_layers = getattr(config, "num_hidden_layers", None)
         if isinstance(num_layers, int) and not isinstance(num_layers, bool):
             return TracedModel(num_layers, causal)
     return TracedModel(causal=causal)

@@ -47,12 +47,13 @@ class Decision:
     def op(self) -> str | None:
         """The hylra op the rewrite puts in place of the site: ``topk_attention`` (producer), ``sparse_attention``
         (consumer), ``attention`` (a site the policy leaves dense: native KV heads, the shared block mask), or
-        None for a site left as the model wrote it (not understood, or compiled without a policy)."""
+        None for a site left as the model wrote it (not understood, non-causal: the model's own attention computes
+        an encoder's or a cross-attention best, or compiled without a policy)."""
         if self.action == "producer":
             return "topk_attention"
         if self.action == "consumer":
             return "sparse_attention"
-        return None if self.dense_cause in ("not_understood", "no_policy") else "attention"
+        return None if self.dense_cause in ("not_understood", "non_causal", "no_policy") else "attention"
 
 
 # The selection's forced local blocks are the last that hold an allowed key: a causal query's neighbours, but the
@@ -74,9 +75,11 @@ def decide(matches: tuple[AttentionMatch, ...], policy: Policy | None,
                      for m in matches)
     if model_layers is not None:
         policy.check_num_layers(model_layers)
-    usable = [m for m in matches if m.problem is None]
+    usable = [m for m in matches if m.problem is None and not m.bidirectional]
     policy.check_graph([m.layer for m in usable], _kv_heads(usable), _tensor_parallel_size())
-    by_layer = {m.layer: m for m in matches}  # a layer with several calls has a problem: never used as a source
+    # A layer's source is its causal call (several make a problem, so never a source); a non-causal call beside it
+    # (a decoder layer's cross-attention) is the source only of a layer that has no other.
+    by_layer = {m.layer: m for m in matches if m.bidirectional} | {m.layer: m for m in matches if not m.bidirectional}
     position = {m.output: i for i, m in enumerate(matches)}
     first = [_decide_one(m, policy, by_layer, position) for m in matches]
     consumed = {d.source for d in first if d.action == "consumer"}

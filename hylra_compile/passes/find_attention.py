@@ -105,27 +105,46 @@ def _traces_a_module(gm: torch.fx.GraphModule) -> bool:
 
 
 def _number_layers(found: list[AttentionMatch], in_module: bool) -> list[AttentionMatch]:
-    """Give each match its layer; a layer claimed by several calls, or a call with no layer, stays dense."""
+    """Give each match its layer; a layer claimed by several causal calls, or a causal call with no layer, stays
+    dense. A non-causal call stays dense whatever its number, so it claims none (a decoder layer's cross-attention
+    leaves the layer's policy entry to its self-attention)."""
     layers = [layer_of_node(m.output) for m in found]
     if not in_module and all(layer is None for layer in layers):  # plain functions: no layers to number by
         note = "layer number from graph order (no module path)"
         return [dataclasses.replace(m, layer=i, notes=m.notes + (note,)) for i, m in enumerate(found)]
-    calls = collections.Counter(layers)
+    claims = collections.defaultdict(list)  # layer -> the module path of each causal call claiming it
+    for match, layer in zip(found, layers):
+        if not match.bidirectional:
+            claims[layer].append(_module_path(match.output))
     numbered = []
     for match, layer in zip(found, layers):
         problem = match.problem
-        if layer is None:
-            problem = problem or (
-                "no layer number in its module path (a graph break inside the layer loop compiles each layer "
-                "as its own graph, which cannot tell its layer)"
-            )
-        elif calls[layer] > 1:
-            problem = problem or (
-                f"layer {layer} makes {calls[layer]} attention calls in this graph; one policy entry per layer "
-                "cannot tell them apart"
-            )
+        if problem is None and not match.bidirectional:
+            if layer is None:
+                problem = ("no layer number in its module path (a graph break inside the layer loop compiles each "
+                           "layer as its own graph, which cannot tell its layer)")
+            elif len(claims[layer]) > 1:
+                problem = _shared_layer(layer, claims[layer])
         numbered.append(dataclasses.replace(match, layer=layer, problem=problem))
     return numbered
+
+
+def _shared_layer(layer: int, paths: list[str]) -> str:
+    """Why calls sharing a layer number stay dense: one module calling attention several times, or several modules
+    whose paths end in the same number (T5 numbers the sub-layers of each block: ``block.N.layer.0``)."""
+    modules = sorted(set(paths))
+    if len(modules) == 1:
+        return (f"layer {layer} makes {len(paths)} attention calls in this graph; one policy entry per layer cannot "
+                "tell them apart")
+    return (f"{len(modules)} modules' attention calls ({', '.join(modules)}) share layer number {layer}, the last "
+            "number of their module paths (blocks that number their sub-layers, like T5's block.N.layer.M): one "
+            "policy entry per layer cannot tell them apart")
+
+
+def _module_path(node: torch.fx.Node) -> str:
+    """The path of the innermost module running ``node``, as Dynamo spells it."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return next(reversed(stack.values()))[0] if stack else "?"
 
 
 # -- SDPA --------------------------------------------------------------------------------------------------------

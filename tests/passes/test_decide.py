@@ -10,7 +10,7 @@ from torch._dynamo.utils import counters
 from hylra_compile import HylraBackend, Policy
 from hylra_compile.passes import decide, find_attention
 from tests.passes.models import COVERING, BrokenStack, LoopBrokenStack, TinyAttention, TinyStack, X, dynamo_graph
-from tests.tiny_models import padded_batch, tiny_bert
+from tests.tiny_models import padded_batch, tiny_bert, tiny_encoder_decoder
 
 
 def compile_broken(policy: Policy, model=None):
@@ -50,13 +50,14 @@ def test_a_graph_without_layer_numbers_inside_a_model_stays_dense():
 
 
 class TwiceAttention(TinyAttention):
-    """Attends twice in one layer (like self- and cross-attention in one decoder layer)."""
+    """Attends causally twice in one layer (a non-causal second call, like a decoder layer's cross-attention, would
+    leave the layer's policy entry to the first)."""
 
     def forward(self, x):
         x = super().forward(x)
         B, S, _ = x.shape
         q = x.view(B, S, 2, 4).transpose(1, 2)
-        return x + F.scaled_dot_product_attention(q, q, q).transpose(1, 2).reshape(B, S, -1)
+        return x + F.scaled_dot_product_attention(q, q, q, is_causal=True).transpose(1, 2).reshape(B, S, -1)
 
 
 def test_a_layer_with_two_attention_calls_stays_dense():
@@ -100,3 +101,44 @@ def test_non_causal_attention_stays_dense(attn, padded):
     sites = [site for report in backend.reports for site in report.sites]
     assert len(sites) == 2 and all(s.action == "dense" and s.reason.startswith("non-causal attention") for s in sites)
     assert counters["hylra"]["dense.non_causal"] == 2
+
+
+def compile_encoder_decoder(model, policy: Policy):
+    """The sites of ``model`` compiled on 20 input and 24 decoder tokens, its output checked equal to the model's
+    (top_k covers every block)."""
+    ids, decoder_ids = torch.randint(3, 64, (1, 20)), torch.randint(3, 64, (1, 24))
+    backend = HylraBackend(policy=policy, top_k=24, block_size=4, local_blocks=1, min_seq_len=0, inductor=False)
+    with torch.no_grad():
+        out = torch.compile(model, backend=backend)(input_ids=ids, decoder_input_ids=decoder_ids)
+        torch.testing.assert_close(out.last_hidden_state,
+                                   model(input_ids=ids, decoder_input_ids=decoder_ids).last_hidden_state)
+    return [site for report in backend.reports for site in report.sites]
+
+
+def test_t5_sub_layer_numbers_leave_its_decoder_dense_with_the_reason():
+    """T5's paths end in the sub-layer's number (decoder.block.N.layer.0.SelfAttention): every decoder
+    self-attention gets number 0, so no policy entry can tell them apart, and the report says why (it said "layer 0
+    makes 4 attention calls", counting the encoder's and the cross-attention's). Those are non-causal: dense."""
+    sites = compile_encoder_decoder(tiny_encoder_decoder("t5"), Policy.every(2, 2))
+    assert len(sites) == 6 and all(site.action == "dense" for site in sites)
+    non_causal = [site for site in sites if site.reason.startswith("non-causal attention")]
+    shared = [site for site in sites if site not in non_causal]
+    assert len(non_causal) == 4 and len(shared) == 2
+    assert all(site.reason == (
+        "2 modules' attention calls (L['self'].decoder.block.0.layer.0.SelfAttention, "
+        "L['self'].decoder.block.1.layer.0.SelfAttention) share layer number 0, the last number of their module "
+        "paths (blocks that number their sub-layers, like T5's block.N.layer.M): one policy entry per layer cannot "
+        "tell them apart") for site in shared)
+
+
+def test_an_encoder_decoder_takes_a_policy_for_its_decoder_layers():
+    """BART numbers its decoder layers (decoder.layers.N.self_attn / .encoder_attn): the causal self-attention of
+    each takes the policy entry of its layer, while its cross-attention and the encoder stay dense as non-causal. The
+    config's num_hidden_layers counts the encoder's layers, so it does not size the policy."""
+    sites = compile_encoder_decoder(tiny_encoder_decoder("bart", encoder_layers=2, decoder_layers=3),
+                                    Policy.every(2, 3))
+    non_causal = [site for site in sites if site.reason and site.reason.startswith("non-causal attention")]
+    assert len(non_causal) == 5 and all(site.op is None for site in non_causal)  # left as the model wrote them
+    assert [(site.layer, site.action, site.reason) for site in sites if site not in non_causal] == [
+        (0, "producer", None), (1, "consumer", None),
+        (2, "dense", "policy: producer, but no layer of this graph consumes it (runs as full)")]
