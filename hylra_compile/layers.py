@@ -6,7 +6,8 @@ node's ``nn_module_stack``, the profiler and evaluator from ``model.named_module
 including for models whose layers are skipped or numbered with gaps.
 
 :func:`traced_model` finds, while Dynamo compiles a frame, the model that frame belongs to, and what the graph
-alone cannot tell of it: how many layers it has, and which of its attention modules are not causal.
+alone cannot tell of it: how many layers it has, which of its attention modules are not causal, and the layer of a
+module whose path in the graph holds no number (a layer compiled on its own: its qualified name in the model does).
 """
 
 from __future__ import annotations
@@ -27,14 +28,22 @@ def layer_of_path(path: str) -> int | None:
     return int(numbers[-1]) if numbers else None
 
 
-def layer_of_node(node) -> int | None:
-    """The layer of an FX node: the innermost module of its ``nn_module_stack`` whose path holds a number."""
+# Dynamo leaves the compiled frame's own module (the self of a module's method) out of ``nn_module_stack``.
+FRAME_MODULE = "L['self']"
+
+
+def layer_of_node(node, named: Mapping[str, int] | None = None) -> int | None:
+    """The layer of an FX node: the innermost module of its ``nn_module_stack`` whose path holds a number, or
+    (``named``: path -> layer, :attr:`TracedModel.layers`) whose qualified name in the model does, the frame's own
+    module last."""
     stack = node.meta.get("nn_module_stack") or {}
     for path, _ in reversed(list(stack.values())):
         layer = layer_of_path(path)
+        if layer is None and named:
+            layer = named.get(path)
         if layer is not None:
             return layer
-    return None
+    return named.get(FRAME_MODULE) if named else None
 
 
 def module_layers(model) -> dict[int, int]:
@@ -55,10 +64,14 @@ class TracedModel:
     ``num_hidden_layers`` (None when no enclosing module has a config giving it, or the model is an
     encoder-decoder, whose count is the encoder's). ``causal``: each module path of
     the graph whose module carries an ``is_causal`` flag -> the flag (Hugging Face's attention modules do, and its
-    SDPA integration reads it: False for a bidirectional encoder or cross-attention)."""
+    SDPA integration reads it: False for a bidirectional encoder or cross-attention). ``layers``: each module path
+    of the graph (and :data:`FRAME_MODULE`) -> the layer of the module's qualified name in the model
+    (:func:`module_layers`), for a path that holds no number itself (a frame running one layer, compiled on its
+    own after a graph break)."""
 
     num_layers: int | None = None
     causal: Mapping[str, bool] = dataclasses.field(default_factory=dict)
+    layers: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
 
 def traced_model(gm: torch.fx.GraphModule) -> TracedModel:
@@ -70,7 +83,7 @@ def traced_model(gm: torch.fx.GraphModule) -> TracedModel:
     if frame_locals is None:
         return TracedModel()
     paths = {path for node in gm.graph.nodes for path, _ in (node.meta.get("nn_module_stack") or {}).values()}
-    resolved = {path: _resolve(path, frame_locals) for path in paths}
+    resolved = {path: _resolve(path, frame_locals) for path in paths | {FRAME_MODULE}}
     modules = {path: module for path, module in resolved.items() if isinstance(module, torch.nn.Module)}
     causal = {path: module.is_causal for path, module in modules.items()
               if isinstance(getattr(module, "is_causal", None), bool)}
@@ -78,16 +91,24 @@ def traced_model(gm: torch.fx.GraphModule) -> TracedModel:
     frame_modules = [value for value in frame_locals.values() if isinstance(value, torch.nn.Module)]
     enclosing = [module for module in frame_modules + _caller_modules()
                  if any(id(inner) in graph_modules for inner in module.modules())]
+    named = module_layers(enclosing[-1]) if enclosing else {}
+    layers = {path: named[id(module)] for path, module in modules.items() if id(module) in named}
+    return TracedModel(_num_layers(enclosing), causal, layers)
+
+
+def _num_layers(enclosing: list) -> int | None:
+    """The layer count of the modules holding the graph's, innermost first: the config's ``num_hidden_layers`` of
+    the outermost that has one."""
     # Outermost first: a wrapper without a config (torch.compile's OptimizedModule forwards attributes to the model)
     # gives way to the model inside it that has one.
     for module in reversed(enclosing):
         config = getattr(module, "config", None)
         if getattr(config, "is_encoder_decoder", False):
-            break  # its num_hidden_layers counts the encoder's layers; a policy governs the decoder's causal ones
+            return None  # its num_hidden_layers counts the encoder's layers; a policy governs the decoder's
         num_layers = getattr(config, "num_hidden_layers", None)
         if isinstance(num_layers, int) and not isinstance(num_layers, bool):
-            return TracedModel(num_layers, causal)
-    return TracedModel(causal=causal)
+            return num_layers
+    return None
 
 
 def _compiled_frame_locals() -> dict | None:

@@ -14,7 +14,9 @@ native KV heads and the repeated copy of the cache disappears. A call that is at
 exactly is still a match, with ``problem`` saying why: it stays dense and the report shows the reason.
 
 A match's ``layer`` is :func:`hylra_compile.layers.layer_of_node` (the number in its module path), the same number
-the profiler gives the layer; attention in plain functions (no module, no numbers) is numbered in graph order.
+the profiler gives the layer. A graph break inside the layer loop compiles each layer's forward as its own frame,
+whose paths hold no number: the module's qualified name in the model (found on the call stack) gives it then.
+Attention in plain functions (no module, no numbers) is numbered in graph order.
 A match is ``bidirectional`` when its queries see keys after them: a prefill call with neither a mask nor
 ``is_causal``, or a call in a module whose ``is_causal`` flag is False (a padding mask alone cannot tell an encoder
 from a decoder).
@@ -70,7 +72,7 @@ class AttentionMatch:
 
 def find_attention(gm: torch.fx.GraphModule, model: TracedModel = TracedModel()) -> tuple[AttentionMatch, ...]:
     """Every attention call of ``gm``, matched or not, in layer order (graph order among equal layers). ``model``:
-    what the model says of its modules (which are not causal)."""
+    what the model says of its modules (which are not causal, and their layers by name)."""
     found = []
     for node in gm.graph.nodes:
         if is_call(node, "sdpa"):
@@ -85,7 +87,7 @@ def find_attention(gm: torch.fx.GraphModule, model: TracedModel = TracedModel())
         except NoMatch as err:
             match = AttentionMatch(layer=None, kind=kind, output=node, problem=str(err))
         found.append(match)
-    numbered = _number_layers(found, in_module=_traces_a_module(gm))
+    numbered = _number_layers(found, in_module=_traces_a_module(gm), named=model.layers)
     return tuple(sorted(numbered, key=lambda m: (m.layer is None, m.layer or 0)))
 
 
@@ -104,11 +106,15 @@ def _traces_a_module(gm: torch.fx.GraphModule) -> bool:
     return any(str(node.target).startswith("L_self_") for node in gm.graph.find_nodes(op="placeholder"))
 
 
-def _number_layers(found: list[AttentionMatch], in_module: bool) -> list[AttentionMatch]:
-    """Give each match its layer; a layer claimed by several causal calls, or a causal call with no layer, stays
-    dense. A non-causal call stays dense whatever its number, so it claims none (a decoder layer's cross-attention
-    leaves the layer's policy entry to its self-attention)."""
-    layers = [layer_of_node(m.output) for m in found]
+def _number_layers(found: list[AttentionMatch], in_module: bool, named: Mapping[str, int]) -> list[AttentionMatch]:
+    """Give each match its layer: by its module path, else by its module's name in the model (``named``); a layer
+    claimed by several causal calls, or a causal call with no layer, stays dense. A non-causal call stays dense
+    whatever its number, so it claims none (a decoder layer's cross-attention leaves the layer's policy entry to
+    its self-attention)."""
+    by_path = [layer_of_node(m.output) for m in found]
+    layers = [layer_of_node(m.output, named) if layer is None else layer for m, layer in zip(found, by_path)]
+    found = [dataclasses.replace(m, notes=m.notes + (LAYER_BY_NAME,)) if path is None and layer is not None else m
+             for m, path, layer in zip(found, by_path, layers)]
     if not in_module and all(layer is None for layer in layers):  # plain functions: no layers to number by
         note = "layer number from graph order (no module path)"
         return [dataclasses.replace(m, layer=i, notes=m.notes + (note,)) for i, m in enumerate(found)]
@@ -121,12 +127,17 @@ def _number_layers(found: list[AttentionMatch], in_module: bool) -> list[Attenti
         problem = match.problem
         if problem is None and not match.bidirectional:
             if layer is None:
-                problem = ("no layer number in its module path (a graph break inside the layer loop compiles each "
-                           "layer as its own graph, which cannot tell its layer)")
+                problem = ("no layer number in its module path, nor a model on the call stack that names its module "
+                           "with one")
             elif len(claims[layer]) > 1:
                 problem = _shared_layer(layer, claims[layer])
         numbered.append(dataclasses.replace(match, layer=layer, problem=problem))
     return numbered
+
+
+# The note on a match numbered by its module's name in the model (the manager warns when a graph has one).
+LAYER_BY_NAME = ("layer number from the module's name in the model (its module path in this graph has none: a graph "
+                 "break inside the layer loop; Dynamo may run this graph for other layers too)")
 
 
 def _shared_layer(layer: int, paths: list[str]) -> str:

@@ -26,7 +26,7 @@ from ..options import HylraOptions
 from ..report import GraphReport
 from .block_masks import block_masks
 from .decide import decide
-from .find_attention import find_attention
+from .find_attention import LAYER_BY_NAME, find_attention
 from .patterns import example_value
 from .rewrite import rewrite
 
@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 def run_passes(gm: torch.fx.GraphModule, options: HylraOptions, name: str, dump_dir: Path | None,
                model: TracedModel = TracedModel()) -> GraphReport:
     """Rewrite ``gm`` in place by ``options``; returns its report. ``dump_dir``: this graph's dump folder.
-    ``model``: what the model the graph belongs to says of itself (its layer count, its non-causal modules)."""
+    ``model``: what the model the graph belongs to says of itself (its layer count, its non-causal modules, the
+    layers of its modules by name)."""
     dump = _Dump(name, dump_dir)
     dump("00-input.py", lambda: gm.print_readable(print_output=False))
     matches = find_attention(gm, model)
@@ -61,6 +62,13 @@ def run_passes(gm: torch.fx.GraphModule, options: HylraOptions, name: str, dump_
         nx.nx_pydot.write_dot(report.edge_graph(), dump_dir / "edges.dot")
     _count(matches, decisions, masks, outputs)
     warn_if_nothing_sparse(name, matches, decisions, options)
+    if any(LAYER_BY_NAME in m.notes for m in matches):
+        # One text for every graph, so Python shows it once however many layers break.
+        warnings.warn("hylra: a graph break inside the layer loop compiles the layers one by one, so they run dense "
+                      "(no consumer has its producer in its graph); their numbers in the reports come from the "
+                      "modules' names in the model, and a layer's graph that Dynamo reuses for other layers reports "
+                      "the first. Remove the break (TORCH_LOGS=graph_breaks shows where Dynamo breaks)",
+                      UserWarning, stacklevel=2)
     return report
 
 

@@ -10,7 +10,7 @@ from torch._dynamo.utils import counters
 from hylra_compile import HylraBackend, Policy
 from hylra_compile.passes import decide, find_attention
 from tests.passes.models import COVERING, BrokenStack, LoopBrokenStack, TinyAttention, TinyStack, X, dynamo_graph
-from tests.tiny_models import padded_batch, tiny_bert, tiny_encoder_decoder
+from tests.tiny_models import padded_batch, tiny_bert, tiny_encoder_decoder, tiny_model
 
 
 def compile_broken(policy: Policy, model=None):
@@ -42,11 +42,41 @@ def test_a_consumer_whose_producer_is_in_another_graph_stays_dense():
     assert counters["hylra"]["rewritten"] == 4
 
 
-def test_a_graph_without_layer_numbers_inside_a_model_stays_dense():
-    backend = compile_broken(Policy.every(2, 4), LoopBrokenStack(4))
+GRAPH_BREAK_WARNING = "a graph break inside the layer loop"
+
+
+def test_a_layer_compiled_on_its_own_is_numbered_by_its_name_in_the_model():
+    """A graph break inside the layer loop: Dynamo compiles the layer's forward as its own frame, whose module paths
+    hold no number (its attention runs in the frame's own module, not even in the paths); the layer comes from the
+    module's qualified name in the model on the call stack. Dynamo runs that graph for every layer (one code, no
+    guard tells them apart): it reports the layer it was compiled for, dense, and the compile warns."""
+    with pytest.warns(UserWarning, match=GRAPH_BREAK_WARNING):
+        backend = compile_broken(Policy.every(2, 4), LoopBrokenStack(4))
+    (site,) = [site for report in backend.reports for site in report.sites]
+    assert (site.layer, site.action) == (0, "dense")
+    assert site.reason == "policy: producer, but no layer of this graph consumes it (runs as full)"
+    assert site.notes[-1].startswith("layer number from the module's name in the model")
+
+
+def test_a_graph_break_in_a_layer_hook_keeps_the_layer_numbers():
+    """A Llama whose layer 2 has a forward pre-hook that breaks the graph: every layer compiles on its own (every
+    site was dense with 'no layer number'). The layers keep their numbers, so the policy applies where it can: its
+    full layer is full, and a consumer reports its producer in another graph; the output is the model's."""
+    model = tiny_model("llama", "sdpa", num_layers=4)
+    model.model.layers[2].register_forward_pre_hook(lambda module, args: torch._dynamo.graph_break())
+    ids, mask = padded_batch(20)
+    backend = HylraBackend(policy=Policy.from_modes(["producer", "consumer", "full", "producer"]), top_k=8,
+                           block_size=8, local_blocks=0, min_seq_len=0, inductor=False)
+    with torch.no_grad(), pytest.warns(UserWarning, match=GRAPH_BREAK_WARNING):
+        torch.testing.assert_close(torch.compile(model, backend=backend)(ids, attention_mask=mask).logits,
+                                   model(ids, attention_mask=mask).logits)
     sites = [site for report in backend.reports for site in report.sites]
-    assert sites and all(site.action == "dense" for site in sites)
-    assert sites[0].reason.startswith("no layer number in its module path")
+    assert [(site.layer, site.reason) for site in sites] == [
+        (0, "policy: producer, but no layer of this graph consumes it (runs as full)"),
+        (1, "policy: consumer of 0, but layer 0 is not in this graph (a graph break splits them)"),
+        (2, "policy: full"),
+        (3, "policy: producer, but no layer of this graph consumes it (runs as full)"),
+    ]
 
 
 class TwiceAttention(TinyAttention):
