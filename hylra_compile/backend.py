@@ -8,6 +8,7 @@ from typing import Any, Callable, Mapping
 import torch.fx
 from torch._guards import CompileContext
 
+from .layers import traced_model
 from .lowering.inductor import compile_with_inductor
 from .options import HylraOptions
 from .passes import run_passes
@@ -39,7 +40,7 @@ class HylraBackend:
             raise ValueError(f"mode={mode!r} replays graphs as CUDA graphs, which needs the hylra option inductor=True")
         graph_name = _graph_name(self.name, len(self.graphs))
         dump_dir = Path(self.options.dump_dir) / graph_name if self.options.dump_dir else None
-        report = run_passes(gm, self.options, graph_name, dump_dir)
+        report = run_passes(gm, self.options, graph_name, dump_dir, traced_model(gm))
         self.reports.append(report)
         _all_reports.append(report)
         self.graphs.append(gm)

@@ -20,7 +20,10 @@ class HylraOptions:
     """Everything ``torch.compile(model, backend="hylra", options={...})`` accepts.
 
     policy: a :class:`Policy`, a path to a policy JSON, or a list of modes; ``None`` runs every site dense.
-    top_k: tokens kept per query block by a consumer (rounded up to whole KV blocks).
+    top_k: tokens kept per query block by a consumer (rounded up to whole KV blocks). A selection never holds more
+        blocks than the keys fill where their number is static; a symbolic one (``dynamic=True``,
+        :func:`compile_for_generate`'s prefill) cannot cap it at compile time, and the ops size each selection
+        by ``top_k``: keep it within the longest input there.
     block_size: tokens per KV block (and per query block).
     sink_blocks / local_blocks: blocks always selected at the start / end of the allowed keys.
     min_seq_len: a query with fewer allowed keys than this attends all of them (decided at run time).
@@ -53,17 +56,25 @@ class HylraOptions:
         """Blocks selected per query block: ``ceil(top_k / block_size)``."""
         return -(-self.top_k // self.block_size)
 
-    def selection_settings(self) -> dict[str, int]:
+    def selection_settings(self, key_blocks: int | None = None) -> dict[str, int]:
         """The keyword arguments of a layer's own top-``top_k`` selection: ``hylra::refine_blocks``, and
-        ``hylra::topk_attention`` where a consumer selects for itself (``selection="oracle"``)."""
-        return dict(block_size=self.block_size, n_select=self.n_select, sink_blocks=self.sink_blocks,
-                    local_blocks=self.local_blocks)
+        ``hylra::topk_attention`` where a consumer selects for itself (``selection="oracle"``). ``key_blocks``:
+        the KV blocks there are, when static."""
+        return dict(block_size=self.block_size, n_select=self._capped(self.n_select, key_blocks),
+                    sink_blocks=self.sink_blocks, local_blocks=self.local_blocks)
 
-    def producer_settings(self) -> dict[str, int]:
+    def producer_settings(self, key_blocks: int | None = None) -> dict[str, int]:
         """The keyword arguments of a producer's ``hylra::topk_attention``: its selection is ``candidates`` times
-        ``top_k`` under ``selection="refine"``."""
+        ``top_k`` under ``selection="refine"``. ``key_blocks``: the KV blocks there are, when static."""
         multiple = self.candidates if self.selection == "refine" else 1
-        return {**self.selection_settings(), "n_select": self.n_select * multiple}
+        return {**self.selection_settings(), "n_select": self._capped(self.n_select * multiple, key_blocks)}
+
+    def _capped(self, n_select: int, key_blocks: int | None) -> int:
+        """``n_select`` cut to the KV blocks there are: more selects nothing more, but the ops size each selection
+        by it (top_k=1e12 asked for 13 TB). Never below the forced sink and local blocks, which the ops require."""
+        if key_blocks is None:
+            return n_select
+        return min(n_select, max(key_blocks, self.sink_blocks + self.local_blocks))
 
     def consumer_settings(self) -> dict[str, int]:
         """The keyword arguments of ``hylra::sparse_attention`` that these options set."""

@@ -141,12 +141,16 @@ class Policy:
 
     def check_model(self, num_layers: int, num_kv_heads: int | None) -> None:
         """Refuse a model whose number of attention layers or KV heads differs from the policy's."""
+        self.check_num_layers(num_layers)
+        self.check_graph(list(range(num_layers)), num_kv_heads)
+
+    def check_num_layers(self, num_layers: int) -> None:
+        """Refuse a model whose number of attention layers differs from the policy's."""
         if num_layers != self.num_layers:
             raise ValueError(
                 f"the policy has {self.num_layers} layers but the model has {num_layers} attention layers; "
                 f"a policy must list exactly one mode per attention layer"
             )
-        self.check_graph(list(range(num_layers)), num_kv_heads)
 
     def check_graph(self, layers: list[int], num_kv_heads: int | None, tp_size: int = 1) -> None:
         """Refuse a graph with attention at a layer the policy does not list, or with other KV heads. A graph

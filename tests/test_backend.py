@@ -15,6 +15,7 @@ from hylra_compile import HylraBackend, Policy
 from hylra_compile.models import cache_argument
 from tests.independent import IndependentHylra
 from tests.numerics import rel_err
+from tests.passes.models import TinyStack, X
 from tests.tiny_models import decode_step, padded_batch, prefill_logits, tiny_model
 
 BLOCK = 8
@@ -86,6 +87,33 @@ def test_small_top_k_equals_independent_attention(family, phase):
     assert [s.action for s in backend.reports[0].sites] == ["producer", "consumer", "dense", "producer", "consumer"]
 
 
+@pytest.mark.parametrize("phase", ["prefill", "decode"])
+def test_a_top_k_far_past_the_keys_selects_the_blocks_there_are(phase):
+    """top_k=1e12 sized each selection by top_k (13 TB); a static KV length caps it at its blocks, so the compile
+    runs at once and equals dense."""
+    model = tiny_model("llama", "sdpa", num_layers=2)
+    compiled, backend = compile_model(model, policy=Policy.every(2, 2), top_k=10**12)
+    ids, mask = padded_batch(40 if phase == "prefill" else 20)
+    with pytest.warns(UserWarning, match="keeps every block of the traced keys"):
+        if phase == "prefill":
+            out, ref = prefill_logits(compiled, ids, mask)[:, 5:], prefill_logits(model, ids, mask)[:, 5:]
+        else:  # the static cache holds 48 keys
+            out, ref = decode_step(model, compiled, ids, mask), decode_step(model, model, ids, mask)
+    assert rel_err(out, ref) < 1e-5
+    (producer,) = hylra_nodes(backend.graphs[0], "topk_attention")
+    assert producer.kwargs["n_select"] == (40 if phase == "prefill" else 48) // BLOCK
+
+
+def test_a_selection_never_falls_below_sink_and_local_blocks():
+    """Keys fewer than sink_blocks + local_blocks blocks: the cap stays at the forced blocks (the ops refuse fewer)."""
+    model = tiny_model("llama", "sdpa", num_layers=2)
+    compiled, backend = compile_model(model, policy=Policy.every(2, 2), top_k=10**6, local_blocks=3)
+    with pytest.warns(UserWarning, match="keeps every block of the traced keys"):
+        prefill_logits(compiled, *padded_batch(12, pads=(0,)))
+    (producer,) = hylra_nodes(backend.graphs[0], "topk_attention")
+    assert producer.kwargs["n_select"] == 4
+
+
 def test_report_table_and_dumps(tmp_path):
     model = tiny_model("mistral", "eager", num_layers=4)
     compiled, backend = compile_model(model, policy=Policy.every(2, 4), dump_dir=str(tmp_path))
@@ -125,12 +153,26 @@ def test_no_policy_and_producer_without_consumer_run_dense():
     assert "scaled_dot_product_attention" not in code
 
 
-def test_short_policy_and_other_model_are_errors():
+@pytest.mark.parametrize("policy_layers", [1, 8])
+def test_a_policy_for_another_layer_count_is_refused(policy_layers):
+    """A policy longer than the model used to compile silently (its first entries applied): the model's config
+    gives its layer count, and the first graph refuses a policy of another length, naming both."""
     model = tiny_model("llama", "sdpa", num_layers=2)
-    compiled, _ = compile_model(model, policy=["full"])
-    with pytest.raises(Exception, match=r"attention at layer\(s\) \[1\] but the policy lists 1 layers"):
+    compiled, _ = compile_model(model, policy=Policy.full(policy_layers))
+    with pytest.raises(Exception, match=f"the policy has {policy_layers} layers but the model has 2 attention layers"):
         prefill_logits(compiled, *padded_batch(20))
-    torch._dynamo.reset()
+
+
+def test_a_model_without_a_layer_count_takes_a_policy_by_its_graph_layers():
+    """No config, so no count to check: a longer policy applies to the layers the graph holds."""
+    compiled, backend = compile_model(TinyStack(2), policy=Policy.every(2, 8), top_k=8, block_size=4, local_blocks=1)
+    with torch.no_grad():
+        compiled(X)
+    assert [s.action for s in backend.reports[0].sites] == ["producer", "consumer"]
+
+
+def test_a_policy_for_other_kv_heads_is_refused():
+    model = tiny_model("llama", "sdpa", num_layers=2)
     compiled, _ = compile_model(model, policy=Policy.every(2, 2, num_kv_heads=8))
     with pytest.raises(Exception, match="made for a model with 8 KV heads, this graph has 2"):
         prefill_logits(compiled, *padded_batch(20))
@@ -318,7 +360,7 @@ def test_refine_selection_feeds_each_consumer_through_refine_blocks():
     and mask whose candidate_idx is its producer's block_idx, the producer selecting `candidates` times top_k."""
     model = tiny_model("llama", "sdpa", num_layers=4)
     compiled, backend = compile_model(model, policy=Policy.every(2, 4), selection="refine", candidates=3)
-    prefill_logits(compiled, *padded_batch(40))
+    prefill_logits(compiled, *padded_batch(80))  # 10 KV blocks: room for the producer's 9
     (gm,) = backend.graphs
     producers, refines, consumers = (hylra_nodes(gm, name) for name in ("topk_attention", "refine_blocks",
                                                                         "sparse_attention"))

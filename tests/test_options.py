@@ -68,6 +68,18 @@ def test_selection_defaults_and_settings():
         assert opts.consumer_settings() == dict(block_size=64, min_seq_len=4096)
 
 
+def test_a_selection_is_capped_at_the_key_blocks_there_are():
+    """With the KV blocks known, no selection exceeds them (the refine producer's widened one neither), and none
+    falls below the forced sink + local blocks; without them (a symbolic KV length) top_k decides alone."""
+    opts = HylraOptions(top_k=10**12, block_size=64, selection="refine", candidates=4)
+    assert opts.selection_settings(key_blocks=5)["n_select"] == opts.producer_settings(key_blocks=5)["n_select"] == 5
+    assert opts.selection_settings(key_blocks=2)["n_select"] == 3  # sink_blocks 1 + local_blocks 2
+    assert opts.producer_settings()["n_select"] == 4 * opts.n_select
+    opts = HylraOptions(top_k=256, block_size=64, selection="refine", candidates=4)
+    assert (opts.selection_settings(key_blocks=8)["n_select"], opts.producer_settings(key_blocks=8)["n_select"]) == (
+        4, 8)
+
+
 @pytest.mark.parametrize(
     "options,message",
     [

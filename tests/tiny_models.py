@@ -5,11 +5,17 @@ from __future__ import annotations
 import torch
 from transformers import (
     AutoModelForCausalLM,
+    BartConfig,
+    BartModel,
+    BertConfig,
+    BertModel,
     LlamaConfig,
     MistralConfig,
     Qwen2Config,
     Qwen3Config,
     StaticCache,
+    T5Config,
+    T5Model,
 )
 
 from hylra_compile.models import cache_argument
@@ -40,6 +46,30 @@ def tiny_config(family: str = "llama", num_layers: int = 2):
 def tiny_model(family: str = "llama", attn: str = "sdpa", num_layers: int = 2, seed: int = 0):
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(tiny_config(family, num_layers), attn_implementation=attn).eval()
+
+
+def tiny_bert(attn: str = "sdpa", num_layers: int = 2, seed: int = 0):
+    """A bidirectional encoder: every query attends every (unpadded) key."""
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                        num_hidden_layers=num_layers, max_position_embeddings=256)
+    model = BertModel(config, add_pooling_layer=False).eval()
+    model.set_attn_implementation(attn)
+    return model
+
+
+def tiny_encoder_decoder(family: str, encoder_layers: int = 2, decoder_layers: int = 2, seed: int = 0):
+    """A T5 or BART encoder-decoder: a bidirectional encoder, and decoder blocks of causal self-attention and
+    cross-attention (T5 numbers them as sub-layers of each block: ``decoder.block.N.layer.M``)."""
+    torch.manual_seed(seed)
+    if family == "t5":
+        config = T5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_heads=4, num_layers=encoder_layers,
+                          num_decoder_layers=decoder_layers, decoder_start_token_id=0)
+        return T5Model(config).eval()
+    config = BartConfig(vocab_size=VOCAB, d_model=32, encoder_layers=encoder_layers, decoder_layers=decoder_layers,
+                        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                        max_position_embeddings=256)
+    return BartModel(config).eval()
 
 
 def padded_batch(seq_len: int, pads: tuple[int, ...] = (0, 5), seed: int = 1):

@@ -1,9 +1,11 @@
-"""Phase 2, ``decide(matches, policy)``: one :class:`Decision` per match -- producer, consumer or dense, and why.
+"""Phase 2, ``decide(matches, policy, model_layers)``: one :class:`Decision` per match -- producer, consumer or
+dense, and why.
 
 The policy is applied by layer index: each graph takes the entries of the layers it holds, so a model split by
 graph breaks compiles graph by graph. A consumer whose producer lies in another graph (or stays dense, runs later,
 has other shapes, or another mask: a sliding-window layer beside a global one) stays dense with that reason; a
-producer that no layer of this graph consumes runs as full.
+producer that no layer of this graph consumes runs as full. Non-causal attention (an encoder's, cross-attention)
+stays dense whatever the policy says.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ SiteAction = Literal["producer", "consumer", "dense"]
 # Why a site stays dense: the counter key (``counters["hylra"]["dense." + cause]``) and what it means.
 DENSE_CAUSES = {
     "not_understood": "the call is attention the ops cannot take (match problem)",
+    "non_causal": "attention whose queries see keys after them (a bidirectional encoder, cross-attention)",
     "no_policy": "no policy given",
     "policy_full": "the policy says full",
     "unconsumed_producer": "a producer no layer of this graph consumes",
@@ -44,26 +47,39 @@ class Decision:
     def op(self) -> str | None:
         """The hylra op the rewrite puts in place of the site: ``topk_attention`` (producer), ``sparse_attention``
         (consumer), ``attention`` (a site the policy leaves dense: native KV heads, the shared block mask), or
-        None for a site left as the model wrote it (not understood, or compiled without a policy)."""
+        None for a site left as the model wrote it (not understood, non-causal: the model's own attention computes
+        an encoder's or a cross-attention best, or compiled without a policy)."""
         if self.action == "producer":
             return "topk_attention"
         if self.action == "consumer":
             return "sparse_attention"
-        return None if self.dense_cause in ("not_understood", "no_policy") else "attention"
+        return None if self.dense_cause in ("not_understood", "non_causal", "no_policy") else "attention"
 
+
+# The selection's forced local blocks are the last that hold an allowed key: a causal query's neighbours, but the
+# sequence's end for a query that sees keys after it.
+NON_CAUSAL = ("non-causal attention: its queries see keys after them (a bidirectional encoder or cross-attention), "
+              "and the hylra selection is made for causal queries (its local blocks would be the sequence's last)")
 
 # (name, operand, dim) a consumer must share with its producer for the indices to mean the same blocks.
 _SHARED_DIMS = (("batch", "q", 0), ("query length", "q", 2), ("KV heads", "k", 1), ("KV length", "k", 2))
 
 
-def decide(matches: tuple[AttentionMatch, ...], policy: Policy | None) -> tuple[Decision, ...]:
-    """One decision per match, same order."""
+def decide(matches: tuple[AttentionMatch, ...], policy: Policy | None,
+           model_layers: int | None = None) -> tuple[Decision, ...]:
+    """One decision per match, same order. ``model_layers``: the layer count of the model the graph belongs to,
+    when known (:func:`hylra_compile.layers.traced_model`); a policy of another length is refused, though the
+    graph may hold only some of the layers."""
     if policy is None:
         return tuple(_dense(m.problem, "not_understood") if m.problem else _dense("no policy given", "no_policy")
                      for m in matches)
-    usable = [m for m in matches if m.problem is None]
+    if model_layers is not None:
+        policy.check_num_layers(model_layers)
+    usable = [m for m in matches if m.problem is None and not m.bidirectional]
     policy.check_graph([m.layer for m in usable], _kv_heads(usable), _tensor_parallel_size())
-    by_layer = {m.layer: m for m in matches}  # a layer with several calls has a problem: never used as a source
+    # A layer's source is its causal call (several make a problem, so never a source); a non-causal call beside it
+    # (a decoder layer's cross-attention) is the source only of a layer that has no other.
+    by_layer = {m.layer: m for m in matches if m.bidirectional} | {m.layer: m for m in matches if not m.bidirectional}
     position = {m.output: i for i, m in enumerate(matches)}
     first = [_decide_one(m, policy, by_layer, position) for m in matches]
     consumed = {d.source for d in first if d.action == "consumer"}
@@ -81,6 +97,8 @@ def _dense(reason: str, cause: str) -> Decision:
 def _decide_one(match: AttentionMatch, policy: Policy, by_layer: dict, position: dict) -> Decision:
     if match.problem is not None:
         return _dense(match.problem, "not_understood")
+    if match.bidirectional:
+        return _dense(NON_CAUSAL, "non_causal")
     mode = policy.modes[match.layer]
     if mode == "full":
         return _dense("policy: full", "policy_full")
@@ -91,9 +109,9 @@ def _decide_one(match: AttentionMatch, policy: Policy, by_layer: dict, position:
     if producer is None:
         return _dense(f"policy: consumer of {source}, but layer {source} is not in this graph (a graph break "
                       "splits them)", "source_in_other_graph")
-    if producer.problem is not None:
-        return _dense(f"policy: consumer of {source}, but layer {source} stays dense ({producer.problem})",
-                      "source_unusable")
+    if producer.problem is not None or producer.bidirectional:
+        return _dense(f"policy: consumer of {source}, but layer {source} stays dense "
+                      f"({producer.problem or 'non-causal attention'})", "source_unusable")
     if position[producer.output] > position[match.output]:
         return _dense(f"policy: consumer of {source}, but layer {source} runs after it in the graph",
                       "source_unusable")

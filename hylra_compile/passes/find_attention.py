@@ -1,4 +1,5 @@
-"""Phase 1, ``find_attention(gm)``: every attention call of a Dynamo graph as an immutable :class:`AttentionMatch`.
+"""Phase 1, ``find_attention(gm, model)``: every attention call of a Dynamo graph as an immutable
+:class:`AttentionMatch`.
 
 Two patterns, each a plain function with an explicit check (in the style of Inductor's ``fuse_attention``),
 written in the canonical ops of :mod:`.patterns` so every spelling of a call matches:
@@ -13,7 +14,12 @@ native KV heads and the repeated copy of the cache disappears. A call that is at
 exactly is still a match, with ``problem`` saying why: it stays dense and the report shows the reason.
 
 A match's ``layer`` is :func:`hylra_compile.layers.layer_of_node` (the number in its module path), the same number
-the profiler gives the layer; attention in plain functions (no module, no numbers) is numbered in graph order.
+the profiler gives the layer. A graph break inside the layer loop compiles each layer's forward as its own frame,
+whose paths hold no number: the module's qualified name in the model (found on the call stack) gives it then.
+Attention in plain functions (no module, no numbers) is numbered in graph order.
+A match is ``bidirectional`` when its queries see keys after them: a prefill call with neither a mask nor
+``is_causal``, or a call in a module whose ``is_causal`` flag is False (a padding mask alone cannot tell an encoder
+from a decoder).
 """
 
 from __future__ import annotations
@@ -21,13 +27,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 import operator
-from typing import Literal
+from typing import Literal, Mapping
 
 import torch
 import torch.fx
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
-from ..layers import layer_of_node
+from ..layers import TracedModel, layer_of_node
 from ..lowering import reference
 from .patterns import NoMatch, call_args, constant, describe, example_value, is_call, single_user, transposed_source
 
@@ -41,7 +47,8 @@ class AttentionMatch:
     ``output``: the node whose value is the attention output [B, Hq, Sq, Dv]. ``q``/``k``/``v``: the ops' inputs
     (``k``/``v`` with native KV heads), ``mask`` the SDPA-style mask or None, ``internal`` the nodes the site is
     made of (erased once a rewrite leaves them unused). ``problem``: why the ops cannot take this call (it then
-    stays dense). ``notes``: what the report should say about a call that is taken anyway.
+    stays dense). ``notes``: what the report should say about a call that is taken anyway. ``bidirectional``: its
+    queries see keys after them (a bidirectional encoder, cross-attention).
     """
 
     layer: int | None
@@ -56,14 +63,16 @@ class AttentionMatch:
     internal: tuple[torch.fx.Node, ...] = ()
     problem: str | None = None
     notes: tuple[str, ...] = ()
+    bidirectional: bool = False
 
     def shape(self, operand: str) -> tuple:
         """The (possibly symbolic) shape of ``q``, ``k``, ``v`` or ``mask``."""
         return tuple(example_value(getattr(self, operand)).shape)
 
 
-def find_attention(gm: torch.fx.GraphModule) -> tuple[AttentionMatch, ...]:
-    """Every attention call of ``gm``, matched or not, in layer order (graph order among equal layers)."""
+def find_attention(gm: torch.fx.GraphModule, model: TracedModel = TracedModel()) -> tuple[AttentionMatch, ...]:
+    """Every attention call of ``gm``, matched or not, in layer order (graph order among equal layers). ``model``:
+    what the model says of its modules (which are not causal, and their layers by name)."""
     found = []
     for node in gm.graph.nodes:
         if is_call(node, "sdpa"):
@@ -74,11 +83,22 @@ def find_attention(gm: torch.fx.GraphModule) -> tuple[AttentionMatch, ...]:
             continue
         try:
             match = matcher(node)
+            match = dataclasses.replace(match, bidirectional=_is_bidirectional(match, model.causal))
         except NoMatch as err:
             match = AttentionMatch(layer=None, kind=kind, output=node, problem=str(err))
         found.append(match)
-    numbered = _number_layers(found, in_module=_traces_a_module(gm))
+    numbered = _number_layers(found, in_module=_traces_a_module(gm), named=model.layers)
     return tuple(sorted(numbered, key=lambda m: (m.layer is None, m.layer or 0)))
+
+
+def _is_bidirectional(match: AttentionMatch, causal: Mapping[str, bool]) -> bool:
+    """Whether the call's queries see keys after them: a prefill call with neither a mask nor ``is_causal``, or a
+    call whose innermost module with an ``is_causal`` flag says False (a padded encoder's mask is a padding mask)."""
+    if match.mask is None and not match.is_causal and not statically_known_true(match.shape("q")[2] == 1):
+        return True
+    stack = match.output.meta.get("nn_module_stack") or {}
+    flags = [causal[path] for path, _ in reversed(list(stack.values())) if path in causal]
+    return bool(flags) and not flags[0]
 
 
 def _traces_a_module(gm: torch.fx.GraphModule) -> bool:
@@ -86,28 +106,56 @@ def _traces_a_module(gm: torch.fx.GraphModule) -> bool:
     return any(str(node.target).startswith("L_self_") for node in gm.graph.find_nodes(op="placeholder"))
 
 
-def _number_layers(found: list[AttentionMatch], in_module: bool) -> list[AttentionMatch]:
-    """Give each match its layer; a layer claimed by several calls, or a call with no layer, stays dense."""
-    layers = [layer_of_node(m.output) for m in found]
+def _number_layers(found: list[AttentionMatch], in_module: bool, named: Mapping[str, int]) -> list[AttentionMatch]:
+    """Give each match its layer: by its module path, else by its module's name in the model (``named``); a layer
+    claimed by several causal calls, or a causal call with no layer, stays dense. A non-causal call stays dense
+    whatever its number, so it claims none (a decoder layer's cross-attention leaves the layer's policy entry to
+    its self-attention)."""
+    by_path = [layer_of_node(m.output) for m in found]
+    layers = [layer_of_node(m.output, named) if layer is None else layer for m, layer in zip(found, by_path)]
+    found = [dataclasses.replace(m, notes=m.notes + (LAYER_BY_NAME,)) if path is None and layer is not None else m
+             for m, path, layer in zip(found, by_path, layers)]
     if not in_module and all(layer is None for layer in layers):  # plain functions: no layers to number by
         note = "layer number from graph order (no module path)"
         return [dataclasses.replace(m, layer=i, notes=m.notes + (note,)) for i, m in enumerate(found)]
-    calls = collections.Counter(layers)
+    claims = collections.defaultdict(list)  # layer -> the module path of each causal call claiming it
+    for match, layer in zip(found, layers):
+        if not match.bidirectional:
+            claims[layer].append(_module_path(match.output))
     numbered = []
     for match, layer in zip(found, layers):
         problem = match.problem
-        if layer is None:
-            problem = problem or (
-                "no layer number in its module path (a graph break inside the layer loop compiles each layer "
-                "as its own graph, which cannot tell its layer)"
-            )
-        elif calls[layer] > 1:
-            problem = problem or (
-                f"layer {layer} makes {calls[layer]} attention calls in this graph; one policy entry per layer "
-                "cannot tell them apart"
-            )
+        if problem is None and not match.bidirectional:
+            if layer is None:
+                problem = ("no layer number in its module path, nor a model on the call stack that names its module "
+                           "with one")
+            elif len(claims[layer]) > 1:
+                problem = _shared_layer(layer, claims[layer])
         numbered.append(dataclasses.replace(match, layer=layer, problem=problem))
     return numbered
+
+
+# The note on a match numbered by its module's name in the model (the manager warns when a graph has one).
+LAYER_BY_NAME = ("layer number from the module's name in the model (its module path in this graph has none: a graph "
+                 "break inside the layer loop; Dynamo may run this graph for other layers too)")
+
+
+def _shared_layer(layer: int, paths: list[str]) -> str:
+    """Why calls sharing a layer number stay dense: one module calling attention several times, or several modules
+    whose paths end in the same number (T5 numbers the sub-layers of each block: ``block.N.layer.0``)."""
+    modules = sorted(set(paths))
+    if len(modules) == 1:
+        return (f"layer {layer} makes {len(paths)} attention calls in this graph; one policy entry per layer cannot "
+                "tell them apart")
+    return (f"{len(modules)} modules' attention calls ({', '.join(modules)}) share layer number {layer}, the last "
+            "number of their module paths (blocks that number their sub-layers, like T5's block.N.layer.M): one "
+            "policy entry per layer cannot tell them apart")
+
+
+def _module_path(node: torch.fx.Node) -> str:
+    """The path of the innermost module running ``node``, as Dynamo spells it."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return next(reversed(stack.values()))[0] if stack else "?"
 
 
 # -- SDPA --------------------------------------------------------------------------------------------------------

@@ -3,8 +3,8 @@ numbered dump of every phase's result (to the dump folder and to ``TORCH_LOGS`` 
 torch's structured logging, so ``tlparse`` shows them) and counts what matched (``counters["hylra"]``).
 
 0. input graph                                                       ``00-input.py``
-1. :func:`find_attention` (gm) -> matches                            ``01-find_attention.md``
-2. :func:`decide` (matches, policy) -> decisions                     ``02-decide.md``
+1. :func:`find_attention` (gm, model's modules) -> matches           ``01-find_attention.md``
+2. :func:`decide` (matches, policy, model's layer count) -> decisions ``02-decide.md``
 3. :func:`block_masks` (gm, matches, decisions) -> shared masks      ``03-block_masks.md``
 4. :func:`rewrite` (gm, matches, decisions, shared masks) -> gm       ``04-rewrite.py``
    the report (matches + decisions)                                  ``report.md``, ``edges.dot``
@@ -21,27 +21,31 @@ import torch.fx
 from torch._dynamo.utils import counters
 from torch._logging import trace_structured
 
+from ..layers import TracedModel
 from ..options import HylraOptions
 from ..report import GraphReport
 from .block_masks import block_masks
 from .decide import decide
-from .find_attention import find_attention
+from .find_attention import LAYER_BY_NAME, find_attention
 from .patterns import example_value
 from .rewrite import rewrite
 
 log = logging.getLogger(__name__)
 
 
-def run_passes(gm: torch.fx.GraphModule, options: HylraOptions, name: str, dump_dir: Path | None) -> GraphReport:
-    """Rewrite ``gm`` in place by ``options``; returns its report. ``dump_dir``: this graph's dump folder."""
+def run_passes(gm: torch.fx.GraphModule, options: HylraOptions, name: str, dump_dir: Path | None,
+               model: TracedModel = TracedModel()) -> GraphReport:
+    """Rewrite ``gm`` in place by ``options``; returns its report. ``dump_dir``: this graph's dump folder.
+    ``model``: what the model the graph belongs to says of itself (its layer count, its non-causal modules, the
+    layers of its modules by name)."""
     dump = _Dump(name, dump_dir)
     dump("00-input.py", lambda: gm.print_readable(print_output=False))
-    matches = find_attention(gm)
+    matches = find_attention(gm, model)
     dump("01-find_attention.md", lambda: _table(
         ("layer", "kind", "output", "q", "k", "v", "mask", "is_causal", "scale", "problem / notes"),
         [(m.layer, m.kind, m.output.name, *(_shape(m, o) for o in ("q", "k", "v", "mask")), m.is_causal, m.scale,
           "; ".join(([m.problem] if m.problem else []) + list(m.notes))) for m in matches]))
-    decisions = decide(matches, options.policy)
+    decisions = decide(matches, options.policy, model.num_layers)
     dump("02-decide.md", lambda: _table(
         ("layer", "action", "op", "source", "dense cause", "reason"),
         [(m.layer, d.action, d.op, d.source, d.dense_cause, d.reason) for m, d in zip(matches, decisions)]))
@@ -58,6 +62,13 @@ def run_passes(gm: torch.fx.GraphModule, options: HylraOptions, name: str, dump_
         nx.nx_pydot.write_dot(report.edge_graph(), dump_dir / "edges.dot")
     _count(matches, decisions, masks, outputs)
     warn_if_nothing_sparse(name, matches, decisions, options)
+    if any(LAYER_BY_NAME in m.notes for m in matches):
+        # One text for every graph, so Python shows it once however many layers break.
+        warnings.warn("hylra: a graph break inside the layer loop compiles the layers one by one, so they run dense "
+                      "(no consumer has its producer in its graph); their numbers in the reports come from the "
+                      "modules' names in the model, and a layer's graph that Dynamo reuses for other layers reports "
+                      "the first. Remove the break (TORCH_LOGS=graph_breaks shows where Dynamo breaks)",
+                      UserWarning, stacklevel=2)
     return report
 
 
@@ -110,24 +121,27 @@ def _table(header: tuple[str, ...], rows: list[tuple]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# Why a whole graph may end up with no sparse site although a policy was given, for causes the user can fix: (the
-# text of a site's reason that names it, what to do).
-_FIXABLE_CAUSES = (
+# Why a whole graph may end up with no sparse site although a policy was given, for causes the user can fix or
+# should know of: (the text of a site's reason that names it, what to do).
+_EXPLAINED_CAUSES = (
     ("inputs require grad", "run the model under torch.no_grad() (or torch.inference_mode()) and in model.eval()"),
     ("not a compile-time constant", "compile with static shapes (no dynamic=True): the attention scale became a "
                                     "symbolic value"),
+    ("non-causal attention", "the policy applies to causal (decoder) attention only; a bidirectional encoder runs "
+                             "dense"),
 )
 
 
 def warn_if_nothing_sparse(name: str, matches, decisions, options: HylraOptions) -> None:
     """Warn (once per cause and graph) when a policy was given but no site of the graph attends sparsely for a
-    reason the user can fix: the inputs require grad, a symbolic scale (``dynamic=True``), a policy with no
-    consumer, a ``top_k`` that keeps every block of the traced key length, or a ``min_seq_len`` above it."""
+    reason the user can fix or should know of: the inputs require grad, a symbolic scale (``dynamic=True``),
+    non-causal attention, a policy with no consumer, a ``top_k`` that keeps every block of the traced key length,
+    or a ``min_seq_len`` above it."""
     if options.policy is None or not matches:
         return
     fixes = []
     if not any(d.action == "consumer" for d in decisions):
-        fixes += [f"{cause}: {fix}" for cause, fix in _FIXABLE_CAUSES
+        fixes += [f"{cause}: {fix}" for cause, fix in _EXPLAINED_CAUSES
                   if any(d.reason and cause in d.reason for d in decisions)]
         if "consumer" not in options.policy.modes:
             fixes.append("the policy has no consumer layer: give some layers mode 'consumer' (e.g. Policy.every(4, "

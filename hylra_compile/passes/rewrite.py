@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.fx
 
+from ..lowering.reference import num_blocks
 from ..options import HylraOptions
 from .decide import Decision
 from .find_attention import AttentionMatch
@@ -46,13 +47,15 @@ def rewrite(
         mask, block_mask = masks[match.mask] if match.mask is not None else (None, None)
         inputs = dict(q=q, k=k, v=v, mask=mask, block_mask=block_mask)
         settings = dict(is_causal=match.is_causal, scale=match.scale)
+        key_blocks = _static_key_blocks(match, options.block_size)
         if decision.op == "topk_attention":
-            arguments = {**inputs, **settings, **options.producer_settings()}
+            arguments = {**inputs, **settings, **options.producer_settings(key_blocks)}
             op = call_with_meta(graph, torch.ops.hylra.topk_attention.default, arguments, match.output)
             out = call_with_meta(graph, operator.getitem, (op, 0), match.output)
             block_idx[match.layer] = call_with_meta(graph, operator.getitem, (op, 1), match.output)
         elif decision.op == "sparse_attention":
-            selected = consumer_selection(graph, inputs, settings, block_idx[decision.source], options, match.output)
+            selected = consumer_selection(graph, inputs, settings, block_idx[decision.source], options, key_blocks,
+                                          match.output)
             arguments = {**inputs, "block_idx": selected, **settings, **options.consumer_settings()}
             out = call_with_meta(graph, torch.ops.hylra.sparse_attention.default, arguments, match.output)
         else:
@@ -69,20 +72,27 @@ def rewrite(
 
 
 def consumer_selection(graph: torch.fx.Graph, inputs: dict, settings: dict, produced: torch.fx.Node,
-                       options: HylraOptions, like: torch.fx.Node) -> torch.fx.Node:
+                       options: HylraOptions, key_blocks: int | None, like: torch.fx.Node) -> torch.fx.Node:
     """The node giving a consumer's ``block_idx`` under ``options.selection``: its producer's (``reuse``), the
     top of its producer's candidates by its own attention mass (``refine``: ``hylra::refine_blocks``), or its own
-    top blocks among all (``oracle``: ``hylra::topk_attention``'s selection; its output is not used)."""
+    top blocks among all (``oracle``: ``hylra::topk_attention``'s selection; its output is not used).
+    ``key_blocks``: the KV blocks there are, when static."""
     if options.selection == "reuse":
         return produced
     own = {"q": inputs["q"], "k": inputs["k"]}
     if options.selection == "refine":
         arguments = {**own, "candidate_idx": produced, "mask": inputs["mask"], "block_mask": inputs["block_mask"],
-                     **settings, **options.selection_settings()}
+                     **settings, **options.selection_settings(key_blocks)}
         return call_with_meta(graph, torch.ops.hylra.refine_blocks.default, arguments, like)
-    arguments = {**inputs, **settings, **options.selection_settings()}
+    arguments = {**inputs, **settings, **options.selection_settings(key_blocks)}
     op = call_with_meta(graph, torch.ops.hylra.topk_attention.default, arguments, like)
     return call_with_meta(graph, operator.getitem, (op, 1), like)
+
+
+def _static_key_blocks(match: AttentionMatch, block_size: int) -> int | None:
+    """The number of KV blocks of the site, or None when its KV length is symbolic."""
+    length = match.shape("k")[2]
+    return num_blocks(length, block_size) if isinstance(length, int) else None
 
 
 def call_with_meta(graph: torch.fx.Graph, target, arguments, like: torch.fx.Node) -> torch.fx.Node:

@@ -58,8 +58,8 @@ class BrokenStack(TinyStack):
 
 
 class LoopBrokenStack(TinyStack):
-    """A graph break inside the layer loop: Dynamo gives up on the loop and compiles each layer's forward as its
-    own frame, whose graph has no layer number in its module paths."""
+    """A graph break inside the layer loop: Dynamo gives up on the loop and compiles a layer's forward as its own
+    frame (one graph, run for every layer), whose graph has no layer number in its module paths."""
 
     def forward(self, x):
         for layer in self.layers:

@@ -24,6 +24,8 @@ def repeat_kv(x):
     return x[:, :, None, :, :].expand(B, HKV, HQ // HKV, S, D).reshape(B, HQ, S, D)
 
 
+CAUSAL = torch.full((S, S), float("-inf")).triu(1)  # an additive causal mask, as HF's eager path adds one
+
 SPELLINGS = {
     "operator @, transpose(-1, -2), torch.softmax": lambda q, k, v: torch.softmax(
         (q @ repeat_kv(k).transpose(-1, -2)) * 0.3, dim=-1) @ repeat_kv(v),
@@ -36,6 +38,9 @@ SPELLINGS = {
     "transpose by keyword, permute tuple": lambda q, k, v: torch.matmul(torch.softmax(
         torch.matmul(q, repeat_kv(k).transpose(dim0=2, dim1=3)) * 0.3, -1), repeat_kv(v)) + 0 * torch.matmul(
         torch.softmax(torch.matmul(q, repeat_kv(k).permute((0, 1, 3, 2))) * 0.3, -1), repeat_kv(v)),
+    "+ causal mask, float32 softmax, .to": lambda q, k, v: torch.matmul(F.softmax(
+        torch.matmul(q, repeat_kv(k).transpose(2, 3)) * 0.3 + CAUSAL, dim=-1, dtype=torch.float32).to(q.dtype),
+        repeat_kv(v)),
     "sdpa by keyword": lambda q, k, v: F.scaled_dot_product_attention(
         query=q, key=repeat_kv(k), value=repeat_kv(v), is_causal=True, scale=0.3),
     "sdpa enable_gqa": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True, scale=0.3),
@@ -54,7 +59,19 @@ def test_every_spelling_is_found_on_the_native_kv_heads(spelling):
         assert match.shape("k") == (B, HKV, S, D)
 
 
-@pytest.mark.parametrize("spelling", ["methods .matmul, .mT, / d, .softmax", "sdpa by keyword"])
+def test_a_call_whose_queries_see_later_keys_is_bidirectional():
+    """No mask and no is_causal: every query sees every key (a bidirectional encoder). A causal mask or is_causal
+    makes it causal, and so does a single query (a decode step sees every key it has)."""
+    bidirectional = {spelling: {m.bidirectional for m in find_attention(dynamo_graph(fn, *qkv()))}
+                     for spelling, fn in SPELLINGS.items()}
+    causal = {"+ causal mask, float32 softmax, .to", "sdpa by keyword"}
+    assert bidirectional == {spelling: {spelling not in causal} for spelling in SPELLINGS}
+    q, k, v = qkv()
+    (decode,) = find_attention(dynamo_graph(SPELLINGS["sdpa enable_gqa"], q[:, :, -1:], k, v))
+    assert not decode.bidirectional
+
+
+@pytest.mark.parametrize("spelling", ["+ causal mask, float32 softmax, .to", "sdpa by keyword"])
 def test_spellings_rewrite_to_the_same_numbers(spelling):
     """Two stacked calls as producer and consumer with every block selected: the compiled result is dense's."""
     fn = SPELLINGS[spelling]

@@ -130,19 +130,19 @@ class GraphModule(torch.nn.Module):
         self.assertExpectedInline(attention_counters(), """consumer_sites=1, producer_sites=1, rewritten=2, sdpa_matched=2""")
 
     def test_own_model_refine_selection(self):
-        """selection="refine" on the same model: the producer selects candidates (2) times top_k blocks, and the
-        consumer's refine_blocks of its own q, k picks top_k of them for its sparse_attention."""
+        """selection="refine" on the same model: the producer selects candidates (2) times top_k blocks (of the 4
+        there are), and the consumer's refine_blocks of its own q, k picks top_k of them for its sparse_attention."""
         torch.manual_seed(0)
         model = TinyStack()
         backend = HylraBackend(policy=Policy.every(2, 2), top_k=8, block_size=4, local_blocks=1, min_seq_len=0,
                                selection="refine", candidates=2, inductor=False)
         with torch.no_grad():
-            torch.compile(model, backend=backend, fullgraph=True)(torch.randn(1, 12, 8))
+            torch.compile(model, backend=backend, fullgraph=True)(torch.randn(1, 16, 8))
         (gm,) = backend.graphs
         self.assertExpectedInline(attention_ops(gm) + "\n" + attention_counters(), """\
-topk_attention#0(q=%0 f32[1, 2, 12, 4], k=%1 f32[1, 1, 12, 4], v=%2 f32[1, 1, 12, 4], mask=None, block_mask=None, is_causal=True, scale=None, block_size=4, n_select=4, sink_blocks=1, local_blocks=1)
-refine_blocks#0(q=%3 f32[1, 2, 12, 4], k=%4 f32[1, 1, 12, 4], candidate_idx=topk_attention#0.block_idx, mask=None, block_mask=None, is_causal=True, scale=None, block_size=4, n_select=2, sink_blocks=1, local_blocks=1)
-sparse_attention#0(q=%3 f32[1, 2, 12, 4], k=%4 f32[1, 1, 12, 4], v=%5 f32[1, 1, 12, 4], mask=None, block_mask=None, block_idx=refine_blocks#0, is_causal=True, scale=None, block_size=4, min_seq_len=0)
+topk_attention#0(q=%0 f32[1, 2, 16, 4], k=%1 f32[1, 1, 16, 4], v=%2 f32[1, 1, 16, 4], mask=None, block_mask=None, is_causal=True, scale=None, block_size=4, n_select=4, sink_blocks=1, local_blocks=1)
+refine_blocks#0(q=%3 f32[1, 2, 16, 4], k=%4 f32[1, 1, 16, 4], candidate_idx=topk_attention#0.block_idx, mask=None, block_mask=None, is_causal=True, scale=None, block_size=4, n_select=2, sink_blocks=1, local_blocks=1)
+sparse_attention#0(q=%3 f32[1, 2, 16, 4], k=%4 f32[1, 1, 16, 4], v=%5 f32[1, 1, 16, 4], mask=None, block_mask=None, block_idx=refine_blocks#0, is_causal=True, scale=None, block_size=4, min_seq_len=0)
 consumer_sites=1, producer_sites=1, rewritten=2, sdpa_matched=2""")
 
     def hf_views(self, attn: str, phase: str) -> str:
