@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from .files import write_atomic
 
@@ -44,12 +44,19 @@ class Policy:
         return cls(["full"] * num_layers, [None] * num_layers, num_kv_heads=num_kv_heads)
 
     @classmethod
-    def every(cls, n: int, num_layers: int, *, num_kv_heads: int | None = None) -> "Policy":
-        """Jump-n: layers 0, n, 2n, ... produce; every other layer consumes the nearest earlier producer."""
+    def every(cls, n: int, num_layers: int, *, layers: Iterable[int] | None = None,
+              num_kv_heads: int | None = None) -> "Policy":
+        """Jump-n over ``layers`` (default: every layer): every n-th of them, from the first, produces; every other
+        listed layer consumes the nearest earlier producer among them; a layer not listed is full. On a hybrid model
+        list its global layers: a sliding-window layer whose window is no longer than ``top_k`` is left as written
+        whatever its mode, and a global layer may only reuse a global producer."""
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"Policy.every needs n >= 1, got {n!r}")
         _check_num_layers(num_layers)
-        modes = ["producer" if layer % n == 0 else "consumer" for layer in range(num_layers)]
+        governed = range(num_layers) if layers is None else _governed_layers(layers, num_layers)
+        modes = ["full"] * num_layers
+        for position, layer in enumerate(governed):
+            modes[layer] = "producer" if position % n == 0 else "consumer"
         return cls.from_modes(modes, num_kv_heads=num_kv_heads)
 
     @classmethod
@@ -204,3 +211,18 @@ class Policy:
 def _check_num_layers(num_layers: int) -> None:
     if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 1:
         raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
+
+
+def _governed_layers(layers: Iterable[int], num_layers: int) -> list[int]:
+    """``layers`` in order, refused unless distinct layer indices of a ``num_layers``-layer model."""
+    listed = list(layers)
+    bad = [layer for layer in listed if not isinstance(layer, int) or isinstance(layer, bool)
+           or not 0 <= layer < num_layers]
+    if bad:
+        raise ValueError(f"Policy.every: layers must be indices in 0..{num_layers - 1}, got {bad}")
+    if not listed:
+        raise ValueError("Policy.every: layers is empty; list the layers the policy governs (None: every layer)")
+    repeated = sorted({layer for layer in listed if listed.count(layer) > 1})
+    if repeated:
+        raise ValueError(f"Policy.every: layers lists {repeated} more than once")
+    return sorted(listed)

@@ -12,6 +12,26 @@ def test_every_and_full():
     assert Policy.full(3).modes == ["full"] * 3 and Policy.full(3).sources == [None] * 3
 
 
+def test_every_over_listed_layers_leaves_the_others_full():
+    """A hybrid model's global layers (1, 3, 5, 7 here): jump-n counts among them, and each consumer reuses the
+    nearest earlier listed producer, never a layer left out."""
+    policy = Policy.every(2, 8, layers=[7, 1, 5, 3])
+    assert repr(policy) == "Policy('FPFcFPFc', num_layers=8)"
+    assert policy.sources == [None, None, None, 1, None, None, None, 5]
+    assert Policy.every(2, 4, layers=range(4)) == Policy.every(2, 4)
+
+
+@pytest.mark.parametrize("layers, message", [
+    ([], "layers is empty"),
+    ([1, 4], r"layers must be indices in 0..3, got \[4\]"),
+    ([0, True], r"got \[True\]"),
+    ([1, 3, 1], r"lists \[1\] more than once"),
+])
+def test_every_refuses_bad_layers(layers, message):
+    with pytest.raises(ValueError, match=message):
+        Policy.every(2, 4, layers=layers)
+
+
 def test_from_modes_defaults_to_nearest_earlier_producer():
     policy = Policy.from_modes(["producer", "full", "consumer", "producer", "consumer"])
     assert policy.sources == [None, None, 0, None, 3]
