@@ -6,8 +6,9 @@ node's ``nn_module_stack``, the profiler and evaluator from ``model.named_module
 including for models whose layers are skipped or numbered with gaps.
 
 :func:`traced_model` finds, while Dynamo compiles a frame, the model that frame belongs to, and what the graph
-alone cannot tell of it: how many layers it has, which of its attention modules are not causal, and the layer of a
-module whose path in the graph holds no number (a layer compiled on its own: its qualified name in the model does).
+alone cannot tell of it: how many layers it has, which of them attend over a sliding window, which of its attention
+modules are not causal, and the layer of a module whose path in the graph holds no number (a layer compiled on its
+own: its qualified name in the model does).
 """
 
 from __future__ import annotations
@@ -67,11 +68,13 @@ class TracedModel:
     SDPA integration reads it: False for a bidirectional encoder or cross-attention). ``layers``: each module path
     of the graph (and :data:`FRAME_MODULE`) -> the layer of the module's qualified name in the model
     (:func:`module_layers`), for a path that holds no number itself (a frame running one layer, compiled on its
-    own after a graph break)."""
+    own after a graph break). ``sliding_windows``: each layer its config's ``layer_types`` calls
+    ``sliding_attention`` -> the config's ``sliding_window`` (hybrid models: Gemma 2/3, Cohere2, ...)."""
 
     num_layers: int | None = None
     causal: Mapping[str, bool] = dataclasses.field(default_factory=dict)
     layers: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    sliding_windows: Mapping[int, int] = dataclasses.field(default_factory=dict)
 
 
 def traced_model(gm: torch.fx.GraphModule) -> TracedModel:
@@ -93,22 +96,35 @@ def traced_model(gm: torch.fx.GraphModule) -> TracedModel:
                  if any(id(inner) in graph_modules for inner in module.modules())]
     named = module_layers(enclosing[-1]) if enclosing else {}
     layers = {path: named[id(module)] for path, module in modules.items() if id(module) in named}
-    return TracedModel(_num_layers(enclosing), causal, layers)
+    config = _model_config(enclosing)
+    if config is None or getattr(config, "is_encoder_decoder", False):
+        # An encoder-decoder's num_hidden_layers counts the encoder's layers; a policy governs the decoder's.
+        return TracedModel(None, causal, layers)
+    return TracedModel(config.num_hidden_layers, causal, layers, _sliding_windows(config))
 
 
-def _num_layers(enclosing: list) -> int | None:
-    """The layer count of the modules holding the graph's, innermost first: the config's ``num_hidden_layers`` of
-    the outermost that has one."""
+def _model_config(enclosing: list):
+    """The config of the modules holding the graph's, innermost first: that of the outermost which gives a layer
+    count (``num_hidden_layers``) or is an encoder-decoder's, or None."""
     # Outermost first: a wrapper without a config (torch.compile's OptimizedModule forwards attributes to the model)
     # gives way to the model inside it that has one.
     for module in reversed(enclosing):
         config = getattr(module, "config", None)
-        if getattr(config, "is_encoder_decoder", False):
-            return None  # its num_hidden_layers counts the encoder's layers; a policy governs the decoder's
         num_layers = getattr(config, "num_hidden_layers", None)
-        if isinstance(num_layers, int) and not isinstance(num_layers, bool):
-            return num_layers
+        if getattr(config, "is_encoder_decoder", False) or (isinstance(num_layers, int)
+                                                            and not isinstance(num_layers, bool)):
+            return config
     return None
+
+
+def _sliding_windows(config) -> dict[int, int]:
+    """Layer -> window of each layer ``config.layer_types`` names ``sliding_attention``, where the config gives a
+    window (Qwen2's ``use_sliding_window=False`` leaves ``sliding_window`` None: no layer slides)."""
+    window, layer_types = getattr(config, "sliding_window", None), getattr(config, "layer_types", None)
+    if not (isinstance(window, int) and not isinstance(window, bool) and window >= 1
+            and isinstance(layer_types, (list, tuple))):
+        return {}
+    return {layer: window for layer, kind in enumerate(layer_types) if kind == "sliding_attention"}
 
 
 def _compiled_frame_locals() -> dict | None:

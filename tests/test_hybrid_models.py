@@ -2,9 +2,10 @@
 
 A sliding-window producer never selects the keys a global consumer may see beyond the window (and a global producer
 spends its budget on keys a window consumer cannot see), so such a pairing is left dense with the reason
-(``mask_mismatch``); pairings of the same mask kind are rewritten. Metamorphic check on every hybrid family this
-transformers ships that runs through SDPA or the eager path: with ``top_k`` past the sequence every policy equals
-dense.
+(``mask_mismatch``); pairings of the same mask kind are rewritten. A sliding-window layer whose window is no longer
+than ``top_k`` is left as written (``sliding_window``): the policy governs the global layers. Metamorphic check on
+every hybrid family this transformers ships that runs through SDPA or the eager path: with ``top_k`` past the
+sequence every policy equals dense.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ FAMILIES = {
 }
 # Layers 0 and 2 slide, 1 and 3 are global: consumers 2 and 3 each reuse the producer of their own kind.
 SAME_KIND = Policy(["producer", "producer", "consumer", "consumer"], [None, None, 0, 1])
+# Jump-2 over the global layers only: 1 produces, 3 reuses it, the sliding layers are full.
+GLOBAL_ONLY = Policy.every(2, 4, layers=[1, 3])
+# With the sliding layers left as written, whichever policy: global layer 1 produces for global layer 3.
+GLOBAL_PAIR = [(0, "dense", None), (1, "producer", None), (2, "dense", None), (3, "consumer", 1)]
 
 
 def hybrid_model(family: str, attn: str | None = None, window: int = 24):
@@ -55,39 +60,77 @@ def compiled_logits(model, ids, policy, top_k):
         return torch.compile(model, backend=backend)(ids).logits, backend
 
 
+def sites(backend):
+    return [(s.layer, s.action, s.source) for s in backend.reports[0].sites]
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_top_k_past_the_sequence_equals_dense_for_any_policy(family):
-    """Jump-2 pairs each global layer with a sliding producer: those consumers stay dense (mask_mismatch) and the
-    logits equal dense; the same-kind policy rewrites both consumers and still equals dense."""
+    """top_k covers the window: the sliding layers are left as written whatever the policy says. Jump-2's global
+    consumers then have no producer (it slides) and stay dense, with a warning naming the fix; the same-kind and
+    global-only policies make global layer 3 reuse global layer 1. Every one equals dense."""
     model = hybrid_model(family)
     ids = torch.randint(3, 64, (1, 70))
     with torch.no_grad():
         dense = model(ids).logits
     counters.clear()
-    out, backend = compiled_logits(model, ids, Policy.every(2, 4), top_k=512)
+    with pytest.warns(UserWarning, match=r"give the policy the global layers \(Policy.every\(n, L, layers="):
+        out, backend = compiled_logits(model, ids, Policy.every(2, 4), top_k=512)
     assert rel_err(out, dense) < 1e-5
     assert [s.action for s in backend.reports[0].sites] == ["dense"] * 4
-    assert counters["hylra"]["dense.mask_mismatch"] == 2
-    out, backend = compiled_logits(model, ids, SAME_KIND, top_k=512)
-    assert rel_err(out, dense) < 1e-5
-    assert [s.action for s in backend.reports[0].sites] == ["producer", "producer", "consumer", "consumer"]
+    assert counters["hylra"]["dense.sliding_window"] == 2 and counters["hylra"]["dense.source_unusable"] == 2
+    for policy in (SAME_KIND, GLOBAL_ONLY):
+        out, backend = compiled_logits(model, ids, policy, top_k=512)
+        assert rel_err(out, dense) < 1e-5
+        assert sites(backend) == GLOBAL_PAIR
 
 
-def test_mismatch_reason_names_both_masks():
-    model = hybrid_model("gemma3_text")
-    _, backend = compiled_logits(model, torch.randint(3, 64, (1, 40)), Policy.every(2, 4), top_k=512)
+@pytest.mark.parametrize("family", ["gemma2", "gemma3_text", "cohere2"])
+def test_sliding_layers_within_top_k_are_left_as_written(family):
+    """A window of exactly top_k keys: the sliding layers run the model's own attention (no hylra op), and the
+    global-only policy's consumer attends sparsely over its global producer's blocks, as HyLRA written independently
+    does with the sliding layers full."""
+    model = hybrid_model(family)
+    reference = IndependentHylra(GLOBAL_ONLY, n_select=3, sink=1, local=1, min_seq_len=0, block=BLOCK)
+    independent = hybrid_model(family, attn=reference.name)
+    ids = torch.randint(3, 64, (1, 75))
+    torch._dynamo.reset()
+    counters.clear()
+    backend = HylraBackend(policy=GLOBAL_ONLY, top_k=3 * BLOCK, block_size=BLOCK, sink_blocks=1, local_blocks=1,
+                           min_seq_len=0, inductor=False)
+    with torch.no_grad():
+        out = torch.compile(model, backend=backend)(ids).logits
+        ref, dense = independent(ids).logits, model(ids).logits
+    assert sites(backend) == GLOBAL_PAIR
+    sliding = [backend.reports[0].sites[layer] for layer in (0, 2)]
+    assert [(s.op, s.reason) for s in sliding] == [
+        (None, "sliding window of 24 keys, no longer than top_k=24: sparsity gains nothing")] * 2
+    assert counters["hylra"]["dense.sliding_window"] == 2 and counters["hylra"]["rewritten"] == 2
+    assert rel_err(out, ref) < 1e-5
+    assert rel_err(out, dense) > 1e-3  # the global consumer's sparsity is real
+
+
+@pytest.mark.parametrize("family", ["gemma2", "gemma3_text", "cohere2"])
+def test_a_window_longer_than_top_k_keeps_the_policy(family):
+    """A window of 32 keys and top_k=24: the sliding layers are governed by the policy as before, so jump-2's global
+    consumers stay dense for their sliding producers' masks, with a reason naming both."""
+    model = hybrid_model(family, window=32)
+    counters.clear()
+    _, backend = compiled_logits(model, torch.randint(3, 64, (1, 70)), Policy.every(2, 4), top_k=24)
+    assert sites(backend) == [(0, "dense", None), (1, "dense", None), (2, "dense", None), (3, "dense", None)]
+    assert counters["hylra"]["dense.mask_mismatch"] == 2 and counters["hylra"]["dense.sliding_window"] == 0
     reason = backend.reports[0].sites[1].reason
-    assert reason.startswith("policy: consumer of 0, but its keys (causal, no mask) differ from layer 0's (mask ")
-    assert "another mask kind or window" in reason
+    assert reason.startswith("policy: consumer of 0, but its keys (")
+    assert "differ from layer 0's (mask " in reason and "another mask kind or window" in reason
 
 
 @pytest.mark.parametrize("family", ["gemma3_text", "qwen2"])
 def test_same_kind_pairs_equal_independent_hylra(family):
-    """A small top_k on a sequence longer than the window: the sliding consumer reuses the sliding producer's blocks,
-    the global one the global producer's, as HyLRA written independently does."""
-    model = hybrid_model(family)
+    """A top_k below the window, on a sequence longer than it: the sliding consumer reuses the sliding producer's
+    blocks, the global one the global producer's, as HyLRA written independently does."""
+    model = hybrid_model(family, window=32)
     reference = IndependentHylra(SAME_KIND, n_select=3, sink=1, local=1, min_seq_len=0, block=BLOCK)
-    independent = hybrid_model(family, attn=reference.name)
+    independent = hybrid_model(family, attn=reference.name, window=32)
     ids = torch.randint(3, 64, (1, 75))
     torch._dynamo.reset()
     backend = HylraBackend(policy=SAME_KIND, top_k=3 * BLOCK, block_size=BLOCK, sink_blocks=1, local_blocks=1,

@@ -1,18 +1,20 @@
-"""Phase 2, ``decide(matches, policy, model_layers)``: one :class:`Decision` per match -- producer, consumer or
+"""Phase 2, ``decide(matches, policy, model, top_k)``: one :class:`Decision` per match -- producer, consumer or
 dense, and why.
 
 The policy is applied by layer index: each graph takes the entries of the layers it holds, so a model split by
 graph breaks compiles graph by graph. A consumer whose producer lies in another graph (or stays dense, runs later,
 has other shapes, or another mask: a sliding-window layer beside a global one) stays dense with that reason; a
-producer that no layer of this graph consumes runs as full. Non-causal attention (an encoder's, cross-attention)
-stays dense whatever the policy says.
+producer that no layer of this graph consumes runs as full. Non-causal attention (an encoder's, cross-attention),
+and a sliding-window layer whose window is no longer than ``top_k`` (its selection would keep every key it may see),
+are left as the model wrote them whatever the policy says: on a hybrid model the policy governs the global layers.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Literal, Mapping
 
+from ..layers import TracedModel
 from ..lowering.reference import holds
 from ..policy import Policy
 from .find_attention import AttentionMatch
@@ -23,6 +25,7 @@ SiteAction = Literal["producer", "consumer", "dense"]
 DENSE_CAUSES = {
     "not_understood": "the call is attention the ops cannot take (match problem)",
     "non_causal": "attention whose queries see keys after them (a bidirectional encoder, cross-attention)",
+    "sliding_window": "a sliding-window layer whose window is no longer than top_k (sparsity gains nothing)",
     "no_policy": "no policy given",
     "policy_full": "the policy says full",
     "unconsumed_producer": "a producer no layer of this graph consumes",
@@ -48,12 +51,14 @@ class Decision:
         """The hylra op the rewrite puts in place of the site: ``topk_attention`` (producer), ``sparse_attention``
         (consumer), ``attention`` (a site the policy leaves dense: native KV heads, the shared block mask), or
         None for a site left as the model wrote it (not understood, non-causal: the model's own attention computes
-        an encoder's or a cross-attention best, or compiled without a policy)."""
+        an encoder's or a cross-attention best, a window within top_k: the model's own windowed attention is already
+        as sparse, or compiled without a policy)."""
         if self.action == "producer":
             return "topk_attention"
         if self.action == "consumer":
             return "sparse_attention"
-        return None if self.dense_cause in ("not_understood", "non_causal", "no_policy") else "attention"
+        left_as_written = ("not_understood", "non_causal", "sliding_window", "no_policy")
+        return None if self.dense_cause in left_as_written else "attention"
 
 
 # The selection's forced local blocks are the last that hold an allowed key: a causal query's neighbours, but the
@@ -65,23 +70,26 @@ NON_CAUSAL = ("non-causal attention: its queries see keys after them (a bidirect
 _SHARED_DIMS = (("batch", "q", 0), ("query length", "q", 2), ("KV heads", "k", 1), ("KV length", "k", 2))
 
 
-def decide(matches: tuple[AttentionMatch, ...], policy: Policy | None,
-           model_layers: int | None = None) -> tuple[Decision, ...]:
-    """One decision per match, same order. ``model_layers``: the layer count of the model the graph belongs to,
-    when known (:func:`hylra_compile.layers.traced_model`); a policy of another length is refused, though the
-    graph may hold only some of the layers."""
+def decide(matches: tuple[AttentionMatch, ...], policy: Policy | None, model: TracedModel = TracedModel(),
+           top_k: int | None = None) -> tuple[Decision, ...]:
+    """One decision per match, same order. ``model``: what the model the graph belongs to says of itself, when
+    known (:func:`hylra_compile.layers.traced_model`): a policy for another layer count is refused, though the
+    graph may hold only some of the layers; a layer whose sliding window is at most ``top_k`` keys is left as
+    written."""
     if policy is None:
         return tuple(_dense(m.problem, "not_understood") if m.problem else _dense("no policy given", "no_policy")
                      for m in matches)
-    if model_layers is not None:
-        policy.check_num_layers(model_layers)
+    if model.num_layers is not None:
+        policy.check_num_layers(model.num_layers)
     usable = [m for m in matches if m.problem is None and not m.bidirectional]
     policy.check_graph([m.layer for m in usable], _kv_heads(usable), _tensor_parallel_size())
     # A layer's source is its causal call (several make a problem, so never a source); a non-causal call beside it
     # (a decoder layer's cross-attention) is the source only of a layer that has no other.
     by_layer = {m.layer: m for m in matches if m.bidirectional} | {m.layer: m for m in matches if not m.bidirectional}
     position = {m.output: i for i, m in enumerate(matches)}
-    first = [_decide_one(m, policy, by_layer, position) for m in matches]
+    left = {m.output: kept for m in matches
+            if (kept := _left_as_written(m, model.sliding_windows, top_k)) is not None}
+    first = [left.get(m.output) or _decide_one(m, policy, by_layer, position, left) for m in matches]
     consumed = {d.source for d in first if d.action == "consumer"}
     return tuple(
         _dense("policy: producer, but no layer of this graph consumes it (runs as full)", "unconsumed_producer")
@@ -94,11 +102,22 @@ def _dense(reason: str, cause: str) -> Decision:
     return Decision(action="dense", reason=reason, dense_cause=cause)
 
 
-def _decide_one(match: AttentionMatch, policy: Policy, by_layer: dict, position: dict) -> Decision:
+def _left_as_written(match: AttentionMatch, sliding_windows: Mapping[int, int],
+                     top_k: int | None) -> Decision | None:
+    """The decision of a site the policy does not govern: not understood, non-causal, or a window within top_k."""
     if match.problem is not None:
         return _dense(match.problem, "not_understood")
     if match.bidirectional:
         return _dense(NON_CAUSAL, "non_causal")
+    window = sliding_windows.get(match.layer)
+    # A query sees at most the window: a selection of top_k keys would hold all of them, at no less cost.
+    if window is not None and top_k is not None and window <= top_k:
+        return _dense(f"sliding window of {window} keys, no longer than top_k={top_k}: sparsity gains nothing",
+                      "sliding_window")
+    return None
+
+
+def _decide_one(match: AttentionMatch, policy: Policy, by_layer: dict, position: dict, left: dict) -> Decision:
     mode = policy.modes[match.layer]
     if mode == "full":
         return _dense("policy: full", "policy_full")
@@ -109,9 +128,9 @@ def _decide_one(match: AttentionMatch, policy: Policy, by_layer: dict, position:
     if producer is None:
         return _dense(f"policy: consumer of {source}, but layer {source} is not in this graph (a graph break "
                       "splits them)", "source_in_other_graph")
-    if producer.problem is not None or producer.bidirectional:
-        return _dense(f"policy: consumer of {source}, but layer {source} stays dense "
-                      f"({producer.problem or 'non-causal attention'})", "source_unusable")
+    if producer.output in left:
+        return _dense(f"policy: consumer of {source}, but layer {source} stays dense ({left[producer.output].reason})",
+                      "source_unusable")
     if position[producer.output] > position[match.output]:
         return _dense(f"policy: consumer of {source}, but layer {source} runs after it in the graph",
                       "source_unusable")

@@ -4,7 +4,7 @@ torch's structured logging, so ``tlparse`` shows them) and counts what matched (
 
 0. input graph                                                       ``00-input.py``
 1. :func:`find_attention` (gm, model's modules) -> matches           ``01-find_attention.md``
-2. :func:`decide` (matches, policy, model's layer count) -> decisions ``02-decide.md``
+2. :func:`decide` (matches, policy, model, top_k) -> decisions        ``02-decide.md``
 3. :func:`block_masks` (gm, matches, decisions) -> shared masks      ``03-block_masks.md``
 4. :func:`rewrite` (gm, matches, decisions, shared masks) -> gm       ``04-rewrite.py``
    the report (matches + decisions)                                  ``report.md``, ``edges.dot``
@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 def run_passes(gm: torch.fx.GraphModule, options: HylraOptions, name: str, dump_dir: Path | None,
                model: TracedModel = TracedModel()) -> GraphReport:
     """Rewrite ``gm`` in place by ``options``; returns its report. ``dump_dir``: this graph's dump folder.
-    ``model``: what the model the graph belongs to says of itself (its layer count, its non-causal modules, the
-    layers of its modules by name)."""
+    ``model``: what the model the graph belongs to says of itself (its layer count, its sliding-window layers, its
+    non-causal modules, the layers of its modules by name)."""
     dump = _Dump(name, dump_dir)
     dump("00-input.py", lambda: gm.print_readable(print_output=False))
     matches = find_attention(gm, model)
@@ -45,7 +45,7 @@ def run_passes(gm: torch.fx.GraphModule, options: HylraOptions, name: str, dump_
         ("layer", "kind", "output", "q", "k", "v", "mask", "is_causal", "scale", "problem / notes"),
         [(m.layer, m.kind, m.output.name, *(_shape(m, o) for o in ("q", "k", "v", "mask")), m.is_causal, m.scale,
           "; ".join(([m.problem] if m.problem else []) + list(m.notes))) for m in matches]))
-    decisions = decide(matches, options.policy, model.num_layers)
+    decisions = decide(matches, options.policy, model, options.top_k)
     dump("02-decide.md", lambda: _table(
         ("layer", "action", "op", "source", "dense cause", "reason"),
         [(m.layer, d.action, d.op, d.source, d.dense_cause, d.reason) for m, d in zip(matches, decisions)]))
@@ -129,14 +129,16 @@ _EXPLAINED_CAUSES = (
                                     "symbolic value"),
     ("non-causal attention", "the policy applies to causal (decoder) attention only; a bidirectional encoder runs "
                              "dense"),
+    ("sliding window of", "sliding-window layers no longer than top_k are left as written, so they cannot produce "
+                          "for other layers: give the policy the global layers (Policy.every(n, L, layers=[...]))"),
 )
 
 
 def warn_if_nothing_sparse(name: str, matches, decisions, options: HylraOptions) -> None:
     """Warn (once per cause and graph) when a policy was given but no site of the graph attends sparsely for a
     reason the user can fix or should know of: the inputs require grad, a symbolic scale (``dynamic=True``),
-    non-causal attention, a policy with no consumer, a ``top_k`` that keeps every block of the traced key length,
-    or a ``min_seq_len`` above it."""
+    non-causal attention, sliding-window producers left as written, a policy with no consumer, a ``top_k`` that
+    keeps every block of the traced key length, or a ``min_seq_len`` above it."""
     if options.policy is None or not matches:
         return
     fixes = []
