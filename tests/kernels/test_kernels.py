@@ -42,8 +42,8 @@ def ref_importance(q, k, v, mask, is_causal, scale, bs):
 
 def check_refine(refine, q, k, v, mask, block_mask, producer, rtol):
     """``refine`` (a kernel) against reference.refine_blocks, the candidates being the reference producer's
-    selection of twice ``n_select`` blocks (and then of every block), keeping one block beyond the forced ones and
-    ``n_select``."""
+    selection of twice ``n_select`` blocks, keeping one block beyond the forced ones and ``n_select``; then of every
+    block (where it must equal the producer's own selection), keeping ``n_select``."""
     n_sel = producer["n_select"]
     extra = {} if block_mask is None else dict(block_mask=block_mask)
     for n_cand in (2 * n_sel, R.num_blocks(k.shape[2], producer["block_size"]) + 2):
@@ -52,7 +52,8 @@ def check_refine(refine, q, k, v, mask, block_mask, producer, rtol):
         _, imp, _hit = R.attention_with_importance(
             q.double(), k.double(), None, mask, producer["is_causal"], producer["scale"], producer["block_size"],
             keep=lambda s, e, allowed: allowed & in_candidates(s, e, allowed))
-        for n in (producer["sink_blocks"] + producer["local_blocks"] + 1, n_sel):
+        forced = producer["sink_blocks"] + producer["local_blocks"]
+        for n in (forced + 1, n_sel) if n_cand == 2 * n_sel else (n_sel,):
             settings = dict(producer, n_select=n)
             got = refine(q, k, candidates, mask, **extra, **settings)
             assert_same_selection(got, R.refine_blocks(q, k, candidates, mask, **settings), imp, rtol)
