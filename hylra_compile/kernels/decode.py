@@ -180,7 +180,11 @@ def _decode_split_kernel(
             mb = tl.where(m_blk == float("-inf"), 0.0, m_blk)
             lb = tl.sum(tl.exp2(sc - mb[:, None]), 1)
             lse = tl.where(lb > 0, mb + tl.log2(lb), float("-inf"))
-            tl.store(LseBlk + ((b * n_kvh + h) * G + offs_g) * n_lse + (item if SPARSE else c), lse, mask=gm)
+            if SPARSE:  # the refinement: a column per list entry
+                lse_col = item
+            else:
+                lse_col = c
+            tl.store(LseBlk + ((b * n_kvh + h) * G + offs_g) * n_lse + lse_col, lse, mask=gm)
 
     pbase = (b * n_kvh + h) * n_splits + s
     tl.store(MPart + pbase * G_PAD + offs_g, m_i)
