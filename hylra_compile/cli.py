@@ -18,6 +18,7 @@ import torch
 
 from .corpora import PREFIX as BUILTIN, builtin_text
 from .files import check_output_file, check_writable_folder
+from .layers import governed_layers
 from .models import load_config, load_model
 from .options import DEFAULT_CANDIDATES, SELECTIONS, HylraOptions
 from .policy import Policy
@@ -113,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--theta", type=_unit_interval, help="least similarity for reuse, in [0, 1]")
     prof.add_argument("--max-rnmse", type=float, help="layers with a larger sensitivity run dense")
     _add_keep_sensitive_argument(prof, default=0)
-    prof.add_argument("--budget", type=_positive_int, help="exactly this many dense layers (theta is then ignored)")
+    prof.add_argument("--budget", type=_positive_int,
+                      help="exactly this many dense layers among those the policy governs (a hybrid model's sliding "
+                           "layers within --top-k are left out; theta is then ignored)")
     prof.add_argument("--decode-steps", type=int, default=0,
                       help="greedy decode steps measured after each prefill (default 0: prefill only)")
     prof.add_argument("--head-map", action="store_true", help="also record the cross-head overlap in --profile-out")
@@ -244,11 +247,18 @@ def _profile(args: argparse.Namespace) -> int:
     if missing:
         raise ValueError(f"data file(s) {', '.join(map(repr, missing))} do not exist")
     check_output_file(args.out, "--out", Policy.is_policy_file, args.force)
-    num_layers = getattr(load_config(args.model, args.gguf_file), "num_hidden_layers", None)
-    if args.budget is not None and isinstance(num_layers, int) and args.budget > num_layers:
-        raise ValueError(f"--budget {args.budget}: the model has {num_layers} layers; it must lie in [1, {num_layers}]")
-    if isinstance(num_layers, int) and not 0 <= args.keep_sensitive <= num_layers:
-        raise ValueError(f"--keep-sensitive {args.keep_sensitive}: it must lie in [0, {num_layers}]")
+    config = load_config(args.model, args.gguf_file)
+    num_layers = getattr(config, "num_hidden_layers", None)
+    if isinstance(num_layers, int):
+        # The optimiser places full-attention layers among the governed ones only (a hybrid model's sliding layers
+        # within top_k are left as written).
+        governed = governed_layers(config, num_layers, args.top_k)
+        model_layers = f"the model has {num_layers} layers" + ("" if len(governed) == num_layers else
+                                                                f", of which the policy governs {governed}")
+        if args.budget is not None and args.budget > len(governed):
+            raise ValueError(f"--budget {args.budget}: {model_layers}; it must lie in [1, {len(governed)}]")
+        if not 0 <= args.keep_sensitive <= len(governed):
+            raise ValueError(f"--keep-sensitive {args.keep_sensitive}: it must lie in [0, {len(governed)}]")
     if args.profile_out:
         check_output_file(profile_path(args.profile_out), "--profile-out", _is_profile_file, args.force)
     model, tokenizer = _load(args)
@@ -447,7 +457,8 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def format_policy_table(policy: Policy) -> str:
-    """One row per layer: mode, source, similarity to the source (consumers), sensitivity (when profiled)."""
+    """One row per layer: mode, source, similarity to the source (consumers), sensitivity (when profiled); then
+    the counts, and the layers the policy governs when it leaves some as written (a hybrid model's)."""
     similarity = policy.provenance.get("similarity")
     sensitivity = policy.provenance.get("sensitivity")
     rows = [f"{'layer':>5}  {'mode':<8}  {'source':>6}  {'similarity':>10}  {'sensitivity':>11}"]
@@ -458,6 +469,11 @@ def format_policy_table(policy: Policy) -> str:
     count = {mode: policy.modes.count(mode) for mode in ("full", "producer", "consumer")}
     rows.append(f"{policy.num_layers} layers: {count['full'] + count['producer']} full-attention ({count['full']} dense, "
                 f"{count['producer']} producer), {count['consumer']} consumer; num_kv_heads={policy.num_kv_heads}")
+    governed = policy.provenance.get("governed_layers")
+    if governed is not None and len(governed) < policy.num_layers:
+        left = [layer for layer in range(policy.num_layers) if layer not in governed]
+        rows.append(f"governs layers {governed}; layers {left} slide over a window no longer than "
+                    f"top_k={policy.provenance.get('top_k')} and are left as the model wrote them")
     return "\n".join(rows)
 
 

@@ -100,7 +100,7 @@ def traced_model(gm: torch.fx.GraphModule) -> TracedModel:
     if config is None or getattr(config, "is_encoder_decoder", False):
         # An encoder-decoder's num_hidden_layers counts the encoder's layers; a policy governs the decoder's.
         return TracedModel(None, causal, layers)
-    return TracedModel(config.num_hidden_layers, causal, layers, _sliding_windows(config))
+    return TracedModel(config.num_hidden_layers, causal, layers, sliding_windows(config))
 
 
 def _model_config(enclosing: list):
@@ -117,7 +117,7 @@ def _model_config(enclosing: list):
     return None
 
 
-def _sliding_windows(config) -> dict[int, int]:
+def sliding_windows(config) -> dict[int, int]:
     """Layer -> window of each layer ``config.layer_types`` names ``sliding_attention``, where the config gives a
     window (Qwen2's ``use_sliding_window=False`` leaves ``sliding_window`` None: no layer slides)."""
     window, layer_types = getattr(config, "sliding_window", None), getattr(config, "layer_types", None)
@@ -125,6 +125,19 @@ def _sliding_windows(config) -> dict[int, int]:
             and isinstance(layer_types, (list, tuple))):
         return {}
     return {layer: window for layer, kind in enumerate(layer_types) if kind == "sliding_attention"}
+
+
+def window_within_top_k(window: int | None, top_k: int | None) -> bool:
+    """Whether a layer with this sliding window (None: a global layer) is left as written at ``top_k``: its queries
+    see at most ``window`` keys, so a selection of ``top_k`` keys would hold all of them, at no less cost."""
+    return window is not None and top_k is not None and window <= top_k
+
+
+def governed_layers(config, num_layers: int, top_k: int) -> list[int]:
+    """The layers of a ``num_layers``-layer model with ``config`` that a policy governs at ``top_k``: every layer
+    but the sliding-window ones :func:`window_within_top_k` leaves as written."""
+    windows = sliding_windows(config)
+    return [layer for layer in range(num_layers) if not window_within_top_k(windows.get(layer), top_k)]
 
 
 def _compiled_frame_locals() -> dict | None:

@@ -1,25 +1,28 @@
 """HyLRA's policy optimiser: an exact dynamic programme over the profile's similarity matrix.
 
 Policy space (the one :func:`optimize` searches exactly, and the brute-force test enumerates): every assignment of
-a mode (``full`` / ``producer`` / ``consumer``) to each layer in which
+a mode (``full`` / ``producer`` / ``consumer``) to each *governed* layer (:attr:`Profile.governed_layers`: every
+layer but a hybrid model's sliding-window layers that the backend leaves as written at the profile's top_k, which
+are ``full`` and take no part below) in which
 
-* layer 0, every layer whose sensitivity exceeds ``max_rnmse`` and the ``keep_sensitive`` layers of largest
-  sensitivity are not consumers (they run dense);
-* each consumer j reuses the *nearest earlier producer* i (the policies :meth:`Policy.from_modes` builds), and in
-  threshold mode needs ``similarity[i, j] >= theta``.
+* the first governed layer, every layer whose sensitivity exceeds ``max_rnmse`` and the ``keep_sensitive`` layers
+  of largest sensitivity are not consumers (they run dense);
+* each consumer j reuses the *nearest earlier governed producer* i (on a model whose every layer is governed, the
+  policies :meth:`Policy.from_modes` builds), and in threshold mode needs ``similarity[i, j] >= theta``.
 
 So the layers form contiguous segments, each opened by a producer and followed by its consumers; ``full`` layers
 may sit inside a segment without ending it (a sensitive layer then does not cut a run of reuse). A producer that
 no layer consumes is written as ``full`` (same cost, same result).
 
-Objective: threshold mode minimises the number of dense (full + producer) layers, then maximises the summed
-similarity Σ_consumers similarity[source(j), j]; budget mode fixes the number of dense layers to ``budget`` and
-maximises the summed similarity (θ ignored, as Kascade's anchor selection).
+Objective: threshold mode minimises the number of dense (full + producer) governed layers, then maximises the
+summed similarity Σ_consumers similarity[source(j), j]; budget mode fixes the number of dense governed layers to
+``budget`` and maximises the summed similarity (θ ignored, as Kascade's anchor selection).
 
-The DP: after layers 0..j-1, state (k, a) = (k dense layers so far, nearest producer a, or none), value = the
-largest summed similarity reaching it. Layer j either consumes a (k, a), runs full (k + 1, a) or produces
-(k + 1, j). (L + 1)² states per layer and O(1) work per transition: O(L³) time, O(L³) memory for the back-pointers
-(the work per layer is vectorised over states with numpy).
+The DP runs over the governed layers alone (below, j and L count them). After layers 0..j-1, state (k, a) = (k dense
+layers so far, nearest producer a, or none), value = the largest summed similarity reaching it. Layer j either
+consumes a (k, a), runs full (k + 1, a) or produces (k + 1, j). (L + 1)² states per layer and O(1) work per
+transition: O(L³) time, O(L³) memory for the back-pointers (the work per layer is vectorised over states with
+numpy).
 """
 
 from __future__ import annotations
@@ -48,46 +51,62 @@ def optimize(
 
     ``theta`` in [0, 1]: least similarity a consumer needs to its producer (threshold mode; required unless
     ``budget`` is given). ``max_rnmse``: layers with a larger sensitivity run dense. ``budget``: run exactly that
-    many layers dense (layer 0 and the sensitive ones among them) and let every other layer consume; ``theta`` is
-    then ignored. ``keep_sensitive``: the layers of the k largest sensitivities run dense (a count, where
-    ``max_rnmse`` is a level; on SmolLM2 keeping the 3 most sensitive layers full held accuracy best). When ``theta`` admits no reuse at all the result is every layer full, with a warning naming why
-    each layer could not consume. Ties between equally good policies go to the one found first by the DP.
-    The policy's provenance records the parameters, the profile's metadata and its matrices, and, when the
+    many governed layers with full attention (full or producer: the first governed layer and the sensitive ones
+    among them) and let every other governed layer consume; ``theta`` is then ignored. The layers the policy does
+    not govern (:attr:`Profile.governed_layers`) are ``full`` and not counted in ``budget``. ``keep_sensitive``: the
+    governed layers of the k largest sensitivities run dense (a count, where ``max_rnmse`` is a level; on SmolLM2
+    keeping the 3 most sensitive layers full held accuracy best). When ``theta`` admits no reuse at all the result
+    is every layer full, with a warning naming why each layer could not consume. Ties between equally good policies
+    go to the one found first by the DP.
+    The policy's provenance records the parameters, the governed layers (``governed_layers``; its
+    ``num_dense_layers`` counts those with full attention), the profile's metadata and its matrices, and, when the
     profile has a head map, ``head_map[j]``: for each KV head of consumer j, the best-overlapping KV head of its
     source (informative; the backend pairs equal heads).
     """
     if not isinstance(profile, Profile):
         raise ValueError(f"optimize needs a hylra_compile.Profile, got {type(profile).__name__}")
     num_layers = profile.num_layers
-    similarity, sensitivity = profile.similarity, profile.sensitivity
+    governed = profile.governed_layers
+    # The DP sees the governed layers only, numbered 0..len(governed) - 1; its result is mapped back below.
+    similarity = profile.similarity[np.ix_(governed, governed)]
+    sensitivity = profile.sensitivity[governed]
+    num_governed = len(governed)
     if budget is None:
         if theta is None:
             raise ValueError("optimize needs theta (threshold mode) or budget (budget mode)")
         if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not 0.0 <= theta <= 1.0:
             raise ValueError(f"theta must be a number in [0, 1], got {theta!r}")
-    elif isinstance(budget, bool) or not isinstance(budget, int) or not 1 <= budget <= num_layers:
-        raise ValueError(f"budget must be an int in [1, {num_layers}] (dense layers, layer 0 included), got {budget!r}")
+    elif isinstance(budget, bool) or not isinstance(budget, int) or not 1 <= budget <= num_governed:
+        raise ValueError(f"budget must be an int in [1, {num_governed}] (dense layers among the "
+                         f"{_governed(governed, num_layers)}, layer {governed[0]} included), got {budget!r}")
     if max_rnmse is not None and (isinstance(max_rnmse, bool) or not isinstance(max_rnmse, (int, float))
                                   or math.isnan(max_rnmse) or max_rnmse < 0):
         raise ValueError(f"max_rnmse must be a number >= 0 or None, got {max_rnmse!r}")
 
-    forced = np.zeros(num_layers, dtype=bool)
+    forced = np.zeros(num_governed, dtype=bool)
     forced[0] = True
-    if isinstance(keep_sensitive, bool) or not isinstance(keep_sensitive, int) or not 0 <= keep_sensitive <= num_layers:
-        raise ValueError(f"keep_sensitive must be an int in [0, {num_layers}], got {keep_sensitive!r}")
+    if (isinstance(keep_sensitive, bool) or not isinstance(keep_sensitive, int)
+            or not 0 <= keep_sensitive <= num_governed):
+        raise ValueError(f"keep_sensitive must be an int in [0, {num_governed}] (a count of the "
+                         f"{_governed(governed, num_layers)}), got {keep_sensitive!r}")
     if max_rnmse is not None:
         forced |= sensitivity > max_rnmse
     forced[np.argsort(-sensitivity, kind="stable")[:keep_sensitive]] = True
     if budget is not None and forced.sum() > budget:
         raise ValueError(
             f"budget={budget} dense layers is fewer than the {int(forced.sum())} that must run dense "
-            f"(layer 0 and the sensitive layers: {np.flatnonzero(forced).tolist()})"
+            f"(layer {governed[0]} and the sensitive layers: {[governed[p] for p in np.flatnonzero(forced)]})"
         )
     may_reuse = np.ones_like(similarity, dtype=bool) if budget is not None else similarity >= theta
-    modes, sources, total = _solve(similarity, may_reuse, forced, budget)
+    governed_modes, governed_sources, total = _solve(similarity, may_reuse, forced, budget)
+    modes, sources = ["full"] * num_layers, [None] * num_layers
+    for position, layer in enumerate(governed):
+        modes[layer] = governed_modes[position]
+        source = governed_sources[position]
+        sources[layer] = None if source is None else governed[source]
 
-    if budget is None and num_layers > 1 and "consumer" not in modes:
-        warnings.warn(_why_no_reuse(similarity, sensitivity, theta, forced), stacklevel=2)
+    if budget is None and num_governed > 1 and "consumer" not in modes:
+        warnings.warn(_why_no_reuse(similarity, sensitivity, theta, forced, governed), stacklevel=2)
     provenance = {
         "optimizer": "hylra-dp",
         "theta": None if budget is not None else float(theta),
@@ -96,10 +115,11 @@ def optimize(
         "budget": budget,
         **{key: profile.metadata.get(key) for key in ("top_k", "block_size", "sink_blocks", "local_blocks",
                                                        "calibration", "model")},
-        "num_dense_layers": sum(mode != "consumer" for mode in modes),
+        "governed_layers": governed,
+        "num_dense_layers": sum(mode != "consumer" for mode in governed_modes),
         "summed_similarity": total,
-        "similarity": similarity.tolist(),
-        "sensitivity": sensitivity.tolist(),
+        "similarity": profile.similarity.tolist(),
+        "sensitivity": profile.sensitivity.tolist(),
     }
     if profile.head_map is not None:
         # Per consumer j: for each of its KV heads, the KV head of its source with the largest overlap.
@@ -162,12 +182,24 @@ def _solve(
     return modes, sources, total
 
 
-def _why_no_reuse(similarity: np.ndarray, sensitivity: np.ndarray, theta: float, forced: np.ndarray) -> str:
-    reasons = ["layer 0 (first layer)"]
+def _governed(governed: list[int], num_layers: int) -> str:
+    """The governed layers in words, for an error."""
+    if len(governed) == num_layers:
+        return f"{num_layers} layers"
+    return f"{len(governed)} layers the policy governs, {governed} (the others slide within top_k)"
+
+
+def _why_no_reuse(similarity: np.ndarray, sensitivity: np.ndarray, theta: float, forced: np.ndarray,
+                  governed: list[int]) -> str:
+    """Why no governed layer may consume; ``similarity``, ``sensitivity`` and ``forced`` are over the governed
+    layers, named by their layer numbers ``governed``."""
+    first = "first layer" if governed[0] == 0 else "first layer the policy governs"
+    reasons = [f"layer {governed[0]} ({first})"]
     for j in range(1, similarity.shape[0]):
         if forced[j]:
-            reasons.append(f"layer {j} (sensitivity {sensitivity[j]:.3g}: kept dense as sensitive)")
+            reasons.append(f"layer {governed[j]} (sensitivity {sensitivity[j]:.3g}: kept dense as sensitive)")
         else:
             i = int(similarity[:j, j].argmax())
-            reasons.append(f"layer {j} (best similarity {similarity[i, j]:.3g} with layer {i} < theta)")
+            reasons.append(f"layer {governed[j]} (best similarity {similarity[i, j]:.3g} with layer {governed[i]} "
+                           "< theta)")
     return f"theta={theta} admits no reuse, so every layer runs full attention; " + "; ".join(reasons)

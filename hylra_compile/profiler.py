@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from .files import write_atomic
+from .layers import governed_layers
 from .lowering import reference
 from .models import cache_argument
 from .options import HylraOptions
@@ -55,7 +56,8 @@ class Profile:
     entries on and below the diagonal are meaningless and stored as 0. ``sensitivity`` [L]: finite, >= 0.
     ``similarity_min`` [L, L] (optional): per-KV-head minimum of the similarity. ``head_overlap`` [L, L, H, H]
     (optional): overlap of producer head g of layer i with consumer head h of layer j. ``metadata``: how the
-    profile was made (top_k, block_size, calibration, model, num_kv_heads, ...), JSON-serialisable.
+    profile was made (top_k, block_size, calibration, model, num_kv_heads, ...), JSON-serialisable; its
+    ``governed_layers`` are the layers a policy governs at that top_k (:attr:`governed_layers`).
 
     Build it from arrays (``Profile(similarity=M, sensitivity=s)``) or with :func:`profile`.
     """
@@ -93,10 +95,25 @@ class Profile:
                     f"head_overlap must have shape ({num_layers}, {num_layers}, H, H), got {self.head_overlap.shape}"
                 )
         self.metadata = dict(metadata or {})
+        governed = self.metadata.get("governed_layers")
+        if governed is not None and not (
+                isinstance(governed, list) and governed and governed == sorted(set(governed))
+                and all(isinstance(layer, int) and not isinstance(layer, bool) and 0 <= layer < num_layers
+                        for layer in governed)):
+            raise ValueError(f"metadata governed_layers must be a non-empty increasing list of layer indices in "
+                             f"0..{num_layers - 1}, got {governed!r}")
 
     @property
     def num_layers(self) -> int:
         return self.similarity.shape[0]
+
+    @property
+    def governed_layers(self) -> list[int]:
+        """The layers a policy governs: all but the sliding-window layers the backend leaves as written at the
+        profile's top_k (a hybrid model's; :func:`hylra_compile.layers.governed_layers`). Every layer when the
+        metadata does not say (a profile built from arrays)."""
+        governed = self.metadata.get("governed_layers")
+        return list(range(self.num_layers)) if governed is None else list(governed)
 
     @property
     def num_kv_heads(self) -> int | None:
@@ -405,6 +422,9 @@ def profile(
     docstring.
     ``decode_steps``: greedy decode steps run after each prefill (with the model's KV cache), each measured too.
     ``description`` names the calibration data in the profile's metadata. A tqdm bar counts attention calls.
+    Every layer is measured; the metadata's ``governed_layers`` leaves out the sliding-window layers whose window is
+    no longer than ``top_k`` (the backend leaves them as written), so the optimiser places no producer or consumer
+    there.
     """
     from tqdm.auto import tqdm
     from transformers import PreTrainedModel
@@ -470,6 +490,7 @@ def profile(
         "similarity": similarity,
         "calibration": description or f"{len(samples)} sequence(s)",
         "model": getattr(config, "_name_or_path", "") or getattr(config, "model_type", type(model).__name__),
+        "governed_layers": governed_layers(config, len(recorder.dense_sq), top_k),
     }
     if tp_size > 1:
         recorder.gather_tensor_parallel(tp_size)

@@ -15,12 +15,12 @@ import torch
 from torch._dynamo.utils import counters
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from hylra_compile import HylraBackend, Policy
+from hylra_compile import HylraBackend, Policy, optimize, profile
+from hylra_compile.cli import format_policy_table
 from tests.independent import IndependentHylra
 from tests.numerics import rel_err
 
 BLOCK = 8
-LAYER_TYPES = ["sliding_attention", "full_attention"] * 2
 # family -> (config overrides, attention implementation)
 FAMILIES = {
     "gemma2": (dict(attn_logit_softcapping=None, final_logit_softcapping=None), "eager"),
@@ -40,12 +40,14 @@ GLOBAL_ONLY = Policy.every(2, 4, layers=[1, 3])
 GLOBAL_PAIR = [(0, "dense", None), (1, "producer", None), (2, "dense", None), (3, "consumer", 1)]
 
 
-def hybrid_model(family: str, attn: str | None = None, window: int = 24):
+def hybrid_model(family: str, attn: str | None = None, window: int = 24, num_layers: int = 4):
+    """Even layers slide over ``window`` keys, odd layers are global."""
     overrides, default_attn = FAMILIES[family]
     try:
         config = AutoConfig.for_model(
             family, vocab_size=64, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
-            head_dim=16, num_hidden_layers=4, layer_types=LAYER_TYPES, sliding_window=window,
+            head_dim=16, num_hidden_layers=num_layers,
+            layer_types=["sliding_attention", "full_attention"] * (num_layers // 2), sliding_window=window,
             max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2, **overrides)
     except (KeyError, ValueError) as err:
         pytest.skip(f"transformers has no {family} config here: {err}")
@@ -159,3 +161,33 @@ def test_unsupported_variants_are_named(family, overrides, reason):
     _, backend = compiled_logits(model, torch.randint(3, 64, (1, 40)), Policy.every(2, 2), top_k=24)
     assert [s.action for s in backend.reports[0].sites] == ["dense", "dense"]
     assert all(s.reason.startswith(reason) for s in backend.reports[0].sites)
+
+
+@pytest.mark.parametrize("family", ["gemma3_text", "cohere2"])
+def test_profiled_budget_governs_the_global_layers(family):
+    """Windows of top_k keys: the profile governs the global layers, so each budget places its full-attention
+    layers, producers and consumers among them (the sliding layers are full and outside the budget), and the
+    compiled model's global consumers attend sparsely to their global producer."""
+    model = hybrid_model(family, num_layers=6)
+    tokens = torch.randint(3, 64, (2, 96), generator=torch.Generator().manual_seed(1))
+    prof = profile(model, tokens, top_k=3 * BLOCK, block_size=BLOCK, progress=False)
+    glob, sliding = [1, 3, 5], [0, 2, 4]
+    assert prof.governed_layers == glob
+    for budget in (1, 2):
+        policy = optimize(prof, budget=budget)
+        assert [policy.modes[layer] for layer in sliding] == ["full"] * 3
+        assert sum(policy.modes[layer] != "consumer" for layer in glob) == budget
+        assert "consumer" in policy.modes and {s for s in policy.sources if s is not None} <= set(glob)
+        assert policy.provenance["governed_layers"] == glob and policy.provenance["num_dense_layers"] == budget
+    with pytest.raises(ValueError, match=r"budget must be an int in \[1, 3\] \(dense layers among the 3 layers "
+                                         r"the policy governs, \[1, 3, 5\]"):
+        optimize(prof, budget=4)
+    policy = optimize(prof, budget=1)
+    assert policy.modes == ["full", "producer", "full", "consumer", "full", "consumer"]
+    assert "governs layers [1, 3, 5]; layers [0, 2, 4] slide over a window no longer than top_k=24" in (
+        format_policy_table(policy))
+    counters.clear()
+    _, backend = compiled_logits(model, tokens[:1], policy, top_k=3 * BLOCK)
+    assert sites(backend) == [(0, "dense", None), (1, "producer", None), (2, "dense", None), (3, "consumer", 1),
+                              (4, "dense", None), (5, "consumer", 1)]
+    assert counters["hylra"]["dense.sliding_window"] == 3 and counters["hylra"]["dense.source_unusable"] == 0

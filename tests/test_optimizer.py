@@ -185,3 +185,71 @@ def test_keep_sensitive_runs_the_most_sensitive_layers_dense():
 def test_baseline_policies_stay_available():
     assert Policy.every(2, 4).modes == ["producer", "consumer", "producer", "consumer"]
     assert Policy.full(3).modes == ["full"] * 3
+
+
+# Before governed layers existed: on a profile of 8 layers, each optimised policy (modes, sources, summed similarity).
+GOLDEN_PROFILE_SEED = 2026
+GOLDEN = {
+    ("budget", 1): ("Pccccccc", [None, 0, 0, 0, 0, 0, 0, 0], 3.705614702629827),
+    ("budget", 2): ("FPcccccc", [None, None, 1, 1, 1, 1, 1, 1], 4.6164642166213286),
+    ("budget", 3): ("FPccccFc", [None, None, 1, 1, 1, 1, None, 1], 4.101310520298977),
+    ("budget", 4): ("FPccFcFc", [None, None, 1, 1, None, 1, None, 1], 3.465439716154325),
+    ("budget", 5): ("FPccPFcF", [None, None, 1, 1, None, None, 4, None], 2.7872619597038906),
+    ("budget", 6): ("FPccFFFF", [None, None, 1, 1, None, None, None, None], 1.8868123606996687),
+    ("budget", 7): ("FPcFFFFF", [None, None, 1, None, None, None, None, None], 0.9669622001623905),
+    ("budget", 8): ("FFFFFFFF", [None] * 8, 0.0),
+    ("theta", 0.3): ("FPcccccc", [None, None, 1, 1, 1, 1, 1, 1], 4.6164642166213286),
+    ("theta", 0.6): ("FPccccFc", [None, None, 1, 1, 1, 1, None, 1], 4.101310520298977),
+    ("theta", 0.8): ("FPccPFcF", [None, None, 1, 1, None, None, 4, None], 2.7872619597038906),
+}
+
+
+def codes(policy: Policy) -> str:
+    return "".join({"full": "F", "producer": "P", "consumer": "c"}[mode] for mode in policy.modes)
+
+
+def test_a_profile_governing_every_layer_gives_the_policies_it_gave_before():
+    """No sliding layer left as written: the same policies, bit for bit, and the provenance says every layer is
+    governed."""
+    rng = np.random.default_rng(GOLDEN_PROFILE_SEED)
+    prof = Profile(np.triu(rng.uniform(0, 1, (8, 8)), 1), rng.uniform(0, 0.5, 8))
+    assert prof.governed_layers == list(range(8))
+    for (kind, value), (modes, sources, total) in GOLDEN.items():
+        policy = (optimize(prof, budget=value) if kind == "budget"
+                  else optimize(prof, theta=value, max_rnmse=0.4, keep_sensitive=1))
+        assert (codes(policy), policy.sources, policy.provenance["summed_similarity"]) == (modes, sources, total)
+        assert policy.provenance["governed_layers"] == list(range(8))
+        assert policy.provenance["num_dense_layers"] == sum(mode != "c" for mode in modes)
+
+
+def test_layers_not_governed_are_full_and_outside_the_budget():
+    """A profile governing layers [1, 2, 4, 6] of 7 (the others slide within top_k): each policy is the optimum of
+    the profile of those layers alone, mapped back to their numbers; the others are full and count in no budget."""
+    rng = np.random.default_rng(5)
+    governed = [1, 2, 4, 6]
+    similarity, sensitivity = np.triu(rng.uniform(0, 1, (7, 7)), 1), rng.uniform(0, 0.5, 7)
+    prof = Profile(similarity, sensitivity, metadata={"governed_layers": governed, "top_k": 24})
+    alone = Profile(similarity[np.ix_(governed, governed)], sensitivity[governed])
+    cases = [dict(budget=budget) for budget in (1, 2, 3, 4)] + [dict(budget=3, keep_sensitive=1), dict(theta=0.2),
+                                                                dict(theta=0.3, max_rnmse=0.47)]
+    for kwargs in cases:
+        policy, expected = optimize(prof, **kwargs), optimize(alone, **kwargs)
+        assert [policy.modes[layer] for layer in (0, 3, 5)] == ["full"] * 3
+        assert [policy.modes[layer] for layer in governed] == expected.modes
+        assert [policy.sources[layer] for layer in governed] == [
+            None if source is None else governed[source] for source in expected.sources]
+        assert policy.provenance["summed_similarity"] == expected.provenance["summed_similarity"]
+        assert policy.provenance["governed_layers"] == governed
+        assert policy.provenance["num_dense_layers"] == expected.provenance["num_dense_layers"]
+    with pytest.raises(ValueError, match=r"budget must be an int in \[1, 4\] \(dense layers among the 4 layers the "
+                                         r"policy governs, \[1, 2, 4, 6\]"):
+        optimize(prof, budget=5)
+    with pytest.warns(UserWarning, match=r"layer 1 \(first layer the policy governs\); layer 2 \(best similarity"):
+        optimize(prof, theta=1.0)
+
+
+@pytest.mark.parametrize("governed", [[], [2, 1], [1, 1], [3], [True], "0,1"])
+def test_bad_governed_layers_are_refused(governed):
+    with pytest.raises(ValueError, match=r"governed_layers must be a non-empty increasing list of layer indices in "
+                                         r"0\.\.2"):
+        Profile(matrix(3, {}, default=0.5), [0.1, 0.2, 0.1], metadata={"governed_layers": governed})

@@ -246,3 +246,15 @@ def test_produced_policy_compiles_with_the_hylra_backend(model, tokens, llama_pr
         {"full": "dense", "producer": "producer", "consumer": "consumer"}[mode] for mode in policy.modes
     ]
     assert report.edges() == [(s, j) for j, s in enumerate(policy.sources) if s is not None]
+
+
+def test_llama_profile_governs_every_layer_and_keeps_its_policies(llama_profile):
+    """No sliding layer: the profile governs every layer, and each budget gives the policy it gave before governed
+    layers existed (modes, sources and summed similarity, bit for bit)."""
+    assert llama_profile.governed_layers == llama_profile.metadata["governed_layers"] == list(range(NUM_LAYERS))
+    golden = {1: (["producer", "consumer", "consumer", "consumer"], [None, 0, 0, 0], 2.2),
+              2: (["producer", "consumer", "full", "consumer"], [None, 0, None, 0], 1.4954545454545456),
+              3: (["producer", "full", "full", "consumer"], [None, None, None, 0], 0.7590909090909091)}
+    for budget, expected in golden.items():
+        policy = optimize(llama_profile, budget=budget)
+        assert (policy.modes, policy.sources, policy.provenance["summed_similarity"]) == expected

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal, Mapping
 
-from ..layers import TracedModel
+from ..layers import TracedModel, window_within_top_k
 from ..lowering.reference import holds
 from ..policy import Policy
 from .find_attention import AttentionMatch
@@ -110,8 +110,7 @@ def _left_as_written(match: AttentionMatch, sliding_windows: Mapping[int, int],
     if match.bidirectional:
         return _dense(NON_CAUSAL, "non_causal")
     window = sliding_windows.get(match.layer)
-    # A query sees at most the window: a selection of top_k keys would hold all of them, at no less cost.
-    if window is not None and top_k is not None and window <= top_k:
+    if window_within_top_k(window, top_k):
         return _dense(f"sliding window of {window} keys, no longer than top_k={top_k}: sparsity gains nothing",
                       "sliding_window")
     return None
