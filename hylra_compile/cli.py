@@ -291,9 +291,10 @@ def _profile(args: argparse.Namespace) -> int:
 DEFAULT_POLICIES = ("every:5", "budget:6", "dp:0.9")
 
 
-def check_policy_spec(spec: str, num_layers: int) -> None:
-    """Refuse a ``--policy`` spec that cannot make a policy for a model of ``num_layers`` layers, before the model
-    loads or a profile runs (a policy JSON is read and checked against the layer count)."""
+def check_policy_spec(spec: str, num_layers: int, governed: int | None = None) -> None:
+    """Refuse a ``--policy`` spec that cannot make a policy for a model of ``num_layers`` layers (``governed`` of
+    them governed by a profiled policy: ``budget:N`` counts those), before the model loads or a profile runs (a
+    policy JSON is read and checked against the layer count)."""
     kind, _, value = spec.partition(":")
     if spec == "full":
         return
@@ -313,8 +314,10 @@ def check_policy_spec(spec: str, num_layers: int) -> None:
         raise ValueError(f"--policy {spec}: {value!r} is not {'an integer' if number is int else 'a number'}") from None
     if kind == "every" and parsed < 1:
         raise ValueError(f"--policy {spec}: N must be >= 1")
-    if kind == "budget" and not 1 <= parsed <= num_layers:
-        raise ValueError(f"--policy {spec}: the model has {num_layers} layers; N must lie in [1, {num_layers}]")
+    most = num_layers if governed is None else governed
+    if kind == "budget" and not 1 <= parsed <= most:
+        of_which = "" if most == num_layers else f", of which the policy governs {most} (the others slide within top_k)"
+        raise ValueError(f"--policy {spec}: the model has {num_layers} layers{of_which}; N must lie in [1, {most}]")
     if kind == "dp" and not 0.0 <= parsed <= 1.0:
         raise ValueError(f"--policy {spec}: theta must be a number in [0, 1], got {parsed}")
 
@@ -373,11 +376,13 @@ def _eval(args: argparse.Namespace) -> int:
         raise ValueError(f"--profile {args.profile!r} does not exist")
     check_writable_folder(args.out_dir, "--out-dir")
     specs = args.policies or list(DEFAULT_POLICIES)
-    config_layers = getattr(load_config(args.model, args.gguf_file), "num_hidden_layers", None)
+    config = load_config(args.model, args.gguf_file)
+    config_layers = getattr(config, "num_hidden_layers", None)
     if not isinstance(config_layers, int):
         raise ValueError(f"--model {args.model}: its config gives no num_hidden_layers; cannot apply a policy")
+    governed = len(governed_layers(config, config_layers, args.top_k))
     for spec in specs:
-        check_policy_spec(spec, config_layers)
+        check_policy_spec(spec, config_layers, governed)
     model, tokenizer = _load(args)
     num_layers = model.config.num_hidden_layers
     if tasks and tokenizer is None:

@@ -353,3 +353,12 @@ def test_profile_refuses_missing_data_before_the_model_loads(files, capsys, no_m
 ])
 def test_profile_checks_counts_against_the_model_before_it_loads(files, capsys, no_model_load, extra, message):
     assert message in run_error(profile_args(files, *extra), capsys) and no_model_load == []
+
+
+def test_a_budget_counts_the_governed_layers():
+    """On a hybrid model whose sliding layers slide within top_k, budget:N counts the layers the policy governs."""
+    from hylra_compile.cli import check_policy_spec
+
+    check_policy_spec("budget:3", 6, governed=3)
+    with pytest.raises(ValueError, match=r"budget:4: the model has 6 layers, of which the policy governs 3 .*\[1, 3\]"):
+        check_policy_spec("budget:4", 6, governed=3)
