@@ -149,16 +149,20 @@ def _dense_run(q, acc, m_i, l_i, c_lo, c_hi, x_base, k_base, v_base, m_base, skn
 
 @triton.jit
 def _selected_block(q, acc, m_i, l_i, i_base, j, sis, n_kb, k_base, v_base, m_base, skn, skd, svn, svd, smq, smk,
-                    qpos, row_ok, Skv, mask_cols, qk_scale, mask_thr, offs_n, offs_d, offs_dv,
-                    BLOCK_N: tl.constexpr, MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, WITH_V: tl.constexpr):
+                    qpos, row_ok, Skv, mask_cols, qk_scale, mask_thr, offs_n, offs_d, offs_dv, x_base,
+                    M: tl.constexpr, BLOCK_N: tl.constexpr, MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr,
+                    WITH_V: tl.constexpr, WRITE_X: tl.constexpr, PTX: tl.constexpr):
     """Entry j of a selection list, with mask reads: skipped (no allowed key, x = -inf) when out of range or a
-    repeat of the entry before."""
+    repeat of the entry before; with WRITE_X its row log2-sum-exps are stored in column j."""
     c_sel = tl.load(i_base + j * sis)
     prev = tl.load(i_base + (j - 1) * sis, mask=j > 0, other=-1)
     ok = (c_sel >= 0) & (c_sel < n_kb) & (c_sel != prev)
-    return _attn_block(q, acc, m_i, l_i, tl.where(ok, c_sel, 0), ok, k_base, v_base, m_base, skn, skd, svn, svd, smq,
-                       smk, qpos, row_ok, Skv, mask_cols, qk_scale, mask_thr, offs_n, offs_d, offs_dv, BLOCK_N,
-                       MASK_KIND, IS_CAUSAL, False, WITH_V)
+    acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, tl.where(ok, c_sel, 0), ok, k_base, v_base, m_base, skn, skd,
+                                       svn, svd, smq, smk, qpos, row_ok, Skv, mask_cols, qk_scale, mask_thr, offs_n,
+                                       offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, False, WITH_V)
+    if WRITE_X:
+        store_rows(x_base + j * M, x_blk, row_ok, PTX)
+    return acc, m_i, l_i
 
 
 @triton.jit
@@ -242,12 +246,10 @@ def _prefill_attn_kernel(
         n_masked_lead = tl.sum(((sel_vec >= 0) & (sel_vec < full_first)).to(tl.int32), 0)
         n_full_sel = tl.sum(((sel_vec >= 0) & (sel_vec < full_end)).to(tl.int32), 0)
         for j in range(0, n_masked_lead):
-            acc, m_i, l_i, x_blk = _selected_block(q, acc, m_i, l_i, i_base, j, sis, n_kb, k_base, v_base, m_base,
-                                                   skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, mask_cols,
-                                                   qk_scale, mask_thr, offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND,
-                                                   IS_CAUSAL, WITH_V)
-            if WRITE_X:
-                store_rows(x_base + j * M, x_blk, row_ok, PTX)
+            acc, m_i, l_i = _selected_block(q, acc, m_i, l_i, i_base, j, sis, n_kb, k_base, v_base, m_base, skn, skd,
+                                            svn, svd, smq, smk, qpos, row_ok, Skv, mask_cols, qk_scale, mask_thr,
+                                            offs_n, offs_d, offs_dv, x_base, M, BLOCK_N, MASK_KIND, IS_CAUSAL,
+                                            WITH_V, WRITE_X, PTX)
         for j in range(n_masked_lead, n_full_sel):
             # In [full_first, full_end) for an ascending list (the op contract, not checked on the device); the
             # clamp keeps an unordered list's reads inside the keys.
@@ -258,12 +260,10 @@ def _prefill_attn_kernel(
             if WRITE_X:
                 store_rows(x_base + j * M, x_blk, row_ok, PTX)
         for j in range(n_full_sel, n_used):
-            acc, m_i, l_i, x_blk = _selected_block(q, acc, m_i, l_i, i_base, j, sis, n_kb, k_base, v_base, m_base,
-                                                   skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, mask_cols,
-                                                   qk_scale, mask_thr, offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND,
-                                                   IS_CAUSAL, WITH_V)
-            if WRITE_X:
-                store_rows(x_base + j * M, x_blk, row_ok, PTX)
+            acc, m_i, l_i = _selected_block(q, acc, m_i, l_i, i_base, j, sis, n_kb, k_base, v_base, m_base, skn, skd,
+                                            svn, svd, smq, smk, qpos, row_ok, Skv, mask_cols, qk_scale, mask_thr,
+                                            offs_n, offs_d, offs_dv, x_base, M, BLOCK_N, MASK_KIND, IS_CAUSAL,
+                                            WITH_V, WRITE_X, PTX)
         # Rows with fewer than min_seq_len allowed keys attend all of them.
         if MASK_KIND == 0:
             if IS_CAUSAL:
