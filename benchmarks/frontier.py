@@ -17,6 +17,8 @@ layers (``--dense-layers``, default a quarter of the model's layers):
   reuse what reuse costs) -- and the profiled ``budget:D`` policy with reuse and refine;
 * ``refinement``: the profiled ``budget:D`` policy with reuse, with refine from 4 and from 8 x top_k candidates
   (``c8``), and with reuse at 4 x top_k (``4x top_k``: attending every key the refinement reads to choose);
+* ``blocks``: the profiled ``budget:D`` policy, oracle and refine, at blocks of 64, 32 (``b32``) and 16 (``b16``)
+  keys, the same ``top_k`` and the same sink and local tokens: what finer selection is worth at a token budget;
 * ``phases``: Jump-n (reuse) sparse only in the prompt's prefill, and only in decode;
 * ``attribution``: Jump-n (reuse) with one consumer at a time made dense (``every:n +dense L``): which layers carry
   the loss (``--attribution-prompts`` of the prompts, spread over tasks, haystacks and depths).
@@ -50,7 +52,7 @@ from hylra_compile.plots import SETTING_TERMS
 from hylra_compile.profiler import full_windows
 from hylra_compile.tasks import make_prompts
 
-GROUPS = ("mechanisms", "refinement", "phases", "attribution")
+GROUPS = ("mechanisms", "refinement", "blocks", "phases", "attribution")
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -75,6 +77,16 @@ def settings_of(group: str, num_layers: int, dense: int, get_profile, only=None,
         options = {f"budget:{dense}": {}, f"budget:{dense} refine": {"selection": "refine"},
                    f"budget:{dense} refine c8": {"selection": "refine", "candidates": 8},
                    f"budget:{dense} 4x top_k": {"top_k": 4 * top_k}}
+        names = [name for name in options if not only or name in only]
+        budget = optimize(get_profile(), budget=dense) if names else None
+        return {name: Setting(budget, options[name]) for name in names}
+    if group == "blocks":  # granularity at the same token budget: top_k, sink and local tokens kept as at block 64
+        options = {}
+        for size in (64, 32, 16):
+            tokens = {} if size == 64 else {"block_size": size, "sink_blocks": 64 // size, "local_blocks": 128 // size}
+            suffix = "" if size == 64 else f" b{size}"
+            options[f"budget:{dense} oracle{suffix}"] = {"selection": "oracle", **tokens}
+            options[f"budget:{dense} refine{suffix}"] = {"selection": "refine", **tokens}
         names = [name for name in options if not only or name in only]
         budget = optimize(get_profile(), budget=dense) if names else None
         return {name: Setting(budget, options[name]) for name in names}

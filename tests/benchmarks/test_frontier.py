@@ -44,6 +44,10 @@ def test_refinement_settings_share_the_budget_policy_and_set_their_own_options(f
         "budget:6": {}, "budget:6 refine": {"selection": "refine"},
         "budget:6 refine c8": {"selection": "refine", "candidates": 8}, "budget:6 4x top_k": {"top_k": 4096}}
     assert all(s.policy == Policy.every(4, 24) for s in settings.values())
+    blocks = frontier.settings_of("blocks", 24, 6, lambda: "profile", only=["budget:6 refine", "budget:6 oracle b16"])
+    assert {name: s.options for name, s in blocks.items()} == {
+        "budget:6 refine": {"selection": "refine"},
+        "budget:6 oracle b16": {"selection": "oracle", "block_size": 16, "sink_blocks": 4, "local_blocks": 8}}
 
 
 def accuracy_file(folder: Path) -> None:
