@@ -324,14 +324,24 @@ def check_sparse(name: str, options: HylraOptions, longest: int) -> None:
 def _text_scores(model, window: Tensor, handler: PolicyAttention, start: int) -> Tensor:
     """Log-probabilities [S - 1 - start, vocab] (float32) of the next token at scored positions start..S-2."""
     with routed_attention(model, handler):
-        logits = model(input_ids=window[None], use_cache=False, logits_to_keep=window.numel() - start).logits
-    return torch.log_softmax(logits[0, :-1].float(), dim=-1)
+        logits = model(input_ids=window[None], use_cache=False, logits_to_keep=window.numel() - start).logits[0, :-1]
+    scores = torch.empty(logits.shape, dtype=torch.float32, device=logits.device)
+    for rows in _row_chunks(logits):  # a 32K window of a 150K vocabulary is 17 GiB in float32: no temporaries of it
+        scores[rows] = torch.log_softmax(logits[rows].float(), dim=-1)
+    return scores
+
+
+def _row_chunks(x: Tensor, elements: int = 1 << 27) -> list[slice]:
+    """Slices of ``x``'s first dimension holding about ``elements`` elements each."""
+    step = max(1, elements // max(1, x[0].numel())) if x.shape[0] else 1
+    return [slice(i, i + step) for i in range(0, x.shape[0], step)]
 
 
 def kl_divergence(dense_logp: Tensor, logp: Tensor) -> Tensor:
     """KL(dense ‖ other) of the next-token distributions given as log-probabilities, per position:
-    [..., vocab] -> [...]."""
-    return (dense_logp.exp() * (dense_logp - logp)).sum(-1)
+    [P, ..., vocab] -> [P, ...] (computed a few rows at a time)."""
+    return torch.cat([(dense_logp[rows].exp() * (dense_logp[rows] - logp[rows])).sum(-1)
+                      for rows in _row_chunks(dense_logp)])
 
 
 def evaluate(

@@ -18,6 +18,7 @@ from hylra_compile.evaluate import (
     Setting,
     check_sparse,
     evaluate,
+    kl_divergence,
     same_within_intervals,
     task_of,
     wilson_interval,
@@ -208,6 +209,21 @@ def test_min_seq_len_equal_to_the_longest_input_is_sparse():
     with pytest.raises(ValueError, match="min_seq_len=65"):
         check_sparse("s", HylraOptions(top_k=24, block_size=8, min_seq_len=65), 64)
     check_sparse("s", HylraOptions(top_k=24, block_size=8, min_seq_len=64), 64)
+
+
+def test_kl_divergence_a_few_rows_at_a_time(monkeypatch):
+    """KL(dense ‖ other) per position, the same whether the rows go in one chunk or one at a time."""
+    import sys
+
+    E = sys.modules[kl_divergence.__module__]  # the package exports the function evaluate under the module's name
+
+    g = torch.Generator().manual_seed(0)
+    dense, other = (torch.log_softmax(torch.randn(7, 2, 11, generator=g), -1) for _ in range(2))
+    want = (dense.exp() * (dense - other)).sum(-1)
+    assert torch.allclose(kl_divergence(dense, other), want)
+    assert [s.indices(7) for s in E._row_chunks(dense, elements=44)] == [(0, 2, 1), (2, 4, 1), (4, 6, 1), (6, 7, 1)]
+    monkeypatch.setattr(E, "_row_chunks", lambda x: [slice(i, i + 1) for i in range(x.shape[0])])
+    assert torch.allclose(kl_divergence(dense, other), want) and (want >= 0).all()
 
 
 def test_wilson_intervals_and_task_names():
