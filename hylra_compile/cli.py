@@ -121,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="greedy decode steps measured after each prefill (default 0: prefill only)")
     prof.add_argument("--head-map", action="store_true", help="also record the cross-head overlap in --profile-out")
     _add_similarity_argument(prof)
+    prof.add_argument("--candidates", type=_positive_int, default=1,
+                      help="profile for selection='refine' with this many times top_k candidates per producer: the "
+                           "similarity is the share a refining consumer keeps (needs --similarity mass; default 1: "
+                           "reuse)")
     prof.add_argument("--out", required=True, help="policy JSON to write (an existing file must be a policy)")
     prof.add_argument("--profile-out", help="also save the profile (.json or .safetensors)")
     prof.add_argument("--force", action="store_true", help="replace --out / --profile-out even when the existing file "
@@ -152,10 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--lengths", default="4096", help="comma-separated prompt lengths in tokens (default 4096)")
     ev.add_argument("--samples", type=int, default=24,
                     help="prompts per task, haystack and length, at as many depths in [0.1, 0.9] (default 24)")
-    ev.add_argument("--selection", choices=SELECTIONS, default="reuse",
+    ev.add_argument("--selection", choices=SELECTIONS, default=HylraOptions().selection,
                     help="how consumers choose their blocks: reuse (the producer's), refine (the top of the "
                          "producer's --candidates x top_k blocks by the consumer's own attention), oracle (the "
-                         "consumer's own top-k of all blocks: a measurement) (default reuse)")
+                         "consumer's own top-k of all blocks: a measurement) (default %(default)s)")
     ev.add_argument("--candidates", type=_positive_int, default=DEFAULT_CANDIDATES,
                     help=f"with --selection refine, producers emit this many times top_k blocks (default "
                          f"{DEFAULT_CANDIDATES})")
@@ -242,6 +246,9 @@ def _profile(args: argparse.Namespace) -> int:
         raise ValueError("give --theta (threshold mode) or --budget (budget mode)")
     if args.max_rnmse is not None and args.max_rnmse < 0:
         raise ValueError(f"--max-rnmse must be >= 0, got {args.max_rnmse}")
+    if args.candidates > 1 and args.similarity != "mass":
+        raise ValueError(f"--candidates {args.candidates} measures what a refining consumer keeps by its own "
+                         "attention mass: give --similarity mass")
     # The data and the outputs are checked before the model loads: a profile can take many minutes.
     missing = [name for name in args.data if not name.startswith(BUILTIN) and not Path(name).is_file()]
     if missing:
@@ -274,6 +281,7 @@ def _profile(args: argparse.Namespace) -> int:
         tokenizer=tokenizer,
         head_map=args.head_map,
         similarity=args.similarity,
+        candidates=args.candidates,
         decode_steps=args.decode_steps,
         description=f"{', '.join(Path(name).name for name in args.data)} (seq_len {args.seq_len})",
         progress=not args.no_progress,
@@ -411,6 +419,8 @@ def _eval(args: argparse.Namespace) -> int:
                 profile_cache.append(profile(
                     model, samples, top_k=args.top_k, block_size=args.block_size, sink_blocks=args.sink_blocks,
                     local_blocks=args.local_blocks, similarity=args.similarity, progress=not args.no_progress,
+                    # Captured mass is measured for the selection evaluated: what a refining consumer keeps.
+                    candidates=args.candidates if args.similarity == "mass" and args.selection == "refine" else 1,
                     description=f"{', '.join(calibration)} (first {len(samples)} window(s) of {args.seq_len})"))
         return profile_cache[0]
 

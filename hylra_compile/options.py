@@ -27,9 +27,11 @@ class HylraOptions:
     block_size: tokens per KV block (and per query block).
     sink_blocks / local_blocks: blocks always selected at the start / end of the allowed keys.
     min_seq_len: a query with fewer allowed keys than this attends all of them (decided at run time).
-    selection: how a consumer chooses its blocks. ``reuse``: its producer's blocks (HyLRA). ``refine``: its
-        producer emits ``candidates`` times as many blocks and the consumer keeps the ``top_k`` of them that hold
-        most of its own attention mass (``hylra::refine_blocks``). ``oracle``: the consumer picks its own top
+    selection: how a consumer chooses its blocks. ``refine`` (the default): its producer emits ``candidates``
+        times as many blocks and the consumer keeps the ``top_k`` of them that hold most of its own attention mass
+        (``hylra::refine_blocks``; measured on Qwen2.5-Coder-0.5B at 32K: retrieval kept and KL(dense ‖ policy)
+        0.015 where reuse loses retrieval, for 1.06× reuse's decode time). ``reuse``: its producer's blocks (HyLRA,
+        the fastest). ``oracle``: the consumer picks its own top
         blocks among all (a dense pass of its own: what top-k at this budget costs without reuse; for measuring).
     candidates: with ``selection="refine"``, the producer's selection is this many times ``top_k``.
     dump_dir: where to write before/after graphs, the report and the edge graph (env ``HYLRA_DUMP_DIR``).
@@ -45,7 +47,7 @@ class HylraOptions:
     sink_blocks: int = 1
     local_blocks: int = 2
     min_seq_len: int = 4096
-    selection: str = "reuse"
+    selection: str = "refine"
     candidates: int = DEFAULT_CANDIDATES
     dump_dir: str | None = None
     inductor: bool = True

@@ -125,7 +125,8 @@ def test_report_table_and_dumps(tmp_path):
         (2, "eager", "producer", None),
         (3, "eager", "consumer", 2),
     ]
-    assert str(report).splitlines()[0] == f"hylra report for {report.name}: 2 producer, 2 consumer, 0 dense"
+    assert str(report).splitlines()[0] == (f"hylra report for {report.name}: 2 producer, 2 consumer, 0 dense "
+                                           "(consumers select by refine)")
     (folder,) = tmp_path.iterdir()
     assert sorted(p.name for p in folder.iterdir()) == [
         "00-input.py", "01-find_attention.md", "02-decide.md", "03-block_masks.md", "04-rewrite.py", "edges.dot", "report.md"
@@ -401,7 +402,8 @@ def test_oracle_selection_gives_each_consumer_its_own_topk():
 @pytest.mark.parametrize("phase", ["prefill", "decode"])
 def test_refine_and_oracle_with_top_k_covering_sequence_equal_dense(selection, phase):
     """With top_k at or past the sequence length every consumer's own selection keeps every block: the compiled
-    model equals the model run without the backend (past the fully padded queries, which the ops zero)."""
+    model equals the model run without the backend (past the fully padded queries, which the ops zero). A refining
+    consumer whose top_k covers every candidate takes them as they are (no refine_blocks)."""
     model = tiny_model("llama", "sdpa", num_layers=4)
     top_k = 40 if phase == "prefill" else 48
     compiled, backend = compile_model(model, policy=Policy.every(2, 4), top_k=top_k, selection=selection)
@@ -411,7 +413,7 @@ def test_refine_and_oracle_with_top_k_covering_sequence_equal_dense(selection, p
     else:
         out, ref = decode_step(model, compiled, ids, mask), decode_step(model, model, ids, mask)
     assert rel_err(out, ref) < 1e-5
-    selections = {"refine": ("refine_blocks", 2), "oracle": ("topk_attention", 4)}[selection]
+    selections = {"refine": ("refine_blocks", 0), "oracle": ("topk_attention", 4)}[selection]
     assert len(hylra_nodes(backend.graphs[0], selections[0])) == selections[1]
 
 
@@ -421,7 +423,8 @@ def test_string_backend_parses_a_changed_options_mapping_again():
 
     model = tiny_model("llama", "sdpa", num_layers=2)
     ids = torch.randint(0, 64, (1, 40))
-    options = {"policy": Policy.every(2, 2), "top_k": 24, "block_size": BLOCK, "min_seq_len": 0, "inductor": False}
+    options = {"policy": Policy.every(2, 2), "top_k": 24, "block_size": BLOCK, "min_seq_len": 0, "selection": "reuse",
+               "inductor": False}
     hylra_compile.reset_reports()
     for top_k in (24, 32):
         options["top_k"] = top_k

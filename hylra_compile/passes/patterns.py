@@ -74,7 +74,17 @@ def call_args(node: torch.fx.Node, op: str) -> dict:
     normalized = None
     try:
         normalized = normalize_function(schema, args, dict(node.kwargs), normalize_to_only_use_kwargs=True)
-    except (RuntimeError, TypeError):
+    except RuntimeError:
+        # torch < 2.13 still lists the named-tensor (Dimname) overloads, so transpose(x, 1, 2) or softmax(x, -1)
+        # binds two schemas: name the argument types so that the int one is picked.
+        try:
+            normalized = normalize_function(schema, args, dict(node.kwargs),
+                                            arg_types=tuple(_argument_type(a) for a in args),
+                                            kwarg_types={k: _argument_type(v) for k, v in node.kwargs.items()},
+                                            normalize_to_only_use_kwargs=True)
+        except (RuntimeError, TypeError):
+            pass
+    except TypeError:
         pass
     if normalized is None:
         raise NoMatch(f"cannot read the arguments of {describe(node)} against the schema of {op}")
@@ -83,6 +93,19 @@ def call_args(node: torch.fx.Node, op: str) -> dict:
         if old in named:
             named[new] = named.pop(old)
     return named
+
+
+def _argument_type(value):
+    """The type ``normalize_function`` matches against a schema's annotation: a node is the tensor (or SymInt /
+    SymFloat) it stands for, a sequence of ints a ``list[int]``."""
+    if isinstance(value, torch.fx.Node):
+        value = example_value(value)
+        if isinstance(value, (int, torch.SymInt)):
+            return int
+        return float if isinstance(value, (float, torch.SymFloat)) else torch.Tensor
+    if isinstance(value, (list, tuple)) and all(isinstance(v, int) for v in value):
+        return list[int]
+    return type(value)
 
 
 def example_value(node):

@@ -76,9 +76,12 @@ def consumer_selection(graph: torch.fx.Graph, inputs: dict, settings: dict, prod
     """The node giving a consumer's ``block_idx`` under ``options.selection``: its producer's (``reuse``), the
     top of its producer's candidates by its own attention mass (``refine``: ``hylra::refine_blocks``), or its own
     top blocks among all (``oracle``: ``hylra::topk_attention``'s selection; its output is not used).
-    ``key_blocks``: the KV blocks there are, when static."""
-    if options.selection == "reuse":
-        return produced
+    ``key_blocks``: the KV blocks there are, when static (``refine`` over at most ``top_k`` candidates is
+    reuse)."""
+    own_count = options.selection_settings(key_blocks)["n_select"]
+    if options.selection == "reuse" or (
+            options.selection == "refine" and own_count >= example_value(produced).shape[-1]):
+        return produced  # refine keeps every candidate when top_k covers them all: the producer's selection as is
     own = {"q": inputs["q"], "k": inputs["k"]}
     if options.selection == "refine":
         arguments = {**own, "candidate_idx": produced, "mask": inputs["mask"], "block_mask": inputs["block_mask"],

@@ -154,9 +154,11 @@ def test_t5_sub_layer_numbers_leave_its_decoder_dense_with_the_reason():
     non_causal = [site for site in sites if site.reason.startswith("non-causal attention")]
     shared = [site for site in sites if site not in non_causal]
     assert len(non_causal) == 4 and len(shared) == 2
-    assert all(site.reason == (
-        "2 modules' attention calls (L['self'].decoder.block.0.layer.0.SelfAttention, "
-        "L['self'].decoder.block.1.layer.0.SelfAttention) share layer number 0, the last number of their module "
+    # Before torch 2.13 Dynamo breaks the graph in T5Stack.forward (DynamicCache(config=...) deep-copies the config):
+    # the decoder stack is then a frame of its own, and its paths start at the stack (L['self'].block.N...).
+    assert all(site.reason.replace("L['self'].decoder.", "L['self'].") == (
+        "2 modules' attention calls (L['self'].block.0.layer.0.SelfAttention, "
+        "L['self'].block.1.layer.0.SelfAttention) share layer number 0, the last number of their module "
         "paths (blocks that number their sub-layers, like T5's block.N.layer.M): one policy entry per layer cannot "
         "tell them apart") for site in shared)
 

@@ -72,7 +72,7 @@ class GoldenGraphTest(TestCase):
         torch.manual_seed(0)
         model = TinyStack()
         backend = HylraBackend(policy=Policy.every(2, 2), top_k=12, block_size=4, local_blocks=1, min_seq_len=0,
-                               inductor=False)
+                               selection="reuse", inductor=False)
         x = torch.randn(1, 12, 8)
         with torch.no_grad():
             torch.testing.assert_close(torch.compile(model, backend=backend, fullgraph=True)(x), model(x))
@@ -179,8 +179,9 @@ block_masks=1, consumer_sites=1, producer_sites=1, rewritten=2, sdpa_matched=2, 
         self.assertExpectedInline(self.hf_views("sdpa", "decode"), """\
 shared_mask#0(mask=%0 b8[2, 1, 1, 48])
 mask_blocks#0(mask=shared_mask#0, block_size=8)
-topk_attention#0(q=%1 f32[2, 4, 1, 8], k=%2 f32[2, 2, 48, 8], v=%3 f32[2, 2, 48, 8], mask=shared_mask#0, block_mask=mask_blocks#0, is_causal=False, scale=0.3536, block_size=8, n_select=3, sink_blocks=1, local_blocks=2)
-sparse_attention#0(q=%4 f32[2, 4, 1, 8], k=%5 f32[2, 2, 48, 8], v=%6 f32[2, 2, 48, 8], mask=shared_mask#0, block_mask=mask_blocks#0, block_idx=topk_attention#0.block_idx, is_causal=False, scale=0.3536, block_size=8, min_seq_len=0)
+topk_attention#0(q=%1 f32[2, 4, 1, 8], k=%2 f32[2, 2, 48, 8], v=%3 f32[2, 2, 48, 8], mask=shared_mask#0, block_mask=mask_blocks#0, is_causal=False, scale=0.3536, block_size=8, n_select=6, sink_blocks=1, local_blocks=2)
+refine_blocks#0(q=%4 f32[2, 4, 1, 8], k=%5 f32[2, 2, 48, 8], candidate_idx=topk_attention#0.block_idx, mask=shared_mask#0, block_mask=mask_blocks#0, is_causal=False, scale=0.3536, block_size=8, n_select=3, sink_blocks=1, local_blocks=2)
+sparse_attention#0(q=%4 f32[2, 4, 1, 8], k=%5 f32[2, 2, 48, 8], v=%6 f32[2, 2, 48, 8], mask=shared_mask#0, block_mask=mask_blocks#0, block_idx=refine_blocks#0, is_causal=False, scale=0.3536, block_size=8, min_seq_len=0)
 block_masks=1, consumer_sites=1, producer_sites=1, rewritten=2, sdpa_matched=2, shared_masks=1""")
 
     def test_hf_eager_prefill(self):
@@ -195,6 +196,7 @@ block_masks=1, consumer_sites=1, eager_matched=2, producer_sites=1, rewritten=2,
         self.assertExpectedInline(self.hf_views("eager", "decode"), """\
 shared_mask#0(mask=%0 f32[2, 1, 1, 48])
 mask_blocks#0(mask=shared_mask#0, block_size=8)
-topk_attention#0(q=%1 f32[2, 4, 1, 8], k=%2 f32[2, 2, 48, 8], v=%3 f32[2, 2, 48, 8], mask=shared_mask#0, block_mask=mask_blocks#0, is_causal=False, scale=0.3536, block_size=8, n_select=3, sink_blocks=1, local_blocks=2)
-sparse_attention#0(q=%4 f32[2, 4, 1, 8], k=%5 f32[2, 2, 48, 8], v=%6 f32[2, 2, 48, 8], mask=shared_mask#0, block_mask=mask_blocks#0, block_idx=topk_attention#0.block_idx, is_causal=False, scale=0.3536, block_size=8, min_seq_len=0)
+topk_attention#0(q=%1 f32[2, 4, 1, 8], k=%2 f32[2, 2, 48, 8], v=%3 f32[2, 2, 48, 8], mask=shared_mask#0, block_mask=mask_blocks#0, is_causal=False, scale=0.3536, block_size=8, n_select=6, sink_blocks=1, local_blocks=2)
+refine_blocks#0(q=%4 f32[2, 4, 1, 8], k=%5 f32[2, 2, 48, 8], candidate_idx=topk_attention#0.block_idx, mask=shared_mask#0, block_mask=mask_blocks#0, is_causal=False, scale=0.3536, block_size=8, n_select=3, sink_blocks=1, local_blocks=2)
+sparse_attention#0(q=%4 f32[2, 4, 1, 8], k=%5 f32[2, 2, 48, 8], v=%6 f32[2, 2, 48, 8], mask=shared_mask#0, block_mask=mask_blocks#0, block_idx=refine_blocks#0, is_causal=False, scale=0.3536, block_size=8, min_seq_len=0)
 block_masks=1, consumer_sites=1, eager_matched=2, producer_sites=1, rewritten=2, shared_masks=1""")
