@@ -16,7 +16,8 @@ layers (``--dense-layers``, default a quarter of the model's layers):
   ``oracle`` (the consumer's own top-k of all blocks: dense -> oracle is what top-k at this budget costs, oracle ->
   reuse what reuse costs) -- and the profiled ``budget:D`` policy with reuse and refine;
 * ``refinement``: the profiled ``budget:D`` policy with reuse, with refine from 4 and from 8 x top_k candidates
-  (``c8``), and with reuse at 4 x top_k (``4x top_k``: attending every key the refinement reads to choose);
+  (``c8``), and with reuse at 4 x top_k (``4x top_k``: attending every key the refinement reads to choose); and
+  ``budget:Dr refine``, the budget policy of a profile of what refine keeps (``profile(candidates=4)``);
 * ``blocks``: the profiled ``budget:D`` policy, oracle and refine, at blocks of 64, 32 (``b32``) and 16 (``b16``)
   keys, the same ``top_k`` and the same sink and local tokens: what finer selection is worth at a token budget;
 * ``phases``: Jump-n (reuse) sparse only in the prompt's prefill, and only in decode;
@@ -37,6 +38,7 @@ and at least its speed) marked.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import re
@@ -79,7 +81,12 @@ def settings_of(group: str, num_layers: int, dense: int, get_profile, only=None,
                    f"budget:{dense} 4x top_k": {"top_k": 4 * top_k}}
         names = [name for name in options if not only or name in only]
         budget = optimize(get_profile(), budget=dense) if names else None
-        return {name: Setting(budget, options[name]) for name in names}
+        settings = {name: Setting(budget, options[name]) for name in names}
+        refine_profiled = f"budget:{dense}r refine"  # the budget policy of a profile of what refine keeps
+        if not only or refine_profiled in only:
+            settings[refine_profiled] = Setting(optimize(get_profile(candidates=4), budget=dense),
+                                                {"selection": "refine"})
+        return settings
     if group == "blocks":  # granularity at the same token budget: top_k, sink and local tokens kept as at block 64
         options = {}
         for size in (64, 32, 16):
@@ -118,10 +125,11 @@ def accuracy(args: argparse.Namespace) -> None:
              for name in ("builtin:prose", "builtin:code")]
     windows = [w for whole in texts for w in whole[-args.windows:]] if args.windows else []
 
-    def get_profile():
+    @functools.cache
+    def get_profile(candidates: int = 1):
         retrieval = make_prompts(["passkey"], tokenizer, [args.length], 1, seed=1000, haystacks=("prose",))[0]
         calibration = [texts[0][0], texts[1][0], tokenizer(retrieval.text, add_special_tokens=False)["input_ids"]]
-        return profile(model, calibration, similarity="mass", progress=not args.no_progress,
+        return profile(model, calibration, similarity="mass", candidates=candidates, progress=not args.no_progress,
                        description="first windows of builtin:prose and builtin:code, one passkey prompt (seed 1000)",
                        **{k: v for k, v in selection.items() if k != "min_seq_len"})
 

@@ -114,7 +114,7 @@ def optimize(
         "keep_sensitive": keep_sensitive,
         "budget": budget,
         **{key: profile.metadata.get(key) for key in ("top_k", "block_size", "sink_blocks", "local_blocks",
-                                                       "calibration", "model")},
+                                                       "similarity", "candidates", "calibration", "model")},
         "governed_layers": governed,
         "num_dense_layers": sum(mode != "consumer" for mode in governed_modes),
         "summed_similarity": total,

@@ -102,7 +102,8 @@ def plot_policy(policy: Policy, path: str | Path) -> None:
 # The selection's colour in accuracy figures (dense is black).
 SELECTION_COLORS = {"reuse": "#1f77b4", "refine": "#2ca02c", "oracle": "#7f7f7f"}
 SETTING_TERMS = ("every:n = Jump-n (layers 0, n, 2n, … produce); budget:n = n full-attention layers chosen by the "
-                 "profile; refine = consumers keep the top_k of 4×top_k producer blocks by their own attention; "
+                 "profile (budget:nr: a profile of what refine keeps); refine = consumers keep the top_k of "
+                 "4×top_k producer blocks by their own attention; "
                  "oracle = each consumer's own top-k (a measurement)")
 
 

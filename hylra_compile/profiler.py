@@ -16,7 +16,8 @@
 * with ``similarity="mass"``, ``similarity[i, j]`` is instead the share of layer j's own top-k attention mass that
   S_i captures: Σ_{c ∈ S_i} m_j(c) / Σ_{c ∈ S_j} m_j(c) (at most 1), where m_j(c) is layer j's softmax mass on block
   c (the producer's importance); it weights the few blocks that carry most of the attention instead of counting
-  blocks. The producer then runs as its reference implementation, which returns the importance (on CUDA that is
+  blocks. With ``candidates`` = c > 1 (what ``selection="refine"`` runs) S_i is layer i's top c·k blocks and the
+  numerator the mass of the k of them that hold most of m_j: the share a refining consumer keeps. The producer then runs as its reference implementation, which returns the importance (on CUDA that is
   slower than the kernel).
 * optionally ``head_overlap[i, j, g, h]``: the same overlap between KV head g of layer i and KV head h of layer j,
   whose argmax over g is :attr:`Profile.head_map`.
@@ -247,16 +248,27 @@ def full_windows(data, *, seq_len: int, block_size: int, tokenizer: Any = None) 
 
 
 # -- capture ----------------------------------------------------------------------------------------------------
+def _membership(block_idx: Tensor, n_kb: int) -> Tensor:
+    """[..., n_kb + 1] bool: block c selected by each row of ``block_idx`` (its -1 padding lands in the cleared
+    column n_kb, so it never counts as a hit)."""
+    index = torch.where(block_idx < 0, n_kb, block_idx).long()
+    member = torch.zeros(*block_idx.shape[:-1], n_kb + 1, dtype=torch.bool, device=block_idx.device)
+    member.scatter_(-1, index, True)[..., n_kb] = False
+    return member
+
+
 class _Recorder:
     """Accumulates, over the samples, the similarity and sensitivity sums the attention function reports."""
 
-    def __init__(self, options: HylraOptions, head_map: bool, mass: bool, progress):
+    def __init__(self, options: HylraOptions, head_map: bool, mass: bool, progress, candidates: int = 1):
         self.block_size, self.sink_blocks, self.local_blocks = options.block_size, options.sink_blocks, options.local_blocks
         self.n_select = options.n_select
+        self.candidates = candidates  # a producer's selection is candidates x n_select blocks (refine)
         self.head_map, self.mass = head_map, mass
         self.progress = progress
-        # layer -> (block_idx, nontrivial query blocks, block importance or None) of the forward pass under way
-        self.layers: dict[int, tuple[Tensor, Tensor, Tensor | None]] = {}
+        # layer -> (block_idx, nontrivial query blocks, block importance or None, its selection as a producer) of
+        # the forward pass under way
+        self.layers: dict[int, tuple[Tensor, Tensor, Tensor | None, Tensor]] = {}
         self.num_kv_heads: int | None = None
         self.error_sq: dict[int, float] = {}
         self.dense_sq: dict[int, float] = {}
@@ -281,11 +293,14 @@ class _Recorder:
                 query, key, value, mask, is_causal, scaling, bs)
             block_idx = reference.select_blocks(importance, candidate, self.n_select, self.sink_blocks,
                                                 self.local_blocks)
+            produced = block_idx if self.candidates == 1 else reference.select_blocks(
+                importance, candidate, self.n_select * self.candidates, self.sink_blocks, self.local_blocks)
         else:
             dense, block_idx = torch.ops.hylra.topk_attention(
                 query, key, value, mask, is_causal=is_causal, scale=scaling, block_size=bs, n_select=self.n_select,
                 sink_blocks=self.sink_blocks, local_blocks=self.local_blocks,
             )
+            produced = block_idx
         sparse = torch.ops.hylra.sparse_attention(
             query, key, value, block_idx, mask, is_causal=is_causal, scale=scaling, block_size=bs, min_seq_len=0
         )
@@ -294,9 +309,9 @@ class _Recorder:
         error_sq = (sparse.float() - dense32).square().sum(dtype=torch.float64).item()
         self.error_sq[layer] = self.error_sq.get(layer, 0.0) + error_sq
         self.dense_sq[layer] = self.dense_sq.get(layer, 0.0) + dense32.square().sum(dtype=torch.float64).item()
-        candidates = reference.candidate_counts(query, key, mask, is_causal, bs)
-        nontrivial = (candidates > self.n_select).expand(block_idx.shape[:3])
-        self.layers[layer] = (block_idx, nontrivial, importance)
+        counts = reference.candidate_counts(query, key, mask, is_causal, bs)
+        nontrivial = (counts > self.n_select).expand(block_idx.shape[:3])
+        self.layers[layer] = (block_idx, nontrivial, importance, produced)
         if self.progress is not None:
             self.progress.update(1)
         return dense
@@ -306,22 +321,19 @@ class _Recorder:
         layers = sorted(self.layers)
         if layers != list(range(len(layers))):
             raise ValueError(f"attention ran for layers {layers}; expected every layer 0..L-1 exactly once")
-        # membership[l][b, h, r, c]: layer l selected KV block c for query block r. Column n_kb is where the -1
-        # padding lands, cleared so that it never counts as a hit.
-        n_kb = max(int(self.layers[layer][0].max().item()) for layer in layers) + 1
+        # membership[l][b, h, r, c]: layer l as a producer selected KV block c for query block r (_membership).
+        n_kb = max(int(self.layers[layer][3].max().item()) for layer in layers) + 1
         membership, index = {}, {}
         for layer in layers:
             block_idx = self.layers[layer][0]
             index[layer] = torch.where(block_idx < 0, n_kb, block_idx).long()
-            member = torch.zeros(*block_idx.shape[:3], n_kb + 1, dtype=torch.bool, device=block_idx.device)
-            member.scatter_(-1, index[layer], True)[..., n_kb] = False
-            membership[layer] = member
+            membership[layer] = _membership(self.layers[layer][3], n_kb)  # as a producer: its candidates
         for j in layers:
-            block_idx, nontrivial, importance = self.layers[j]
+            block_idx, nontrivial, importance, _ = self.layers[j]
             size = (block_idx >= 0).sum(-1).clamp(min=1).to(torch.float64)  # |S_j| per (b, h, r)
             if self.mass:
                 mass = importance[..., :n_kb].to(torch.float64)
-                own_mass = (mass * membership[j][..., :n_kb]).sum(-1).clamp(min=1e-300)
+                own_mass = (mass * _membership(block_idx, n_kb)[..., :n_kb]).sum(-1).clamp(min=1e-300)
             weight = nontrivial.to(torch.float64)
             counted = weight.sum((0, 2))
             self.blocks_counted[j] = self.blocks_counted.get(j, 0) + counted
@@ -334,7 +346,10 @@ class _Recorder:
                     ).sum(-1)
                     overlap = (hits / size[:, None] * weight[:, None]).sum((0, 3))  # [H_i, H_j]
                 elif self.mass:
-                    captured = (mass * membership[i][..., :n_kb]).sum(-1)
+                    in_candidates = mass * membership[i][..., :n_kb]
+                    kept = min(self.n_select, n_kb)  # a refining consumer keeps the n_select that hold most
+                    captured = (in_candidates if self.candidates == 1
+                                else in_candidates.topk(kept, dim=-1).values).sum(-1)
                     overlap = ((captured / own_mass).clamp(max=1.0) * weight).sum((0, 2))  # [H]
                 else:
                     hits = membership[i].gather(-1, index[j]).sum(-1)
@@ -408,6 +423,7 @@ def profile(
     tokenizer: Any = None,
     head_map: bool = False,
     similarity: str = "overlap",
+    candidates: int = 1,
     decode_steps: int = 0,
     description: str | None = None,
     progress: bool = True,
@@ -419,7 +435,8 @@ def profile(
     ``local_blocks`` mean what the backend options of the same names mean, so profile with the values you will
     compile with. ``head_map=True`` also records the cross-head overlap (costs H² gathers per layer pair).
     ``similarity``: ``"overlap"`` (block-set overlap) or ``"mass"`` (captured attention mass), see the module
-    docstring.
+    docstring. ``candidates``: the multiple of ``top_k`` a producer selects, as the backend option of that name
+    under ``selection="refine"`` (the similarity is then what a refining consumer keeps; needs ``"mass"``).
     ``decode_steps``: greedy decode steps run after each prefill (with the model's KV cache), each measured too.
     ``description`` names the calibration data in the profile's metadata. A tqdm bar counts attention calls.
     Every layer is measured; the metadata's ``governed_layers`` leaves out the sliding-window layers whose window is
@@ -444,6 +461,11 @@ def profile(
     expected_layers = getattr(config, "num_hidden_layers", None)
     if similarity not in SIMILARITIES:
         raise ValueError(f"unknown similarity {similarity!r}; valid ones are {list(SIMILARITIES)}")
+    if not isinstance(candidates, int) or isinstance(candidates, bool) or candidates < 1:
+        raise ValueError(f"candidates must be an int >= 1, got {candidates!r}")
+    if candidates > 1 and similarity != "mass":
+        raise ValueError(f"candidates={candidates} measures what a refining consumer keeps of its producer's "
+                         "candidates by its own attention mass; it needs similarity='mass'")
     if similarity == "mass" and head_map:
         raise ValueError("head_map=True records block-set overlap per head pair; it needs similarity='overlap'")
     if not isinstance(decode_steps, int) or isinstance(decode_steps, bool) or decode_steps < 0:
@@ -455,7 +477,7 @@ def profile(
     if tp_size > 1 and head_map:
         raise ValueError("head_map=True compares every pair of heads, which tensor parallelism keeps on different "
                          "ranks; profile the head map on one device")
-    recorder = _Recorder(options, head_map, similarity == "mass", bar)
+    recorder = _Recorder(options, head_map, similarity == "mass", bar, candidates)
     device = next(model.parameters()).device
     forward_kwargs = {"use_cache": decode_steps > 0}
     cache_name = cache_argument(model)
@@ -488,6 +510,7 @@ def profile(
         "seq_len": seq_len,
         "decode_steps": decode_steps,
         "similarity": similarity,
+        "candidates": candidates,
         "calibration": description or f"{len(samples)} sequence(s)",
         "model": getattr(config, "_name_or_path", "") or getattr(config, "model_type", type(model).__name__),
         "governed_layers": governed_layers(config, len(recorder.dense_sq), top_k),

@@ -160,6 +160,8 @@ def test_eval_config_only_model(files, capsys):
     assert main(eval_args(files, "--policy", "budget:2", "--similarity", "mass", "--keep-sensitive", "1")) == 0
     data = json.loads((files / "eval" / "eval.json").read_text())
     assert data["metadata"]["similarity"] == "mass"
+    # the profile measured the selection evaluated: what a refining consumer keeps of 4 x top_k candidates
+    assert data["results"][1]["policy"]["provenance"]["candidates"] == 4
     assert data["results"][1]["policy"]["provenance"]["keep_sensitive"] == 1
     assert (files / "eval" / "eval.png").read_bytes().startswith(PNG_MAGIC)
     assert (files / "eval" / "eval.md").read_text() in capsys.readouterr().out  # the table it printed
@@ -220,7 +222,7 @@ def no_model_load(monkeypatch):
 
 def test_eval_defaults():
     args = build_parser().parse_args(["eval", "--model", "m.json"])
-    assert (args.samples, args.haystacks, args.selection, args.candidates) == (24, "filler,prose", "reuse", 4)
+    assert (args.samples, args.haystacks, args.selection, args.candidates) == (24, "filler,prose", "refine", 4)
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -350,6 +352,8 @@ def test_profile_refuses_missing_data_before_the_model_loads(files, capsys, no_m
 @pytest.mark.parametrize("extra, message", [
     (["--budget", "9"], "--budget 9: the model has 3 layers"),
     (["--budget", "2", "--keep-sensitive", "7"], "--keep-sensitive 7: it must lie in [0, 3]"),
+    (["--budget", "2", "--candidates", "4"], "--candidates 4 measures what a refining consumer keeps by its own "
+                                             "attention mass: give --similarity mass"),
 ])
 def test_profile_checks_counts_against_the_model_before_it_loads(files, capsys, no_model_load, extra, message):
     assert message in run_error(profile_args(files, *extra), capsys) and no_model_load == []

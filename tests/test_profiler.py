@@ -79,9 +79,11 @@ def capture_attention(model, tokens, decode_steps=0):
     return passes
 
 
-def independent_profile(model, samples, decode_steps=0, mass=False):
+def independent_profile(model, samples, decode_steps=0, mass=False, multiple=1):
     """Similarity and sensitivity from the definitions, with Python sets and explicit loops (``mass``: the captured
-    share of the consumer's own top-k mass, from the producer's importance, instead of the block overlap)."""
+    share of the consumer's own top-k mass, from the producer's importance, instead of the block overlap;
+    ``multiple``: the producer selects that many times top_k blocks and the consumer keeps the top_k of them that
+    hold most of its mass)."""
     num_layers, n_select = model.config.num_hidden_layers, math.ceil(TOP_K / BLOCK)
     overlaps = {}  # (i, j, h) -> list of per-query-block overlaps
     error_sq, dense_sq = np.zeros(num_layers), np.zeros(num_layers)
@@ -95,6 +97,8 @@ def independent_profile(model, samples, decode_steps=0, mass=False):
                 dense, block_idx = reference.topk_attention(
                     q, k, v, mask, **common, n_select=n_select, sink_blocks=SINK, local_blocks=LOCAL
                 )
+                produced = reference.topk_attention(q, k, v, mask, **common, n_select=n_select * multiple,
+                                                    sink_blocks=SINK, local_blocks=LOCAL)[1]
                 sparse = reference.sparse_attention(q, k, v, block_idx, mask, **common, min_seq_len=0)
                 error_sq[layer] += (sparse.double() - dense.double()).square().sum().item()
                 dense_sq[layer] += dense.double().square().sum().item()
@@ -108,11 +112,13 @@ def independent_profile(model, samples, decode_steps=0, mass=False):
                             bool(rows[:, c * BLOCK : (c + 1) * BLOCK].any()) for c in range(math.ceil(num_keys / BLOCK))
                         )
                         chosen = {int(c) for c in block_idx[0, h, r] if c >= 0}
-                        sets[layer, h, r] = (chosen, candidates > n_select, importance[0, h, r].tolist())
-            for (j, h, r), (chosen_j, counts, mass_j) in sets.items():
+                        offered = {int(c) for c in produced[0, h, r] if c >= 0}
+                        sets[layer, h, r] = (chosen, candidates > n_select, importance[0, h, r].tolist(), offered)
+            for (j, h, r), (chosen_j, counts, mass_j, _) in sets.items():
                 for i in range(j):
                     if counts and mass:
-                        captured = sum(mass_j[c] for c in sets[i, h, r][0]) / sum(mass_j[c] for c in chosen_j)
+                        kept = sorted((mass_j[c] for c in sets[i, h, r][3]), reverse=True)[:n_select]
+                        captured = sum(kept) / sum(mass_j[c] for c in chosen_j)
                         overlaps.setdefault((i, j, h), []).append(min(captured, 1.0))
                     elif counts:
                         overlaps.setdefault((i, j, h), []).append(len(sets[i, h, r][0] & chosen_j) / len(chosen_j))
@@ -140,6 +146,22 @@ def test_mass_similarity_matches_independent_recomputation(model, tokens, llama_
         profile(model, tokens, top_k=TOP_K, block_size=BLOCK, similarity="cosine", progress=False)
     with pytest.raises(ValueError, match="head_map=True records block-set overlap"):
         profile(model, tokens, top_k=TOP_K, block_size=BLOCK, similarity="mass", head_map=True, progress=False)
+
+
+def test_refine_similarity_matches_independent_recomputation(model, tokens):
+    """candidates=2: the share of each consumer's own top-k mass it keeps refining among its producer's 2 x top_k
+    blocks; at least what reuse of top_k blocks captures."""
+    reuse = profile(model, tokens, top_k=TOP_K, block_size=BLOCK, similarity="mass", progress=False)
+    prof = profile(model, tokens, top_k=TOP_K, block_size=BLOCK, similarity="mass", candidates=2, progress=False)
+    similarity, _ = independent_profile(model, tokens, mass=True, multiple=2)
+    np.testing.assert_allclose(prof.similarity, similarity, rtol=1e-5, atol=1e-9)
+    upper = np.triu_indices(NUM_LAYERS, 1)
+    assert np.all(prof.similarity[upper] >= reuse.similarity[upper] - 1e-12)
+    assert prof.metadata["candidates"] == 2 and np.allclose(prof.sensitivity, reuse.sensitivity)
+    with pytest.raises(ValueError, match="candidates=2 measures what a refining consumer keeps.*similarity='mass'"):
+        profile(model, tokens, top_k=TOP_K, block_size=BLOCK, candidates=2, progress=False)
+    with pytest.raises(ValueError, match="candidates must be an int >= 1, got 0"):
+        profile(model, tokens, top_k=TOP_K, block_size=BLOCK, similarity="mass", candidates=0, progress=False)
 
 
 def test_decode_steps_count_like_query_blocks(model, tokens):
