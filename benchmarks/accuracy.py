@@ -54,8 +54,9 @@ class Setup:
         self.prompts = make_prompts(["passkey", "multikey"], self.tokenizer, [length], samples, seed=0)
         self.prose = windows(self.tokenizer, "builtin:prose", length, 1, held_out=True)
         self.share = share
+        # These experiments (results of record) measure the plain method: consumers reuse their producer's blocks.
         self.selection = {"top_k": length // share, "block_size": 64, "sink_blocks": 1, "local_blocks": 2,
-                          "min_seq_len": length // 4}
+                          "min_seq_len": length // 4, "selection": "reuse"}
 
     def profile(self, source: str, similarity: str = "overlap", **selection):
         """Profile on 2 calibration windows of a built-in text, or on retrieval prompts of other seeds."""

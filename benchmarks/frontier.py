@@ -119,8 +119,9 @@ def accuracy(args: argparse.Namespace) -> None:
                                   dtype=torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
     num_layers = model.config.num_hidden_layers
     dense = args.dense_layers or max(1, num_layers // 4)
+    # Settings name what they change from the plain method (reuse).
     selection = {"top_k": args.top_k, "block_size": args.block_size, "sink_blocks": 1, "local_blocks": 2,
-                 "min_seq_len": args.length // 8}
+                 "min_seq_len": args.length // 8, "selection": "reuse"}
     texts = [full_windows([builtin_text(name)], block_size=64, seq_len=args.length, tokenizer=tokenizer)
              for name in ("builtin:prose", "builtin:code")]
     windows = [w for whole in texts for w in whole[-args.windows:]] if args.windows else []
@@ -131,7 +132,7 @@ def accuracy(args: argparse.Namespace) -> None:
         calibration = [texts[0][0], texts[1][0], tokenizer(retrieval.text, add_special_tokens=False)["input_ids"]]
         return profile(model, calibration, similarity="mass", candidates=candidates, progress=not args.no_progress,
                        description="first windows of builtin:prose and builtin:code, one passkey prompt (seed 1000)",
-                       **{k: v for k, v in selection.items() if k != "min_seq_len"})
+                       **{k: v for k, v in selection.items() if k not in ("min_seq_len", "selection")})
 
     tasks = args.tasks.split(",")
     prompts = make_prompts(tasks, tokenizer, [args.length], args.samples, seed=0, haystacks=("filler", "prose"))

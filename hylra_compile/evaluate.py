@@ -356,7 +356,7 @@ def evaluate(
     sink_blocks: int = 1,
     local_blocks: int = 2,
     min_seq_len: int = 1024,
-    selection: str = "reuse",
+    selection: str = HylraOptions.selection,
     candidates: int = DEFAULT_CANDIDATES,
     max_new_tokens: int = 32,
     metadata: Mapping[str, Any] | None = None,

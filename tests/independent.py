@@ -15,13 +15,16 @@ class IndependentHylra:
     Producers attend densely and pick, per (batch, KV head, query block), the first ``sink`` and last ``local``
     blocks holding an allowed key plus the blocks of largest softmax mass (summed over the head group and the
     block's queries), ties to the lower index. Consumers attend to the allowed keys in their producer's blocks;
-    a query with fewer than ``min_seq_len`` allowed keys attends densely.
+    a query with fewer than ``min_seq_len`` allowed keys attends densely. With ``candidates`` (refinement) a
+    producer picks ``candidates`` times ``n_select`` blocks, and a consumer picks ``n_select`` of them by the same
+    rule from its own softmax over the allowed keys of those blocks, then attends to its own pick.
     """
 
     name = "hylra_test_independent"
 
-    def __init__(self, policy: Policy, n_select: int, sink: int, local: int, min_seq_len: int, block: int = 8):
-        self.block = block
+    def __init__(self, policy: Policy, n_select: int, sink: int, local: int, min_seq_len: int, block: int = 8,
+                 candidates: int | None = None):
+        self.block, self.candidates = block, candidates
         self.policy, self.n_select, self.sink, self.local, self.min_seq_len = policy, n_select, sink, local, min_seq_len
         self.selected: dict[int, dict[tuple[int, int, int], set[int]]] = {}
         AttentionInterface.register(self.name, self)
@@ -39,6 +42,8 @@ class IndependentHylra:
         layer, mode = module.layer_idx, self.policy.modes[module.layer_idx]
         if mode == "consumer":
             chosen = self.selected[self.policy.sources[layer]]
+            if self.candidates is not None:
+                chosen = self._refine(query, key, allowed, chosen, scaling, G)
             for b in range(B):
                 for h in range(Hq):
                     for i in range(Sq):
@@ -50,11 +55,26 @@ class IndependentHylra:
         scores = (query.double() @ k.double().transpose(2, 3)) * scaling
         probs = torch.softmax(scores.masked_fill(~keep, float("-inf")), -1).nan_to_num(0.0)
         if mode == "producer":
-            self.selected[layer] = self._select(probs, allowed, G)
+            self.selected[layer] = self._select(probs, allowed, G, self.n_select * (self.candidates or 1))
         out = (probs @ v.double()).to(query.dtype)
         return out.transpose(1, 2).contiguous(), None
 
-    def _select(self, probs, allowed, G):
+    def _refine(self, query, key, allowed, offered, scaling, G):
+        """The consumer's own pick among the producer's ``offered`` blocks."""
+        B, Hq, Sq, Skv = query.shape[0], query.shape[1], query.shape[2], key.shape[2]
+        in_offered = torch.zeros(B, Hq // G, Sq, Skv, dtype=torch.bool)
+        for (b, h, r), blocks in offered.items():
+            for c in blocks:
+                in_offered[b, h, r * self.block : (r + 1) * self.block, c * self.block : (c + 1) * self.block] = True
+        own = allowed & in_offered  # [B, Hkv, Sq, Skv]
+        scores = (query.double() @ key.repeat_interleave(G, 1).double().transpose(2, 3)) * scaling
+        keep = own.repeat_interleave(G, 1)
+        probs = torch.softmax(scores.masked_fill(~keep, float("-inf")), -1).nan_to_num(0.0)
+        return self._select(probs, own, G, self.n_select)
+
+    def _select(self, probs, allowed, G, n_select):
+        """Per (b, KV head, query block): forced sink / local blocks among those with an allowed key (``allowed``
+        [B, 1 or Hkv, Sq, Skv]), then the blocks of most mass, ``n_select`` in all."""
         B, Hq, Sq, Skv = probs.shape
         chosen = {}
         for b in range(B):
@@ -64,10 +84,10 @@ class IndependentHylra:
                     candidates, mass = [], {}
                     for c in range(-(-Skv // self.block)):
                         cols = slice(c * self.block, (c + 1) * self.block)
-                        if allowed[b, 0, rows, cols].any():
+                        if allowed[b, h if allowed.shape[1] > 1 else 0, rows, cols].any():
                             candidates.append(c)
                             mass[c] = probs[b, h * G : (h + 1) * G, rows, cols].sum().item()
                     forced = set(candidates[: self.sink]) | set(candidates[len(candidates) - self.local :])
                     rest = sorted((c for c in candidates if c not in forced), key=lambda c: (-mass[c], c))
-                    chosen[(b, h, r)] = forced | set(rest[: self.n_select - len(forced)])
+                    chosen[(b, h, r)] = forced | set(rest[: n_select - len(forced)])
         return chosen

@@ -10,6 +10,7 @@ from transformers import CompileConfig, StaticCache
 import hylra_compile
 from hylra_compile import HylraBackend, Policy
 from hylra_compile.models import cache_argument
+from hylra_compile.options import DEFAULT_CANDIDATES, HylraOptions
 from tests.independent import IndependentHylra
 from tests.numerics import rel_err
 from tests.tiny_models import padded_batch, tiny_model
@@ -26,8 +27,11 @@ def fresh_dynamo():
     hylra_compile.reset_reports()
 
 
-def independent_model():
-    attention = IndependentHylra(POLICY, n_select=3, sink=1, local=1, min_seq_len=12, block=BLOCK)
+def independent_model(selection: str = HylraOptions.selection):
+    """The independent HyLRA of OPTIONS under ``selection`` (the backend's default unless given)."""
+    candidates = {"reuse": None, "refine": DEFAULT_CANDIDATES}[selection]
+    attention = IndependentHylra(POLICY, n_select=3, sink=1, local=1, min_seq_len=12, block=BLOCK,
+                                 candidates=candidates)
     return tiny_model("llama", attention.name, num_layers=4)
 
 
@@ -37,12 +41,13 @@ def same_generation(out, ref):
     assert max(rel_err(a, b) for a, b in zip(out.logits, ref.logits)) < 1e-4
 
 
-def test_generate_runs_prefill_and_decode_through_hylra():
+@pytest.mark.parametrize("selection", ["refine", "reuse"])
+def test_generate_runs_prefill_and_decode_through_hylra(selection):
     """Three prompt lengths (a padded batch of two) and 20 new tokens each: the same tokens and logits as the
     independent HyLRA, one prefill graph for every length and one decode graph for every step."""
     model, dense = tiny_model("llama", num_layers=4), tiny_model("llama", num_layers=4)
-    independent = independent_model()
-    compilation = hylra_compile.compile_for_generate(model, **OPTIONS)
+    independent = independent_model(selection)
+    compilation = hylra_compile.compile_for_generate(model, **OPTIONS, selection=selection)
     differs_from_dense = []
     # Longest first: generate() sizes the static cache for the first call and keeps it for shorter ones.
     for length in (41, 33, 20):

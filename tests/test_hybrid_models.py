@@ -17,6 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from hylra_compile import HylraBackend, Policy, optimize, profile
 from hylra_compile.cli import format_policy_table
+from hylra_compile.options import DEFAULT_CANDIDATES
 from tests.independent import IndependentHylra
 from tests.numerics import rel_err
 
@@ -93,7 +94,8 @@ def test_sliding_layers_within_top_k_are_left_as_written(family):
     global-only policy's consumer attends sparsely over its global producer's blocks, as HyLRA written independently
     does with the sliding layers full."""
     model = hybrid_model(family)
-    reference = IndependentHylra(GLOBAL_ONLY, n_select=3, sink=1, local=1, min_seq_len=0, block=BLOCK)
+    reference = IndependentHylra(GLOBAL_ONLY, n_select=3, sink=1, local=1, min_seq_len=0, block=BLOCK,
+                                candidates=DEFAULT_CANDIDATES)  # the backend's default selection, refine
     independent = hybrid_model(family, attn=reference.name)
     ids = torch.randint(3, 64, (1, 75))
     torch._dynamo.reset()
@@ -131,7 +133,8 @@ def test_same_kind_pairs_equal_independent_hylra(family):
     """A top_k below the window, on a sequence longer than it: the sliding consumer reuses the sliding producer's
     blocks, the global one the global producer's, as HyLRA written independently does."""
     model = hybrid_model(family, window=32)
-    reference = IndependentHylra(SAME_KIND, n_select=3, sink=1, local=1, min_seq_len=0, block=BLOCK)
+    reference = IndependentHylra(SAME_KIND, n_select=3, sink=1, local=1, min_seq_len=0, block=BLOCK,
+                                candidates=DEFAULT_CANDIDATES)
     independent = hybrid_model(family, attn=reference.name, window=32)
     ids = torch.randint(3, 64, (1, 75))
     torch._dynamo.reset()

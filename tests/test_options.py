@@ -54,14 +54,14 @@ def test_direct_construction_is_validated_too():
 
 
 def test_selection_defaults_and_settings():
-    """selection defaults to reuse with 4 candidates; only refine widens the producer's selection, by candidates;
+    """selection defaults to refine with 4 candidates; only refine widens the producer's selection, by candidates;
     a consumer's own selection (refine_blocks, oracle's topk_attention) always takes top_k."""
     opts = HylraOptions(top_k=256, block_size=64)
-    assert (opts.selection, opts.candidates) == ("reuse", 4) and SELECTIONS == ("reuse", "refine", "oracle")
+    assert (opts.selection, opts.candidates) == ("refine", 4) and SELECTIONS == ("reuse", "refine", "oracle")
     own = dict(block_size=64, n_select=4, sink_blocks=1, local_blocks=2)
-    assert opts.selection_settings() == own and opts.producer_settings() == own
+    assert opts.selection_settings() == own and opts.producer_settings() == {**own, "n_select": 16}
     for selection, candidates, producer_blocks in [("refine", 4, 16), ("refine", 3, 12), ("refine", 1, 4),
-                                                   ("oracle", 4, 4)]:
+                                                   ("oracle", 4, 4), ("reuse", 4, 4)]:
         opts = HylraOptions.parse({"top_k": 256, "block_size": 64, "selection": selection, "candidates": candidates})
         assert opts.selection_settings() == own
         assert opts.producer_settings() == {**own, "n_select": producer_blocks}
