@@ -17,8 +17,9 @@
   S_i captures: Σ_{c ∈ S_i} m_j(c) / Σ_{c ∈ S_j} m_j(c) (at most 1), where m_j(c) is layer j's softmax mass on block
   c (the producer's importance); it weights the few blocks that carry most of the attention instead of counting
   blocks. With ``candidates`` = c > 1 (what ``selection="refine"`` runs) S_i is layer i's top c·k blocks and the
-  numerator the mass of the k of them that hold most of m_j: the share a refining consumer keeps. The producer then runs as its reference implementation, which returns the importance (on CUDA that is
-  slower than the kernel).
+  numerator the mass of the k of them that hold most of m_j: the share a refining consumer keeps. The producer
+  then runs as its reference implementation, which returns the importance (on CUDA that is slower than the
+  kernel).
 * optionally ``head_overlap[i, j, g, h]``: the same overlap between KV head g of layer i and KV head h of layer j,
   whose argmax over g is :attr:`Profile.head_map`.
 
