@@ -17,8 +17,8 @@ cache to the longest of all its calls on the model so far, so a 512-token row af
 * ``inductor-graphs``: the dense model through :func:`hylra_compile.compile_for_generate` without a policy (the
   attention sites stay as written): Inductor for prefill and decode, decode replayed as CUDA graphs;
 * ``full`` / ``5of32`` / ``8of32``: :func:`hylra_compile.compile_for_generate` with ``Policy.full`` /
-  ``Policy.every(7)`` / ``Policy.every(4)`` (that many of 32 layers dense), prefill and decode rewritten, decode
-  replayed as CUDA graphs; ``5of32-refine`` / ``8of32-refine`` the same with ``selection="refine"`` (producers
+  ``Policy.every(7)`` / ``Policy.every(4)`` (that many of 32 layers dense; consumers reuse their producer's
+  blocks, ``selection="reuse"``), prefill and decode rewritten, decode replayed as CUDA graphs; ``5of32-refine`` / ``8of32-refine`` the same with ``selection="refine"`` (producers
   emit 4 x ``top_k`` candidates, each consumer keeps its own ``top_k`` of them).
 
 A logits processor stamps the time (after a synchronize) at each new token's logits: time to first token is the
@@ -76,11 +76,13 @@ import hylra_compile  # noqa: E402
 from hylra_compile import Policy  # noqa: E402
 from hylra_compile.generate import initialise_static_cache  # noqa: E402
 from hylra_compile.models import cache_argument  # noqa: E402
+from hylra_compile.options import DEFAULT_CANDIDATES  # noqa: E402
 
 POLICIES = {"full": Policy.full, "5of32": lambda layers: Policy.every(7, layers),
             "8of32": lambda layers: Policy.every(4, layers)}
 # "<policy>-refine": consumers keep the top_k of their producer's 4 x top_k candidates by their own attention mass.
-REFINED = {f"{name}-refine": name for name in ("5of32", "8of32")}
+REFINED = {f"{name}-refine": name for name in ("5of32", "8of32")}  # the others reuse their producer's blocks
+BLOCK_SIZE = 64
 VARIANTS = ("eager", "inductor", "inductor-graphs", *POLICIES, *REFINED)
 
 
@@ -194,10 +196,9 @@ def measure(model, variant: str, context: int, batch: int, args) -> dict:
     elif variant == "inductor-graphs":
         compilation = hylra_compile.compile_for_generate(model)
     else:
-        selection = {"selection": "refine"} if variant in REFINED else {}
         policy = POLICIES[REFINED.get(variant, variant)](model.config.num_hidden_layers)
-        compilation = hylra_compile.compile_for_generate(model, policy=policy, top_k=args.top_k, block_size=64,
-                                                         **selection)
+        compilation = hylra_compile.compile_for_generate(model, policy=policy, top_k=args.top_k, block_size=BLOCK_SIZE,
+                                                         selection="refine" if variant in REFINED else "reuse")
     counters["inductor"].clear()
     if args.prefill_chunk:
         settings["prefill_chunk_size"] = args.prefill_chunk
@@ -580,7 +581,8 @@ def main() -> None:
     meta = {"device": device, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
             "code": code, "run": args.run or datetime.datetime.now().isoformat(timespec="seconds"),
             "model": f"Llama-3-8B shapes, {args.layers} layers, random bf16 weights" if not args.small else "tiny",
-            "new_tokens": args.new_tokens, "top_k": args.top_k, "prefill_chunk": args.prefill_chunk,
+            "new_tokens": args.new_tokens, "top_k": args.top_k, "block_size": BLOCK_SIZE,
+            "candidates": DEFAULT_CANDIDATES, "prefill_chunk": args.prefill_chunk,
             "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", os.environ.get("PYTORCH_ALLOC_CONF"))}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"e2e-{device.replace(' ', '_')}.json"

@@ -50,6 +50,7 @@ from hylra_compile import Policy, optimize, profile
 from hylra_compile.corpora import builtin_text
 from hylra_compile.evaluate import DENSE, Setting, evaluate, same_within_intervals, task_of, wilson_interval
 from hylra_compile.models import load_model
+from hylra_compile.options import DEFAULT_CANDIDATES
 from hylra_compile.plots import SETTING_TERMS
 from hylra_compile.profiler import full_windows
 from hylra_compile.tasks import make_prompts
@@ -162,14 +163,19 @@ def speed_rows(folder: Path) -> list[dict]:
     return rows
 
 
-def speed_of(rows: list[dict], dense_share: float, top_k: int, selection: str) -> dict | None:
+def speed_of(rows: list[dict], dense_share: float, top_k: int, selection: str, block_size: int = 64,
+             candidates: int = DEFAULT_CANDIDATES) -> dict | None:
     """The speed of a setting with ``dense_share`` of its layers dense: the latest batch-1 rows of the nearest
-    ``<D>of32`` variant (``<D>of32-refine`` under ``selection="refine"``) at 32K and 128K, as ratios to the
-    ``eager`` (time to first token) and ``inductor`` (decode) rows of the same device and context, from the same
-    run where it has them. None for a selection the speed rows do not run (``oracle``)."""
+    ``<D>of32`` variant (``<D>of32-refine`` under ``selection="refine"``) at 32K and 128K with the same ``top_k``,
+    ``block_size`` (and ``candidates`` under refine), as ratios to the ``eager`` (time to first token) and
+    ``inductor`` (decode) rows of the same device and context, from the same run where it has them. None for a
+    selection the speed rows do not run (``oracle``). Rows from before bench_e2e recorded them ran block 64 and
+    4 candidates."""
     suffix = {"reuse": "", "refine": "-refine"}.get(selection)
     if suffix is None:
         return None
+    rows = [r for r in rows if r.get("block_size", 64) == block_size
+            and (selection != "refine" or r.get("candidates", DEFAULT_CANDIDATES) == candidates)]
     pattern = r"(\d+)of32" + re.escape(suffix)
     variants = {int(m.group(1)): m.group(0) for r in rows if (m := re.fullmatch(pattern, r["variant"]))}
     if not variants:
@@ -208,7 +214,8 @@ def frontier_rows(folder: Path) -> list[dict]:
         for r in results:
             if r["name"] == DENSE:
                 continue
-            options = {**{k: m[k] for k in ("top_k", "block_size", "selection")}, **r["options"]}
+            options = {**{k: m[k] for k in ("top_k", "block_size", "selection", "candidates") if k in m},
+                       **r["options"]}
             tasks = {t: (v["correct"], v["total"]) for t, v in r["retrieval"].items()}
             dense_tasks = {t: (v["correct"], v["total"]) for t, v in dense["retrieval"].items()}
             rows.append({
@@ -219,7 +226,8 @@ def frontier_rows(folder: Path) -> list[dict]:
                 "perplexity_change": r["perplexity"] / dense["perplexity"] - 1 if dense["perplexity"] else None,
                 "retrieval": tasks, "dense_retrieval": dense_tasks,
                 "retrieval_as_dense": all(same_within_intervals(tasks[t], dense_tasks[t]) for t in tasks),
-                "speed": speed_of(speed, r["full_layers"] / m["num_layers"], options["top_k"], options["selection"])
+                "speed": speed_of(speed, r["full_layers"] / m["num_layers"], options["top_k"], options["selection"],
+                                  options["block_size"], options.get("candidates", DEFAULT_CANDIDATES))
                 if r.get("phases", ["prefill", "decode"]) == ["prefill", "decode"] else None,
             })
     for row in rows:
@@ -274,8 +282,9 @@ def table(folder: Path) -> None:
             if s is None:
                 why = ("a phase diagnostic" if r["phases"] != ["prefill", "decode"] else
                        "a measurement: each consumer runs a dense pass" if r["selection"] == "oracle" else
-                       f"no bench_e2e row of a -refine variant at top_k {r['top_k']}" if r["selection"] == "refine"
-                       else f"no bench_e2e row at top_k {r['top_k']}")
+                       f"no bench_e2e row of a -refine variant at top_k {r['top_k']}, block {r['block_size']}, "
+                       f"{r.get('candidates', DEFAULT_CANDIDATES)} candidates" if r["selection"] == "refine"
+                       else f"no bench_e2e row at top_k {r['top_k']}, block {r['block_size']}")
                 speed = [f"not measured ({why})", ""]
             else:
                 speed = [" · ".join(f"{s[k]:.1f}×" if k in s else "-" for k in ("decode_speedup_32K",

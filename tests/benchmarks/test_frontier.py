@@ -106,3 +106,9 @@ def test_refine_settings_join_the_refine_variant_with_ratios_of_its_own_device(f
     assert speed["decode_speedup_32K"] == pytest.approx(20.0 / 5.0)
     assert speed["ttft_ratio_32K"] == pytest.approx(1.1 / 2.2)
     assert rows["every:4"]["speed"]["variant"] == "8of32"  # reuse settings never take a -refine row
+    # Nor a setting of another block size or candidate count: those rows ran block 64 and 4 candidates.
+    speed = json.loads(next(tmp_path.glob("e2e-*.json")).read_text())
+    assert frontier.speed_of(speed, 0.25, 2048, "refine")["variant"] == "8of32-refine"
+    assert frontier.speed_of(speed, 0.25, 2048, "refine", block_size=32) is None
+    assert frontier.speed_of(speed, 0.25, 2048, "refine", candidates=8) is None
+    assert frontier.speed_of(speed, 0.25, 2048, "reuse", candidates=8)["variant"] == "8of32"
