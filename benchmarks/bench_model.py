@@ -158,7 +158,9 @@ def main() -> None:
     def runner(compiled):
         return lambda: compiled(step_ids, **cache_kwargs, cache_position=position).logits.float()
 
-    hylra = HylraBackend(policy=Policy.every(args.every, args.layers), top_k=args.top_k, block_size=64)
+    # The plain method, as in the committed results (selection="refine", the default, is bench_e2e's -refine rows).
+    hylra = HylraBackend(policy=Policy.every(args.every, args.layers), top_k=args.top_k, block_size=64,
+                         selection="reuse")
     dense_us, dense_graph_us, dense_logits = time_decode(
         runner(torch.compile(model, backend="inductor")), restore, 3, args.iters, device
     )
