@@ -332,9 +332,9 @@ def _text_scores(model, window: Tensor, handler: PolicyAttention, start: int) ->
 
 
 def _row_chunks(x: Tensor, elements: int = 1 << 27) -> list[slice]:
-    """Slices of ``x``'s first dimension holding about ``elements`` elements each."""
+    """Slices of ``x``'s first dimension holding about ``elements`` elements each (one empty slice for no rows)."""
     step = max(1, elements // max(1, x[0].numel())) if x.shape[0] else 1
-    return [slice(i, i + step) for i in range(0, x.shape[0], step)]
+    return [slice(i, i + step) for i in range(0, x.shape[0], step)] or [slice(0, 0)]
 
 
 def kl_divergence(dense_logp: Tensor, logp: Tensor) -> Tensor:

@@ -221,6 +221,7 @@ def test_kl_divergence_a_few_rows_at_a_time(monkeypatch):
     dense, other = (torch.log_softmax(torch.randn(7, 2, 11, generator=g), -1) for _ in range(2))
     want = (dense.exp() * (dense - other)).sum(-1)
     assert torch.allclose(kl_divergence(dense, other), want)
+    assert kl_divergence(dense[:0], other[:0]).shape == (0, 2)
     assert [s.indices(7) for s in E._row_chunks(dense, elements=44)] == [(0, 2, 1), (2, 4, 1), (4, 6, 1), (6, 7, 1)]
     monkeypatch.setattr(E, "_row_chunks", lambda x: [slice(i, i + 1) for i in range(x.shape[0])])
     assert torch.allclose(kl_divergence(dense, other), want) and (want >= 0).all()
