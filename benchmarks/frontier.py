@@ -87,6 +87,12 @@ def settings_of(group: str, num_layers: int, dense: int, get_profile, only=None,
         if not only or refine_profiled in only:
             settings[refine_profiled] = Setting(optimize(get_profile(candidates=4), budget=dense),
                                                 {"selection": "refine"})
+        # Head-mapped reuse (Kascade): each consumer KV head reads the producer KV head holding most of its mass.
+        if not only or f"budget:{dense} heads" in only:
+            settings[f"budget:{dense} heads"] = Setting(optimize(get_profile(), budget=dense, map_heads=True))
+        if not only or f"budget:{dense}r refine heads" in only:
+            settings[f"budget:{dense}r refine heads"] = Setting(
+                optimize(get_profile(candidates=4), budget=dense, map_heads=True), {"selection": "refine"})
         return settings
     if group == "blocks":  # granularity at the same token budget: top_k, sink and local tokens kept as at block 64
         options = {}
@@ -131,7 +137,8 @@ def accuracy(args: argparse.Namespace) -> None:
     def get_profile(candidates: int = 1):
         retrieval = make_prompts(["passkey"], tokenizer, [args.length], 1, seed=1000, haystacks=("prose",))[0]
         calibration = [texts[0][0], texts[1][0], tokenizer(retrieval.text, add_special_tokens=False)["input_ids"]]
-        return profile(model, calibration, similarity="mass", candidates=candidates, progress=not args.no_progress,
+        return profile(model, calibration, similarity="mass", candidates=candidates, head_map=True,
+                       progress=not args.no_progress,
                        description="first windows of builtin:prose and builtin:code, one passkey prompt (seed 1000)",
                        **{k: v for k, v in selection.items() if k not in ("min_seq_len", "selection")})
 

@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--decode-steps", type=int, default=0,
                       help="greedy decode steps measured after each prefill (default 0: prefill only)")
     prof.add_argument("--head-map", action="store_true", help="also record the cross-head overlap in --profile-out")
+    prof.add_argument("--map-heads", action="store_true",
+                      help="head-mapped reuse: each consumer KV head reads the producer KV head that overlaps it "
+                           "most (records the head map; the policy carries it)")
     _add_similarity_argument(prof)
     prof.add_argument("--candidates", type=_positive_int, default=1,
                       help="profile for selection='refine' with this many times top_k candidates per producer: the "
@@ -279,7 +282,7 @@ def _profile(args: argparse.Namespace) -> int:
         local_blocks=args.local_blocks,
         seq_len=args.seq_len,
         tokenizer=tokenizer,
-        head_map=args.head_map,
+        head_map=args.head_map or args.map_heads,
         similarity=args.similarity,
         candidates=args.candidates,
         decode_steps=args.decode_steps,
@@ -289,7 +292,7 @@ def _profile(args: argparse.Namespace) -> int:
     if args.profile_out:
         prof.save(args.profile_out)
     policy = optimize(prof, theta=args.theta, max_rnmse=args.max_rnmse, budget=args.budget,
-                      keep_sensitive=args.keep_sensitive)
+                      keep_sensitive=args.keep_sensitive, map_heads=args.map_heads)
     policy.save(args.out)
     print(format_policy_table(policy))
     print(f"wrote {args.out}")
@@ -480,7 +483,9 @@ def format_policy_table(policy: Policy) -> str:
     for layer, (mode, source) in enumerate(zip(policy.modes, policy.sources)):
         sim = f"{similarity[source][layer]:.4f}" if similarity is not None and source is not None else "-"
         sens = f"{sensitivity[layer]:.4f}" if sensitivity is not None else "-"
-        rows.append(f"{layer:>5}  {mode:<8}  {'-' if source is None else source:>6}  {sim:>10}  {sens:>11}")
+        heads = policy.heads[layer]
+        rows.append(f"{layer:>5}  {mode:<8}  {'-' if source is None else source:>6}  {sim:>10}  {sens:>11}"
+                    + (f"  reads heads {heads}" if heads is not None else ""))
     count = {mode: policy.modes.count(mode) for mode in ("full", "producer", "consumer")}
     rows.append(f"{policy.num_layers} layers: {count['full'] + count['producer']} full-attention ({count['full']} dense, "
                 f"{count['producer']} producer), {count['consumer']} consumer; num_kv_heads={policy.num_kv_heads}")

@@ -46,6 +46,7 @@ def optimize(
     max_rnmse: float | None = None,
     budget: int | None = None,
     keep_sensitive: int = 0,
+    map_heads: bool = False,
 ) -> Policy:
     """The optimal policy in the space of the module docstring.
 
@@ -61,14 +62,23 @@ def optimize(
     The policy's provenance records the parameters, the governed layers (``governed_layers``; its
     ``num_dense_layers`` counts those with full attention), the profile's metadata and its matrices, and, when the
     profile has a head map, ``head_map[j]``: for each KV head of consumer j, the best-overlapping KV head of its
-    source (informative; the backend pairs equal heads).
+    source. ``map_heads=True`` (needs a profile with ``head_map=True``) makes that map the policy's
+    (:attr:`Policy.heads`: each consumer KV head reads its best producer head, Kascade's head-mapped reuse) and the
+    DP's similarity the mapped one, the mean over consumer heads h of max over producer heads g of
+    ``head_overlap[i, j, g, h]``; otherwise equal heads are paired and the map is informative.
     """
     if not isinstance(profile, Profile):
         raise ValueError(f"optimize needs a hylra_compile.Profile, got {type(profile).__name__}")
     num_layers = profile.num_layers
     governed = profile.governed_layers
+    if not isinstance(map_heads, bool):
+        raise ValueError(f"map_heads must be True or False, got {map_heads!r}")
+    if map_heads and profile.head_overlap is None:
+        raise ValueError("map_heads=True needs a profile with a head map (profile(..., head_map=True), "
+                         "hylra profile --head-map)")
+    mapped = profile.head_overlap.max(axis=2).mean(-1) if map_heads else profile.similarity
     # The DP sees the governed layers only, numbered 0..len(governed) - 1; its result is mapped back below.
-    similarity = profile.similarity[np.ix_(governed, governed)]
+    similarity = mapped[np.ix_(governed, governed)]
     sensitivity = profile.sensitivity[governed]
     num_governed = len(governed)
     if budget is None:
@@ -113,12 +123,14 @@ def optimize(
         "max_rnmse": max_rnmse,
         "keep_sensitive": keep_sensitive,
         "budget": budget,
+        "map_heads": map_heads,
         **{key: profile.metadata.get(key) for key in ("top_k", "block_size", "sink_blocks", "local_blocks",
-                                                       "similarity", "candidates", "calibration", "model")},
+                                                       "candidates", "calibration", "model")},
+        "similarity_measure": profile.metadata.get("similarity"),  # overlap or mass ("similarity": the matrix)
         "governed_layers": governed,
         "num_dense_layers": sum(mode != "consumer" for mode in governed_modes),
         "summed_similarity": total,
-        "similarity": profile.similarity.tolist(),
+        "similarity": mapped.tolist(),  # what the DP maximised
         "sensitivity": profile.sensitivity.tolist(),
     }
     if profile.head_map is not None:
@@ -126,7 +138,10 @@ def optimize(
         provenance["head_map"] = [
             None if source is None else profile.head_map[source, j].tolist() for j, source in enumerate(sources)
         ]
-    return Policy.from_modes(modes, sources, num_kv_heads=profile.num_kv_heads, provenance=provenance)
+    heads = None
+    if map_heads:
+        heads = [None if source is None else profile.head_map[source, j].tolist() for j, source in enumerate(sources)]
+    return Policy.from_modes(modes, sources, num_kv_heads=profile.num_kv_heads, provenance=provenance, heads=heads)
 
 
 def _solve(

@@ -18,6 +18,9 @@ class Policy:
 
     ``full``: dense attention, emits nothing. ``producer``: dense attention that also emits its top-k KV-block
     indices. ``consumer``: sparse attention over the indices of ``sources[layer]``, an earlier producer.
+    ``heads`` (optional, per layer): a consumer's head map, for each of its KV heads the KV head of its producer
+    whose selection it reads (Kascade's head-mapped reuse; :func:`hylra_compile.optimize` takes it from a profile
+    with ``head_map=True``); None pairs equal heads.
     ``num_kv_heads`` (optional) and the number of layers identify the model the policy was made for;
     ``provenance`` records how it was made (the optimiser's parameters, the profile's matrices).
     """
@@ -29,9 +32,11 @@ class Policy:
         *,
         num_kv_heads: int | None = None,
         provenance: dict[str, Any] | None = None,
+        heads: Sequence[Sequence[int] | None] | None = None,
     ):
         self.modes = list(modes)
         self.sources = list(sources)
+        self.heads = list(heads) if heads is not None else [None] * len(self.modes)
         self.num_kv_heads = num_kv_heads
         self.provenance = dict(provenance or {})
         self._validate()
@@ -67,6 +72,7 @@ class Policy:
         *,
         num_kv_heads: int | None = None,
         provenance: dict[str, Any] | None = None,
+        heads: Sequence[Sequence[int] | None] | None = None,
     ) -> "Policy":
         """Build from a list of modes; a consumer's source defaults to the nearest earlier producer."""
         modes = list(modes)
@@ -81,7 +87,7 @@ class Policy:
                 if mode == "consumer" and last_producer is None:
                     raise ValueError(f"layer {layer} is a consumer but no earlier layer is a producer")
                 sources.append(last_producer if mode == "consumer" else None)
-        return cls(modes, sources, num_kv_heads=num_kv_heads, provenance=provenance)
+        return cls(modes, sources, num_kv_heads=num_kv_heads, provenance=provenance, heads=heads)
 
     # -- persistence --------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -90,7 +96,8 @@ class Policy:
             "version": VERSION,
             "num_layers": self.num_layers,
             "num_kv_heads": self.num_kv_heads,
-            "layers": [{"mode": m, "source": s} for m, s in zip(self.modes, self.sources)],
+            "layers": [{"mode": m, "source": s, **({} if h is None else {"heads": h})}
+                       for m, s, h in zip(self.modes, self.sources, self.heads)],
             "provenance": self.provenance,
         }
 
@@ -113,6 +120,7 @@ class Policy:
             [entry["source"] for entry in layers],
             num_kv_heads=data.get("num_kv_heads"),
             provenance=data.get("provenance"),
+            heads=[entry.get("heads") for entry in layers],
         )
 
     def save(self, path: str | Path) -> None:
@@ -182,6 +190,22 @@ class Policy:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Policy) and self.to_dict() == other.to_dict()
 
+    def heads_of(self, layer: int, num_kv_heads: int, tp_size: int = 1, rank: int = 0) -> tuple[list[int] | None, str | None]:
+        """(map, why not) of a consumer's head map on a graph holding ``num_kv_heads`` KV heads, rank ``rank`` of
+        ``tp_size`` tensor-parallel ranks (each holds its contiguous share of the heads): the map in the graph's own
+        head numbering, None for equal heads (no map, an identity map, or one that crosses ranks: the second value
+        then says why)."""
+        heads = self.heads[layer]
+        if heads is None:
+            return None, None
+        first = rank * num_kv_heads
+        own = heads[first:first + num_kv_heads]
+        if any(not first <= h < first + num_kv_heads for h in own):
+            return None, (f"its head map {heads} reads KV heads of another tensor-parallel rank (this rank holds "
+                          f"heads {first}..{first + num_kv_heads - 1}); equal heads paired")
+        local = [h - first for h in own]
+        return (None if local == list(range(num_kv_heads)) else local), None
+
     def __repr__(self) -> str:
         codes = "".join({"full": "F", "producer": "P", "consumer": "c"}[m] for m in self.modes)
         return f"Policy({codes!r}, num_layers={self.num_layers})"
@@ -206,6 +230,26 @@ class Policy:
                 )
         if self.num_kv_heads is not None and (not isinstance(self.num_kv_heads, int) or self.num_kv_heads < 1):
             raise ValueError(f"num_kv_heads must be a positive int or None, got {self.num_kv_heads!r}")
+        if len(self.heads) != len(self.modes):
+            raise ValueError(f"policy has {len(self.modes)} modes but {len(self.heads)} head maps")
+        for layer, (mode, heads) in enumerate(zip(self.modes, self.heads)):
+            if heads is None:
+                continue
+            if not isinstance(heads, (list, tuple)):
+                raise ValueError(f"layer {layer}: a head map is a list of KV heads or None, got {heads!r}")
+            self.heads[layer] = heads = list(heads)
+            if mode != "consumer":
+                raise ValueError(f"layer {layer} is {mode!r} and cannot have a head map (only consumers read one)")
+            count = self.num_kv_heads
+            if count is None:
+                raise ValueError(f"layer {layer} has a head map but the policy does not say num_kv_heads")
+            if len(heads) != count or not all(_is_index(h, count) for h in heads):
+                raise ValueError(f"layer {layer}: a head map lists one KV head in [0, {count}) for each of the "
+                                 f"{count} KV heads, got {heads!r}")
+
+
+def _is_index(value: Any, count: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < count
 
 
 def _check_num_layers(num_layers: int) -> None:

@@ -20,8 +20,8 @@
   numerator the mass of the k of them that hold most of m_j: the share a refining consumer keeps. The producer
   then runs as its reference implementation, which returns the importance (on CUDA that is slower than the
   kernel).
-* optionally ``head_overlap[i, j, g, h]``: the same overlap between KV head g of layer i and KV head h of layer j,
-  whose argmax over g is :attr:`Profile.head_map`.
+* optionally ``head_overlap[i, j, g, h]``: the same similarity (overlap or mass) between KV head g of layer i and
+  KV head h of layer j, whose argmax over g is :attr:`Profile.head_map`.
 
 The model's own forward stays dense (each layer returns the producer's dense output), so every layer is measured
 on the dense model's activations. The ops stream over query blocks; no Sq × Skv matrix is materialised.
@@ -339,19 +339,23 @@ class _Recorder:
             counted = weight.sum((0, 2))
             self.blocks_counted[j] = self.blocks_counted.get(j, 0) + counted
             for i in range(j):
-                if self.head_map:
+                if self.mass:
+                    # [B, H, R, n_kb], or [B, H_i, H_j, R, n_kb] with every producer head against every consumer head
+                    in_candidates = (mass[:, None] * membership[i][:, :, None, ..., :n_kb] if self.head_map
+                                     else mass * membership[i][..., :n_kb])
+                    kept = min(self.n_select, n_kb)  # a refining consumer keeps the n_select that hold most
+                    captured = (in_candidates if self.candidates == 1
+                                else in_candidates.topk(kept, dim=-1).values).sum(-1)
+                    share = (captured / own_mass[:, None] if self.head_map else captured / own_mass).clamp(max=1.0)
+                    overlap = (share * weight[:, None] if self.head_map else share * weight).sum(
+                        (0, 3) if self.head_map else (0, 2))  # [H_i, H_j] or [H]
+                elif self.head_map:
                     # [B, H_i, H_j, R, n_sel]: every producer head against every consumer head.
                     B, H, R, n_sel = index[j].shape
                     hits = membership[i][:, :, None].expand(B, H, H, R, n_kb + 1).gather(
                         -1, index[j][:, None].expand(B, H, H, R, n_sel)
                     ).sum(-1)
                     overlap = (hits / size[:, None] * weight[:, None]).sum((0, 3))  # [H_i, H_j]
-                elif self.mass:
-                    in_candidates = mass * membership[i][..., :n_kb]
-                    kept = min(self.n_select, n_kb)  # a refining consumer keeps the n_select that hold most
-                    captured = (in_candidates if self.candidates == 1
-                                else in_candidates.topk(kept, dim=-1).values).sum(-1)
-                    overlap = ((captured / own_mass).clamp(max=1.0) * weight).sum((0, 2))  # [H]
                 else:
                     hits = membership[i].gather(-1, index[j]).sum(-1)
                     overlap = (hits / size * weight).sum((0, 2))  # [H]
@@ -434,7 +438,7 @@ def profile(
     Each sample (see :func:`calibration_samples` for ``seq_len`` and ``tokenizer``) runs as one prefill forward
     pass of batch 1 under ``torch.no_grad``, on the model's device. ``top_k``, ``block_size``, ``sink_blocks`` and
     ``local_blocks`` mean what the backend options of the same names mean, so profile with the values you will
-    compile with. ``head_map=True`` also records the cross-head overlap (costs H² gathers per layer pair).
+    compile with. ``head_map=True`` also records the cross-head similarity (costs H² gathers per layer pair).
     ``similarity``: ``"overlap"`` (block-set overlap) or ``"mass"`` (captured attention mass), see the module
     docstring. ``candidates``: the multiple of ``top_k`` a producer selects, as the backend option of that name
     under ``selection="refine"`` (the similarity is then what a refining consumer keeps; needs ``"mass"``).
@@ -467,8 +471,6 @@ def profile(
     if candidates > 1 and similarity != "mass":
         raise ValueError(f"candidates={candidates} measures what a refining consumer keeps of its producer's "
                          "candidates by its own attention mass; it needs similarity='mass'")
-    if similarity == "mass" and head_map:
-        raise ValueError("head_map=True records block-set overlap per head pair; it needs similarity='overlap'")
     if not isinstance(decode_steps, int) or isinstance(decode_steps, bool) or decode_steps < 0:
         raise ValueError(f"decode_steps must be an int >= 0, got {decode_steps!r}")
     forward_passes = len(samples) * (1 + decode_steps)

@@ -13,7 +13,7 @@ _COLORS = {"producer": "lightblue", "consumer": "palegreen", "dense": "lightgray
 class SiteReport:
     """One attention call of a graph: its layer (None when it has none), kind (``sdpa`` / ``eager``), action
     (``producer`` / ``consumer`` / ``dense``), the hylra op now computing it (None: left as written), the producer
-    layer of a consumer, why it is dense, and notes."""
+    layer of a consumer and its head map (None: equal heads), why it is dense, and notes."""
 
     layer: int | None
     kind: str
@@ -22,6 +22,14 @@ class SiteReport:
     source: int | None = None
     reason: str | None = None
     notes: tuple[str, ...] = ()
+    heads: tuple[int, ...] | None = None
+
+    @property
+    def source_text(self) -> str:
+        """The producer layer, with the head map when there is one: ``5 heads [1, 0]``."""
+        if self.source is None:
+            return ""
+        return str(self.source) + ("" if self.heads is None else f" heads {list(self.heads)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +44,8 @@ class GraphReport:
     def from_phases(cls, name: str, matches, decisions, selection: str = "reuse") -> "GraphReport":
         """The report of ``find_attention``'s matches and ``decide``'s decisions (same order)."""
         return cls(name, tuple(
-            SiteReport(m.layer, m.kind, d.action, d.op, d.source, d.reason, m.notes) for m, d in zip(matches, decisions)
+            SiteReport(m.layer, m.kind, d.action, d.op, d.source, d.reason, m.notes, d.heads)
+            for m, d in zip(matches, decisions)
         ), selection)
 
     def counts(self) -> dict[str, int]:
@@ -55,14 +64,16 @@ class GraphReport:
         for site in self.sites:
             label = f"layer {site.layer}\\n{site.kind}: {site.action}"
             graph.add_node(f"layer{site.layer}", label=label, style="filled", fillcolor=_COLORS[site.action])
-        for producer, consumer in self.edges():
-            graph.add_edge(f"layer{producer}", f"layer{consumer}", label="block_idx")
+        for site in self.sites:
+            if site.action == "consumer":
+                label = "block_idx" + ("" if site.heads is None else f" heads {list(site.heads)}")
+                graph.add_edge(f"layer{site.source}", f"layer{site.layer}", label=label)
         return graph
 
     def _rows(self) -> list[tuple[str, ...]]:
         return [
-            ("?" if s.layer is None else str(s.layer), s.kind, s.action, s.op or "",
-             "" if s.source is None else str(s.source), "; ".join(([s.reason] if s.reason else []) + list(s.notes)))
+            ("?" if s.layer is None else str(s.layer), s.kind, s.action, s.op or "", s.source_text,
+             "; ".join(([s.reason] if s.reason else []) + list(s.notes)))
             for s in self.sites
         ]
 

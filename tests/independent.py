@@ -17,7 +17,9 @@ class IndependentHylra:
     block's queries), ties to the lower index. Consumers attend to the allowed keys in their producer's blocks;
     a query with fewer than ``min_seq_len`` allowed keys attends densely. With ``candidates`` (refinement) a
     producer picks ``candidates`` times ``n_select`` blocks, and a consumer picks ``n_select`` of them by the same
-    rule from its own softmax over the allowed keys of those blocks, then attends to its own pick.
+    rule from its own softmax over the allowed keys of those blocks, then attends to its own pick. A consumer with a
+    head map (``policy.heads[layer]``) takes, for its KV head h, what its producer picked for KV head
+    ``heads[h]``.
     """
 
     name = "hylra_test_independent"
@@ -42,6 +44,9 @@ class IndependentHylra:
         layer, mode = module.layer_idx, self.policy.modes[module.layer_idx]
         if mode == "consumer":
             chosen = self.selected[self.policy.sources[layer]]
+            heads = self.policy.heads[layer]
+            if heads is not None:
+                chosen = {(b, h, r): chosen[b, heads[h], r] for b, h, r in chosen}
             if self.candidates is not None:
                 chosen = self._refine(query, key, allowed, chosen, scaling, G)
             for b in range(B):

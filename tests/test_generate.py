@@ -27,10 +27,10 @@ def fresh_dynamo():
     hylra_compile.reset_reports()
 
 
-def independent_model(selection: str = HylraOptions.selection):
+def independent_model(selection: str = HylraOptions.selection, policy: Policy = POLICY):
     """The independent HyLRA of OPTIONS under ``selection`` (the backend's default unless given)."""
     candidates = {"reuse": None, "refine": DEFAULT_CANDIDATES}[selection]
-    attention = IndependentHylra(POLICY, n_select=3, sink=1, local=1, min_seq_len=12, block=BLOCK,
+    attention = IndependentHylra(policy, n_select=3, sink=1, local=1, min_seq_len=12, block=BLOCK,
                                  candidates=candidates)
     return tiny_model("llama", attention.name, num_layers=4)
 
@@ -63,6 +63,27 @@ def test_generate_runs_prefill_and_decode_through_hylra(selection):
     for report in reports:
         assert [(s.action, s.source) for s in report.sites] == [
             ("producer", None), ("consumer", 0), ("producer", None), ("consumer", 2)]
+
+
+@pytest.mark.parametrize("selection", ["refine", "reuse"])
+def test_head_mapped_reuse(selection):
+    """A policy whose consumers read other KV heads of their producer (layer 1 swaps the two, layer 3 reads head 1
+    twice): the same tokens and logits as the independent HyLRA with that head map, and not those of equal
+    heads."""
+    mapped = Policy(POLICY.modes, POLICY.sources, num_kv_heads=2, heads=[None, [1, 0], None, [1, 1]])
+    model = tiny_model("llama", num_layers=4)
+    compilation = hylra_compile.compile_for_generate(model, **{**OPTIONS, "policy": mapped}, selection=selection,
+                                                     inductor=False)
+    ids, mask = padded_batch(41, pads=(0, 3))
+    out = model.generate(ids, attention_mask=mask, cache_implementation="static", **GREEDY)
+    same_generation(out, independent_model(selection, mapped).generate(
+        ids, attention_mask=mask, cache_implementation="static", **GREEDY))
+    equal_heads = independent_model(selection).generate(ids, attention_mask=mask, cache_implementation="static",
+                                                        **GREEDY)
+    assert rel_err(out.logits[-1], equal_heads.logits[-1]) > 1e-3
+    for report in compilation.reports():
+        assert [s.heads for s in report.sites] == [None, (1, 0), None, (1, 1)]
+        assert "0 heads [1, 0]" in str(report)
 
 
 def test_chunked_prefill_stopping_and_restore():

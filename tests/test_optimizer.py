@@ -154,6 +154,28 @@ def test_provenance_and_model_identity_survive_save_and_load(tmp_path):
         loaded.check_model(3, 4)
 
 
+def test_map_heads_takes_the_profiles_head_map_and_its_similarity():
+    """With map_heads the DP maximises the mapped similarity (each consumer head's best producer head) and the
+    policy carries the map: here head-mapped reuse of layer 0 beats equal-head reuse of layer 1."""
+    L, H = 3, 2
+    head_overlap = np.zeros((L, L, H, H))
+    head_overlap[0, 1] = head_overlap[0, 2] = [[0.2, 0.9], [0.9, 0.2]]  # layer 0's heads swapped
+    head_overlap[1, 2] = [[0.6, 0.1], [0.1, 0.6]]
+    similarity = np.diagonal(head_overlap, axis1=2, axis2=3).mean(-1)
+    prof = Profile(similarity, [0.1, 0.1, 0.1], head_overlap=head_overlap, metadata={"num_kv_heads": H})
+    plain = optimize(prof, budget=2)
+    assert plain.sources == [None, None, 1] and plain.heads == [None, None, None]
+    mapped = optimize(prof, budget=2, map_heads=True)
+    assert mapped.modes[0] == "producer" and 0 in mapped.sources
+    assert all(h == [1, 0] for h, s in zip(mapped.heads, mapped.sources) if s == 0)
+    assert mapped.provenance["map_heads"] is True and mapped.provenance["summed_similarity"] == pytest.approx(0.9)
+    assert mapped.provenance["similarity"][0][2] == pytest.approx(0.9)
+    every = optimize(prof, budget=1, map_heads=True)
+    assert every.heads == [None, [1, 0], [1, 0]] and every.provenance["summed_similarity"] == pytest.approx(1.8)
+    with pytest.raises(ValueError, match="map_heads=True needs a profile with a head map"):
+        optimize(Profile(similarity, [0.1, 0.1, 0.1]), budget=2, map_heads=True)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

@@ -48,6 +48,38 @@ def test_save_load_roundtrip(tmp_path):
     assert Policy.load(tmp_path / "p.json") == policy
 
 
+def test_head_maps_survive_save_and_load_and_are_checked(tmp_path):
+    policy = Policy(["producer", "consumer", "consumer"], [None, 0, 0], num_kv_heads=2, heads=[None, (1, 0), None])
+    assert policy.heads == [None, [1, 0], None]
+    policy.save(tmp_path / "p.json")
+    layers = json.loads((tmp_path / "p.json").read_text())["layers"]
+    assert layers[1] == {"mode": "consumer", "source": 0, "heads": [1, 0]} and "heads" not in layers[2]
+    assert Policy.load(tmp_path / "p.json") == policy
+    modes, sources = ["producer", "consumer"], [None, 0]
+    for heads, kv_heads, message in [
+        ([[0, 1], None], 2, "layer 0 is 'producer' and cannot have a head map"),
+        ([None, [0, 2]], 2, r"layer 1: a head map lists one KV head in \[0, 2\) for each of the 2 KV heads"),
+        ([None, [0]], 2, r"for each of the 2 KV heads, got \[0\]"),
+        ([None, [0, 1]], None, "has a head map but the policy does not say num_kv_heads"),
+        ([None, "01"], 2, "a head map is a list of KV heads or None"),
+        ([None], 2, "2 modes but 1 head maps"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            Policy(modes, sources, num_kv_heads=kv_heads, heads=heads)
+
+
+def test_heads_of_a_consumer_in_a_graphs_own_head_numbering():
+    policy = Policy(["producer", "consumer", "consumer"], [None, 0, 0], num_kv_heads=4,
+                    heads=[None, [1, 0, 3, 3], [0, 1, 2, 3]])
+    assert policy.heads_of(1, 4) == ([1, 0, 3, 3], None)
+    assert policy.heads_of(2, 4) == (None, None)  # the identity: equal heads
+    assert policy.heads_of(0, 4) == (None, None)
+    assert policy.heads_of(1, 2, tp_size=2, rank=0) == ([1, 0], None)
+    assert policy.heads_of(1, 2, tp_size=2, rank=1) == ([1, 1], None)
+    heads, why = policy.heads_of(1, 1, tp_size=4, rank=1)
+    assert heads is None and why.startswith("its head map [1, 0, 3, 3] reads KV heads of another tensor-parallel rank")
+
+
 @pytest.mark.parametrize(
     "modes,sources,message",
     [

@@ -83,9 +83,10 @@ def independent_profile(model, samples, decode_steps=0, mass=False, multiple=1):
     """Similarity and sensitivity from the definitions, with Python sets and explicit loops (``mass``: the captured
     share of the consumer's own top-k mass, from the producer's importance, instead of the block overlap;
     ``multiple``: the producer selects that many times top_k blocks and the consumer keeps the top_k of them that
-    hold most of its mass)."""
+    hold most of its mass). Returns (similarity, sensitivity, head similarity [L, L, H_i, H_j]: producer head g of
+    layer i against consumer head h of layer j)."""
     num_layers, n_select = model.config.num_hidden_layers, math.ceil(TOP_K / BLOCK)
-    overlaps = {}  # (i, j, h) -> list of per-query-block overlaps
+    overlaps = {}  # (i, j, g, h) -> list of per-query-block overlaps of producer head g and consumer head h
     error_sq, dense_sq = np.zeros(num_layers), np.zeros(num_layers)
     for tokens in samples:
         for captured in capture_attention(model, tokens, decode_steps):
@@ -115,46 +116,52 @@ def independent_profile(model, samples, decode_steps=0, mass=False, multiple=1):
                         offered = {int(c) for c in produced[0, h, r] if c >= 0}
                         sets[layer, h, r] = (chosen, candidates > n_select, importance[0, h, r].tolist(), offered)
             for (j, h, r), (chosen_j, counts, mass_j, _) in sets.items():
-                for i in range(j):
+                for i, g in ((i, g) for i in range(j) for g in range(2)):
                     if counts and mass:
-                        kept = sorted((mass_j[c] for c in sets[i, h, r][3]), reverse=True)[:n_select]
+                        kept = sorted((mass_j[c] for c in sets[i, g, r][3]), reverse=True)[:n_select]
                         captured = sum(kept) / sum(mass_j[c] for c in chosen_j)
-                        overlaps.setdefault((i, j, h), []).append(min(captured, 1.0))
+                        overlaps.setdefault((i, j, g, h), []).append(min(captured, 1.0))
                     elif counts:
-                        overlaps.setdefault((i, j, h), []).append(len(sets[i, h, r][0] & chosen_j) / len(chosen_j))
-    similarity = np.zeros((num_layers, num_layers))
+                        overlaps.setdefault((i, j, g, h), []).append(len(sets[i, g, r][0] & chosen_j) / len(chosen_j))
+    heads = np.zeros((num_layers, num_layers, 2, 2))
     for i in range(num_layers):
         for j in range(i + 1, num_layers):
-            similarity[i, j] = np.mean([np.mean(overlaps[i, j, h]) for h in range(2)])
-    return similarity, np.sqrt(error_sq / dense_sq)
+            for g in range(2):
+                for h in range(2):
+                    heads[i, j, g, h] = np.mean(overlaps[i, j, g, h])
+    similarity = np.diagonal(heads, axis1=2, axis2=3).mean(-1)
+    return similarity, np.sqrt(error_sq / dense_sq), heads
 
 
 def test_profile_matches_independent_recomputation(model, tokens, llama_profile):
-    similarity, sensitivity = independent_profile(model, tokens)
+    similarity, sensitivity, heads = independent_profile(model, tokens)
     np.testing.assert_allclose(llama_profile.similarity, similarity, atol=1e-12)
+    np.testing.assert_allclose(llama_profile.head_overlap, heads, atol=1e-12)
     # The capture runs layers on SDPA's outputs, the profiler on the producer op's: fp32 rounding apart.
     np.testing.assert_allclose(llama_profile.sensitivity, sensitivity, rtol=1e-5)
 
 
 def test_mass_similarity_matches_independent_recomputation(model, tokens, llama_profile):
-    prof = profile(model, tokens, top_k=TOP_K, block_size=BLOCK, similarity="mass", decode_steps=1, progress=False)
-    similarity, sensitivity = independent_profile(model, tokens, decode_steps=1, mass=True)
+    prof = profile(model, tokens, top_k=TOP_K, block_size=BLOCK, similarity="mass", decode_steps=1, head_map=True,
+                   progress=False)
+    similarity, sensitivity, heads = independent_profile(model, tokens, decode_steps=1, mass=True)
     np.testing.assert_allclose(prof.similarity, similarity, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(prof.head_overlap, heads, rtol=1e-5, atol=1e-9)
     assert prof.metadata["similarity"] == "mass"
     assert not np.allclose(prof.similarity, llama_profile.similarity)  # another measure, not a relabelling
     with pytest.raises(ValueError, match="unknown similarity 'cosine'; valid ones are"):
         profile(model, tokens, top_k=TOP_K, block_size=BLOCK, similarity="cosine", progress=False)
-    with pytest.raises(ValueError, match="head_map=True records block-set overlap"):
-        profile(model, tokens, top_k=TOP_K, block_size=BLOCK, similarity="mass", head_map=True, progress=False)
 
 
 def test_refine_similarity_matches_independent_recomputation(model, tokens):
     """candidates=2: the share of each consumer's own top-k mass it keeps refining among its producer's 2 x top_k
     blocks; at least what reuse of top_k blocks captures."""
     reuse = profile(model, tokens, top_k=TOP_K, block_size=BLOCK, similarity="mass", progress=False)
-    prof = profile(model, tokens, top_k=TOP_K, block_size=BLOCK, similarity="mass", candidates=2, progress=False)
-    similarity, _ = independent_profile(model, tokens, mass=True, multiple=2)
+    prof = profile(model, tokens, top_k=TOP_K, block_size=BLOCK, similarity="mass", candidates=2, head_map=True,
+                   progress=False)
+    similarity, _, heads = independent_profile(model, tokens, mass=True, multiple=2)
     np.testing.assert_allclose(prof.similarity, similarity, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(prof.head_overlap, heads, rtol=1e-5, atol=1e-9)
     upper = np.triu_indices(NUM_LAYERS, 1)
     assert np.all(prof.similarity[upper] >= reuse.similarity[upper] - 1e-12)
     assert prof.metadata["candidates"] == 2 and np.allclose(prof.sensitivity, reuse.sensitivity)
@@ -167,7 +174,7 @@ def test_refine_similarity_matches_independent_recomputation(model, tokens):
 def test_decode_steps_count_like_query_blocks(model, tokens):
     prof = profile(model, tokens[:1], top_k=TOP_K, block_size=BLOCK, decode_steps=3, progress=False)
     assert prof.metadata["decode_steps"] == 3
-    similarity, sensitivity = independent_profile(model, tokens[:1], decode_steps=3)
+    similarity, sensitivity, _ = independent_profile(model, tokens[:1], decode_steps=3)
     np.testing.assert_allclose(prof.similarity, similarity, atol=1e-12)
     np.testing.assert_allclose(prof.sensitivity, sensitivity, rtol=1e-5)
 
@@ -179,7 +186,7 @@ def test_sliding_window_masks_use_the_ops_mask_rule():
     mistral = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
     samples = torch.randint(0, VOCAB, (1, SEQ), generator=torch.Generator().manual_seed(5))
     prof = profile(mistral, samples, top_k=TOP_K, block_size=BLOCK, progress=False)
-    similarity, sensitivity = independent_profile(mistral, samples)
+    similarity, sensitivity, _ = independent_profile(mistral, samples)
     np.testing.assert_allclose(prof.similarity, similarity, atol=1e-12)
     np.testing.assert_allclose(prof.sensitivity, sensitivity, rtol=1e-5)
 

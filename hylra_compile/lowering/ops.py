@@ -2,7 +2,8 @@
 
 Each op's signature and semantics are written once, in its reference implementation
 (:func:`reference.topk_attention`, :func:`reference.sparse_attention`, :func:`reference.attention`,
-:func:`reference.refine_blocks`, :func:`reference.mask_blocks`, :func:`reference.shared_mask`): ``custom_op`` infers the schema from it and runs it
+:func:`reference.refine_blocks`, :func:`reference.map_heads`,
+:func:`reference.mask_blocks`, :func:`reference.shared_mask`): ``custom_op`` infers the schema from it and runs it
 on every device the CUDA kernels (:mod:`hylra_compile.lowering.dispatch`) do not cover. The tensors are positional
 (``custom_op`` takes no keyword-only tensors); every other argument is keyword-only, so no call site can shift them.
 """
@@ -22,6 +23,7 @@ topk_attention = _op(reference.topk_attention)
 sparse_attention = _op(reference.sparse_attention)
 attention = _op(reference.attention)
 refine_blocks = _op(reference.refine_blocks)
+map_heads = _op(reference.map_heads)
 mask_blocks = _op(reference.mask_blocks)
 shared_mask = _op(reference.shared_mask)
 
@@ -62,6 +64,12 @@ def _refine_blocks_fake(q, k, candidate_idx, mask, block_mask=None, *, block_siz
     reference.check_selection(n_select, sink_blocks, local_blocks)
     reference.check_block_idx(candidate_idx, q, k, block_size, "candidate_idx")
     return candidate_idx.new_empty(*candidate_idx.shape[:3], n_select)
+
+
+@map_heads.register_fake
+def _map_heads_fake(block_idx, *, heads):
+    reference.check_heads(heads, block_idx.shape[1])
+    return torch.empty_like(block_idx)
 
 
 @mask_blocks.register_fake

@@ -556,6 +556,25 @@ def refine_blocks(
     return select_blocks(importance, candidate, n_select, sink_blocks, local_blocks)
 
 
+def map_heads(block_idx: Tensor, *, heads: list[int]) -> Tensor:
+    """The selection each consumer KV head reads under a head map: ``out[:, h] = block_idx[:, heads[h]]``.
+
+    ``block_idx`` int32 [B, Hkv, n_qb, n_sel], a producer's selection (or candidates) per KV head; ``heads`` has
+    one entry per KV head of the consumer, each a KV head of the producer (``0 <= heads[h] < Hkv``). Returns a new
+    int32 tensor of the same shape; ``heads = [0, 1, ..., Hkv - 1]`` returns a copy.
+    """
+    check_heads(heads, block_idx.shape[1])
+    return block_idx[:, list(heads)].clone()
+
+
+def check_heads(heads: list[int], num_kv_heads) -> None:
+    """``heads`` must list one producer KV head in ``[0, num_kv_heads)`` per consumer KV head."""
+    if (not isinstance(heads, (list, tuple)) or not all(isinstance(h, int) and not isinstance(h, bool) for h in heads)
+            or not holds(len(heads) == num_kv_heads) or any(not 0 <= h < num_kv_heads for h in heads)):
+        raise ValueError(f"heads must list one KV head in [0, {num_kv_heads}) for each of the {num_kv_heads} KV "
+                         f"heads, got {heads!r}")
+
+
 def attention(
     q: Tensor,
     k: Tensor,

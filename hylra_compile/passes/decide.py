@@ -12,6 +12,7 @@ are left as the model wrote them whatever the policy says: on a hybrid model the
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Literal, Mapping
 
 from ..layers import TracedModel, window_within_top_k
@@ -38,13 +39,16 @@ DENSE_CAUSES = {
 
 @dataclasses.dataclass(frozen=True)
 class Decision:
-    """What the rewrite does with one match. ``source``: the producer layer of a consumer. ``reason``: the
-    human-readable why (report); ``dense_cause``: a key of :data:`DENSE_CAUSES` for a dense site."""
+    """What the rewrite does with one match. ``source``: the producer layer of a consumer. ``heads``: a consumer's
+    head map in the graph's head numbering (for each of its KV heads, the producer KV head whose selection it reads;
+    None: equal heads). ``reason``: the human-readable why (report); ``dense_cause``: a key of
+    :data:`DENSE_CAUSES` for a dense site."""
 
     action: SiteAction
     source: int | None = None
     reason: str | None = None
     dense_cause: str | None = None
+    heads: tuple[int, ...] | None = None
 
     @property
     def op(self) -> str | None:
@@ -148,7 +152,17 @@ def _decide_one(match: AttentionMatch, policy: Policy, by_layer: dict, position:
         return _dense(f"policy: consumer of {source}, but its keys ({kind(match)}) differ from layer {source}'s "
                       f"({kind(producer)}): another mask kind or window, whose selection cannot cover them",
                       "mask_mismatch")
-    return Decision(action="consumer", source=source)
+    heads, why_not = policy.heads_of(match.layer, match.shape("k")[1], *_tensor_parallel_rank())
+    if why_not is not None:
+        warnings.warn(f"layer {match.layer}: {why_not}", stacklevel=2)
+    return Decision(action="consumer", source=source, heads=None if heads is None else tuple(heads), reason=why_not)
+
+
+def _tensor_parallel_rank() -> tuple[int, int]:
+    """(ranks, this rank) of the heads' tensor-parallel split (see :func:`_tensor_parallel_size`)."""
+    import torch.distributed as dist
+
+    return _tensor_parallel_size(), dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def _tensor_parallel_size() -> int:

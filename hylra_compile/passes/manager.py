@@ -79,6 +79,8 @@ def _count(matches, decisions, masks, outputs) -> None:
         hylra[f"{decision.action}_sites"] += 1
         if decision.dense_cause is not None:
             hylra[f"dense.{decision.dense_cause}"] += 1
+        if decision.heads is not None:
+            hylra["head_mapped_consumers"] += 1
     counts = (("shared_masks", len(masks)), ("block_masks", sum(s.block_mask is not None for s in masks.values())),
               ("rewritten", len(outputs)))
     for key, count in counts:

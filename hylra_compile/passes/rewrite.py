@@ -1,6 +1,7 @@
 """Phase 4, ``rewrite(gm, matches, decisions, masks, options)``: each site becomes the op its decision names
 (:attr:`Decision.op`): producers ``hylra::topk_attention``, consumers ``hylra::sparse_attention`` fed by their
-producer's ``block_idx`` as a graph edge (through ``hylra::refine_blocks`` under ``selection="refine"``), sites the policy leaves dense ``hylra::attention`` (native KV heads, no
+producer's ``block_idx`` as a graph edge (through ``hylra::map_heads`` where the policy maps heads, and
+``hylra::refine_blocks`` under ``selection="refine"``), sites the policy leaves dense ``hylra::attention`` (native KV heads, no
 ``repeat_kv`` copy); each reads its mask's stored copy and block mask (phase 3). Sites not understood, or compiled
 without a policy, are left as they are. Every op is emitted with keyword arguments, so the graph says what each
 number is.
@@ -54,8 +55,11 @@ def rewrite(
             out = call_with_meta(graph, operator.getitem, (op, 0), match.output)
             block_idx[match.layer] = call_with_meta(graph, operator.getitem, (op, 1), match.output)
         elif decision.op == "sparse_attention":
-            selected = consumer_selection(graph, inputs, settings, block_idx[decision.source], options, key_blocks,
-                                          match.output)
+            produced = block_idx[decision.source]
+            if decision.heads is not None:  # head-mapped reuse: each KV head reads its producer head's selection
+                produced = call_with_meta(graph, torch.ops.hylra.map_heads.default,
+                                          {"block_idx": produced, "heads": list(decision.heads)}, match.output)
+            selected = consumer_selection(graph, inputs, settings, produced, options, key_blocks, match.output)
             arguments = {**inputs, "block_idx": selected, **settings, **options.consumer_settings()}
             out = call_with_meta(graph, torch.ops.hylra.sparse_attention.default, arguments, match.output)
         else:

@@ -38,14 +38,20 @@ def test_settings_profile_only_when_a_budget_setting_is_asked_for(frontier):
 
 
 def test_refinement_settings_share_the_budget_policy_and_set_their_own_options(frontier, monkeypatch):
-    monkeypatch.setattr(frontier, "optimize", lambda profile, budget: Policy.every(profile, 24))
+    def optimize(profile, budget, map_heads=False):  # a policy that says which profile and map made it
+        return Policy.every(profile + 10 * map_heads, 24)
+
+    monkeypatch.setattr(frontier, "optimize", optimize)
     settings = frontier.settings_of("refinement", 24, 6, lambda candidates=1: 4 + candidates, top_k=1024)
     assert {name: s.options for name, s in settings.items()} == {
         "budget:6": {}, "budget:6 refine": {"selection": "refine"},
         "budget:6 refine c8": {"selection": "refine", "candidates": 8}, "budget:6 4x top_k": {"top_k": 4096},
-        "budget:6r refine": {"selection": "refine"}}
-    assert all(s.policy == Policy.every(5, 24) for name, s in settings.items() if name != "budget:6r refine")
+        "budget:6r refine": {"selection": "refine"}, "budget:6 heads": {},
+        "budget:6r refine heads": {"selection": "refine"}}
+    assert all(s.policy == Policy.every(5, 24) for name, s in settings.items() if "6r" not in name and "heads" not in name)
     assert settings["budget:6r refine"].policy == Policy.every(8, 24)  # from the profile with 4 candidates
+    assert settings["budget:6 heads"].policy == Policy.every(15, 24)  # head-mapped, the reuse profile
+    assert settings["budget:6r refine heads"].policy == Policy.every(18, 24)
     blocks = frontier.settings_of("blocks", 24, 6, lambda: 4, only=["budget:6 refine", "budget:6 oracle b16"])
     assert {name: s.options for name, s in blocks.items()} == {
         "budget:6 refine": {"selection": "refine"},

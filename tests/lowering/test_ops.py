@@ -493,3 +493,27 @@ def test_opcheck_refine_blocks_and_fake_shape():
         with pytest.raises(ValueError, match="candidate_idx must be int32"):
             refine_blocks(fake_q, fake_k, fake_candidates[:, :1], None, is_causal=True, scale=None,
                           **selection(6, 1, 2))
+
+
+def test_map_heads_reads_the_mapped_heads_and_refuses_bad_maps():
+    """``out[:, h] = block_idx[:, heads[h]]`` (written out per head), a new tensor; opcheck passes; a map of the
+    wrong length or with a head out of range is refused by the real and the fake op alike."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    map_heads = torch.ops.hylra.map_heads
+    q, k, v = qkv()
+    _, block_idx = topk_attention(q, k, v, None, is_causal=True, scale=None, **selection(3, 1, 1))
+    for heads in ([1, 0], [1, 1], [0, 1]):
+        out = map_heads(block_idx, heads=heads)
+        for h, g in enumerate(heads):
+            assert torch.equal(out[:, h], block_idx[:, g])
+        assert out.data_ptr() != block_idx.data_ptr()
+        torch.library.opcheck(map_heads, (block_idx,), {"heads": heads})
+    with FakeTensorMode() as mode:
+        fake = mode.from_tensor(block_idx)
+        assert map_heads(fake, heads=[1, 0]).shape == block_idx.shape
+        for bad in ([0], [0, 2], [-1, 0]):
+            with pytest.raises(ValueError, match=r"heads must list one KV head in \[0, 2\) for each of the 2"):
+                map_heads(fake, heads=bad)
+    with pytest.raises(ValueError, match=r"heads must list one KV head in \[0, 2\)"):
+        map_heads(block_idx, heads=[0, 1, 1])

@@ -34,9 +34,9 @@ class TinyAttention(torch.nn.Module):
 
 
 class TinyStack(torch.nn.Module):
-    def __init__(self, num_layers: int = 2):
+    def __init__(self, num_layers: int = 2, **attention):
         super().__init__()
-        self.layers = torch.nn.ModuleList(TinyAttention() for _ in range(num_layers))
+        self.layers = torch.nn.ModuleList(TinyAttention(**attention) for _ in range(num_layers))
 
     def forward(self, x):
         for layer in self.layers:

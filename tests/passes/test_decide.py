@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -112,6 +114,30 @@ def test_decide_is_a_function_of_matches_and_policy():
     ]
     with pytest.raises(ValueError, match=r"attention at layer\(s\) \[2\] but the policy lists 2 layers"):
         decide(matches, Policy.every(2, 2))
+
+
+@pytest.mark.parametrize("tp, rank, heads, expected, crosses", [
+    (1, 0, [1, 0], (1, 0), False),
+    (1, 0, [0, 1], None, False),  # the identity map: equal heads, no map_heads op
+    (2, 1, [1, 1], None, False),  # rank 1 holds head 1 and reads head 1
+    (2, 0, [1, 1], None, True),   # rank 0 holds head 0 but would read rank 1's head
+])
+def test_a_head_map_in_the_graphs_own_heads(monkeypatch, tp, rank, heads, expected, crosses):
+    """A consumer's head map, taken in the graph's head numbering under tensor parallelism (each rank holds its
+    contiguous share of the KV heads); a map reading another rank's heads pairs equal heads and says why."""
+    decide_module = importlib.import_module("hylra_compile.passes.decide")  # the package exports the function
+    monkeypatch.setattr(decide_module, "_tensor_parallel_rank", lambda: (tp, rank))
+    monkeypatch.setattr(decide_module, "_tensor_parallel_size", lambda: tp)
+    matches = find_attention(dynamo_graph(TinyStack(2, heads=4 // tp, kv_heads=2 // tp, head_dim=8 * tp // 4), X))
+    policy = Policy(["producer", "consumer"], [None, 0], num_kv_heads=2, heads=[None, heads])
+    if crosses:
+        with pytest.warns(UserWarning, match=r"layer 1: its head map \[1, 1\] reads KV heads of another"):
+            consumer = decide(matches, policy)[1]
+        assert consumer.reason.endswith("(this rank holds heads 0..0); equal heads paired")
+    else:
+        consumer = decide(matches, policy)[1]
+        assert consumer.reason is None
+    assert (consumer.action, consumer.source, consumer.heads) == ("consumer", 0, expected)
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])

@@ -26,6 +26,7 @@ HYLRA_OPS = {torch.ops.hylra.topk_attention.default: "topk_attention",
              torch.ops.hylra.sparse_attention.default: "sparse_attention",
              torch.ops.hylra.attention.default: "attention",
              torch.ops.hylra.refine_blocks.default: "refine_blocks",
+             torch.ops.hylra.map_heads.default: "map_heads",
              torch.ops.hylra.mask_blocks.default: "mask_blocks",
              torch.ops.hylra.shared_mask.default: "shared_mask"}
 _DTYPES = {torch.float32: "f32", torch.bfloat16: "bf16", torch.bool: "b8", torch.int32: "i32", torch.int8: "i8"}
@@ -53,7 +54,7 @@ def attention_ops(gm: torch.fx.GraphModule) -> str:
         if node.target in HYLRA_OPS:
             name = f"{HYLRA_OPS[node.target]}#{sum(HYLRA_OPS[node.target] in line for line in lines)}"
             lines.append(f"{name}({', '.join(f'{k}={show(v)}' for k, v in node.kwargs.items())})")
-            if HYLRA_OPS[node.target] in ("mask_blocks", "shared_mask", "refine_blocks"):
+            if HYLRA_OPS[node.target] in ("mask_blocks", "shared_mask", "refine_blocks", "map_heads"):
                 producers[node] = name
             for user in node.users:
                 if user.target is operator.getitem and user.args[1] == 1:
@@ -144,6 +145,34 @@ topk_attention#0(q=%0 f32[1, 2, 16, 4], k=%1 f32[1, 1, 16, 4], v=%2 f32[1, 1, 16
 refine_blocks#0(q=%3 f32[1, 2, 16, 4], k=%4 f32[1, 1, 16, 4], candidate_idx=topk_attention#0.block_idx, mask=None, block_mask=None, is_causal=True, scale=None, block_size=4, n_select=2, sink_blocks=1, local_blocks=1)
 sparse_attention#0(q=%3 f32[1, 2, 16, 4], k=%4 f32[1, 1, 16, 4], v=%5 f32[1, 1, 16, 4], mask=None, block_mask=None, block_idx=refine_blocks#0, is_causal=True, scale=None, block_size=4, min_seq_len=0)
 consumer_sites=1, producer_sites=1, rewritten=2, sdpa_matched=2""")
+
+    def test_own_model_head_mapped_reuse(self):
+        """A policy whose consumer reads its producer's KV heads swapped (two KV heads): map_heads between the
+        producer's selection and the consumer's refine (and, under reuse, its sparse_attention)."""
+        policy = Policy(["producer", "consumer"], [None, 0], num_kv_heads=2, heads=[None, [1, 0]])
+        views = []
+        for selection in ("refine", "reuse"):
+            torch._dynamo.reset()
+            counters.clear()
+            torch.manual_seed(0)
+            model = TinyStack(heads=4, kv_heads=2, head_dim=2)
+            backend = HylraBackend(policy=policy, top_k=8, block_size=4, local_blocks=1, min_seq_len=0,
+                                   selection=selection, candidates=2 if selection == "refine" else 4, inductor=False)
+            with torch.no_grad():
+                torch.compile(model, backend=backend, fullgraph=True)(torch.randn(1, 16, 8))
+            (gm,) = backend.graphs
+            views.append(attention_ops(gm) + "\n" + attention_counters())
+        self.assertExpectedInline(views[0], """\
+topk_attention#0(q=%0 f32[1, 4, 16, 2], k=%1 f32[1, 2, 16, 2], v=%2 f32[1, 2, 16, 2], mask=None, block_mask=None, is_causal=True, scale=None, block_size=4, n_select=4, sink_blocks=1, local_blocks=1)
+map_heads#0(block_idx=topk_attention#0.block_idx, heads=[1, 0])
+refine_blocks#0(q=%3 f32[1, 4, 16, 2], k=%4 f32[1, 2, 16, 2], candidate_idx=map_heads#0, mask=None, block_mask=None, is_causal=True, scale=None, block_size=4, n_select=2, sink_blocks=1, local_blocks=1)
+sparse_attention#0(q=%3 f32[1, 4, 16, 2], k=%4 f32[1, 2, 16, 2], v=%5 f32[1, 2, 16, 2], mask=None, block_mask=None, block_idx=refine_blocks#0, is_causal=True, scale=None, block_size=4, min_seq_len=0)
+consumer_sites=1, head_mapped_consumers=1, producer_sites=1, rewritten=2, sdpa_matched=2""")
+        self.assertExpectedInline(views[1], """\
+topk_attention#0(q=%0 f32[1, 4, 16, 2], k=%1 f32[1, 2, 16, 2], v=%2 f32[1, 2, 16, 2], mask=None, block_mask=None, is_causal=True, scale=None, block_size=4, n_select=2, sink_blocks=1, local_blocks=1)
+map_heads#0(block_idx=topk_attention#0.block_idx, heads=[1, 0])
+sparse_attention#0(q=%3 f32[1, 4, 16, 2], k=%4 f32[1, 2, 16, 2], v=%5 f32[1, 2, 16, 2], mask=None, block_mask=None, block_idx=map_heads#0, is_causal=True, scale=None, block_size=4, min_seq_len=0)
+consumer_sites=1, head_mapped_consumers=1, producer_sites=1, rewritten=2, sdpa_matched=2""")
 
     def hf_views(self, attn: str, phase: str) -> str:
         """The attention-op view of every family's rewritten graph, checked equal across families."""
