@@ -36,7 +36,7 @@ from torch import Tensor
 from .files import write_atomic
 from .models import cache_argument
 from .options import DEFAULT_CANDIDATES, HylraOptions
-from .policy import Policy
+from .policy import Policy, tensor_parallel_rank
 from .routing import AttentionCall, routed_attention
 from .tasks import TaskPrompt, first_number, score
 
@@ -107,6 +107,9 @@ class PolicyAttention:
         """A consumer's ``block_idx`` under the options' ``selection`` (as :func:`passes.rewrite.consumer_selection`
         emits it)."""
         produced = self.block_idx[self.policy.sources[call.layer]]
+        heads, _ = self.policy.heads_of(call.layer, call.key.shape[1], *tensor_parallel_rank())
+        if heads is not None:
+            produced = torch.ops.hylra.map_heads(produced, heads=heads)
         o, settings = self.options, dict(is_causal=call.is_causal, scale=call.scale)
         if o.selection == "reuse":
             return produced

@@ -248,6 +248,16 @@ class Policy:
                                  f"{count} KV heads, got {heads!r}")
 
 
+def tensor_parallel_rank() -> tuple[int, int]:
+    """(ranks, this rank) the heads may be split over: the default process group's (Hugging Face's ``tp_plan``
+    shards the heads over it, each rank its contiguous share); (1, 0) outside torch.distributed."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
 def _is_index(value: Any, count: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < count
 

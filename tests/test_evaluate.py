@@ -111,6 +111,26 @@ def test_policy_runner_equals_compiled_backend_under_selection(model, windows, s
     assert min(rel_err(outputs[selection], outputs[other]) for other in outputs if other != selection) > 1e-4
 
 
+@pytest.mark.parametrize("selection", ["reuse", "refine"])
+def test_policy_runner_follows_the_head_map_as_the_compiled_backend(model, windows, selection):
+    """A policy with a head map: `evaluate`'s runner reads the mapped heads as the compiled graph does, and the map
+    changes the outputs (refine: 2 candidates per kept block, 10 of 16 blocks)."""
+    torch._dynamo.reset()
+    plain = Policy.every(2, 4, num_kv_heads=2)
+    mapped = Policy(plain.modes, plain.sources, num_kv_heads=2, heads=[None, [1, 0], None, [1, 1]])
+    options = {**SELECTION, "selection": selection, **({"candidates": 2} if selection == "refine" else {})}
+    backend = HylraBackend(policy=mapped, inductor=False, **options)
+    ids = torch.stack(windows)
+    with torch.no_grad():
+        want = torch.compile(model, backend=backend, fullgraph=True)(ids, use_cache=False).logits
+        outputs = []
+        for policy in (mapped, plain):
+            with routed_attention(model, PolicyAttention(policy, HylraOptions(**options))):
+                outputs.append(model(ids, use_cache=False).logits)
+    assert rel_err(outputs[0], want) < 1e-5
+    assert rel_err(outputs[0], outputs[1]) > 1e-4
+
+
 @pytest.mark.parametrize("policy, options, phases, message", [
     (["full"] * 4, {}, ("prefill", "decode"), "a setting's policy must be a hylra_compile.Policy, got list"),
     (Policy.full(4), {"min_seq_len": 8}, ("prefill",),

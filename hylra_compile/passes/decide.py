@@ -17,7 +17,7 @@ from typing import Literal, Mapping
 
 from ..layers import TracedModel, window_within_top_k
 from ..lowering.reference import holds
-from ..policy import Policy
+from ..policy import Policy, tensor_parallel_rank
 from .find_attention import AttentionMatch
 
 SiteAction = Literal["producer", "consumer", "dense"]
@@ -86,7 +86,7 @@ def decide(matches: tuple[AttentionMatch, ...], policy: Policy | None, model: Tr
     if model.num_layers is not None:
         policy.check_num_layers(model.num_layers)
     usable = [m for m in matches if m.problem is None and not m.bidirectional]
-    policy.check_graph([m.layer for m in usable], _kv_heads(usable), _tensor_parallel_size())
+    policy.check_graph([m.layer for m in usable], _kv_heads(usable), tensor_parallel_rank()[0])
     # A layer's source is its causal call (several make a problem, so never a source); a non-causal call beside it
     # (a decoder layer's cross-attention) is the source only of a layer that has no other.
     by_layer = {m.layer: m for m in matches if m.bidirectional} | {m.layer: m for m in matches if not m.bidirectional}
@@ -152,25 +152,12 @@ def _decide_one(match: AttentionMatch, policy: Policy, by_layer: dict, position:
         return _dense(f"policy: consumer of {source}, but its keys ({kind(match)}) differ from layer {source}'s "
                       f"({kind(producer)}): another mask kind or window, whose selection cannot cover them",
                       "mask_mismatch")
-    heads, why_not = policy.heads_of(match.layer, match.shape("k")[1], *_tensor_parallel_rank())
+    heads, why_not = policy.heads_of(match.layer, match.shape("k")[1], *tensor_parallel_rank())
     if why_not is not None:
         warnings.warn(f"layer {match.layer}: {why_not}", stacklevel=2)
     return Decision(action="consumer", source=source, heads=None if heads is None else tuple(heads), reason=why_not)
 
 
-def _tensor_parallel_rank() -> tuple[int, int]:
-    """(ranks, this rank) of the heads' tensor-parallel split (see :func:`_tensor_parallel_size`)."""
-    import torch.distributed as dist
-
-    return _tensor_parallel_size(), dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def _tensor_parallel_size() -> int:
-    """Ranks the heads may be split over: the default process group's size (Hugging Face's ``tp_plan`` shards
-    the heads over it); 1 outside torch.distributed."""
-    import torch.distributed as dist
-
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def _kv_heads(matches: list[AttentionMatch]) -> int | None:

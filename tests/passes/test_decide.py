@@ -126,8 +126,7 @@ def test_a_head_map_in_the_graphs_own_heads(monkeypatch, tp, rank, heads, expect
     """A consumer's head map, taken in the graph's head numbering under tensor parallelism (each rank holds its
     contiguous share of the KV heads); a map reading another rank's heads pairs equal heads and says why."""
     decide_module = importlib.import_module("hylra_compile.passes.decide")  # the package exports the function
-    monkeypatch.setattr(decide_module, "_tensor_parallel_rank", lambda: (tp, rank))
-    monkeypatch.setattr(decide_module, "_tensor_parallel_size", lambda: tp)
+    monkeypatch.setattr(decide_module, "tensor_parallel_rank", lambda: (tp, rank))
     matches = find_attention(dynamo_graph(TinyStack(2, heads=4 // tp, kv_heads=2 // tp, head_dim=8 * tp // 4), X))
     policy = Policy(["producer", "consumer"], [None, 0], num_kv_heads=2, heads=[None, heads])
     if crosses:
