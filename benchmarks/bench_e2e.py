@@ -82,7 +82,6 @@ POLICIES = {"full": Policy.full, "5of32": lambda layers: Policy.every(7, layers)
             "8of32": lambda layers: Policy.every(4, layers)}
 # "<policy>-refine": consumers keep the top_k of their producer's 4 x top_k candidates by their own attention mass.
 REFINED = {f"{name}-refine": name for name in ("5of32", "8of32")}  # the others reuse their producer's blocks
-BLOCK_SIZE = 64
 VARIANTS = ("eager", "inductor", "inductor-graphs", *POLICIES, *REFINED)
 
 
@@ -197,8 +196,10 @@ def measure(model, variant: str, context: int, batch: int, args) -> dict:
         compilation = hylra_compile.compile_for_generate(model)
     else:
         policy = POLICIES[REFINED.get(variant, variant)](model.config.num_hidden_layers)
-        compilation = hylra_compile.compile_for_generate(model, policy=policy, top_k=args.top_k, block_size=BLOCK_SIZE,
-                                                         selection="refine" if variant in REFINED else "reuse")
+        # The same tokens kept at every block size (the frontier's blocks group): sink 64, local 128.
+        compilation = hylra_compile.compile_for_generate(
+            model, policy=policy, top_k=args.top_k, block_size=args.block_size, sink_blocks=64 // args.block_size,
+            local_blocks=128 // args.block_size, selection="refine" if variant in REFINED else "reuse")
     counters["inductor"].clear()
     if args.prefill_chunk:
         settings["prefill_chunk_size"] = args.prefill_chunk
@@ -550,6 +551,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--top-k", type=int, default=2048)
+    parser.add_argument("--block-size", type=int, default=64, help="block_size of the hylra variants (sink and local "
+                        "blocks keep 64 and 128 tokens)")
     parser.add_argument("--prefill-chunk", type=int, default=None, help="prefill_chunk_size for every variant")
     parser.add_argument("--small", action="store_true", help="tiny widths (a CPU smoke run)")
     parser.add_argument("--profile", action="store_true", help="also torch.profiler tables of 8 decode steps (at "
@@ -581,7 +584,7 @@ def main() -> None:
     meta = {"device": device, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
             "code": code, "run": args.run or datetime.datetime.now().isoformat(timespec="seconds"),
             "model": f"Llama-3-8B shapes, {args.layers} layers, random bf16 weights" if not args.small else "tiny",
-            "new_tokens": args.new_tokens, "top_k": args.top_k, "block_size": BLOCK_SIZE,
+            "new_tokens": args.new_tokens, "top_k": args.top_k, "block_size": args.block_size,
             "candidates": DEFAULT_CANDIDATES, "prefill_chunk": args.prefill_chunk,
             "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", os.environ.get("PYTORCH_ALLOC_CONF"))}
     args.out.mkdir(parents=True, exist_ok=True)
