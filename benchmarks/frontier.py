@@ -181,9 +181,11 @@ def speed_of(rows: list[dict], dense_share: float, top_k: int, selection: str, b
     suffix = {"reuse": "", "refine": "-refine"}.get(selection)
     if suffix is None:
         return None
-    rows = [r for r in rows if r.get("block_size", 64) == block_size
-            and (selection != "refine" or r.get("candidates", DEFAULT_CANDIDATES) == candidates)]
     pattern = r"(\d+)of32" + re.escape(suffix)
+    # The hylra rows of this block size (and candidate count); the eager and inductor baselines have neither.
+    rows = [r for r in rows if not re.fullmatch(r"\d+of32.*", r["variant"]) or (
+        r.get("block_size", 64) == block_size
+        and (selection != "refine" or r.get("candidates", DEFAULT_CANDIDATES) == candidates))]
     variants = {int(m.group(1)): m.group(0) for r in rows if (m := re.fullmatch(pattern, r["variant"]))}
     if not variants:
         return None

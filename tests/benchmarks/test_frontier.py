@@ -118,3 +118,8 @@ def test_refine_settings_join_the_refine_variant_with_ratios_of_its_own_device(f
     assert frontier.speed_of(speed, 0.25, 2048, "refine", block_size=32) is None
     assert frontier.speed_of(speed, 0.25, 2048, "refine", candidates=8) is None
     assert frontier.speed_of(speed, 0.25, 2048, "reuse", candidates=8)["variant"] == "8of32"
+    # A block-32 row joins the eager and inductor rows of its run, which have no block size.
+    block32 = [{**r, "block_size": 32} for r in speed if r["variant"] == "8of32-refine"]
+    joined = frontier.speed_of(speed + block32, 0.25, 2048, "refine", block_size=32)
+    assert joined["decode_speedup_32K"] == pytest.approx(20.0 / 5.0)
+    assert joined["ttft_ratio_32K"] == pytest.approx(1.1 / 2.2)
