@@ -17,6 +17,8 @@ from tests.tiny_models import padded_batch, tiny_model
 
 BLOCK = 4
 POLICY = Policy.every(2, 4)
+# Its consumers reading other KV heads: layer 1 the two swapped, layer 3 head 1 twice.
+MAPPED = Policy(POLICY.modes, POLICY.sources, num_kv_heads=2, heads=[None, [1, 0], None, [1, 1]])
 OPTIONS = dict(policy=POLICY, top_k=3 * BLOCK, block_size=BLOCK, sink_blocks=1, local_blocks=1, min_seq_len=12)
 GREEDY = dict(do_sample=False, max_new_tokens=20, pad_token_id=0, return_dict_in_generate=True, output_logits=True)
 
@@ -67,16 +69,14 @@ def test_generate_runs_prefill_and_decode_through_hylra(selection):
 
 @pytest.mark.parametrize("selection", ["refine", "reuse"])
 def test_head_mapped_reuse(selection):
-    """A policy whose consumers read other KV heads of their producer (layer 1 swaps the two, layer 3 reads head 1
-    twice): the same tokens and logits as the independent HyLRA with that head map, and not those of equal
-    heads."""
-    mapped = Policy(POLICY.modes, POLICY.sources, num_kv_heads=2, heads=[None, [1, 0], None, [1, 1]])
+    """A policy whose consumers read other KV heads of their producer (MAPPED): the same tokens and logits as the
+    independent HyLRA with that head map, and not those of equal heads."""
     model = tiny_model("llama", num_layers=4)
-    compilation = hylra_compile.compile_for_generate(model, **{**OPTIONS, "policy": mapped}, selection=selection,
+    compilation = hylra_compile.compile_for_generate(model, **{**OPTIONS, "policy": MAPPED}, selection=selection,
                                                      inductor=False)
     ids, mask = padded_batch(41, pads=(0, 3))
     out = model.generate(ids, attention_mask=mask, cache_implementation="static", **GREEDY)
-    same_generation(out, independent_model(selection, mapped).generate(
+    same_generation(out, independent_model(selection, MAPPED).generate(
         ids, attention_mask=mask, cache_implementation="static", **GREEDY))
     equal_heads = independent_model(selection).generate(ids, attention_mask=mask, cache_implementation="static",
                                                         **GREEDY)
@@ -182,10 +182,12 @@ def test_a_cache_the_user_passes_is_reset_and_reused():
 
 
 @pytest.mark.cuda
-def test_generate_on_cuda_with_cuda_graphs():
+@pytest.mark.parametrize("policy", [POLICY, MAPPED], ids=["equal-heads", "head-mapped"])
+def test_generate_on_cuda_with_cuda_graphs(policy):
     """A small bf16 model the Triton kernels take (head_dim 64): decode replayed as CUDA graphs gives the tokens of
-    the same graphs launched from Python; one decode graph for 20 steps, none skipped by CUDA graphs; the first
-    token's logits (the prefill graph) close to the ops run eagerly by routed attention."""
+    the same graphs launched from Python; one decode graph for 20 steps, none skipped by CUDA graphs (a head map's
+    gather included); the first token's logits (the prefill graph) close to the ops run eagerly by routed
+    attention."""
     from torch._dynamo.utils import counters
     from transformers import AutoModelForCausalLM, LlamaConfig
 
@@ -195,7 +197,7 @@ def test_generate_on_cuda_with_cuda_graphs():
 
     config = LlamaConfig(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
                          num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=2048)
-    options = dict(policy=POLICY, top_k=64, block_size=16, min_seq_len=64)
+    options = dict(policy=policy, top_k=64, block_size=16, min_seq_len=64)
 
     def model():
         torch.manual_seed(0)
@@ -220,7 +222,7 @@ def test_generate_on_cuda_with_cuda_graphs():
             assert not counters["inductor"]["cudagraph_skips"]
     assert torch.equal(outputs[0].sequences, outputs[1].sequences)
     eager = model()
-    with routed_attention(eager, PolicyAttention(POLICY, HylraOptions.parse(options))), torch.no_grad():
+    with routed_attention(eager, PolicyAttention(policy, HylraOptions.parse(options))), torch.no_grad():
         first = eager(ids, attention_mask=mask).logits[:, -1].float()
     assert rel_err(outputs[0].logits[0], first) < 2e-2
 

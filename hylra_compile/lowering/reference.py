@@ -564,7 +564,8 @@ def map_heads(block_idx: Tensor, *, heads: list[int]) -> Tensor:
     int32 tensor of the same shape; ``heads = [0, 1, ..., Hkv - 1]`` returns a copy.
     """
     check_heads(heads, block_idx.shape[1])
-    return block_idx[:, list(heads)].clone()
+    # Slices and a stack: an index list would be copied from the host on every call (not in a CUDA graph).
+    return torch.stack([block_idx[:, h] for h in heads], dim=1)
 
 
 def check_heads(heads: list[int], num_kv_heads) -> None:
