@@ -46,7 +46,7 @@ import sys
 import time
 from pathlib import Path
 
-from hylra_compile import Policy, optimize, profile
+from hylra_compile import Policy, allocate_top_k, optimize, profile
 from hylra_compile.corpora import builtin_text
 from hylra_compile.evaluate import DENSE, Setting, evaluate, same_within_intervals, task_of, wilson_interval
 from hylra_compile.models import load_model
@@ -64,8 +64,8 @@ def _jump(num_layers: int, dense: int) -> int:
     return min(range(1, num_layers + 1), key=lambda n: (abs(math.ceil(num_layers / n) - dense), n))
 
 
-def settings_of(group: str, num_layers: int, dense: int, get_profile, only=None, top_k: int = 2048
-                ) -> dict[str, Setting]:
+def settings_of(group: str, num_layers: int, dense: int, get_profile, only=None, top_k: int = 2048,
+                block_size: int = 64) -> dict[str, Setting]:
     """The settings of ``group`` (those named in ``only``, when given; the profile runs only if one needs it)."""
     n = _jump(num_layers, dense)
     jump = Policy.every(n, num_layers)
@@ -87,6 +87,11 @@ def settings_of(group: str, num_layers: int, dense: int, get_profile, only=None,
         if not only or refine_profiled in only:
             settings[refine_profiled] = Setting(optimize(get_profile(candidates=4), budget=dense),
                                                 {"selection": "refine"})
+        # Budgets by need: each consumer's own top_k from its sensitivity, the total fixed (refine chooses them).
+        if not only or f"budget:{dense} refine by need" in only:
+            settings[f"budget:{dense} refine by need"] = Setting(
+                allocate_top_k(optimize(get_profile(), budget=dense), get_profile(), top_k=top_k,
+                               block_size=block_size), {"selection": "refine"})
         # Head-mapped reuse (Kascade): each consumer KV head reads the producer KV head holding most of its mass.
         if not only or f"budget:{dense} heads" in only:
             settings[f"budget:{dense} heads"] = Setting(optimize(get_profile(), budget=dense, map_heads=True))
@@ -147,7 +152,7 @@ def accuracy(args: argparse.Namespace) -> None:
     for group in args.group:
         start = time.perf_counter()
         settings = {name: setting for name, setting in settings_of(group, num_layers, dense, get_profile,
-                                                                    args.only, args.top_k).items()
+                                                                    args.only, args.top_k, args.block_size).items()
                     if not args.only or name in args.only}
         evaluation = evaluate(model, settings, tokenizer=tokenizer, prompts=prompts if group != "attribution" else
                               prompts[:: max(1, len(prompts) // args.attribution_prompts)],

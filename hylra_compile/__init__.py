@@ -9,7 +9,7 @@ from . import lowering  # noqa: F401  (registers torch.ops.hylra.*)
 from .backend import HylraBackend, reports, reset_reports
 from .evaluate import Evaluation, evaluate
 from .generate import GenerateCompilation, compile_for_generate
-from .optimizer import optimize
+from .optimizer import allocate_top_k, optimize
 from .options import HylraOptions
 from .policy import Policy
 from .profiler import Profile, profile
@@ -24,6 +24,7 @@ __all__ = [
     "Policy",
     "Profile",
     "SiteReport",
+    "allocate_top_k",
     "compile_for_generate",
     "evaluate",
     "optimize",

@@ -483,9 +483,10 @@ def format_policy_table(policy: Policy) -> str:
     for layer, (mode, source) in enumerate(zip(policy.modes, policy.sources)):
         sim = f"{similarity[source][layer]:.4f}" if similarity is not None and source is not None else "-"
         sens = f"{sensitivity[layer]:.4f}" if sensitivity is not None else "-"
-        heads = policy.heads[layer]
+        heads, budget = policy.heads[layer], policy.top_k[layer]
         rows.append(f"{layer:>5}  {mode:<8}  {'-' if source is None else source:>6}  {sim:>10}  {sens:>11}"
-                    + (f"  reads heads {heads}" if heads is not None else ""))
+                    + (f"  reads heads {heads}" if heads is not None else "")
+                    + (f"  top_k {budget}" if budget is not None else ""))
     count = {mode: policy.modes.count(mode) for mode in ("full", "producer", "consumer")}
     rows.append(f"{policy.num_layers} layers: {count['full'] + count['producer']} full-attention ({count['full']} dense, "
                 f"{count['producer']} producer), {count['consumer']} consumer; num_kv_heads={policy.num_kv_heads}")

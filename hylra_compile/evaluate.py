@@ -115,9 +115,9 @@ class PolicyAttention:
             return produced
         if o.selection == "refine":
             return torch.ops.hylra.refine_blocks(call.query, call.key, produced, call.mask, **settings,
-                                                 **o.selection_settings())
+                                                 **o.selection_settings(layer=call.layer))
         return torch.ops.hylra.topk_attention(call.query, call.key, call.value, call.mask, **settings,
-                                              **o.selection_settings())[1]
+                                              **o.selection_settings(layer=call.layer))[1]
 
 
 @dataclasses.dataclass
@@ -396,7 +396,8 @@ def evaluate(
     if seq_len is not None and seq_len < max(min_seq_len, 1) + 1:
         raise ValueError(f"text windows of {seq_len} tokens have no position with min_seq_len={min_seq_len} keys "
                          "and a next token to score; use longer windows or a smaller min_seq_len")
-    setting_options = {name: HylraOptions(min_seq_len=min_seq_len, **{**base, **s.options})
+    # With its policy: a policy's per-layer top_k is checked against the setting's selection, and read from it.
+    setting_options = {name: HylraOptions(policy=s.policy, min_seq_len=min_seq_len, **{**base, **s.options})
                        for name, s in settings.items()}
     longest = max([p.length for p in prompts] + [seq_len or 0])
     for name, o in setting_options.items():

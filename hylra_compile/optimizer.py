@@ -218,3 +218,52 @@ def _why_no_reuse(similarity: np.ndarray, sensitivity: np.ndarray, theta: float,
             reasons.append(f"layer {governed[j]} (best similarity {similarity[i, j]:.3g} with layer {governed[i]} "
                            "< theta)")
     return f"theta={theta} admits no reuse, so every layer runs full attention; " + "; ".join(reasons)
+
+
+def allocate_top_k(policy: Policy, profile: Profile, *, top_k: int, block_size: int, spread: int = 4) -> Policy:
+    """``policy`` with each consumer's own ``top_k`` sized by need, the total fixed (budgets by need).
+
+    A consumer's need is its profiled sensitivity (the RNMSE of its output attending only its own top-k): each gets
+    blocks in proportion to it, between ``ceil(n / spread)`` and ``n * spread`` where n = ceil(top_k / block_size),
+    and the consumers together keep n blocks each on average (so a model's attention reads the same number of keys).
+    The proportion is found by bisection on the clipped sum and rounded by largest remainders. Needs
+    ``selection="refine"`` (with ``candidates >= spread``) or ``"oracle"`` at compile time: under ``reuse`` a
+    consumer attends its producer's blocks. The provenance records the needs and the blocks per consumer.
+    """
+    if not isinstance(policy, Policy) or not isinstance(profile, Profile):
+        raise ValueError("allocate_top_k needs a hylra_compile.Policy and the Profile it was made from")
+    if profile.num_layers != policy.num_layers:
+        raise ValueError(f"the profile has {profile.num_layers} layers, the policy {policy.num_layers}")
+    for name, value in (("top_k", top_k), ("block_size", block_size), ("spread", spread)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    consumers = [layer for layer, mode in enumerate(policy.modes) if mode == "consumer"]
+    if not consumers:
+        raise ValueError("the policy has no consumer layer: there is no top_k to allocate")
+    n = -(-top_k // block_size)
+    low, high = -(-n // spread), n * spread
+    need = np.asarray([profile.sensitivity[layer] for layer in consumers], dtype=np.float64)
+    need = need / need.mean() if need.mean() > 0 else np.ones_like(need)
+    total = n * len(consumers)
+
+    def blocks(scale: float) -> np.ndarray:
+        return np.clip(scale * n * need, low, high)
+
+    lo_scale, hi_scale = 0.0, 1.0
+    while blocks(hi_scale).sum() < total and hi_scale < 1e12:
+        hi_scale *= 2
+    for _ in range(100):  # bisection on the clipped sum, which grows with the scale
+        mid = (lo_scale + hi_scale) / 2
+        lo_scale, hi_scale = (mid, hi_scale) if blocks(mid).sum() < total else (lo_scale, mid)
+    share = blocks(hi_scale)
+    counts = np.floor(share).astype(int)
+    for position in np.argsort(-(share - counts), kind="stable")[: max(0, total - int(counts.sum()))]:
+        counts[position] += 1  # largest remainders, to the total exactly
+    budgets = [None] * policy.num_layers
+    for layer, count in zip(consumers, counts):
+        budgets[layer] = int(count) * block_size
+    provenance = {**policy.provenance, "top_k_allocation": {
+        "top_k": top_k, "block_size": block_size, "spread": spread, "need": "sensitivity",
+        "blocks": {str(layer): int(count) for layer, count in zip(consumers, counts)}}}
+    return Policy(policy.modes, policy.sources, num_kv_heads=policy.num_kv_heads, provenance=provenance,
+                  heads=policy.heads, top_k=budgets)

@@ -58,12 +58,17 @@ class HylraOptions:
         """Blocks selected per query block: ``ceil(top_k / block_size)``."""
         return -(-self.top_k // self.block_size)
 
-    def selection_settings(self, key_blocks: int | None = None) -> dict[str, int]:
+    def selection_settings(self, key_blocks: int | None = None, layer: int | None = None) -> dict[str, int]:
         """The keyword arguments of a layer's own top-``top_k`` selection: ``hylra::refine_blocks``, and
         ``hylra::topk_attention`` where a consumer selects for itself (``selection="oracle"``). ``key_blocks``:
-        the KV blocks there are, when static."""
-        return dict(block_size=self.block_size, n_select=self._capped(self.n_select, key_blocks),
+        the KV blocks there are, when static; ``layer``: a consumer whose own ``top_k`` the policy may set."""
+        return dict(block_size=self.block_size, n_select=self._capped(self.layer_n_select(layer), key_blocks),
                     sink_blocks=self.sink_blocks, local_blocks=self.local_blocks)
+
+    def layer_n_select(self, layer: int | None) -> int:
+        """Blocks a consumer selects for itself: its policy ``top_k`` (:attr:`Policy.top_k`) or the option's."""
+        budget = self.policy.top_k[layer] if self.policy is not None and layer is not None else None
+        return self.n_select if budget is None else -(-budget // self.block_size)
 
     def producer_settings(self, key_blocks: int | None = None) -> dict[str, int]:
         """The keyword arguments of a producer's ``hylra::topk_attention``: its selection is ``candidates`` times
@@ -127,6 +132,27 @@ class HylraOptions:
             raise ValueError(f"hylra option dump_dir must be a path or None, got {self.dump_dir!r}")
         if self.policy is not None and not isinstance(self.policy, Policy):
             raise ValueError(f"hylra option policy must be a Policy here, got {type(self.policy).__name__}")
+        if self.policy is not None and self.policy.has_budgets:
+            self._check_budgets()
+
+    def _check_budgets(self) -> None:
+        """A policy's per-layer top_k needs consumers that choose their own blocks, each at least the forced sink
+        and local blocks and (under refine) at most the candidates its producer emits."""
+        if self.selection == "reuse":
+            raise ValueError("the policy gives consumers their own top_k, which needs selection='refine' or 'oracle' "
+                             "(under 'reuse' a consumer attends its producer's top_k blocks)")
+        most = self.n_select * self.candidates if self.selection == "refine" else None
+        for layer, budget in enumerate(self.policy.top_k):
+            if budget is None:
+                continue
+            n_select = self.layer_n_select(layer)
+            if n_select < self.sink_blocks + self.local_blocks:
+                raise ValueError(f"layer {layer}: top_k={budget} selects {n_select} block(s) of {self.block_size}, "
+                                 f"fewer than sink_blocks + local_blocks = {self.sink_blocks + self.local_blocks}")
+            if most is not None and n_select > most:
+                raise ValueError(f"layer {layer}: top_k={budget} selects {n_select} blocks, more than the "
+                                 f"{most} candidates its producer emits (candidates={self.candidates} x "
+                                 f"top_k={self.top_k}): raise candidates or lower it")
 
 
 def _is_int(value: Any) -> bool:

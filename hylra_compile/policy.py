@@ -20,7 +20,10 @@ class Policy:
     indices. ``consumer``: sparse attention over the indices of ``sources[layer]``, an earlier producer.
     ``heads`` (optional, per layer): a consumer's head map, for each of its KV heads the KV head of its producer
     whose selection it reads (Kascade's head-mapped reuse; :func:`hylra_compile.optimize` takes it from a profile
-    with ``head_map=True``); None pairs equal heads.
+    with ``head_map=True``); None pairs equal heads. ``top_k`` (optional, per layer): a consumer's own budget in
+    tokens, where it chooses its own blocks (``selection="refine"`` among its producer's candidates, or
+    ``"oracle"``); None takes the backend's ``top_k`` (:func:`hylra_compile.optimizer.allocate_top_k` sizes them by
+    need).
     ``num_kv_heads`` (optional) and the number of layers identify the model the policy was made for;
     ``provenance`` records how it was made (the optimiser's parameters, the profile's matrices).
     """
@@ -33,10 +36,12 @@ class Policy:
         num_kv_heads: int | None = None,
         provenance: dict[str, Any] | None = None,
         heads: Sequence[Sequence[int] | None] | None = None,
+        top_k: Sequence[int | None] | None = None,
     ):
         self.modes = list(modes)
         self.sources = list(sources)
         self.heads = list(heads) if heads is not None else [None] * len(self.modes)
+        self.top_k = list(top_k) if top_k is not None else [None] * len(self.modes)
         self.num_kv_heads = num_kv_heads
         self.provenance = dict(provenance or {})
         self._validate()
@@ -73,6 +78,7 @@ class Policy:
         num_kv_heads: int | None = None,
         provenance: dict[str, Any] | None = None,
         heads: Sequence[Sequence[int] | None] | None = None,
+        top_k: Sequence[int | None] | None = None,
     ) -> "Policy":
         """Build from a list of modes; a consumer's source defaults to the nearest earlier producer."""
         modes = list(modes)
@@ -87,7 +93,7 @@ class Policy:
                 if mode == "consumer" and last_producer is None:
                     raise ValueError(f"layer {layer} is a consumer but no earlier layer is a producer")
                 sources.append(last_producer if mode == "consumer" else None)
-        return cls(modes, sources, num_kv_heads=num_kv_heads, provenance=provenance, heads=heads)
+        return cls(modes, sources, num_kv_heads=num_kv_heads, provenance=provenance, heads=heads, top_k=top_k)
 
     # -- persistence --------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -96,8 +102,9 @@ class Policy:
             "version": VERSION,
             "num_layers": self.num_layers,
             "num_kv_heads": self.num_kv_heads,
-            "layers": [{"mode": m, "source": s, **({} if h is None else {"heads": h})}
-                       for m, s, h in zip(self.modes, self.sources, self.heads)],
+            "layers": [{"mode": m, "source": s, **({} if h is None else {"heads": h}),
+                        **({} if k is None else {"top_k": k})}
+                       for m, s, h, k in zip(self.modes, self.sources, self.heads, self.top_k)],
             "provenance": self.provenance,
         }
 
@@ -121,6 +128,7 @@ class Policy:
             num_kv_heads=data.get("num_kv_heads"),
             provenance=data.get("provenance"),
             heads=[entry.get("heads") for entry in layers],
+            top_k=[entry.get("top_k") for entry in layers],
         )
 
     def save(self, path: str | Path) -> None:
@@ -190,6 +198,11 @@ class Policy:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Policy) and self.to_dict() == other.to_dict()
 
+    @property
+    def has_budgets(self) -> bool:
+        """Whether some consumer has its own ``top_k``."""
+        return any(k is not None for k in self.top_k)
+
     def heads_of(self, layer: int, num_kv_heads: int, tp_size: int = 1, rank: int = 0) -> tuple[list[int] | None, str | None]:
         """(map, why not) of a consumer's head map on a graph holding ``num_kv_heads`` KV heads, rank ``rank`` of
         ``tp_size`` tensor-parallel ranks (each holds its contiguous share of the heads): the map in the graph's own
@@ -232,6 +245,16 @@ class Policy:
             raise ValueError(f"num_kv_heads must be a positive int or None, got {self.num_kv_heads!r}")
         if len(self.heads) != len(self.modes):
             raise ValueError(f"policy has {len(self.modes)} modes but {len(self.heads)} head maps")
+        if len(self.top_k) != len(self.modes):
+            raise ValueError(f"policy has {len(self.modes)} modes but {len(self.top_k)} top_k entries")
+        for layer, (mode, budget) in enumerate(zip(self.modes, self.top_k)):
+            if budget is None:
+                continue
+            if mode != "consumer":
+                raise ValueError(f"layer {layer} is {mode!r} and cannot have its own top_k (only consumers choose "
+                                 "their own blocks)")
+            if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
+                raise ValueError(f"layer {layer}: top_k must be a positive int or None, got {budget!r}")
         for layer, (mode, heads) in enumerate(zip(self.modes, self.heads)):
             if heads is None:
                 continue

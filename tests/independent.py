@@ -19,7 +19,7 @@ class IndependentHylra:
     producer picks ``candidates`` times ``n_select`` blocks, and a consumer picks ``n_select`` of them by the same
     rule from its own softmax over the allowed keys of those blocks, then attends to its own pick. A consumer with a
     head map (``policy.heads[layer]``) takes, for its KV head h, what its producer picked for KV head
-    ``heads[h]``.
+    ``heads[h]``; one with its own budget (``policy.top_k[layer]`` tokens) picks that many tokens' blocks.
     """
 
     name = "hylra_test_independent"
@@ -48,7 +48,9 @@ class IndependentHylra:
             if heads is not None:
                 chosen = {(b, h, r): chosen[b, heads[h], r] for b, h, r in chosen}
             if self.candidates is not None:
-                chosen = self._refine(query, key, allowed, chosen, scaling, G)
+                budget = self.policy.top_k[layer]
+                own = self.n_select if budget is None else -(-budget // self.block)
+                chosen = self._refine(query, key, allowed, chosen, scaling, G, own)
             for b in range(B):
                 for h in range(Hq):
                     for i in range(Sq):
@@ -64,7 +66,7 @@ class IndependentHylra:
         out = (probs @ v.double()).to(query.dtype)
         return out.transpose(1, 2).contiguous(), None
 
-    def _refine(self, query, key, allowed, offered, scaling, G):
+    def _refine(self, query, key, allowed, offered, scaling, G, n_select):
         """The consumer's own pick among the producer's ``offered`` blocks."""
         B, Hq, Sq, Skv = query.shape[0], query.shape[1], query.shape[2], key.shape[2]
         in_offered = torch.zeros(B, Hq // G, Sq, Skv, dtype=torch.bool)
@@ -75,7 +77,7 @@ class IndependentHylra:
         scores = (query.double() @ key.repeat_interleave(G, 1).double().transpose(2, 3)) * scaling
         keep = own.repeat_interleave(G, 1)
         probs = torch.softmax(scores.masked_fill(~keep, float("-inf")), -1).nan_to_num(0.0)
-        return self._select(probs, own, G, self.n_select)
+        return self._select(probs, own, G, n_select)
 
     def _select(self, probs, allowed, G, n_select):
         """Per (b, KV head, query block): forced sink / local blocks among those with an allowed key (``allowed``

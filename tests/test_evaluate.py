@@ -131,6 +131,29 @@ def test_policy_runner_follows_the_head_map_as_the_compiled_backend(model, windo
     assert rel_err(outputs[0], outputs[1]) > 1e-4
 
 
+@pytest.mark.parametrize("selection", ["refine", "oracle"])
+def test_policy_runner_follows_per_layer_top_k_as_the_compiled_backend(model, windows, selection):
+    """Consumers with their own top_k (24 and 80 tokens where the rest keep 40): the runner selects as the compiled
+    graph does, and the budgets change the outputs; evaluate refuses budgets under reuse before any model run."""
+    torch._dynamo.reset()
+    plain = Policy.every(2, 4)
+    budgets = Policy(plain.modes, plain.sources, top_k=[None, 24, None, 80])
+    options = {**SELECTION, "selection": selection}
+    ids = torch.stack(windows)
+    with torch.no_grad():
+        backend = HylraBackend(policy=budgets, inductor=False, **options)
+        want = torch.compile(model, backend=backend, fullgraph=True)(ids, use_cache=False).logits
+        outputs = []
+        for policy in (budgets, plain):
+            with routed_attention(model, PolicyAttention(policy, HylraOptions(policy=policy, **options))):
+                outputs.append(model(ids, use_cache=False).logits)
+    assert rel_err(outputs[0], want) < 1e-5
+    assert rel_err(outputs[0], outputs[1]) > 1e-4
+    with pytest.raises(ValueError, match="needs selection='refine' or 'oracle'"):
+        evaluate(model, {"budgets": Setting(budgets, {"selection": "reuse"})}, windows=windows, progress=False,
+                 **SELECTION)
+
+
 @pytest.mark.parametrize("policy, options, phases, message", [
     (["full"] * 4, {}, ("prefill", "decode"), "a setting's policy must be a hylra_compile.Policy, got list"),
     (Policy.full(4), {"min_seq_len": 8}, ("prefill",),

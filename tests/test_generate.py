@@ -86,6 +86,24 @@ def test_head_mapped_reuse(selection):
         assert "0 heads [1, 0]" in str(report)
 
 
+def test_per_layer_top_k_under_refine():
+    """Consumers with their own budgets (layer 1: 2 blocks, layer 3: 6, of the producer's 12 candidates): the same
+    tokens and logits as the independent HyLRA with those budgets, and not those of the uniform top_k."""
+    budgets = Policy(POLICY.modes, POLICY.sources, top_k=[None, 2 * BLOCK, None, 6 * BLOCK])
+    model = tiny_model("llama", num_layers=4)
+    compilation = hylra_compile.compile_for_generate(model, **{**OPTIONS, "policy": budgets}, inductor=False)
+    ids, mask = padded_batch(41, pads=(0, 3))
+    out = model.generate(ids, attention_mask=mask, cache_implementation="static", **GREEDY)
+    same_generation(out, independent_model("refine", budgets).generate(
+        ids, attention_mask=mask, cache_implementation="static", **GREEDY))
+    uniform = independent_model("refine").generate(ids, attention_mask=mask, cache_implementation="static", **GREEDY)
+    assert rel_err(out.logits[-1], uniform.logits[-1]) > 1e-3
+    (refines,) = {tuple(n.kwargs["n_select"] for n in graph.graph.nodes
+                        if n.target is torch.ops.hylra.refine_blocks.default)
+                  for graph in compilation.prefill.graphs + compilation.decode.graphs}
+    assert refines == (2, 6)
+
+
 def test_chunked_prefill_stopping_and_restore():
     """prefill_chunk_size sends each chunk through the prefill graph (a partly filled cache); an eos token stops a
     row as in plain generate(); restore() gives the model back."""

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from hylra_compile import Policy
+from hylra_compile import Policy, allocate_top_k
 from hylra_compile.optimizer import optimize
 from hylra_compile.profiler import Profile
 
@@ -174,6 +174,29 @@ def test_map_heads_takes_the_profiles_head_map_and_its_similarity():
     assert every.heads == [None, [1, 0], [1, 0]] and every.provenance["summed_similarity"] == pytest.approx(1.8)
     with pytest.raises(ValueError, match="map_heads=True needs a profile with a head map"):
         optimize(Profile(similarity, [0.1, 0.1, 0.1]), budget=2, map_heads=True)
+
+
+def test_allocate_top_k_by_sensitivity_keeps_the_total():
+    """Consumers get blocks in proportion to their sensitivity, clipped to [n / spread, n * spread], n blocks each
+    on average; producers and full layers get none."""
+    prof = Profile(matrix(6, {}, default=0.5), [0.1, 0.05, 0.1, 0.2, 0.4, 0.0])
+    policy = optimize(prof, budget=1)
+    assert policy.modes == ["producer"] + ["consumer"] * 5
+    allocated = allocate_top_k(policy, prof, top_k=256, block_size=32)  # n = 8 blocks
+    blocks = [None if k is None else k // 32 for k in allocated.top_k]
+    assert blocks[0] is None and sum(blocks[1:]) == 5 * 8
+    assert blocks[5] == 2 and blocks[1] < blocks[2] < blocks[3] < blocks[4] <= 32  # the floor, then by need
+    assert allocated.modes == policy.modes and allocated.sources == policy.sources
+    assert allocated.provenance["top_k_allocation"]["blocks"] == {str(j): blocks[j] for j in range(1, 6)}
+    uniform = allocate_top_k(policy, Profile(matrix(6, {}, default=0.5), [0.0] * 6), top_k=256,
+                                           block_size=32)
+    assert uniform.top_k == [None] + [256] * 5
+    with pytest.raises(ValueError, match="no consumer layer"):
+        allocate_top_k(Policy.full(6), prof, top_k=256, block_size=32)
+    with pytest.raises(ValueError, match="spread must be a positive int"):
+        allocate_top_k(policy, prof, top_k=256, block_size=32, spread=0)
+    with pytest.raises(ValueError, match="the profile has 6 layers, the policy 3"):
+        allocate_top_k(Policy.every(2, 3), prof, top_k=256, block_size=32)
 
 
 @pytest.mark.parametrize(

@@ -106,3 +106,21 @@ def test_candidates_without_refine_warn(selection):
         warnings.simplefilter("error")
         HylraOptions(selection="refine", candidates=8)
         HylraOptions(selection=selection, candidates=4)
+
+
+def test_per_layer_top_k_of_a_policy():
+    """A consumer's own top_k sets its selection's n_select; it needs consumers that choose (refine, oracle),
+    room for the forced blocks, and under refine no more than the producer's candidates."""
+    policy = Policy(["producer", "consumer", "consumer"], [None, 0, 0], top_k=[None, 1024, 4096])
+    opts = HylraOptions(policy=policy, top_k=2048, block_size=64)
+    assert [opts.selection_settings(layer=layer)["n_select"] for layer in (0, 1, 2, None)] == [32, 16, 64, 32]
+    assert opts.producer_settings()["n_select"] == 128  # the producer emits candidates x top_k, budgets aside
+    assert opts.selection_settings(key_blocks=40, layer=2)["n_select"] == 40
+    for options, message in [
+        ({"selection": "reuse"}, "gives consumers their own top_k, which needs selection='refine' or 'oracle'"),
+        ({"candidates": 1}, r"layer 2: top_k=4096 selects 64 blocks, more than the 32 candidates"),
+        ({"block_size": 512}, r"layer 1: top_k=1024 selects 2 block\(s\) of 512, fewer than sink_blocks"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            HylraOptions(policy=policy, top_k=2048, **options)
+    assert HylraOptions(policy=policy, selection="oracle", candidates=4).layer_n_select(2) == 64

@@ -68,6 +68,20 @@ def test_head_maps_survive_save_and_load_and_are_checked(tmp_path):
             Policy(modes, sources, num_kv_heads=kv_heads, heads=heads)
 
 
+def test_per_layer_top_k_survives_save_and_load_and_is_checked(tmp_path):
+    policy = Policy(["producer", "consumer", "consumer"], [None, 0, 0], top_k=[None, 1024, None])
+    assert policy.has_budgets and not Policy.every(2, 3).has_budgets
+    policy.save(tmp_path / "p.json")
+    layers = json.loads((tmp_path / "p.json").read_text())["layers"]
+    assert layers[1]["top_k"] == 1024 and "top_k" not in layers[2]
+    assert Policy.load(tmp_path / "p.json") == policy
+    for budgets, message in [([512, None, None], "layer 0 is 'producer' and cannot have its own top_k"),
+                             ([None, 0, None], "layer 1: top_k must be a positive int or None, got 0"),
+                             ([None, None], "3 modes but 2 top_k entries")]:
+        with pytest.raises(ValueError, match=message):
+            Policy(["producer", "consumer", "consumer"], [None, 0, 0], top_k=budgets)
+
+
 def test_heads_of_a_consumer_in_a_graphs_own_head_numbering():
     policy = Policy(["producer", "consumer", "consumer"], [None, 0, 0], num_kv_heads=4,
                     heads=[None, [1, 0, 3, 3], [0, 1, 2, 3]])

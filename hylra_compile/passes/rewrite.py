@@ -59,7 +59,8 @@ def rewrite(
             if decision.heads is not None:  # head-mapped reuse: each KV head reads its producer head's selection
                 produced = call_with_meta(graph, torch.ops.hylra.map_heads.default,
                                           {"block_idx": produced, "heads": list(decision.heads)}, match.output)
-            selected = consumer_selection(graph, inputs, settings, produced, options, key_blocks, match.output)
+            selected = consumer_selection(graph, inputs, settings, produced, options, key_blocks, match.output,
+                                          layer=match.layer)
             arguments = {**inputs, "block_idx": selected, **settings, **options.consumer_settings()}
             out = call_with_meta(graph, torch.ops.hylra.sparse_attention.default, arguments, match.output)
         else:
@@ -76,22 +77,24 @@ def rewrite(
 
 
 def consumer_selection(graph: torch.fx.Graph, inputs: dict, settings: dict, produced: torch.fx.Node,
-                       options: HylraOptions, key_blocks: int | None, like: torch.fx.Node) -> torch.fx.Node:
+                       options: HylraOptions, key_blocks: int | None, like: torch.fx.Node,
+                       layer: int | None = None) -> torch.fx.Node:
     """The node giving a consumer's ``block_idx`` under ``options.selection``: its producer's (``reuse``), the
     top of its producer's candidates by its own attention mass (``refine``: ``hylra::refine_blocks``), or its own
     top blocks among all (``oracle``: ``hylra::topk_attention``'s selection; its output is not used).
     ``key_blocks``: the KV blocks there are, when static (``refine`` over at most ``top_k`` candidates is
-    reuse)."""
-    own_count = options.selection_settings(key_blocks)["n_select"]
+    reuse); ``layer``: the consumer's, whose own ``top_k`` the policy may set."""
+    own = options.selection_settings(key_blocks, layer)
+    own_count = own["n_select"]
     if options.selection == "reuse" or (
             options.selection == "refine" and own_count >= example_value(produced).shape[-1]):
         return produced  # refine keeps every candidate when top_k covers them all: the producer's selection as is
-    own = {"q": inputs["q"], "k": inputs["k"]}
+    qk = {"q": inputs["q"], "k": inputs["k"]}
     if options.selection == "refine":
-        arguments = {**own, "candidate_idx": produced, "mask": inputs["mask"], "block_mask": inputs["block_mask"],
-                     **settings, **options.selection_settings(key_blocks)}
+        arguments = {**qk, "candidate_idx": produced, "mask": inputs["mask"], "block_mask": inputs["block_mask"],
+                     **settings, **own}
         return call_with_meta(graph, torch.ops.hylra.refine_blocks.default, arguments, like)
-    arguments = {**inputs, **settings, **options.selection_settings(key_blocks)}
+    arguments = {**inputs, **settings, **own}
     op = call_with_meta(graph, torch.ops.hylra.topk_attention.default, arguments, like)
     return call_with_meta(graph, operator.getitem, (op, 1), like)
 

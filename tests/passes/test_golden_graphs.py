@@ -52,7 +52,7 @@ def attention_ops(gm: torch.fx.GraphModule) -> str:
     lines = []
     for node in gm.graph.nodes:
         if node.target in HYLRA_OPS:
-            name = f"{HYLRA_OPS[node.target]}#{sum(HYLRA_OPS[node.target] in line for line in lines)}"
+            name = f"{HYLRA_OPS[node.target]}#{sum(line.startswith(HYLRA_OPS[node.target] + '#') for line in lines)}"
             lines.append(f"{name}({', '.join(f'{k}={show(v)}' for k, v in node.kwargs.items())})")
             if HYLRA_OPS[node.target] in ("mask_blocks", "shared_mask", "refine_blocks", "map_heads"):
                 producers[node] = name
@@ -173,6 +173,24 @@ topk_attention#0(q=%0 f32[1, 4, 16, 2], k=%1 f32[1, 2, 16, 2], v=%2 f32[1, 2, 16
 map_heads#0(block_idx=topk_attention#0.block_idx, heads=[1, 0])
 sparse_attention#0(q=%3 f32[1, 4, 16, 2], k=%4 f32[1, 2, 16, 2], v=%5 f32[1, 2, 16, 2], mask=None, block_mask=None, block_idx=map_heads#0, is_causal=True, scale=None, block_size=4, min_seq_len=0)
 consumer_sites=1, head_mapped_consumers=1, producer_sites=1, rewritten=2, sdpa_matched=2""")
+
+    def test_own_model_per_layer_top_k(self):
+        """Consumers with their own budgets (8 and 12 tokens: 2 and 3 blocks of 4) refine to that many blocks among
+        the producer's 4 candidates; the producer's selection is the options' (2 x top_k 8)."""
+        policy = Policy(["producer", "consumer", "consumer"], [None, 0, 0], top_k=[None, 8, 12])
+        torch.manual_seed(0)
+        model = TinyStack(3)
+        backend = HylraBackend(policy=policy, top_k=8, block_size=4, local_blocks=1, min_seq_len=0,
+                               selection="refine", candidates=2, inductor=False)
+        with torch.no_grad():
+            torch.compile(model, backend=backend, fullgraph=True)(torch.randn(1, 16, 8))
+        (gm,) = backend.graphs
+        self.assertExpectedInline(attention_ops(gm), """\
+topk_attention#0(q=%0 f32[1, 2, 16, 4], k=%1 f32[1, 1, 16, 4], v=%2 f32[1, 1, 16, 4], mask=None, block_mask=None, is_causal=True, scale=None, block_size=4, n_select=4, sink_blocks=1, local_blocks=1)
+refine_blocks#0(q=%3 f32[1, 2, 16, 4], k=%4 f32[1, 1, 16, 4], candidate_idx=topk_attention#0.block_idx, mask=None, block_mask=None, is_causal=True, scale=None, block_size=4, n_select=2, sink_blocks=1, local_blocks=1)
+sparse_attention#0(q=%3 f32[1, 2, 16, 4], k=%4 f32[1, 1, 16, 4], v=%5 f32[1, 1, 16, 4], mask=None, block_mask=None, block_idx=refine_blocks#0, is_causal=True, scale=None, block_size=4, min_seq_len=0)
+refine_blocks#1(q=%6 f32[1, 2, 16, 4], k=%7 f32[1, 1, 16, 4], candidate_idx=topk_attention#0.block_idx, mask=None, block_mask=None, is_causal=True, scale=None, block_size=4, n_select=3, sink_blocks=1, local_blocks=1)
+sparse_attention#1(q=%6 f32[1, 2, 16, 4], k=%7 f32[1, 1, 16, 4], v=%8 f32[1, 1, 16, 4], mask=None, block_mask=None, block_idx=refine_blocks#1, is_causal=True, scale=None, block_size=4, min_seq_len=0)""")
 
     def hf_views(self, attn: str, phase: str) -> str:
         """The attention-op view of every family's rewritten graph, checked equal across families."""
