@@ -9,6 +9,7 @@ config JSON (random weights, seeded by ``--seed``), a GGUF file (or a directory 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -394,6 +395,11 @@ def _eval(args: argparse.Namespace) -> int:
     governed = len(governed_layers(config, config_layers, args.top_k))
     for spec in specs:
         check_policy_spec(spec, config_layers, governed)
+        if Policy.is_policy_file(spec):  # its per-layer top_k, if any, against these selection options
+            try:
+                dataclasses.replace(options, policy=Policy.load(spec))
+            except ValueError as err:
+                raise ValueError(f"--policy {spec}: {err}") from None
     model, tokenizer = _load(args)
     num_layers = model.config.num_hidden_layers
     if tasks and tokenizer is None:

@@ -258,14 +258,18 @@ def test_eval_refuses_before_the_model_loads(files, capsys, no_model_load, extra
 
 
 def test_eval_refuses_policy_files_before_the_model_loads(files, capsys, no_model_load):
-    """A missing, malformed or other-model policy JSON is named before the model loads; a good one reaches it."""
+    """A missing, malformed or other-model policy JSON, or one whose per-layer top_k the selection cannot read, is
+    named before the model loads; a good one reaches it."""
     (files / "broken.json").write_text("{modes: [")
     Policy.every(2, 4).save(files / "four.json")
     Policy.every(2, 3).save(files / "three.json")
+    Policy(["producer", "consumer", "consumer"], [None, 0, 0], top_k=[None, 64, None]).save(files / "budgets.json")
     for name, message in [("missing.json", "does not exist"), ("broken.json", "is not valid JSON"),
                           ("four.json", "the policy has 4 layers but the model has 3")]:
         err = run_error(eval_args(files, "--policy", str(files / name)), capsys)
         assert f"--policy {files / name}" in err and message in err
+    err = run_error(eval_args(files, "--policy", str(files / "budgets.json"), "--selection", "reuse"), capsys)
+    assert "own top_k, which needs selection='refine' or 'oracle'" in err
     assert no_model_load == []
     with pytest.raises(RuntimeError, match="the model was loaded"):
         main(eval_args(files, "--policy", str(files / "three.json"), "--haystacks", "prose"))
