@@ -534,6 +534,14 @@ def _plot(rows: list[dict], path: Path) -> None:
     figure.savefig(path, dpi=120)
 
 
+def _where(error: BaseException) -> list[str]:
+    """The innermost frames of ``error``'s traceback (file:line function), to tell which allocation failed."""
+    import traceback
+
+    return [f"{Path(frame.filename).name}:{frame.lineno} {frame.name}"
+            for frame in traceback.extract_tb(error.__traceback__)[-6:]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--context", type=int, default=32768)
@@ -600,7 +608,7 @@ def main() -> None:
                 row = measure(model, variant, context, args.batch, args)
         except torch.OutOfMemoryError as error:
             row = {"variant": variant, "context": context, "batch": args.batch,
-                   "error": f"out of memory: {error}"[:300]}
+                   "error": f"out of memory: {error}"[:300], "where": _where(error)}
         if cuda:
             torch.cuda.empty_cache()
         rows = [{**meta, **row}]
