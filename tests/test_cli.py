@@ -97,6 +97,15 @@ def test_budget_mode(files):
     assert sum(mode != "consumer" for mode in Policy.load(files / "policy.json").modes) == 2
 
 
+def test_map_heads_writes_the_head_map_into_the_policy(files, capsys):
+    assert main(profile_args(files, "--theta", "0.0", "--similarity", "mass", "--map-heads")) == 0
+    policy = Policy.load(files / "policy.json")
+    assert policy.provenance["map_heads"] is True
+    assert all((heads is None) == (mode != "consumer") and (heads is None or len(heads) == 2)
+               for mode, heads in zip(policy.modes, policy.heads))
+    assert policy.heads == policy.provenance["head_map"]
+
+
 def test_inspect_a_baseline_policy_without_profile(files, capsys):
     Policy.every(2, 3).save(files / "jump2.json")
     assert main(["inspect", str(files / "jump2.json")]) == 0
