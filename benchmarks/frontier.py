@@ -48,7 +48,7 @@ from pathlib import Path
 
 from hylra_compile import Policy, allocate_top_k, optimize, profile
 from hylra_compile.corpora import builtin_text
-from hylra_compile.evaluate import DENSE, Setting, evaluate, same_within_intervals, task_of, wilson_interval
+from hylra_compile.evaluate import DENSE, Evaluation, Setting, evaluate, same_within_intervals, task_of, wilson_interval
 from hylra_compile.models import load_model
 from hylra_compile.options import DEFAULT_CANDIDATES
 from hylra_compile.plots import SETTING_TERMS
@@ -149,22 +149,32 @@ def accuracy(args: argparse.Namespace) -> None:
 
     tasks = args.tasks.split(",")
     prompts = make_prompts(tasks, tokenizer, [args.length], args.samples, seed=0, haystacks=("filler", "prose"))
-    for group in args.group:
+    chosen = {group: {name: setting for name, setting in settings_of(group, num_layers, dense, get_profile, args.only,
+                                                                      args.top_k, args.block_size).items()
+                      if not args.only or name in args.only} for group in dict.fromkeys(args.group)}
+    # The groups that share the prompts run as one evaluation (dense once); attribution, on fewer prompts, alone.
+    runs = [[group for group in chosen if group != "attribution"], [g for g in chosen if g == "attribution"]]
+    for groups in filter(None, runs):
         start = time.perf_counter()
-        settings = {name: setting for name, setting in settings_of(group, num_layers, dense, get_profile,
-                                                                    args.only, args.top_k, args.block_size).items()
-                    if not args.only or name in args.only}
-        evaluation = evaluate(model, settings, tokenizer=tokenizer, prompts=prompts if group != "attribution" else
+        union: dict[str, Setting] = {}
+        for group in groups:
+            for name, setting in chosen[group].items():
+                if union.setdefault(name, setting) != setting:
+                    raise ValueError(f"setting {name!r} means two things in groups {groups}")
+        evaluation = evaluate(model, union, tokenizer=tokenizer, prompts=prompts if groups != ["attribution"] else
                               prompts[:: max(1, len(prompts) // args.attribution_prompts)],
                               windows=windows, max_new_tokens=12, progress=not args.no_progress,
-                              metadata={"model": args.model, "experiment": f"frontier {group}",
+                              metadata={"model": args.model,
                                         "text": "builtin:prose and builtin:code (last windows)",
                                         "command": "python benchmarks/frontier.py " + " ".join(sys.argv[2:])},
                               **selection)
-        evaluation.metadata["seconds"] = round(time.perf_counter() - start)
-        stem = f"frontier-accuracy-{args.model}-{args.length}-{args.top_k}-{group}"
-        evaluation.save(args.out, stem=stem)
-        print(evaluation.to_markdown(), flush=True)
+        seconds = round(time.perf_counter() - start)
+        for group in groups:
+            part = Evaluation([r for r in evaluation.results if r.name == DENSE or r.name in chosen[group]],
+                              {**evaluation.metadata, "experiment": f"frontier {group}", "seconds": seconds,
+                               "evaluated_with": groups})
+            part.save(args.out, stem=f"frontier-accuracy-{args.model}-{args.length}-{args.top_k}-{group}")
+            print(part.to_markdown(), flush=True)
 
 
 # -- table -------------------------------------------------------------------------------------------------------

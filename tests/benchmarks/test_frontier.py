@@ -131,3 +131,44 @@ def test_refine_settings_join_the_refine_variant_with_ratios_of_its_own_device(f
     joined = frontier.speed_of(speed + block32, 0.25, 2048, "refine", block_size=32)
     assert joined["decode_speedup_32K"] == pytest.approx(20.0 / 5.0)
     assert joined["ttft_ratio_32K"] == pytest.approx(1.1 / 2.2)
+
+
+def test_groups_sharing_the_prompts_run_as_one_evaluation(frontier, monkeypatch, tmp_path):
+    """Two groups in one call: one evaluation (dense once) over both groups' settings, saved as one file per group
+    holding dense and that group's settings; attribution, on fewer prompts, runs alone."""
+    import argparse
+    import types
+
+    import torch
+
+    model = types.SimpleNamespace(config=types.SimpleNamespace(num_hidden_layers=8))
+    monkeypatch.setattr(frontier, "load_model", lambda name, device, dtype: (model, None))
+    monkeypatch.setattr(frontier, "builtin_text", lambda name: name)
+    monkeypatch.setattr(frontier, "full_windows", lambda texts, **_: [torch.zeros(64, dtype=torch.long)])
+    monkeypatch.setattr(frontier, "make_prompts", lambda *args, **kwargs: list(range(48)))
+    calls = []
+
+    def evaluate(model, settings, prompts, metadata, **_):
+        calls.append((sorted(settings), len(prompts)))
+        metadata = {**metadata, "num_layers": 8, "device": "cpu", "date": "d", "top_k": 2048, "block_size": 64,
+                    "sink_blocks": 1, "local_blocks": 2, "min_seq_len": 4096, "selection": "reuse",
+                    "lengths": [512], "seq_len": 512, "text_windows": 2, "prompts": len(prompts)}
+        results = [Result("dense", 8)] + [Result(name, 2) for name in settings]
+        for result in results:
+            result.positions, result.kl, result.nll, result.error_sq, result.dense_sq = 10, 0.1, 10.0, [0.1], [1.0]
+        return Evaluation(results, metadata)
+
+    monkeypatch.setattr(frontier, "evaluate", evaluate)
+    args = argparse.Namespace(model="m", length=512, top_k=2048, block_size=64, samples=6, tasks="passkey",
+                              windows=1, attribution_prompts=24, device="cpu", out=tmp_path, no_progress=True,
+                              dense_layers=2, group=["phases", "mechanisms", "attribution"],
+                              only=["every:4 prefill only", "every:4 decode only", "every:4 refine", "every:4",
+                                    "every:4 +dense 1"])
+    frontier.accuracy(args)
+    assert calls == [(["every:4", "every:4 decode only", "every:4 prefill only", "every:4 refine"], 48),
+                     (["every:4", "every:4 +dense 1"], 24)]
+    saved = {path.stem.rsplit("-", 1)[-1]: [r["name"] for r in json.loads(path.read_text())["results"]]
+             for path in tmp_path.glob("frontier-accuracy-*.json")}
+    assert saved == {"phases": ["dense", "every:4 prefill only", "every:4 decode only"],
+                     "mechanisms": ["dense", "every:4", "every:4 refine"],
+                     "attribution": ["dense", "every:4", "every:4 +dense 1"]}
