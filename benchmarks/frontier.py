@@ -132,7 +132,9 @@ def accuracy(args: argparse.Namespace) -> None:
     num_layers = model.config.num_hidden_layers
     dense = args.dense_layers or max(1, num_layers // 4)
     # Settings name what they change from the plain method (reuse).
-    selection = {"top_k": args.top_k, "block_size": args.block_size, "sink_blocks": 1, "local_blocks": 2,
+    # 64 sink and 128 local tokens at every block size (1 and 2 blocks of 64), as the blocks group keeps them.
+    selection = {"top_k": args.top_k, "block_size": args.block_size, "sink_blocks": max(1, 64 // args.block_size),
+                 "local_blocks": max(1, 128 // args.block_size),
                  "min_seq_len": args.length // 8, "selection": "reuse"}
     texts = [full_windows([builtin_text(name)], block_size=64, seq_len=args.length, tokenizer=tokenizer)
              for name in ("builtin:prose", "builtin:code")]
@@ -384,7 +386,8 @@ def main(argv=None) -> int:
     acc.add_argument("--model", required=True, help="a named model (smollm2, qwen2.5-coder-0.5b) or a GGUF path")
     acc.add_argument("--length", type=int, required=True, help="prompt and text-window length in tokens")
     acc.add_argument("--top-k", type=int, required=True)
-    acc.add_argument("--block-size", type=int, default=64)
+    acc.add_argument("--block-size", type=int, default=64, help="the settings' block size (default 64; the sink "
+                     "and local blocks keep 64 and 128 tokens)")
     acc.add_argument("--group", action="append", choices=GROUPS, required=True, help="repeatable")
     acc.add_argument("--only", action="append", metavar="SETTING", help="run only these settings of the group")
     acc.add_argument("--dense-layers", type=int, default=None, help="D (default: a quarter of the layers)")
