@@ -107,7 +107,7 @@ class PolicyAttention:
         """A consumer's ``block_idx`` under the options' ``selection`` (as :func:`passes.rewrite.consumer_selection`
         emits it)."""
         produced = self.block_idx[self.policy.sources[call.layer]]
-        heads, _ = self.policy.heads_of(call.layer, call.key.shape[1], *tensor_parallel_rank())
+        heads, _ = self.policy.heads_of(call.layer, call.key.shape[1], tensor_parallel_rank()[1])
         if heads is not None:
             produced = torch.ops.hylra.map_heads(produced, heads=heads)
         o, settings = self.options, dict(is_causal=call.is_causal, scale=call.scale)

@@ -203,9 +203,9 @@ class Policy:
         """Whether some consumer has its own ``top_k``."""
         return any(k is not None for k in self.top_k)
 
-    def heads_of(self, layer: int, num_kv_heads: int, tp_size: int = 1, rank: int = 0) -> tuple[list[int] | None, str | None]:
-        """(map, why not) of a consumer's head map on a graph holding ``num_kv_heads`` KV heads, rank ``rank`` of
-        ``tp_size`` tensor-parallel ranks (each holds its contiguous share of the heads): the map in the graph's own
+    def heads_of(self, layer: int, num_kv_heads: int, rank: int = 0) -> tuple[list[int] | None, str | None]:
+        """(map, why not) of a consumer's head map on a graph holding ``num_kv_heads`` KV heads, tensor-parallel
+        rank ``rank`` (each rank holds its contiguous share of the heads): the map in the graph's own
         head numbering, None for equal heads (no map, an identity map, or one that crosses ranks: the second value
         then says why)."""
         heads = self.heads[layer]

@@ -88,9 +88,9 @@ def test_heads_of_a_consumer_in_a_graphs_own_head_numbering():
     assert policy.heads_of(1, 4) == ([1, 0, 3, 3], None)
     assert policy.heads_of(2, 4) == (None, None)  # the identity: equal heads
     assert policy.heads_of(0, 4) == (None, None)
-    assert policy.heads_of(1, 2, tp_size=2, rank=0) == ([1, 0], None)
-    assert policy.heads_of(1, 2, tp_size=2, rank=1) == ([1, 1], None)
-    heads, why = policy.heads_of(1, 1, tp_size=4, rank=1)
+    assert policy.heads_of(1, 2, rank=0) == ([1, 0], None)
+    assert policy.heads_of(1, 2, rank=1) == ([1, 1], None)
+    heads, why = policy.heads_of(1, 1, rank=1)
     assert heads is None and why.startswith("its head map [1, 0, 3, 3] reads KV heads of another tensor-parallel rank")
 
 

@@ -152,7 +152,7 @@ def _decide_one(match: AttentionMatch, policy: Policy, by_layer: dict, position:
         return _dense(f"policy: consumer of {source}, but its keys ({kind(match)}) differ from layer {source}'s "
                       f"({kind(producer)}): another mask kind or window, whose selection cannot cover them",
                       "mask_mismatch")
-    heads, why_not = policy.heads_of(match.layer, match.shape("k")[1], *tensor_parallel_rank())
+    heads, why_not = policy.heads_of(match.layer, match.shape("k")[1], tensor_parallel_rank()[1])
     if why_not is not None:
         warnings.warn(f"layer {match.layer}: {why_not}", stacklevel=2)
     return Decision(action="consumer", source=source, heads=None if heads is None else tuple(heads), reason=why_not)
