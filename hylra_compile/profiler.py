@@ -340,15 +340,15 @@ class _Recorder:
             self.blocks_counted[j] = self.blocks_counted.get(j, 0) + counted
             for i in range(j):
                 if self.mass:
-                    # [B, H, R, n_kb], or [B, H_i, H_j, R, n_kb] with every producer head against every consumer head
-                    in_candidates = (mass[:, None] * membership[i][:, :, None, ..., :n_kb] if self.head_map
-                                     else mass * membership[i][..., :n_kb])
+                    # Per (b, h, r), or with a head map per (b, g, h, r): producer head g against consumer head h.
+                    consumer = (lambda t: t[:, None]) if self.head_map else (lambda t: t)
+                    produced = membership[i][:, :, None, ..., :n_kb] if self.head_map else membership[i][..., :n_kb]
+                    in_candidates = consumer(mass) * produced
                     kept = min(self.n_select, n_kb)  # a refining consumer keeps the n_select that hold most
                     captured = (in_candidates if self.candidates == 1
                                 else in_candidates.topk(kept, dim=-1).values).sum(-1)
-                    share = (captured / own_mass[:, None] if self.head_map else captured / own_mass).clamp(max=1.0)
-                    overlap = (share * weight[:, None] if self.head_map else share * weight).sum(
-                        (0, 3) if self.head_map else (0, 2))  # [H_i, H_j] or [H]
+                    share = (captured / consumer(own_mass)).clamp(max=1.0)
+                    overlap = (share * consumer(weight)).sum((0, -1))  # [H_i, H_j] or [H]
                 elif self.head_map:
                     # [B, H_i, H_j, R, n_sel]: every producer head against every consumer head.
                     B, H, R, n_sel = index[j].shape

@@ -158,8 +158,6 @@ def _decide_one(match: AttentionMatch, policy: Policy, by_layer: dict, position:
     return Decision(action="consumer", source=source, heads=None if heads is None else tuple(heads), reason=why_not)
 
 
-
-
 def _kv_heads(matches: list[AttentionMatch]) -> int | None:
     heads = {m.shape("k")[1] for m in matches}
     if len(heads) == 1:
