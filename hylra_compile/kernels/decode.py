@@ -323,7 +323,7 @@ def _decode(q, k, v, mask, block_mask, is_causal, scale, block_size, block_idx, 
         G=G, G_PAD=G_PAD, DV=DV, S_PAD=triton.next_power_of_2(splits), SELECT=select, WRITE_OUT=not refine,
         FROM_LIST=refine, C_PAD=triton.next_power_of_2(max(n_lse, 1)),
         N_SEL_PAD=triton.next_power_of_2(max(n_select if select else 0, 1)), HAS_BLOCKS=block_mask is not None,
-        num_warps=4 if n_lse <= 1024 else 8,  # H100: 4 warps best at 32K, 8 at 128K
+        num_warps=4 if n_lse <= 1024 else 8 if n_lse <= 8192 else 16,  # H100: 4 warps best at 32K, 8 at 128K
     )
     return out, bidx
 

@@ -490,7 +490,7 @@ def _select(imp, block_idx, n_x, n_select, sink_blocks, local_blocks, NG, candid
         imp, block_idx, ids, ids.stride(0), ids.stride(1), ids.stride(2), ids.stride(3), Hkv, n_x, n_select,
         sink_blocks, local_blocks,
         NG=NG, C_PAD=triton.next_power_of_2(max(n_x, 1)), N_SEL_PAD=triton.next_power_of_2(max(n_select, 1)),
-        FROM_LIST=candidate_idx is not None, num_warps=4 if n_x <= 4096 else 8,
+        FROM_LIST=candidate_idx is not None, num_warps=4 if n_x <= 4096 else 8 if n_x <= 8192 else 16,
     )
 
 

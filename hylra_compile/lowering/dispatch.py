@@ -1,7 +1,7 @@
 """CUDA kernels of the hylra ops: Triton when the inputs are supported, else the reference (one warning per reason).
 
 Supported: q/k/v bf16 or fp16 (same dtype), head_dim and value dim 64 or 128, block_size 16/32/64/128, at most
-8192 KV blocks, mask None or bool/float broadcastable to [B, 1, Sq, Skv] (no per-head masks), any strides.
+16384 KV blocks (256K keys at block 16), mask None or bool/float broadcastable to [B, 1, Sq, Skv] (no per-head masks), any strides.
 Sq == 1 runs the split-K decode kernels, other Sq the prefill kernels. ``mask_blocks`` runs its Triton pass over the
 mask for a one-head mask and those block sizes. Nothing here syncs with the host or allocates data-dependent
 shapes.
@@ -26,8 +26,9 @@ def _warn_once(op: str, reason: str) -> None:
         warnings.warn(f"hylra::{op} falls back to the reference implementation: {reason}", stacklevel=3)
 
 
-# One program of the selection step holds every KV block of a row (padded to a power of two).
-_MAX_KV_BLOCKS = 8192
+# One program of the selection step holds every KV block of a row (padded to a power of two). 16384: a 128K cache
+# at block 16 has 8192 blocks and a few more for the tokens generated after the prompt.
+_MAX_KV_BLOCKS = 16384
 
 
 def _mask_and_block_reason(mask, block_size) -> str | None:

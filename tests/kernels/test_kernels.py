@@ -139,12 +139,12 @@ PREFILL_CASES = {
 }
 
 
-# (dtype, block size) by device. On the GPU every block size the dispatch accepts from 32 up: their launch
-# configurations differ (shared memory); one test each, so the GPU run compiles them in parallel processes.
+# (dtype, block size) by device. On the GPU every block size the dispatch accepts: their launch configurations
+# differ (shared memory, rows per program); one test each, so the GPU run compiles them in parallel processes.
 SETTINGS = {
     "cpu": {"f32-16": (torch.float32, 16)},
     "cuda": {"bf16-64": (torch.bfloat16, 64), "fp16-64": (torch.float16, 64), "bf16-32": (torch.bfloat16, 32),
-             "bf16-128": (torch.bfloat16, 128)},
+             "bf16-16": (torch.bfloat16, 16), "bf16-128": (torch.bfloat16, 128)},
 }
 
 
@@ -339,6 +339,28 @@ def test_ops_dispatch_cuda():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # second time: no new warning
         torch.ops.hylra.topk_attention(q32, k32, v32, None, **producer)
+
+
+@cuda
+@pytest.mark.parametrize("sq", [1, 40])
+def test_more_than_8192_blocks_cuda(sq):
+    """A 128K cache at block 16 (8192 blocks and a few for generated tokens) runs the Triton kernels, not the
+    reference (which would hold [Sq, Skv] scores per head): producer, consumer and refinement against it."""
+    bs, Skv = 16, 16 * 8200 + 5
+    q, k, v = make_qkv(1, 4, 1, sq, Skv, 64, torch.bfloat16, "cuda")
+    common = dict(is_causal=True, scale=None, block_size=bs)
+    producer = dict(common, n_select=64, sink_blocks=4, local_blocks=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a fallback to the reference warns
+        out, bidx = torch.ops.hylra.topk_attention(q, k, v, None, **producer)
+        sout = torch.ops.hylra.sparse_attention(q, k, v, bidx, None, **common, min_seq_len=0)
+    rout, rbidx = R.topk_attention(q, k, v, None, **producer)
+    imp, _ = ref_importance(q, k, v, None, True, None, bs)
+    tol = TOL[torch.bfloat16]
+    assert rel_err(out, rout) <= tol
+    assert_same_selection(bidx, rbidx, imp, 10 * tol)
+    assert rel_err(sout, R.sparse_attention(q, k, v, bidx, None, **common, min_seq_len=0)) <= tol
+    check_refine(decode_refine_blocks if sq == 1 else prefill_refine_blocks, q, k, v, None, None, producer, 10 * tol)
 
 
 @cuda
