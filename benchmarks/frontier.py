@@ -175,7 +175,8 @@ def accuracy(args: argparse.Namespace) -> None:
             part = Evaluation([r for r in evaluation.results if r.name == DENSE or r.name in chosen[group]],
                               {**evaluation.metadata, "experiment": f"frontier {group}", "seconds": seconds,
                                "evaluated_with": groups})
-            part.save(args.out, stem=f"frontier-accuracy-{args.model}-{args.length}-{args.top_k}-{group}")
+            size = "" if args.block_size == 64 else f"-b{args.block_size}"  # the blocks group sets its own sizes
+            part.save(args.out, stem=f"frontier-accuracy-{args.model}-{args.length}-{args.top_k}-{group}{size}")
             print(part.to_markdown(), flush=True)
 
 

@@ -172,3 +172,8 @@ def test_groups_sharing_the_prompts_run_as_one_evaluation(frontier, monkeypatch,
     assert saved == {"phases": ["dense", "every:4 prefill only", "every:4 decode only"],
                      "mechanisms": ["dense", "every:4", "every:4 refine"],
                      "attribution": ["dense", "every:4", "every:4 +dense 1"]}
+    # Another block size than 64: its own files, beside those of block 64.
+    args.block_size, args.group, args.only = 32, ["mechanisms"], ["every:4"]
+    frontier.accuracy(args)
+    assert (tmp_path / "frontier-accuracy-m-512-2048-mechanisms-b32.json").exists()
+    assert (tmp_path / "frontier-accuracy-m-512-2048-mechanisms.json").exists()
