@@ -1,10 +1,12 @@
-"""Kernel time against block size at an equal token budget (the paper's open question 3, speed half).
+"""Kernel time against block size at an equal token budget, beside SDPA (the dense layers' price).
 
-Llama-3-8B attention shapes (bench_kernels.py), bf16, top_k 2048 tokens at every block size (block 32: 64 blocks,
-64: 32, 128: 16), 32K tokens, batch 1: prefill producer and consumer (do_bench medians), decode producer and
-consumer (under a CUDA graph). The accuracy half is benchmarks/accuracy.py's ``block`` experiment.
+Llama-3-8B attention shapes (bench_kernels.py), bf16, batch 1, top_k 2048 tokens and 64 sink / 128 local tokens at
+every block size (block 16: 128 blocks, 32: 64, 64: 32, 128: 16): prefill (causal, do_bench medians) and decode
+(the last query over the whole cache, under a CUDA graph) of the producer, the refinement (its own top_k among 4x
+top_k candidates), the consumer and the dense op, and SDPA's causal prefill and decode (whichever backend torch
+picks). The accuracy half is `frontier.py accuracy --group blocks`.
 
-    python benchmarks/bench_block_size.py --out benchmarks/results
+    python benchmarks/bench_block_size.py --length 32768 --out benchmarks/results
 """
 
 from __future__ import annotations
@@ -18,71 +20,80 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_kernels import LOCAL, SINK, TOPK, med, qkv  # noqa: E402
+from bench_kernels import TOPK, med, qkv  # noqa: E402
 
 from hylra_compile.kernels import (  # noqa: E402
+    decode_attention,
+    decode_refine_blocks,
     decode_sparse_attention,
     decode_topk_attention,
+    prefill_attention,
+    prefill_refine_blocks,
     prefill_sparse_attention,
     prefill_topk_attention,
 )
 
 F = torch.nn.functional
+CANDIDATES = 4
+OPS = ("producer", "refine", "consumer", "dense")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--length", type=int, default=32768)
+    parser.add_argument("--block-sizes", default="16,32,64,128")
     args = parser.parse_args()
     S, rows = args.length, []
     q, k, v = qkv(1, S, S)
     qd = q[:, :, -1:].contiguous()
     sdpa_prefill = med(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))
     sdpa_decode = med(lambda: F.scaled_dot_product_attention(qd, k, v, enable_gqa=True), graph=True)
-    for bs in (32, 64, 128):
+    for bs in (int(size) for size in args.block_sizes.split(",")):
         n_select = TOPK // bs
-        _, prefill_idx = prefill_topk_attention(
-            q, k, v, None, is_causal=True, scale=None, block_size=bs, n_select=n_select, sink_blocks=SINK,
-            local_blocks=LOCAL,
-        )
-        _, decode_idx = decode_topk_attention(
-            qd, k, v, None, is_causal=False, scale=None, block_size=bs, n_select=n_select, sink_blocks=SINK,
-            local_blocks=LOCAL,
-        )
-        row = {
-            "block_size": bs, "n_select": n_select,
-            "prefill_producer_us": med(lambda: prefill_topk_attention(
-                q, k, v, None, is_causal=True, scale=None, block_size=bs, n_select=n_select, sink_blocks=SINK,
-                local_blocks=LOCAL,
-            )),
-            "prefill_consumer_us": med(lambda: prefill_sparse_attention(
-                q, k, v, prefill_idx, None, is_causal=True, scale=None, block_size=bs, min_seq_len=0,
-            )),
-            "decode_producer_us": med(lambda: decode_topk_attention(
-                qd, k, v, None, is_causal=False, scale=None, block_size=bs, n_select=n_select, sink_blocks=SINK,
-                local_blocks=LOCAL,
-            ), graph=True),
-            "decode_consumer_us": med(lambda: decode_sparse_attention(
-                qd, k, v, decode_idx, None, is_causal=False, scale=None, block_size=bs, min_seq_len=0,
-            ),
-                                      graph=True),
-        }
+        blocks = dict(scale=None, block_size=bs)
+        selection = dict(blocks, n_select=n_select, sink_blocks=64 // bs, local_blocks=128 // bs)
+        wide = dict(selection, n_select=CANDIDATES * n_select)
+        ops = {}
+        for phase, qs, causal, graph in (("prefill", q, True, False), ("decode", qd, False, True)):
+            produce, refine, consume, dense = ((prefill_topk_attention, prefill_refine_blocks, prefill_sparse_attention,
+                                                prefill_attention) if phase == "prefill" else
+                                               (decode_topk_attention, decode_refine_blocks, decode_sparse_attention,
+                                                decode_attention))
+            _, idx = produce(qs, k, v, None, is_causal=causal, **selection)
+            _, candidates = produce(qs, k, v, None, is_causal=causal, **wide)
+            calls = {
+                "producer": lambda: produce(qs, k, v, None, is_causal=causal, **selection),
+                "refine": lambda: refine(qs, k, candidates, None, is_causal=causal, **selection),
+                "consumer": lambda: consume(qs, k, v, idx, None, is_causal=causal, **blocks, min_seq_len=0),
+                "dense": lambda: dense(qs, k, v, None, is_causal=causal, **blocks),
+            }
+            for op, call in calls.items():
+                ops[f"{phase}_{op}_us"] = med(call, graph=graph)
+        row = {"block_size": bs, "n_select": n_select, **ops}
         rows.append(row)
         print(row, flush=True)
     meta = {"device": torch.cuda.get_device_name(), "date": datetime.date.today().isoformat(),
             "torch": torch.__version__, "length": S, "top_k": TOPK, "sdpa_prefill_causal_us": sdpa_prefill,
             "sdpa_decode_us": sdpa_decode}
-    stem = os.path.join(args.out, f"block-size-{meta['device'].replace(' ', '_')}")
+    stem = os.path.join(args.out, f"block-size-{S // 1024}k-{meta['device'].replace(' ', '_')}")
     with open(stem + ".json", "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
     lines = [f"# Kernel time against block size, top_k {TOPK} tokens, {S // 1024}K tokens, B=1 "
              f"({meta['device']}, {meta['date']}, torch {meta['torch']})", "",
-             f"SDPA: prefill causal {sdpa_prefill:.0f} µs, decode {sdpa_decode:.1f} µs (CUDA graph).", "",
-             "| block | n_select | prefill producer µs | prefill consumer µs | decode producer µs | decode consumer µs |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r['block_size']} | {r['n_select']} | {r['prefill_producer_us']:.0f} | {r['prefill_consumer_us']:.0f}"
-              f" | {r['decode_producer_us']:.1f} | {r['decode_consumer_us']:.1f} |" for r in rows]
+             f"SDPA: prefill causal {sdpa_prefill:.0f} µs, decode {sdpa_decode:.1f} µs (CUDA graph). Sink 64 and local "
+             f"128 tokens at every size; refine keeps top_k of {CANDIDATES}x top_k candidates; dense / SDPA in "
+             "brackets.", "",
+             "| block | n_select | " + " | ".join(f"{phase} {op} µs" for phase in ("prefill", "decode") for op in OPS)
+             + " |", "|---|---|" + "---|" * 2 * len(OPS)]
+    for r in rows:
+        cells = []
+        for phase, sdpa in (("prefill", sdpa_prefill), ("decode", sdpa_decode)):
+            for op in OPS:
+                t = r[f"{phase}_{op}_us"]
+                cell = f"{t:.0f}" if phase == "prefill" else f"{t:.1f}"
+                cells.append(cell + (f" ({t / sdpa:.2f}×)" if op == "dense" else ""))
+        lines.append(f"| {r['block_size']} | {r['n_select']} | " + " | ".join(cells) + " |")
     with open(stem + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
