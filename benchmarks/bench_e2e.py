@@ -489,7 +489,9 @@ def table(folder: Path) -> None:
                      else "")
             mixed_ratio = f"{row['decode_ratio_mixed']:.3f}" if "decode_ratio_mixed" in row else ""
             first_step = f"{row['first_decode_step_ms']:.1f}" if "first_decode_step_ms" in row else ""
-            lines.append(f"| {row['code'][:7]} | {row['batch']} | {row['context']} | {row['variant']} | {ttft} | "
+            variant = row["variant"] + (f" (block {row['block_size']})" if row.get("block_size", 64) != 64
+                                        and not row["variant"].startswith(("eager", "inductor")) else "")
+            lines.append(f"| {row['code'][:7]} | {row['batch']} | {row['context']} | {variant} | {ttft} | "
                          f"{ratio(row, same(row, 'eager'), 'ttft_s')} | {decode} | "
                          f"{ratio(row, same(row, 'inductor'), 'decode_ms')} | "
                          f"{ratio(row, same(row, 'floor-512', context=False), 'decode_ms')} | {at_512} | "

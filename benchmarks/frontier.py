@@ -210,13 +210,17 @@ def speed_of(rows: list[dict], dense_share: float, top_k: int, selection: str, b
     dense = min(variants, key=lambda d: abs(d / 32 - dense_share))
     speed = {"variant": variants[dense]}
     for context, name in ((32768, "32K"), (131072, "128K")):
-        def latest(variant: str, like: dict | None = None) -> dict | None:
-            found = [r for r in rows if r["variant"] == variant and r["context"] == context and r["batch"] == 1
-                     and r.get("top_k", top_k) == top_k and (like is None or r["device"] == like["device"])]
-            same_run = [r for r in found if like is not None and r.get("run") == like.get("run")]
-            return (same_run or found or [None])[-1]
+        def matching(variant: str, like: dict | None = None) -> list[dict]:
+            return [r for r in rows if r["variant"] == variant and r["context"] == context and r["batch"] == 1
+                    and r.get("top_k", top_k) == top_k and (like is None or r["device"] == like["device"])]
 
-        row = latest(variants[dense])
+        def latest(variant: str, like: dict) -> dict | None:
+            found = matching(variant, like)
+            return ([r for r in found if r.get("run") == like.get("run")] or found or [None])[-1]
+
+        # The latest row with a baseline on its device (a device with no eager or inductor rows gives no ratios).
+        found = matching(variants[dense])
+        row = ([r for r in found if latest("eager", r) or latest("inductor", r)] or found or [None])[-1]
         if row is None:
             continue
         eager, compiled = latest("eager", row), latest("inductor", row)

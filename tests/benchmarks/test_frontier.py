@@ -131,6 +131,10 @@ def test_refine_settings_join_the_refine_variant_with_ratios_of_its_own_device(f
     joined = frontier.speed_of(speed + block32, 0.25, 2048, "refine", block_size=32)
     assert joined["decode_speedup_32K"] == pytest.approx(20.0 / 5.0)
     assert joined["ttft_ratio_32K"] == pytest.approx(1.1 / 2.2)
+    # A later row from a device with no baselines does not hide the ratios of an earlier one that has them.
+    lone = [{**r, "device": "GPU3", "run": "lone", "decode_ms": 1.0} for r in speed if r["variant"] == "8of32-refine"]
+    assert frontier.speed_of(speed + lone, 0.25, 2048, "refine")["decode_speedup_32K"] == pytest.approx(20.0 / 5.0)
+    assert frontier.speed_of(lone, 0.25, 2048, "refine")["decode_ms_32K"] == 1.0  # alone: its time, no ratio
 
 
 def test_groups_sharing_the_prompts_run_as_one_evaluation(frontier, monkeypatch, tmp_path):
