@@ -51,8 +51,9 @@ def unsupported_reason(q, k, v, mask, block_size) -> str | None:
         return f"head_dim {q.shape[3]} / value dim {v.shape[3]} (64 or 128 only)"
     if q.shape[0] == 0 or q.shape[1] == 0 or q.shape[2] == 0 or k.shape[2] == 0:
         return "empty input"
-    if reference.num_blocks(k.shape[2], block_size) > _MAX_KV_BLOCKS:
-        return f"more than {_MAX_KV_BLOCKS} KV blocks"
+    if (n_kb := reference.num_blocks(k.shape[2], block_size)) > _MAX_KV_BLOCKS:
+        return (f"{n_kb} KV blocks of {block_size} keys, more than {_MAX_KV_BLOCKS} (a larger block_size keeps them "
+                "under; the reference holds whole score rows)")
     return _mask_and_block_reason(mask, block_size)
 
 

@@ -1,0 +1,38 @@
+"""Which inputs the CUDA dispatch gives the Triton kernels (the rest run the reference, with a warning)."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+from hylra_compile.lowering.dispatch import unsupported_reason
+
+
+def cuda_like(B, H, S, D, dtype=torch.bfloat16):
+    """What unsupported_reason reads of a tensor (device, dtype, shape), without a GPU."""
+    return types.SimpleNamespace(device=torch.device("cuda", 0), dtype=dtype, shape=(B, H, S, D))
+
+
+@pytest.mark.parametrize("keys, block_size, reason", [
+    (131072 + 32, 16, None),  # a 128K cache at block 16 and the generated tokens: 8194 blocks
+    (16384 * 16, 16, None),
+    (16384 * 16 + 1, 16, "16385 KV blocks of 16 keys, more than 16384 (a larger block_size keeps them under"),
+    (16384 * 16 + 1, 64, None),
+    (4096, 8, "block_size 8 (16, 32, 64 or 128 only)"),
+])
+def test_kv_blocks_and_block_sizes_the_kernels_take(keys, block_size, reason):
+    q, k = cuda_like(1, 32, 1, 128), cuda_like(1, 8, keys, 128)
+    got = unsupported_reason(q, k, k, None, block_size)
+    assert got == reason if reason is None else got.startswith(reason)
+
+
+def test_other_inputs_name_their_reason():
+    k = cuda_like(1, 8, 4096, 128)
+    assert unsupported_reason(cuda_like(1, 32, 1, 128, torch.float32), k, k, None, 64) == (
+        "dtype torch.float32 (bf16/fp16 only)")
+    assert unsupported_reason(cuda_like(1, 32, 1, 96), cuda_like(1, 8, 4096, 96), cuda_like(1, 8, 4096, 96), None,
+                              64) == "head_dim 96 / value dim 96 (64 or 128 only)"
+    cpu = torch.zeros(1, 32, 1, 128)
+    assert unsupported_reason(cpu, cpu, cpu, None, 64) == "device cpu"
