@@ -46,7 +46,8 @@ DENSE = "dense"
 PHASES = ("prefill", "decode")
 # The options a Setting may set for itself; the rest (min_seq_len above all: it fixes the scored positions) belong
 # to the whole evaluation.
-SETTING_OPTIONS = ("top_k", "block_size", "sink_blocks", "local_blocks", "selection", "candidates")
+SETTING_OPTIONS = ("top_k", "block_size", "sink_blocks", "local_blocks", "selection", "candidates",
+                   "producer_block_size")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,10 +86,14 @@ class PolicyAttention:
         phase = "decode" if call.query.shape[2] == 1 else "prefill"
         mode = "full" if self.policy is None or phase not in self.phases else self.policy.modes[call.layer]
         if mode == "producer":
-            out, self.block_idx[call.layer] = torch.ops.hylra.topk_attention(
+            out, selected = torch.ops.hylra.topk_attention(
                 call.query, call.key, call.value, call.mask, is_causal=call.is_causal, scale=call.scale,
                 **o.producer_settings(),
             )
+            if o.expansion > 1:
+                selected = torch.ops.hylra.expand_blocks(call.query, call.key, selected, block_size=o.block_size,
+                                                         factor=o.expansion)
+            self.block_idx[call.layer] = selected
         elif mode == "consumer":
             out = torch.ops.hylra.sparse_attention(
                 call.query, call.key, call.value, self.consumer_selection(call), call.mask,

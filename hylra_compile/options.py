@@ -34,6 +34,11 @@ class HylraOptions:
         the fastest). ``oracle``: the consumer picks its own top
         blocks among all (a dense pass of its own: what top-k at this budget costs without reuse; for measuring).
     candidates: with ``selection="refine"``, the producer's selection is this many times ``top_k``.
+    producer_block_size: with ``selection="refine"``, the block size producers select (and emit candidates) in,
+        a multiple of ``block_size``; ``None`` (the default): ``block_size``. Consumers refine among the blocks of
+        ``block_size`` the candidates hold (``hylra::expand_blocks``), so a fine ``block_size`` keeps its accuracy
+        while producers, the costliest layers to score, work in coarse blocks. The producers keep the sink and local
+        tokens of ``sink_blocks`` and ``local_blocks`` (rounded up to their blocks).
     dump_dir: where to write before/after graphs, the report and the edge graph (env ``HYLRA_DUMP_DIR``).
     inductor: hand the rewritten graph to Inductor (``compile_fx``); ``False`` runs it as is.
     cudagraphs: let Inductor replay the compiled graph as CUDA graphs (its ``triton.cudagraphs``, what
@@ -49,6 +54,7 @@ class HylraOptions:
     min_seq_len: int = 4096
     selection: str = "refine"
     candidates: int = DEFAULT_CANDIDATES
+    producer_block_size: int | None = None
     dump_dir: str | None = None
     inductor: bool = True
     cudagraphs: bool = False
@@ -70,18 +76,34 @@ class HylraOptions:
         budget = self.policy.top_k[layer] if self.policy is not None and layer is not None else None
         return self.n_select if budget is None else -(-budget // self.block_size)
 
+    @property
+    def producer_block(self) -> int:
+        """The block size producers select in: ``producer_block_size``, or ``block_size``."""
+        return self.producer_block_size or self.block_size
+
+    @property
+    def expansion(self) -> int:
+        """Blocks of ``block_size`` per producer block (``hylra::expand_blocks``'s ``factor``; 1: no expansion)."""
+        return self.producer_block // self.block_size
+
     def producer_settings(self, key_blocks: int | None = None) -> dict[str, int]:
         """The keyword arguments of a producer's ``hylra::topk_attention``: its selection is ``candidates`` times
-        ``top_k`` under ``selection="refine"``. ``key_blocks``: the KV blocks there are, when static."""
+        ``top_k`` under ``selection="refine"``, in blocks of ``producer_block`` (holding at least the sink and
+        local tokens of the options). ``key_blocks``: the KV blocks of ``producer_block`` there are, when static."""
         multiple = self.candidates if self.selection == "refine" else 1
-        return {**self.selection_settings(), "n_select": self._capped(self.n_select * multiple, key_blocks)}
+        size = self.producer_block
+        sink, local = (-(-blocks * self.block_size // size) for blocks in (self.sink_blocks, self.local_blocks))
+        n_select = -(-self.top_k // size) * multiple
+        return dict(block_size=size, n_select=self._capped(n_select, key_blocks, sink + local), sink_blocks=sink,
+                    local_blocks=local)
 
-    def _capped(self, n_select: int, key_blocks: int | None) -> int:
+    def _capped(self, n_select: int, key_blocks: int | None, forced: int | None = None) -> int:
         """``n_select`` cut to the KV blocks there are: more selects nothing more, but the ops size each selection
-        by it (top_k=1e12 asked for 13 TB). Never below the forced sink and local blocks, which the ops require."""
+        by it (top_k=1e12 asked for 13 TB). Never below the ``forced`` sink and local blocks (by default the
+        options'), which the ops require."""
         if key_blocks is None:
             return n_select
-        return min(n_select, max(key_blocks, self.sink_blocks + self.local_blocks))
+        return min(n_select, max(key_blocks, self.sink_blocks + self.local_blocks if forced is None else forced))
 
     def consumer_settings(self) -> dict[str, int]:
         """The keyword arguments of ``hylra::sparse_attention`` that these options set."""
@@ -120,6 +142,15 @@ class HylraOptions:
             raise ValueError(f"hylra option selection must be one of {list(SELECTIONS)}, got {self.selection!r}")
         if not _is_int(self.candidates) or self.candidates < 1:
             raise ValueError(f"hylra option candidates must be a positive int, got {self.candidates!r}")
+        if self.producer_block_size is not None:
+            size = self.producer_block_size
+            if not _is_int(size) or size < self.block_size or size % self.block_size:
+                raise ValueError(f"hylra option producer_block_size must be a multiple of block_size="
+                                 f"{self.block_size}, got {size!r}")
+            if size != self.block_size and self.selection != "refine":
+                raise ValueError(f"hylra option producer_block_size={size} needs selection='refine' (consumers "
+                                 f"refine among the blocks of {self.block_size} the producers' blocks hold), got "
+                                 f"selection={self.selection!r}")
         if self.candidates != DEFAULT_CANDIDATES and self.selection != "refine":
             warnings.warn(f"hylra option candidates={self.candidates} does nothing with selection="
                           f"{self.selection!r}: only selection='refine' reads it", stacklevel=3)
@@ -141,7 +172,8 @@ class HylraOptions:
         if self.selection == "reuse":
             raise ValueError("the policy gives consumers their own top_k, which needs selection='refine' or 'oracle' "
                              "(under 'reuse' a consumer attends its producer's top_k blocks)")
-        most = self.n_select * self.candidates if self.selection == "refine" else None
+        # Under refine: the candidates its producer emits, counted in blocks of block_size.
+        most = self.producer_settings()["n_select"] * self.expansion if self.selection == "refine" else None
         for layer, budget in enumerate(self.policy.top_k):
             if budget is None:
                 continue

@@ -19,14 +19,18 @@ class IndependentHylra:
     producer picks ``candidates`` times ``n_select`` blocks, and a consumer picks ``n_select`` of them by the same
     rule from its own softmax over the allowed keys of those blocks, then attends to its own pick. A consumer with a
     head map (``policy.heads[layer]``) takes, for its KV head h, what its producer picked for KV head
-    ``heads[h]``; one with its own budget (``policy.top_k[layer]`` tokens) picks that many tokens' blocks.
+    ``heads[h]``; one with its own budget (``policy.top_k[layer]`` tokens) picks that many tokens' blocks. With
+    ``producer_block`` (a multiple of ``block``, refinement only) producers pick in blocks (and query blocks) of that
+    many tokens, as many as hold ``n_select * block`` tokens (rounded up) times ``candidates``, their forced sink and
+    local blocks holding at least ``sink`` and ``local`` blocks' tokens; a consumer picks among the blocks of
+    ``block`` tokens inside its producer's blocks, for its own query block.
     """
 
     name = "hylra_test_independent"
 
     def __init__(self, policy: Policy, n_select: int, sink: int, local: int, min_seq_len: int, block: int = 8,
-                 candidates: int | None = None):
-        self.block, self.candidates = block, candidates
+                 candidates: int | None = None, producer_block: int | None = None):
+        self.block, self.candidates, self.producer_block = block, candidates, producer_block or block
         self.policy, self.n_select, self.sink, self.local, self.min_seq_len = policy, n_select, sink, local, min_seq_len
         self.selected: dict[int, dict[tuple[int, int, int], set[int]]] = {}
         AttentionInterface.register(self.name, self)
@@ -44,6 +48,10 @@ class IndependentHylra:
         layer, mode = module.layer_idx, self.policy.modes[module.layer_idx]
         if mode == "consumer":
             chosen = self.selected[self.policy.sources[layer]]
+            f = self.producer_block // self.block
+            if f > 1:  # the producer's blocks as this layer's: fine query block r reads coarse block r // f
+                chosen = {(b, h, r): {c * f + j for c in chosen[b, h, r // f] for j in range(f)}
+                          for b, h, r in {(b, h, r) for b, h, rc in chosen for r in range(rc * f, rc * f + f)}}
             heads = self.policy.heads[layer]
             if heads is not None:
                 chosen = {(b, h, r): chosen[b, heads[h], r] for b, h, r in chosen}
@@ -62,7 +70,10 @@ class IndependentHylra:
         scores = (query.double() @ k.double().transpose(2, 3)) * scaling
         probs = torch.softmax(scores.masked_fill(~keep, float("-inf")), -1).nan_to_num(0.0)
         if mode == "producer":
-            self.selected[layer] = self._select(probs, allowed, G, self.n_select * (self.candidates or 1))
+            pb = self.producer_block
+            n = -(-self.n_select * self.block // pb) * (self.candidates or 1)
+            self.selected[layer] = self._select(probs, allowed, G, n, pb, -(-self.sink * self.block // pb),
+                                                -(-self.local * self.block // pb))
         out = (probs @ v.double()).to(query.dtype)
         return out.transpose(1, 2).contiguous(), None
 
@@ -79,22 +90,25 @@ class IndependentHylra:
         probs = torch.softmax(scores.masked_fill(~keep, float("-inf")), -1).nan_to_num(0.0)
         return self._select(probs, own, G, n_select)
 
-    def _select(self, probs, allowed, G, n_select):
+    def _select(self, probs, allowed, G, n_select, block=None, sink=None, local=None):
         """Per (b, KV head, query block): forced sink / local blocks among those with an allowed key (``allowed``
-        [B, 1 or Hkv, Sq, Skv]), then the blocks of most mass, ``n_select`` in all."""
+        [B, 1 or Hkv, Sq, Skv]), then the blocks of most mass, ``n_select`` in all; blocks of ``block`` tokens and
+        ``sink`` / ``local`` forced ones (by default the consumers')."""
         B, Hq, Sq, Skv = probs.shape
+        block = block or self.block
+        sink, local = (self.sink if sink is None else sink), (self.local if local is None else local)
         chosen = {}
         for b in range(B):
             for h in range(Hq // G):
-                for r in range(-(-Sq // self.block)):
-                    rows = slice(r * self.block, (r + 1) * self.block)
+                for r in range(-(-Sq // block)):
+                    rows = slice(r * block, (r + 1) * block)
                     candidates, mass = [], {}
-                    for c in range(-(-Skv // self.block)):
-                        cols = slice(c * self.block, (c + 1) * self.block)
+                    for c in range(-(-Skv // block)):
+                        cols = slice(c * block, (c + 1) * block)
                         if allowed[b, h if allowed.shape[1] > 1 else 0, rows, cols].any():
                             candidates.append(c)
                             mass[c] = probs[b, h * G : (h + 1) * G, rows, cols].sum().item()
-                    forced = set(candidates[: self.sink]) | set(candidates[len(candidates) - self.local :])
+                    forced = set(candidates[:sink]) | set(candidates[len(candidates) - local :])
                     rest = sorted((c for c in candidates if c not in forced), key=lambda c: (-mass[c], c))
                     chosen[(b, h, r)] = forced | set(rest[: n_select - len(forced)])
         return chosen

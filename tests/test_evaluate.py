@@ -154,6 +154,28 @@ def test_policy_runner_follows_per_layer_top_k_as_the_compiled_backend(model, wi
                  **SELECTION)
 
 
+def test_policy_runner_expands_coarse_producer_blocks_as_the_compiled_backend(model, windows):
+    """Producers selecting in blocks of 16 for consumers refining in blocks of 8: the runner computes what the
+    compiled graph does, other outputs than producers in blocks of 8; evaluate takes it as a setting's option."""
+    torch._dynamo.reset()
+    policy = Policy.every(2, 4)
+    options = {**SELECTION, "selection": "refine", "candidates": 2}
+    ids = torch.stack(windows)
+    with torch.no_grad():
+        backend = HylraBackend(policy=policy, inductor=False, producer_block_size=2 * BLOCK, **options)
+        want = torch.compile(model, backend=backend, fullgraph=True)(ids, use_cache=False).logits
+        outputs = []
+        for size in (2 * BLOCK, BLOCK):
+            handler = PolicyAttention(policy, HylraOptions(producer_block_size=size, **options))
+            with routed_attention(model, handler):
+                outputs.append(model(ids, use_cache=False).logits)
+    assert rel_err(outputs[0], want) < 1e-5
+    assert rel_err(outputs[0], outputs[1]) > 1e-4
+    coarse = Setting(policy, {"selection": "refine", "candidates": 2, "producer_block_size": 2 * BLOCK})
+    result = evaluate(model, {"coarse": coarse}, windows=windows, progress=False, **SELECTION).results[1]
+    assert result.name == "coarse" and result.kl > 0
+
+
 @pytest.mark.parametrize("policy, options, phases, message", [
     (["full"] * 4, {}, ("prefill", "decode"), "a setting's policy must be a hylra_compile.Policy, got list"),
     (Policy.full(4), {"min_seq_len": 8}, ("prefill",),

@@ -104,6 +104,30 @@ def test_per_layer_top_k_under_refine():
     assert refines == (2, 6)
 
 
+def test_producers_selecting_in_coarser_blocks_than_consumers_refine():
+    """producer_block_size twice block_size: producers select 2 x 2 blocks of 8 tokens, each consumer refines among
+    the blocks of 4 inside them: the same tokens and logits as the independent HyLRA doing so, and not those of one
+    block size; each graph expands each producer's selection once."""
+    model = tiny_model("llama", num_layers=4)
+    compilation = hylra_compile.compile_for_generate(model, **OPTIONS, candidates=2, producer_block_size=2 * BLOCK,
+                                                     inductor=False)
+    ids, mask = padded_batch(41, pads=(0, 3))
+    out = model.generate(ids, attention_mask=mask, cache_implementation="static", **GREEDY)
+    for producer_block, same in ((2 * BLOCK, True), (BLOCK, False)):
+        attention = IndependentHylra(POLICY, n_select=3, sink=1, local=1, min_seq_len=12, block=BLOCK, candidates=2,
+                                     producer_block=producer_block)
+        ref = tiny_model("llama", attention.name, num_layers=4).generate(
+            ids, attention_mask=mask, cache_implementation="static", **GREEDY)
+        if same:
+            same_generation(out, ref)
+        else:
+            assert rel_err(out.logits[-1], ref.logits[-1]) > 1e-3
+    assert compilation.prefill.graphs and compilation.decode.graphs
+    for graph in compilation.prefill.graphs + compilation.decode.graphs:
+        expansions = [n.kwargs for n in graph.graph.nodes if n.target is torch.ops.hylra.expand_blocks.default]
+        assert [(e["block_size"], e["factor"]) for e in expansions] == [(BLOCK, 2), (BLOCK, 2)]
+
+
 def test_chunked_prefill_stopping_and_restore():
     """prefill_chunk_size sends each chunk through the prefill graph (a partly filled cache); an eos token stops a
     row as in plain generate(); restore() gives the model back."""
@@ -200,12 +224,13 @@ def test_a_cache_the_user_passes_is_reset_and_reused():
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("policy", [POLICY, MAPPED], ids=["equal-heads", "head-mapped"])
-def test_generate_on_cuda_with_cuda_graphs(policy):
+@pytest.mark.parametrize("policy, extra", [(POLICY, {}), (MAPPED, {}), (POLICY, {"producer_block_size": 64})],
+                         ids=["equal-heads", "head-mapped", "coarse-producers"])
+def test_generate_on_cuda_with_cuda_graphs(policy, extra):
     """A small bf16 model the Triton kernels take (head_dim 64): decode replayed as CUDA graphs gives the tokens of
     the same graphs launched from Python; one decode graph for 20 steps, none skipped by CUDA graphs (a head map's
-    gather included); the first token's logits (the prefill graph) close to the ops run eagerly by routed
-    attention."""
+    gather and a coarse selection's expansion included); the first token's logits (the prefill graph) close to the
+    ops run eagerly by routed attention."""
     from torch._dynamo.utils import counters
     from transformers import AutoModelForCausalLM, LlamaConfig
 
@@ -215,7 +240,7 @@ def test_generate_on_cuda_with_cuda_graphs(policy):
 
     config = LlamaConfig(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
                          num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=2048)
-    options = dict(policy=policy, top_k=64, block_size=16, min_seq_len=64)
+    options = dict(policy=policy, top_k=64, block_size=16, min_seq_len=64, **extra)
 
     def model():
         torch.manual_seed(0)

@@ -124,3 +124,27 @@ def test_per_layer_top_k_of_a_policy():
         with pytest.raises(ValueError, match=message):
             HylraOptions(policy=policy, top_k=2048, **options)
     assert HylraOptions(policy=policy, selection="oracle", candidates=4).layer_n_select(2) == 64
+
+
+def test_producers_in_coarser_blocks():
+    """producer_block_size: a multiple of block_size, under refine only; producers select candidates x top_k tokens
+    in its blocks with at least the sink and local tokens, expanded by the factor for their consumers."""
+    opts = HylraOptions(block_size=16, sink_blocks=4, local_blocks=8, producer_block_size=64)
+    assert (opts.producer_block, opts.expansion) == (64, 4)
+    assert opts.producer_settings() == dict(block_size=64, sink_blocks=1, local_blocks=2, n_select=32 * 4)
+    assert opts.producer_settings(key_blocks=10)["n_select"] == 10
+    assert opts.selection_settings() == dict(block_size=16, n_select=128, sink_blocks=4, local_blocks=8)
+    plain = HylraOptions(block_size=16, sink_blocks=4, local_blocks=8)
+    assert (plain.producer_block, plain.expansion) == (16, 1)
+    assert plain.producer_settings() == dict(block_size=16, sink_blocks=4, local_blocks=8, n_select=128 * 4)
+    assert HylraOptions(producer_block_size=64).expansion == 1  # equal to block_size: nothing changes
+    for bad in (48, 32, 1.5):
+        with pytest.raises(ValueError, match="producer_block_size must be a multiple of block_size=64"):
+            HylraOptions(producer_block_size=bad)
+    with pytest.raises(ValueError, match="producer_block_size=128 needs selection='refine'"):
+        HylraOptions(producer_block_size=128, selection="reuse")
+    # Per-layer budgets are bounded by the expanded candidates: 8 blocks of 32 tokens = 16 of 16.
+    budgets = Policy(["producer", "consumer"], [None, 0], top_k=[None, 17 * 16])
+    with pytest.raises(ValueError, match="more than the 16 candidates"):
+        HylraOptions(policy=budgets, top_k=64, block_size=16, sink_blocks=1, local_blocks=1, candidates=4,
+                     producer_block_size=32)

@@ -2,7 +2,7 @@
 
 Each op's signature and semantics are written once, in its reference implementation
 (:func:`reference.topk_attention`, :func:`reference.sparse_attention`, :func:`reference.attention`,
-:func:`reference.refine_blocks`, :func:`reference.map_heads`,
+:func:`reference.refine_blocks`, :func:`reference.map_heads`, :func:`reference.expand_blocks`,
 :func:`reference.mask_blocks`, :func:`reference.shared_mask`): ``custom_op`` infers the schema from it and runs it
 on every device the CUDA kernels (:mod:`hylra_compile.lowering.dispatch`) do not cover. The tensors are positional
 (``custom_op`` takes no keyword-only tensors); every other argument is keyword-only, so no call site can shift them.
@@ -24,6 +24,7 @@ sparse_attention = _op(reference.sparse_attention)
 attention = _op(reference.attention)
 refine_blocks = _op(reference.refine_blocks)
 map_heads = _op(reference.map_heads)
+expand_blocks = _op(reference.expand_blocks)
 mask_blocks = _op(reference.mask_blocks)
 shared_mask = _op(reference.shared_mask)
 
@@ -70,6 +71,13 @@ def _refine_blocks_fake(q, k, candidate_idx, mask, block_mask=None, *, block_siz
 def _map_heads_fake(block_idx, *, heads):
     reference.check_heads(heads, block_idx.shape[1])
     return torch.empty_like(block_idx)
+
+
+@expand_blocks.register_fake
+def _expand_blocks_fake(q, k, block_idx, *, block_size, factor):
+    reference.check_block_idx(block_idx, q, k, block_size * factor)
+    B, Hkv, _, n = block_idx.shape
+    return block_idx.new_empty(B, Hkv, reference.num_blocks(q.shape[2], block_size), factor * n)
 
 
 @mask_blocks.register_fake

@@ -568,6 +568,30 @@ def map_heads(block_idx: Tensor, *, heads: list[int]) -> Tensor:
     return torch.stack([block_idx[:, h] for h in heads], dim=1)
 
 
+def expand_blocks(q: Tensor, k: Tensor, block_idx: Tensor, *, block_size: int, factor: int) -> Tensor:
+    """A selection made in blocks of ``factor * block_size`` as the blocks of ``block_size`` it holds: the
+    candidates of a producer that selects in coarser blocks than its consumers refine in.
+
+    ``block_idx`` int32 [B, Hkv, ceil(Sq / (factor * bs)), n]: per query block of ``factor * bs`` queries, strictly
+    ascending indices of KV blocks of ``factor * bs`` keys, then -1 padding (``topk_attention``'s ``block_idx`` at
+    that block size). Returns int32 [B, Hkv, ceil(Sq / bs), factor * n]: fine query block r takes the row of coarse
+    query block ``r // factor``, each coarse block c becoming the fine blocks ``c * factor ... c * factor + factor -
+    1`` that hold keys (fewer than ``ceil(Skv / bs)``), then -1 padding. The same keys, in the selection format of
+    block size ``bs``; ``factor = 1`` returns a copy. ``q`` and ``k`` give the lengths only.
+    """
+    if not isinstance(factor, int) or isinstance(factor, bool) or factor < 1:
+        raise ValueError(f"factor must be a positive int, got {factor!r}")
+    check_block_idx(block_idx, q, k, block_size * factor)
+    B, Hkv, n_coarse, n = block_idx.shape
+    n_qb, n_kb = num_blocks(q.shape[2], block_size), num_blocks(k.shape[2], block_size)
+    # An expand and a reshape repeat the rows: no index tensor (a host copy per call, not in a CUDA graph).
+    rows = block_idx.unsqueeze(3).expand(B, Hkv, n_coarse, factor, n).reshape(B, Hkv, n_coarse * factor, n)
+    rows = rows[:, :, :n_qb]
+    fine = rows.unsqueeze(-1) * factor + torch.arange(factor, dtype=torch.int32, device=block_idx.device)
+    fine = torch.where((rows.unsqueeze(-1) >= 0) & (fine < n_kb), fine, -1)
+    return fine.flatten(-2).to(torch.int32)
+
+
 def check_heads(heads: list[int], num_kv_heads) -> None:
     """``heads`` must list one producer KV head in ``[0, num_kv_heads)`` per consumer KV head."""
     if (not isinstance(heads, (list, tuple)) or not all(isinstance(h, int) and not isinstance(h, bool) for h in heads)

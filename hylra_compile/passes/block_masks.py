@@ -28,10 +28,12 @@ from .rewrite import call_with_meta
 
 
 class SharedMask(NamedTuple):
-    """What the ops of a graph read for one mask node: its stored copy, and its block structure (None for decode)."""
+    """What the ops of a graph read for one mask node: its stored copy, and its block structure (None where the
+    kernels take none) in blocks of ``block_size`` and of the producers' block size (the same node when equal)."""
 
     mask: torch.fx.Node
     block_mask: torch.fx.Node | None
+    producer_block_mask: torch.fx.Node | None
 
 
 def block_masks(
@@ -48,13 +50,17 @@ def block_masks(
             continue
         first_user = min(match.mask.users, key=order.__getitem__)
         stored = call_with_meta(gm.graph, torch.ops.hylra.shared_mask.default, dict(mask=match.mask), first_user)
-        block_mask = None
+        block_mask = producer_block_mask = None
         if _takes_block_mask(match):
-            block_mask = call_with_meta(
+            block_mask = producer_block_mask = call_with_meta(
                 gm.graph, torch.ops.hylra.mask_blocks.default, dict(mask=stored, block_size=options.block_size),
                 first_user,
             )
-        found[match.mask] = SharedMask(stored, block_mask)
+            if options.producer_block != options.block_size:
+                producer_block_mask = call_with_meta(
+                    gm.graph, torch.ops.hylra.mask_blocks.default,
+                    dict(mask=stored, block_size=options.producer_block), first_user)
+        found[match.mask] = SharedMask(stored, block_mask, producer_block_mask)
     return found
 
 

@@ -1,7 +1,8 @@
 """Phase 4, ``rewrite(gm, matches, decisions, masks, options)``: each site becomes the op its decision names
 (:attr:`Decision.op`): producers ``hylra::topk_attention``, consumers ``hylra::sparse_attention`` fed by their
-producer's ``block_idx`` as a graph edge (through ``hylra::map_heads`` where the policy maps heads, and
-``hylra::refine_blocks`` under ``selection="refine"``), sites the policy leaves dense ``hylra::attention`` (native KV heads, no
+producer's ``block_idx`` as a graph edge (through ``hylra::expand_blocks`` where producers select in coarser
+blocks, ``hylra::map_heads`` where the policy maps heads, and ``hylra::refine_blocks`` under
+``selection="refine"``), sites the policy leaves dense ``hylra::attention`` (native KV heads, no
 ``repeat_kv`` copy); each reads its mask's stored copy and block mask (phase 3). Sites not understood, or compiled
 without a policy, are left as they are. Every op is emitted with keyword arguments, so the graph says what each
 number is.
@@ -45,15 +46,21 @@ def rewrite(
         if decision.op is None:
             continue
         q, k, v = (replaced.get(n, n) for n in (match.q, match.k, match.v))
-        mask, block_mask = masks[match.mask] if match.mask is not None else (None, None)
+        mask, block_mask, producer_block_mask = masks[match.mask] if match.mask is not None else (None,) * 3
         inputs = dict(q=q, k=k, v=v, mask=mask, block_mask=block_mask)
         settings = dict(is_causal=match.is_causal, scale=match.scale)
         key_blocks = _static_key_blocks(match, options.block_size)
         if decision.op == "topk_attention":
-            arguments = {**inputs, **settings, **options.producer_settings(key_blocks)}
+            arguments = {**inputs, "block_mask": producer_block_mask, **settings,
+                         **options.producer_settings(_static_key_blocks(match, options.producer_block))}
             op = call_with_meta(graph, torch.ops.hylra.topk_attention.default, arguments, match.output)
             out = call_with_meta(graph, operator.getitem, (op, 0), match.output)
-            block_idx[match.layer] = call_with_meta(graph, operator.getitem, (op, 1), match.output)
+            selected = call_with_meta(graph, operator.getitem, (op, 1), match.output)
+            if options.expansion > 1:  # candidates in the consumers' blocks
+                selected = call_with_meta(graph, torch.ops.hylra.expand_blocks.default,
+                                          {"q": q, "k": k, "block_idx": selected, "block_size": options.block_size,
+                                           "factor": options.expansion}, match.output)
+            block_idx[match.layer] = selected
         elif decision.op == "sparse_attention":
             produced = block_idx[decision.source]
             if decision.heads is not None:  # head-mapped reuse: each KV head reads its producer head's selection

@@ -517,3 +517,40 @@ def test_map_heads_reads_the_mapped_heads_and_refuses_bad_maps():
                 map_heads(fake, heads=bad)
     with pytest.raises(ValueError, match=r"heads must list one KV head in \[0, 2\)"):
         map_heads(block_idx, heads=[0, 1, 1])
+
+
+def test_expand_blocks_lists_the_fine_blocks_of_each_coarse_block():
+    """Each fine query block reads its coarse query block's row, each coarse block c becoming c*f ... c*f+f-1 within
+    the keys, then -1 padding (written out on a small case); opcheck passes; the fake op gives the shape."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    expand_blocks = torch.ops.hylra.expand_blocks
+    q, k = torch.zeros(1, 2, 70, 8), torch.zeros(1, 1, 150, 8)  # 5 query blocks of 16; 10 KV blocks of 16
+    coarse = torch.tensor([[[[0, 2], [1, -1]]]], dtype=torch.int32)  # blocks of 64: 2 query blocks, 3 KV blocks
+    out = expand_blocks(q, k, coarse, block_size=16, factor=4)
+    first, second = [0, 1, 2, 3, 8, 9, -1, -1], [4, 5, 6, 7, -1, -1, -1, -1]
+    assert out.dtype == torch.int32 and out.tolist() == [[[first] * 4 + [second]]]
+    assert torch.equal(expand_blocks(q, k, coarse, block_size=64, factor=1), coarse)
+    torch.library.opcheck(expand_blocks, (q, k, coarse), {"block_size": 16, "factor": 4})
+    with FakeTensorMode() as mode:
+        fake = expand_blocks(mode.from_tensor(q), mode.from_tensor(k), mode.from_tensor(coarse), block_size=16,
+                             factor=4)
+        assert fake.shape == out.shape
+    with pytest.raises(ValueError, match="block_idx must be int32"):
+        expand_blocks(q, k, coarse, block_size=16, factor=2)  # a selection of blocks of 64 is not one of 32
+    with pytest.raises(ValueError, match="factor must be a positive int"):
+        expand_blocks(q, k, coarse, block_size=64, factor=0)
+
+
+@pytest.mark.parametrize("is_causal", [True, False])
+def test_refine_among_every_expanded_coarse_block_is_the_fine_topk_selection(is_causal):
+    """A coarse producer selecting every block, expanded: refinement among its fine blocks is the fine top-k
+    selection (whatever the coarse selection, the keys offered are all of them)."""
+    q, k, v = qkv(Sq=37, Skv=37)
+    mask = None if is_causal else padding_mask(2, 37, 37, [37, 30])
+    settings = dict(is_causal=is_causal, scale=None)
+    _, coarse = topk_attention(q, k, v, mask, **settings, **selection(3, 1, 1, block_size=16))
+    candidates = torch.ops.hylra.expand_blocks(q, k, coarse, block_size=8, factor=2)
+    fine = selection(3, 1, 1, block_size=8)
+    refined = torch.ops.hylra.refine_blocks(q, k, candidates, mask, **settings, **fine)
+    assert torch.equal(refined, topk_attention(q, k, v, mask, **settings, **fine)[1])

@@ -27,6 +27,7 @@ HYLRA_OPS = {torch.ops.hylra.topk_attention.default: "topk_attention",
              torch.ops.hylra.attention.default: "attention",
              torch.ops.hylra.refine_blocks.default: "refine_blocks",
              torch.ops.hylra.map_heads.default: "map_heads",
+             torch.ops.hylra.expand_blocks.default: "expand_blocks",
              torch.ops.hylra.mask_blocks.default: "mask_blocks",
              torch.ops.hylra.shared_mask.default: "shared_mask"}
 _DTYPES = {torch.float32: "f32", torch.bfloat16: "bf16", torch.bool: "b8", torch.int32: "i32", torch.int8: "i8"}
@@ -54,7 +55,7 @@ def attention_ops(gm: torch.fx.GraphModule) -> str:
         if node.target in HYLRA_OPS:
             name = f"{HYLRA_OPS[node.target]}#{sum(line.startswith(HYLRA_OPS[node.target] + '#') for line in lines)}"
             lines.append(f"{name}({', '.join(f'{k}={show(v)}' for k, v in node.kwargs.items())})")
-            if HYLRA_OPS[node.target] in ("mask_blocks", "shared_mask", "refine_blocks", "map_heads"):
+            if HYLRA_OPS[node.target] in ("mask_blocks", "shared_mask", "refine_blocks", "map_heads", "expand_blocks"):
                 producers[node] = name
             for user in node.users:
                 if user.target is operator.getitem and user.args[1] == 1:
@@ -143,6 +144,23 @@ class GraphModule(torch.nn.Module):
         self.assertExpectedInline(attention_ops(gm) + "\n" + attention_counters(), """\
 topk_attention#0(q=%0 f32[1, 2, 16, 4], k=%1 f32[1, 1, 16, 4], v=%2 f32[1, 1, 16, 4], mask=None, block_mask=None, is_causal=True, scale=None, block_size=4, n_select=4, sink_blocks=1, local_blocks=1)
 refine_blocks#0(q=%3 f32[1, 2, 16, 4], k=%4 f32[1, 1, 16, 4], candidate_idx=topk_attention#0.block_idx, mask=None, block_mask=None, is_causal=True, scale=None, block_size=4, n_select=2, sink_blocks=1, local_blocks=1)
+sparse_attention#0(q=%3 f32[1, 2, 16, 4], k=%4 f32[1, 1, 16, 4], v=%5 f32[1, 1, 16, 4], mask=None, block_mask=None, block_idx=refine_blocks#0, is_causal=True, scale=None, block_size=4, min_seq_len=0)
+consumer_sites=1, producer_sites=1, rewritten=2, sdpa_matched=2""")
+
+    def test_own_model_producer_in_coarser_blocks(self):
+        """producer_block_size=8 with block_size=4: the producer selects candidates x top_k tokens in blocks of 8
+        (both there are), expand_blocks lists them as blocks of 4, and the consumer refines among those."""
+        torch.manual_seed(0)
+        model = TinyStack()
+        backend = HylraBackend(policy=Policy.every(2, 2), top_k=8, block_size=4, local_blocks=1, min_seq_len=0,
+                               selection="refine", candidates=2, producer_block_size=8, inductor=False)
+        with torch.no_grad():
+            torch.compile(model, backend=backend, fullgraph=True)(torch.randn(1, 16, 8))
+        (gm,) = backend.graphs
+        self.assertExpectedInline(attention_ops(gm) + "\n" + attention_counters(), """\
+topk_attention#0(q=%0 f32[1, 2, 16, 4], k=%1 f32[1, 1, 16, 4], v=%2 f32[1, 1, 16, 4], mask=None, block_mask=None, is_causal=True, scale=None, block_size=8, n_select=2, sink_blocks=1, local_blocks=1)
+expand_blocks#0(q=%0 f32[1, 2, 16, 4], k=%1 f32[1, 1, 16, 4], block_idx=topk_attention#0.block_idx, block_size=4, factor=2)
+refine_blocks#0(q=%3 f32[1, 2, 16, 4], k=%4 f32[1, 1, 16, 4], candidate_idx=expand_blocks#0, mask=None, block_mask=None, is_causal=True, scale=None, block_size=4, n_select=2, sink_blocks=1, local_blocks=1)
 sparse_attention#0(q=%3 f32[1, 2, 16, 4], k=%4 f32[1, 1, 16, 4], v=%5 f32[1, 1, 16, 4], mask=None, block_mask=None, block_idx=refine_blocks#0, is_causal=True, scale=None, block_size=4, min_seq_len=0)
 consumer_sites=1, producer_sites=1, rewritten=2, sdpa_matched=2""")
 
