@@ -199,7 +199,8 @@ def measure(model, variant: str, context: int, batch: int, args) -> dict:
         # The same tokens kept at every block size (the frontier's blocks group): sink 64, local 128.
         compilation = hylra_compile.compile_for_generate(
             model, policy=policy, top_k=args.top_k, block_size=args.block_size, sink_blocks=64 // args.block_size,
-            local_blocks=128 // args.block_size, selection="refine" if variant in REFINED else "reuse")
+            local_blocks=128 // args.block_size, selection="refine" if variant in REFINED else "reuse",
+            producer_block_size=args.producer_block_size if variant in REFINED else None)
     counters["inductor"].clear()
     if args.prefill_chunk:
         settings["prefill_chunk_size"] = args.prefill_chunk
@@ -489,8 +490,11 @@ def table(folder: Path) -> None:
                      else "")
             mixed_ratio = f"{row['decode_ratio_mixed']:.3f}" if "decode_ratio_mixed" in row else ""
             first_step = f"{row['first_decode_step_ms']:.1f}" if "first_decode_step_ms" in row else ""
-            variant = row["variant"] + (f" (block {row['block_size']})" if row.get("block_size", 64) != 64
-                                        and not row["variant"].startswith(("eager", "inductor")) else "")
+            hylra = not row["variant"].startswith(("eager", "inductor"))
+            variant = row["variant"] + (f" (block {row['block_size']})" if row.get("block_size", 64) != 64 and hylra
+                                        else "")
+            if row.get("producer_block_size") and row["variant"].endswith("-refine"):
+                variant += f" (producers {row['producer_block_size']})"
             lines.append(f"| {row['code'][:7]} | {row['batch']} | {row['context']} | {variant} | {ttft} | "
                          f"{ratio(row, same(row, 'eager'), 'ttft_s')} | {decode} | "
                          f"{ratio(row, same(row, 'inductor'), 'decode_ms')} | "
@@ -563,6 +567,8 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=2048)
     parser.add_argument("--block-size", type=int, default=64, help="block_size of the hylra variants (sink and local "
                         "blocks keep 64 and 128 tokens)")
+    parser.add_argument("--producer-block-size", type=int, default=None, help="producer_block_size of the -refine "
+                        "variants (producers select in these blocks, consumers refine in --block-size ones)")
     parser.add_argument("--prefill-chunk", type=int, default=None, help="prefill_chunk_size for every variant")
     parser.add_argument("--small", action="store_true", help="tiny widths (a CPU smoke run)")
     parser.add_argument("--profile", action="store_true", help="also torch.profiler tables of 8 decode steps (at "
@@ -595,6 +601,7 @@ def main() -> None:
             "code": code, "run": args.run or datetime.datetime.now().isoformat(timespec="seconds"),
             "model": f"Llama-3-8B shapes, {args.layers} layers, random bf16 weights" if not args.small else "tiny",
             "new_tokens": args.new_tokens, "top_k": args.top_k, "block_size": args.block_size,
+            "producer_block_size": args.producer_block_size,
             "candidates": DEFAULT_CANDIDATES, "prefill_chunk": args.prefill_chunk,
             "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", os.environ.get("PYTORCH_ALLOC_CONF"))}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ layers (``--dense-layers``, default a quarter of the model's layers):
   ``budget:Dr refine``, the budget policy of a profile of what refine keeps (``profile(candidates=4)``);
 * ``blocks``: the profiled ``budget:D`` policy, oracle and refine, at blocks of 64, 32 (``b32``) and 16 (``b16``)
   keys, the same ``top_k`` and the same sink and local tokens: what finer selection is worth at a token budget;
+  and refine at 32 and 16 from producers selecting in blocks of 64 (``p64``: ``producer_block_size=64``);
 * ``phases``: Jump-n (reuse) sparse only in the prompt's prefill, and only in decode;
 * ``attribution``: Jump-n (reuse) with one consumer at a time made dense (``every:n +dense L``): which layers carry
   the loss (``--attribution-prompts`` of the prompts, spread over tasks, haystacks and depths).
@@ -106,6 +107,9 @@ def settings_of(group: str, num_layers: int, dense: int, get_profile, only=None,
             suffix = "" if size == 64 else f" b{size}"
             options[f"budget:{dense} oracle{suffix}"] = {"selection": "oracle", **tokens}
             options[f"budget:{dense} refine{suffix}"] = {"selection": "refine", **tokens}
+            if size != 64:  # producers selecting in blocks of 64, consumers refining in blocks of this size
+                options[f"budget:{dense} refine{suffix} p64"] = {"selection": "refine", **tokens,
+                                                                 "producer_block_size": 64}
         names = [name for name in options if not only or name in only]
         budget = optimize(get_profile(), budget=dense) if names else None
         return {name: Setting(budget, options[name]) for name in names}
@@ -189,7 +193,7 @@ def speed_rows(folder: Path) -> list[dict]:
 
 
 def speed_of(rows: list[dict], dense_share: float, top_k: int, selection: str, block_size: int = 64,
-             candidates: int = DEFAULT_CANDIDATES) -> dict | None:
+             candidates: int = DEFAULT_CANDIDATES, producer_block_size: int | None = None) -> dict | None:
     """The speed of a setting with ``dense_share`` of its layers dense: the latest batch-1 rows of the nearest
     ``<D>of32`` variant (``<D>of32-refine`` under ``selection="refine"``) at 32K and 128K with the same ``top_k``,
     ``block_size`` (and ``candidates`` under refine), as ratios to the ``eager`` (time to first token) and
@@ -203,7 +207,8 @@ def speed_of(rows: list[dict], dense_share: float, top_k: int, selection: str, b
     # The hylra rows of this block size (and candidate count); the eager and inductor baselines have neither.
     rows = [r for r in rows if not re.fullmatch(r"\d+of32.*", r["variant"]) or (
         r.get("block_size", 64) == block_size
-        and (selection != "refine" or r.get("candidates", DEFAULT_CANDIDATES) == candidates))]
+        and (selection != "refine" or (r.get("candidates", DEFAULT_CANDIDATES) == candidates
+                                       and r.get("producer_block_size") == producer_block_size)))]
     variants = {int(m.group(1)): m.group(0) for r in rows if (m := re.fullmatch(pattern, r["variant"]))}
     if not variants:
         return None
@@ -247,6 +252,8 @@ def frontier_rows(folder: Path) -> list[dict]:
                 continue
             options = {**{k: m[k] for k in ("top_k", "block_size", "selection", "candidates") if k in m},
                        **r["options"]}
+            if options.get("producer_block_size") == options["block_size"]:
+                options["producer_block_size"] = None  # producers in the consumers' blocks: the plain rows
             tasks = {t: (v["correct"], v["total"]) for t, v in r["retrieval"].items()}
             dense_tasks = {t: (v["correct"], v["total"]) for t, v in dense["retrieval"].items()}
             rows.append({
@@ -258,7 +265,8 @@ def frontier_rows(folder: Path) -> list[dict]:
                 "retrieval": tasks, "dense_retrieval": dense_tasks,
                 "retrieval_as_dense": all(same_within_intervals(tasks[t], dense_tasks[t]) for t in tasks),
                 "speed": speed_of(speed, r["full_layers"] / m["num_layers"], options["top_k"], options["selection"],
-                                  options["block_size"], options.get("candidates", DEFAULT_CANDIDATES))
+                                  options["block_size"], options.get("candidates", DEFAULT_CANDIDATES),
+                                  options.get("producer_block_size"))
                 if r.get("phases", ["prefill", "decode"]) == ["prefill", "decode"] else None,
             })
     for row in rows:

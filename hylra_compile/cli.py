@@ -167,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--candidates", type=_positive_int, default=DEFAULT_CANDIDATES,
                     help=f"with --selection refine, producers emit this many times top_k blocks (default "
                          f"{DEFAULT_CANDIDATES})")
+    ev.add_argument("--producer-block-size", type=_positive_int, default=None,
+                    help="with --selection refine, producers select in blocks of this many tokens (a multiple of "
+                         "--block-size) and consumers refine among the --block-size blocks they hold (default: "
+                         "--block-size)")
     ev.add_argument("--calibration", nargs="+", metavar="FILE",
                     help="data to profile for budget:/dp: policies: its first --calibration-windows windows "
                          "(default: the --text files)")
@@ -381,7 +385,7 @@ def _eval(args: argparse.Namespace) -> int:
         raise ValueError("--tasks none with --windows 0 leaves nothing to evaluate")
     options = HylraOptions(top_k=args.top_k, block_size=args.block_size, sink_blocks=args.sink_blocks,
                            local_blocks=args.local_blocks, min_seq_len=args.min_seq_len, selection=args.selection,
-                           candidates=args.candidates)
+                           candidates=args.candidates, producer_block_size=args.producer_block_size)
     longest = max((lengths if tasks else []) + ([args.seq_len] if args.windows else []))
     check_sparse(f"--top-k {args.top_k}", options, longest)
     if args.profile and not Path(args.profile).is_file():
@@ -443,7 +447,8 @@ def _eval(args: argparse.Namespace) -> int:
     evaluation = evaluate(
         model, policies, tokenizer=tokenizer, prompts=prompts, windows=windows, top_k=args.top_k,
         block_size=args.block_size, sink_blocks=args.sink_blocks, local_blocks=args.local_blocks,
-        min_seq_len=args.min_seq_len, selection=args.selection, candidates=args.candidates, metadata=metadata,
+        min_seq_len=args.min_seq_len, selection=args.selection, candidates=args.candidates,
+        producer_block_size=args.producer_block_size, metadata=metadata,
         progress=not args.no_progress,
     )
     print(evaluation.to_markdown())

@@ -247,7 +247,9 @@ class Evaluation:
         m = self.metadata
         notes = [f"{m['model']}, {m['device']}, {m['date']}; top_k {m['top_k']}, block {m['block_size']}, "
                  f"sink {m['sink_blocks']}, local {m['local_blocks']}, selection {m['selection']}, "
-                 f"min_seq_len {m['min_seq_len']} (settings name what they change).",
+                 + (f"producers in blocks of {m['producer_block_size']}, "
+                    if m.get("producer_block_size") not in (None, m["block_size"]) else "")
+                 + f"min_seq_len {m['min_seq_len']} (settings name what they change).",
                  f"Text: {m['text']}, {m['text_windows']} window(s) of {m['seq_len']} tokens, "
                  f"{dense.positions} scored positions. Retrieval: {m['prompts']} prompt(s), lengths {m['lengths']}; "
                  "correct/total [Wilson 95% interval]; * marks a difference from dense (intervals apart)."]
@@ -366,13 +368,14 @@ def evaluate(
     min_seq_len: int = 1024,
     selection: str = HylraOptions.selection,
     candidates: int = DEFAULT_CANDIDATES,
+    producer_block_size: int | None = None,
     max_new_tokens: int = 32,
     metadata: Mapping[str, Any] | None = None,
     progress: bool = True,
 ) -> Evaluation:
     """Dense and each of ``policies`` (name -> :class:`Policy` or :class:`Setting`) on ``prompts`` (need
     ``tokenizer``) and ``windows`` (1-d token tensors of one length); see the module docstring. ``top_k`` …
-    ``candidates`` are the backend options of those names, which a :class:`Setting` may change for itself.
+    ``candidates``, ``producer_block_size`` are the backend options of those names, which a :class:`Setting` may change for itself.
     ``metadata`` (e.g. the text's and the policies' provenance) is stored in the result.
 
     Refused before any model run: a setting that cannot be sparse on these inputs (its ``top_k`` keeps every
@@ -380,7 +383,7 @@ def evaluate(
     from tqdm.auto import tqdm
 
     base = dict(top_k=top_k, block_size=block_size, sink_blocks=sink_blocks, local_blocks=local_blocks,
-                selection=selection, candidates=candidates)
+                selection=selection, candidates=candidates, producer_block_size=producer_block_size)
     options = HylraOptions(min_seq_len=min_seq_len, **base)
     num_layers = model.config.num_hidden_layers
     if DENSE in policies:

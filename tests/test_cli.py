@@ -257,6 +257,9 @@ def test_eval_defaults():
      "--samples 0 asks for no retrieval prompt: pass --tasks none instead"),
     (["--policy", "every:2", "--selection", "best"], "argument --selection: invalid choice: 'best'"),
     (["--policy", "every:2", "--candidates", "0"], "argument --candidates: 0 is not a positive integer"),
+    (["--policy", "every:2", "--producer-block-size", "12"], "producer_block_size must be a multiple of block_size=8"),
+    (["--policy", "every:2", "--producer-block-size", "16", "--selection", "reuse"],
+     "producer_block_size=16 needs selection='refine'"),
 ])
 def test_eval_refuses_before_the_model_loads(files, capsys, no_model_load, extra, message):
     """Bad policy specs (for this model's 3 layers), a top_k or min_seq_len that cannot be sparse on the longest
@@ -302,6 +305,9 @@ def test_eval_candidates_reach_the_evaluation(files):
     assert main(eval_args(files, "--policy", "every:2", "--selection", "refine", "--candidates", "2")) == 0
     metadata = json.loads((files / "eval" / "eval.json").read_text())["metadata"]
     assert (metadata["selection"], metadata["candidates"]) == ("refine", 2)
+    assert main(eval_args(files, "--policy", "every:2", "--selection", "refine", "--producer-block-size", "16")) == 0
+    metadata = json.loads((files / "eval" / "eval.json").read_text())["metadata"]
+    assert metadata["producer_block_size"] == 16
 
 
 def test_profile_refuses_to_replace_a_file_that_is_not_a_policy(files, capsys, no_model_load):

@@ -60,6 +60,12 @@ def test_refinement_settings_share_the_budget_policy_and_set_their_own_options(f
     assert settings["budget:6r refine"].policy == Policy.every(8, 24)  # from the profile with 4 candidates
     assert settings["budget:6 heads"].policy == Policy.every(15, 24)  # head-mapped, the reuse profile
     assert settings["budget:6r refine heads"].policy == Policy.every(18, 24)
+    blocks = frontier.settings_of("blocks", 24, 6, lambda: 4)
+    assert list(blocks) == ["budget:6 oracle", "budget:6 refine", "budget:6 oracle b32", "budget:6 refine b32",
+                            "budget:6 refine b32 p64", "budget:6 oracle b16", "budget:6 refine b16",
+                            "budget:6 refine b16 p64"]
+    assert blocks["budget:6 refine b16 p64"].options == {"selection": "refine", "block_size": 16, "sink_blocks": 4,
+                                                         "local_blocks": 8, "producer_block_size": 64}
     blocks = frontier.settings_of("blocks", 24, 6, lambda: 4, only=["budget:6 refine", "budget:6 oracle b16"])
     assert {name: s.options for name, s in blocks.items()} == {
         "budget:6 refine": {"selection": "refine"},
@@ -125,6 +131,7 @@ def test_refine_settings_join_the_refine_variant_with_ratios_of_its_own_device(f
     assert frontier.speed_of(speed, 0.25, 2048, "refine")["variant"] == "8of32-refine"
     assert frontier.speed_of(speed, 0.25, 2048, "refine", block_size=32) is None
     assert frontier.speed_of(speed, 0.25, 2048, "refine", candidates=8) is None
+    assert frontier.speed_of(speed, 0.25, 2048, "refine", producer_block_size=128) is None
     assert frontier.speed_of(speed, 0.25, 2048, "reuse", candidates=8)["variant"] == "8of32"
     # A block-32 row joins the eager and inductor rows of its run, which have no block size.
     block32 = [{**r, "block_size": 32} for r in speed if r["variant"] == "8of32-refine"]
