@@ -68,7 +68,8 @@ class HylraOptions:
         """The keyword arguments of a layer's own top-``top_k`` selection: ``hylra::refine_blocks``, and
         ``hylra::topk_attention`` where a consumer selects for itself (``selection="oracle"``). ``key_blocks``:
         the KV blocks there are, when static; ``layer``: a consumer whose own ``top_k`` the policy may set."""
-        return dict(block_size=self.block_size, n_select=self._capped(self.layer_n_select(layer), key_blocks),
+        return dict(block_size=self.block_size, n_select=self._capped(self.layer_n_select(layer), key_blocks,
+                                                                      self.sink_blocks + self.local_blocks),
                     sink_blocks=self.sink_blocks, local_blocks=self.local_blocks)
 
     def layer_n_select(self, layer: int | None) -> int:
@@ -97,13 +98,14 @@ class HylraOptions:
         return dict(block_size=size, n_select=self._capped(n_select, key_blocks, sink + local), sink_blocks=sink,
                     local_blocks=local)
 
-    def _capped(self, n_select: int, key_blocks: int | None, forced: int | None = None) -> int:
+    @staticmethod
+    def _capped(n_select: int, key_blocks: int | None, forced: int) -> int:
         """``n_select`` cut to the KV blocks there are: more selects nothing more, but the ops size each selection
-        by it (top_k=1e12 asked for 13 TB). Never below the ``forced`` sink and local blocks (by default the
-        options'), which the ops require."""
+        by it (top_k=1e12 asked for 13 TB). Never below the ``forced`` sink and local blocks, which the ops
+        require."""
         if key_blocks is None:
             return n_select
-        return min(n_select, max(key_blocks, self.sink_blocks + self.local_blocks if forced is None else forced))
+        return min(n_select, max(key_blocks, forced))
 
     def consumer_settings(self) -> dict[str, int]:
         """The keyword arguments of ``hylra::sparse_attention`` that these options set."""

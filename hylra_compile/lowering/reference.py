@@ -589,7 +589,7 @@ def expand_blocks(q: Tensor, k: Tensor, block_idx: Tensor, *, block_size: int, f
     rows = rows[:, :, :n_qb]
     fine = rows.unsqueeze(-1) * factor + torch.arange(factor, dtype=torch.int32, device=block_idx.device)
     fine = torch.where((rows.unsqueeze(-1) >= 0) & (fine < n_kb), fine, -1)
-    return fine.flatten(-2).to(torch.int32)
+    return fine.flatten(-2)
 
 
 def check_heads(heads: list[int], num_kv_heads) -> None:
