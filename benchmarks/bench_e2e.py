@@ -591,6 +591,9 @@ def main() -> None:
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         parser.error(f"unknown variants {unknown}; valid: {', '.join(VARIANTS)}")
+    if args.producer_block_size and not set(variants) & set(REFINED):
+        parser.error(f"--producer-block-size applies to the -refine variants ({', '.join(REFINED)}), and none is "
+                     "asked for")
     cuda = torch.cuda.is_available()
     model = build_model(args.layers, args.context + args.new_tokens + 1, torch.device("cuda" if cuda else "cpu"),
                         torch.bfloat16 if cuda else torch.float32, small=args.small)
