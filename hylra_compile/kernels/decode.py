@@ -10,6 +10,8 @@ when the query has fewer than ``min_seq_len`` allowed keys, decided in the kerne
 
 Refinement (``refine_blocks``): SPARSE=True over the producer's candidate list with WITH_V=False (scores only, no
 value reads) writes the LSE of every list entry; the combine selects among the entries and writes their block ids.
+A split's loop takes ``TILE_KEYS`` keys per step: blocks smaller than that are gathered a few at a time into one
+tile (the block log-sum-exps taken per block of the tile), so a step's fixed cost does not grow as blocks shrink.
 Keys that are not allowed are never loaded (masked loads). With a block mask (reference.mask_blocks of the mask row,
 computed once per graph) the kernels visit only the KV blocks ``[first, end)`` holding allowed keys, and a consumer
 decides "fewer than ``min_seq_len`` allowed keys" from the block ranges, reading the mask only where they leave it
@@ -40,6 +42,7 @@ def _decode_split_kernel(
     G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BLOCK_N: tl.constexpr,
     MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, SPARSE: tl.constexpr, WRITE_LSE: tl.constexpr,
     WITH_V: tl.constexpr, HAS_BLOCKS: tl.constexpr, SCAN_N: tl.constexpr, SCAN_IT: tl.constexpr,
+    BPT: tl.constexpr,
 ):
     """LseBlk [B, Hkv, G, n_lse]: the LSE of each KV block (dense, n_lse = n_kb) or of each list entry (SPARSE,
     n_lse = n_sel)."""
@@ -51,7 +54,7 @@ def _decode_split_kernel(
     gm = offs_g < G
     offs_d = tl.arange(0, D)
     offs_dv = tl.arange(0, DV)
-    offs_n = tl.arange(0, BLOCK_N)
+    offs_n = tl.arange(0, BPT * BLOCK_N)
     heads = h * G + offs_g
     q = tl.load(Q + b * sqb + heads[:, None] * sqh + offs_d[None, :] * sqd, mask=gm[:, None], other=0.0)
     k_base = K + b * skb + h * skh
@@ -98,6 +101,8 @@ def _decode_split_kernel(
     # programs.
     if SPARSE or MASK_KIND == 0:
         per = (n_items + n_splits - 1) // n_splits
+        if BPT > 1:  # whole tiles per split
+            per = (per + BPT - 1) // BPT * BPT
         c0 = s * per
         cstride = 1
         it_hi = tl.maximum(tl.minimum(per, n_items - c0), 0)
@@ -114,7 +119,7 @@ def _decode_split_kernel(
             last = tl.zeros([], dtype=tl.int32) - 1
             for i0 in range(0, it_hi, SCAN_IT):
                 its = i0 + tl.arange(0, SCAN_IT)
-                offs = (kb_lo + c0 + its * cstride)[:, None] * BLOCK_N + offs_n[None, :]
+                offs = (kb_lo + c0 + its * cstride)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
                 ok = (its[:, None] < it_hi) & (offs < Skv)
                 if IS_CAUSAL:
                     ok = ok & (offs <= 0)
@@ -143,25 +148,55 @@ def _decode_split_kernel(
     l_i = tl.zeros([G_PAD], dtype=tl.float32)
     acc = tl.zeros([G_PAD, DV], dtype=tl.float32)
     i_base = Idx + b * sib + h * sih
-    for it in range(it_lo, it_hi):
-        item = c0 + it * cstride
-        if SPARSE:
-            c_sel = tl.load(i_base + item * sis)
-            prev = tl.load(i_base + (item - 1) * sis, mask=item > 0, other=-1)
-            ok = (c_sel >= 0) & (c_sel < n_kb) & (c_sel != prev)
-            c = tl.where(dense, kb_lo + item, tl.where(ok, c_sel, 0))
-            valid = dense | ok
+    offs_b = tl.arange(0, BPT)
+    for t in range(it_lo, it_hi, BPT):
+        # The tile: BPT items, each a list entry or a KV block, BLOCK_N keys each.
+        if BPT == 1:
+            item = c0 + t * cstride
+            if SPARSE:
+                c_sel = tl.load(i_base + item * sis)
+                prev = tl.load(i_base + (item - 1) * sis, mask=item > 0, other=-1)
+                ok = (c_sel >= 0) & (c_sel < n_kb) & (c_sel != prev)
+                c = tl.where(dense, kb_lo + item, tl.where(ok, c_sel, 0))
+                valid = dense | ok
+            else:
+                c = kb_lo + item
+                valid = True
+            offs_k = c * BLOCK_N + offs_n
+            allowed, bias = mask_tile(m_base, 0, smk, zero_q, offs_k, one_q & valid, Skv, mask_cols, mask_thr,
+                                      MASK_KIND, IS_CAUSAL)
+            # The block's first key in 64 bits, then small in-block offsets: no K/V offset wraps at any length.
+            k_tile = k_base + tl.cast(c * BLOCK_N, tl.int64) * skn
+            v_tile = v_base + tl.cast(c * BLOCK_N, tl.int64) * svn
+            k_rows = offs_n * skn
+            v_rows = offs_n * svn
         else:
-            c = kb_lo + item
-            valid = True
-        offs_k = c * BLOCK_N + offs_n
-        allowed, bias = mask_tile(m_base, 0, smk, zero_q, offs_k, one_q & valid, Skv, mask_cols, mask_thr, MASK_KIND,
-                                  IS_CAUSAL)
-        kmask = tl.max(allowed.to(tl.int32), 0) != 0  # [BLOCK_N]
-        # The block's first key in 64 bits, then small in-block offsets: no K/V offset wraps at any length.
-        k_blk = k_base + tl.cast(c * BLOCK_N, tl.int64) * skn
-        v_blk = v_base + tl.cast(c * BLOCK_N, tl.int64) * svn
-        k = tl.load(k_blk + offs_n[:, None] * skn + offs_d[None, :] * skd, mask=kmask[:, None], other=0.0)
+            its = t + offs_b
+            item = c0 + its * cstride
+            in_split = its < it_hi
+            if SPARSE:
+                c_sel = tl.load(i_base + item * sis, mask=in_split, other=-1)
+                prev = tl.load(i_base + (item - 1) * sis, mask=in_split & (item > 0), other=-1)
+                ok = (c_sel >= 0) & (c_sel < n_kb) & (c_sel != prev)
+                c = tl.where(dense, kb_lo + item, tl.where(ok, c_sel, 0))
+                valid = in_split & (dense | ok)
+            else:
+                c = kb_lo + item
+                valid = in_split
+            # Each key's block and validity: the BPT-vectors repeated BLOCK_N times, in key order.
+            c_key = tl.reshape(tl.broadcast_to(c[:, None], (BPT, BLOCK_N)), (BPT * BLOCK_N,))
+            valid_key = tl.reshape(tl.broadcast_to(valid[:, None], (BPT, BLOCK_N)), (BPT * BLOCK_N,))
+            offs_k = c_key * BLOCK_N + offs_n % BLOCK_N
+            allowed, bias = mask_tile(m_base, 0, smk, zero_q, offs_k, one_q, Skv, mask_cols, mask_thr, MASK_KIND,
+                                      IS_CAUSAL)
+            allowed = allowed & valid_key[None, :]
+            # Gathered rows: 64-bit offsets, as the blocks lie anywhere in the cache.
+            k_tile = k_base
+            v_tile = v_base
+            k_rows = offs_k.to(tl.int64) * skn
+            v_rows = offs_k.to(tl.int64) * svn
+        kmask = tl.max(allowed.to(tl.int32), 0) != 0  # [BPT * BLOCK_N]
+        k = tl.load(k_tile + k_rows[:, None] + offs_d[None, :] * skd, mask=kmask[:, None], other=0.0)
         sc = tl.dot(q, tl.trans(k)) * qk_scale
         if MASK_KIND == 2:
             sc += bias * 1.4426950408889634
@@ -173,18 +208,28 @@ def _decode_split_kernel(
         alpha = tl.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
         if WITH_V:
-            v = tl.load(v_blk + offs_n[:, None] * svn + offs_dv[None, :] * svd, mask=kmask[:, None], other=0.0)
+            v = tl.load(v_tile + v_rows[:, None] + offs_dv[None, :] * svd, mask=kmask[:, None], other=0.0)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
         if WRITE_LSE:
-            mb = tl.where(m_blk == float("-inf"), 0.0, m_blk)
-            lb = tl.sum(tl.exp2(sc - mb[:, None]), 1)
-            lse = tl.where(lb > 0, mb + tl.log2(lb), float("-inf"))
-            if SPARSE:  # the refinement: a column per list entry
+            # A column per list entry (SPARSE: the refinement) or per KV block.
+            if SPARSE:
                 lse_col = item
             else:
                 lse_col = c
-            tl.store(LseBlk + ((b * n_kvh + h) * G + offs_g) * n_lse + lse_col, lse, mask=gm)
+            lse_row = ((b * n_kvh + h) * G + offs_g) * n_lse
+            if BPT == 1:
+                mb = tl.where(m_blk == float("-inf"), 0.0, m_blk)
+                lb = tl.sum(tl.exp2(sc - mb[:, None]), 1)
+                lse = tl.where(lb > 0, mb + tl.log2(lb), float("-inf"))
+                tl.store(LseBlk + lse_row + lse_col, lse, mask=gm)
+            else:  # per block of the tile: its BLOCK_N scores
+                sc3 = tl.reshape(sc, (G_PAD, BPT, BLOCK_N))
+                m3 = tl.max(sc3, 2)
+                mb = tl.where(m3 == float("-inf"), 0.0, m3)
+                lb = tl.sum(tl.exp2(sc3 - mb[:, :, None]), 2)
+                lse = tl.where(lb > 0, mb + tl.log2(tl.where(lb > 0, lb, 1.0)), float("-inf"))
+                tl.store(LseBlk + lse_row[:, None] + lse_col[None, :], lse, mask=gm[:, None] & in_split[None, :])
 
     pbase = (b * n_kvh + h) * n_splits + s
     tl.store(MPart + pbase * G_PAD + offs_g, m_i)
@@ -259,6 +304,17 @@ def _num_sms(device: torch.device) -> int:
     return 2
 
 
+# Keys per step of a split's loop: blocks smaller than this are taken TILE_KEYS // block_size at a time, their rows
+# gathered into one tile (a step's fixed cost, the index loads, mask tile and softmax rescale, is then paid once per
+# 64 keys whatever the block size: blocks of 16 one at a time took 1.4-2.2x the time of blocks of 64, H200,
+# results/block-size-32k-*).
+TILE_KEYS = 64
+
+
+def _blocks_per_tile(block_size: int) -> int:
+    return max(1, TILE_KEYS // block_size)
+
+
 def _splits(B: int, Hkv: int, n_items: int, device: torch.device, min_per_split: int, waves: int) -> int:
     target = waves * _num_sms(device)
     want = max(1, -(-target // (B * Hkv)))
@@ -293,8 +349,9 @@ def _decode(q, k, v, mask, block_mask, is_causal, scale, block_size, block_idx, 
         idx = q
         sib = sih = sis = 0
         n_items = n_kb
-    if splits is None:
-        splits = _splits(B, Hkv, n_items, dev, 2 if sparse else 8, 1 if sparse else 2)  # from the H100 sweep
+    bpt = _blocks_per_tile(block_size)
+    if splits is None:  # from the H100 sweep at block 64: at least 128 (sparse) or 512 keys per split
+        splits = _splits(B, Hkv, n_items, dev, (2 if sparse else 8) * bpt, 1 if sparse else 2)
     n_lse = (n_sel if sparse else n_kb) if select else 0
     # One scratch allocation, viewed as the split maxima, sums, accumulators and the LSEs selected from.
     part = B * Hkv * splits * G_PAD
@@ -312,8 +369,8 @@ def _decode(q, k, v, mask, block_mask, is_causal, scale, block_size, block_idx, 
         smb, smk, sbb, sib, sih, sis,
         Skv, mask_cols, n_kb, n_sel, n_lse, splits, scale * LOG2E, thr, min_seq_len,
         G=G, G_PAD=G_PAD, D=D, DV=DV, BLOCK_N=block_size, MASK_KIND=kind, IS_CAUSAL=bool(is_causal),
-        SPARSE=sparse, WRITE_LSE=select, WITH_V=not refine, HAS_BLOCKS=block_mask is not None, SCAN_N=1024, SCAN_IT=64, num_warps=num_warps,
-        num_stages=num_stages,
+        SPARSE=sparse, WRITE_LSE=select, WITH_V=not refine, HAS_BLOCKS=block_mask is not None, SCAN_N=1024,
+        SCAN_IT=64, BPT=bpt, num_warps=num_warps, num_stages=num_stages,
     )
     bidx = torch.empty(B, Hkv, 1, n_select, dtype=torch.int32, device=dev) if select else None
     _decode_combine_kernel[(B, Hkv, 1 if refine else G)](

@@ -1,8 +1,9 @@
 """Triton kernels against the reference (hylra_compile.lowering.reference).
 
-Without a GPU these run under TRITON_INTERPRET=1 on CPU tensors at tiny sizes (fp32, block 16); ``pytest -m cuda``
-runs the same cases on the GPU in bf16 at blocks 32, 64 and 128 and in fp16 at block 64 (one test per case and
-setting), plus the op dispatch and a CUDA-graph replay.
+Without a GPU these run under TRITON_INTERPRET=1 on CPU tensors at tiny sizes (fp32, block 16; decode with blocks
+gathered into tiles of 64 keys and one block per step); ``pytest -m cuda`` runs the same cases on the GPU in bf16 at
+blocks 16, 32, 64 and 128 and in fp16 at block 64 (one test per case and setting), plus the op dispatch and a
+CUDA-graph replay.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from hylra_compile.kernels import (
     prefill_sparse_attention,
     prefill_topk_attention,
 )
+from hylra_compile.kernels import decode as D
 from hylra_compile.kernels import prefill as P
 from hylra_compile.lowering import reference as R
 from tests.numerics import rel_err
@@ -259,9 +261,17 @@ needs_working_interpreter = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(params=[64, 16], ids=["gathered-tiles", "block-tiles"])
+def decode_tile_keys(request, monkeypatch):
+    """The decode kernels' keys per step: 64 gathers four blocks of 16 into a tile (what the GPU runs at blocks of
+    16 and 32), 16 takes one block per step (what it runs at 64 and 128)."""
+    monkeypatch.setattr(D, "TILE_KEYS", request.param)
+    return request.param
+
+
 @needs_working_interpreter
 @pytest.mark.parametrize("name", sorted(DECODE_CASES))
-def test_decode_interpreter(name):
+def test_decode_interpreter(name, decode_tile_keys):
     _check_decode(DECODE_CASES[name], "cpu", "f32-16")
 
 
@@ -393,8 +403,9 @@ def test_decode_cuda_graph():
 
 @needs_working_interpreter
 @pytest.mark.parametrize("kind", ["bool", "float"])
-def test_decode_many_splits_interpreter(kind):
-    """Several splits (strided over blocks when masked, trimmed to the allowed range) give the reference."""
+def test_decode_many_splits_interpreter(kind, decode_tile_keys):
+    """Several splits (strided over blocks when masked, trimmed to the allowed range; tiles cut at a split's end)
+    give the reference."""
     B, Hq, Hkv, Skv, D, bs = 3, 4, 1, 300, 64, 16
     q, k, v = make_qkv(B, Hq, Hkv, 1, Skv, D, torch.float32, "cpu", layout="bshd", seed=3)
     mask = make_mask(kind, B, 1, Skv, [300, 70, 0], "cpu", left=(kind == "float"))
