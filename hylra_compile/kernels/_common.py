@@ -9,6 +9,17 @@ import triton.language as tl
 # Python-side only: inside @triton.jit code the literal is written out (a plain global is not a constexpr there).
 LOG2E = 1.4426950408889634
 
+# Keys per step of a loop over selected (or, in decode, any) KV blocks: blocks smaller than this are taken
+# TILE_KEYS // block_size at a time, their rows gathered into one tile, so a step's fixed cost (index loads, mask
+# tile, softmax rescale) is paid once per 64 keys whatever the block size. One block per step, blocks of 16 took
+# 1.4-2.2x the time of blocks of 64 (H200, benchmarks/results/block-size-32k-*).
+TILE_KEYS = 64
+
+
+def blocks_per_tile(block_size: int) -> int:
+    """KV blocks per tile of TILE_KEYS keys (1 for blocks at least that large)."""
+    return max(1, TILE_KEYS // block_size)
+
 
 def mask_args(mask: torch.Tensor | None, B: int, Sq: int, Skv: int, q: torch.Tensor):
     """(tensor, kind, stride_b, stride_q, stride_k, readable columns, threshold) for a mask [B|1, 1, Sq|1, Skv|1]

@@ -10,7 +10,7 @@ when the query has fewer than ``min_seq_len`` allowed keys, decided in the kerne
 
 Refinement (``refine_blocks``): SPARSE=True over the producer's candidate list with WITH_V=False (scores only, no
 value reads) writes the LSE of every list entry; the combine selects among the entries and writes their block ids.
-A split's loop takes ``TILE_KEYS`` keys per step: blocks smaller than that are gathered a few at a time into one
+A split's loop takes ``_common.TILE_KEYS`` keys per step: blocks smaller than that are gathered a few at a time into one
 tile (the block log-sum-exps taken per block of the tile), so a step's fixed cost does not grow as blocks shrink.
 Keys that are not allowed are never loaded (masked loads). With a block mask (reference.mask_blocks of the mask row,
 computed once per graph) the kernels visit only the KV blocks ``[first, end)`` holding allowed keys, and a consumer
@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import LOG2E, block_mask_args, mask_args, mask_tile, select_row
+from ._common import LOG2E, block_mask_args, blocks_per_tile, mask_args, mask_tile, select_row
 
 
 @triton.jit
@@ -304,17 +304,6 @@ def _num_sms(device: torch.device) -> int:
     return 2
 
 
-# Keys per step of a split's loop: blocks smaller than this are taken TILE_KEYS // block_size at a time, their rows
-# gathered into one tile (a step's fixed cost, the index loads, mask tile and softmax rescale, is then paid once per
-# 64 keys whatever the block size: blocks of 16 one at a time took 1.4-2.2x the time of blocks of 64, H200,
-# results/block-size-32k-*).
-TILE_KEYS = 64
-
-
-def _blocks_per_tile(block_size: int) -> int:
-    return max(1, TILE_KEYS // block_size)
-
-
 def _splits(B: int, Hkv: int, n_items: int, device: torch.device, min_per_split: int, waves: int) -> int:
     target = waves * _num_sms(device)
     want = max(1, -(-target // (B * Hkv)))
@@ -349,7 +338,7 @@ def _decode(q, k, v, mask, block_mask, is_causal, scale, block_size, block_idx, 
         idx = q
         sib = sih = sis = 0
         n_items = n_kb
-    bpt = _blocks_per_tile(block_size)
+    bpt = blocks_per_tile(block_size)
     if splits is None:  # from the H100 sweep at block 64: at least 128 (sparse) or 512 keys per split
         splits = _splits(B, Hkv, n_items, dev, (2 if sparse else 8) * bpt, 1 if sparse else 2)
     n_lse = (n_sel if sparse else n_kb) if select else 0

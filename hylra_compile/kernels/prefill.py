@@ -13,7 +13,8 @@ head and selects per query block. The scratch holds at most ``X_BUDGET_BYTES``: 
 fit (128K tokens x 32 heads would need 34 GB), the grid is launched in chunks of programs that reuse it, one after
 the other on the stream. One launch per chunk, then the selection.
 
-Consumer (1 launch): ``_prefill_attn_kernel`` with SPARSE=True over the query block's selected KV blocks; rows with
+Consumer (1 launch): ``_prefill_attn_kernel`` with SPARSE=True over the query block's selected KV blocks (blocks
+smaller than ``_common.TILE_KEYS`` keys that need no mask reads gathered a few at a time into one tile); rows with
 fewer than ``min_seq_len`` allowed keys (decided in the kernel) also visit the unselected blocks; a program none of
 whose rows can have that many (bounded by its block range) runs the dense pass instead, counting nothing.
 
@@ -37,7 +38,7 @@ import triton
 import triton.language as tl
 from triton.runtime.errors import OutOfResources
 
-from ._common import LOG2E, block_mask_args, mask_args, mask_tile, ptx_stores, select_row, store_rows
+from ._common import LOG2E, block_mask_args, blocks_per_tile, mask_args, mask_tile, ptx_stores, select_row, store_rows
 
 
 @triton.jit
@@ -166,6 +167,39 @@ def _selected_block(q, acc, m_i, l_i, i_base, j, sis, n_kb, k_base, v_base, m_ba
 
 
 @triton.jit
+def _selected_tile(q, acc, m_i, l_i, i_base, j, j_end, sis, full_first, full_end, k_base, v_base, skn, skd, svn,
+                   svd, row_ok, qk_scale, offs_t, offs_d, offs_dv, x_base, M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BPT: tl.constexpr, WITH_V: tl.constexpr, WRITE_X: tl.constexpr, PTX: tl.constexpr):
+    """Entries [j, min(j + BPT, j_end)) of a selection list, blocks of [full_first, full_end) (no mask reads), as
+    one tile of BPT * BLOCK_N gathered keys; with WRITE_X each entry's row log2-sum-exps are stored in its column.
+    The entries past j_end fill the tile with keys that score -inf."""
+    entry = j + offs_t // BLOCK_N
+    in_run = entry < j_end
+    # The clamp keeps an unordered list's reads inside the keys (as in the one-block loop).
+    c_key = tl.minimum(tl.maximum(tl.load(i_base + entry * sis, mask=in_run, other=0), full_first), full_end - 1)
+    k_rows = (c_key * BLOCK_N + offs_t % BLOCK_N).to(tl.int64)
+    k = tl.load(k_base + k_rows[:, None] * skn + offs_d[None, :] * skd)
+    sc = tl.dot(q, tl.trans(k)) * qk_scale
+    sc = tl.where(in_run[None, :], sc, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(sc, 1))  # finite: the tile's first entry is in the run and wholly allowed
+    p = tl.exp2(sc - m_new[:, None])
+    alpha = tl.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if WITH_V:
+        v = tl.load(v_base + k_rows[:, None] * svn + offs_dv[None, :] * svd)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    if WRITE_X:
+        # Per entry, as _attn_block does per block: m + log2(sum over its keys of exp2(s - m)), m the running max.
+        l_blk = tl.sum(tl.reshape(p, (M, BPT, BLOCK_N)), 2)
+        x = tl.where(l_blk > 0, m_new[:, None] + tl.log2(tl.where(l_blk > 0, l_blk, 1.0)), -1e30)
+        offs_e = tl.arange(0, BPT)
+        for e in tl.static_range(BPT):
+            x_e = tl.sum(tl.where(offs_e[None, :] == e, x, 0.0), 1)
+            store_rows(x_base + (j + e) * M, x_e, row_ok & (tl.full([M], j + e, tl.int32) < j_end), PTX)
+    return acc, m_new, l_i
+
+
+@triton.jit
 def _block_ranges(Blocks, b, qb, sbb, sbr, n_blocks, n_whole, MASK_KIND: tl.constexpr, HAS_BLOCKS: tl.constexpr):
     """KV block ranges of query block qb: (first, full_first, full_end, end). Blocks outside [first, end) hold no
     allowed key; [full_first, full_end) need no mask read nor causal masking. From the mask's block structure
@@ -201,7 +235,7 @@ def _prefill_attn_kernel(
     HP: tl.constexpr, G: tl.constexpr, QB: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
     MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, SPARSE: tl.constexpr,
     N_SEL_PAD: tl.constexpr, WRITE_X: tl.constexpr, PTX: tl.constexpr, C_T: tl.constexpr,
-    HAS_BLOCKS: tl.constexpr, WITH_V: tl.constexpr,
+    HAS_BLOCKS: tl.constexpr, WITH_V: tl.constexpr, BPT: tl.constexpr,
 ):
     """X [programs of a launch, n_x, rows] and Imp [B, head groups, n_qb, n_x] (WRITE_X) have a column per KV block
     (dense, n_x = n_kb) or per list entry (SPARSE: the refinement, n_x = n_sel, with WITH_V=False: no output)."""
@@ -250,15 +284,23 @@ def _prefill_attn_kernel(
                                             svn, svd, smq, smk, qpos, row_ok, Skv, mask_cols, qk_scale, mask_thr,
                                             offs_n, offs_d, offs_dv, x_base, M, BLOCK_N, MASK_KIND, IS_CAUSAL,
                                             WITH_V, WRITE_X, PTX)
-        for j in range(n_masked_lead, n_full_sel):
-            # In [full_first, full_end) for an ascending list (the op contract, not checked on the device); the
-            # clamp keeps an unordered list's reads inside the keys.
-            c_sel = tl.minimum(tl.maximum(tl.load(i_base + j * sis), full_first), full_end - 1)
-            acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c_sel, True, k_base, v_base, m_base,
-                                        skn, skd, svn, svd, smq, smk, qpos, row_ok, Skv, mask_cols, qk_scale, mask_thr,
-                                        offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL, True, WITH_V)
-            if WRITE_X:
-                store_rows(x_base + j * M, x_blk, row_ok, PTX)
+        # In [full_first, full_end) for an ascending list (the op contract, not checked on the device); the
+        # clamp keeps an unordered list's reads inside the keys.
+        if BPT == 1:
+            for j in range(n_masked_lead, n_full_sel):
+                c_sel = tl.minimum(tl.maximum(tl.load(i_base + j * sis), full_first), full_end - 1)
+                acc, m_i, l_i, x_blk = _attn_block(q, acc, m_i, l_i, c_sel, True, k_base, v_base, m_base, skn, skd,
+                                                   svn, svd, smq, smk, qpos, row_ok, Skv, mask_cols, qk_scale,
+                                                   mask_thr, offs_n, offs_d, offs_dv, BLOCK_N, MASK_KIND, IS_CAUSAL,
+                                                   True, WITH_V)
+                if WRITE_X:
+                    store_rows(x_base + j * M, x_blk, row_ok, PTX)
+        else:  # small blocks: BPT entries per step, gathered into one tile
+            offs_t = tl.arange(0, BPT * BLOCK_N)
+            for j in range(n_masked_lead, n_full_sel, BPT):
+                acc, m_i, l_i = _selected_tile(q, acc, m_i, l_i, i_base, j, n_full_sel, sis, full_first, full_end,
+                                               k_base, v_base, skn, skd, svn, svd, row_ok, qk_scale, offs_t, offs_d,
+                                               offs_dv, x_base, M, BLOCK_N, BPT, WITH_V, WRITE_X, PTX)
         for j in range(n_full_sel, n_used):
             acc, m_i, l_i = _selected_block(q, acc, m_i, l_i, i_base, j, sis, n_kb, k_base, v_base, m_base, skn, skd,
                                             svn, svd, smq, smk, qpos, row_ok, Skv, mask_cols, qk_scale, mask_thr,
@@ -464,7 +506,7 @@ def _prefill_attn(q, k, v, mask, is_causal, scale, block_size, block_idx, min_se
         HP=HP, G=G, QB=block_size, BLOCK_N=block_size, D=D, DV=DV, MASK_KIND=kind, IS_CAUSAL=bool(is_causal),
         SPARSE=sparse, N_SEL_PAD=triton.next_power_of_2(max(n_sel, 1)), WRITE_X=importance, PTX=ptx_stores(q),
         C_T=min(X_STEP_BLOCKS, triton.next_power_of_2(max(n_x, 1))), HAS_BLOCKS=block_mask is not None,
-        WITH_V=not refine,
+        WITH_V=not refine, BPT=blocks_per_tile(block_size) if sparse else 1,
     )
     unused = q  # a pointer the kernel never reads under these constexprs
     for pid0 in range(0, grid, chunk):  # one launch unless the scratch is over budget

@@ -25,7 +25,7 @@ from hylra_compile.kernels import (
     prefill_sparse_attention,
     prefill_topk_attention,
 )
-from hylra_compile.kernels import decode as D
+from hylra_compile.kernels import _common as C
 from hylra_compile.kernels import prefill as P
 from hylra_compile.lowering import reference as R
 from tests.numerics import rel_err
@@ -138,6 +138,8 @@ PREFILL_CASES = {
     "d64_g2_causal_sq_lt_skv": (2, 4, 2, 40, 90, 64, None, None, False, True, 2, 1, 1),
     "d64_g4_nsel_ge_blocks": (2, 4, 1, 60, 60, 64, "bool", [60, 33], False, False, 8, 1, 1),
     "d64_g4_fully_masked": (2, 4, 1, 50, 50, 64, "bool", [50, 0], False, False, 2, 1, 1),
+    # more selected blocks below the diagonal than one gathered tile holds
+    "d64_g4_causal_long": (1, 4, 1, 200, 200, 64, None, None, False, True, 9, 1, 2),
 }
 
 
@@ -262,22 +264,22 @@ needs_working_interpreter = pytest.mark.skipif(
 
 
 @pytest.fixture(params=[64, 16], ids=["gathered-tiles", "block-tiles"])
-def decode_tile_keys(request, monkeypatch):
-    """The decode kernels' keys per step: 64 gathers four blocks of 16 into a tile (what the GPU runs at blocks of
-    16 and 32), 16 takes one block per step (what it runs at 64 and 128)."""
-    monkeypatch.setattr(D, "TILE_KEYS", request.param)
+def tile_keys(request, monkeypatch):
+    """The kernels' keys per step over selected blocks: 64 gathers four blocks of 16 into a tile (what the GPU runs
+    at blocks of 16 and 32), 16 takes one block per step (what it runs at 64 and 128)."""
+    monkeypatch.setattr(C, "TILE_KEYS", request.param)
     return request.param
 
 
 @needs_working_interpreter
 @pytest.mark.parametrize("name", sorted(DECODE_CASES))
-def test_decode_interpreter(name, decode_tile_keys):
+def test_decode_interpreter(name, tile_keys):
     _check_decode(DECODE_CASES[name], "cpu", "f32-16")
 
 
 @needs_working_interpreter
 @pytest.mark.parametrize("name", sorted(PREFILL_CASES))
-def test_prefill_interpreter(name):
+def test_prefill_interpreter(name, tile_keys):
     _check_prefill(PREFILL_CASES[name], "cpu", "f32-16")
 
 
@@ -403,7 +405,7 @@ def test_decode_cuda_graph():
 
 @needs_working_interpreter
 @pytest.mark.parametrize("kind", ["bool", "float"])
-def test_decode_many_splits_interpreter(kind, decode_tile_keys):
+def test_decode_many_splits_interpreter(kind, tile_keys):
     """Several splits (strided over blocks when masked, trimmed to the allowed range; tiles cut at a split's end)
     give the reference."""
     B, Hq, Hkv, Skv, D, bs = 3, 4, 1, 300, 64, 16
