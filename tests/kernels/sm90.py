@@ -1,7 +1,7 @@
 """Compile the attention kernels for Hopper (sm_90a) on a machine without a GPU: Triton's own code generator and the
 ptxas it ships, nothing launched. Catches what the interpreter cannot (layouts, shapes the GPU compiler rejects,
-shared memory past the 227 KiB of an H100 block) and prints each variant's registers, stack (spilled registers) and
-shared memory.
+shared memory past the 227 KiB of an H100 block) and prints each variant's registers, stack (spilled registers),
+shared memory and asynchronous copies (whether its loops were software-pipelined).
 
     python -m tests.kernels.sm90 [block sizes...]
 
@@ -38,7 +38,7 @@ _UNIT_STRIDES = {"sqd", "skd", "svd", "sod", "sis", "smk"}
 
 
 def compile_sm90(kernel, constexprs: dict, *, num_warps: int, num_stages: int, dtype: str = "bf16"):
-    """``kernel`` (a JITFunction) compiled for sm_90a with ``constexprs``; pointers 16-byte aligned."""
+    """``kernel`` (a JITFunction) compiled for sm_90a with ``constexprs``."""
     signature, values = {}, dict(constexprs)
     for param in kernel.params:
         name = param.name
@@ -56,7 +56,9 @@ def compile_sm90(kernel, constexprs: dict, *, num_warps: int, num_stages: int, d
         else:
             signature[name] = "fp32" if name in _FLOAT else "i32"
     names = [param.name for param in kernel.params]
-    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names if signature[n].startswith("*")}
+    # As a launch specialises them: pointers 16-byte aligned, strides multiples of 16 elements.
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names
+             if signature[n].startswith("*") or (signature[n] == "i32" and n.startswith("s") and n not in ("sbb", "sbr"))}
     source = ASTSource(fn=kernel, signature=signature, constexprs=values, attrs=attrs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -65,7 +67,8 @@ def compile_sm90(kernel, constexprs: dict, *, num_warps: int, num_stages: int, d
 
 
 def resources(compiled) -> dict:
-    """Registers and stack bytes per thread (cuobjdump of the cubin), shared memory bytes per block."""
+    """Registers and stack bytes per thread (cuobjdump of the cubin), shared memory bytes per block, and the
+    asynchronous global-to-shared copies (none: no loop was software-pipelined)."""
     import triton.backends.nvidia as nvidia
 
     tool = os.path.join(os.path.dirname(nvidia.__file__), "bin", "cuobjdump")
@@ -74,7 +77,8 @@ def resources(compiled) -> dict:
         f.flush()
         usage = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
     return {"registers": int(re.search(r"REG:(\d+)", usage).group(1)),
-            "stack": int(re.search(r"STACK:(\d+)", usage).group(1)), "shared": compiled.metadata.shared}
+            "stack": int(re.search(r"STACK:(\d+)", usage).group(1)), "shared": compiled.metadata.shared,
+            "async_copies": compiled.asm["ttgir"].count("async_copy_global_to_local")}
 
 
 def variants(block_size: int, *, G: int = 4, D_: int = 128, top_k: int = 2048, candidates: int = 4):
@@ -114,7 +118,7 @@ def main(block_sizes) -> int:
             over = used["shared"] > SMEM_LIMIT
             failed += over
             print(f"block {block_size:3d} {name:17s} registers {used['registers']:3d} stack {used['stack']:5d} B "
-                  f"shared {used['shared']:6d} B{'  OVER THE LIMIT' if over else ''}")
+                  f"shared {used['shared']:6d} B async copies {used['async_copies']:3d}{'  OVER THE LIMIT' if over else ''}")
     return 1 if failed else 0
 
 
