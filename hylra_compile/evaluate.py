@@ -119,8 +119,9 @@ class PolicyAttention:
         if o.selection == "reuse":
             return produced
         if o.selection == "refine":
-            return torch.ops.hylra.refine_blocks(call.query, call.key, produced, call.mask, **settings,
-                                                 **o.selection_settings(layer=call.layer))
+            own = o.selection_settings(layer=call.layer, num_kv_heads=call.key.shape[1],
+                                       rank=tensor_parallel_rank()[1])
+            return torch.ops.hylra.refine_blocks(call.query, call.key, produced, call.mask, **settings, **own)
         return torch.ops.hylra.topk_attention(call.query, call.key, call.value, call.mask, **settings,
                                               **o.selection_settings(layer=call.layer))[1]
 

@@ -64,18 +64,28 @@ class HylraOptions:
         """Blocks selected per query block: ``ceil(top_k / block_size)``."""
         return -(-self.top_k // self.block_size)
 
-    def selection_settings(self, key_blocks: int | None = None, layer: int | None = None) -> dict[str, int]:
+    def selection_settings(self, key_blocks: int | None = None, layer: int | None = None,
+                           num_kv_heads: int | None = None, rank: int = 0) -> dict[str, Any]:
         """The keyword arguments of a layer's own top-``top_k`` selection: ``hylra::refine_blocks``, and
         ``hylra::topk_attention`` where a consumer selects for itself (``selection="oracle"``). ``key_blocks``:
-        the KV blocks there are, when static; ``layer``: a consumer whose own ``top_k`` the policy may set."""
-        return dict(block_size=self.block_size, n_select=self._capped(self.layer_n_select(layer), key_blocks,
-                                                                      self.sink_blocks + self.local_blocks),
-                    sink_blocks=self.sink_blocks, local_blocks=self.local_blocks)
+        the KV blocks there are, when static; ``layer``: a consumer whose own ``top_k`` the policy may set, per KV
+        head too (``head_n_select``, for the ``num_kv_heads`` KV heads of tensor-parallel rank ``rank``)."""
+        forced = self.sink_blocks + self.local_blocks
+        counts = [self._capped(n, key_blocks, forced) for n in self.layer_n_select(layer, num_kv_heads, rank)]
+        settings = dict(block_size=self.block_size, n_select=max(counts), sink_blocks=self.sink_blocks,
+                        local_blocks=self.local_blocks)
+        if len(set(counts)) > 1:
+            settings["head_n_select"] = counts
+        return settings
 
-    def layer_n_select(self, layer: int | None) -> int:
-        """Blocks a consumer selects for itself: its policy ``top_k`` (:attr:`Policy.top_k`) or the option's."""
-        budget = self.policy.top_k[layer] if self.policy is not None and layer is not None else None
-        return self.n_select if budget is None else -(-budget // self.block_size)
+    def layer_n_select(self, layer: int | None, num_kv_heads: int | None = None, rank: int = 0) -> list[int]:
+        """Blocks a consumer selects for itself: its policy ``top_k`` (:attr:`Policy.top_k`, one count, or one per
+        KV head of rank ``rank``'s ``num_kv_heads``) or the option's."""
+        budget = (self.policy.top_k_of(layer, num_kv_heads, rank) if self.policy is not None and layer is not None
+                  else None)
+        if budget is None:
+            return [self.n_select]
+        return [-(-b // self.block_size) for b in (budget if isinstance(budget, list) else [budget])]
 
     @property
     def producer_block(self) -> int:
@@ -174,15 +184,19 @@ class HylraOptions:
         if self.selection == "reuse":
             raise ValueError("the policy gives consumers their own top_k, which needs selection='refine' or 'oracle' "
                              "(under 'reuse' a consumer attends its producer's top_k blocks)")
+        if self.selection == "oracle" and self.policy.has_head_budgets:
+            raise ValueError("the policy gives consumers a top_k per KV head, which needs selection='refine' (the "
+                             "oracle's hylra::topk_attention selects one count for every head)")
         # Under refine: the candidates its producer emits, counted in blocks of block_size.
         most = self.producer_settings()["n_select"] * self.expansion if self.selection == "refine" else None
         for layer, budget in enumerate(self.policy.top_k):
             if budget is None:
                 continue
-            n_select = self.layer_n_select(layer)
-            if n_select < self.sink_blocks + self.local_blocks:
-                raise ValueError(f"layer {layer}: top_k={budget} selects {n_select} block(s) of {self.block_size}, "
+            counts = self.layer_n_select(layer)
+            if min(counts) < self.sink_blocks + self.local_blocks:
+                raise ValueError(f"layer {layer}: top_k={budget} selects {min(counts)} block(s) of {self.block_size}, "
                                  f"fewer than sink_blocks + local_blocks = {self.sink_blocks + self.local_blocks}")
+            n_select = max(counts)
             if most is not None and n_select > most:
                 raise ValueError(f"layer {layer}: top_k={budget} selects {n_select} blocks, more than the "
                                  f"{most} candidates its producer emits (candidates={self.candidates} x "

@@ -22,8 +22,8 @@ class Policy:
     whose selection it reads (Kascade's head-mapped reuse; :func:`hylra_compile.optimize` takes it from a profile
     with ``head_map=True``); None pairs equal heads. ``top_k`` (optional, per layer): a consumer's own budget in
     tokens, where it chooses its own blocks (``selection="refine"`` among its producer's candidates, or
-    ``"oracle"``); None takes the backend's ``top_k`` (:func:`hylra_compile.optimizer.allocate_top_k` sizes them by
-    need).
+    ``"oracle"``), or a list of budgets, one per KV head (``selection="refine"`` only); None takes the backend's
+    ``top_k`` (:func:`hylra_compile.optimizer.allocate_top_k` sizes them by need, per layer or per KV head).
     ``num_kv_heads`` (optional) and the number of layers identify the model the policy was made for;
     ``provenance`` records how it was made (the optimiser's parameters, the profile's matrices).
     """
@@ -36,12 +36,13 @@ class Policy:
         num_kv_heads: int | None = None,
         provenance: dict[str, Any] | None = None,
         heads: Sequence[Sequence[int] | None] | None = None,
-        top_k: Sequence[int | None] | None = None,
+        top_k: Sequence[int | Sequence[int] | None] | None = None,
     ):
         self.modes = list(modes)
         self.sources = list(sources)
         self.heads = list(heads) if heads is not None else [None] * len(self.modes)
-        self.top_k = list(top_k) if top_k is not None else [None] * len(self.modes)
+        self.top_k = ([list(k) if isinstance(k, (list, tuple)) else k for k in top_k] if top_k is not None
+                      else [None] * len(self.modes))
         self.num_kv_heads = num_kv_heads
         self.provenance = dict(provenance or {})
         self._validate()
@@ -203,6 +204,23 @@ class Policy:
         """Whether some consumer has its own ``top_k``."""
         return any(k is not None for k in self.top_k)
 
+    @property
+    def has_head_budgets(self) -> bool:
+        """Whether some consumer has a ``top_k`` per KV head."""
+        return any(isinstance(k, list) for k in self.top_k)
+
+    def top_k_of(self, layer: int, num_kv_heads: int | None = None, rank: int = 0) -> int | list[int] | None:
+        """A consumer's own ``top_k`` on a graph holding ``num_kv_heads`` KV heads, tensor-parallel rank ``rank``:
+        one budget for all its heads, the budgets of the heads this rank holds (its contiguous share), or None."""
+        budget = self.top_k[layer]
+        if not isinstance(budget, list) or num_kv_heads is None:
+            return budget
+        own = budget[rank * num_kv_heads:(rank + 1) * num_kv_heads]
+        if len(own) != num_kv_heads or len(budget) % num_kv_heads:
+            raise ValueError(f"layer {layer}: top_k lists {len(budget)} KV heads' budgets, the graph holds "
+                             f"{num_kv_heads} KV heads (tensor-parallel rank {rank})")
+        return own
+
     def heads_of(self, layer: int, num_kv_heads: int, rank: int = 0) -> tuple[list[int] | None, str | None]:
         """(map, why not) of a consumer's head map on a graph holding ``num_kv_heads`` KV heads, tensor-parallel
         rank ``rank`` (each rank holds its contiguous share of the heads): the map in the graph's own
@@ -253,8 +271,13 @@ class Policy:
             if mode != "consumer":
                 raise ValueError(f"layer {layer} is {mode!r} and cannot have its own top_k (only consumers choose "
                                  "their own blocks)")
-            if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
-                raise ValueError(f"layer {layer}: top_k must be a positive int or None, got {budget!r}")
+            per_head = budget if isinstance(budget, list) else [budget]
+            if not per_head or any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in per_head):
+                raise ValueError(f"layer {layer}: top_k must be a positive int, a list of them (one per KV head) or "
+                                 f"None, got {budget!r}")
+            if isinstance(budget, list) and self.num_kv_heads is not None and len(budget) != self.num_kv_heads:
+                raise ValueError(f"layer {layer}: top_k lists {len(budget)} budgets, the model has "
+                                 f"{self.num_kv_heads} KV heads")
         for layer, (mode, heads) in enumerate(zip(self.modes, self.heads)):
             if heads is None:
                 continue

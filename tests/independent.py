@@ -19,7 +19,8 @@ class IndependentHylra:
     producer picks ``candidates`` times ``n_select`` blocks, and a consumer picks ``n_select`` of them by the same
     rule from its own softmax over the allowed keys of those blocks, then attends to its own pick. A consumer with a
     head map (``policy.heads[layer]``) takes, for its KV head h, what its producer picked for KV head
-    ``heads[h]``; one with its own budget (``policy.top_k[layer]`` tokens) picks that many tokens' blocks. With
+    ``heads[h]``; one with its own budget (``policy.top_k[layer]`` tokens, or a list of them: KV head h's
+    ``top_k[layer][h]``) picks that many tokens' blocks. With
     ``producer_block`` (a multiple of ``block``, refinement only) producers pick in blocks (and query blocks) of that
     many tokens, as many as hold ``n_select * block`` tokens (rounded up) times ``candidates``, their forced sink and
     local blocks holding at least ``sink`` and ``local`` blocks' tokens; a consumer picks among the blocks of
@@ -57,7 +58,8 @@ class IndependentHylra:
                 chosen = {(b, h, r): chosen[b, heads[h], r] for b, h, r in chosen}
             if self.candidates is not None:
                 budget = self.policy.top_k[layer]
-                own = self.n_select if budget is None else -(-budget // self.block)
+                own = (self.n_select if budget is None else [-(-b // self.block) for b in budget]
+                       if isinstance(budget, list) else -(-budget // self.block))
                 chosen = self._refine(query, key, allowed, chosen, scaling, G, own)
             for b in range(B):
                 for h in range(Hq):
@@ -92,8 +94,8 @@ class IndependentHylra:
 
     def _select(self, probs, allowed, G, n_select, block=None, sink=None, local=None):
         """Per (b, KV head, query block): forced sink / local blocks among those with an allowed key (``allowed``
-        [B, 1 or Hkv, Sq, Skv]), then the blocks of most mass, ``n_select`` in all; blocks of ``block`` tokens and
-        ``sink`` / ``local`` forced ones (by default the consumers')."""
+        [B, 1 or Hkv, Sq, Skv]), then the blocks of most mass, ``n_select`` in all (or ``n_select[h]`` for KV head
+        h); blocks of ``block`` tokens and ``sink`` / ``local`` forced ones (by default the consumers')."""
         B, Hq, Sq, Skv = probs.shape
         block = block or self.block
         sink, local = (self.sink if sink is None else sink), (self.local if local is None else local)
@@ -110,5 +112,6 @@ class IndependentHylra:
                             mass[c] = probs[b, h * G : (h + 1) * G, rows, cols].sum().item()
                     forced = set(candidates[:sink]) | set(candidates[len(candidates) - local :])
                     rest = sorted((c for c in candidates if c not in forced), key=lambda c: (-mass[c], c))
-                    chosen[(b, h, r)] = forced | set(rest[: n_select - len(forced)])
+                    count = n_select[h] if isinstance(n_select, list) else n_select
+                    chosen[(b, h, r)] = forced | set(rest[: count - len(forced)])
         return chosen

@@ -104,6 +104,27 @@ def test_per_layer_top_k_under_refine():
     assert refines == (2, 6)
 
 
+def test_top_k_per_kv_head_under_refine():
+    """Consumers with a budget per KV head (layer 1: 2 and 6 blocks, layer 3: 5 and 3): the same tokens and logits
+    as the independent HyLRA with those budgets, and not those of the layers' larger budget for both heads."""
+    per_head = Policy(POLICY.modes, POLICY.sources, num_kv_heads=2,
+                      top_k=[None, [2 * BLOCK, 6 * BLOCK], None, [5 * BLOCK, 3 * BLOCK]])
+    model = tiny_model("llama", num_layers=4)
+    compilation = hylra_compile.compile_for_generate(model, **{**OPTIONS, "policy": per_head}, inductor=False)
+    ids, mask = padded_batch(41, pads=(0, 3))
+    out = model.generate(ids, attention_mask=mask, cache_implementation="static", **GREEDY)
+    same_generation(out, independent_model("refine", per_head).generate(
+        ids, attention_mask=mask, cache_implementation="static", **GREEDY))
+    larger = Policy(POLICY.modes, POLICY.sources, top_k=[None, 6 * BLOCK, None, 5 * BLOCK])
+    uniform = independent_model("refine", larger).generate(ids, attention_mask=mask, cache_implementation="static",
+                                                           **GREEDY)
+    assert rel_err(out.logits[-1], uniform.logits[-1]) > 1e-3
+    (refines,) = {tuple((n.kwargs["n_select"], tuple(n.kwargs["head_n_select"])) for n in graph.graph.nodes
+                        if n.target is torch.ops.hylra.refine_blocks.default)
+                  for graph in compilation.prefill.graphs + compilation.decode.graphs}
+    assert refines == ((6, (2, 6)), (5, (5, 3)))
+
+
 def test_producers_selecting_in_coarser_blocks_than_consumers_refine():
     """producer_block_size twice block_size: producers select 2 x 2 blocks of 8 tokens, each consumer refines among
     the blocks of 4 inside them: the same tokens and logits as the independent HyLRA doing so, and not those of one

@@ -123,7 +123,29 @@ def test_per_layer_top_k_of_a_policy():
     ]:
         with pytest.raises(ValueError, match=message):
             HylraOptions(policy=policy, top_k=2048, **options)
-    assert HylraOptions(policy=policy, selection="oracle", candidates=4).layer_n_select(2) == 64
+    assert HylraOptions(policy=policy, selection="oracle", candidates=4).layer_n_select(2) == [64]
+
+
+def test_top_k_per_kv_head_of_a_policy():
+    """A consumer's top_k per KV head: n_select the largest count, head_n_select each head's (this tensor-parallel
+    rank's share), none where they are equal; each count capped at the KV blocks and checked like a layer's; the
+    oracle cannot take them."""
+    policy = Policy(["producer", "consumer", "consumer"], [None, 0, 0], num_kv_heads=4,
+                    top_k=[None, [1024, 4096, 2048, 2048], [512, 512, 512, 512]])
+    opts = HylraOptions(policy=policy, top_k=2048, block_size=64)
+    assert opts.selection_settings(layer=1, num_kv_heads=4) == dict(
+        block_size=64, n_select=64, sink_blocks=1, local_blocks=2, head_n_select=[16, 64, 32, 32])
+    assert opts.selection_settings(layer=1, num_kv_heads=2, rank=1)["n_select"] == 32  # heads 2, 3: equal
+    assert "head_n_select" not in opts.selection_settings(layer=1, num_kv_heads=2, rank=1)
+    assert "head_n_select" not in opts.selection_settings(layer=2, num_kv_heads=4)
+    assert opts.selection_settings(key_blocks=20, layer=1, num_kv_heads=4)["head_n_select"] == [16, 20, 20, 20]
+    for options, message in [
+        ({"selection": "oracle"}, "a top_k per KV head, which needs selection='refine'"),
+        ({"candidates": 1}, r"layer 1: top_k=\[1024, 4096, 2048, 2048\] selects 64 blocks, more than the 32"),
+        ({"block_size": 1024, "local_blocks": 1}, r"layer 1: top_k=\[1024, 4096, 2048, 2048\] selects 1 block"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            HylraOptions(policy=policy, top_k=2048, **options)
 
 
 def test_producers_in_coarser_blocks():

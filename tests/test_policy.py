@@ -76,10 +76,27 @@ def test_per_layer_top_k_survives_save_and_load_and_is_checked(tmp_path):
     assert layers[1]["top_k"] == 1024 and "top_k" not in layers[2]
     assert Policy.load(tmp_path / "p.json") == policy
     for budgets, message in [([512, None, None], "layer 0 is 'producer' and cannot have its own top_k"),
-                             ([None, 0, None], "layer 1: top_k must be a positive int or None, got 0"),
+                             ([None, 0, None], "layer 1: top_k must be a positive int, a list of them"),
+                             ([None, [512, 0], None], "layer 1: top_k must be a positive int, a list of them"),
+                             ([None, [], None], "layer 1: top_k must be a positive int, a list of them"),
+                             ([None, [512, 256, 128], None], "layer 1: top_k lists 3 budgets, the model has 2 KV"),
                              ([None, None], "3 modes but 2 top_k entries")]:
         with pytest.raises(ValueError, match=message):
-            Policy(["producer", "consumer", "consumer"], [None, 0, 0], top_k=budgets)
+            Policy(["producer", "consumer", "consumer"], [None, 0, 0], num_kv_heads=2, top_k=budgets)
+
+
+def test_top_k_per_kv_head_survives_save_and_load_and_splits_over_ranks(tmp_path):
+    policy = Policy(["producer", "consumer", "consumer"], [None, 0, 0], num_kv_heads=4,
+                    top_k=[None, [1024, 512, 256, 256], 2048])
+    assert policy.has_head_budgets and not Policy(["producer", "consumer"], [None, 0], top_k=[None, 8]).has_head_budgets
+    policy.save(tmp_path / "p.json")
+    assert Policy.load(tmp_path / "p.json") == policy
+    assert policy.top_k_of(1) == [1024, 512, 256, 256]
+    assert policy.top_k_of(1, 4) == [1024, 512, 256, 256]
+    assert policy.top_k_of(1, 2, rank=1) == [256, 256]  # rank 1 of 2 holds KV heads 2 and 3
+    assert policy.top_k_of(2, 2, rank=1) == 2048 and policy.top_k_of(0, 4) is None
+    with pytest.raises(ValueError, match="layer 1: top_k lists 4 KV heads' budgets, the graph holds 3"):
+        policy.top_k_of(1, 3)
 
 
 def test_heads_of_a_consumer_in_a_graphs_own_head_numbering():

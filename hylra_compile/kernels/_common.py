@@ -123,9 +123,9 @@ def mask_tile(
 
 
 @triton.jit
-def select_row(imp, cand, ids, out_ptr, n_select, sink_blocks, local_blocks, N_SEL_PAD: tl.constexpr,
+def select_row(imp, cand, ids, out_ptr, n_keep, n_select, sink_blocks, local_blocks, N_SEL_PAD: tl.constexpr,
                N_THR: tl.constexpr = 8):
-    """reference.select_blocks for one row, without sorting.
+    """reference.select_blocks for one row, without sorting: ``n_keep`` blocks of a row of ``n_select`` entries.
 
     ``imp`` fp32 >= 0 [C_PAD], ``cand`` bool [C_PAD] (False on padding), ``ids`` int32 [C_PAD]: the block id of
     each column (the column itself, or a candidate list's entry), ascending over the candidates. Forced: the first
@@ -134,7 +134,7 @@ def select_row(imp, cand, ids, out_ptr, n_select, sink_blocks, local_blocks, N_S
     take all > T, then the lowest-column ones equal to T. Each step counts against N_THR thresholds at once (one
     reduction narrows the range N_THR-fold; 8 measured best on an H100 at 512-2048 blocks), and the search stops as
     soon as some threshold has exactly ``need`` candidates at or above it (it selects the same set as T). The
-    selected ids are written in column order (cumsum of the selection), -1 padded.
+    selected ids are written in column order (cumsum of the selection), -1 padded to ``n_select``.
     """
     tl.static_assert(N_THR >= 2)
     ci = cand.to(tl.int32)
@@ -142,7 +142,7 @@ def select_row(imp, cand, ids, out_ptr, n_select, sink_blocks, local_blocks, N_S
     total = tl.sum(ci, 0)
     forced = cand & ((rank <= sink_blocks) | (rank > total - local_blocks))
     n_forced = tl.sum(forced.to(tl.int32), 0)
-    need = tl.maximum(n_select - n_forced, 0)
+    need = tl.maximum(n_keep - n_forced, 0)
     bits = imp.to(tl.int32, bitcast=True)
     bits = tl.where(cand & (forced == 0), bits, -1)
     # Invariant: count(bits >= lo) >= need, or lo == 0 (fewer candidates than need: take them all); T <= hi.

@@ -10,8 +10,8 @@ when the query has fewer than ``min_seq_len`` allowed keys, decided in the kerne
 
 Refinement (``refine_blocks``): SPARSE=True over the producer's candidate list with WITH_V=False (scores only, no
 value reads) writes the LSE of every list entry; the combine selects among the entries and writes their block ids.
-A split's loop takes ``_common.TILE_KEYS`` keys per step: blocks smaller than that are gathered a few at a time into one
-tile (the block log-sum-exps taken per block of the tile), so a step's fixed cost does not grow as blocks shrink.
+A split's loop takes ``_common.TILE_KEYS`` keys per step: blocks smaller than that are gathered a few at a time into
+one tile (the block log-sum-exps taken per block of the tile), so a step's fixed cost does not grow as blocks shrink.
 Keys that are not allowed are never loaded (masked loads). With a block mask (reference.mask_blocks of the mask row,
 computed once per graph) the kernels visit only the KV blocks ``[first, end)`` holding allowed keys, and a consumer
 decides "fewer than ``min_seq_len`` allowed keys" from the block ranges, reading the mask only where they leave it
@@ -239,17 +239,19 @@ def _decode_split_kernel(
 
 @triton.jit
 def _decode_combine_kernel(
-    MPart, LPart, AccPart, LseBlk, Out, BlockIdx, Idx, Blocks,
+    MPart, LPart, AccPart, LseBlk, Out, BlockIdx, Idx, Blocks, HeadNSel,
     sob, soh, sod, sib, sih, sis, sbb,
     n_splits, n_lse, n_select, sink_blocks, local_blocks,
     G: tl.constexpr, G_PAD: tl.constexpr, DV: tl.constexpr, S_PAD: tl.constexpr,
-    SELECT: tl.constexpr, WRITE_OUT: tl.constexpr, FROM_LIST: tl.constexpr, C_PAD: tl.constexpr,
+    SELECT: tl.constexpr, WRITE_OUT: tl.constexpr, FROM_LIST: tl.constexpr, PER_HEAD: tl.constexpr,
+    C_PAD: tl.constexpr,
     N_SEL_PAD: tl.constexpr, HAS_BLOCKS: tl.constexpr,
 ):
     """Grid (B, Hkv, G), or (B, Hkv, 1) without WRITE_OUT: program g merges the splits of query head g; program 0
     also selects (needs every head's log-sum-exp, which it recomputes from the small (max, sum) partials) among the
     n_lse LSE columns: KV blocks (HAS_BLOCKS: those of [first, end), the only ones the splits wrote), or with
-    FROM_LIST the entries of the list Idx, whose block ids it writes."""
+    FROM_LIST the entries of the list Idx, whose block ids it writes. PER_HEAD: KV head h keeps HeadNSel[h]
+    (int32 [Hkv]) of its row's n_select blocks."""
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1).to(tl.int64)
     g = tl.program_id(2)
@@ -293,7 +295,8 @@ def _decode_combine_kernel(
                 ids = tl.load(Idx + b * sib + h * sih + offs_c * sis, mask=cm, other=-1)
             else:
                 ids = offs_c
-            select_row(imp, cand, ids, BlockIdx + (b * n_kvh + h) * n_select, n_select, sink_blocks,
+            n_keep = tl.load(HeadNSel + h) if PER_HEAD else n_select
+            select_row(imp, cand, ids, BlockIdx + (b * n_kvh + h) * n_select, n_keep, n_select, sink_blocks,
                        local_blocks, N_SEL_PAD)
 
 
@@ -311,10 +314,10 @@ def _splits(B: int, Hkv: int, n_items: int, device: torch.device, min_per_split:
 
 
 def _decode(q, k, v, mask, block_mask, is_causal, scale, block_size, block_idx, n_select, sink_blocks, local_blocks,
-            min_seq_len, select=True, splits=None, num_warps=4, num_stages=3):
+            min_seq_len, select=True, splits=None, num_warps=4, num_stages=3, head_n_select=None):
     """One split-K decode, over the list ``block_idx`` when given, else over every block. ``select``: choose
     ``n_select`` blocks, among all blocks (no list: the producer, which also attends) or among the list's entries
-    (the refinement: scores only, no output). ``block_mask``: reference.mask_blocks of the mask, [B | 1, 1, 4]
+    (the refinement: scores only, no output; KV head h keeps ``head_n_select[h]``, int32 [Hkv], where given). ``block_mask``: reference.mask_blocks of the mask, [B | 1, 1, 4]
     (the blocks to visit), or None. Returns (out or None, block_idx or None)."""
     B, Hq, Sq, D = q.shape
     assert Sq == 1
@@ -364,10 +367,11 @@ def _decode(q, k, v, mask, block_mask, is_causal, scale, block_size, block_idx, 
     bidx = torch.empty(B, Hkv, 1, n_select, dtype=torch.int32, device=dev) if select else None
     _decode_combine_kernel[(B, Hkv, 1 if refine else G)](
         mpart, lpart, accpart, lse_blk, mpart if out is None else out, mpart if bidx is None else bidx, idx, blocks,
+        idx if head_n_select is None else head_n_select,
         *((out.stride(0), out.stride(1), out.stride(3)) if out is not None else (0, 0, 0)), sib, sih, sis, sbb,
         splits, n_lse, n_select if select else 0, sink_blocks, local_blocks,
         G=G, G_PAD=G_PAD, DV=DV, S_PAD=triton.next_power_of_2(splits), SELECT=select, WRITE_OUT=not refine,
-        FROM_LIST=refine, C_PAD=triton.next_power_of_2(max(n_lse, 1)),
+        FROM_LIST=refine, PER_HEAD=head_n_select is not None, C_PAD=triton.next_power_of_2(max(n_lse, 1)),
         N_SEL_PAD=triton.next_power_of_2(max(n_select if select else 0, 1)), HAS_BLOCKS=block_mask is not None,
         num_warps=4 if n_lse <= 1024 else 8 if n_lse <= 8192 else 16,  # H100: 4 warps best at 32K, 8 at 128K
     )
@@ -396,6 +400,7 @@ def decode_attention(q, k, v, mask, block_mask=None, *, is_causal, scale, block_
 def decode_refine_blocks(q, k, candidate_idx, mask, block_mask=None, *, is_causal, scale, block_size, n_select,
                          sink_blocks, local_blocks, **kw):
     """A consumer's own top ``n_select`` among its producer's candidate blocks, for Sq == 1 (the semantics of
-    reference.refine_blocks): int32 [B, Hkv, 1, n_select]. Reads the candidates' keys only."""
+    reference.refine_blocks; ``head_n_select``: its per-head counts as int32 [Hkv] on the device): int32 [B, Hkv, 1,
+    n_select]. Reads the candidates' keys only."""
     return _decode(q, k, k, mask, block_mask, is_causal, scale, block_size, candidate_idx, n_select, sink_blocks,
                    local_blocks, 0, **kw)[1]

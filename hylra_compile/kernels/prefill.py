@@ -383,10 +383,12 @@ def _prefill_attn_kernel(
 
 
 @triton.jit
-def _prefill_select_kernel(Imp, BlockIdx, Idx, sib, sih, sir, sis, n_kvh, n_x, n_select, sink_blocks, local_blocks,
-                           NG: tl.constexpr, C_PAD: tl.constexpr, N_SEL_PAD: tl.constexpr, FROM_LIST: tl.constexpr):
+def _prefill_select_kernel(Imp, BlockIdx, Idx, HeadNSel, sib, sih, sir, sis, n_kvh, n_x, n_select, sink_blocks,
+                           local_blocks, NG: tl.constexpr, C_PAD: tl.constexpr, N_SEL_PAD: tl.constexpr,
+                           FROM_LIST: tl.constexpr, PER_HEAD: tl.constexpr):
     """One program per (b, kv head, query block) row; Imp [B, Hkv, NG, n_qb, n_x] with NG head groups, a column
-    per KV block, or with FROM_LIST per entry of the list Idx [B, Hkv, n_qb, n_x] (whose block ids it writes)."""
+    per KV block, or with FROM_LIST per entry of the list Idx [B, Hkv, n_qb, n_x] (whose block ids it writes).
+    PER_HEAD: KV head h keeps HeadNSel[h] blocks (int32 [Hkv]) of its row's n_select."""
     pid = tl.program_id(0).to(tl.int64)
     n_qb = tl.num_programs(1)
     r = tl.program_id(1)
@@ -402,7 +404,8 @@ def _prefill_select_kernel(Imp, BlockIdx, Idx, sib, sih, sir, sis, n_kvh, n_x, n
         ids = tl.load(Idx + (pid // n_kvh) * sib + (pid % n_kvh) * sih + r * sir + offs_c * sis, mask=cm, other=-1)
     else:
         ids = offs_c
-    select_row(imp, cand, ids, BlockIdx + (pid * n_qb + r) * n_select, n_select, sink_blocks, local_blocks,
+    n_keep = tl.load(HeadNSel + pid % n_kvh) if PER_HEAD else n_select
+    select_row(imp, cand, ids, BlockIdx + (pid * n_qb + r) * n_select, n_keep, n_select, sink_blocks, local_blocks,
                N_SEL_PAD)
 
 
@@ -523,16 +526,18 @@ def _prefill_attn(q, k, v, mask, is_causal, scale, block_size, block_idx, min_se
     return out, imp
 
 
-def _select(imp, block_idx, n_x, n_select, sink_blocks, local_blocks, NG, candidate_idx=None):
+def _select(imp, block_idx, n_x, n_select, sink_blocks, local_blocks, NG, candidate_idx=None, head_n_select=None):
     """block_idx [B, Hkv, n_qb, n_select] from imp [B, Hkv * NG, n_qb, n_x] (summing NG head groups per KV head):
-    a column per KV block, or per entry of ``candidate_idx`` [B, Hkv, n_qb, n_x]."""
+    a column per KV block, or per entry of ``candidate_idx`` [B, Hkv, n_qb, n_x]; KV head h keeps
+    ``head_n_select[h]`` (int32 [Hkv] on the device) blocks where given."""
     B, Hkv, n_qb, _ = block_idx.shape
     ids = candidate_idx if candidate_idx is not None else block_idx
     _prefill_select_kernel[(B * Hkv, n_qb)](
-        imp, block_idx, ids, ids.stride(0), ids.stride(1), ids.stride(2), ids.stride(3), Hkv, n_x, n_select,
-        sink_blocks, local_blocks,
+        imp, block_idx, ids, ids if head_n_select is None else head_n_select, ids.stride(0), ids.stride(1),
+        ids.stride(2), ids.stride(3), Hkv, n_x, n_select, sink_blocks, local_blocks,
         NG=NG, C_PAD=triton.next_power_of_2(max(n_x, 1)), N_SEL_PAD=triton.next_power_of_2(max(n_select, 1)),
-        FROM_LIST=candidate_idx is not None, num_warps=4 if n_x <= 4096 else 8 if n_x <= 8192 else 16,
+        FROM_LIST=candidate_idx is not None, PER_HEAD=head_n_select is not None,
+        num_warps=4 if n_x <= 4096 else 8 if n_x <= 8192 else 16,
     )
 
 
@@ -550,14 +555,16 @@ def prefill_topk_attention(q, k, v, mask, block_mask=None, *, is_causal, scale, 
 
 
 def prefill_refine_blocks(q, k, candidate_idx, mask, block_mask=None, *, is_causal, scale, block_size, n_select,
-                          sink_blocks, local_blocks):
+                          sink_blocks, local_blocks, head_n_select=None):
     """A consumer's own top ``n_select`` among its producer's candidate blocks, for any Sq (the semantics of
-    reference.refine_blocks): int32 [B, Hkv, ceil(Sq/bs), n_select]. Scores the candidates' keys; reads no values."""
+    reference.refine_blocks; ``head_n_select``: its per-head counts as int32 [Hkv] on the device): int32 [B, Hkv,
+    ceil(Sq/bs), n_select]. Scores the candidates' keys; reads no values."""
     B, Hkv, n_qb, n_cand = candidate_idx.shape
     block_idx = torch.empty(B, Hkv, n_qb, n_select, dtype=torch.int32, device=q.device)
     _, imp = _prefill_attn(q, k, k, mask, is_causal, scale, block_size, candidate_idx, 0, importance=True,
                            block_mask=block_mask)
-    _select(imp, block_idx, n_cand, n_select, sink_blocks, local_blocks, imp.shape[1] // Hkv, candidate_idx)
+    _select(imp, block_idx, n_cand, n_select, sink_blocks, local_blocks, imp.shape[1] // Hkv, candidate_idx,
+            head_n_select)
     return block_idx
 
 

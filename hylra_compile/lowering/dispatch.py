@@ -78,16 +78,38 @@ def sparse_attention_triton(q, k, v, block_idx, mask, block_mask=None, **params)
     return fn(q, k, v, block_idx, reference.mask_4d(mask), block_mask, **params)
 
 
-def refine_blocks_triton(q, k, candidate_idx, mask, block_mask=None, **params):
+def refine_blocks_triton(q, k, candidate_idx, mask, block_mask=None, *, head_n_select=None, **params):
     from ..kernels import decode_refine_blocks, prefill_refine_blocks
 
     reference.check_inputs(q, k, k, mask, params["block_size"])
     reference.check_block_mask(block_mask, mask, k, params["block_size"])
     reference.check_selection(params["n_select"], params["sink_blocks"], params["local_blocks"])
+    reference.check_head_n_select(head_n_select, params["n_select"], params["sink_blocks"], params["local_blocks"],
+                                  k.shape[1])
     reference.check_block_idx(candidate_idx, q, k, params["block_size"], "candidate_idx")
     # As for block_idx, the rows' order and range are the producer's contract, not checked on the host.
     fn = decode_refine_blocks if q.shape[2] == 1 else prefill_refine_blocks
-    return fn(q, k, candidate_idx, reference.mask_4d(mask), block_mask, **params)
+    counts = None if head_n_select is None else device_ints(head_n_select, q.device)
+    return fn(q, k, candidate_idx, reference.mask_4d(mask), block_mask, **params, head_n_select=counts)
+
+
+_device_ints: dict[tuple, torch.Tensor] = {}
+
+
+def device_ints(values, device: torch.device) -> torch.Tensor:
+    """``values`` as an int32 tensor on ``device``, made once per (values, device): a copy from the host on every
+    call would cost a transfer per decode step and is not allowed while a CUDA graph is captured. Made by fills on
+    the device (no host copy), so the first call may come during a capture: that tensor belongs to the graph and is
+    not kept."""
+    key = (tuple(values), device)
+    if (kept := _device_ints.get(key)) is not None:
+        return kept
+    made = torch.empty(len(values), dtype=torch.int32, device=device)
+    for position, value in enumerate(values):
+        made[position].fill_(value)
+    if not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+        _device_ints[key] = made
+    return made
 
 
 def attention_triton(q, k, v, mask, block_mask=None, **params):

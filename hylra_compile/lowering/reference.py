@@ -532,6 +532,7 @@ def refine_blocks(
     n_select: int,
     sink_blocks: int,
     local_blocks: int,
+    head_n_select: list[int] | None = None,
 ) -> Tensor:
     """A consumer's own top KV blocks among the candidates its producer emitted: the ``block_idx`` that
     :func:`topk_attention` would emit for these ``q``, ``k`` and ``mask`` if only the keys of the candidate blocks
@@ -545,15 +546,36 @@ def refine_blocks(
     :func:`select_blocks` (the first ``sink_blocks`` and last ``local_blocks`` candidates, then the most
     important). Returns int32 [B, Hkv, ceil(Sq / bs), n_select]. With every block a candidate it equals
     :func:`topk_attention`'s ``block_idx``. ``block_mask`` as in :func:`topk_attention` (speed only).
+    ``head_n_select`` (budgets by KV head): KV head h selects ``head_n_select[h]`` blocks, between ``sink_blocks +
+    local_blocks`` and ``n_select``, its rows -1 padded to ``n_select``.
     """
     check_inputs(q, k, k, mask, block_size)
     check_block_mask(block_mask, mask, k, block_size)
     check_selection(n_select, sink_blocks, local_blocks)
+    check_head_n_select(head_n_select, n_select, sink_blocks, local_blocks, k.shape[1])
     in_candidates = _selection_keys(candidate_idx, "candidate_idx", q, k, block_size)
     _, importance, candidate = attention_with_importance(
         q, k, None, mask, is_causal, scale, block_size, keep=lambda s, e, allowed: allowed & in_candidates(s, e, allowed)
     )
-    return select_blocks(importance, candidate, n_select, sink_blocks, local_blocks)
+    if head_n_select is None:
+        return select_blocks(importance, candidate, n_select, sink_blocks, local_blocks)
+    return torch.stack([
+        torch.nn.functional.pad(select_blocks(importance[:, h], candidate[:, h], count, sink_blocks, local_blocks),
+                                (0, n_select - count), value=-1)
+        for h, count in enumerate(head_n_select)], dim=1)
+
+
+def check_head_n_select(head_n_select: list[int] | None, n_select: int, sink_blocks: int, local_blocks: int,
+                        num_kv_heads) -> None:
+    """``head_n_select``, where given, lists one count in ``[sink_blocks + local_blocks, n_select]`` per KV head."""
+    if head_n_select is None:
+        return
+    forced = sink_blocks + local_blocks
+    if (not isinstance(head_n_select, (list, tuple))
+            or not all(isinstance(n, int) and not isinstance(n, bool) for n in head_n_select)
+            or not holds(len(head_n_select) == num_kv_heads) or any(not forced <= n <= n_select for n in head_n_select)):
+        raise ValueError(f"head_n_select must list one block count in [{forced}, {n_select}] (sink_blocks + "
+                         f"local_blocks to n_select) for each of the {num_kv_heads} KV heads, got {head_n_select!r}")
 
 
 def map_heads(block_idx: Tensor, *, heads: list[int]) -> Tensor:

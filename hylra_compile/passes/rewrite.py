@@ -18,6 +18,7 @@ import torch.fx
 
 from ..lowering.reference import num_blocks
 from ..options import HylraOptions
+from ..policy import tensor_parallel_rank
 from .decide import Decision
 from .find_attention import AttentionMatch
 from .patterns import example_value
@@ -91,10 +92,10 @@ def consumer_selection(graph: torch.fx.Graph, inputs: dict, settings: dict, prod
     top blocks among all (``oracle``: ``hylra::topk_attention``'s selection; its output is not used).
     ``key_blocks``: the KV blocks there are, when static (``refine`` over at most ``top_k`` candidates is
     reuse); ``layer``: the consumer's, whose own ``top_k`` the policy may set."""
-    own = options.selection_settings(key_blocks, layer)
-    own_count = own["n_select"]
-    if options.selection == "reuse" or (
-            options.selection == "refine" and own_count >= example_value(produced).shape[-1]):
+    own = options.selection_settings(key_blocks, layer, example_value(inputs["k"]).shape[1],
+                                     tensor_parallel_rank()[1])
+    if options.selection == "reuse" or (options.selection == "refine" and "head_n_select" not in own
+                                        and own["n_select"] >= example_value(produced).shape[-1]):
         return produced  # refine keeps every candidate when top_k covers them all: the producer's selection as is
     qk = {"q": inputs["q"], "k": inputs["k"]}
     if options.selection == "refine":

@@ -59,6 +59,13 @@ def check_refine(refine, q, k, v, mask, block_mask, producer, rtol):
             settings = dict(producer, n_select=n)
             got = refine(q, k, candidates, mask, **extra, **settings)
             assert_same_selection(got, R.refine_blocks(q, k, candidates, mask, **settings), imp, rtol)
+        # budgets by KV head: head h keeps its own count of the row's n_sel, the rest -1
+        counts = [forced + (h + 1) % (n_sel - forced + 1) for h in range(k.shape[1])]
+        settings = dict(producer, n_select=n_sel)
+        got = refine(q, k, candidates, mask, **extra, **settings,
+                     head_n_select=torch.tensor(counts, dtype=torch.int32, device=q.device))
+        want = R.refine_blocks(q, k, candidates, mask, **settings, head_n_select=counts)
+        assert_same_selection(got, want, imp, rtol)
 
 
 def assert_same_selection(got, want, imp, rtol):

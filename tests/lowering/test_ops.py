@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -433,6 +434,34 @@ def test_refine_equals_independent_computation(mask_kind, n_select, sink, local)
     want = independent_refine(q, k, candidates, allowed, bias, scale or 1 / math.sqrt(16), 8, n_select, sink, local)
     assert torch.equal(got, want)
     assert (candidates < 0).all(-1).any() and (got >= 0).any()  # empty rows and real selections both occur
+
+
+@pytest.mark.parametrize("mask_kind", ["causal", "bool"])
+def test_refine_with_a_budget_per_kv_head(mask_kind):
+    """``head_n_select``: KV head h's rows are :func:`independent_refine`'s with ``head_n_select[h]`` blocks, -1
+    padded to ``n_select``; opcheck passes; counts below the forced blocks or above ``n_select``, or not one per KV
+    head, are refused by the real and the fake op alike."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    q, k, _ = qkv(Sq=21, Skv=37, dtype=torch.float64, seed=8)
+    mask = padding_mask(2, 21, 37, [37, 22]) if mask_kind == "bool" else None
+    is_causal = mask_kind == "causal"
+    candidates = random_candidates(2, 2, 3, 5, 5, seed=9)
+    got = refine_blocks(q, k, candidates, mask, is_causal=is_causal, scale=None, **selection(4, 1, 0),
+                        head_n_select=[2, 4])
+    allowed, bias = allowed_and_bias(mask, is_causal, 2, 21, 37)
+    for h, count in enumerate([2, 4]):
+        want = independent_refine(q, k, candidates, allowed, bias, 1 / math.sqrt(16), 8, count, 1, 0)[:, h]
+        assert torch.equal(got[:, h, :, :count], want) and (got[:, h, :, count:] == -1).all()
+    assert (got[:, 0] >= 0).sum() < (got[:, 1] >= 0).sum()
+    torch.library.opcheck(refine_blocks, (q, k, candidates, mask),
+                          dict(is_causal=is_causal, scale=None, **selection(4, 1, 0), head_n_select=[3, 1]))
+    mode = FakeTensorMode()
+    fakes = [mode.from_tensor(t) for t in (q, k, candidates)]
+    for tensors, context in ((fakes, mode), ((q, k, candidates), contextlib.nullcontext())):
+        for counts in ([0, 4], [2, 5], [2], [2, 4, 4]):
+            with context, pytest.raises(ValueError, match=r"head_n_select must list one block count in \[1, 4\]"):
+                refine_blocks(*tensors, None, is_causal=True, scale=None, **selection(4, 1, 0), head_n_select=counts)
 
 
 def test_refine_softmax_runs_over_the_candidates_keys_only():

@@ -210,6 +210,26 @@ sparse_attention#0(q=%3 f32[1, 2, 16, 4], k=%4 f32[1, 1, 16, 4], v=%5 f32[1, 1, 
 refine_blocks#1(q=%6 f32[1, 2, 16, 4], k=%7 f32[1, 1, 16, 4], candidate_idx=topk_attention#0.block_idx, mask=None, block_mask=None, is_causal=True, scale=None, block_size=4, n_select=3, sink_blocks=1, local_blocks=1)
 sparse_attention#1(q=%6 f32[1, 2, 16, 4], k=%7 f32[1, 1, 16, 4], v=%8 f32[1, 1, 16, 4], mask=None, block_mask=None, block_idx=refine_blocks#1, is_causal=True, scale=None, block_size=4, min_seq_len=0)""")
 
+    def test_own_model_top_k_per_kv_head(self):
+        """A consumer with a budget per KV head (4 and 12 tokens: 1 and 3 blocks of 4): one refine_blocks selecting
+        3 blocks per row, KV head 0 keeping 1 of them (its row then -1 padded); a consumer whose heads' budgets
+        are equal gets no head list."""
+        policy = Policy(["producer", "consumer", "consumer"], [None, 0, 0], num_kv_heads=2,
+                        top_k=[None, [4, 12], [8, 8]])
+        torch.manual_seed(0)
+        model = TinyStack(3, heads=4, kv_heads=2, head_dim=2)
+        backend = HylraBackend(policy=policy, top_k=8, block_size=4, sink_blocks=1, local_blocks=0, min_seq_len=0,
+                               selection="refine", candidates=2, inductor=False)
+        with torch.no_grad():
+            torch.compile(model, backend=backend, fullgraph=True)(torch.randn(1, 16, 8))
+        (gm,) = backend.graphs
+        self.assertExpectedInline(attention_ops(gm), """\
+topk_attention#0(q=%0 f32[1, 4, 16, 2], k=%1 f32[1, 2, 16, 2], v=%2 f32[1, 2, 16, 2], mask=None, block_mask=None, is_causal=True, scale=None, block_size=4, n_select=4, sink_blocks=1, local_blocks=0)
+refine_blocks#0(q=%3 f32[1, 4, 16, 2], k=%4 f32[1, 2, 16, 2], candidate_idx=topk_attention#0.block_idx, mask=None, block_mask=None, is_causal=True, scale=None, block_size=4, n_select=3, sink_blocks=1, local_blocks=0, head_n_select=[1, 3])
+sparse_attention#0(q=%3 f32[1, 4, 16, 2], k=%4 f32[1, 2, 16, 2], v=%5 f32[1, 2, 16, 2], mask=None, block_mask=None, block_idx=refine_blocks#0, is_causal=True, scale=None, block_size=4, min_seq_len=0)
+refine_blocks#1(q=%6 f32[1, 4, 16, 2], k=%7 f32[1, 2, 16, 2], candidate_idx=topk_attention#0.block_idx, mask=None, block_mask=None, is_causal=True, scale=None, block_size=4, n_select=2, sink_blocks=1, local_blocks=0)
+sparse_attention#1(q=%6 f32[1, 4, 16, 2], k=%7 f32[1, 2, 16, 2], v=%8 f32[1, 2, 16, 2], mask=None, block_mask=None, block_idx=refine_blocks#1, is_causal=True, scale=None, block_size=4, min_seq_len=0)""")
+
     def hf_views(self, attn: str, phase: str) -> str:
         """The attention-op view of every family's rewritten graph, checked equal across families."""
         views, counts = {}, {}
