@@ -220,15 +220,18 @@ def _why_no_reuse(similarity: np.ndarray, sensitivity: np.ndarray, theta: float,
     return f"theta={theta} admits no reuse, so every layer runs full attention; " + "; ".join(reasons)
 
 
-def allocate_top_k(policy: Policy, profile: Profile, *, top_k: int, block_size: int, spread: int = 4) -> Policy:
+def allocate_top_k(policy: Policy, profile: Profile, *, top_k: int, block_size: int, spread: int = 4,
+                   per_head: bool = False) -> Policy:
     """``policy`` with each consumer's own ``top_k`` sized by need, the total fixed (budgets by need).
 
-    A consumer's need is its profiled sensitivity (the RNMSE of its output attending only its own top-k): each gets
-    blocks in proportion to it, between ``ceil(n / spread)`` and ``n * spread`` where n = ceil(top_k / block_size),
-    and the consumers together keep n blocks each on average (so a model's attention reads the same number of keys).
-    The proportion is found by bisection on the clipped sum and rounded by largest remainders. Needs
-    ``selection="refine"`` (with ``candidates >= spread``) or ``"oracle"`` at compile time: under ``reuse`` a
-    consumer attends its producer's blocks. The provenance records the needs and the blocks per consumer.
+    A consumer's need is its profiled sensitivity (the RNMSE of its output attending only its own top-k), or with
+    ``per_head`` each of its KV heads' (:attr:`Profile.head_sensitivity`; the policy's ``top_k`` then lists one
+    budget per KV head). Each gets blocks in proportion to its need, between ``ceil(n / spread)`` and ``n * spread``
+    where n = ceil(top_k / block_size), and together they keep n blocks each on average (so a model's attention
+    reads the same number of keys). The proportion is found by bisection on the clipped sum and rounded by largest
+    remainders. Needs ``selection="refine"`` (with ``candidates >= spread``) or, per layer only, ``"oracle"`` at
+    compile time: under ``reuse`` a consumer attends its producer's blocks. The provenance records the needs and
+    the blocks per consumer (per KV head).
     """
     if not isinstance(policy, Policy) or not isinstance(profile, Profile):
         raise ValueError("allocate_top_k needs a hylra_compile.Policy and the Profile it was made from")
@@ -237,14 +240,20 @@ def allocate_top_k(policy: Policy, profile: Profile, *, top_k: int, block_size: 
     for name, value in (("top_k", top_k), ("block_size", block_size), ("spread", spread)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not isinstance(per_head, bool):
+        raise ValueError(f"per_head must be True or False, got {per_head!r}")
+    if per_head and profile.head_sensitivity is None:
+        raise ValueError("per_head=True needs a profile with head_sensitivity (made by hylra_compile.profile)")
     consumers = [layer for layer, mode in enumerate(policy.modes) if mode == "consumer"]
     if not consumers:
         raise ValueError("the policy has no consumer layer: there is no top_k to allocate")
     n = -(-top_k // block_size)
     low, high = -(-n // spread), n * spread
-    need = np.asarray([profile.sensitivity[layer] for layer in consumers], dtype=np.float64)
+    need = (profile.head_sensitivity[consumers] if per_head else profile.sensitivity[consumers]).astype(np.float64)
+    shape = need.shape  # [consumers] or [consumers, KV heads]
+    need = need.ravel()
     need = need / need.mean() if need.mean() > 0 else np.ones_like(need)
-    total = n * len(consumers)
+    total = n * need.size
 
     def blocks(scale: float) -> np.ndarray:
         return np.clip(scale * n * need, low, high)
@@ -259,11 +268,16 @@ def allocate_top_k(policy: Policy, profile: Profile, *, top_k: int, block_size: 
     counts = np.floor(share).astype(int)
     for position in np.argsort(-(share - counts), kind="stable")[: max(0, total - int(counts.sum()))]:
         counts[position] += 1  # largest remainders, to the total exactly
-    budgets = [None] * policy.num_layers
+    counts = counts.reshape(shape)
+    budgets: list = [None] * policy.num_layers
+    allocated = {}
     for layer, count in zip(consumers, counts):
-        budgets[layer] = int(count) * block_size
+        budgets[layer] = [int(c) * block_size for c in count] if per_head else int(count) * block_size
+        allocated[str(layer)] = [int(c) for c in count] if per_head else int(count)
     provenance = {**policy.provenance, "top_k_allocation": {
-        "top_k": top_k, "block_size": block_size, "spread": spread, "need": "sensitivity",
-        "blocks": {str(layer): int(count) for layer, count in zip(consumers, counts)}}}
-    return Policy(policy.modes, policy.sources, num_kv_heads=policy.num_kv_heads, provenance=provenance,
+        "top_k": top_k, "block_size": block_size, "spread": spread,
+        "need": "sensitivity per KV head" if per_head else "sensitivity", "blocks": allocated}}
+    num_kv_heads = policy.num_kv_heads if policy.num_kv_heads is not None else (
+        shape[1] if per_head else None)
+    return Policy(policy.modes, policy.sources, num_kv_heads=num_kv_heads, provenance=provenance,
                   heads=policy.heads, top_k=budgets)

@@ -10,7 +10,8 @@
   nothing about reuse. Each forward pass counts: the prefill of every sample and, with ``decode_steps``, each
   greedy decode step after it (one query block of one query, over the cached keys).
 * ``sensitivity[l]``: RNMSE of layer l's attention output when it attends only to its own top-k blocks,
-  sqrt(Σ‖o_sparse − o_dense‖² / Σ‖o_dense‖²) pooled over samples. o_sparse comes from ``hylra::sparse_attention``
+  sqrt(Σ‖o_sparse − o_dense‖² / Σ‖o_dense‖²) pooled over samples; ``head_sensitivity[l, h]`` the same over the
+  query heads of KV head h (what budgets by KV head are sized by). o_sparse comes from ``hylra::sparse_attention``
   with ``min_seq_len=0``: with the backend's run-time default every short calibration query would attend densely
   and every layer would look insensitive.
 * with ``similarity="mass"``, ``similarity[i, j]`` is instead the share of layer j's own top-k attention mass that
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import math
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -56,7 +56,8 @@ class Profile:
 
     ``similarity`` [L, L]: entry (i, j) for i < j is the reuse similarity of consumer j on producer i, in [0, 1];
     entries on and below the diagonal are meaningless and stored as 0. ``sensitivity`` [L]: finite, >= 0.
-    ``similarity_min`` [L, L] (optional): per-KV-head minimum of the similarity. ``head_overlap`` [L, L, H, H]
+    ``similarity_min`` [L, L] (optional): per-KV-head minimum of the similarity. ``head_sensitivity`` [L, H]
+    (optional): the sensitivity of each KV head's query heads. ``head_overlap`` [L, L, H, H]
     (optional): overlap of producer head g of layer i with consumer head h of layer j. ``metadata``: how the
     profile was made (top_k, block_size, calibration, model, num_kv_heads, ...), JSON-serialisable; its
     ``governed_layers`` are the layers a policy governs at that top_k (:attr:`governed_layers`).
@@ -71,6 +72,7 @@ class Profile:
         *,
         similarity_min: Any = None,
         head_overlap: Any = None,
+        head_sensitivity: Any = None,
         metadata: dict[str, Any] | None = None,
     ):
         self.similarity = _upper_triangle(np.asarray(similarity, dtype=np.float64), "similarity")
@@ -89,6 +91,14 @@ class Profile:
                 raise ValueError(
                     f"similarity_min must have shape {self.similarity.shape}, got {self.similarity_min.shape}"
                 )
+        self.head_sensitivity = None
+        if head_sensitivity is not None:
+            self.head_sensitivity = np.asarray(head_sensitivity, dtype=np.float64)
+            if self.head_sensitivity.ndim != 2 or self.head_sensitivity.shape[0] != num_layers:
+                raise ValueError(f"head_sensitivity must have shape ({num_layers}, H), got "
+                                 f"{self.head_sensitivity.shape}")
+            if not np.all(np.isfinite(self.head_sensitivity)) or np.any(self.head_sensitivity < 0):
+                raise ValueError("head_sensitivity values must be finite and >= 0")
         self.head_overlap = None
         if head_overlap is not None:
             self.head_overlap = np.asarray(head_overlap, dtype=np.float64)
@@ -133,6 +143,8 @@ class Profile:
             arrays["similarity_min"] = self.similarity_min
         if self.head_overlap is not None:
             arrays["head_overlap"] = self.head_overlap
+        if self.head_sensitivity is not None:
+            arrays["head_sensitivity"] = self.head_sensitivity
         return arrays
 
     def save(self, path: str | Path) -> None:
@@ -170,6 +182,7 @@ class Profile:
             arrays["sensitivity"],
             similarity_min=arrays.get("similarity_min"),
             head_overlap=arrays.get("head_overlap"),
+            head_sensitivity=arrays.get("head_sensitivity"),
             metadata=header.get("metadata"),
         )
 
@@ -271,8 +284,8 @@ class _Recorder:
         # the forward pass under way
         self.layers: dict[int, tuple[Tensor, Tensor, Tensor | None, Tensor]] = {}
         self.num_kv_heads: int | None = None
-        self.error_sq: dict[int, float] = {}
-        self.dense_sq: dict[int, float] = {}
+        self.error_sq: dict[int, Tensor] = {}  # layer -> [H] float64, summed over each KV head's query heads
+        self.dense_sq: dict[int, Tensor] = {}
         self.overlap_sum: dict[tuple[int, int], Tensor] = {}  # (i, j) -> [H] or [H, H] float64
         self.blocks_counted: dict[int, Tensor] = {}  # j -> [H] number of nontrivial query blocks
 
@@ -305,11 +318,14 @@ class _Recorder:
         sparse = torch.ops.hylra.sparse_attention(
             query, key, value, block_idx, mask, is_causal=is_causal, scale=scaling, block_size=bs, min_seq_len=0
         )
-        # fp32 differences (a 32K-token fp64 copy of the output would cost GBs), fp64 sums.
+        # fp32 differences (a 32K-token fp64 copy of the output would cost GBs), fp64 sums per KV head.
         dense32 = dense.float()
-        error_sq = (sparse.float() - dense32).square().sum(dtype=torch.float64).item()
-        self.error_sq[layer] = self.error_sq.get(layer, 0.0) + error_sq
-        self.dense_sq[layer] = self.dense_sq.get(layer, 0.0) + dense32.square().sum(dtype=torch.float64).item()
+
+        def per_kv_head(t: Tensor) -> Tensor:
+            return t.square().unflatten(1, (key.shape[1], -1)).sum((0, 2, 3, 4), dtype=torch.float64).cpu()
+
+        self.error_sq[layer] = self.error_sq.get(layer, 0) + per_kv_head(sparse.float() - dense32)
+        self.dense_sq[layer] = self.dense_sq.get(layer, 0) + per_kv_head(dense32)
         counts = reference.candidate_counts(query, key, mask, is_causal, bs)
         nontrivial = (counts > self.n_select).expand(block_idx.shape[:3])
         self.layers[layer] = (block_idx, nontrivial, importance, produced)
@@ -376,11 +392,8 @@ class _Recorder:
 
         self.blocks_counted = {j: heads(counted) for j, counted in sorted(self.blocks_counted.items())}
         self.overlap_sum = {pair: heads(total) for pair, total in sorted(self.overlap_sum.items())}
-        layers = sorted(self.dense_sq)
-        sums = torch.tensor([[self.error_sq[layer] for layer in layers], [self.dense_sq[layer] for layer in layers]],
-                            dtype=torch.float64)
-        dist.all_reduce(sums)
-        self.error_sq, self.dense_sq = dict(zip(layers, sums[0].tolist())), dict(zip(layers, sums[1].tolist()))
+        self.error_sq = {layer: heads(total) for layer, total in sorted(self.error_sq.items())}
+        self.dense_sq = {layer: heads(total) for layer, total in sorted(self.dense_sq.items())}
         self.num_kv_heads *= tp_size
 
     def result(self, metadata: dict[str, Any]) -> Profile:
@@ -402,15 +415,18 @@ class _Recorder:
                 head_overlap[i, j] = (total / counted[j][None, :]).numpy()
                 total = total.diagonal()
             per_head[i, j] = (total / counted[j]).numpy()
-        sensitivity = [
-            math.sqrt(self.error_sq[layer] / self.dense_sq[layer]) if self.dense_sq[layer] > 0 else 0.0
-            for layer in range(num_layers)
-        ]
+        error_sq = torch.stack([self.error_sq[layer] for layer in range(num_layers)]).numpy()
+        dense_sq = torch.stack([self.dense_sq[layer] for layer in range(num_layers)]).numpy()
+
+        def rnmse(error: np.ndarray, dense: np.ndarray) -> np.ndarray:
+            return np.sqrt(np.divide(error, dense, out=np.zeros_like(error), where=dense > 0))
+
         return Profile(
             np.clip(per_head.mean(-1), 0.0, 1.0),
-            sensitivity,
+            rnmse(error_sq.sum(-1), dense_sq.sum(-1)),
             similarity_min=np.clip(per_head.min(-1), 0.0, 1.0),
             head_overlap=None if head_overlap is None else np.clip(head_overlap, 0.0, 1.0),
+            head_sensitivity=rnmse(error_sq, dense_sq),
             metadata={**metadata, "num_layers": num_layers, "num_kv_heads": H},
         )
 

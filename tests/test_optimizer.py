@@ -199,6 +199,28 @@ def test_allocate_top_k_by_sensitivity_keeps_the_total():
         allocate_top_k(Policy.every(2, 3), prof, top_k=256, block_size=32)
 
 
+def test_allocate_top_k_per_kv_head_keeps_the_total():
+    """per_head: each (consumer, KV head) gets blocks in proportion to that head's sensitivity, n blocks each on
+    average over all of them; the policy's top_k lists one budget per KV head; a profile without head sensitivities
+    is refused."""
+    heads = [[0.0, 0.0], [0.1, 0.3], [0.2, 0.2], [0.05, 0.15]]
+    prof = Profile(matrix(4, {}, default=0.5), [0.0, 0.2, 0.2, 0.1], head_sensitivity=heads)
+    policy = optimize(prof, budget=1)
+    allocated = allocate_top_k(policy, prof, top_k=256, block_size=32, per_head=True)  # n = 8 blocks
+    assert allocated.top_k[0] is None and allocated.num_kv_heads == 2
+    blocks = [[k // 32 for k in allocated.top_k[layer]] for layer in (1, 2, 3)]
+    assert sum(map(sum, blocks)) == 3 * 2 * 8
+    assert blocks[0][0] < blocks[0][1] and blocks[1][0] == blocks[1][1] and blocks[2][0] < blocks[2][1]
+    assert blocks[2][0] == 2  # the floor, n / spread
+    assert allocated.provenance["top_k_allocation"]["blocks"] == {"1": blocks[0], "2": blocks[1], "3": blocks[2]}
+    assert allocated.provenance["top_k_allocation"]["need"] == "sensitivity per KV head"
+    with pytest.raises(ValueError, match="per_head=True needs a profile with head_sensitivity"):
+        allocate_top_k(policy, Profile(matrix(4, {}, default=0.5), [0.0, 0.2, 0.2, 0.1]), top_k=256, block_size=32,
+                       per_head=True)
+    with pytest.raises(ValueError, match=r"head_sensitivity must have shape \(4, H\)"):
+        Profile(matrix(4, {}, default=0.5), [0.0] * 4, head_sensitivity=[0.1] * 4)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

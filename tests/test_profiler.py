@@ -84,10 +84,10 @@ def independent_profile(model, samples, decode_steps=0, mass=False, multiple=1):
     share of the consumer's own top-k mass, from the producer's importance, instead of the block overlap;
     ``multiple``: the producer selects that many times top_k blocks and the consumer keeps the top_k of them that
     hold most of its mass). Returns (similarity, sensitivity, head similarity [L, L, H_i, H_j]: producer head g of
-    layer i against consumer head h of layer j)."""
+    layer i against consumer head h of layer j, sensitivity per KV head [L, H])."""
     num_layers, n_select = model.config.num_hidden_layers, math.ceil(TOP_K / BLOCK)
     overlaps = {}  # (i, j, g, h) -> list of per-query-block overlaps of producer head g and consumer head h
-    error_sq, dense_sq = np.zeros(num_layers), np.zeros(num_layers)
+    error_sq, dense_sq = np.zeros((num_layers, 2)), np.zeros((num_layers, 2))  # per KV head
     for tokens in samples:
         for captured in capture_attention(model, tokens, decode_steps):
             sets = {}
@@ -101,8 +101,11 @@ def independent_profile(model, samples, decode_steps=0, mass=False, multiple=1):
                 produced = reference.topk_attention(q, k, v, mask, **common, n_select=n_select * multiple,
                                                     sink_blocks=SINK, local_blocks=LOCAL)[1]
                 sparse = reference.sparse_attention(q, k, v, block_idx, mask, **common, min_seq_len=0)
-                error_sq[layer] += (sparse.double() - dense.double()).square().sum().item()
-                dense_sq[layer] += dense.double().square().sum().item()
+                G = q.shape[1] // k.shape[1]
+                for h in range(k.shape[1]):
+                    heads_h = slice(h * G, (h + 1) * G)
+                    error_sq[layer, h] += (sparse[:, heads_h].double() - dense[:, heads_h].double()).square().sum().item()
+                    dense_sq[layer, h] += dense[:, heads_h].double().square().sum().item()
                 importance = reference.attention_with_importance(q, k, v, mask, is_causal, scale, BLOCK)[1]
                 allowed = torch.ones(num_queries, num_keys, dtype=torch.bool)
                 allowed = allowed.tril() if is_causal else allowed if mask is None else mask[0, 0]
@@ -130,21 +133,23 @@ def independent_profile(model, samples, decode_steps=0, mass=False, multiple=1):
                 for h in range(2):
                     heads[i, j, g, h] = np.mean(overlaps[i, j, g, h])
     similarity = np.diagonal(heads, axis1=2, axis2=3).mean(-1)
-    return similarity, np.sqrt(error_sq / dense_sq), heads
+    return similarity, np.sqrt(error_sq.sum(-1) / dense_sq.sum(-1)), heads, np.sqrt(error_sq / dense_sq)
 
 
 def test_profile_matches_independent_recomputation(model, tokens, llama_profile):
-    similarity, sensitivity, heads = independent_profile(model, tokens)
+    similarity, sensitivity, heads, head_sensitivity = independent_profile(model, tokens)
     np.testing.assert_allclose(llama_profile.similarity, similarity, atol=1e-12)
     np.testing.assert_allclose(llama_profile.head_overlap, heads, atol=1e-12)
     # The capture runs layers on SDPA's outputs, the profiler on the producer op's: fp32 rounding apart.
     np.testing.assert_allclose(llama_profile.sensitivity, sensitivity, rtol=1e-5)
+    np.testing.assert_allclose(llama_profile.head_sensitivity, head_sensitivity, rtol=1e-5)
+    assert not np.allclose(head_sensitivity[:, 0], head_sensitivity[:, 1])  # the heads differ
 
 
 def test_mass_similarity_matches_independent_recomputation(model, tokens, llama_profile):
     prof = profile(model, tokens, top_k=TOP_K, block_size=BLOCK, similarity="mass", decode_steps=1, head_map=True,
                    progress=False)
-    similarity, sensitivity, heads = independent_profile(model, tokens, decode_steps=1, mass=True)
+    similarity, sensitivity, heads, _ = independent_profile(model, tokens, decode_steps=1, mass=True)
     np.testing.assert_allclose(prof.similarity, similarity, rtol=1e-5, atol=1e-9)
     np.testing.assert_allclose(prof.head_overlap, heads, rtol=1e-5, atol=1e-9)
     assert prof.metadata["similarity"] == "mass"
@@ -159,7 +164,7 @@ def test_refine_similarity_matches_independent_recomputation(model, tokens):
     reuse = profile(model, tokens, top_k=TOP_K, block_size=BLOCK, similarity="mass", progress=False)
     prof = profile(model, tokens, top_k=TOP_K, block_size=BLOCK, similarity="mass", candidates=2, head_map=True,
                    progress=False)
-    similarity, _, heads = independent_profile(model, tokens, mass=True, multiple=2)
+    similarity, _, heads, _ = independent_profile(model, tokens, mass=True, multiple=2)
     np.testing.assert_allclose(prof.similarity, similarity, rtol=1e-5, atol=1e-9)
     np.testing.assert_allclose(prof.head_overlap, heads, rtol=1e-5, atol=1e-9)
     upper = np.triu_indices(NUM_LAYERS, 1)
@@ -174,7 +179,7 @@ def test_refine_similarity_matches_independent_recomputation(model, tokens):
 def test_decode_steps_count_like_query_blocks(model, tokens):
     prof = profile(model, tokens[:1], top_k=TOP_K, block_size=BLOCK, decode_steps=3, progress=False)
     assert prof.metadata["decode_steps"] == 3
-    similarity, sensitivity, _ = independent_profile(model, tokens[:1], decode_steps=3)
+    similarity, sensitivity, _, _ = independent_profile(model, tokens[:1], decode_steps=3)
     np.testing.assert_allclose(prof.similarity, similarity, atol=1e-12)
     np.testing.assert_allclose(prof.sensitivity, sensitivity, rtol=1e-5)
 
@@ -186,7 +191,7 @@ def test_sliding_window_masks_use_the_ops_mask_rule():
     mistral = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
     samples = torch.randint(0, VOCAB, (1, SEQ), generator=torch.Generator().manual_seed(5))
     prof = profile(mistral, samples, top_k=TOP_K, block_size=BLOCK, progress=False)
-    similarity, sensitivity, _ = independent_profile(mistral, samples)
+    similarity, sensitivity, _, _ = independent_profile(mistral, samples)
     np.testing.assert_allclose(prof.similarity, similarity, atol=1e-12)
     np.testing.assert_allclose(prof.sensitivity, sensitivity, rtol=1e-5)
 
@@ -204,7 +209,7 @@ def test_profile_keeps_the_model_dense_and_restores_attention(model, tokens):
 def test_profile_save_and_load(llama_profile, tmp_path, suffix):
     llama_profile.save(tmp_path / f"profile{suffix}")
     loaded = Profile.load(tmp_path / f"profile{suffix}")
-    for name in ("similarity", "sensitivity", "similarity_min", "head_overlap"):
+    for name in ("similarity", "sensitivity", "similarity_min", "head_overlap", "head_sensitivity"):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(llama_profile, name))
     assert loaded.metadata == llama_profile.metadata
 

@@ -56,7 +56,7 @@ def _rank(rank, port, checkpoint, policy_path, results):
         model = AutoModelForCausalLM.from_pretrained(checkpoint, attn_implementation="sdpa", **tp_plan_auto()).eval()
         if policy_path is None:
             prof = tiny_profile(model)
-            results.put((rank, prof.similarity, prof.sensitivity, prof.num_kv_heads))
+            results.put((rank, prof.similarity, prof.head_sensitivity, prof.num_kv_heads))
         else:
             logits, sites, k_shape = compiled_logits(model, policy_path)
             results.put((rank, logits.numpy(), sites, tuple(k_shape)))  # plain data: the process exits right after
@@ -107,11 +107,11 @@ def test_profile_under_tensor_parallel_equals_one_device(checkpoint):
     """Each rank profiles its own heads; the per-head sums are gathered, so every rank returns the one-device
     profile."""
     single = tiny_profile(AutoModelForCausalLM.from_pretrained(checkpoint, attn_implementation="sdpa").eval())
-    for rank, (similarity, sensitivity, kv_heads) in run_tensor_parallel(checkpoint, None).items():
+    for rank, (similarity, head_sensitivity, kv_heads) in run_tensor_parallel(checkpoint, None).items():
         assert not isinstance(similarity, str), f"rank {rank}: {similarity}"
         assert kv_heads == single.num_kv_heads == 2
         assert abs(similarity - single.similarity).max() < 1e-6
-        assert abs(sensitivity - single.sensitivity).max() < 1e-6
+        assert abs(head_sensitivity - single.head_sensitivity).max() < 1e-6  # each head where one device has it
 
 
 def test_tp_size_that_does_not_split_the_policy_heads_is_an_error(checkpoint, tmp_path):
