@@ -245,12 +245,15 @@ def test_a_cache_the_user_passes_is_reset_and_reused():
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("policy, extra", [(POLICY, {}), (MAPPED, {}), (POLICY, {"producer_block_size": 64})],
-                         ids=["equal-heads", "head-mapped", "coarse-producers"])
+@pytest.mark.parametrize("policy, extra", [
+    (POLICY, {}), (MAPPED, {}), (POLICY, {"producer_block_size": 64}),
+    (Policy(POLICY.modes, POLICY.sources, num_kv_heads=2, top_k=[None, [32, 96], None, [64, 48]]), {})],
+    ids=["equal-heads", "head-mapped", "coarse-producers", "head-budgets"])
 def test_generate_on_cuda_with_cuda_graphs(policy, extra):
     """A small bf16 model the Triton kernels take (head_dim 64): decode replayed as CUDA graphs gives the tokens of
     the same graphs launched from Python; one decode graph for 20 steps, none skipped by CUDA graphs (a head map's
-    gather and a coarse selection's expansion included); the first token's logits (the prefill graph) close to the
+    gather, a coarse selection's expansion and budgets by KV head included); the first token's logits (the prefill
+    graph) close to the
     ops run eagerly by routed attention."""
     from torch._dynamo.utils import counters
     from transformers import AutoModelForCausalLM, LlamaConfig

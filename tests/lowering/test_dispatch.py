@@ -7,7 +7,7 @@ import types
 import pytest
 import torch
 
-from hylra_compile.lowering.dispatch import unsupported_reason
+from hylra_compile.lowering.dispatch import device_ints, unsupported_reason
 
 
 def cuda_like(B, H, S, D, dtype=torch.bfloat16):
@@ -36,3 +36,12 @@ def test_other_inputs_name_their_reason():
                               64) == "head_dim 96 / value dim 96 (64 or 128 only)"
     cpu = torch.zeros(1, 32, 1, 128)
     assert unsupported_reason(cpu, cpu, cpu, None, 64) == "device cpu"
+
+
+def test_per_head_counts_reach_the_device_once():
+    """refine_blocks' head_n_select becomes one int32 tensor per (counts, device), equal to the counts, reused by
+    every later call (a decode step copies nothing from the host)."""
+    first = device_ints([16, 48, 32], torch.device("cpu"))
+    assert first.dtype == torch.int32 and first.tolist() == [16, 48, 32]
+    assert device_ints((16, 48, 32), torch.device("cpu")) is first
+    assert device_ints([16, 48], torch.device("cpu")).tolist() == [16, 48]
