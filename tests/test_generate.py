@@ -253,8 +253,7 @@ def test_generate_on_cuda_with_cuda_graphs(policy, extra):
     """A small bf16 model the Triton kernels take (head_dim 64): decode replayed as CUDA graphs gives the tokens of
     the same graphs launched from Python; one decode graph for 20 steps, none skipped by CUDA graphs (a head map's
     gather, a coarse selection's expansion and budgets by KV head included); the first token's logits (the prefill
-    graph) close to the
-    ops run eagerly by routed attention."""
+    graph) close to the ops run eagerly by routed attention."""
     from torch._dynamo.utils import counters
     from transformers import AutoModelForCausalLM, LlamaConfig
 
