@@ -21,6 +21,8 @@ layers (``--dense-layers``, default a quarter of the model's layers):
 * ``blocks``: the profiled ``budget:D`` policy, oracle and refine, at blocks of 64, 32 (``b32``) and 16 (``b16``)
   keys, the same ``top_k`` and the same sink and local tokens: what finer selection is worth at a token budget;
   and refine at 32 and 16 from producers selecting in blocks of 64 (``p64``: ``producer_block_size=64``);
+* ``window``: the profiled ``budget:D`` policy with refine at several sink and local sizes (``sinkS localL``, in
+  blocks of 64, inside the same ``top_k``): what the forced first and last blocks are worth;
 * ``phases``: Jump-n (reuse) sparse only in the prompt's prefill, and only in decode;
 * ``attribution``: Jump-n (reuse) with one consumer at a time made dense (``every:n +dense L``): which layers carry
   the loss (``--attribution-prompts`` of the prompts, spread over tasks, haystacks and depths).
@@ -56,7 +58,7 @@ from hylra_compile.plots import SETTING_TERMS
 from hylra_compile.profiler import full_windows
 from hylra_compile.tasks import make_prompts
 
-GROUPS = ("mechanisms", "refinement", "blocks", "phases", "attribution")
+GROUPS = ("mechanisms", "refinement", "blocks", "window", "phases", "attribution")
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -115,6 +117,13 @@ def settings_of(group: str, num_layers: int, dense: int, get_profile, only=None,
             if size != 64:  # producers selecting in blocks of 64, consumers refining in blocks of this size
                 options[f"budget:{dense} refine{suffix} p64"] = {"selection": "refine", **tokens,
                                                                  "producer_block_size": 64}
+        names = [name for name in options if not only or name in only]
+        budget = optimize(get_profile(), budget=dense) if names else None
+        return {name: Setting(budget, options[name]) for name in names}
+    if group == "window":  # the forced blocks' worth: sink and local tokens inside the same top_k, refine
+        options = {f"budget:{dense} refine sink{sink} local{local}": {"selection": "refine", "sink_blocks": sink,
+                                                                     "local_blocks": local}
+                   for sink, local in ((1, 2), (0, 2), (1, 0), (1, 4), (2, 8), (4, 4))}
         names = [name for name in options if not only or name in only]
         budget = optimize(get_profile(), budget=dense) if names else None
         return {name: Setting(budget, options[name]) for name in names}

@@ -68,6 +68,11 @@ def test_refinement_settings_share_the_budget_policy_and_set_their_own_options(f
                             "budget:6 refine b16 p64"]
     assert blocks["budget:6 refine b16 p64"].options == {"selection": "refine", "block_size": 16, "sink_blocks": 4,
                                                          "local_blocks": 8, "producer_block_size": 64}
+    window = frontier.settings_of("window", 24, 6, lambda: 4, only=["budget:6 refine sink0 local2"])
+    assert {name: s.options for name, s in window.items()} == {
+        "budget:6 refine sink0 local2": {"selection": "refine", "sink_blocks": 0, "local_blocks": 2}}
+    assert window["budget:6 refine sink0 local2"].policy == Policy.every(4, 24)
+    assert len(frontier.settings_of("window", 24, 6, lambda: 4)) == 6
     blocks = frontier.settings_of("blocks", 24, 6, lambda: 4, only=["budget:6 refine", "budget:6 oracle b16"])
     assert {name: s.options for name, s in blocks.items()} == {
         "budget:6 refine": {"selection": "refine"},
