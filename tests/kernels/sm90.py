@@ -31,7 +31,7 @@ SMEM_LIMIT = 227 * 1024  # an H100 thread block's shared memory
 # Argument types by name: pointers to fp32 scratch, to int32 indices and block ranges, to the q/k/v/out dtype; the
 # mask as bool (uint8). Strides of the last dimension are 1, as Triton specialises them at launch.
 _FP32 = {"X", "Imp", "MPart", "LPart", "AccPart", "LseBlk"}
-_INT32 = {"Blocks", "Idx"}
+_INT32 = {"Blocks", "Idx", "BlockIdx", "HeadNSel"}
 _DATA = {"Q", "K", "V", "Out"}
 _FLOAT = {"qk_scale", "mask_thr"}
 _UNIT_STRIDES = {"sqd", "skd", "svd", "sod", "sis", "smk"}
@@ -97,12 +97,18 @@ def variants(block_size: int, *, G: int = 4, D_: int = 128, top_k: int = 2048, c
             HP=hp, G=G, QB=block_size, BLOCK_N=block_size, D=D_, DV=D_, MASK_KIND=1, IS_CAUSAL=False, SPARSE=sparse,
             N_SEL_PAD=n_pad, WRITE_X=write_x, PTX=True, C_T=64, HAS_BLOCKS=True, WITH_V=with_v,
             BPT=bpt if sparse else 1), nw, ns
+    # The refinement's selection, with budgets by KV head.
+    yield "prefill select", P._prefill_select_kernel, dict(NG=1, C_PAD=n_cand, N_SEL_PAD=n_sel, FROM_LIST=True,
+                                                           PER_HEAD=True), 4, 3
     for name, sparse, write_lse, with_v in (("decode dense", False, False, True), ("decode producer", False, True, True),
                                             ("decode consumer", True, False, True), ("decode refine", True, True, False)):
         yield name, D._decode_split_kernel, dict(
             G=G, G_PAD=max(16, triton.next_power_of_2(G)), D=D_, DV=D_, BLOCK_N=block_size, MASK_KIND=1,
             IS_CAUSAL=False, SPARSE=sparse, WRITE_LSE=write_lse, WITH_V=with_v, HAS_BLOCKS=True, SCAN_N=1024,
             SCAN_IT=64, BPT=bpt), 4, 3
+    yield "decode select", D._decode_combine_kernel, dict(
+        G=G, G_PAD=max(16, triton.next_power_of_2(G)), DV=D_, S_PAD=32, SELECT=True, WRITE_OUT=False, FROM_LIST=True,
+        PER_HEAD=True, C_PAD=n_cand, N_SEL_PAD=n_sel, HAS_BLOCKS=True), 4, 3
 
 
 def main(block_sizes) -> int:
