@@ -270,23 +270,34 @@ needs_working_interpreter = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(params=[64, 16], ids=["gathered-tiles", "block-tiles"])
+# The kernels' keys per step over selected blocks: 64 gathers four blocks of 16 into a tile (what the GPU runs at
+# blocks of 16 and 32), 16 takes one block per step (what it runs at 64 and 128, and its GPU tests cover). Every
+# case runs gathered; a few also one block per step, on the CPU too.
+TILES = {"gathered-tiles": 64, "block-tiles": 16}
+BLOCK_TILE_CASES = {"d128_g4_bool_static", "d64_g8_float_left", "d64_g4_causal_long", "d128_g8_float_sq_ne_skv"}
+
+
+def _cases(cases):
+    return [pytest.param(name, tiles, id=f"{tiles}-{name}") for name in sorted(cases) for tiles in TILES
+            if tiles == "gathered-tiles" or name in BLOCK_TILE_CASES]
+
+
+@pytest.fixture(params=list(TILES))
 def tile_keys(request, monkeypatch):
-    """The kernels' keys per step over selected blocks: 64 gathers four blocks of 16 into a tile (what the GPU runs
-    at blocks of 16 and 32), 16 takes one block per step (what it runs at 64 and 128)."""
-    monkeypatch.setattr(C, "TILE_KEYS", request.param)
-    return request.param
+    monkeypatch.setattr(C, "TILE_KEYS", TILES[request.param])
 
 
 @needs_working_interpreter
-@pytest.mark.parametrize("name", sorted(DECODE_CASES))
-def test_decode_interpreter(name, tile_keys):
+@pytest.mark.parametrize("name, tiles", _cases(DECODE_CASES))
+def test_decode_interpreter(name, tiles, monkeypatch):
+    monkeypatch.setattr(C, "TILE_KEYS", TILES[tiles])
     _check_decode(DECODE_CASES[name], "cpu", "f32-16")
 
 
 @needs_working_interpreter
-@pytest.mark.parametrize("name", sorted(PREFILL_CASES))
-def test_prefill_interpreter(name, tile_keys):
+@pytest.mark.parametrize("name, tiles", _cases(PREFILL_CASES))
+def test_prefill_interpreter(name, tiles, monkeypatch):
+    monkeypatch.setattr(C, "TILE_KEYS", TILES[tiles])
     _check_prefill(PREFILL_CASES[name], "cpu", "f32-16")
 
 
