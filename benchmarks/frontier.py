@@ -49,10 +49,10 @@ import sys
 import time
 from pathlib import Path
 
-from hylra_compile import Policy, allocate_top_k, optimize, profile
+from hylra_compile import Policy, Profile, allocate_top_k, optimize, profile
 from hylra_compile.corpora import builtin_text
 from hylra_compile.evaluate import DENSE, Evaluation, Setting, evaluate, same_within_intervals, task_of, wilson_interval
-from hylra_compile.models import load_model
+from hylra_compile.models import load_config, load_model
 from hylra_compile.options import DEFAULT_CANDIDATES
 from hylra_compile.plots import SETTING_TERMS
 from hylra_compile.profiler import full_windows
@@ -142,13 +142,33 @@ def settings_of(group: str, num_layers: int, dense: int, get_profile, only=None,
     raise ValueError(f"unknown group {group!r}; valid groups are {list(GROUPS)}")
 
 
+def check_only(only: list[str] | None, groups: list[str], num_layers: int, num_kv_heads: int, dense: int) -> None:
+    """Refuse ``--only`` names no setting of ``groups`` has (before the model loads; the names do not depend on the
+    profile, so a uniform stand-in gives them)."""
+    if not only:
+        return
+    import numpy as np
+
+    stand_in = Profile(np.zeros((num_layers, num_layers)), np.ones(num_layers),
+                       head_overlap=np.ones((num_layers, num_layers, num_kv_heads, num_kv_heads)),
+                       head_sensitivity=np.ones((num_layers, num_kv_heads)), metadata={"num_kv_heads": num_kv_heads})
+    names = [name for group in dict.fromkeys(groups)
+             for name in settings_of(group, num_layers, dense, lambda candidates=1: stand_in)]
+    unknown = [name for name in only if name not in names]
+    if unknown:
+        raise SystemExit(f"--only {unknown}: no such setting in group(s) {list(dict.fromkeys(groups))} of this "
+                         f"model ({num_layers} layers, {dense} dense); valid: {names}")
+
+
 def accuracy(args: argparse.Namespace) -> None:
     import torch
 
+    config = load_config(args.model)
+    num_layers = config.num_hidden_layers
+    dense = args.dense_layers or max(1, num_layers // 4)
+    check_only(args.only, args.group, num_layers, config.num_key_value_heads, dense)
     model, tokenizer = load_model(args.model, device=args.device,
                                   dtype=torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
-    num_layers = model.config.num_hidden_layers
-    dense = args.dense_layers or max(1, num_layers // 4)
     # Settings name what they change from the plain method (reuse).
     # 64 sink and 128 local tokens at every block size (1 and 2 blocks of 64), as the blocks group keeps them.
     selection = {"top_k": args.top_k, "block_size": args.block_size, "sink_blocks": max(1, 64 // args.block_size),

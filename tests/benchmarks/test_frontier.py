@@ -159,7 +159,8 @@ def test_groups_sharing_the_prompts_run_as_one_evaluation(frontier, monkeypatch,
 
     import torch
 
-    model = types.SimpleNamespace(config=types.SimpleNamespace(num_hidden_layers=8))
+    model = types.SimpleNamespace(config=types.SimpleNamespace(num_hidden_layers=8, num_key_value_heads=2))
+    monkeypatch.setattr(frontier, "load_config", lambda name: model.config)
     monkeypatch.setattr(frontier, "load_model", lambda name, device, dtype: (model, None))
     monkeypatch.setattr(frontier, "builtin_text", lambda name: name)
     monkeypatch.setattr(frontier, "full_windows", lambda texts, **_: [torch.zeros(64, dtype=torch.long)])
@@ -195,3 +196,13 @@ def test_groups_sharing_the_prompts_run_as_one_evaluation(frontier, monkeypatch,
     frontier.accuracy(args)
     assert (tmp_path / "frontier-accuracy-m-512-2048-mechanisms-b32.json").exists()
     assert (tmp_path / "frontier-accuracy-m-512-2048-mechanisms.json").exists()
+
+
+def test_only_names_no_setting_of_the_groups_is_refused(frontier):
+    """``--only`` with a name no setting of the groups has stops before the model loads, listing the valid ones
+    (it ran dense alone before); names of any asked group pass."""
+    frontier.check_only(["budget:6 refine sink0 local2", "budget:6 refine by head need"], ["window", "refinement"],
+                        24, 2, 6)
+    frontier.check_only(None, ["mechanisms"], 24, 2, 6)
+    with pytest.raises(SystemExit, match=r"--only \['budget:7 refine'\]: no such setting .* valid: \['budget:6',"):
+        frontier.check_only(["budget:7 refine", "budget:6 refine"], ["refinement"], 24, 2, 6)
