@@ -69,7 +69,9 @@ def _jump(num_layers: int, dense: int) -> int:
 
 def settings_of(group: str, num_layers: int, dense: int, get_profile, only=None, top_k: int = 2048,
                 block_size: int = 64) -> dict[str, Setting]:
-    """The settings of ``group`` (those named in ``only``, when given; the profile runs only if one needs it)."""
+    """The settings of ``group`` (those named in ``only``, when given; the profile runs only if one needs it), at
+    ``block_size`` with 64 sink and 128 local tokens (what :func:`accuracy` runs)."""
+    forced = max(1, 64 // block_size) + max(1, 128 // block_size)
     n = _jump(num_layers, dense)
     jump = Policy.every(n, num_layers)
     dense = math.ceil(num_layers / n)  # the budget policies match Jump-n's count
@@ -94,12 +96,12 @@ def settings_of(group: str, num_layers: int, dense: int, get_profile, only=None,
         if not only or f"budget:{dense} refine by need" in only:
             settings[f"budget:{dense} refine by need"] = Setting(
                 allocate_top_k(optimize(get_profile(), budget=dense), get_profile(), top_k=top_k,
-                               block_size=block_size), {"selection": "refine"})
+                               block_size=block_size, min_blocks=forced), {"selection": "refine"})
         # Budgets by need per KV head: each consumer KV head's own top_k from its sensitivity, the total fixed.
         if not only or f"budget:{dense} refine by head need" in only:
             settings[f"budget:{dense} refine by head need"] = Setting(
                 allocate_top_k(optimize(get_profile(), budget=dense), get_profile(), top_k=top_k,
-                               block_size=block_size, per_head=True), {"selection": "refine"})
+                               block_size=block_size, per_head=True, min_blocks=forced), {"selection": "refine"})
         # Head-mapped reuse (Kascade): each consumer KV head reads the producer KV head holding most of its mass.
         if not only or f"budget:{dense} heads" in only:
             settings[f"budget:{dense} heads"] = Setting(optimize(get_profile(), budget=dense, map_heads=True))

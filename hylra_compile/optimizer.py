@@ -221,13 +221,14 @@ def _why_no_reuse(similarity: np.ndarray, sensitivity: np.ndarray, theta: float,
 
 
 def allocate_top_k(policy: Policy, profile: Profile, *, top_k: int, block_size: int, spread: int = 4,
-                   per_head: bool = False) -> Policy:
+                   per_head: bool = False, min_blocks: int = 1) -> Policy:
     """``policy`` with each consumer's own ``top_k`` sized by need, the total fixed (budgets by need).
 
     A consumer's need is its profiled sensitivity (the RNMSE of its output attending only its own top-k), or with
     ``per_head`` each of its KV heads' (:attr:`Profile.head_sensitivity`; the policy's ``top_k`` then lists one
-    budget per KV head). Each gets blocks in proportion to its need, between ``ceil(n / spread)`` and ``n * spread``
-    where n = ceil(top_k / block_size), and together they keep n blocks each on average (so a model's attention
+    budget per KV head). Each gets blocks in proportion to its need, between ``max(ceil(n / spread), min_blocks)``
+    (``min_blocks``: the sink and local blocks the selection forces) and ``n * spread`` where n = ceil(top_k /
+    block_size), and together they keep n blocks each on average (so a model's attention
     reads the same number of keys). The proportion is found by bisection on the clipped sum and rounded by largest
     remainders. Needs ``selection="refine"`` (with ``candidates >= spread``) or, per layer only, ``"oracle"`` at
     compile time: under ``reuse`` a consumer attends its producer's blocks. The provenance records the needs and
@@ -237,7 +238,7 @@ def allocate_top_k(policy: Policy, profile: Profile, *, top_k: int, block_size: 
         raise ValueError("allocate_top_k needs a hylra_compile.Policy and the Profile it was made from")
     if profile.num_layers != policy.num_layers:
         raise ValueError(f"the profile has {profile.num_layers} layers, the policy {policy.num_layers}")
-    for name, value in (("top_k", top_k), ("block_size", block_size), ("spread", spread)):
+    for name, value in (("top_k", top_k), ("block_size", block_size), ("spread", spread), ("min_blocks", min_blocks)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if not isinstance(per_head, bool):
@@ -248,7 +249,10 @@ def allocate_top_k(policy: Policy, profile: Profile, *, top_k: int, block_size: 
     if not consumers:
         raise ValueError("the policy has no consumer layer: there is no top_k to allocate")
     n = -(-top_k // block_size)
-    low, high = -(-n // spread), n * spread
+    if min_blocks > n:
+        raise ValueError(f"min_blocks={min_blocks} is more than the {n} blocks of top_k={top_k}: no consumer can "
+                         "have less than the average")
+    low, high = max(-(-n // spread), min_blocks), n * spread
     need = (profile.head_sensitivity[consumers] if per_head else profile.sensitivity[consumers]).astype(np.float64)
     shape = need.shape  # [consumers] or [consumers, KV heads]
     need = need.ravel()

@@ -214,6 +214,11 @@ def test_allocate_top_k_per_kv_head_keeps_the_total():
     assert blocks[2][0] == 2  # the floor, n / spread
     assert allocated.provenance["top_k_allocation"]["blocks"] == {"1": blocks[0], "2": blocks[1], "3": blocks[2]}
     assert allocated.provenance["top_k_allocation"]["need"] == "sensitivity per KV head"
+    floored = allocate_top_k(policy, prof, top_k=256, block_size=32, per_head=True, min_blocks=3)
+    assert min(k // 32 for layer in (1, 2, 3) for k in floored.top_k[layer]) == 3  # the forced blocks, at least
+    assert sum(k // 32 for layer in (1, 2, 3) for k in floored.top_k[layer]) == 3 * 2 * 8
+    with pytest.raises(ValueError, match="min_blocks=9 is more than the 8 blocks of top_k=256"):
+        allocate_top_k(policy, prof, top_k=256, block_size=32, min_blocks=9)
     with pytest.raises(ValueError, match="per_head=True needs a profile with head_sensitivity"):
         allocate_top_k(policy, Profile(matrix(4, {}, default=0.5), [0.0, 0.2, 0.2, 0.1]), top_k=256, block_size=32,
                        per_head=True)

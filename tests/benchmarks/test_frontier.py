@@ -41,8 +41,9 @@ def test_refinement_settings_share_the_budget_policy_and_set_their_own_options(f
     def optimize(profile, budget, map_heads=False):  # a policy that says which profile and map made it
         return Policy.every(profile + 10 * map_heads, 24)
 
-    def allocate_top_k(policy, profile, top_k, block_size, per_head=False):  # says what it was given
-        return Policy(policy.modes, policy.sources, provenance={"allocated": (profile, top_k, block_size, per_head)})
+    def allocate_top_k(policy, profile, top_k, block_size, min_blocks, per_head=False):  # says what it was given
+        return Policy(policy.modes, policy.sources,
+                      provenance={"allocated": (profile, top_k, block_size, per_head, min_blocks)})
 
     monkeypatch.setattr(frontier, "optimize", optimize)
     monkeypatch.setattr(frontier, "allocate_top_k", allocate_top_k)
@@ -57,8 +58,9 @@ def test_refinement_settings_share_the_budget_policy_and_set_their_own_options(f
     plain = [name for name in settings if "6r" not in name and "heads" not in name and "need" not in name]
     assert all(settings[name].policy == Policy.every(5, 24) for name in plain)
     by_need = settings["budget:6 refine by need"].policy
-    assert by_need.modes == Policy.every(5, 24).modes and by_need.provenance["allocated"] == (5, 1024, 32, False)
-    assert settings["budget:6 refine by head need"].policy.provenance["allocated"] == (5, 1024, 32, True)
+    # at block 32 the selection forces 2 sink and 4 local blocks: no consumer gets fewer
+    assert by_need.modes == Policy.every(5, 24).modes and by_need.provenance["allocated"] == (5, 1024, 32, False, 6)
+    assert settings["budget:6 refine by head need"].policy.provenance["allocated"] == (5, 1024, 32, True, 6)
     assert settings["budget:6r refine"].policy == Policy.every(8, 24)  # from the profile with 4 candidates
     assert settings["budget:6 heads"].policy == Policy.every(15, 24)  # head-mapped, the reuse profile
     assert settings["budget:6r refine heads"].policy == Policy.every(18, 24)
