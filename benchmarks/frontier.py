@@ -286,7 +286,8 @@ def frontier_rows(folder: Path) -> list[dict]:
         for r in results:
             if r["name"] == DENSE:
                 continue
-            options = {**{k: m[k] for k in ("top_k", "block_size", "selection", "candidates") if k in m},
+            options = {**{k: m[k] for k in ("top_k", "block_size", "sink_blocks", "local_blocks", "selection",
+                                            "candidates") if k in m},
                        **r["options"]}
             if options.get("producer_block_size") == options["block_size"]:
                 options["producer_block_size"] = None  # producers in the consumers' blocks: the plain rows
@@ -347,7 +348,8 @@ def table(folder: Path) -> None:
         dense = group[0]["dense_retrieval"]
         first = group[0]
         lines += [f"## {model}, {length} tokens, top_k {top_k} ({100 * top_k / length:.1f}% of the context)", "",
-                  f"{first['device']}, {first['date']}; block {first['block_size']}, sink 1, local 2. Dense: "
+                  f"{first['device']}, {first['date']}; block {first['block_size']}, sink {first['sink_blocks']}, "
+                  f"local {first['local_blocks']} (settings name what they change). Dense: "
                   + ", ".join(f"{t} {dense[t][0]}/{dense[t][1]}" for t in tasks) + ".", ""]
         head = ["", "setting", "full-attention layers", "KL", "perplexity", *tasks, "decode speed-up 32K · 128K",
                 "TTFT / eager 32K · 128K"]
