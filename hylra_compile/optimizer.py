@@ -226,9 +226,11 @@ def allocate_top_k(policy: Policy, profile: Profile, *, top_k: int, block_size: 
 
     A consumer's need is its profiled sensitivity (the RNMSE of its output attending only its own top-k), or with
     ``per_head`` each of its KV heads' (:attr:`Profile.head_sensitivity`; the policy's ``top_k`` then lists one
-    budget per KV head). Each gets blocks in proportion to its need, between ``max(ceil(n / spread), min_blocks)``
-    (``min_blocks``: the sink and local blocks the selection forces) and ``n * spread`` where n = ceil(top_k /
-    block_size), and together they keep n blocks each on average (so a model's attention
+    budget per KV head). Each keeps the ``min_blocks`` its selection forces (sink and local) and gets free blocks in
+    proportion to its need, between ``ceil(f / spread)`` and ``f * spread`` where f = n - ``min_blocks`` and n =
+    ceil(top_k / block_size): no consumer is left its forced blocks alone (sized by prose sensitivity from zero
+    free blocks up, the least sensitive SmolLM2 layers kept only those and lost every pass key, docs/results.md).
+    Together they keep n blocks each on average (so a model's attention
     reads the same number of keys). The proportion is found by bisection on the clipped sum and rounded by largest
     remainders. Needs ``selection="refine"`` (with ``candidates >= spread``) or, per layer only, ``"oracle"`` at
     compile time: under ``reuse`` a consumer attends its producer's blocks. The provenance records the needs and
@@ -252,15 +254,16 @@ def allocate_top_k(policy: Policy, profile: Profile, *, top_k: int, block_size: 
     if min_blocks > n:
         raise ValueError(f"min_blocks={min_blocks} is more than the {n} blocks of top_k={top_k}: no consumer can "
                          "have less than the average")
-    low, high = max(-(-n // spread), min_blocks), n * spread
+    free = n - min_blocks  # what the allocation moves between consumers
+    low, high = -(-free // spread), free * spread
     need = (profile.head_sensitivity[consumers] if per_head else profile.sensitivity[consumers]).astype(np.float64)
     shape = need.shape  # [consumers] or [consumers, KV heads]
     need = need.ravel()
     need = need / need.mean() if need.mean() > 0 else np.ones_like(need)
-    total = n * need.size
+    total = free * need.size
 
     def blocks(scale: float) -> np.ndarray:
-        return np.clip(scale * n * need, low, high)
+        return np.clip(scale * free * need, low, high)
 
     lo_scale, hi_scale = 0.0, 1.0
     while blocks(hi_scale).sum() < total and hi_scale < 1e12:
@@ -272,7 +275,7 @@ def allocate_top_k(policy: Policy, profile: Profile, *, top_k: int, block_size: 
     counts = np.floor(share).astype(int)
     for position in np.argsort(-(share - counts), kind="stable")[: max(0, total - int(counts.sum()))]:
         counts[position] += 1  # largest remainders, to the total exactly
-    counts = counts.reshape(shape)
+    counts = counts.reshape(shape) + min_blocks
     budgets: list = [None] * policy.num_layers
     allocated = {}
     for layer, count in zip(consumers, counts):
