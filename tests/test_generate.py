@@ -86,43 +86,32 @@ def test_head_mapped_reuse(selection):
         assert "0 heads [1, 0]" in str(report)
 
 
-def test_per_layer_top_k_under_refine():
-    """Consumers with their own budgets (layer 1: 2 blocks, layer 3: 6, of the producer's 12 candidates): the same
-    tokens and logits as the independent HyLRA with those budgets, and not those of the uniform top_k."""
-    budgets = Policy(POLICY.modes, POLICY.sources, top_k=[None, 2 * BLOCK, None, 6 * BLOCK])
+@pytest.mark.parametrize("budgets, other, refines", [
+    (Policy(POLICY.modes, POLICY.sources, top_k=[None, 2 * BLOCK, None, 6 * BLOCK]), POLICY,
+     ((2, None), (6, None))),
+    (Policy(POLICY.modes, POLICY.sources, num_kv_heads=2,
+            top_k=[None, [2 * BLOCK, 6 * BLOCK], None, [5 * BLOCK, 3 * BLOCK]]),
+     Policy(POLICY.modes, POLICY.sources, top_k=[None, 6 * BLOCK, None, 5 * BLOCK]),
+     ((6, (2, 6)), (5, (5, 3)))),
+], ids=["per-layer", "per-kv-head"])
+def test_consumers_own_top_k_under_refine(budgets, other, refines):
+    """Consumers with their own budgets, per layer (layer 1: 2 blocks, layer 3: 6, of the producer's 12 candidates)
+    or per KV head (layer 1: 2 and 6, layer 3: 5 and 3): the same tokens and logits as the independent HyLRA with
+    those budgets, and not those of ``other`` (the uniform top_k; the layers' larger budget for both heads); each
+    consumer's refine_blocks selects its count (and keeps each head's)."""
     model = tiny_model("llama", num_layers=4)
     compilation = hylra_compile.compile_for_generate(model, **{**OPTIONS, "policy": budgets}, inductor=False)
     ids, mask = padded_batch(41, pads=(0, 3))
     out = model.generate(ids, attention_mask=mask, cache_implementation="static", **GREEDY)
     same_generation(out, independent_model("refine", budgets).generate(
         ids, attention_mask=mask, cache_implementation="static", **GREEDY))
-    uniform = independent_model("refine").generate(ids, attention_mask=mask, cache_implementation="static", **GREEDY)
-    assert rel_err(out.logits[-1], uniform.logits[-1]) > 1e-3
-    (refines,) = {tuple(n.kwargs["n_select"] for n in graph.graph.nodes
-                        if n.target is torch.ops.hylra.refine_blocks.default)
-                  for graph in compilation.prefill.graphs + compilation.decode.graphs}
-    assert refines == (2, 6)
-
-
-def test_top_k_per_kv_head_under_refine():
-    """Consumers with a budget per KV head (layer 1: 2 and 6 blocks, layer 3: 5 and 3): the same tokens and logits
-    as the independent HyLRA with those budgets, and not those of the layers' larger budget for both heads."""
-    per_head = Policy(POLICY.modes, POLICY.sources, num_kv_heads=2,
-                      top_k=[None, [2 * BLOCK, 6 * BLOCK], None, [5 * BLOCK, 3 * BLOCK]])
-    model = tiny_model("llama", num_layers=4)
-    compilation = hylra_compile.compile_for_generate(model, **{**OPTIONS, "policy": per_head}, inductor=False)
-    ids, mask = padded_batch(41, pads=(0, 3))
-    out = model.generate(ids, attention_mask=mask, cache_implementation="static", **GREEDY)
-    same_generation(out, independent_model("refine", per_head).generate(
-        ids, attention_mask=mask, cache_implementation="static", **GREEDY))
-    larger = Policy(POLICY.modes, POLICY.sources, top_k=[None, 6 * BLOCK, None, 5 * BLOCK])
-    uniform = independent_model("refine", larger).generate(ids, attention_mask=mask, cache_implementation="static",
-                                                           **GREEDY)
-    assert rel_err(out.logits[-1], uniform.logits[-1]) > 1e-3
-    (refines,) = {tuple((n.kwargs["n_select"], tuple(n.kwargs["head_n_select"])) for n in graph.graph.nodes
-                        if n.target is torch.ops.hylra.refine_blocks.default)
-                  for graph in compilation.prefill.graphs + compilation.decode.graphs}
-    assert refines == ((6, (2, 6)), (5, (5, 3)))
+    unlike = independent_model("refine", other).generate(ids, attention_mask=mask, cache_implementation="static",
+                                                         **GREEDY)
+    assert rel_err(out.logits[-1], unlike.logits[-1]) > 1e-3
+    (selected,) = {tuple((n.kwargs["n_select"], n.kwargs.get("head_n_select") and tuple(n.kwargs["head_n_select"]))
+                         for n in graph.graph.nodes if n.target is torch.ops.hylra.refine_blocks.default)
+                   for graph in compilation.prefill.graphs + compilation.decode.graphs}
+    assert selected == refines
 
 
 def test_producers_selecting_in_coarser_blocks_than_consumers_refine():
