@@ -69,7 +69,6 @@ def attention_counters() -> str:
     return ", ".join(f"{key}={value}" for key, value in sorted(counters["hylra"].items()))
 
 
-
 def rewritten(model: torch.nn.Module, **options) -> torch.fx.GraphModule:
     """The one graph the hylra backend (without Inductor) rewrites for ``model`` on a [1, 16, 8] input."""
     backend = HylraBackend(inductor=False, **options)
@@ -77,6 +76,7 @@ def rewritten(model: torch.nn.Module, **options) -> torch.fx.GraphModule:
         torch.compile(model, backend=backend, fullgraph=True)(torch.randn(1, 16, 8))
     (gm,) = backend.graphs
     return gm
+
 
 class GoldenGraphTest(TestCase):
     def test_own_model_full_graph(self):
@@ -146,7 +146,7 @@ class GraphModule(torch.nn.Module):
         torch.manual_seed(0)
         model = TinyStack()
         gm = rewritten(model, policy=Policy.every(2, 2), top_k=8, block_size=4, local_blocks=1, min_seq_len=0,
-                               selection="refine", candidates=2)
+                       selection="refine", candidates=2)
         self.assertExpectedInline(attention_ops(gm) + "\n" + attention_counters(), """\
 topk_attention#0(q=%0 f32[1, 2, 16, 4], k=%1 f32[1, 1, 16, 4], v=%2 f32[1, 1, 16, 4], mask=None, block_mask=None, is_causal=True, scale=None, block_size=4, n_select=4, sink_blocks=1, local_blocks=1)
 refine_blocks#0(q=%3 f32[1, 2, 16, 4], k=%4 f32[1, 1, 16, 4], candidate_idx=topk_attention#0.block_idx, mask=None, block_mask=None, is_causal=True, scale=None, block_size=4, n_select=2, sink_blocks=1, local_blocks=1)
@@ -159,7 +159,7 @@ consumer_sites=1, producer_sites=1, rewritten=2, sdpa_matched=2""")
         torch.manual_seed(0)
         model = TinyStack()
         gm = rewritten(model, policy=Policy.every(2, 2), top_k=8, block_size=4, local_blocks=1, min_seq_len=0,
-                               selection="refine", candidates=2, producer_block_size=8)
+                       selection="refine", candidates=2, producer_block_size=8)
         self.assertExpectedInline(attention_ops(gm) + "\n" + attention_counters(), """\
 topk_attention#0(q=%0 f32[1, 2, 16, 4], k=%1 f32[1, 1, 16, 4], v=%2 f32[1, 1, 16, 4], mask=None, block_mask=None, is_causal=True, scale=None, block_size=8, n_select=2, sink_blocks=1, local_blocks=1)
 expand_blocks#0(q=%0 f32[1, 2, 16, 4], k=%1 f32[1, 1, 16, 4], block_idx=topk_attention#0.block_idx, block_size=4, factor=2)
@@ -202,7 +202,7 @@ consumer_sites=1, head_mapped_consumers=1, producer_sites=1, rewritten=2, sdpa_m
         torch.manual_seed(0)
         model = TinyStack(3)
         gm = rewritten(model, policy=policy, top_k=8, block_size=4, local_blocks=1, min_seq_len=0,
-                               selection="refine", candidates=2)
+                       selection="refine", candidates=2)
         self.assertExpectedInline(attention_ops(gm), """\
 topk_attention#0(q=%0 f32[1, 2, 16, 4], k=%1 f32[1, 1, 16, 4], v=%2 f32[1, 1, 16, 4], mask=None, block_mask=None, is_causal=True, scale=None, block_size=4, n_select=4, sink_blocks=1, local_blocks=1)
 refine_blocks#0(q=%3 f32[1, 2, 16, 4], k=%4 f32[1, 1, 16, 4], candidate_idx=topk_attention#0.block_idx, mask=None, block_mask=None, is_causal=True, scale=None, block_size=4, n_select=2, sink_blocks=1, local_blocks=1)
@@ -219,7 +219,7 @@ sparse_attention#1(q=%6 f32[1, 2, 16, 4], k=%7 f32[1, 1, 16, 4], v=%8 f32[1, 1, 
         torch.manual_seed(0)
         model = TinyStack(3, heads=4, kv_heads=2, head_dim=2)
         gm = rewritten(model, policy=policy, top_k=8, block_size=4, sink_blocks=1, local_blocks=0, min_seq_len=0,
-                               selection="refine", candidates=2)
+                       selection="refine", candidates=2)
         self.assertExpectedInline(attention_ops(gm), """\
 topk_attention#0(q=%0 f32[1, 4, 16, 2], k=%1 f32[1, 2, 16, 2], v=%2 f32[1, 2, 16, 2], mask=None, block_mask=None, is_causal=True, scale=None, block_size=4, n_select=4, sink_blocks=1, local_blocks=0)
 refine_blocks#0(q=%3 f32[1, 4, 16, 2], k=%4 f32[1, 2, 16, 2], candidate_idx=topk_attention#0.block_idx, mask=None, block_mask=None, is_causal=True, scale=None, block_size=4, n_select=3, sink_blocks=1, local_blocks=0, head_n_select=[1, 3])
