@@ -376,7 +376,8 @@ def evaluate(
 ) -> Evaluation:
     """Dense and each of ``policies`` (name -> :class:`Policy` or :class:`Setting`) on ``prompts`` (need
     ``tokenizer``) and ``windows`` (1-d token tensors of one length); see the module docstring. ``top_k`` …
-    ``candidates``, ``producer_block_size`` are the backend options of those names, which a :class:`Setting` may change for itself.
+    ``candidates``, ``producer_block_size`` are the backend options of those names, which a :class:`Setting` may
+    change for itself.
     ``metadata`` (e.g. the text's and the policies' provenance) is stored in the result.
 
     Refused before any model run: a setting that cannot be sparse on these inputs (its ``top_k`` keeps every

@@ -573,7 +573,8 @@ def check_head_n_select(head_n_select: list[int] | None, n_select: int, sink_blo
     forced = sink_blocks + local_blocks
     if (not isinstance(head_n_select, (list, tuple))
             or not all(isinstance(n, int) and not isinstance(n, bool) for n in head_n_select)
-            or not holds(len(head_n_select) == num_kv_heads) or any(not forced <= n <= n_select for n in head_n_select)):
+            or not holds(len(head_n_select) == num_kv_heads)
+            or any(not forced <= n <= n_select for n in head_n_select)):
         raise ValueError(f"head_n_select must list one block count in [{forced}, {n_select}] (sink_blocks + "
                          f"local_blocks to n_select) for each of the {num_kv_heads} KV heads, got {head_n_select!r}")
 

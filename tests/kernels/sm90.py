@@ -58,7 +58,8 @@ def compile_sm90(kernel, constexprs: dict, *, num_warps: int, num_stages: int, d
     names = [param.name for param in kernel.params]
     # As a launch specialises them: pointers 16-byte aligned, strides multiples of 16 elements.
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names
-             if signature[n].startswith("*") or (signature[n] == "i32" and n.startswith("s") and n not in ("sbb", "sbr"))}
+             if signature[n].startswith("*")
+             or (signature[n] == "i32" and n.startswith("s") and n not in ("sbb", "sbr"))}
     source = ASTSource(fn=kernel, signature=signature, constexprs=values, attrs=attrs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -100,8 +101,9 @@ def variants(block_size: int, *, G: int = 4, D_: int = 128, top_k: int = 2048, c
     # The refinement's selection, with budgets by KV head.
     yield "prefill select", P._prefill_select_kernel, dict(NG=1, C_PAD=n_cand, N_SEL_PAD=n_sel, FROM_LIST=True,
                                                            PER_HEAD=True), 4, 3
-    for name, sparse, write_lse, with_v in (("decode dense", False, False, True), ("decode producer", False, True, True),
-                                            ("decode consumer", True, False, True), ("decode refine", True, True, False)):
+    for name, sparse, write_lse, with_v in (
+            ("decode dense", False, False, True), ("decode producer", False, True, True),
+            ("decode consumer", True, False, True), ("decode refine", True, True, False)):
         yield name, D._decode_split_kernel, dict(
             G=G, G_PAD=max(16, triton.next_power_of_2(G)), D=D_, DV=D_, BLOCK_N=block_size, MASK_KIND=1,
             IS_CAUSAL=False, SPARSE=sparse, WRITE_LSE=write_lse, WITH_V=with_v, HAS_BLOCKS=True, SCAN_N=1024,
@@ -124,7 +126,8 @@ def main(block_sizes) -> int:
             over = used["shared"] > SMEM_LIMIT
             failed += over
             print(f"block {block_size:3d} {name:17s} registers {used['registers']:3d} stack {used['stack']:5d} B "
-                  f"shared {used['shared']:6d} B async copies {used['async_copies']:3d}{'  OVER THE LIMIT' if over else ''}")
+                  f"shared {used['shared']:6d} B async copies {used['async_copies']:3d}"
+                  + ("  OVER THE LIMIT" if over else ""))
     return 1 if failed else 0
 
 
