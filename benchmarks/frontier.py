@@ -30,6 +30,13 @@ layers (``--dense-layers``, default a quarter of the model's layers):
 The profiled policies are calibrated on the first window of each text and one retrieval prompt of another seed
 (captured-mass similarity); the evaluated windows are the texts' last ones.
 
+Cost, Qwen2.5-Coder-0.5B at 32K on an H100: about 1 s per prompt and setting (a prefill and up to 12 eager decode
+steps), so the default 24 prompts per task and haystack (96 of two tasks) take ~100 s per setting, dense included,
+after ~1-2 minutes of loading and profiling: a 10-minute device job holds dense and about three settings. The
+prompts run in an order whose every prefix samples each task, haystack and depth (:func:`tasks.spread_order`), and
+the files are saved once a minute as well as at the end, so a job cut off by its time limit keeps a fair sample,
+marked "cut short" with its count of prompts (stderr says how far it got).
+
 ``table`` joins every accuracy file with the speed of the same dense-layer share and ``top_k`` from the committed
 ``e2e-*.json`` rows (the latest row of the nearest ``<D>of32`` variant; ratios to the latest ``eager`` row at the
 same context: time to first token, and decode ms/token to Hugging Face's compiled decode, the ``inductor`` row).
@@ -53,13 +60,15 @@ from hylra_compile import Policy, Profile, allocate_top_k, optimize, profile
 from hylra_compile.corpora import builtin_text
 from hylra_compile.evaluate import DENSE, Evaluation, Setting, evaluate, same_within_intervals, task_of, wilson_interval
 from hylra_compile.models import load_config, load_model
-from hylra_compile.options import DEFAULT_CANDIDATES
+from hylra_compile.options import DEFAULT_CANDIDATES, HylraOptions
 from hylra_compile.plots import SETTING_TERMS
 from hylra_compile.profiler import full_windows
-from hylra_compile.tasks import make_prompts
+from hylra_compile.tasks import make_prompts, spread_order
 
 GROUPS = ("mechanisms", "refinement", "blocks", "window", "phases", "attribution")
 RESULTS = Path(__file__).parent / "results"
+# A run saves what it has measured this often (seconds): a device job cut off by its time limit keeps it.
+CHECKPOINT_SECONDS = 60
 
 
 def _jump(num_layers: int, dense: int) -> int:
@@ -144,22 +153,33 @@ def settings_of(group: str, num_layers: int, dense: int, get_profile, only=None,
     raise ValueError(f"unknown group {group!r}; valid groups are {list(GROUPS)}")
 
 
-def check_only(only: list[str] | None, groups: list[str], num_layers: int, num_kv_heads: int, dense: int) -> None:
-    """Refuse ``--only`` names no setting of ``groups`` has (before the model loads; the names do not depend on the
-    profile, so a uniform stand-in gives them)."""
-    if not only:
-        return
+def check_settings(only: list[str] | None, groups: list[str], num_layers: int, num_kv_heads: int, dense: int,
+                   selection: dict) -> None:
+    """Refuse, before the model loads, ``--only`` names that no setting of ``groups`` has and settings whose options
+    the backend would refuse (names and options do not depend on the profile, so a uniform stand-in gives them).
+    ``selection``: the run's options, which each setting's own options update."""
     import numpy as np
 
+    try:
+        HylraOptions(**selection)
+    except ValueError as error:
+        raise SystemExit(f"frontier.py accuracy: {error}") from None
     stand_in = Profile(np.zeros((num_layers, num_layers)), np.ones(num_layers),
                        head_overlap=np.ones((num_layers, num_layers, num_kv_heads, num_kv_heads)),
                        head_sensitivity=np.ones((num_layers, num_kv_heads)), metadata={"num_kv_heads": num_kv_heads})
-    names = [name for group in dict.fromkeys(groups)
-             for name in settings_of(group, num_layers, dense, lambda candidates=1: stand_in)]
-    unknown = [name for name in only if name not in names]
+    settings = {name: setting for group in dict.fromkeys(groups)
+                for name, setting in settings_of(group, num_layers, dense, lambda candidates=1: stand_in,
+                                                 top_k=selection["top_k"], block_size=selection["block_size"]).items()}
+    unknown = [name for name in only or () if name not in settings]
     if unknown:
         raise SystemExit(f"--only {unknown}: no such setting in group(s) {list(dict.fromkeys(groups))} of this "
-                         f"model ({num_layers} layers, {dense} dense); valid: {names}")
+                         f"model ({num_layers} layers, {dense} dense); valid: {list(settings)}")
+    for name, setting in settings.items():
+        if not only or name in only:
+            try:
+                HylraOptions(policy=setting.policy, **{**selection, **setting.options})
+            except ValueError as error:
+                raise SystemExit(f"setting {name!r}: {error}") from None
 
 
 def accuracy(args: argparse.Namespace) -> None:
@@ -168,14 +188,16 @@ def accuracy(args: argparse.Namespace) -> None:
     config = load_config(args.model)
     num_layers = config.num_hidden_layers
     dense = args.dense_layers or max(1, num_layers // 4)
-    check_only(args.only, args.group, num_layers, config.num_key_value_heads, dense)
-    model, tokenizer = load_model(args.model, device=args.device,
-                                  dtype=torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
     # Settings name what they change from the plain method (reuse).
     # 64 sink and 128 local tokens at every block size (1 and 2 blocks of 64), as the blocks group keeps them.
     selection = {"top_k": args.top_k, "block_size": args.block_size, "sink_blocks": max(1, 64 // args.block_size),
                  "local_blocks": max(1, 128 // args.block_size),
                  "min_seq_len": args.length // 8, "selection": "reuse"}
+    check_settings(args.only, args.group, num_layers, config.num_key_value_heads, dense, selection)
+    started = time.perf_counter()
+    model, tokenizer = load_model(args.model, device=args.device,
+                                  dtype=torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
+    print(f"frontier: {args.model} loaded in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     texts = [full_windows([builtin_text(name)], block_size=64, seq_len=args.length, tokenizer=tokenizer)
              for name in ("builtin:prose", "builtin:code")]
     windows = [w for whole in texts for w in whole[-args.windows:]] if args.windows else []
@@ -184,13 +206,19 @@ def accuracy(args: argparse.Namespace) -> None:
     def get_profile(candidates: int = 1):
         retrieval = make_prompts(["passkey"], tokenizer, [args.length], 1, seed=1000, haystacks=("prose",))[0]
         calibration = [texts[0][0], texts[1][0], tokenizer(retrieval.text, add_special_tokens=False)["input_ids"]]
-        return profile(model, calibration, similarity="mass", candidates=candidates, head_map=True,
-                       progress=not args.no_progress,
-                       description="first windows of builtin:prose and builtin:code, one passkey prompt (seed 1000)",
-                       **{k: v for k, v in selection.items() if k not in ("min_seq_len", "selection")})
+        started = time.perf_counter()
+        measured = profile(model, calibration, similarity="mass", candidates=candidates, head_map=True,
+                           progress=not args.no_progress, description="first windows of builtin:prose and "
+                           "builtin:code, one passkey prompt (seed 1000)",
+                           **{k: v for k, v in selection.items() if k not in ("min_seq_len", "selection")})
+        print(f"frontier: profile ({candidates} candidate(s) per block) in {time.perf_counter() - started:.0f} s",
+              file=sys.stderr, flush=True)
+        return measured
 
     tasks = args.tasks.split(",")
-    prompts = make_prompts(tasks, tokenizer, [args.length], args.samples, seed=0, haystacks=("filler", "prose"))
+    # In an order whose every prefix is a fair sample: a run cut short (a device job's time limit) keeps its checkpoint.
+    prompts = spread_order(make_prompts(tasks, tokenizer, [args.length], args.samples, seed=0,
+                                        haystacks=("filler", "prose")))
     chosen = {group: {name: setting for name, setting in settings_of(group, num_layers, dense, get_profile, args.only,
                                                                       args.top_k, args.block_size).items()
                       if not args.only or name in args.only} for group in dict.fromkeys(args.group)}
@@ -203,21 +231,34 @@ def accuracy(args: argparse.Namespace) -> None:
             for name, setting in chosen[group].items():
                 if union.setdefault(name, setting) != setting:
                     raise ValueError(f"setting {name!r} means two things in groups {groups}")
+        saved_at = [start]
+
+        def save(evaluation: Evaluation, final: bool = False) -> None:
+            """Each group's file, from the evaluation so far: at the end, and at most once a minute before it."""
+            now = time.perf_counter()
+            if not final and now - saved_at[0] < CHECKPOINT_SECONDS:
+                return
+            saved_at[0] = now
+            seconds = round(now - start)
+            print(f"frontier {'+'.join(groups)}: {evaluation.metadata['prompts']} of "
+                  f"{evaluation.metadata['prompts_planned']} prompts after {seconds} s", file=sys.stderr, flush=True)
+            for group in groups:
+                part = Evaluation([r for r in evaluation.results if r.name == DENSE or r.name in chosen[group]],
+                                  {**evaluation.metadata, "experiment": f"frontier {group}", "seconds": seconds,
+                                   "evaluated_with": groups})
+                size = "" if args.block_size == 64 else f"-b{args.block_size}"  # the blocks group sets its own sizes
+                part.save(args.out, stem=f"frontier-accuracy-{args.model}-{args.length}-{args.top_k}-{group}{size}")
+                if final:
+                    print(part.to_markdown(), flush=True)
+
         evaluation = evaluate(model, union, tokenizer=tokenizer, prompts=prompts if groups != ["attribution"] else
                               prompts[:: max(1, len(prompts) // args.attribution_prompts)],
                               windows=windows, max_new_tokens=12, progress=not args.no_progress,
                               metadata={"model": args.model,
                                         "text": "builtin:prose and builtin:code (last windows)",
                                         "command": "python benchmarks/frontier.py " + " ".join(sys.argv[2:])},
-                              **selection)
-        seconds = round(time.perf_counter() - start)
-        for group in groups:
-            part = Evaluation([r for r in evaluation.results if r.name == DENSE or r.name in chosen[group]],
-                              {**evaluation.metadata, "experiment": f"frontier {group}", "seconds": seconds,
-                               "evaluated_with": groups})
-            size = "" if args.block_size == 64 else f"-b{args.block_size}"  # the blocks group sets its own sizes
-            part.save(args.out, stem=f"frontier-accuracy-{args.model}-{args.length}-{args.top_k}-{group}{size}")
-            print(part.to_markdown(), flush=True)
+                              checkpoint=save, **selection)
+        save(evaluation, final=True)
 
 
 # -- table -------------------------------------------------------------------------------------------------------
@@ -297,6 +338,7 @@ def frontier_rows(folder: Path) -> list[dict]:
                 "model": m["model"], "length": m["lengths"][0] if m["lengths"] else m["seq_len"],
                 "device": m["device"], "date": m["date"], "experiment": m.get("experiment"), "setting": r["name"],
                 "dense_layers": r["full_layers"], "num_layers": m["num_layers"], **options,
+                "cut_short": m.get("prompts", 0) < m.get("prompts_planned", 0),
                 "phases": r.get("phases", ["prefill", "decode"]), "kl": r["kl"],
                 "perplexity_change": r["perplexity"] / dense["perplexity"] - 1 if dense["perplexity"] else None,
                 "retrieval": tasks, "dense_retrieval": dense_tasks,
@@ -372,7 +414,8 @@ def table(folder: Path) -> None:
             kl = f"{r['kl']:.4f}"
             if "prefill" not in r["phases"]:  # the text windows are prefills, which this setting leaves dense
                 kl, ppl = "— (text is prefill)", "—"
-            lines.append("| " + " | ".join(["★" if r["pareto"] else "", r["setting"],
+            setting = r["setting"] + (" (run cut short)" if r["cut_short"] else "")
+            lines.append("| " + " | ".join(["★" if r["pareto"] else "", setting,
                                             f"{r['dense_layers']}/{r['num_layers']}", kl, ppl,
                                             *[_cell(r["retrieval"][t], dense[t]) for t in tasks], *speed]) + " |")
         lines.append("")

@@ -28,7 +28,7 @@ import json
 import math
 import platform
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -223,6 +223,11 @@ class Evaluation:
         raise KeyError(f"no result named {name!r}; have {[r.name for r in self.results]}")
 
     @property
+    def partial(self) -> bool:
+        """Whether the run was cut short (a checkpoint of fewer prompts than planned)."""
+        return self.metadata.get("prompts", 0) < self.metadata.get("prompts_planned", 0)
+
+    @property
     def tasks(self) -> list[str]:
         return sorted({task_of(name) for name in self.results[0].correct})
 
@@ -252,8 +257,10 @@ class Evaluation:
                     if m.get("producer_block_size") not in (None, m["block_size"]) else "")
                  + f"min_seq_len {m['min_seq_len']} (settings name what they change).",
                  f"Text: {m['text']}, {m['text_windows']} window(s) of {m['seq_len']} tokens, "
-                 f"{dense.positions} scored positions. Retrieval: {m['prompts']} prompt(s), lengths {m['lengths']}; "
-                 "correct/total [Wilson 95% interval]; * marks a difference from dense (intervals apart)."]
+                 f"{dense.positions} scored positions. Retrieval: {m['prompts']} prompt(s)"
+                 + (f" (**cut short**: {m['prompts_planned']} planned)" if self.partial else "")
+                 + f", lengths {m['lengths']}; correct/total [Wilson 95% interval]; * marks a difference from dense "
+                 "(intervals apart)."]
         return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
     def to_json(self) -> dict[str, Any]:
@@ -373,12 +380,16 @@ def evaluate(
     max_new_tokens: int = 32,
     metadata: Mapping[str, Any] | None = None,
     progress: bool = True,
+    checkpoint: Callable[[Evaluation], None] | None = None,
 ) -> Evaluation:
     """Dense and each of ``policies`` (name -> :class:`Policy` or :class:`Setting`) on ``prompts`` (need
     ``tokenizer``) and ``windows`` (1-d token tensors of one length); see the module docstring. ``top_k`` …
     ``candidates``, ``producer_block_size`` are the backend options of those names, which a :class:`Setting` may
     change for itself.
-    ``metadata`` (e.g. the text's and the policies' provenance) is stored in the result.
+    ``metadata`` (e.g. the text's and the policies' provenance) is stored in the result. ``checkpoint``, when
+    given, receives the evaluation so far after the text windows and after each prompt (every setting run on it):
+    its metadata counts the prompts done (``prompts``) of ``prompts_planned``, so a run cut short keeps what it
+    measured. The windows run first, so every checkpoint has the KL.
 
     Refused before any model run: a setting that cannot be sparse on these inputs (its ``top_k`` keeps every
     block of the longest input, or no input reaches ``min_seq_len`` keys): its numbers would equal dense's."""
@@ -421,31 +432,6 @@ def evaluate(
                             {} if p is None else dict(settings[name].options), phases)
                for name, (p, _, phases) in configs.items()}
     device = next(model.parameters()).device
-    bar = tqdm(total=len(configs) * (len(prompts) + len(windows)), desc="hylra eval", unit="run", disable=not progress)
-    with torch.no_grad():
-        for prompt in prompts:
-            for name, (policy, setting, phases) in configs.items():
-                with routed_attention(model, PolicyAttention(policy, setting, phases=phases)):
-                    answer = greedy_answer(model, tokenizer, prompt.text, max_new_tokens)[0]
-                results[name].answers[prompt.name] = answer
-                results[name].correct[prompt.name] = score(prompt.answer, answer)
-                bar.update(1)
-        for window in windows:
-            window = window.to(device)
-            targets = window[start + 1 :]
-            dense_handler = PolicyAttention(None, options, keep_from=start)
-            dense_scores = _text_scores(model, window, dense_handler, start)
-            bar.update(1)
-            for result, (policy, setting, phases) in zip(results.values(), configs.values()):
-                # A text window is one prefill: dense, and a setting sparse in decode only, take dense's scores.
-                if policy is None or "prefill" not in phases:
-                    scores, handler = dense_scores, dense_handler
-                else:
-                    handler = PolicyAttention(policy, setting, keep_from=start, phases=phases)
-                    scores = _text_scores(model, window, handler, start)
-                bar.update(policy is not None)
-                result.add_window(scores, dense_scores, targets, handler.outputs, dense_handler.outputs)
-    bar.close()
     config = model.config
     info = {
         "model": getattr(config, "_name_or_path", "") or config.model_type,
@@ -464,4 +450,37 @@ def evaluate(
         "max_new_tokens": max_new_tokens,
         **dict(metadata or {}),
     }
-    return Evaluation(list(results.values()), info)
+
+    def so_far(done: int) -> Evaluation:
+        return Evaluation(list(results.values()), {**info, "prompts": done, "prompts_planned": len(prompts)})
+
+    bar = tqdm(total=len(configs) * (len(prompts) + len(windows)), desc="hylra eval", unit="run", disable=not progress)
+    with torch.no_grad():
+        for window in windows:
+            window = window.to(device)
+            targets = window[start + 1 :]
+            dense_handler = PolicyAttention(None, options, keep_from=start)
+            dense_scores = _text_scores(model, window, dense_handler, start)
+            bar.update(1)
+            for result, (policy, setting, phases) in zip(results.values(), configs.values()):
+                # A text window is one prefill: dense, and a setting sparse in decode only, take dense's scores.
+                if policy is None or "prefill" not in phases:
+                    scores, handler = dense_scores, dense_handler
+                else:
+                    handler = PolicyAttention(policy, setting, keep_from=start, phases=phases)
+                    scores = _text_scores(model, window, handler, start)
+                bar.update(policy is not None)
+                result.add_window(scores, dense_scores, targets, handler.outputs, dense_handler.outputs)
+        if checkpoint is not None and windows:
+            checkpoint(so_far(0))
+        for done, prompt in enumerate(prompts, 1):
+            for name, (policy, setting, phases) in configs.items():
+                with routed_attention(model, PolicyAttention(policy, setting, phases=phases)):
+                    answer = greedy_answer(model, tokenizer, prompt.text, max_new_tokens)[0]
+                results[name].answers[prompt.name] = answer
+                results[name].correct[prompt.name] = score(prompt.answer, answer)
+                bar.update(1)
+            if checkpoint is not None and done < len(prompts):
+                checkpoint(so_far(done))
+    bar.close()
+    return so_far(len(prompts))

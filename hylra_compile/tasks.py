@@ -198,3 +198,20 @@ def make_prompts(tasks, tokenizer: Any, lengths, samples: int, seed: int = 0,
     depths = [0.5] if samples == 1 else [0.1 + 0.8 * i / (samples - 1) for i in range(samples)]
     return [make_prompt(task, tokenizer, length, depth, seed + i, haystack)
             for task in tasks for haystack in haystacks for length in lengths for i, depth in enumerate(depths)]
+
+
+def spread_order(prompts: Sequence[TaskPrompt]) -> list[TaskPrompt]:
+    """``prompts`` reordered so that every prefix holds each (task, haystack, length) in turn, and within each its
+    prompts in bit-reversed order of position (of 24 at :func:`make_prompts`' depths: 0.1, 0.66, 0.38, 0.24, 0.8,
+    ...): a run cut short has measured a fair sample of tasks and depths."""
+    groups: dict[tuple, list[TaskPrompt]] = {}
+    for prompt in prompts:
+        groups.setdefault((prompt.task, prompt.haystack, prompt.length), []).append(prompt)
+
+    def bit_reversed(items: list[TaskPrompt]) -> list[TaskPrompt]:
+        bits = max(len(items) - 1, 0).bit_length()
+        positions = (int(f"{j:0{bits}b}"[::-1], 2) if bits else 0 for j in range(1 << bits))
+        return [items[i] for i in positions if i < len(items)]
+
+    ordered = [bit_reversed(items) for items in groups.values()]
+    return [items[i] for i in range(max(map(len, ordered), default=0)) for items in ordered if i < len(items)]

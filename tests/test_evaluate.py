@@ -312,6 +312,36 @@ def test_wilson_interval_ends_are_exact_at_all_or_none():
     assert [wilson_interval(0, n)[0] for n in range(1, 101)] == [0.0] * 100
 
 
+class _CharTokenizer:
+    """A tokenizer of the tiny model's vocabulary: one token per character; decodes to digits."""
+
+    eos_token_id = None
+
+    def __call__(self, text, add_special_tokens=False, return_tensors=None):
+        ids = [ord(c) % VOCAB for c in text]
+        return {"input_ids": torch.tensor([ids]) if return_tensors else ids}
+
+    def decode(self, ids):
+        return "".join(str(i % 10) for i in ids)
+
+
+def test_checkpoints_keep_what_a_run_cut_short_measured(model, windows):
+    """The windows run first, so every checkpoint has the KL; then one after each prompt but the last (the return
+    value is the last), each counting the prompts done of those planned, and marked cut short in its table."""
+    prompts = [TaskPrompt("passkey", SEQ, 0.5, seed, "x" * (SEQ - 1) + str(seed), "12") for seed in range(3)]
+    seen = []
+
+    def checkpoint(evaluation):
+        seen.append((evaluation.metadata["prompts"], evaluation.metadata["prompts_planned"], evaluation.partial,
+                     evaluation["every:2"].positions > 0, len(evaluation[DENSE].answers)))
+        assert evaluation.partial == ("cut short" in evaluation.to_markdown())
+
+    result = evaluate(model, {"every:2": Policy.every(2, 4)}, tokenizer=_CharTokenizer(), prompts=prompts,
+                      windows=windows[:1], max_new_tokens=2, progress=False, checkpoint=checkpoint, **SELECTION)
+    assert seen == [(0, 3, True, True, 0), (1, 3, True, True, 1), (2, 3, True, True, 2)]
+    assert (result.metadata["prompts"], result.partial, len(result["every:2"].answers)) == (3, False, 3)
+
+
 def test_markdown_shows_intervals_and_marks_differences():
     """Retrieval cells are correct/total with the Wilson interval; '*' marks only a result whose interval misses
     dense's."""

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from hylra_compile.tasks import FILLER, TASKS, first_number, make_prompt, make_prompts, score
+from hylra_compile.tasks import FILLER, TASKS, TaskPrompt, first_number, make_prompt, make_prompts, score, spread_order
 from tests.smollm2 import smollm2
 
 
@@ -129,3 +129,16 @@ def test_unknown_haystack_names_the_valid_ones(tokenizer):
         make_prompt("passkey", tokenizer, 500, 0.5, 0, haystack="novel")
     with pytest.raises(ValueError, match="unknown haystack 'novel'"):
         make_prompts(["passkey"], tokenizer, [500], samples=1, haystacks=("filler", "novel"))
+
+
+def test_spread_order_takes_tasks_and_haystacks_in_turn_and_spreads_depths():
+    """Every prefix of spread_order is a fair sample: (task, haystack) groups in turn, each group's prompts in
+    bit-reversed order (ends first, then midpoints), every prompt once."""
+    prompts = [TaskPrompt(task, 64, i / 4, i, "", "1", (), haystack)
+               for task in ("passkey", "multikey") for haystack in ("filler", "prose") for i in range(5)]
+    ordered = spread_order(prompts)
+    assert sorted(map(id, ordered)) == sorted(map(id, prompts))
+    assert [(p.task, p.haystack) for p in ordered[:4]] == [("passkey", "filler"), ("passkey", "prose"),
+                                                           ("multikey", "filler"), ("multikey", "prose")]
+    assert [p.depth for p in ordered if (p.task, p.haystack) == ("passkey", "filler")] == [0, 1, 0.5, 0.25, 0.75]
+    assert spread_order([]) == []

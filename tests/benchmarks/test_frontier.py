@@ -153,6 +153,16 @@ def test_refine_settings_join_the_refine_variant_with_ratios_of_its_own_device(f
     assert frontier.speed_of(lone, 0.25, 2048, "refine")["decode_ms_32K"] == 1.0  # alone: its time, no ratio
 
 
+def _evaluation(settings, metadata, done: int, planned: int) -> Evaluation:
+    metadata = {**metadata, "num_layers": 8, "device": "cpu", "date": "d", "top_k": 2048, "block_size": 64,
+                "sink_blocks": 1, "local_blocks": 2, "min_seq_len": 4096, "selection": "reuse",
+                "lengths": [512], "seq_len": 512, "text_windows": 2, "prompts": done, "prompts_planned": planned}
+    results = [Result("dense", 8)] + [Result(name, 2) for name in settings]
+    for result in results:
+        result.positions, result.kl, result.nll, result.error_sq, result.dense_sq = 10, 0.1, 10.0, [0.1], [1.0]
+    return Evaluation(results, metadata)
+
+
 def test_groups_sharing_the_prompts_run_as_one_evaluation(frontier, monkeypatch, tmp_path):
     """Two groups in one call: one evaluation (dense once) over both groups' settings, saved as one file per group
     holding dense and that group's settings; attribution, on fewer prompts, runs alone."""
@@ -166,18 +176,14 @@ def test_groups_sharing_the_prompts_run_as_one_evaluation(frontier, monkeypatch,
     monkeypatch.setattr(frontier, "load_model", lambda name, device, dtype: (model, None))
     monkeypatch.setattr(frontier, "builtin_text", lambda name: name)
     monkeypatch.setattr(frontier, "full_windows", lambda texts, **_: [torch.zeros(64, dtype=torch.long)])
-    monkeypatch.setattr(frontier, "make_prompts", lambda *args, **kwargs: list(range(48)))
+    monkeypatch.setattr(frontier, "make_prompts", lambda *args, **kwargs: [
+        types.SimpleNamespace(task="passkey", haystack=haystack, length=512, seed=seed)
+        for haystack in ("filler", "prose") for seed in range(24)])
     calls = []
 
     def evaluate(model, settings, prompts, metadata, **_):
         calls.append((sorted(settings), len(prompts)))
-        metadata = {**metadata, "num_layers": 8, "device": "cpu", "date": "d", "top_k": 2048, "block_size": 64,
-                    "sink_blocks": 1, "local_blocks": 2, "min_seq_len": 4096, "selection": "reuse",
-                    "lengths": [512], "seq_len": 512, "text_windows": 2, "prompts": len(prompts)}
-        results = [Result("dense", 8)] + [Result(name, 2) for name in settings]
-        for result in results:
-            result.positions, result.kl, result.nll, result.error_sq, result.dense_sq = 10, 0.1, 10.0, [0.1], [1.0]
-        return Evaluation(results, metadata)
+        return _evaluation(settings, metadata, len(prompts), len(prompts))
 
     monkeypatch.setattr(frontier, "evaluate", evaluate)
     args = argparse.Namespace(model="m", length=512, top_k=2048, block_size=64, samples=6, tasks="passkey",
@@ -203,8 +209,61 @@ def test_groups_sharing_the_prompts_run_as_one_evaluation(frontier, monkeypatch,
 def test_only_names_no_setting_of_the_groups_is_refused(frontier):
     """``--only`` with a name no setting of the groups has stops before the model loads, listing the valid ones
     (it ran dense alone before); names of any asked group pass."""
-    frontier.check_only(["budget:6 refine sink0 local2", "budget:6 refine by head need"], ["window", "refinement"],
-                        24, 2, 6)
-    frontier.check_only(None, ["mechanisms"], 24, 2, 6)
+    selection = {"top_k": 2048, "block_size": 64, "sink_blocks": 1, "local_blocks": 2, "min_seq_len": 4096}
+    frontier.check_settings(["budget:6 refine sink0 local2", "budget:6 refine by head need"],
+                            ["window", "refinement"], 24, 2, 6, selection)
+    frontier.check_settings(None, ["mechanisms"], 24, 2, 6, selection)
     with pytest.raises(SystemExit, match=r"--only \['budget:7 refine'\]: no such setting .* valid: \['budget:6',"):
-        frontier.check_only(["budget:7 refine", "budget:6 refine"], ["refinement"], 24, 2, 6)
+        frontier.check_settings(["budget:7 refine", "budget:6 refine"], ["refinement"], 24, 2, 6, selection)
+
+
+def test_options_the_backend_refuses_stop_before_the_model_loads(frontier):
+    """A top_k of fewer blocks than the forced sink and local ones is refused with the backend's own message,
+    for the run and for a setting whose own options are at fault (it failed after a 26 s load before)."""
+    selection = {"top_k": 128, "block_size": 64, "sink_blocks": 1, "local_blocks": 2, "min_seq_len": 128}
+    with pytest.raises(SystemExit, match=r"frontier.py accuracy: top_k=128 selects 2 block\(s\) of 64"):
+        frontier.check_settings(None, ["mechanisms"], 24, 2, 6, selection)
+    selection["top_k"] = 256
+    frontier.check_settings(["budget:6 refine sink1 local2"], ["window"], 24, 2, 6, selection)
+    with pytest.raises(SystemExit, match=r"setting 'budget:6 refine sink2 local8': top_k=256 selects 4 block"):
+        frontier.check_settings(["budget:6 refine sink2 local8"], ["window"], 24, 2, 6, selection)
+
+
+
+
+def test_a_run_cut_short_keeps_its_last_checkpoint(frontier, monkeypatch, tmp_path, capsys):
+    """Prompts run in spread order (tasks and haystacks in turn), and a checkpoint is saved as the group's files, so
+    a device job killed mid-run leaves what it measured, marked cut short."""
+    import argparse
+    import types
+
+    import torch
+
+    model = types.SimpleNamespace(config=types.SimpleNamespace(num_hidden_layers=8, num_key_value_heads=2))
+    monkeypatch.setattr(frontier, "load_config", lambda name: model.config)
+    monkeypatch.setattr(frontier, "load_model", lambda name, device, dtype: (model, None))
+    monkeypatch.setattr(frontier, "builtin_text", lambda name: name)
+    monkeypatch.setattr(frontier, "full_windows", lambda texts, **_: [torch.zeros(64, dtype=torch.long)])
+    monkeypatch.setattr(frontier, "make_prompts", lambda *args, **kwargs: [
+        types.SimpleNamespace(task="passkey", haystack=haystack, length=512, seed=seed)
+        for haystack in ("filler", "prose") for seed in range(4)])
+    monkeypatch.setattr(frontier, "CHECKPOINT_SECONDS", 0)
+    orders = []
+
+    def evaluate(model, settings, prompts, metadata, checkpoint, **_):
+        orders.append([(p.haystack, p.seed) for p in prompts])
+        checkpoint(_evaluation(settings, metadata, 3, len(prompts)))
+        raise TimeoutError("the device job's time limit")
+
+    monkeypatch.setattr(frontier, "evaluate", evaluate)
+    args = argparse.Namespace(model="m", length=512, top_k=2048, block_size=64, samples=4, tasks="passkey",
+                              windows=1, attribution_prompts=24, device="cpu", out=tmp_path, no_progress=True,
+                              dense_layers=2, group=["mechanisms"], only=["every:4"])
+    with pytest.raises(TimeoutError):
+        frontier.accuracy(args)
+    assert orders == [[("filler", 0), ("prose", 0), ("filler", 2), ("prose", 2), ("filler", 1), ("prose", 1),
+                       ("filler", 3), ("prose", 3)]]
+    saved = json.loads((tmp_path / "frontier-accuracy-m-512-2048-mechanisms.json").read_text())["metadata"]
+    assert (saved["prompts"], saved["prompts_planned"]) == (3, 8)
+    assert "cut short" in (tmp_path / "frontier-accuracy-m-512-2048-mechanisms.md").read_text()
+    assert "frontier mechanisms: 3 of 8 prompts after" in capsys.readouterr().err
