@@ -13,6 +13,9 @@ from .policy import Policy
 # How a consumer chooses the KV blocks it attends (HylraOptions.selection).
 SELECTIONS = ("reuse", "refine", "oracle")
 DEFAULT_CANDIDATES = 4
+# The block size of dense layers at any finer block_size: blocks of 16 and 32 keys cost the dense prefill 1.8x and
+# 1.3x blocks of 64 (benchmarks/results/block-size-32k-*.md, H100), and a dense layer emits no selection.
+DENSE_BLOCK = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +94,12 @@ class HylraOptions:
     def producer_block(self) -> int:
         """The block size producers select in: ``producer_block_size``, or ``block_size``."""
         return self.producer_block_size or self.block_size
+
+    @property
+    def dense_block(self) -> int:
+        """The block size of the layers left dense: they select nothing, so their kernels' fastest tile rather than
+        the selection's grain: :data:`DENSE_BLOCK` keys, or ``producer_block`` where larger."""
+        return max(self.producer_block, DENSE_BLOCK)
 
     @property
     def expansion(self) -> int:

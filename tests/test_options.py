@@ -3,7 +3,7 @@ import warnings
 import pytest
 
 from hylra_compile import HylraOptions, Policy
-from hylra_compile.options import SELECTIONS
+from hylra_compile.options import DENSE_BLOCK, SELECTIONS
 
 
 def test_defaults():
@@ -146,6 +146,14 @@ def test_top_k_per_kv_head_of_a_policy():
     ]:
         with pytest.raises(ValueError, match=message):
             HylraOptions(policy=policy, top_k=2048, **options)
+
+
+def test_dense_layers_run_in_blocks_of_64_or_the_producers_larger_ones():
+    """A dense layer selects nothing: it takes DENSE_BLOCK (64) keys per block at finer block sizes, and the
+    producers' block where that is larger."""
+    assert DENSE_BLOCK == 64
+    assert [HylraOptions(block_size=size, top_k=4096).dense_block for size in (16, 32, 64, 128)] == [64, 64, 64, 128]
+    assert HylraOptions(block_size=16, sink_blocks=4, local_blocks=8, producer_block_size=128).dense_block == 128
 
 
 def test_producers_in_coarser_blocks():

@@ -28,12 +28,16 @@ from .rewrite import call_with_meta
 
 
 class SharedMask(NamedTuple):
-    """What the ops of a graph read for one mask node: its stored copy, and its block structure (None where the
-    kernels take none) in blocks of ``block_size`` and of the producers' block size (the same node when equal)."""
+    """What the ops of a graph read for one mask node: its stored copy, and its block structure by block size (one
+    ``mask_blocks`` node per size the graph's ops run in: consumers', producers', dense layers'; none where the
+    kernels take no block mask)."""
 
     mask: torch.fx.Node
-    block_mask: torch.fx.Node | None
-    producer_block_mask: torch.fx.Node | None
+    block_masks: dict[int, torch.fx.Node]
+
+    def at(self, block_size: int) -> torch.fx.Node | None:
+        """The block mask in blocks of ``block_size`` (None where the kernels take none)."""
+        return self.block_masks.get(block_size)
 
 
 def block_masks(
@@ -44,23 +48,21 @@ def block_masks(
 ) -> dict[torch.fx.Node, SharedMask]:
     """Insert the ``shared_mask`` and ``mask_blocks`` nodes; returns ``mask node -> what the ops read for it``."""
     order = {node: position for position, node in enumerate(gm.graph.nodes)}
+    ops = {decision.op for decision in decisions}
+    # The block sizes the graph's ops run in: consumers' (and their refinement's), producers', dense layers'.
+    sizes = dict.fromkeys([options.block_size] * ("sparse_attention" in ops)
+                          + [options.producer_block] * ("topk_attention" in ops)
+                          + [options.dense_block] * ("attention" in ops))
     found: dict[torch.fx.Node, SharedMask] = {}
     for match, decision in zip(matches, decisions):
         if decision.op is None or match.mask is None or match.mask in found:
             continue
         first_user = min(match.mask.users, key=order.__getitem__)
         stored = call_with_meta(gm.graph, torch.ops.hylra.shared_mask.default, dict(mask=match.mask), first_user)
-        block_mask = producer_block_mask = None
-        if _takes_block_mask(match):
-            block_mask = producer_block_mask = call_with_meta(
-                gm.graph, torch.ops.hylra.mask_blocks.default, dict(mask=stored, block_size=options.block_size),
-                first_user,
-            )
-            if options.producer_block != options.block_size:
-                producer_block_mask = call_with_meta(
-                    gm.graph, torch.ops.hylra.mask_blocks.default,
-                    dict(mask=stored, block_size=options.producer_block), first_user)
-        found[match.mask] = SharedMask(stored, block_mask, producer_block_mask)
+        by_size = {size: call_with_meta(gm.graph, torch.ops.hylra.mask_blocks.default,
+                                        dict(mask=stored, block_size=size), first_user)
+                   for size in sizes} if _takes_block_mask(match) else {}
+        found[match.mask] = SharedMask(stored, by_size)
     return found
 
 

@@ -51,9 +51,7 @@ def run_passes(gm: torch.fx.GraphModule, options: HylraOptions, name: str, dump_
         [(m.layer, d.action, d.op, d.source, d.dense_cause, d.reason) for m, d in zip(matches, decisions)]))
     masks = block_masks(gm, matches, decisions, options)
     dump("03-block_masks.md", lambda: _table(
-        ("mask", "stored copy", "block mask", "shape"),
-        [(mask.name, shared.mask.name, shared.block_mask.name if shared.block_mask else "",
-          _shape_of(shared.block_mask) if shared.block_mask else "") for mask, shared in masks.items()]))
+        ("mask", "stored copy", "block size", "block mask", "shape"), _mask_rows(masks)))
     outputs = rewrite(gm, matches, decisions, masks, options)
     dump("04-rewrite.py", lambda: gm.print_readable(print_output=False))
     report = GraphReport.from_phases(name, matches, decisions, options.selection)
@@ -72,6 +70,15 @@ def run_passes(gm: torch.fx.GraphModule, options: HylraOptions, name: str, dump_
     return report
 
 
+def _mask_rows(masks) -> list[tuple]:
+    """A row per block mask of each stored mask (one without, where the kernels take none)."""
+    rows = []
+    for mask, shared in masks.items():
+        rows += ([(mask.name, shared.mask.name, size, node.name, _shape_of(node))
+                  for size, node in shared.block_masks.items()] or [(mask.name, shared.mask.name, "", "", "")])
+    return rows
+
+
 def _count(matches, decisions, masks, outputs) -> None:
     hylra = counters["hylra"]
     for match, decision in zip(matches, decisions):
@@ -81,7 +88,7 @@ def _count(matches, decisions, masks, outputs) -> None:
             hylra[f"dense.{decision.dense_cause}"] += 1
         if decision.heads is not None:
             hylra["head_mapped_consumers"] += 1
-    counts = (("shared_masks", len(masks)), ("block_masks", sum(s.block_mask is not None for s in masks.values())),
+    counts = (("shared_masks", len(masks)), ("block_masks", sum(len(s.block_masks) for s in masks.values())),
               ("rewritten", len(outputs)))
     for key, count in counts:
         if count:

@@ -47,12 +47,17 @@ def rewrite(
         if decision.op is None:
             continue
         q, k, v = (replaced.get(n, n) for n in (match.q, match.k, match.v))
-        mask, block_mask, producer_block_mask = masks[match.mask] if match.mask is not None else (None,) * 3
-        inputs = dict(q=q, k=k, v=v, mask=mask, block_mask=block_mask)
+        shared = masks.get(match.mask)
+        mask = None if shared is None else shared.mask
+
+        def block_mask(size: int) -> torch.fx.Node | None:
+            return None if shared is None else shared.at(size)
+
+        inputs = dict(q=q, k=k, v=v, mask=mask, block_mask=block_mask(options.block_size))
         settings = dict(is_causal=match.is_causal, scale=match.scale)
         key_blocks = _static_key_blocks(match, options.block_size)
         if decision.op == "topk_attention":
-            arguments = {**inputs, "block_mask": producer_block_mask, **settings,
+            arguments = {**inputs, "block_mask": block_mask(options.producer_block), **settings,
                          **options.producer_settings(_static_key_blocks(match, options.producer_block))}
             op = call_with_meta(graph, torch.ops.hylra.topk_attention.default, arguments, match.output)
             out = call_with_meta(graph, operator.getitem, (op, 0), match.output)
@@ -72,7 +77,8 @@ def rewrite(
             arguments = {**inputs, "block_idx": selected, **settings, **options.consumer_settings()}
             out = call_with_meta(graph, torch.ops.hylra.sparse_attention.default, arguments, match.output)
         else:
-            arguments = {**inputs, **settings, "block_size": options.block_size}
+            arguments = {**inputs, "block_mask": block_mask(options.dense_block), **settings,
+                         "block_size": options.dense_block}
             out = call_with_meta(graph, torch.ops.hylra.attention.default, arguments, match.output)
         match.output.replace_all_uses_with(out)
         replaced[match.output] = out

@@ -227,6 +227,26 @@ sparse_attention#0(q=%3 f32[1, 4, 16, 2], k=%4 f32[1, 2, 16, 2], v=%5 f32[1, 2, 
 refine_blocks#1(q=%6 f32[1, 4, 16, 2], k=%7 f32[1, 2, 16, 2], candidate_idx=topk_attention#0.block_idx, mask=None, block_mask=None, is_causal=True, scale=None, block_size=4, n_select=2, sink_blocks=1, local_blocks=0)
 sparse_attention#1(q=%6 f32[1, 4, 16, 2], k=%7 f32[1, 2, 16, 2], v=%8 f32[1, 2, 16, 2], mask=None, block_mask=None, block_idx=refine_blocks#1, is_causal=True, scale=None, block_size=4, min_seq_len=0)""")
 
+    def test_hf_dense_layer_runs_in_its_own_blocks(self):
+        """A layer left dense selects nothing, so it runs in blocks of 64 (its kernels' fastest tile) while the
+        producer and consumer select in blocks of 8: one block mask per size, each op reading its own."""
+        torch._dynamo.reset()
+        counters.clear()
+        model = tiny_model("llama", "sdpa", num_layers=3)
+        policy = Policy(["full", "producer", "consumer"], [None, None, 1])
+        backend = HylraBackend(policy=policy, top_k=24, block_size=8, min_seq_len=0, inductor=False)
+        ids, mask = padded_batch(20)
+        prefill_logits(torch.compile(model, backend=backend, fullgraph=True), ids, mask)
+        (gm,) = backend.graphs
+        self.assertExpectedInline(attention_ops(gm) + "\n" + attention_counters(), """\
+shared_mask#0(mask=%0 b8[2, 1, 20, 20])
+mask_blocks#0(mask=shared_mask#0, block_size=8)
+mask_blocks#1(mask=shared_mask#0, block_size=64)
+attention#0(q=%1 f32[2, 4, 20, 8], k=%2 f32[2, 2, 20, 8], v=%3 f32[2, 2, 20, 8], mask=shared_mask#0, block_mask=mask_blocks#1, is_causal=False, scale=0.3536, block_size=64)
+topk_attention#0(q=%4 f32[2, 4, 20, 8], k=%5 f32[2, 2, 20, 8], v=%6 f32[2, 2, 20, 8], mask=shared_mask#0, block_mask=mask_blocks#0, is_causal=False, scale=0.3536, block_size=8, n_select=3, sink_blocks=1, local_blocks=2)
+sparse_attention#0(q=%7 f32[2, 4, 20, 8], k=%8 f32[2, 2, 20, 8], v=%9 f32[2, 2, 20, 8], mask=shared_mask#0, block_mask=mask_blocks#0, block_idx=topk_attention#0.block_idx, is_causal=False, scale=0.3536, block_size=8, min_seq_len=0)
+block_masks=2, consumer_sites=1, dense.policy_full=1, dense_sites=1, producer_sites=1, rewritten=3, sdpa_matched=3, shared_masks=1""")
+
     def hf_views(self, attn: str, phase: str) -> str:
         """The attention-op view of every family's rewritten graph, checked equal across families."""
         views, counts = {}, {}
