@@ -9,12 +9,17 @@
 #             per call (`cp .parts/qNN ~/m/`), right after each other, while the machine stays warm.
 # On the device (the repository root; results under $OUT):
 #   bash benchmarks/on_device.sh STEP [arguments]
-#     cuda-tests            pytest -m cuda, each test in its own process (a crash names its test)
+#     cuda-tests [ARGS]     pytest -m cuda [ARGS, e.g. -k tile], each test in its own process (a crash names its
+#                           test); on the H100 a kernel test takes ~13 s (compiles), all 77 ~17 minutes: pick with -k
 #     kernels               every pass at blocks 16-128, 32K tokens (bench_block_size.py)
 #     e2e CONTEXT [ARGS]    generate() rows of the 8B-shaped model (bench_e2e.py --context CONTEXT ARGS)
 #     accuracy MODEL LENGTH TOP_K [ARGS]
 #                           frontier.py accuracy on a real model (qwen2.5-coder-0.5b or smollm2), its GGUF
 #                           joined from the ~/m pieces once per machine
+# Costs on an H100 (2026-12-07), for planning a session's 30 minutes: moving Qwen's 9 pieces ~1 minute; kernels at
+# blocks 16 and 64 ~80 s; e2e at 128K ~130 s per variant (the first call compiles), eager more; accuracy of Qwen at
+# 32K ~1-2 minutes to load and profile, then ~100 s per setting (dense included) at the default 96 prompts: run it
+# under `timeout` below the call's limit (the files saved once a minute come back, marked cut short).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step=${1:?"a step: prepare, cuda-tests, kernels, e2e, accuracy"}
@@ -42,14 +47,17 @@ fi
 # Every device step: the project and the wheels the machine lacks, outside the repository.
 OUT=${OUT:?"run on the device machine, which sets OUT"}
 python -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
-python -m pip install -q --no-deps --target /tmp/site .whl/*.whl >/dev/null
+if [[ ! -d /tmp/site/gguf ]]; then  # once per machine: later calls need not carry .whl
+    compgen -G '.whl/*.whl' >/dev/null || { echo "no wheels: carry .whl with this machine's first call" >&2; exit 2; }
+    python -m pip install -q --no-deps --target /tmp/site .whl/*.whl >/dev/null
+fi
 export PYTHONPATH=/tmp/site PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/device.txt"
 
 case $step in
 cuda-tests)
     log="$OUT/pytest-cuda-$(date +%F).log"
-    python -m pytest -q -m cuda --collect-only -p no:cacheprovider tests | grep '::' > /tmp/cuda-tests.txt
+    python -m pytest -q -m cuda --collect-only -p no:cacheprovider "$@" tests | grep '::' > /tmp/cuda-tests.txt
     while read -r test; do
         timeout 300 python -m pytest -q -m cuda -p no:cacheprovider "$test" 2>&1 | tail -1 | sed "s|^|$test: |" >> "$log"
     done < /tmp/cuda-tests.txt
