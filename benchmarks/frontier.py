@@ -35,7 +35,9 @@ steps), so the default 24 prompts per task and haystack (96 of two tasks) take ~
 after ~1-2 minutes of loading and profiling: a 10-minute device job holds dense and about three settings. The
 prompts run in an order whose every prefix samples each task, haystack and depth (:func:`tasks.spread_order`), and
 the files are saved once a minute as well as at the end, so a job cut off by its time limit keeps a fair sample,
-marked "cut short" with its count of prompts (stderr says how far it got).
+marked "cut short" with its count of prompts (stderr says how far it got). Each run keeps its profiles and
+dense's answers under ``--cache`` (by model and device kind) for the next run on the machine, which then spends
+its time on the settings (``--no-cache``: afresh).
 
 ``table`` joins every accuracy file with the speed of the same dense-layer share and ``top_k`` from the committed
 ``e2e-*.json`` rows (the latest row of the nearest ``<D>of32`` variant; ratios to the latest ``eager`` row at the
@@ -49,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import json
 import math
 import re
@@ -58,6 +61,7 @@ from pathlib import Path
 
 from hylra_compile import Policy, Profile, allocate_top_k, optimize, profile
 from hylra_compile.corpora import builtin_text
+from hylra_compile.files import write_atomic
 from hylra_compile.evaluate import DENSE, Evaluation, Setting, evaluate, same_within_intervals, task_of, wilson_interval
 from hylra_compile.models import load_config, load_model
 from hylra_compile.options import DEFAULT_CANDIDATES, HylraOptions
@@ -202,17 +206,27 @@ def accuracy(args: argparse.Namespace) -> None:
              for name in ("builtin:prose", "builtin:code")]
     windows = [w for whole in texts for w in whole[-args.windows:]] if args.windows else []
 
+    cache = None if args.no_cache else Cache(args.cache, args.model, args.device)
+    profiled = {k: v for k, v in selection.items() if k not in ("min_seq_len", "selection")}
+
     @functools.cache
     def get_profile(candidates: int = 1):
+        description = "first windows of builtin:prose and builtin:code, one passkey prompt (seed 1000)"
+        path = cache and cache.profile_path(args.length, candidates, **profiled)
+        if path and path.is_file():
+            cached = Profile.load(path)
+            if cached.metadata.get("calibration") == description:
+                print(f"frontier: profile from {path}", file=sys.stderr, flush=True)
+                return cached
         retrieval = make_prompts(["passkey"], tokenizer, [args.length], 1, seed=1000, haystacks=("prose",))[0]
         calibration = [texts[0][0], texts[1][0], tokenizer(retrieval.text, add_special_tokens=False)["input_ids"]]
         started = time.perf_counter()
         measured = profile(model, calibration, similarity="mass", candidates=candidates, head_map=True,
-                           progress=not args.no_progress, description="first windows of builtin:prose and "
-                           "builtin:code, one passkey prompt (seed 1000)",
-                           **{k: v for k, v in selection.items() if k not in ("min_seq_len", "selection")})
+                           progress=not args.no_progress, description=description, **profiled)
         print(f"frontier: profile ({candidates} candidate(s) per block) in {time.perf_counter() - started:.0f} s",
               file=sys.stderr, flush=True)
+        if path:
+            measured.save(path)
         return measured
 
     tasks = args.tasks.split(",")
@@ -242,6 +256,8 @@ def accuracy(args: argparse.Namespace) -> None:
             seconds = round(now - start)
             print(f"frontier {'+'.join(groups)}: {evaluation.metadata['prompts']} of "
                   f"{evaluation.metadata['prompts_planned']} prompts after {seconds} s", file=sys.stderr, flush=True)
+            if cache:
+                cache.keep_dense_answers(evaluation[DENSE].answers, run_prompts, max_new_tokens=12)
             for group in groups:
                 part = Evaluation([r for r in evaluation.results if r.name == DENSE or r.name in chosen[group]],
                                   {**evaluation.metadata, "experiment": f"frontier {group}", "seconds": seconds,
@@ -251,14 +267,55 @@ def accuracy(args: argparse.Namespace) -> None:
                 if final:
                     print(part.to_markdown(), flush=True)
 
-        evaluation = evaluate(model, union, tokenizer=tokenizer, prompts=prompts if groups != ["attribution"] else
-                              prompts[:: max(1, len(prompts) // args.attribution_prompts)],
-                              windows=windows, max_new_tokens=12, progress=not args.no_progress,
+        run_prompts = (prompts if groups != ["attribution"] else
+                       prompts[:: max(1, len(prompts) // args.attribution_prompts)])
+        evaluation = evaluate(model, union, tokenizer=tokenizer, prompts=run_prompts, windows=windows,
+                              max_new_tokens=12, progress=not args.no_progress,
+                              dense_answers=cache.dense_answers(run_prompts, max_new_tokens=12) if cache else None,
                               metadata={"model": args.model,
                                         "text": "builtin:prose and builtin:code (last windows)",
                                         "command": "python benchmarks/frontier.py " + " ".join(sys.argv[2:])},
                               checkpoint=save, **selection)
         save(evaluation, final=True)
+
+
+class Cache:
+    """What one frontier run can hand the next on the same machine (a device machine keeps its files while warm):
+    the profile of each selection, and dense's answers to each prompt (~1 s a prompt at 32K), under ``folder``,
+    by model and device kind."""
+
+    def __init__(self, folder: Path, model: str, device: str):
+        self.folder = Path(folder).expanduser()
+        self.tag = f"{re.sub(r'[^A-Za-z0-9_.-]', '_', Path(model).stem)}-{device.split(':')[0]}"
+
+    def profile_path(self, length: int, candidates: int, top_k: int, block_size: int, sink_blocks: int,
+                     local_blocks: int) -> Path:
+        return self.folder / (f"profile-{self.tag}-{length}-{top_k}-b{block_size}-s{sink_blocks}-l{local_blocks}"
+                              f"-c{candidates}.safetensors")
+
+    @property
+    def _answers_path(self) -> Path:
+        return self.folder / f"dense-answers-{self.tag}.json"
+
+    @staticmethod
+    def _key(prompt, max_new_tokens: int) -> str:
+        return f"{prompt.name}|{hashlib.sha1(prompt.text.encode()).hexdigest()[:16]}|{max_new_tokens}"
+
+    def dense_answers(self, prompts, max_new_tokens: int) -> dict[str, str]:
+        """prompt name -> dense's answer, for the prompts an earlier run answered (the same text and length)."""
+        known = json.loads(self._answers_path.read_text()) if self._answers_path.is_file() else {}
+        answers = {p.name: known[self._key(p, max_new_tokens)] for p in prompts
+                   if self._key(p, max_new_tokens) in known}
+        if answers:
+            print(f"frontier: dense answers to {len(answers)} of {len(prompts)} prompts from {self._answers_path}",
+                  file=sys.stderr, flush=True)
+        return answers
+
+    def keep_dense_answers(self, answers: dict[str, str], prompts, max_new_tokens: int) -> None:
+        known = json.loads(self._answers_path.read_text()) if self._answers_path.is_file() else {}
+        known.update({self._key(p, max_new_tokens): answers[p.name] for p in prompts if p.name in answers})
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(self._answers_path, json.dumps(known, indent=0) + "\n")
 
 
 # -- table -------------------------------------------------------------------------------------------------------
@@ -492,6 +549,9 @@ def main(argv=None) -> int:
     acc.add_argument("--device", default="cuda")
     acc.add_argument("--out", type=Path, default=RESULTS)
     acc.add_argument("--no-progress", action="store_true")
+    acc.add_argument("--cache", type=Path, default=Path("~/.cache/hylra_compile/frontier"),
+                     help="where profiles and dense's answers are kept for the next run on this machine")
+    acc.add_argument("--no-cache", action="store_true", help="profile and run dense afresh, keep nothing")
     tab = commands.add_parser("table", help="join the accuracy files with the speed rows")
     tab.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)

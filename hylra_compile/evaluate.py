@@ -381,6 +381,7 @@ def evaluate(
     metadata: Mapping[str, Any] | None = None,
     progress: bool = True,
     checkpoint: Callable[[Evaluation], None] | None = None,
+    dense_answers: Mapping[str, str] | None = None,
 ) -> Evaluation:
     """Dense and each of ``policies`` (name -> :class:`Policy` or :class:`Setting`) on ``prompts`` (need
     ``tokenizer``) and ``windows`` (1-d token tensors of one length); see the module docstring. ``top_k`` …
@@ -389,7 +390,9 @@ def evaluate(
     ``metadata`` (e.g. the text's and the policies' provenance) is stored in the result. ``checkpoint``, when
     given, receives the evaluation so far after the text windows and after each prompt (every setting run on it):
     its metadata counts the prompts done (``prompts``) of ``prompts_planned``, so a run cut short keeps what it
-    measured. The windows run first, so every checkpoint has the KL.
+    measured. The windows run first, so every checkpoint has the KL. ``dense_answers``: dense's answers to some
+    of the prompts (prompt name -> answer) from an earlier run of the same model, inputs and ``max_new_tokens``,
+    taken as they are instead of run again.
 
     Refused before any model run: a setting that cannot be sparse on these inputs (its ``top_k`` keeps every
     block of the longest input, or no input reaches ``min_seq_len`` keys): its numbers would equal dense's."""
@@ -475,8 +478,11 @@ def evaluate(
             checkpoint(so_far(0))
         for done, prompt in enumerate(prompts, 1):
             for name, (policy, setting, phases) in configs.items():
-                with routed_attention(model, PolicyAttention(policy, setting, phases=phases)):
-                    answer = greedy_answer(model, tokenizer, prompt.text, max_new_tokens)[0]
+                if name == DENSE and prompt.name in (dense_answers or {}):
+                    answer = dense_answers[prompt.name]
+                else:
+                    with routed_attention(model, PolicyAttention(policy, setting, phases=phases)):
+                        answer = greedy_answer(model, tokenizer, prompt.text, max_new_tokens)[0]
                 results[name].answers[prompt.name] = answer
                 results[name].correct[prompt.name] = score(prompt.answer, answer)
                 bar.update(1)

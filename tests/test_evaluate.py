@@ -5,6 +5,7 @@ answers."""
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from hylra_compile.evaluate import (
     Setting,
     check_sparse,
     evaluate,
+    greedy_answer,
     kl_divergence,
     same_within_intervals,
     task_of,
@@ -325,9 +327,10 @@ class _CharTokenizer:
         return "".join(str(i % 10) for i in ids)
 
 
-def test_checkpoints_keep_what_a_run_cut_short_measured(model, windows):
+def test_checkpoints_keep_what_a_run_cut_short_measured(model, windows, monkeypatch):
     """The windows run first, so every checkpoint has the KL; then one after each prompt but the last (the return
-    value is the last), each counting the prompts done of those planned, and marked cut short in its table."""
+    value is the last), each counting the prompts done of those planned, and marked cut short in its table. Dense
+    answers handed in (an earlier run's) are not run again."""
     prompts = [TaskPrompt("passkey", SEQ, 0.5, seed, "x" * (SEQ - 1) + str(seed), "12") for seed in range(3)]
     seen = []
 
@@ -340,6 +343,23 @@ def test_checkpoints_keep_what_a_run_cut_short_measured(model, windows):
                       windows=windows[:1], max_new_tokens=2, progress=False, checkpoint=checkpoint, **SELECTION)
     assert seen == [(0, 3, True, True, 0), (1, 3, True, True, 1), (2, 3, True, True, 2)]
     assert (result.metadata["prompts"], result.partial, len(result["every:2"].answers)) == (3, False, 3)
+
+    # Dense's answers from that run are taken as they are: the model runs dense on no prompt that has one.
+    known = {prompt.name: "dense said " + str(prompt.seed) for prompt in prompts[:2]}
+    runs = []
+    original = greedy_answer
+
+    def counted(model, tokenizer, text, max_new_tokens):
+        runs.append(text)
+        return original(model, tokenizer, text, max_new_tokens)
+
+    monkeypatch.setattr(sys.modules[evaluate.__module__], "greedy_answer", counted)
+    again = evaluate(model, {"every:2": Policy.every(2, 4)}, tokenizer=_CharTokenizer(), prompts=prompts,
+                     max_new_tokens=2, progress=False, dense_answers=known, **SELECTION)
+    assert [again[DENSE].answers[p.name] for p in prompts] == [known[prompts[0].name], known[prompts[1].name],
+                                                               result[DENSE].answers[prompts[2].name]]
+    assert again["every:2"].answers == result["every:2"].answers
+    assert len(runs) == 3 + 1  # every:2 on each prompt, dense on the one it had no answer to
 
 
 def test_markdown_shows_intervals_and_marks_differences():

@@ -188,6 +188,7 @@ def test_groups_sharing_the_prompts_run_as_one_evaluation(frontier, monkeypatch,
     monkeypatch.setattr(frontier, "evaluate", evaluate)
     args = argparse.Namespace(model="m", length=512, top_k=2048, block_size=64, samples=6, tasks="passkey",
                               windows=1, attribution_prompts=24, device="cpu", out=tmp_path, no_progress=True,
+                              no_cache=True,
                               dense_layers=2, group=["phases", "mechanisms", "attribution"],
                               only=["every:4 prefill only", "every:4 decode only", "every:4 refine", "every:4",
                                     "every:4 +dense 1"])
@@ -258,6 +259,7 @@ def test_a_run_cut_short_keeps_its_last_checkpoint(frontier, monkeypatch, tmp_pa
     monkeypatch.setattr(frontier, "evaluate", evaluate)
     args = argparse.Namespace(model="m", length=512, top_k=2048, block_size=64, samples=4, tasks="passkey",
                               windows=1, attribution_prompts=24, device="cpu", out=tmp_path, no_progress=True,
+                              no_cache=True,
                               dense_layers=2, group=["mechanisms"], only=["every:4"])
     with pytest.raises(TimeoutError):
         frontier.accuracy(args)
@@ -267,3 +269,23 @@ def test_a_run_cut_short_keeps_its_last_checkpoint(frontier, monkeypatch, tmp_pa
     assert (saved["prompts"], saved["prompts_planned"]) == (3, 8)
     assert "cut short" in (tmp_path / "frontier-accuracy-m-512-2048-mechanisms.md").read_text()
     assert "frontier mechanisms: 3 of 8 prompts after" in capsys.readouterr().err
+
+
+def test_the_cache_hands_dense_answers_and_profiles_to_the_next_run(frontier, tmp_path):
+    """Dense's answers are kept by prompt name, text and max_new_tokens (a prompt whose text changed is run again);
+    profile files are named by everything that decides them."""
+    import types
+
+    cache = frontier.Cache(tmp_path / "c", "/models/Qwen 0.5B.gguf", "cuda:0")
+    prompts = [types.SimpleNamespace(name=f"passkey-64-d0.50-s{i}", text=f"text {i}") for i in range(3)]
+    assert cache.dense_answers(prompts, max_new_tokens=12) == {}
+    cache.keep_dense_answers({"passkey-64-d0.50-s0": "123", "passkey-64-d0.50-s1": "456"}, prompts, 12)
+    cache.keep_dense_answers({"passkey-64-d0.50-s2": "789"}, prompts, 12)
+    assert cache.dense_answers(prompts, max_new_tokens=12) == {"passkey-64-d0.50-s0": "123",
+                                                               "passkey-64-d0.50-s1": "456",
+                                                               "passkey-64-d0.50-s2": "789"}
+    prompts[1].text = "another haystack"
+    assert set(cache.dense_answers(prompts, max_new_tokens=12)) == {"passkey-64-d0.50-s0", "passkey-64-d0.50-s2"}
+    assert cache.dense_answers(prompts, max_new_tokens=8) == {}
+    assert cache.profile_path(32768, 4, top_k=2048, block_size=16, sink_blocks=4, local_blocks=8).name == (
+        "profile-Qwen_0.5B-cuda-32768-2048-b16-s4-l8-c4.safetensors")
