@@ -27,6 +27,9 @@ layers (``--dense-layers``, default a quarter of the model's layers):
 * ``attribution``: Jump-n (reuse) with one consumer at a time made dense (``every:n +dense L``): which layers carry
   the loss (``--attribution-prompts`` of the prompts, spread over tasks, haystacks and depths).
 
+``--producer-block-size P`` has every setting's producers select in blocks of ``P`` for consumers refining in
+``--block-size`` (refine settings only; files named ``-pP``): any group's mechanism with coarse producers.
+
 The profiled policies are calibrated on the first window of each text and one retrieval prompt of another seed
 (captured-mass similarity); the evaluated windows are the texts' last ones.
 
@@ -50,6 +53,7 @@ and at least its speed) marked.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import hashlib
 import json
@@ -157,11 +161,25 @@ def settings_of(group: str, num_layers: int, dense: int, get_profile, only=None,
     raise ValueError(f"unknown group {group!r}; valid groups are {list(GROUPS)}")
 
 
+def with_producer_blocks(settings: dict[str, Setting], size: int | None) -> dict[str, Setting]:
+    """``settings`` with producers selecting in blocks of ``size`` (``--producer-block-size``; None: as they are),
+    which only refining consumers can take: any other setting is refused, by name."""
+    if size is None:
+        return settings
+    others = [name for name, s in settings.items() if s.options.get("selection") != "refine"]
+    if others:
+        raise SystemExit(f"--producer-block-size {size} needs selection='refine'; these settings have another: "
+                         f"{others} (choose refine settings with --only)")
+    return {name: dataclasses.replace(s, options={**s.options, "producer_block_size": size})
+            for name, s in settings.items()}
+
+
 def check_settings(only: list[str] | None, groups: list[str], num_layers: int, num_kv_heads: int, dense: int,
-                   selection: dict) -> None:
+                   selection: dict, producer_block_size: int | None = None) -> None:
     """Refuse, before the model loads, ``--only`` names that no setting of ``groups`` has and settings whose options
     the backend would refuse (names and options do not depend on the profile, so a uniform stand-in gives them).
-    ``selection``: the run's options, which each setting's own options update."""
+    ``selection``: the run's options, which each setting's own options update; ``producer_block_size``: as
+    :func:`with_producer_blocks`."""
     import numpy as np
 
     try:
@@ -178,12 +196,12 @@ def check_settings(only: list[str] | None, groups: list[str], num_layers: int, n
     if unknown:
         raise SystemExit(f"--only {unknown}: no such setting in group(s) {list(dict.fromkeys(groups))} of this "
                          f"model ({num_layers} layers, {dense} dense); valid: {list(settings)}")
-    for name, setting in settings.items():
-        if not only or name in only:
-            try:
-                HylraOptions(policy=setting.policy, **{**selection, **setting.options})
-            except ValueError as error:
-                raise SystemExit(f"setting {name!r}: {error}") from None
+    asked = {name: setting for name, setting in settings.items() if not only or name in only}
+    for name, setting in with_producer_blocks(asked, producer_block_size).items():
+        try:
+            HylraOptions(policy=setting.policy, **{**selection, **setting.options})
+        except ValueError as error:
+            raise SystemExit(f"setting {name!r}: {error}") from None
 
 
 def accuracy(args: argparse.Namespace) -> None:
@@ -197,7 +215,9 @@ def accuracy(args: argparse.Namespace) -> None:
     selection = {"top_k": args.top_k, "block_size": args.block_size, "sink_blocks": max(1, 64 // args.block_size),
                  "local_blocks": max(1, 128 // args.block_size),
                  "min_seq_len": args.length // 8, "selection": "reuse"}
-    check_settings(args.only, args.group, num_layers, config.num_key_value_heads, dense, selection)
+    producer_block_size = args.producer_block_size
+    check_settings(args.only, args.group, num_layers, config.num_key_value_heads, dense, selection,
+                   producer_block_size)
     started = time.perf_counter()
     model, tokenizer = load_model(args.model, device=args.device,
                                   dtype=torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
@@ -233,9 +253,10 @@ def accuracy(args: argparse.Namespace) -> None:
     # In an order whose every prefix is a fair sample: a run cut short (a device job's time limit) keeps its checkpoint.
     prompts = spread_order(make_prompts(tasks, tokenizer, [args.length], args.samples, seed=0,
                                         haystacks=("filler", "prose")))
-    chosen = {group: {name: setting for name, setting in settings_of(group, num_layers, dense, get_profile, args.only,
-                                                                      args.top_k, args.block_size).items()
-                      if not args.only or name in args.only} for group in dict.fromkeys(args.group)}
+    chosen = {group: with_producer_blocks(
+        {name: setting for name, setting in settings_of(group, num_layers, dense, get_profile, args.only,
+                                                        args.top_k, args.block_size).items()
+         if not args.only or name in args.only}, producer_block_size) for group in dict.fromkeys(args.group)}
     # The groups that share the prompts run as one evaluation (dense once); attribution, on fewer prompts, alone.
     runs = [[group for group in chosen if group != "attribution"], [g for g in chosen if g == "attribution"]]
     for groups in filter(None, runs):
@@ -262,7 +283,9 @@ def accuracy(args: argparse.Namespace) -> None:
                 part = Evaluation([r for r in evaluation.results if r.name == DENSE or r.name in chosen[group]],
                                   {**evaluation.metadata, "experiment": f"frontier {group}", "seconds": seconds,
                                    "evaluated_with": groups})
-                size = "" if args.block_size == 64 else f"-b{args.block_size}"  # the blocks group sets its own sizes
+                # Files named by the run's block sizes (the blocks group sets its settings' own inside).
+                size = ("" if args.block_size == 64 else f"-b{args.block_size}") + (
+                    f"-p{producer_block_size}" if producer_block_size else "")
                 part.save(args.out, stem=f"frontier-accuracy-{args.model}-{args.length}-{args.top_k}-{group}{size}")
                 if final:
                     print(part.to_markdown(), flush=True)
@@ -537,6 +560,8 @@ def main(argv=None) -> int:
     acc.add_argument("--model", required=True, help="a named model (smollm2, qwen2.5-coder-0.5b) or a GGUF path")
     acc.add_argument("--length", type=int, required=True, help="prompt and text-window length in tokens")
     acc.add_argument("--top-k", type=int, required=True)
+    acc.add_argument("--producer-block-size", type=int, default=None,
+                     help="producers select in blocks of this size for every setting (refine settings only)")
     acc.add_argument("--block-size", type=int, default=64, help="the settings' block size (default 64; the sink "
                      "and local blocks keep 64 and 128 tokens)")
     acc.add_argument("--group", action="append", choices=GROUPS, required=True, help="repeatable")

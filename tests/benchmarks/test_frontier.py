@@ -186,7 +186,8 @@ def test_groups_sharing_the_prompts_run_as_one_evaluation(frontier, monkeypatch,
         return _evaluation(settings, metadata, len(prompts), len(prompts))
 
     monkeypatch.setattr(frontier, "evaluate", evaluate)
-    args = argparse.Namespace(model="m", length=512, top_k=2048, block_size=64, samples=6, tasks="passkey",
+    args = argparse.Namespace(model="m", length=512, top_k=2048, block_size=64, producer_block_size=None,
+                              samples=6, tasks="passkey",
                               windows=1, attribution_prompts=24, device="cpu", out=tmp_path, no_progress=True,
                               no_cache=True,
                               dense_layers=2, group=["phases", "mechanisms", "attribution"],
@@ -257,7 +258,8 @@ def test_a_run_cut_short_keeps_its_last_checkpoint(frontier, monkeypatch, tmp_pa
         raise TimeoutError("the device job's time limit")
 
     monkeypatch.setattr(frontier, "evaluate", evaluate)
-    args = argparse.Namespace(model="m", length=512, top_k=2048, block_size=64, samples=4, tasks="passkey",
+    args = argparse.Namespace(model="m", length=512, top_k=2048, block_size=64, producer_block_size=None,
+                              samples=4, tasks="passkey",
                               windows=1, attribution_prompts=24, device="cpu", out=tmp_path, no_progress=True,
                               no_cache=True,
                               dense_layers=2, group=["mechanisms"], only=["every:4"])
@@ -289,3 +291,16 @@ def test_the_cache_hands_dense_answers_and_profiles_to_the_next_run(frontier, tm
     assert cache.dense_answers(prompts, max_new_tokens=8) == {}
     assert cache.profile_path(32768, 4, top_k=2048, block_size=16, sink_blocks=4, local_blocks=8).name == (
         "profile-Qwen_0.5B-cuda-32768-2048-b16-s4-l8-c4.safetensors")
+
+
+def test_producer_block_size_applies_to_refine_settings_only(frontier):
+    """--producer-block-size sets every asked setting's producers' blocks; a setting that does not refine is refused
+    by name before the model loads."""
+    selection = {"top_k": 256, "block_size": 16, "sink_blocks": 4, "local_blocks": 8, "min_seq_len": 256}
+    frontier.check_settings(["budget:6 refine by head need"], ["refinement"], 24, 2, 6, selection, 64)
+    with pytest.raises(SystemExit, match=r"needs selection='refine'; these settings have another: \['budget:6'\]"):
+        frontier.check_settings(["budget:6", "budget:6 refine"], ["refinement"], 24, 2, 6, selection, 64)
+    settings = {"r": frontier.Setting(Policy.every(4, 8), {"selection": "refine"})}
+    assert frontier.with_producer_blocks(settings, 64)["r"].options == {"selection": "refine",
+                                                                       "producer_block_size": 64}
+    assert frontier.with_producer_blocks(settings, None) is settings
