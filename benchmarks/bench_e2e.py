@@ -29,7 +29,9 @@ two calls, used before, carries the difference of two prefills: at 128K a 1% cha
 token over 32 tokens.) Each variant runs once untimed first (compiles). On CUDA, each decode step's ``forward`` of
 the ``compile_for_generate`` rows is also timed (``decode_forward_ms``: from the call to the end of its device
 work; ``decode_forward_host_ms``: host time inside the call), and ``allocator_during_runs`` counts the CUDA
-allocator's retries and device allocations / frees over the timed runs.
+allocator's retries and device allocations / frees over the timed runs. ``--block-size 64,16`` runs each hylra
+variant at each block size in this one process (with ``--producer-block-size 64``, the -refine variants' producers
+select in blocks of 64 at the finer sizes): block sizes compare within a run, not across runs.
 
 ``--at-512`` adds, to each ``compile_for_generate`` row of a context longer than 512, its own decode at a
 512-token prompt (``decode_ms_at_512``) within the same compilation, its calls taking turns with the context's
@@ -179,15 +181,26 @@ def allocator_counts_since(before: dict) -> dict:
     return {name: count - before[name] for name, count in allocator_counts().items()}
 
 
+def coarse_producers(variant: str, block_size: int, producer_block_size: int | None) -> int | None:
+    """The producer_block_size a variant compiles with: ``--producer-block-size`` for a -refine variant whose
+    blocks are finer, else None (producers in the consumers' blocks)."""
+    if variant in REFINED and producer_block_size and producer_block_size > block_size:
+        return producer_block_size
+    return None
+
+
 def decode_intervals_ms(runs: list[list[float]]) -> list[float]:
     return [(later - earlier) * 1e3 for run in runs for earlier, later in zip(run, run[1:])]
 
 
 @torch.no_grad()
-def measure(model, variant: str, context: int, batch: int, args) -> dict:
-    """One row: time to first token (s) and decode ms/token of ``variant`` at this context and batch."""
+def measure(model, variant: str, context: int, batch: int, args, block_size: int = 64) -> dict:
+    """One row: time to first token (s) and decode ms/token of ``variant`` at this context and batch (a hylra
+    variant in blocks of ``block_size``; a -refine one with producers in ``--producer-block-size`` blocks where
+    those are larger)."""
     torch._dynamo.reset()
     compilation, settings = None, {}
+    row: dict = {"block_size": None, "producer_block_size": None}  # the hylra variants' (baselines have none)
     if variant == "eager":
         settings = {"disable_compile": True}
     elif variant == "inductor":
@@ -196,17 +209,18 @@ def measure(model, variant: str, context: int, batch: int, args) -> dict:
         compilation = hylra_compile.compile_for_generate(model)
     else:
         policy = POLICIES[REFINED.get(variant, variant)](model.config.num_hidden_layers)
+        producer_block_size = coarse_producers(variant, block_size, args.producer_block_size)
         # The same tokens kept at every block size (the frontier's blocks group): sink 64, local 128.
         compilation = hylra_compile.compile_for_generate(
-            model, policy=policy, top_k=args.top_k, block_size=args.block_size, sink_blocks=64 // args.block_size,
-            local_blocks=128 // args.block_size, selection="refine" if variant in REFINED else "reuse",
-            producer_block_size=args.producer_block_size if variant in REFINED else None)
+            model, policy=policy, top_k=args.top_k, block_size=block_size, sink_blocks=max(1, 64 // block_size),
+            local_blocks=max(1, 128 // block_size), selection="refine" if variant in REFINED else "reuse",
+            producer_block_size=producer_block_size)
+        row.update(block_size=block_size, producer_block_size=producer_block_size)
     counters["inductor"].clear()
     if args.prefill_chunk:
         settings["prefill_chunk_size"] = args.prefill_chunk
     new_tokens = 1 + args.new_tokens
     ids = torch.randint(0, model.config.vocab_size, (batch, context), device=model.device)
-    row: dict = {}
     prompts = {"context": Prompt(ids)}
     if compilation is not None and context > 512:
         if args.at_512:
@@ -565,10 +579,11 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--top-k", type=int, default=2048)
-    parser.add_argument("--block-size", type=int, default=64, help="block_size of the hylra variants (sink and local "
-                        "blocks keep 64 and 128 tokens)")
+    parser.add_argument("--block-size", default="64", help="block_size of the hylra variants, or several (64,16: "
+                        "each variant at each, in this process; sink and local blocks keep 64 and 128 tokens)")
     parser.add_argument("--producer-block-size", type=int, default=None, help="producer_block_size of the -refine "
-                        "variants (producers select in these blocks, consumers refine in --block-size ones)")
+                        "variants at finer block sizes (producers select in these blocks, consumers refine in "
+                        "--block-size ones)")
     parser.add_argument("--prefill-chunk", type=int, default=None, help="prefill_chunk_size for every variant")
     parser.add_argument("--small", action="store_true", help="tiny widths (a CPU smoke run)")
     parser.add_argument("--profile", action="store_true", help="also torch.profiler tables of 8 decode steps (at "
@@ -591,6 +606,10 @@ def main() -> None:
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         parser.error(f"unknown variants {unknown}; valid: {', '.join(VARIANTS)}")
+    try:
+        block_sizes = [int(size) for size in args.block_size.split(",")]
+    except ValueError:
+        parser.error(f"--block-size {args.block_size!r}: one block size or several, comma-separated (e.g. 64,16)")
     if args.producer_block_size and not set(variants) & set(REFINED):
         parser.error(f"--producer-block-size applies to the -refine variants ({', '.join(REFINED)}), and none is "
                      "asked for")
@@ -603,23 +622,24 @@ def main() -> None:
     meta = {"device": device, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
             "code": code, "run": args.run or datetime.datetime.now().isoformat(timespec="seconds"),
             "model": f"Llama-3-8B shapes, {args.layers} layers, random bf16 weights" if not args.small else "tiny",
-            "new_tokens": args.new_tokens, "top_k": args.top_k, "block_size": args.block_size,
-            "producer_block_size": args.producer_block_size,
+            "new_tokens": args.new_tokens, "top_k": args.top_k,
             "candidates": DEFAULT_CANDIDATES, "prefill_chunk": args.prefill_chunk,
             "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", os.environ.get("PYTORCH_ALLOC_CONF"))}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"e2e-{device.replace(' ', '_')}.json"
-    jobs = [(variant, args.context) for variant in variants]
+    baselines = ("eager", "inductor", "inductor-graphs")
+    jobs = [(variant, args.context, size) for variant in variants
+            for size in ([64] if variant in baselines else block_sizes)]
     if args.floors:
-        jobs.append(("floor-512", 512))
-    for variant, context in jobs:
+        jobs.append(("floor-512", 512, 64))
+    for variant, context, size in jobs:
         try:
             if variant == "floor-512":
                 row = {**measure(model, "full", context, args.batch, args), "variant": "floor-512"}
             else:
-                row = measure(model, variant, context, args.batch, args)
+                row = measure(model, variant, context, args.batch, args, size)
         except torch.OutOfMemoryError as error:
-            row = {"variant": variant, "context": context, "batch": args.batch,
+            row = {"variant": variant, "context": context, "batch": args.batch, "block_size": size,
                    "error": f"out of memory: {error}"[:300], "where": _where(error)}
         if cuda:
             torch.cuda.empty_cache()

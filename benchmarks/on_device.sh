@@ -12,7 +12,9 @@
 #     cuda-tests [ARGS]     pytest -m cuda [ARGS, e.g. -k tile], each test in its own process (a crash names its
 #                           test); on the H100 a kernel test takes ~13 s (compiles), all 77 ~17 minutes: pick with -k
 #     kernels               every pass at blocks 16-128, 32K tokens (bench_block_size.py)
-#     e2e CONTEXT [ARGS]    generate() rows of the 8B-shaped model (bench_e2e.py --context CONTEXT ARGS)
+#     e2e CONTEXT [ARGS]    generate() rows of the 8B-shaped model (bench_e2e.py --context CONTEXT ARGS; compare
+#                           block sizes in one run: --variants eager,8of32-refine --block-size 64,16
+#                           --producer-block-size 64)
 #     accuracy MODEL LENGTH TOP_K [ARGS]
 #                           frontier.py accuracy on a real model (qwen2.5-coder-0.5b or smollm2), its GGUF
 #                           joined from the ~/m pieces once per machine
