@@ -65,7 +65,7 @@ from pathlib import Path
 
 from hylra_compile import Policy, Profile, allocate_top_k, optimize, profile
 from hylra_compile.corpora import builtin_text
-from hylra_compile.files import write_atomic
+from hylra_compile.files import check_writable_folder, write_atomic
 from hylra_compile.evaluate import DENSE, Evaluation, Setting, evaluate, same_within_intervals, task_of, wilson_interval
 from hylra_compile.models import load_config, load_model
 from hylra_compile.options import DEFAULT_CANDIDATES, HylraOptions
@@ -218,6 +218,7 @@ def accuracy(args: argparse.Namespace) -> None:
     producer_block_size = args.producer_block_size
     check_settings(args.only, args.group, num_layers, config.num_key_value_heads, dense, selection,
                    producer_block_size)
+    cache = None if args.no_cache else Cache(args.cache, args.model, args.device)
     started = time.perf_counter()
     model, tokenizer = load_model(args.model, device=args.device,
                                   dtype=torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
@@ -226,7 +227,6 @@ def accuracy(args: argparse.Namespace) -> None:
              for name in ("builtin:prose", "builtin:code")]
     windows = [w for whole in texts for w in whole[-args.windows:]] if args.windows else []
 
-    cache = None if args.no_cache else Cache(args.cache, args.model, args.device)
     profiled = {k: v for k, v in selection.items() if k not in ("min_seq_len", "selection")}
 
     @functools.cache
@@ -309,6 +309,7 @@ class Cache:
 
     def __init__(self, folder: Path, model: str, device: str):
         self.folder = Path(folder).expanduser()
+        check_writable_folder(self.folder, "--cache")  # made, and refused before the model loads if it cannot be
         self.tag = f"{re.sub(r'[^A-Za-z0-9_.-]', '_', Path(model).stem)}-{device.split(':')[0]}"
 
     def profile_path(self, length: int, candidates: int, top_k: int, block_size: int, sink_blocks: int,
@@ -337,7 +338,6 @@ class Cache:
     def keep_dense_answers(self, answers: dict[str, str], prompts, max_new_tokens: int) -> None:
         known = json.loads(self._answers_path.read_text()) if self._answers_path.is_file() else {}
         known.update({self._key(p, max_new_tokens): answers[p.name] for p in prompts if p.name in answers})
-        self.folder.mkdir(parents=True, exist_ok=True)
         write_atomic(self._answers_path, json.dumps(known, indent=0) + "\n")
 
 

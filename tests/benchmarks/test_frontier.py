@@ -279,6 +279,10 @@ def test_the_cache_hands_dense_answers_and_profiles_to_the_next_run(frontier, tm
     import types
 
     cache = frontier.Cache(tmp_path / "c", "/models/Qwen 0.5B.gguf", "cuda:0")
+    assert (tmp_path / "c").is_dir()  # made before any long work, where profiles are saved
+    (tmp_path / "file").touch()
+    with pytest.raises(ValueError, match="--cache .* cannot be written"):
+        frontier.Cache(tmp_path / "file" / "c", "m", "cpu")
     prompts = [types.SimpleNamespace(name=f"passkey-64-d0.50-s{i}", text=f"text {i}") for i in range(3)]
     assert cache.dense_answers(prompts, max_new_tokens=12) == {}
     cache.keep_dense_answers({"passkey-64-d0.50-s0": "123", "passkey-64-d0.50-s1": "456"}, prompts, 12)
