@@ -29,9 +29,10 @@ two calls, used before, carries the difference of two prefills: at 128K a 1% cha
 token over 32 tokens.) Each variant runs once untimed first (compiles). On CUDA, each decode step's ``forward`` of
 the ``compile_for_generate`` rows is also timed (``decode_forward_ms``: from the call to the end of its device
 work; ``decode_forward_host_ms``: host time inside the call), and ``allocator_during_runs`` counts the CUDA
-allocator's retries and device allocations / frees over the timed runs. ``--block-size 64,16`` runs each hylra
-variant at each block size in this one process (with ``--producer-block-size 64``, the -refine variants' producers
-select in blocks of 64 at the finer sizes): block sizes compare within a run, not across runs.
+allocator's retries and device allocations / frees over the timed runs. ``--block-size 64,16`` (and ``--top-k
+2048,8192``) runs each hylra variant at each block size (and top_k) in this one process (with
+``--producer-block-size 64``, the -refine variants' producers select in blocks of 64 at the finer sizes): settings
+compare within a run, not across runs.
 
 ``--at-512`` adds, to each ``compile_for_generate`` row of a context longer than 512, its own decode at a
 512-token prompt (``decode_ms_at_512``) within the same compilation, its calls taking turns with the context's
@@ -194,13 +195,13 @@ def decode_intervals_ms(runs: list[list[float]]) -> list[float]:
 
 
 @torch.no_grad()
-def measure(model, variant: str, context: int, batch: int, args, block_size: int = 64) -> dict:
+def measure(model, variant: str, context: int, batch: int, args, block_size: int = 64, top_k: int = 2048) -> dict:
     """One row: time to first token (s) and decode ms/token of ``variant`` at this context and batch (a hylra
-    variant in blocks of ``block_size``; a -refine one with producers in ``--producer-block-size`` blocks where
-    those are larger)."""
+    variant keeping ``top_k`` tokens in blocks of ``block_size``; a -refine one with producers in
+    ``--producer-block-size`` blocks where those are larger)."""
     torch._dynamo.reset()
     compilation, settings = None, {}
-    row: dict = {"block_size": None, "producer_block_size": None}  # the hylra variants' (baselines have none)
+    row: dict = {"top_k": None, "block_size": None, "producer_block_size": None}  # hylra's (baselines have none)
     if variant == "eager":
         settings = {"disable_compile": True}
     elif variant == "inductor":
@@ -212,10 +213,10 @@ def measure(model, variant: str, context: int, batch: int, args, block_size: int
         producer_block_size = coarse_producers(variant, block_size, args.producer_block_size)
         # The same tokens kept at every block size (the frontier's blocks group): sink 64, local 128.
         compilation = hylra_compile.compile_for_generate(
-            model, policy=policy, top_k=args.top_k, block_size=block_size, sink_blocks=max(1, 64 // block_size),
+            model, policy=policy, top_k=top_k, block_size=block_size, sink_blocks=max(1, 64 // block_size),
             local_blocks=max(1, 128 // block_size), selection="refine" if variant in REFINED else "reuse",
             producer_block_size=producer_block_size)
-        row.update(block_size=block_size, producer_block_size=producer_block_size)
+        row.update(top_k=top_k, block_size=block_size, producer_block_size=producer_block_size)
     counters["inductor"].clear()
     if args.prefill_chunk:
         settings["prefill_chunk_size"] = args.prefill_chunk
@@ -509,6 +510,8 @@ def table(folder: Path) -> None:
                                         else "")
             if row.get("producer_block_size") and row["variant"].endswith("-refine"):
                 variant += f" (producers {row['producer_block_size']})"
+            if hylra and row.get("top_k", 2048) not in (None, 2048):
+                variant += f" (top_k {row['top_k']})"
             lines.append(f"| {row['code'][:7]} | {row['batch']} | {row['context']} | {variant} | {ttft} | "
                          f"{ratio(row, same(row, 'eager'), 'ttft_s')} | {decode} | "
                          f"{ratio(row, same(row, 'inductor'), 'decode_ms')} | "
@@ -578,7 +581,8 @@ def main() -> None:
                         "its last TOKENS tokens (decode_ms_mixed)")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--top-k", type=int, default=2048)
+    parser.add_argument("--top-k", default="2048", help="top_k of the hylra variants, or several (2048,8192: each "
+                        "variant at each, in this process)")
     parser.add_argument("--block-size", default="64", help="block_size of the hylra variants, or several (64,16: "
                         "each variant at each, in this process; sink and local blocks keep 64 and 128 tokens)")
     parser.add_argument("--producer-block-size", type=int, default=None, help="producer_block_size of the -refine "
@@ -608,8 +612,10 @@ def main() -> None:
         parser.error(f"unknown variants {unknown}; valid: {', '.join(VARIANTS)}")
     try:
         block_sizes = [int(size) for size in args.block_size.split(",")]
+        top_ks = [int(top_k) for top_k in args.top_k.split(",")]
     except ValueError:
-        parser.error(f"--block-size {args.block_size!r}: one block size or several, comma-separated (e.g. 64,16)")
+        parser.error(f"--block-size {args.block_size!r} / --top-k {args.top_k!r}: one number or several, "
+                     "comma-separated (e.g. 64,16)")
     if args.producer_block_size and not set(variants) & set(REFINED):
         parser.error(f"--producer-block-size applies to the -refine variants ({', '.join(REFINED)}), and none is "
                      "asked for")
@@ -622,24 +628,25 @@ def main() -> None:
     meta = {"device": device, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
             "code": code, "run": args.run or datetime.datetime.now().isoformat(timespec="seconds"),
             "model": f"Llama-3-8B shapes, {args.layers} layers, random bf16 weights" if not args.small else "tiny",
-            "new_tokens": args.new_tokens, "top_k": args.top_k,
+            "new_tokens": args.new_tokens,
             "candidates": DEFAULT_CANDIDATES, "prefill_chunk": args.prefill_chunk,
             "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", os.environ.get("PYTORCH_ALLOC_CONF"))}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"e2e-{device.replace(' ', '_')}.json"
     baselines = ("eager", "inductor", "inductor-graphs")
-    jobs = [(variant, args.context, size) for variant in variants
-            for size in ([64] if variant in baselines else block_sizes)]
+    jobs = [(variant, args.context, size, top_k) for variant in variants
+            for size in ([64] if variant in baselines else block_sizes)
+            for top_k in ([top_ks[0]] if variant in baselines else top_ks)]
     if args.floors:
-        jobs.append(("floor-512", 512, 64))
-    for variant, context, size in jobs:
+        jobs.append(("floor-512", 512, 64, top_ks[0]))
+    for variant, context, size, top_k in jobs:
         try:
             if variant == "floor-512":
                 row = {**measure(model, "full", context, args.batch, args), "variant": "floor-512"}
             else:
-                row = measure(model, variant, context, args.batch, args, size)
+                row = measure(model, variant, context, args.batch, args, size, top_k)
         except torch.OutOfMemoryError as error:
-            row = {"variant": variant, "context": context, "batch": args.batch, "block_size": size,
+            row = {"variant": variant, "context": context, "batch": args.batch, "block_size": size, "top_k": top_k,
                    "error": f"out of memory: {error}"[:300], "where": _where(error)}
         if cuda:
             torch.cuda.empty_cache()

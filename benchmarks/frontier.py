@@ -374,7 +374,7 @@ def speed_of(rows: list[dict], dense_share: float, top_k: int, selection: str, b
     for context, name in ((32768, "32K"), (131072, "128K")):
         def matching(variant: str, like: dict | None = None) -> list[dict]:
             return [r for r in rows if r["variant"] == variant and r["context"] == context and r["batch"] == 1
-                    and r.get("top_k", top_k) == top_k and (like is None or r["device"] == like["device"])]
+                    and r.get("top_k") in (None, top_k) and (like is None or r["device"] == like["device"])]
 
         def latest(variant: str, like: dict) -> dict | None:
             found = matching(variant, like)

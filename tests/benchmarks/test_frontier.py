@@ -151,6 +151,11 @@ def test_refine_settings_join_the_refine_variant_with_ratios_of_its_own_device(f
     lone = [{**r, "device": "GPU3", "run": "lone", "decode_ms": 1.0} for r in speed if r["variant"] == "8of32-refine"]
     assert frontier.speed_of(speed + lone, 0.25, 2048, "refine")["decode_speedup_32K"] == pytest.approx(20.0 / 5.0)
     assert frontier.speed_of(lone, 0.25, 2048, "refine")["decode_ms_32K"] == 1.0  # alone: its time, no ratio
+    # Rows of bench_e2e runs over several top_k: the baselines record none and join every top_k of their run.
+    per_row = [{**r, "top_k": None} if r["variant"] in ("eager", "inductor") else r for r in speed]
+    per_row += [{**r, "top_k": 8192, "decode_ms": 8.0} for r in speed if r["variant"] == "8of32-refine"]
+    assert frontier.speed_of(per_row, 0.25, 8192, "refine")["decode_speedup_32K"] == pytest.approx(20.0 / 8.0)
+    assert frontier.speed_of(per_row, 0.25, 2048, "refine")["decode_speedup_32K"] == pytest.approx(20.0 / 5.0)
 
 
 def _evaluation(settings, metadata, done: int, planned: int) -> Evaluation:
