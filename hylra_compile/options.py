@@ -13,8 +13,8 @@ from .policy import Policy
 # How a consumer chooses the KV blocks it attends (HylraOptions.selection).
 SELECTIONS = ("reuse", "refine", "oracle")
 DEFAULT_CANDIDATES = 4
-# The block size of dense layers at any finer block_size: blocks of 16 and 32 keys cost the dense prefill 1.8x and
-# 1.3x blocks of 64 (benchmarks/results/block-size-32k-*.md, H100), and a dense layer emits no selection.
+# The block size of dense layers at any finer block_size: a dense layer emits no selection, and blocks of 16 keys cost
+# the dense prefill 1.6x blocks of 64 (benchmarks/results/block-size-32k-*.md, H100; blocks of 32 the producer 1.3x).
 DENSE_BLOCK = 64
 
 

@@ -48,20 +48,23 @@ def block_masks(
 ) -> dict[torch.fx.Node, SharedMask]:
     """Insert the ``shared_mask`` and ``mask_blocks`` nodes; returns ``mask node -> what the ops read for it``."""
     order = {node: position for position, node in enumerate(gm.graph.nodes)}
-    ops = {decision.op for decision in decisions}
-    # The block sizes the graph's ops run in: consumers' (and their refinement's), producers', dense layers'.
-    sizes = dict.fromkeys([options.block_size] * ("sparse_attention" in ops)
-                          + [options.producer_block] * ("topk_attention" in ops)
-                          + [options.dense_block] * ("attention" in ops))
+    # Each mask's block sizes: those its readers run in, consumers' (and their refinement's), producers', dense's.
+    size_of = {"sparse_attention": options.block_size, "topk_attention": options.producer_block,
+               "attention": options.dense_block}
+    readers: dict[torch.fx.Node, set[str]] = {}
+    for match, decision in zip(matches, decisions):
+        if decision.op is not None and match.mask is not None:
+            readers.setdefault(match.mask, set()).add(decision.op)
     found: dict[torch.fx.Node, SharedMask] = {}
     for match, decision in zip(matches, decisions):
         if decision.op is None or match.mask is None or match.mask in found:
             continue
         first_user = min(match.mask.users, key=order.__getitem__)
         stored = call_with_meta(gm.graph, torch.ops.hylra.shared_mask.default, dict(mask=match.mask), first_user)
+        sizes = dict.fromkeys(size_of[op] for op in size_of if op in readers[match.mask])
         by_size = {size: call_with_meta(gm.graph, torch.ops.hylra.mask_blocks.default,
                                         dict(mask=stored, block_size=size), first_user)
-                   for size in sizes} if _takes_block_mask(match) else {}
+                   for size in (sizes if _takes_block_mask(match) else ())}
         found[match.mask] = SharedMask(stored, by_size)
     return found
 
