@@ -416,7 +416,9 @@ def frontier_rows(folder: Path) -> list[dict]:
             dense_tasks = {t: (v["correct"], v["total"]) for t, v in dense["retrieval"].items()}
             rows.append({
                 "model": m["model"], "length": m["lengths"][0] if m["lengths"] else m["seq_len"],
-                "device": m["device"], "date": m["date"], "experiment": m.get("experiment"), "setting": r["name"],
+                "device": m["device"], "date": m["date"], "experiment": m.get("experiment"),
+                "setting": r["name"] + (f" p{coarse}" if (coarse := options.get("producer_block_size"))
+                                        and f"p{coarse}" not in r["name"].split() else ""),
                 "dense_layers": r["full_layers"], "num_layers": m["num_layers"], **options,
                 "cut_short": m.get("prompts", 0) < m.get("prompts_planned", 0),
                 "phases": r.get("phases", ["prefill", "decode"]), "kl": r["kl"],

@@ -83,8 +83,10 @@ def test_refinement_settings_share_the_budget_policy_and_set_their_own_options(f
 
 def accuracy_file(folder: Path) -> None:
     results = [Result("dense", 24), Result("every:4", 6), Result("every:4 refine", 6, options={"selection": "refine"}),
-               Result("budget:6", 6)]
-    for result, kl, hits in zip(results, (0.0, 0.09, 0.04, 0.03), (6, 1, 5, 5)):
+               Result("budget:6", 6),
+               Result("budget:6 refine", 6, options={"selection": "refine", "block_size": 16, "sink_blocks": 4,
+                                                     "local_blocks": 8, "producer_block_size": 64})]
+    for result, kl, hits in zip(results, (0.0, 0.09, 0.04, 0.03, 0.02), (6, 1, 5, 5, 5)):
         result.positions, result.kl, result.nll = 100, kl * 100, 100.0
         result.error_sq, result.dense_sq = [kl], [1.0]
         result.correct = {f"passkey-32768-d0.{i}-s{i}": i < hits for i in range(6)}
@@ -120,6 +122,9 @@ def test_table_joins_speed_of_the_same_share_and_marks_the_front(frontier, tmp_p
     assert rows["budget:6"]["pareto"] and not rows["every:4"]["pareto"]  # same speed, lower KL, more hits
     assert not rows["every:4 refine"]["pareto"]  # no measured speed: never on the front
     assert rows["every:4"]["retrieval"] == {"passkey": (1, 6)} and not rows["every:4"]["retrieval_as_dense"]
+    # Coarse producers are named in the setting (a run's --producer-block-size adds them to its settings' options).
+    coarse = rows["budget:6 refine p64"]
+    assert (coarse["block_size"], coarse["producer_block_size"], coarse["speed"]) == (16, 64, None)
     frontier.table(tmp_path)
     text = (tmp_path / "frontier.md").read_text()
     assert "| ★ | budget:6 |" in text and "no bench_e2e row of a -refine variant at top_k 2048" in text
