@@ -173,10 +173,8 @@ def _evaluation(settings, metadata, done: int, planned: int) -> Evaluation:
     return Evaluation(results, metadata)
 
 
-def test_groups_sharing_the_prompts_run_as_one_evaluation(frontier, monkeypatch, tmp_path):
-    """Two groups in one call: one evaluation (dense once) over both groups' settings, saved as one file per group
-    holding dense and that group's settings; attribution, on fewer prompts, runs alone."""
-    import argparse
+def _stand_in_model(frontier, monkeypatch, prompts_per_haystack: int) -> None:
+    """frontier.accuracy without a model: an 8-layer config, one 64-token window per text, passkey prompts."""
     import types
 
     import torch
@@ -188,7 +186,15 @@ def test_groups_sharing_the_prompts_run_as_one_evaluation(frontier, monkeypatch,
     monkeypatch.setattr(frontier, "full_windows", lambda texts, **_: [torch.zeros(64, dtype=torch.long)])
     monkeypatch.setattr(frontier, "make_prompts", lambda *args, **kwargs: [
         types.SimpleNamespace(task="passkey", haystack=haystack, length=512, seed=seed)
-        for haystack in ("filler", "prose") for seed in range(24)])
+        for haystack in ("filler", "prose") for seed in range(prompts_per_haystack)])
+
+
+def test_groups_sharing_the_prompts_run_as_one_evaluation(frontier, monkeypatch, tmp_path):
+    """Two groups in one call: one evaluation (dense once) over both groups' settings, saved as one file per group
+    holding dense and that group's settings; attribution, on fewer prompts, runs alone."""
+    import argparse
+
+    _stand_in_model(frontier, monkeypatch, prompts_per_haystack=24)
     calls = []
 
     def evaluate(model, settings, prompts, metadata, **_):
@@ -247,18 +253,8 @@ def test_a_run_cut_short_keeps_its_last_checkpoint(frontier, monkeypatch, tmp_pa
     """Prompts run in spread order (tasks and haystacks in turn), and a checkpoint is saved as the group's files, so
     a device job killed mid-run leaves what it measured, marked cut short."""
     import argparse
-    import types
 
-    import torch
-
-    model = types.SimpleNamespace(config=types.SimpleNamespace(num_hidden_layers=8, num_key_value_heads=2))
-    monkeypatch.setattr(frontier, "load_config", lambda name: model.config)
-    monkeypatch.setattr(frontier, "load_model", lambda name, device, dtype: (model, None))
-    monkeypatch.setattr(frontier, "builtin_text", lambda name: name)
-    monkeypatch.setattr(frontier, "full_windows", lambda texts, **_: [torch.zeros(64, dtype=torch.long)])
-    monkeypatch.setattr(frontier, "make_prompts", lambda *args, **kwargs: [
-        types.SimpleNamespace(task="passkey", haystack=haystack, length=512, seed=seed)
-        for haystack in ("filler", "prose") for seed in range(4)])
+    _stand_in_model(frontier, monkeypatch, prompts_per_haystack=4)
     monkeypatch.setattr(frontier, "CHECKPOINT_SECONDS", 0)
     orders = []
 
