@@ -77,6 +77,7 @@ GROUPS = ("mechanisms", "refinement", "blocks", "window", "phases", "attribution
 RESULTS = Path(__file__).parent / "results"
 # A run saves what it has measured this often (seconds): a device job cut off by its time limit keeps it.
 CHECKPOINT_SECONDS = 60
+ANSWER_TOKENS = 12  # max_new_tokens of each retrieval answer
 
 
 def _jump(num_layers: int, dense: int) -> int:
@@ -266,6 +267,8 @@ def accuracy(args: argparse.Namespace) -> None:
             for name, setting in chosen[group].items():
                 if union.setdefault(name, setting) != setting:
                     raise ValueError(f"setting {name!r} means two things in groups {groups}")
+        run_prompts = (prompts if groups != ["attribution"] else
+                       prompts[:: max(1, len(prompts) // args.attribution_prompts)])
         saved_at = [start]
 
         def save(evaluation: Evaluation, final: bool = False) -> None:
@@ -278,7 +281,7 @@ def accuracy(args: argparse.Namespace) -> None:
             print(f"frontier {'+'.join(groups)}: {evaluation.metadata['prompts']} of "
                   f"{evaluation.metadata['prompts_planned']} prompts after {seconds} s", file=sys.stderr, flush=True)
             if cache:
-                cache.keep_dense_answers(evaluation[DENSE].answers, run_prompts, max_new_tokens=12)
+                cache.keep_dense_answers(evaluation[DENSE].answers, run_prompts, max_new_tokens=ANSWER_TOKENS)
             for group in groups:
                 part = Evaluation([r for r in evaluation.results if r.name == DENSE or r.name in chosen[group]],
                                   {**evaluation.metadata, "experiment": f"frontier {group}", "seconds": seconds,
@@ -290,11 +293,9 @@ def accuracy(args: argparse.Namespace) -> None:
                 if final:
                     print(part.to_markdown(), flush=True)
 
-        run_prompts = (prompts if groups != ["attribution"] else
-                       prompts[:: max(1, len(prompts) // args.attribution_prompts)])
         evaluation = evaluate(model, union, tokenizer=tokenizer, prompts=run_prompts, windows=windows,
-                              max_new_tokens=12, progress=not args.no_progress,
-                              dense_answers=cache.dense_answers(run_prompts, max_new_tokens=12) if cache else None,
+                              max_new_tokens=ANSWER_TOKENS, progress=not args.no_progress,
+                              dense_answers=cache and cache.dense_answers(run_prompts, max_new_tokens=ANSWER_TOKENS),
                               metadata={"model": args.model,
                                         "text": "builtin:prose and builtin:code (last windows)",
                                         "command": "python benchmarks/frontier.py " + " ".join(sys.argv[2:])},
