@@ -85,7 +85,8 @@ POLICIES = {"full": Policy.full, "5of32": lambda layers: Policy.every(7, layers)
             "8of32": lambda layers: Policy.every(4, layers)}
 # "<policy>-refine": consumers keep the top_k of their producer's 4 x top_k candidates by their own attention mass.
 REFINED = {f"{name}-refine": name for name in ("5of32", "8of32")}  # the others reuse their producer's blocks
-VARIANTS = ("eager", "inductor", "inductor-graphs", *POLICIES, *REFINED)
+BASELINES = ("eager", "inductor", "inductor-graphs")  # no hylra selection
+VARIANTS = (*BASELINES, *POLICIES, *REFINED)
 
 
 def synchronize() -> None:
@@ -182,12 +183,13 @@ def allocator_counts_since(before: dict) -> dict:
     return {name: count - before[name] for name, count in allocator_counts().items()}
 
 
-def coarse_producers(variant: str, block_size: int, producer_block_size: int | None) -> int | None:
-    """The producer_block_size a variant compiles with: ``--producer-block-size`` for a -refine variant whose
-    blocks are finer, else None (producers in the consumers' blocks)."""
-    if variant in REFINED and producer_block_size and producer_block_size > block_size:
-        return producer_block_size
-    return None
+def hylra_settings(variant: str, block_size: int, top_k: int, producer_block_size: int | None) -> dict:
+    """The selection settings a row records: a hylra variant's top_k and block_size, and its producers' block size
+    (``--producer-block-size`` for a -refine variant whose blocks are finer, else None); None for the baselines."""
+    if variant in BASELINES:
+        return {"top_k": None, "block_size": None, "producer_block_size": None}
+    coarse = variant in REFINED and producer_block_size and producer_block_size > block_size
+    return {"top_k": top_k, "block_size": block_size, "producer_block_size": producer_block_size if coarse else None}
 
 
 def decode_intervals_ms(runs: list[list[float]]) -> list[float]:
@@ -201,7 +203,7 @@ def measure(model, variant: str, context: int, batch: int, args, block_size: int
     ``--producer-block-size`` blocks where those are larger)."""
     torch._dynamo.reset()
     compilation, settings = None, {}
-    row: dict = {"top_k": None, "block_size": None, "producer_block_size": None}  # hylra's (baselines have none)
+    row = hylra_settings(variant, block_size, top_k, args.producer_block_size)  # what the row compiles with
     if variant == "eager":
         settings = {"disable_compile": True}
     elif variant == "inductor":
@@ -210,13 +212,10 @@ def measure(model, variant: str, context: int, batch: int, args, block_size: int
         compilation = hylra_compile.compile_for_generate(model)
     else:
         policy = POLICIES[REFINED.get(variant, variant)](model.config.num_hidden_layers)
-        producer_block_size = coarse_producers(variant, block_size, args.producer_block_size)
         # The same tokens kept at every block size (the frontier's blocks group): sink 64, local 128.
         compilation = hylra_compile.compile_for_generate(
-            model, policy=policy, top_k=top_k, block_size=block_size, sink_blocks=max(1, 64 // block_size),
-            local_blocks=max(1, 128 // block_size), selection="refine" if variant in REFINED else "reuse",
-            producer_block_size=producer_block_size)
-        row.update(top_k=top_k, block_size=block_size, producer_block_size=producer_block_size)
+            model, policy=policy, **row, sink_blocks=max(1, 64 // block_size),
+            local_blocks=max(1, 128 // block_size), selection="refine" if variant in REFINED else "reuse")
     counters["inductor"].clear()
     if args.prefill_chunk:
         settings["prefill_chunk_size"] = args.prefill_chunk
@@ -633,10 +632,9 @@ def main() -> None:
             "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", os.environ.get("PYTORCH_ALLOC_CONF"))}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"e2e-{device.replace(' ', '_')}.json"
-    baselines = ("eager", "inductor", "inductor-graphs")
     jobs = [(variant, args.context, size, top_k) for variant in variants
-            for size in ([64] if variant in baselines else block_sizes)
-            for top_k in ([top_ks[0]] if variant in baselines else top_ks)]
+            for size in ([64] if variant in BASELINES else block_sizes)
+            for top_k in ([top_ks[0]] if variant in BASELINES else top_ks)]
     if args.floors:
         jobs.append(("floor-512", 512, 64, top_ks[0]))
     for variant, context, size, top_k in jobs:
@@ -646,7 +644,8 @@ def main() -> None:
             else:
                 row = measure(model, variant, context, args.batch, args, size, top_k)
         except torch.OutOfMemoryError as error:
-            row = {"variant": variant, "context": context, "batch": args.batch, "block_size": size, "top_k": top_k,
+            row = {"variant": variant, "context": context, "batch": args.batch,
+                   **hylra_settings(variant, size, top_k, args.producer_block_size),
                    "error": f"out of memory: {error}"[:300], "where": _where(error)}
         if cuda:
             torch.cuda.empty_cache()

@@ -318,7 +318,8 @@ def _decode(q, k, v, mask, block_mask, is_causal, scale, block_size, block_idx, 
     """One split-K decode, over the list ``block_idx`` when given, else over every block. ``select``: choose
     ``n_select`` blocks, among all blocks (no list: the producer, which also attends) or among the list's entries
     (the refinement: scores only, no output; KV head h keeps ``head_n_select[h]``, int32 [Hkv], where given).
-    ``block_mask``: reference.mask_blocks of the mask, [B | 1, 1, 4] (the blocks to visit), or None. Returns (out or None, block_idx or None)."""
+    ``block_mask``: reference.mask_blocks of the mask, [B | 1, 1, 4] (the blocks to visit), or None. Returns
+    (out or None, block_idx or None)."""
     B, Hq, Sq, D = q.shape
     assert Sq == 1
     Hkv, Skv, DV = k.shape[1], k.shape[2], v.shape[3]
