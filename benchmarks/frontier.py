@@ -102,7 +102,10 @@ def settings_of(group: str, num_layers: int, dense: int, get_profile, only=None,
     if group == "refinement":
         options = {f"budget:{dense}": {}, f"budget:{dense} refine": {"selection": "refine"},
                    f"budget:{dense} refine c8": {"selection": "refine", "candidates": 8},
-                   f"budget:{dense} 4x top_k": {"top_k": 4 * top_k}}
+                   f"budget:{dense} 4x top_k": {"top_k": 4 * top_k},
+                   # Candidates scored in the prompt by one summary per block, not by every key (decode: keys).
+                   f"budget:{dense} refine means": {"selection": "refine", "refine_scoring": "means"},
+                   f"budget:{dense} refine bounds": {"selection": "refine", "refine_scoring": "bounds"}}
         names = [name for name in options if not only or name in only]
         budget = optimize(get_profile(), budget=dense) if names else None
         settings = {name: Setting(budget, options[name]) for name in names}
@@ -351,13 +354,14 @@ def speed_rows(folder: Path) -> list[dict]:
 
 
 def speed_of(rows: list[dict], dense_share: float, top_k: int, selection: str, block_size: int = 64,
-             candidates: int = DEFAULT_CANDIDATES, producer_block_size: int | None = None) -> dict | None:
+             candidates: int = DEFAULT_CANDIDATES, producer_block_size: int | None = None,
+             refine_scoring: str = "keys") -> dict | None:
     """The speed of a setting with ``dense_share`` of its layers dense: the latest batch-1 rows of the nearest
     ``<D>of32`` variant (``<D>of32-refine`` under ``selection="refine"``) at 32K and 128K with the same ``top_k``,
-    ``block_size`` (and ``candidates`` under refine), as ratios to the ``eager`` (time to first token) and
-    ``inductor`` (decode) rows of the same device and context, from the same run where it has them. None for a
-    selection the speed rows do not run (``oracle``). Rows from before bench_e2e recorded them ran block 64 and
-    4 candidates."""
+    ``block_size`` (and ``candidates``, ``producer_block_size``, ``refine_scoring`` under refine), as ratios to
+    the ``eager`` (time to first token) and ``inductor`` (decode) rows of the same device and context, from the
+    same run where it has them. None for a selection the speed rows do not run (``oracle``). Rows from before
+    bench_e2e recorded them ran block 64 and 4 candidates, and refine's scored keys."""
     suffix = {"reuse": "", "refine": "-refine"}.get(selection)
     if suffix is None:
         return None
@@ -366,7 +370,8 @@ def speed_of(rows: list[dict], dense_share: float, top_k: int, selection: str, b
     rows = [r for r in rows if not re.fullmatch(r"\d+of32.*", r["variant"]) or (
         r.get("block_size", 64) == block_size
         and (selection != "refine" or (r.get("candidates", DEFAULT_CANDIDATES) == candidates
-                                       and r.get("producer_block_size") == producer_block_size)))]
+                                       and r.get("producer_block_size") == producer_block_size
+                                       and (r.get("refine_scoring") or "keys") == refine_scoring)))]
     variants = {int(m.group(1)): m.group(0) for r in rows if (m := re.fullmatch(pattern, r["variant"]))}
     if not variants:
         return None
@@ -428,7 +433,7 @@ def frontier_rows(folder: Path) -> list[dict]:
                 "retrieval_as_dense": all(same_within_intervals(tasks[t], dense_tasks[t]) for t in tasks),
                 "speed": speed_of(speed, r["full_layers"] / m["num_layers"], options["top_k"], options["selection"],
                                   options["block_size"], options.get("candidates", DEFAULT_CANDIDATES),
-                                  options.get("producer_block_size"))
+                                  options.get("producer_block_size"), options.get("refine_scoring", "keys"))
                 if r.get("phases", ["prefill", "decode"]) == ["prefill", "decode"] else None,
             })
     for row in rows:

@@ -88,6 +88,7 @@ def test_a_selection_is_capped_at_the_key_blocks_there_are():
         ({"selection": "refine", "candidates": 0}, "candidates must be a positive int, got 0"),
         ({"selection": "refine", "candidates": 2.0}, "candidates must be a positive int, got 2.0"),
         ({"selection": "refine", "candidates": True}, "candidates must be a positive int, got True"),
+        ({"refine_scoring": "mean"}, r"refine_scoring must be one of \['keys', 'means', 'bounds'\], got 'mean'"),
     ],
 )
 def test_bad_selection_values(options, message):
@@ -106,6 +107,15 @@ def test_candidates_without_refine_warn(selection):
         warnings.simplefilter("error")
         HylraOptions(selection="refine", candidates=8)
         HylraOptions(selection=selection, candidates=4)
+
+
+def test_refine_scoring_without_refine_warns():
+    """A summary scoring with a selection that never refines warns; with refine it is the op's keyword, and the
+    default adds none."""
+    with pytest.warns(UserWarning, match="refine_scoring='means' does nothing with selection='reuse'"):
+        HylraOptions(selection="reuse", refine_scoring="means")
+    assert HylraOptions(refine_scoring="bounds").scoring_settings == {"scoring": "bounds"}
+    assert HylraOptions().scoring_settings == {}
 
 
 def test_per_layer_top_k_of_a_policy():

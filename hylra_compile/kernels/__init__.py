@@ -6,7 +6,13 @@ Routing (which inputs go here, which to the reference) lives in :mod:`hylra_comp
 """
 
 from .decode import decode_attention, decode_refine_blocks, decode_sparse_attention, decode_topk_attention
-from .prefill import prefill_attention, prefill_refine_blocks, prefill_sparse_attention, prefill_topk_attention
+from .prefill import (
+    prefill_attention,
+    prefill_refine_blocks,
+    prefill_refine_by_summaries,
+    prefill_sparse_attention,
+    prefill_topk_attention,
+)
 
 __all__ = [
     "decode_attention",
@@ -15,6 +21,7 @@ __all__ = [
     "decode_topk_attention",
     "prefill_attention",
     "prefill_refine_blocks",
+    "prefill_refine_by_summaries",
     "prefill_sparse_attention",
     "prefill_topk_attention",
 ]

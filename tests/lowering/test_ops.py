@@ -464,6 +464,87 @@ def test_refine_with_a_budget_per_kv_head(mask_kind):
                 refine_blocks(*tensors, None, is_causal=True, scale=None, **selection(4, 1, 0), head_n_select=counts)
 
 
+def independent_summary_refine(q, k, candidate_idx, allowed, scale, bs, n_select, sink, local, scoring):
+    """refine_blocks under a summary ``scoring`` from its definition, one (batch, KV head, query block) at a time in
+    fp64: the listed blocks between the first and the last block holding an allowed key of the query block (these
+    masks allow one run of keys per query), each summarised by a loop over its keys (mean, or per-channel minimum and
+    maximum), every query's softmax over their scores, the masses summed over the head group and the queries."""
+    B, Hq, Sq, D = q.shape
+    Hkv, Skv = k.shape[1], k.shape[2]
+    G, n_qb = Hq // Hkv, -(-Sq // bs)
+    out = torch.full((B, Hkv, n_qb, n_select), -1, dtype=torch.int32)
+    for b in range(B):
+        for h in range(Hkv):
+            for r in range(n_qb):
+                rows = range(r * bs, min((r + 1) * bs, Sq))
+                hit = sorted({j // bs for i in rows for j in range(Skv) if allowed[b, 0, i, j]})
+                candidates = [int(c) for c in candidate_idx[b, h, r] if c >= 0 and hit and hit[0] <= c <= hit[-1]]
+                mass = dict.fromkeys(candidates, 0.0)
+                for head in range(h * G, (h + 1) * G):
+                    for i in rows:
+                        scores = []
+                        for c in candidates:
+                            keys = k[b, h, c * bs : (c + 1) * bs].double()
+                            x = q[b, head, i].double()
+                            if scoring == "means":
+                                scores.append(float(x @ keys.mean(0)))
+                            else:
+                                low, high = keys.min(0).values, keys.max(0).values
+                                scores.append(sum(max(x[d] * low[d], x[d] * high[d]) for d in range(D)))
+                        if candidates:
+                            probs = torch.softmax(torch.tensor(scores, dtype=torch.float64) * scale, 0).tolist()
+                            for c, p in zip(candidates, probs):
+                                mass[c] += p
+                forced = set(candidates[:sink]) | set(candidates[len(candidates) - local :])
+                rest = sorted((c for c in candidates if c not in forced), key=lambda c: (-mass[c], c))
+                chosen = sorted(forced | set(rest[: n_select - len(forced)]))
+                out[b, h, r, : len(chosen)] = torch.tensor(chosen, dtype=torch.int32)
+    return out
+
+
+@pytest.mark.parametrize("scoring", ["means", "bounds"])
+@pytest.mark.parametrize("mask_kind", ["causal", "padded", "float"])
+def test_refine_by_summaries_equals_independent_computation(scoring, mask_kind):
+    """A prompt's refinement by block summaries agrees exactly with :func:`independent_summary_refine` on random fp64
+    inputs and candidate sets (blocks past the diagonal or in the padding listed too), for causal, padded and
+    additive masks (the mask bounds the candidates; its values do not enter the scores)."""
+    q, k, _ = qkv(Sq=21, Skv=37, dtype=torch.float64, seed=10)
+    mask, is_causal = None, mask_kind == "causal"
+    if mask_kind == "padded":
+        mask = padding_mask(2, 21, 37, [37, 22])
+    elif mask_kind == "float":
+        g = torch.Generator().manual_seed(11)
+        mask = torch.where(padding_mask(2, 21, 37, [37, 30]), torch.randn(2, 1, 21, 37, generator=g,
+                                                                          dtype=torch.float64), -math.inf)
+    candidates = random_candidates(2, 2, 3, 5, 4, seed=12)
+    allowed, _ = allowed_and_bias(mask, is_causal, 2, 21, 37)
+    for n_select, sink, local in ((3, 1, 1), (2, 0, 0)):
+        got = refine_blocks(q, k, candidates, mask, is_causal=is_causal, scale=0.5,
+                            **selection(n_select, sink, local), scoring=scoring)
+        want = independent_summary_refine(q, k, candidates, allowed, 0.5, 8, n_select, sink, local, scoring)
+        assert torch.equal(got, want)
+    torch.library.opcheck(refine_blocks, (q, k, candidates, mask),
+                          dict(is_causal=is_causal, scale=None, **selection(3, 1, 1), scoring=scoring))
+
+
+def test_refine_scorings_differ_in_a_prompt_only():
+    """A decode step (one query) scores every key whatever ``scoring`` says; a prompt's summary scorings choose
+    otherwise than its keys do somewhere; an unknown scoring is refused, naming the valid ones."""
+    q, k, v = qkv(Sq=21, Skv=37, seed=13)
+    candidates = random_candidates(2, 2, 3, 5, 5, seed=14)
+    settings = dict(is_causal=True, scale=None, **selection(2, 0, 0))
+    keys = refine_blocks(q, k, candidates, None, **settings)
+    assert not all(torch.equal(keys, refine_blocks(q, k, candidates, None, **settings, scoring=s))
+                   for s in ("means", "bounds"))
+    one = candidates[:, :, :1]
+    decode = dict(settings, is_causal=False)
+    for scoring in ("means", "bounds"):
+        assert torch.equal(refine_blocks(q[:, :, -1:], k, one, None, **decode, scoring=scoring),
+                           refine_blocks(q[:, :, -1:], k, one, None, **decode))
+    with pytest.raises(ValueError, match=r"scoring must be one of \['keys', 'means', 'bounds'\], got 'mean'"):
+        refine_blocks(q, k, candidates, None, **settings, scoring="mean")
+
+
 def test_refine_softmax_runs_over_the_candidates_keys_only():
     """Two queries of one block; block 2 is not a candidate. Over all keys, query 0's mass sits on block 2 and block 1
     would win (0.45 against 0.27); over the candidates' keys, query 0 puts 0.88 on block 0, which wins (1.26 against
