@@ -78,7 +78,6 @@ from bench_model import build_model, code_version, copy_bandwidth  # noqa: E402
 import hylra_compile  # noqa: E402
 from hylra_compile import Policy  # noqa: E402
 from hylra_compile.generate import initialise_static_cache  # noqa: E402
-from hylra_compile.lowering.reference import SCORINGS  # noqa: E402
 from hylra_compile.models import cache_argument  # noqa: E402
 from hylra_compile.options import DEFAULT_CANDIDATES  # noqa: E402
 
@@ -185,15 +184,15 @@ def allocator_counts_since(before: dict) -> dict:
 
 
 def hylra_settings(variant: str, block_size: int, top_k: int, producer_block_size: int | None,
-                   refine_scoring: str = "keys") -> dict:
+                   prefilter: int = 0) -> dict:
     """The selection settings a row records: a hylra variant's top_k and block_size, its producers' block size
-    (``--producer-block-size`` for a -refine variant whose blocks are finer, else None) and how a -refine
-    variant's prompt scores its candidates (``--refine-scoring``, else None); None for the baselines."""
+    (``--producer-block-size`` for a -refine variant whose blocks are finer, else None) and a -refine variant's
+    pre-filter (``--prefilter``, else None); None for the baselines."""
     if variant in BASELINES:
-        return {"top_k": None, "block_size": None, "producer_block_size": None, "refine_scoring": None}
+        return {"top_k": None, "block_size": None, "producer_block_size": None, "prefilter": None}
     coarse = variant in REFINED and producer_block_size and producer_block_size > block_size
     return {"top_k": top_k, "block_size": block_size, "producer_block_size": producer_block_size if coarse else None,
-            "refine_scoring": refine_scoring if variant in REFINED else None}
+            "prefilter": prefilter if variant in REFINED else None}
 
 
 def decode_intervals_ms(runs: list[list[float]]) -> list[float]:
@@ -202,13 +201,13 @@ def decode_intervals_ms(runs: list[list[float]]) -> list[float]:
 
 @torch.no_grad()
 def measure(model, variant: str, context: int, batch: int, args, block_size: int = 64, top_k: int = 2048,
-            refine_scoring: str = "keys") -> dict:
+            prefilter: int = 0) -> dict:
     """One row: time to first token (s) and decode ms/token of ``variant`` at this context and batch (a hylra
     variant keeping ``top_k`` tokens in blocks of ``block_size``; a -refine one with producers in
-    ``--producer-block-size`` blocks where those are larger, scoring its candidates by ``refine_scoring``)."""
+    ``--producer-block-size`` blocks where those are larger and a ``prefilter``)."""
     torch._dynamo.reset()
     compilation, settings = None, {}
-    row = hylra_settings(variant, block_size, top_k, args.producer_block_size, refine_scoring)  # what it compiles
+    row = hylra_settings(variant, block_size, top_k, args.producer_block_size, prefilter)  # what it compiles with
     if variant == "eager":
         settings = {"disable_compile": True}
     elif variant == "inductor":
@@ -218,7 +217,7 @@ def measure(model, variant: str, context: int, batch: int, args, block_size: int
     else:
         policy = POLICIES[REFINED.get(variant, variant)](model.config.num_hidden_layers)
         # The same tokens kept at every block size (the frontier's blocks group): sink 64, local 128.
-        compiled_with = {**row, "refine_scoring": row["refine_scoring"] or "keys"}
+        compiled_with = {**row, "prefilter": row["prefilter"] or 0}
         compilation = hylra_compile.compile_for_generate(
             model, policy=policy, **compiled_with, sink_blocks=max(1, 64 // block_size),
             local_blocks=max(1, 128 // block_size), selection="refine" if variant in REFINED else "reuse")
@@ -593,8 +592,8 @@ def main() -> None:
     parser.add_argument("--producer-block-size", type=int, default=None, help="producer_block_size of the -refine "
                         "variants at finer block sizes (producers select in these blocks, consumers refine in "
                         "--block-size ones)")
-    parser.add_argument("--refine-scoring", default="keys", help="how the -refine variants' prompts score their "
-                        "candidates: keys, means, bounds, or several (keys,means: each in this run)")
+    parser.add_argument("--prefilter", default="0", help="the -refine variants' prefilter (0: none), or several "
+                        "(0,2: each in this run)")
     parser.add_argument("--prefill-chunk", type=int, default=None, help="prefill_chunk_size for every variant")
     parser.add_argument("--small", action="store_true", help="tiny widths (a CPU smoke run)")
     parser.add_argument("--profile", action="store_true", help="also torch.profiler tables of 8 decode steps (at "
@@ -623,11 +622,12 @@ def main() -> None:
     except ValueError:
         parser.error(f"--block-size {args.block_size!r} / --top-k {args.top_k!r}: one number or several, "
                      "comma-separated (e.g. 64,16)")
-    scorings = args.refine_scoring.split(",")
-    if unknown := sorted(set(scorings) - set(SCORINGS)):
-        parser.error(f"--refine-scoring: unknown {unknown}; valid: {', '.join(SCORINGS)}")
-    if scorings != ["keys"] and not set(variants) & set(REFINED):
-        parser.error(f"--refine-scoring applies to the -refine variants ({', '.join(REFINED)}), and none is asked for")
+    try:
+        prefilters = [int(n) for n in args.prefilter.split(",")]
+    except ValueError:
+        parser.error(f"--prefilter {args.prefilter!r}: one number or several, comma-separated (e.g. 0,2)")
+    if prefilters != [0] and not set(variants) & set(REFINED):
+        parser.error(f"--prefilter applies to the -refine variants ({', '.join(REFINED)}), and none is asked for")
     if args.producer_block_size and not set(variants) & set(REFINED):
         parser.error(f"--producer-block-size applies to the -refine variants ({', '.join(REFINED)}), and none is "
                      "asked for")
@@ -645,21 +645,21 @@ def main() -> None:
             "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", os.environ.get("PYTORCH_ALLOC_CONF"))}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"e2e-{device.replace(' ', '_')}.json"
-    jobs = [(variant, args.context, size, top_k, scoring) for variant in variants
+    jobs = [(variant, args.context, size, top_k, prefilter) for variant in variants
             for size in ([64] if variant in BASELINES else block_sizes)
             for top_k in ([top_ks[0]] if variant in BASELINES else top_ks)
-            for scoring in (scorings if variant in REFINED else ["keys"])]
+            for prefilter in (prefilters if variant in REFINED else [0])]
     if args.floors:
-        jobs.append(("floor-512", 512, 64, top_ks[0], "keys"))
-    for variant, context, size, top_k, scoring in jobs:
+        jobs.append(("floor-512", 512, 64, top_ks[0], 0))
+    for variant, context, size, top_k, prefilter in jobs:
         try:
             if variant == "floor-512":
                 row = {**measure(model, "full", context, args.batch, args), "variant": "floor-512"}
             else:
-                row = measure(model, variant, context, args.batch, args, size, top_k, scoring)
+                row = measure(model, variant, context, args.batch, args, size, top_k, prefilter)
         except torch.OutOfMemoryError as error:
             row = {"variant": variant, "context": context, "batch": args.batch,
-                   **hylra_settings(variant, size, top_k, args.producer_block_size, scoring),
+                   **hylra_settings(variant, size, top_k, args.producer_block_size, prefilter),
                    "error": f"out of memory: {error}"[:300], "where": _where(error)}
         if cuda:
             torch.cuda.empty_cache()

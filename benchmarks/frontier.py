@@ -101,11 +101,12 @@ def settings_of(group: str, num_layers: int, dense: int, get_profile, only=None,
                               {"selection": name.split()[1]} if " " in name else {}) for name in names}
     if group == "refinement":
         options = {f"budget:{dense}": {}, f"budget:{dense} refine": {"selection": "refine"},
+                   f"budget:{dense} refine c2": {"selection": "refine", "candidates": 2},
                    f"budget:{dense} refine c8": {"selection": "refine", "candidates": 8},
                    f"budget:{dense} 4x top_k": {"top_k": 4 * top_k},
-                   # Candidates scored in the prompt by one summary per block, not by every key (decode: keys).
-                   f"budget:{dense} refine means": {"selection": "refine", "refine_scoring": "means"},
-                   f"budget:{dense} refine bounds": {"selection": "refine", "refine_scoring": "bounds"}}
+                   # A prompt's candidates narrowed by mean keys before their keys are scored (decode: keys).
+                   f"budget:{dense} refine pf2": {"selection": "refine", "prefilter": 2},
+                   f"budget:{dense} refine c8 pf4": {"selection": "refine", "candidates": 8, "prefilter": 4}}
         names = [name for name in options if not only or name in only]
         budget = optimize(get_profile(), budget=dense) if names else None
         settings = {name: Setting(budget, options[name]) for name in names}
@@ -355,13 +356,13 @@ def speed_rows(folder: Path) -> list[dict]:
 
 def speed_of(rows: list[dict], dense_share: float, top_k: int, selection: str, block_size: int = 64,
              candidates: int = DEFAULT_CANDIDATES, producer_block_size: int | None = None,
-             refine_scoring: str = "keys") -> dict | None:
+             prefilter: int = 0) -> dict | None:
     """The speed of a setting with ``dense_share`` of its layers dense: the latest batch-1 rows of the nearest
     ``<D>of32`` variant (``<D>of32-refine`` under ``selection="refine"``) at 32K and 128K with the same ``top_k``,
-    ``block_size`` (and ``candidates``, ``producer_block_size``, ``refine_scoring`` under refine), as ratios to
+    ``block_size`` (and ``candidates``, ``producer_block_size``, ``prefilter`` under refine), as ratios to
     the ``eager`` (time to first token) and ``inductor`` (decode) rows of the same device and context, from the
     same run where it has them. None for a selection the speed rows do not run (``oracle``). Rows from before
-    bench_e2e recorded them ran block 64 and 4 candidates, and refine's scored keys."""
+    bench_e2e recorded them ran block 64, 4 candidates and no pre-filter."""
     suffix = {"reuse": "", "refine": "-refine"}.get(selection)
     if suffix is None:
         return None
@@ -371,7 +372,7 @@ def speed_of(rows: list[dict], dense_share: float, top_k: int, selection: str, b
         r.get("block_size", 64) == block_size
         and (selection != "refine" or (r.get("candidates", DEFAULT_CANDIDATES) == candidates
                                        and r.get("producer_block_size") == producer_block_size
-                                       and (r.get("refine_scoring") or "keys") == refine_scoring)))]
+                                       and (r.get("prefilter") or 0) == prefilter)))]
     variants = {int(m.group(1)): m.group(0) for r in rows if (m := re.fullmatch(pattern, r["variant"]))}
     if not variants:
         return None
@@ -433,7 +434,7 @@ def frontier_rows(folder: Path) -> list[dict]:
                 "retrieval_as_dense": all(same_within_intervals(tasks[t], dense_tasks[t]) for t in tasks),
                 "speed": speed_of(speed, r["full_layers"] / m["num_layers"], options["top_k"], options["selection"],
                                   options["block_size"], options.get("candidates", DEFAULT_CANDIDATES),
-                                  options.get("producer_block_size"), options.get("refine_scoring", "keys"))
+                                  options.get("producer_block_size"), options.get("prefilter", 0))
                 if r.get("phases", ["prefill", "decode"]) == ["prefill", "decode"] else None,
             })
     for row in rows:

@@ -21,7 +21,6 @@ from .corpora import PREFIX as BUILTIN, builtin_text
 from .files import check_output_file, check_writable_folder
 from .layers import governed_layers
 from .models import load_config, load_model
-from .lowering.reference import SCORINGS
 from .options import DEFAULT_CANDIDATES, SELECTIONS, HylraOptions
 from .policy import Policy
 from .profiler import SIMILARITIES, Profile, profile_path
@@ -41,12 +40,19 @@ def _unit_interval(text: str) -> float:
 
 
 def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
     return value
 
 
@@ -172,10 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --selection refine, producers select in blocks of this many tokens (a multiple of "
                          "--block-size) and consumers refine among the --block-size blocks they hold (default: "
                          "--block-size)")
-    ev.add_argument("--refine-scoring", choices=SCORINGS, default="keys",
-                    help="with --selection refine, how a consumer scores its candidates in a prompt: by every key, "
-                         "by each block's mean key, or by its per-channel key bounds (decode scores keys) (default "
-                         "%(default)s)")
+    ev.add_argument("--prefilter", type=_non_negative_int, default=0,
+                    help="with --selection refine, a consumer's prompt first narrows its candidates to this many times "
+                         "top_k by their blocks' mean keys, then scores those by their keys (default 0: none)")
     ev.add_argument("--calibration", nargs="+", metavar="FILE",
                     help="data to profile for budget:/dp: policies: its first --calibration-windows windows "
                          "(default: the --text files)")
@@ -391,7 +396,7 @@ def _eval(args: argparse.Namespace) -> int:
     options = HylraOptions(top_k=args.top_k, block_size=args.block_size, sink_blocks=args.sink_blocks,
                            local_blocks=args.local_blocks, min_seq_len=args.min_seq_len, selection=args.selection,
                            candidates=args.candidates, producer_block_size=args.producer_block_size,
-                           refine_scoring=args.refine_scoring)
+                           prefilter=args.prefilter)
     longest = max((lengths if tasks else []) + ([args.seq_len] if args.windows else []))
     check_sparse(f"--top-k {args.top_k}", options, longest)
     if args.profile and not Path(args.profile).is_file():
@@ -454,7 +459,7 @@ def _eval(args: argparse.Namespace) -> int:
         model, policies, tokenizer=tokenizer, prompts=prompts, windows=windows, top_k=args.top_k,
         block_size=args.block_size, sink_blocks=args.sink_blocks, local_blocks=args.local_blocks,
         min_seq_len=args.min_seq_len, selection=args.selection, candidates=args.candidates,
-        producer_block_size=args.producer_block_size, refine_scoring=args.refine_scoring, metadata=metadata,
+        producer_block_size=args.producer_block_size, prefilter=args.prefilter, metadata=metadata,
         progress=not args.no_progress,
     )
     print(evaluation.to_markdown())

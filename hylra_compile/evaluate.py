@@ -47,7 +47,7 @@ PHASES = ("prefill", "decode")
 # The options a Setting may set for itself; the rest (min_seq_len above all: it fixes the scored positions) belong
 # to the whole evaluation.
 SETTING_OPTIONS = ("top_k", "block_size", "sink_blocks", "local_blocks", "selection", "candidates",
-                   "producer_block_size", "refine_scoring")
+                   "producer_block_size", "prefilter")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +122,7 @@ class PolicyAttention:
             own = o.selection_settings(layer=call.layer, num_kv_heads=call.key.shape[1],
                                        rank=tensor_parallel_rank()[1])
             return torch.ops.hylra.refine_blocks(call.query, call.key, produced, call.mask, **settings, **own,
-                                                 **o.scoring_settings)
+                                                 **o.prefilter_settings)
         return torch.ops.hylra.topk_attention(call.query, call.key, call.value, call.mask, **settings,
                                               **o.selection_settings(layer=call.layer))[1]
 
@@ -378,7 +378,7 @@ def evaluate(
     selection: str = HylraOptions.selection,
     candidates: int = DEFAULT_CANDIDATES,
     producer_block_size: int | None = None,
-    refine_scoring: str = "keys",
+    prefilter: int = 0,
     max_new_tokens: int = 32,
     metadata: Mapping[str, Any] | None = None,
     progress: bool = True,
@@ -387,7 +387,7 @@ def evaluate(
 ) -> Evaluation:
     """Dense and each of ``policies`` (name -> :class:`Policy` or :class:`Setting`) on ``prompts`` (need
     ``tokenizer``) and ``windows`` (1-d token tensors of one length); see the module docstring. ``top_k`` …
-    ``candidates``, ``producer_block_size``, ``refine_scoring`` are the backend options of those names, which a
+    ``candidates``, ``producer_block_size``, ``prefilter`` are the backend options of those names, which a
     :class:`Setting` may change for itself.
     ``metadata`` (e.g. the text's and the policies' provenance) is stored in the result. ``checkpoint``, when
     given, receives the evaluation so far after the text windows and after each prompt (every setting run on it):
@@ -402,7 +402,7 @@ def evaluate(
 
     base = dict(top_k=top_k, block_size=block_size, sink_blocks=sink_blocks, local_blocks=local_blocks,
                 selection=selection, candidates=candidates, producer_block_size=producer_block_size,
-                refine_scoring=refine_scoring)
+                prefilter=prefilter)
     options = HylraOptions(min_seq_len=min_seq_len, **base)
     num_layers = model.config.num_hidden_layers
     if DENSE in policies:

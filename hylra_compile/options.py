@@ -8,7 +8,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
-from .lowering.reference import SCORINGS
 from .policy import Policy
 
 # How a consumer chooses the KV blocks it attends (HylraOptions.selection).
@@ -43,11 +42,10 @@ class HylraOptions:
         ``block_size`` the candidates hold (``hylra::expand_blocks``), so a fine ``block_size`` keeps its accuracy
         while producers, the costliest layers to score, work in coarse blocks. The producers keep the sink and local
         tokens of ``sink_blocks`` and ``local_blocks`` (rounded up to their blocks).
-    refine_scoring: with ``selection="refine"``, how a consumer scores its candidates in a prompt (a decode step
-        always scores every key, the cheap case): ``"keys"`` (the default) by the attention mass on every key,
-        ``"means"`` by each block's mean key, ``"bounds"`` by each block's per-channel key minimum and maximum
-        (Quest's bound): a summary costs one or two vectors per block instead of ``block_size`` keys
-        (``hylra::refine_blocks``' ``scoring``).
+    prefilter: with ``selection="refine"``, a consumer's prompt first narrows its producer's candidates to this
+        many times its ``top_k`` by their blocks' mean keys (one vector per block, where scoring keys reads
+        ``block_size``), then scores those by their keys; 0 (the default): none. Decode steps score every candidate's
+        keys (``hylra::refine_blocks``' ``prefilter``).
     dump_dir: where to write before/after graphs, the report and the edge graph (env ``HYLRA_DUMP_DIR``).
     inductor: hand the rewritten graph to Inductor (``compile_fx``); ``False`` runs it as is.
     cudagraphs: let Inductor replay the compiled graph as CUDA graphs (its ``triton.cudagraphs``, what
@@ -64,7 +62,7 @@ class HylraOptions:
     selection: str = "refine"
     candidates: int = DEFAULT_CANDIDATES
     producer_block_size: int | None = None
-    refine_scoring: str = "keys"
+    prefilter: int = 0
     dump_dir: str | None = None
     inductor: bool = True
     cudagraphs: bool = False
@@ -98,10 +96,10 @@ class HylraOptions:
         return [-(-b // self.block_size) for b in (budget if isinstance(budget, list) else [budget])]
 
     @property
-    def scoring_settings(self) -> dict[str, str]:
-        """``hylra::refine_blocks``' ``scoring`` keyword, where it is not the op's default (graphs show what
+    def prefilter_settings(self) -> dict[str, int]:
+        """``hylra::refine_blocks``' ``prefilter`` keyword, where it is not the op's default (graphs show what
         changes)."""
-        return {} if self.refine_scoring == "keys" else {"scoring": self.refine_scoring}
+        return {"prefilter": self.prefilter} if self.prefilter else {}
 
     @property
     def producer_block(self) -> int:
@@ -185,12 +183,14 @@ class HylraOptions:
                 raise ValueError(f"hylra option producer_block_size={size} needs selection='refine' (consumers "
                                  f"refine among the blocks of {self.block_size} the producers' blocks hold), got "
                                  f"selection={self.selection!r}")
-        if self.refine_scoring not in SCORINGS:
-            raise ValueError(f"hylra option refine_scoring must be one of {list(SCORINGS)}, got "
-                             f"{self.refine_scoring!r}")
-        if self.refine_scoring != "keys" and self.selection != "refine":
-            warnings.warn(f"hylra option refine_scoring={self.refine_scoring!r} does nothing with selection="
-                          f"{self.selection!r}: only selection='refine' reads it", stacklevel=3)
+        if not _is_int(self.prefilter) or self.prefilter < 0:
+            raise ValueError(f"hylra option prefilter must be an int >= 0 (0: none), got {self.prefilter!r}")
+        if self.prefilter and self.selection != "refine":
+            warnings.warn(f"hylra option prefilter={self.prefilter} does nothing with selection={self.selection!r}: "
+                          "only selection='refine' reads it", stacklevel=3)
+        elif self.prefilter >= self.candidates and not (self.policy is not None and self.policy.has_budgets):
+            warnings.warn(f"hylra option prefilter={self.prefilter} narrows nothing: a consumer's candidates "
+                          f"(candidates={self.candidates} x top_k) are no more than prefilter x top_k", stacklevel=3)
         if self.candidates != DEFAULT_CANDIDATES and self.selection != "refine":
             warnings.warn(f"hylra option candidates={self.candidates} does nothing with selection="
                           f"{self.selection!r}: only selection='refine' reads it", stacklevel=3)

@@ -88,7 +88,8 @@ def test_a_selection_is_capped_at_the_key_blocks_there_are():
         ({"selection": "refine", "candidates": 0}, "candidates must be a positive int, got 0"),
         ({"selection": "refine", "candidates": 2.0}, "candidates must be a positive int, got 2.0"),
         ({"selection": "refine", "candidates": True}, "candidates must be a positive int, got True"),
-        ({"refine_scoring": "mean"}, r"refine_scoring must be one of \['keys', 'means', 'bounds'\], got 'mean'"),
+        ({"prefilter": -1}, r"prefilter must be an int >= 0 \(0: none\), got -1"),
+        ({"prefilter": 2.0}, r"prefilter must be an int >= 0 \(0: none\), got 2.0"),
     ],
 )
 def test_bad_selection_values(options, message):
@@ -109,13 +110,17 @@ def test_candidates_without_refine_warn(selection):
         HylraOptions(selection=selection, candidates=4)
 
 
-def test_refine_scoring_without_refine_warns():
-    """A summary scoring with a selection that never refines warns; with refine it is the op's keyword, and the
-    default adds none."""
-    with pytest.warns(UserWarning, match="refine_scoring='means' does nothing with selection='reuse'"):
-        HylraOptions(selection="reuse", refine_scoring="means")
-    assert HylraOptions(refine_scoring="bounds").scoring_settings == {"scoring": "bounds"}
-    assert HylraOptions().scoring_settings == {}
+def test_prefilter_that_does_nothing_warns():
+    """A pre-filter with a selection that never refines, or one keeping every candidate (prefilter >= candidates,
+    uniform top_k), warns; one that narrows is the op's keyword, and the default adds none."""
+    with pytest.warns(UserWarning, match="prefilter=2 does nothing with selection='reuse'"):
+        HylraOptions(selection="reuse", prefilter=2)
+    with pytest.warns(UserWarning, match=r"prefilter=4 narrows nothing: a consumer's candidates \(candidates=4 x "):
+        HylraOptions(prefilter=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert HylraOptions(prefilter=2).prefilter_settings == {"prefilter": 2}
+        assert HylraOptions().prefilter_settings == {}
 
 
 def test_per_layer_top_k_of_a_policy():

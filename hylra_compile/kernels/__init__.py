@@ -8,8 +8,8 @@ Routing (which inputs go here, which to the reference) lives in :mod:`hylra_comp
 from .decode import decode_attention, decode_refine_blocks, decode_sparse_attention, decode_topk_attention
 from .prefill import (
     prefill_attention,
+    prefill_prefilter_blocks,
     prefill_refine_blocks,
-    prefill_refine_by_summaries,
     prefill_sparse_attention,
     prefill_topk_attention,
 )
@@ -20,8 +20,8 @@ __all__ = [
     "decode_sparse_attention",
     "decode_topk_attention",
     "prefill_attention",
+    "prefill_prefilter_blocks",
     "prefill_refine_blocks",
-    "prefill_refine_by_summaries",
     "prefill_sparse_attention",
     "prefill_topk_attention",
 ]

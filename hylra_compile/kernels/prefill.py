@@ -20,10 +20,10 @@ whose rows can have that many (bounded by its block range) runs the dense pass i
 
 Refinement (``refine_blocks``, 2 launches): the consumer pass over the producer's candidate list with WITH_V=False
 (scores only, no value reads, no output) stores the row log2-sum-exps per list entry and reduces them as the
-producer does; ``_prefill_select_kernel`` selects among the entries and writes their block ids. Scored by block
-summaries (``prefill_refine_by_summaries``), ``_prefill_summary_kernel`` replaces the first launch: each row scores
-one summary vector (two for bounds) per entry, a tile of entries per dot, in two passes (the rows' log2-sum-exp,
-then each entry's mass).
+producer does; ``_prefill_select_kernel`` selects among the entries and writes their block ids. A pre-filter
+(``prefill_prefilter_blocks``) narrows the list first: ``_prefill_mean_key_kernel`` scores each entry's mean key
+(one vector per block), a tile of entries per dot, in two passes (the rows' log2-sum-exp, then each entry's mass),
+and the select kernel keeps the best.
 
 Every pass walks a query block's KV blocks in three branch-free runs (``_block_ranges``): blocks with mask reads,
 blocks that need none (wholly allowed: below the causal diagonal, or inside a mask's full run), blocks with mask
@@ -413,52 +413,46 @@ def _prefill_select_kernel(Imp, BlockIdx, Idx, HeadNSel, sib, sih, sir, sis, n_k
 
 
 @triton.jit
-def _summary_scores(q, row_ok, i_base, sis, j0, n_used, first, end, s0_base, s1_base, ssn, ssd, qk_scale, offs_t,
-                    offs_d, BOUNDS: tl.constexpr):
-    """Scores [rows, CT] (log2 domain) of list entries [j0, j0 + CT) by their blocks' summaries, -inf where the
-    entry is padding or outside [first, end); and the entries' (ids, in range)."""
+def _mean_key_scores(q, row_ok, i_base, sis, j0, n_used, first, end, means_base, smn, smd, qk_scale, offs_t, offs_d):
+    """Scores [rows, CT] (log2 domain) of list entries [j0, j0 + CT) by their blocks' mean keys, -inf where the
+    entry is padding or outside [first, end); and whether each entry is in range."""
     j = j0 + offs_t
     ids = tl.load(i_base + j * sis, mask=j < n_used, other=-1)
     ok = (ids >= first) & (ids < end)
-    at = tl.where(ok, ids, 0).to(tl.int64)[:, None] * ssn + offs_d[None, :] * ssd
-    low = tl.load(s0_base + at, mask=ok[:, None], other=0.0)
-    if BOUNDS:  # sum_d max(q_d * min_d, q_d * max_d): the maximum for a positive channel, the minimum for a negative
-        high = tl.load(s1_base + at, mask=ok[:, None], other=0.0)
-        s = tl.dot(tl.maximum(q, 0.0), tl.trans(high)) + tl.dot(tl.minimum(q, 0.0), tl.trans(low))
-    else:
-        s = tl.dot(q, tl.trans(low))
+    means = tl.load(means_base + tl.where(ok, ids, 0).to(tl.int64)[:, None] * smn + offs_d[None, :] * smd,
+                    mask=ok[:, None], other=0.0)
+    s = tl.dot(q, tl.trans(means))
     return tl.where(row_ok[:, None] & ok[None, :], s * qk_scale, float("-inf")), ok
 
 
 @triton.jit
-def _prefill_summary_kernel(
-    Q, S0, S1, Idx, Blocks, Imp,
+def _prefill_mean_key_kernel(
+    Q, Means, Idx, Blocks, Imp,
     sqb, sqh, sqs, sqd,
-    ssb, ssh, ssn, ssd,
+    smb, smh, smn, smd,
     sbb, sbr,
     sib, sih, sir, sis,
     Hq, Sq, Skv, n_qb, n_cand, qk_scale,
     HP: tl.constexpr, G: tl.constexpr, QB: tl.constexpr, D: tl.constexpr, CT: tl.constexpr,
-    N_SEL_PAD: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_BLOCKS: tl.constexpr, BOUNDS: tl.constexpr,
+    N_SEL_PAD: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_BLOCKS: tl.constexpr,
 ):
     """Imp [B, Hq / HP, n_qb, n_cand]: per list entry of the query block, the softmax of each row over the entries'
-    summary scores, summed over the program's rows; -1 for padding and entries outside the block range."""
+    mean-key scores, summed over the program's rows; -1 for padding and entries outside the block range."""
     qb, b, hg, kvh, head, q0, qpos, row_ok, q = _program_rows(Q, sqb, sqh, sqs, sqd, Hq, Sq, n_qb, 0, HP, G, QB, D)
     _kv_end, n_blocks, n_whole = _kv_blocks(q0, Skv, QB, QB, IS_CAUSAL)
     first, _full_first, _full_end, end = _block_ranges(Blocks, b, qb, sbb, sbr, n_blocks, n_whole, 0, HAS_BLOCKS)
     i_base = Idx + b * sib + kvh * sih + qb * sir
     offs_s = tl.arange(0, N_SEL_PAD)
     n_used = tl.sum((tl.load(i_base + offs_s * sis, mask=offs_s < n_cand, other=-1) >= 0).to(tl.int32), 0)
-    s0_base = S0 + b * ssb + kvh * ssh
-    s1_base = S1 + b * ssb + kvh * ssh
+    means_base = Means + b * smb + kvh * smh
     offs_t = tl.arange(0, CT)
     offs_d = tl.arange(0, D)
     M: tl.constexpr = HP * QB
     m_i = tl.full([M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([M], dtype=tl.float32)
     for j0 in range(0, n_used, CT):  # each row's log2-sum-exp over the entries
-        s, _ok = _summary_scores(q, row_ok, i_base, sis, j0, n_used, first, end, s0_base, s1_base, ssn, ssd,
-                                 qk_scale, offs_t, offs_d, BOUNDS)
+        s, _ok = _mean_key_scores(q, row_ok, i_base, sis, j0, n_used, first, end, means_base, smn, smd, qk_scale,
+                                  offs_t, offs_d)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         l_i = l_i * tl.exp2(m_i - m_safe) + tl.sum(tl.exp2(s - m_safe[:, None]), 1)
@@ -466,16 +460,16 @@ def _prefill_summary_kernel(
     lse = tl.where(l_i > 0, m_i + tl.log2(tl.where(l_i > 0, l_i, 1.0)), float("inf"))
     imp_base = Imp + ((b * (Hq // HP) + hg) * n_qb + qb) * n_cand
     for j0 in range(0, n_used, CT):  # each entry's mass, summed over the rows
-        s, ok = _summary_scores(q, row_ok, i_base, sis, j0, n_used, first, end, s0_base, s1_base, ssn, ssd,
-                                qk_scale, offs_t, offs_d, BOUNDS)
+        s, ok = _mean_key_scores(q, row_ok, i_base, sis, j0, n_used, first, end, means_base, smn, smd, qk_scale,
+                                 offs_t, offs_d)
         mass = tl.sum(tl.exp2(s - lse[:, None]), 0)
         tl.store(imp_base + j0 + offs_t, tl.where(ok, mass, -1.0), mask=j0 + offs_t < n_cand)
     for j0 in range(tl.cdiv(n_used, CT) * CT, n_cand, CT):
         tl.store(imp_base + j0 + offs_t, tl.full([CT], -1.0, tl.float32), mask=j0 + offs_t < n_cand)
 
 
-# Candidate list entries per step of the summary refinement ([rows, SUMMARY_TILE] scores per dot).
-SUMMARY_TILE = 64
+# Candidate list entries per step of the mean-key pre-filter ([rows, MEAN_KEY_TILE] scores per dot).
+MEAN_KEY_TILE = 64
 # The producer's scratch: an fp32 block log-sum-exp per (query row, KV block), n_kb * HP * block_size * 4 bytes per
 # program. A grid whose scratch would exceed this is launched in chunks of programs that reuse one buffer.
 X_BUDGET_BYTES = 4 << 30
@@ -635,33 +629,30 @@ def prefill_refine_blocks(q, k, candidate_idx, mask, block_mask=None, *, is_caus
     return block_idx
 
 
-def prefill_refine_by_summaries(q, summaries, candidate_idx, block_mask=None, *, is_causal, scale, block_size,
-                                n_select, sink_blocks, local_blocks, head_n_select=None):
-    """:func:`prefill_refine_blocks` scoring each candidate block by its key summaries (reference.refine_blocks'
-    ``scoring``): ``summaries`` (mean,) or (minimum, maximum) [B, Hkv, n_kb, D] in q's dtype; ``block_mask``
+def prefill_prefilter_blocks(q, means, candidate_idx, block_mask=None, *, is_causal, scale, block_size, n_select,
+                             sink_blocks, local_blocks):
+    """reference.prefilter_blocks for any Sq: the ``n_select`` candidates of highest mean-key mass, int32 [B, Hkv,
+    ceil(Sq/bs), n_select]. ``means`` [B, Hkv, n_kb, D] in q's dtype (reference.block_means); ``block_mask``
     (reference.mask_blocks of the mask, required with one) bounds each query block's candidates."""
     B, Hq, Sq, D = q.shape
     Hkv, n_cand = candidate_idx.shape[1], candidate_idx.shape[3]
     n_qb = triton.cdiv(Sq, block_size)
     HP, nw, ns = _launch_cfg("sparse", Hq // Hkv, block_size, D)
     imp = torch.empty(B, Hq // HP, n_qb, n_cand, dtype=torch.float32, device=q.device)
-    low, high = summaries[0], summaries[-1]
     blocks, sbb, sbr = block_mask_args(block_mask, q)
     idx = candidate_idx
     scale = 1.0 / math.sqrt(D) if scale is None else scale
-    _prefill_summary_kernel[(n_qb * B * (Hq // HP),)](
-        q, low, high, idx, blocks, imp,
+    _prefill_mean_key_kernel[(n_qb * B * (Hq // HP),)](
+        q, means, idx, blocks, imp,
         q.stride(0), q.stride(1), q.stride(2), q.stride(3),
-        low.stride(0), low.stride(1), low.stride(2), low.stride(3),
+        means.stride(0), means.stride(1), means.stride(2), means.stride(3),
         sbb, sbr, idx.stride(0), idx.stride(1), idx.stride(2), idx.stride(3),
-        Hq, Sq, low.shape[2] * block_size, n_qb, n_cand, scale * LOG2E,  # keys up to whole blocks: same bounds
-        HP=HP, G=Hq // Hkv, QB=block_size, D=D, CT=SUMMARY_TILE, N_SEL_PAD=triton.next_power_of_2(max(n_cand, 1)),
-        IS_CAUSAL=bool(is_causal), HAS_BLOCKS=block_mask is not None, BOUNDS=len(summaries) == 2,
-        num_warps=nw, num_stages=ns,
+        Hq, Sq, means.shape[2] * block_size, n_qb, n_cand, scale * LOG2E,  # keys up to whole blocks: same bounds
+        HP=HP, G=Hq // Hkv, QB=block_size, D=D, CT=MEAN_KEY_TILE, N_SEL_PAD=triton.next_power_of_2(max(n_cand, 1)),
+        IS_CAUSAL=bool(is_causal), HAS_BLOCKS=block_mask is not None, num_warps=nw, num_stages=ns,
     )
     block_idx = torch.empty(B, Hkv, n_qb, n_select, dtype=torch.int32, device=q.device)
-    _select(imp, block_idx, n_cand, n_select, sink_blocks, local_blocks, imp.shape[1] // Hkv, candidate_idx,
-            head_n_select)
+    _select(imp, block_idx, n_cand, n_select, sink_blocks, local_blocks, imp.shape[1] // Hkv, candidate_idx)
     return block_idx
 
 

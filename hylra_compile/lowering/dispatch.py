@@ -78,28 +78,32 @@ def sparse_attention_triton(q, k, v, block_idx, mask, block_mask=None, **params)
     return fn(q, k, v, block_idx, reference.mask_4d(mask), block_mask, **params)
 
 
-def refine_blocks_triton(q, k, candidate_idx, mask, block_mask=None, *, head_n_select=None, scoring="keys",
+def refine_blocks_triton(q, k, candidate_idx, mask, block_mask=None, *, head_n_select=None, prefilter=0,
                          **params):
-    from ..kernels import decode_refine_blocks, prefill_refine_blocks, prefill_refine_by_summaries
+    from ..kernels import decode_refine_blocks, prefill_prefilter_blocks, prefill_refine_blocks
     from ..kernels.masks import mask_blocks
 
-    bs = params["block_size"]
+    bs, n_select = params["block_size"], params["n_select"]
     reference.check_inputs(q, k, k, mask, bs)
     reference.check_block_mask(block_mask, mask, k, bs)
-    reference.check_selection(params["n_select"], params["sink_blocks"], params["local_blocks"])
-    reference.check_head_n_select(head_n_select, params["n_select"], params["sink_blocks"], params["local_blocks"],
-                                  k.shape[1])
+    reference.check_selection(n_select, params["sink_blocks"], params["local_blocks"])
+    reference.check_head_n_select(head_n_select, n_select, params["sink_blocks"], params["local_blocks"], k.shape[1])
     reference.check_block_idx(candidate_idx, q, k, bs, "candidate_idx")
-    reference.check_scoring(scoring)
+    reference.check_prefilter(prefilter)
     # As for block_idx, the rows' order and range are the producer's contract, not checked on the host.
     counts = None if head_n_select is None else device_ints(head_n_select, q.device)
-    if scoring != "keys" and q.shape[2] > 1:  # a decode step scores every key (the op's semantics)
-        if mask is not None and block_mask is None:  # the candidates' bounds come from the mask's block structure
-            block_mask = mask_blocks(reference.mask_4d(mask), block_size=bs)
-        summaries = tuple(s.to(q.dtype) for s in reference.block_summaries(k, bs, scoring))
-        return prefill_refine_by_summaries(q, summaries, candidate_idx, block_mask, **params, head_n_select=counts)
-    fn = decode_refine_blocks if q.shape[2] == 1 else prefill_refine_blocks
-    return fn(q, k, candidate_idx, reference.mask_4d(mask), block_mask, **params, head_n_select=counts)
+    if q.shape[2] == 1:
+        return decode_refine_blocks(q, k, candidate_idx, reference.mask_4d(mask), block_mask, **params,
+                                    head_n_select=counts)
+    if reference.prefilters(prefilter, q, candidate_idx, n_select):
+        # The mean keys' candidates are bounded by the mask's block ranges.
+        ranges = block_mask if mask is None or block_mask is not None else mask_blocks(reference.mask_4d(mask),
+                                                                                         block_size=bs)
+        means = reference.block_means(k, bs).to(q.dtype)
+        candidate_idx = prefill_prefilter_blocks(q, means, candidate_idx, ranges,
+                                                 **dict(params, n_select=prefilter * n_select))
+    return prefill_refine_blocks(q, k, candidate_idx, reference.mask_4d(mask), block_mask, **params,
+                                 head_n_select=counts)
 
 
 _device_ints: dict[tuple, torch.Tensor] = {}

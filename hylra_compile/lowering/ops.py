@@ -59,9 +59,9 @@ def _attention_fake(q, k, v, mask, block_mask=None, *, block_size, **_):
 
 @refine_blocks.register_fake
 def _refine_blocks_fake(q, k, candidate_idx, mask, block_mask=None, *, block_size, n_select, sink_blocks,
-                        local_blocks, head_n_select=None, scoring="keys", **_):
+                        local_blocks, head_n_select=None, prefilter=0, **_):
     reference.check_inputs(q, k, k, mask, block_size)
-    reference.check_scoring(scoring)
+    reference.check_prefilter(prefilter)
     reference.check_block_mask(block_mask, mask, k, block_size)
     reference.check_selection(n_select, sink_blocks, local_blocks)
     reference.check_head_n_select(head_n_select, n_select, sink_blocks, local_blocks, k.shape[1])

@@ -533,11 +533,11 @@ def refine_blocks(
     sink_blocks: int,
     local_blocks: int,
     head_n_select: list[int] | None = None,
-    scoring: str = "keys",
+    prefilter: int = 0,
 ) -> Tensor:
     """A consumer's own top KV blocks among the candidates its producer emitted: the ``block_idx`` that
     :func:`topk_attention` would emit for these ``q``, ``k`` and ``mask`` if only the keys of the candidate blocks
-    were allowed (``scoring="keys"``; the other scorings below change the importance only).
+    were allowed.
 
     ``candidate_idx`` int32 [B, Hkv, ceil(Sq / bs), n_cand], as a producer emits it (strictly ascending entries,
     then -1 padding). The importance of candidate block c for (b, KV head h, query block r) is the softmax mass
@@ -550,30 +550,25 @@ def refine_blocks(
     ``head_n_select`` (budgets by KV head): KV head h selects ``head_n_select[h]`` blocks, between ``sink_blocks +
     local_blocks`` and ``n_select``, its rows -1 padded to ``n_select``.
 
-    ``scoring`` (:data:`SCORINGS`) applies to a prompt (``Sq > 1``); a single query (a decode step) always scores
-    ``"keys"``. ``"means"``: each candidate block c is summarised by the mean of its keys (the in-range ones of a
-    last partial block), and query i scores it ``scale * q_i . mean_c``; ``"bounds"``: by the per-channel minimum
-    and maximum of its keys, scored ``scale * sum_d max(q_id * min_cd, q_id * max_cd)`` (Quest's upper bound on
-    ``q_i . k``). The candidates of r are then the listed blocks inside r's block range: :func:`mask_blocks`'
-    ``[first, end)`` of ``mask`` (every block without one), ``end`` cut to ``r + 1`` under ``is_causal`` (for a
-    causal, padding or sliding-window mask, the listed blocks holding an allowed key, as for ``"keys"``). The
-    importance of candidate c for (b, h, r) is the softmax of each query of r over the scores of r's candidates,
-    summed over the queries of r and the G query heads of h. A summary costs one vector (two for bounds) per block
-    instead of ``block_size`` keys.
+    ``prefilter`` p > 0, in a prompt (``Sq > 1``) whose rows list more than ``p * n_select`` entries: the
+    candidates are first narrowed to :func:`prefilter_blocks`' ``p * n_select`` by their blocks' mean keys, which
+    costs one vector per block where scoring its keys costs ``block_size``; a decode step scores every candidate's
+    keys.
     """
     check_inputs(q, k, k, mask, block_size)
     check_block_mask(block_mask, mask, k, block_size)
     check_selection(n_select, sink_blocks, local_blocks)
     check_head_n_select(head_n_select, n_select, sink_blocks, local_blocks, k.shape[1])
-    check_scoring(scoring)
+    check_prefilter(prefilter)
     in_candidates = _selection_keys(candidate_idx, "candidate_idx", q, k, block_size)
-    if scoring != "keys" and q.shape[2] > 1:
-        candidate = summary_candidates(candidate_idx, k, mask, is_causal, block_size)
-        importance = summary_importance(q, k, candidate, scale, block_size, scoring)
-    else:
-        _, importance, candidate = attention_with_importance(
-            q, k, None, mask, is_causal, scale, block_size,
-            keep=lambda s, e, allowed: allowed & in_candidates(s, e, allowed))
+    if prefilters(prefilter, q, candidate_idx, n_select):
+        narrowed = prefilter_blocks(q, k, candidate_idx, mask, is_causal=is_causal, scale=scale,
+                                    block_size=block_size, n_select=prefilter * n_select, sink_blocks=sink_blocks,
+                                    local_blocks=local_blocks)
+        in_candidates = _selection_keys(narrowed, "candidate_idx", q, k, block_size)
+    _, importance, candidate = attention_with_importance(
+        q, k, None, mask, is_causal, scale, block_size, keep=lambda s, e, allowed: allowed & in_candidates(s, e, allowed)
+    )
     if head_n_select is None:
         return select_blocks(importance, candidate, n_select, sink_blocks, local_blocks)
     return torch.stack([
@@ -582,37 +577,48 @@ def refine_blocks(
         for h, count in enumerate(head_n_select)], dim=1)
 
 
-# How refine_blocks scores its candidates in a prompt: every key, or one summary of each block's keys.
-SCORINGS = ("keys", "means", "bounds")
+def check_prefilter(prefilter: int) -> None:
+    if not isinstance(prefilter, int) or isinstance(prefilter, bool) or prefilter < 0:
+        raise ValueError(f"prefilter must be an int >= 0 (0: none), got {prefilter!r}")
 
 
-def check_scoring(scoring: str) -> None:
-    if scoring not in SCORINGS:
-        raise ValueError(f"scoring must be one of {list(SCORINGS)}, got {scoring!r}")
+def prefilters(prefilter: int, q: Tensor, candidate_idx: Tensor, n_select: int) -> bool:
+    """Whether :func:`refine_blocks` narrows these candidates first (a prompt listing more than it keeps)."""
+    return bool(prefilter) and q.shape[2] > 1 and prefilter * n_select < candidate_idx.shape[-1]
 
 
-def block_summaries(k: Tensor, block_size: int, scoring: str) -> tuple[Tensor, ...]:
-    """The key summaries :func:`refine_blocks` scores by (fp32, fp64 for fp64 keys), [B, Hkv, ceil(Skv / bs), D]
-    each: ``(mean,)`` for ``"means"``, ``(minimum, maximum)`` per channel for ``"bounds"``, over each block's
-    in-range keys."""
+def prefilter_blocks(q: Tensor, k: Tensor, candidate_idx: Tensor, mask: Tensor | None, *, is_causal: bool,
+                     scale: float | None, block_size: int, n_select: int, sink_blocks: int,
+                     local_blocks: int) -> Tensor:
+    """:func:`refine_blocks`' first step under ``prefilter``: int32 [B, Hkv, ceil(Sq / bs), n_select], the
+    :func:`select_blocks` of the candidates by their blocks' mean keys.
+
+    Block c's mean key is the mean of its keys (the in-range ones of a last partial block); query i scores it
+    ``scale * q_i . mean_c``. The candidates of query block r are the listed blocks inside r's block range:
+    :func:`mask_blocks`' ``[first, end)`` of ``mask`` (every block without one), ``end`` cut to ``r + 1`` under
+    ``is_causal`` (for a causal, padding or sliding-window mask: the listed blocks holding an allowed key); the
+    mask adds no values. The importance of candidate c is the softmax of each query of r over the scores of r's
+    candidates, summed over the queries of r and the G query heads of h."""
+    candidate = listed_in_range(candidate_idx, k, mask, is_causal, block_size)
+    return select_blocks(mean_key_importance(q, k, candidate, scale, block_size), candidate, n_select, sink_blocks,
+                         local_blocks)
+
+
+def block_means(k: Tensor, block_size: int) -> Tensor:
+    """[B, Hkv, ceil(Skv / bs), D] (fp32, fp64 for fp64 keys): each block's mean key over its in-range keys."""
     B, Hkv, Skv, D = k.shape
     n_kb = num_blocks(Skv, block_size)
-    kf = k.to(_compute_dtype(k))
     pad = n_kb * block_size - Skv
-    if scoring == "means":
-        sums = torch.nn.functional.pad(kf, (0, 0, 0, pad)).reshape(B, Hkv, n_kb, block_size, D).sum(3)
-        counts = torch.full((n_kb, 1), float(block_size), dtype=kf.dtype, device=k.device)
-        counts[-1] = block_size - pad
-        return (sums / counts,)
-    low = torch.nn.functional.pad(kf, (0, 0, 0, pad), value=float("inf")).reshape(B, Hkv, n_kb, block_size, D)
-    high = torch.nn.functional.pad(kf, (0, 0, 0, pad), value=float("-inf")).reshape(B, Hkv, n_kb, block_size, D)
-    return low.amin(3), high.amax(3)
+    kf = torch.nn.functional.pad(k.to(_compute_dtype(k)), (0, 0, 0, pad))
+    counts = torch.full((n_kb, 1), float(block_size), dtype=kf.dtype, device=k.device)
+    counts[-1] = block_size - pad
+    return kf.reshape(B, Hkv, n_kb, block_size, D).sum(3) / counts
 
 
-def summary_candidates(candidate_idx: Tensor, k: Tensor, mask: Tensor | None, is_causal: bool,
-                       block_size: int) -> Tensor:
+def listed_in_range(candidate_idx: Tensor, k: Tensor, mask: Tensor | None, is_causal: bool,
+                    block_size: int) -> Tensor:
     """bool [B, Hkv, n_qb, n_kb]: the listed blocks of ``candidate_idx`` inside each query block's block range, as
-    :func:`refine_blocks` defines it for a summary scoring."""
+    :func:`prefilter_blocks` defines it."""
     B, Hkv, n_qb, _ = candidate_idx.shape
     n_kb = num_blocks(k.shape[2], block_size)
     device = k.device
@@ -631,22 +637,15 @@ def summary_candidates(candidate_idx: Tensor, k: Tensor, mask: Tensor | None, is
     return listed[..., :n_kb] & in_range[:, None]
 
 
-def summary_importance(q: Tensor, k: Tensor, candidate: Tensor, scale: float | None, block_size: int,
-                       scoring: str) -> Tensor:
-    """The importance [B, Hkv, ceil(Sq / bs), ceil(Skv / bs)] of :func:`refine_blocks` under a summary ``scoring``,
-    over the candidate blocks ``candidate`` (bool, same shape)."""
+def mean_key_importance(q: Tensor, k: Tensor, candidate: Tensor, scale: float | None, block_size: int) -> Tensor:
+    """The importance [B, Hkv, ceil(Sq / bs), ceil(Skv / bs)] of :func:`prefilter_blocks` over the candidate blocks
+    ``candidate`` (bool, same shape)."""
     B, Hq, Sq, D = q.shape
     Hkv = k.shape[1]
     G, n_qb = Hq // Hkv, num_blocks(Sq, block_size)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     qf = q.to(_compute_dtype(q)).reshape(B, Hkv, G * Sq, D)
-    summaries = block_summaries(k, block_size, scoring)
-    if scoring == "means":
-        scores = qf @ summaries[0].transpose(-1, -2)
-    else:  # sum_d max(q_d * min_d, q_d * max_d): the maximum for a positive channel, the minimum for a negative one
-        low, high = summaries
-        scores = qf.clamp(min=0) @ high.transpose(-1, -2) + qf.clamp(max=0) @ low.transpose(-1, -2)
-    scores = scores.view(B, Hkv, G, Sq, -1) * scale
+    scores = (qf @ block_means(k, block_size).transpose(-1, -2)).view(B, Hkv, G, Sq, -1) * scale
     of_row = candidate[:, :, torch.arange(Sq, device=q.device) // block_size].unsqueeze(2)  # [B, Hkv, 1, Sq, n_kb]
     probs = torch.softmax(scores.masked_fill(~of_row, float("-inf")), dim=-1).masked_fill(~of_row, 0.0)
     probs = torch.nn.functional.pad(probs.sum(2), (0, 0, 0, n_qb * block_size - Sq))

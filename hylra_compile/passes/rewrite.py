@@ -106,7 +106,7 @@ def consumer_selection(graph: torch.fx.Graph, inputs: dict, settings: dict, prod
     qk = {"q": inputs["q"], "k": inputs["k"]}
     if options.selection == "refine":
         arguments = {**qk, "candidate_idx": produced, "mask": inputs["mask"], "block_mask": inputs["block_mask"],
-                     **settings, **own, **options.scoring_settings}
+                     **settings, **own, **options.prefilter_settings}
         return call_with_meta(graph, torch.ops.hylra.refine_blocks.default, arguments, like)
     arguments = {**inputs, **settings, **own}
     op = call_with_meta(graph, torch.ops.hylra.topk_attention.default, arguments, like)

@@ -52,8 +52,9 @@ def test_refinement_settings_share_the_budget_policy_and_set_their_own_options(f
     assert {name: s.options for name, s in settings.items()} == {
         "budget:6": {}, "budget:6 refine": {"selection": "refine"},
         "budget:6 refine c8": {"selection": "refine", "candidates": 8}, "budget:6 4x top_k": {"top_k": 4096},
-        "budget:6 refine means": {"selection": "refine", "refine_scoring": "means"},
-        "budget:6 refine bounds": {"selection": "refine", "refine_scoring": "bounds"},
+        "budget:6 refine c2": {"selection": "refine", "candidates": 2},
+        "budget:6 refine pf2": {"selection": "refine", "prefilter": 2},
+        "budget:6 refine c8 pf4": {"selection": "refine", "candidates": 8, "prefilter": 4},
         "budget:6r refine": {"selection": "refine"}, "budget:6 refine by need": {"selection": "refine"},
         "budget:6 refine by head need": {"selection": "refine"}, "budget:6 heads": {},
         "budget:6r refine heads": {"selection": "refine"}}

@@ -21,8 +21,8 @@ from hylra_compile.kernels import (
     decode_sparse_attention,
     decode_topk_attention,
     prefill_attention,
+    prefill_prefilter_blocks,
     prefill_refine_blocks,
-    prefill_refine_by_summaries,
     prefill_sparse_attention,
     prefill_topk_attention,
 )
@@ -69,26 +69,18 @@ def check_refine(refine, q, k, v, mask, block_mask, producer, rtol):
         assert_same_selection(got, want, imp, rtol)
 
 
-def check_refine_by_summaries(q, k, v, mask, block_mask, producer, rtol):
-    """prefill_refine_by_summaries against reference.refine_blocks with each summary scoring, on the reference
-    producer's selection of twice ``n_select`` blocks (the kernel takes the mask's block structure where there is
-    a mask, as the dispatch gives it)."""
+def check_prefilter(q, k, v, mask, block_mask, producer, rtol):
+    """prefill_prefilter_blocks against reference.prefilter_blocks, on the reference producer's selection of twice
+    ``n_select`` blocks (the kernel takes the mask's block structure where there is a mask, as the dispatch gives
+    it)."""
     n_sel, bs = producer["n_select"], producer["block_size"]
     candidates = R.topk_attention(q, k, v, mask, **dict(producer, n_select=2 * n_sel))[1]
     if mask is not None and block_mask is None:
         block_mask = R.mask_blocks(mask, block_size=bs)
-    forced = producer["sink_blocks"] + producer["local_blocks"]
-    counts = [min(forced + h % 2, n_sel) for h in range(k.shape[1])]
-    for scoring in ("means", "bounds"):
-        summaries = tuple(s.to(q.dtype) for s in R.block_summaries(k, bs, scoring))
-        cand = R.summary_candidates(candidates, k, mask, producer["is_causal"], bs)
-        imp = R.summary_importance(q.double(), k.double(), cand, producer["scale"], bs, scoring)
-        got = prefill_refine_by_summaries(q, summaries, candidates, block_mask, **producer)
-        assert_same_selection(got, R.refine_blocks(q, k, candidates, mask, **producer, scoring=scoring), imp, rtol)
-        got = prefill_refine_by_summaries(q, summaries, candidates, block_mask, **producer,
-                                          head_n_select=torch.tensor(counts, dtype=torch.int32, device=q.device))
-        want = R.refine_blocks(q, k, candidates, mask, **producer, scoring=scoring, head_n_select=counts)
-        assert_same_selection(got, want, imp, rtol)
+    in_range = R.listed_in_range(candidates, k, mask, producer["is_causal"], bs)
+    imp = R.mean_key_importance(q.double(), k.double(), in_range, producer["scale"], bs)
+    got = prefill_prefilter_blocks(q, R.block_means(k, bs).to(q.dtype), candidates, block_mask, **producer)
+    assert_same_selection(got, R.prefilter_blocks(q, k, candidates, mask, **producer), imp, rtol)
 
 
 def assert_same_selection(got, want, imp, rtol):
@@ -277,7 +269,7 @@ def _check_prefill(case, device, setting):
             assert rel_err(sout, rout) <= tol
         assert rel_err(prefill_attention(q, k, v, mask, block_mask, **common), rout) <= tol
         check_refine(prefill_refine_blocks, q, k, v, mask, block_mask, producer, 10 * tol)
-        check_refine_by_summaries(q, k, v, mask, block_mask, producer, 10 * tol)
+        check_prefilter(q, k, v, mask, block_mask, producer, 10 * tol)
     if valid is not None and min(valid) == 0:
         b0 = valid.index(0)
         assert torch.all(out[b0] == 0) and torch.all(bidx[b0] == -1)
@@ -393,16 +385,18 @@ def test_ops_dispatch_cuda():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # second time: no new warning
         torch.ops.hylra.topk_attention(q32, k32, v32, None, **producer)
-    # A prompt's refinement by block means with a mask and no block mask: the dispatch derives the block ranges.
+    # A prompt's refinement with a mean-key pre-filter, a mask and no block mask: the dispatch derives the ranges.
     qp, kp, vp = make_qkv(2, 8, 2, 300, 1000, 128, torch.bfloat16, "cuda", seed=1)
     mask = make_mask("bool", 2, 300, 1000, [1000, 640], "cuda", left=True)
-    candidates = R.topk_attention(qp, kp, vp, mask, **dict(producer, n_select=8))[1]
+    candidates = R.topk_attention(qp, kp, vp, mask, **dict(producer, n_select=12))[1]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        got = torch.ops.hylra.refine_blocks(qp, kp, candidates, mask, **producer, scoring="means")
-    cand = R.summary_candidates(candidates, kp, mask, False, 64)
-    imp = R.summary_importance(qp.double(), kp.double(), cand, None, 64, "means")
-    assert_same_selection(got, R.refine_blocks(qp, kp, candidates, mask, **producer, scoring="means"), imp, 0.2)
+        got = torch.ops.hylra.refine_blocks(qp, kp, candidates, mask, **producer, prefilter=2)
+    narrowed = R.prefilter_blocks(qp, kp, candidates, mask, **dict(producer, n_select=8))
+    in_narrowed = R._selection_keys(narrowed, "narrowed", qp, kp, 64)
+    _, imp, _ = R.attention_with_importance(qp.double(), kp.double(), None, mask, False, None, 64,
+                                            keep=lambda s, e, allowed: allowed & in_narrowed(s, e, allowed))
+    assert_same_selection(got, R.refine_blocks(qp, kp, candidates, mask, **producer, prefilter=2), imp, 0.2)
 
 
 @cuda

@@ -464,11 +464,11 @@ def test_refine_with_a_budget_per_kv_head(mask_kind):
                 refine_blocks(*tensors, None, is_causal=True, scale=None, **selection(4, 1, 0), head_n_select=counts)
 
 
-def independent_summary_refine(q, k, candidate_idx, allowed, scale, bs, n_select, sink, local, scoring):
-    """refine_blocks under a summary ``scoring`` from its definition, one (batch, KV head, query block) at a time in
-    fp64: the listed blocks between the first and the last block holding an allowed key of the query block (these
-    masks allow one run of keys per query), each summarised by a loop over its keys (mean, or per-channel minimum and
-    maximum), every query's softmax over their scores, the masses summed over the head group and the queries."""
+def independent_prefilter(q, k, candidate_idx, allowed, scale, bs, n_select, sink, local):
+    """prefilter_blocks from its definition, one (batch, KV head, query block) at a time in fp64: the listed blocks
+    between the first and the last block holding an allowed key of the query block (these masks allow one run of
+    keys per query), each block's mean key by a loop over its keys, every query's softmax over their scores, the
+    masses summed over the head group and the queries; selected as independent_refine selects."""
     B, Hq, Sq, D = q.shape
     Hkv, Skv = k.shape[1], k.shape[2]
     G, n_qb = Hq // Hkv, -(-Sq // bs)
@@ -479,21 +479,14 @@ def independent_summary_refine(q, k, candidate_idx, allowed, scale, bs, n_select
                 rows = range(r * bs, min((r + 1) * bs, Sq))
                 hit = sorted({j // bs for i in rows for j in range(Skv) if allowed[b, 0, i, j]})
                 candidates = [int(c) for c in candidate_idx[b, h, r] if c >= 0 and hit and hit[0] <= c <= hit[-1]]
+                means = [sum(k[b, h, j].double() for j in range(c * bs, min((c + 1) * bs, Skv)))
+                         / len(range(c * bs, min((c + 1) * bs, Skv))) for c in candidates]
                 mass = dict.fromkeys(candidates, 0.0)
                 for head in range(h * G, (h + 1) * G):
                     for i in rows:
-                        scores = []
-                        for c in candidates:
-                            keys = k[b, h, c * bs : (c + 1) * bs].double()
-                            x = q[b, head, i].double()
-                            if scoring == "means":
-                                scores.append(float(x @ keys.mean(0)))
-                            else:
-                                low, high = keys.min(0).values, keys.max(0).values
-                                scores.append(sum(max(x[d] * low[d], x[d] * high[d]) for d in range(D)))
                         if candidates:
-                            probs = torch.softmax(torch.tensor(scores, dtype=torch.float64) * scale, 0).tolist()
-                            for c, p in zip(candidates, probs):
+                            scores = torch.stack([q[b, head, i].double() @ m for m in means]) * scale
+                            for c, p in zip(candidates, torch.softmax(scores, 0).tolist()):
                                 mass[c] += p
                 forced = set(candidates[:sink]) | set(candidates[len(candidates) - local :])
                 rest = sorted((c for c in candidates if c not in forced), key=lambda c: (-mass[c], c))
@@ -502,12 +495,12 @@ def independent_summary_refine(q, k, candidate_idx, allowed, scale, bs, n_select
     return out
 
 
-@pytest.mark.parametrize("scoring", ["means", "bounds"])
 @pytest.mark.parametrize("mask_kind", ["causal", "padded", "float"])
-def test_refine_by_summaries_equals_independent_computation(scoring, mask_kind):
-    """A prompt's refinement by block summaries agrees exactly with :func:`independent_summary_refine` on random fp64
-    inputs and candidate sets (blocks past the diagonal or in the padding listed too), for causal, padded and
-    additive masks (the mask bounds the candidates; its values do not enter the scores)."""
+def test_prefilter_equals_independent_computation(mask_kind):
+    """prefilter_blocks agrees exactly with :func:`independent_prefilter` on random fp64 inputs and candidate sets
+    (blocks past the diagonal or in the padding listed too), for causal, padded and additive masks (the mask bounds
+    the candidates; its values do not enter the scores); refine_blocks with ``prefilter`` p is refine_blocks over
+    those p * n_select blocks, with budgets by KV head too; opcheck passes."""
     q, k, _ = qkv(Sq=21, Skv=37, dtype=torch.float64, seed=10)
     mask, is_causal = None, mask_kind == "causal"
     if mask_kind == "padded":
@@ -516,33 +509,35 @@ def test_refine_by_summaries_equals_independent_computation(scoring, mask_kind):
         g = torch.Generator().manual_seed(11)
         mask = torch.where(padding_mask(2, 21, 37, [37, 30]), torch.randn(2, 1, 21, 37, generator=g,
                                                                           dtype=torch.float64), -math.inf)
-    candidates = random_candidates(2, 2, 3, 5, 4, seed=12)
+    candidates = random_candidates(2, 2, 3, 5, 5, seed=12)
     allowed, _ = allowed_and_bias(mask, is_causal, 2, 21, 37)
     for n_select, sink, local in ((3, 1, 1), (2, 0, 0)):
-        got = refine_blocks(q, k, candidates, mask, is_causal=is_causal, scale=0.5,
-                            **selection(n_select, sink, local), scoring=scoring)
-        want = independent_summary_refine(q, k, candidates, allowed, 0.5, 8, n_select, sink, local, scoring)
-        assert torch.equal(got, want)
-    torch.library.opcheck(refine_blocks, (q, k, candidates, mask),
-                          dict(is_causal=is_causal, scale=None, **selection(3, 1, 1), scoring=scoring))
+        narrowed = R.prefilter_blocks(q, k, candidates, mask, is_causal=is_causal, scale=0.5,
+                                      **selection(n_select, sink, local))
+        assert torch.equal(narrowed, independent_prefilter(q, k, candidates, allowed, 0.5, 8, n_select, sink, local))
+    settings = dict(is_causal=is_causal, scale=None, **selection(2, 1, 0))
+    narrowed = R.prefilter_blocks(q, k, candidates, mask, **dict(settings, n_select=4))
+    for counts in (None, [1, 2]):
+        assert torch.equal(refine_blocks(q, k, candidates, mask, **settings, head_n_select=counts, prefilter=2),
+                           refine_blocks(q, k, narrowed, mask, **settings, head_n_select=counts))
+    torch.library.opcheck(refine_blocks, (q, k, candidates, mask), dict(settings, prefilter=2))
 
 
-def test_refine_scorings_differ_in_a_prompt_only():
-    """A decode step (one query) scores every key whatever ``scoring`` says; a prompt's summary scorings choose
-    otherwise than its keys do somewhere; an unknown scoring is refused, naming the valid ones."""
-    q, k, v = qkv(Sq=21, Skv=37, seed=13)
+def test_prefilter_applies_to_a_prompt_listing_more_than_it_keeps():
+    """A decode step (one query), or a prefilter keeping every listed entry, refines as without one; a prompt's
+    pre-filter changes the selection somewhere; a negative prefilter is refused."""
+    q, k, _ = qkv(Sq=21, Skv=37, seed=13)
     candidates = random_candidates(2, 2, 3, 5, 5, seed=14)
-    settings = dict(is_causal=True, scale=None, **selection(2, 0, 0))
+    settings = dict(is_causal=True, scale=None, **selection(1, 0, 0))
     keys = refine_blocks(q, k, candidates, None, **settings)
-    assert not all(torch.equal(keys, refine_blocks(q, k, candidates, None, **settings, scoring=s))
-                   for s in ("means", "bounds"))
-    one = candidates[:, :, :1]
+    assert not torch.equal(keys, refine_blocks(q, k, candidates, None, **settings, prefilter=2))
+    assert torch.equal(keys, refine_blocks(q, k, candidates, None, **settings, prefilter=5))
     decode = dict(settings, is_causal=False)
-    for scoring in ("means", "bounds"):
-        assert torch.equal(refine_blocks(q[:, :, -1:], k, one, None, **decode, scoring=scoring),
-                           refine_blocks(q[:, :, -1:], k, one, None, **decode))
-    with pytest.raises(ValueError, match=r"scoring must be one of \['keys', 'means', 'bounds'\], got 'mean'"):
-        refine_blocks(q, k, candidates, None, **settings, scoring="mean")
+    one = candidates[:, :, :1]
+    assert torch.equal(refine_blocks(q[:, :, -1:], k, one, None, **decode, prefilter=2),
+                       refine_blocks(q[:, :, -1:], k, one, None, **decode))
+    with pytest.raises(ValueError, match=r"prefilter must be an int >= 0 \(0: none\), got -1"):
+        refine_blocks(q, k, candidates, None, **settings, prefilter=-1)
 
 
 def test_refine_softmax_runs_over_the_candidates_keys_only():

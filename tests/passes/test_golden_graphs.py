@@ -167,16 +167,16 @@ refine_blocks#0(q=%3 f32[1, 2, 16, 4], k=%4 f32[1, 1, 16, 4], candidate_idx=expa
 sparse_attention#0(q=%3 f32[1, 2, 16, 4], k=%4 f32[1, 1, 16, 4], v=%5 f32[1, 1, 16, 4], mask=None, block_mask=None, block_idx=refine_blocks#0, is_causal=True, scale=None, block_size=4, min_seq_len=0)
 consumer_sites=1, producer_sites=1, rewritten=2, sdpa_matched=2""")
 
-    def test_own_model_refine_by_block_means(self):
-        """refine_scoring="means": the consumer's refine_blocks carries scoring="means" (its prompt scores each
-        candidate block by its mean key); nothing else in the graph changes."""
+    def test_own_model_refine_with_a_prefilter(self):
+        """prefilter=1 with candidates=2: the consumer's refine_blocks carries prefilter=1 (its prompt narrows the 4
+        candidate blocks to 2 by mean keys before scoring keys); nothing else in the graph changes."""
         torch.manual_seed(0)
         model = TinyStack()
         gm = rewritten(model, policy=Policy.every(2, 2), top_k=8, block_size=4, local_blocks=1, min_seq_len=0,
-                       selection="refine", candidates=2, refine_scoring="means")
+                       selection="refine", candidates=2, prefilter=1)
         self.assertExpectedInline(attention_ops(gm) + "\n" + attention_counters(), """\
 topk_attention#0(q=%0 f32[1, 2, 16, 4], k=%1 f32[1, 1, 16, 4], v=%2 f32[1, 1, 16, 4], mask=None, block_mask=None, is_causal=True, scale=None, block_size=4, n_select=4, sink_blocks=1, local_blocks=1)
-refine_blocks#0(q=%3 f32[1, 2, 16, 4], k=%4 f32[1, 1, 16, 4], candidate_idx=topk_attention#0.block_idx, mask=None, block_mask=None, is_causal=True, scale=None, block_size=4, n_select=2, sink_blocks=1, local_blocks=1, scoring='means')
+refine_blocks#0(q=%3 f32[1, 2, 16, 4], k=%4 f32[1, 1, 16, 4], candidate_idx=topk_attention#0.block_idx, mask=None, block_mask=None, is_causal=True, scale=None, block_size=4, n_select=2, sink_blocks=1, local_blocks=1, prefilter=1)
 sparse_attention#0(q=%3 f32[1, 2, 16, 4], k=%4 f32[1, 1, 16, 4], v=%5 f32[1, 1, 16, 4], mask=None, block_mask=None, block_idx=refine_blocks#0, is_causal=True, scale=None, block_size=4, min_seq_len=0)
 consumer_sites=1, producer_sites=1, rewritten=2, sdpa_matched=2""")
 
