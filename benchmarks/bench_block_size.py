@@ -3,7 +3,8 @@
 Llama-3-8B attention shapes (bench_kernels.py), bf16, batch 1, top_k 2048 tokens and 64 sink / 128 local tokens at
 every block size (block 16: 128 blocks, 32: 64, 64: 32, 128: 16): prefill (causal, do_bench medians) and decode
 (the last query over the whole cache, under a CUDA graph) of the producer, the refinement (its own top_k among 4x
-top_k candidates), the consumer and the dense op, and SDPA's causal prefill and decode (whichever backend torch
+top_k candidates; in prefill also with ``prefilter=2``, the candidates first narrowed to 2x top_k by mean keys,
+through the op's dispatch), the consumer and the dense op, and SDPA's causal prefill and decode (whichever backend torch
 picks). The accuracy half is `frontier.py accuracy --group blocks`.
 
     python benchmarks/bench_block_size.py --length 32768 --out benchmarks/results
@@ -18,6 +19,8 @@ import os
 import sys
 
 import torch
+
+import hylra_compile  # noqa: F401  (registers the ops)
 
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_kernels import TOPK, med, qkv  # noqa: E402
@@ -35,7 +38,7 @@ from hylra_compile.kernels import (  # noqa: E402
 
 F = torch.nn.functional
 CANDIDATES = 4
-OPS = ("producer", "refine", "consumer", "dense")
+OPS = ("producer", "refine", "refine_pf2", "consumer", "dense")  # refine_pf2: prefill only
 
 
 def main() -> int:
@@ -68,6 +71,9 @@ def main() -> int:
                 "consumer": lambda: consume(qs, k, v, idx, None, is_causal=causal, **blocks, min_seq_len=0),
                 "dense": lambda: dense(qs, k, v, None, is_causal=causal, **blocks),
             }
+            if phase == "prefill":
+                calls["refine_pf2"] = lambda: torch.ops.hylra.refine_blocks(qs, k, candidates, None,
+                                                                            is_causal=causal, **selection, prefilter=2)
             for op, call in calls.items():
                 ops[f"{phase}_{op}_us"] = med(call, graph=graph)
         row = {"block_size": bs, "n_select": n_select, **ops}
@@ -90,7 +96,10 @@ def main() -> int:
         cells = []
         for phase, sdpa in (("prefill", sdpa_prefill), ("decode", sdpa_decode)):
             for op in OPS:
-                t = r[f"{phase}_{op}_us"]
+                t = r.get(f"{phase}_{op}_us")
+                if t is None:
+                    cells.append("—")
+                    continue
                 cell = f"{t:.0f}" if phase == "prefill" else f"{t:.1f}"
                 cells.append(cell + (f" ({t / sdpa:.2f}×)" if op == "dense" else ""))
         lines.append(f"| {r['block_size']} | {r['n_select']} | " + " | ".join(cells) + " |")

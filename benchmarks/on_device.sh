@@ -14,14 +14,16 @@
 #     kernels               every pass at blocks 16-128, 32K tokens (bench_block_size.py)
 #     e2e CONTEXT [ARGS]    generate() rows of the 8B-shaped model (bench_e2e.py --context CONTEXT ARGS; compare
 #                           block sizes in one run: --variants eager,8of32-refine --block-size 64,16
-#                           --producer-block-size 64)
+#                           --producer-block-size 64; the mean-key pre-filter: --prefilter 0,2)
 #     accuracy MODEL LENGTH TOP_K [ARGS]
 #                           frontier.py accuracy on a real model (qwen2.5-coder-0.5b or smollm2), its GGUF
 #                           joined from the ~/m pieces once per machine
 # Costs on an H100 (2026-12-07), for planning a session's 30 minutes: moving Qwen's 9 pieces ~1 minute; kernels at
 # blocks 16 and 64 ~80 s; e2e at 128K ~130 s per variant (the first call compiles), eager more; accuracy of Qwen at
 # 32K ~1-2 minutes to load and profile, then ~100 s per setting (dense included) at the default 96 prompts: run it
-# under `timeout` below the call's limit (the files saved once a minute come back, marked cut short).
+# under `timeout` below the call's limit (the files saved once a minute come back, marked cut short). A call that
+# finds no machine still costs 15-90 s of the budget: after a refusal, wait the time it names (six refusals took a
+# third of one session's 30 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step=${1:?"a step: prepare, cuda-tests, kernels, e2e, accuracy"}

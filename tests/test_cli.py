@@ -257,6 +257,7 @@ def test_eval_defaults():
      "--samples 0 asks for no retrieval prompt: pass --tasks none instead"),
     (["--policy", "every:2", "--selection", "best"], "argument --selection: invalid choice: 'best'"),
     (["--policy", "every:2", "--candidates", "0"], "argument --candidates: 0 is not a positive integer"),
+    (["--policy", "every:2", "--prefilter", "-1"], "argument --prefilter: -1 is negative"),
     (["--policy", "every:2", "--producer-block-size", "12"], "producer_block_size must be a multiple of block_size=8"),
     (["--policy", "every:2", "--producer-block-size", "16", "--selection", "reuse"],
      "producer_block_size=16 needs selection='refine'"),
@@ -301,13 +302,18 @@ def test_eval_selection_reaches_the_evaluation(files, capsys):
 
 
 def test_eval_candidates_reach_the_evaluation(files):
-    """--selection refine --candidates 2 evaluates with 2 candidates per kept block."""
+    """--selection refine --candidates 2 evaluates with 2 candidates per kept block; --producer-block-size and
+    --prefilter reach it too."""
     assert main(eval_args(files, "--policy", "every:2", "--selection", "refine", "--candidates", "2")) == 0
     metadata = json.loads((files / "eval" / "eval.json").read_text())["metadata"]
     assert (metadata["selection"], metadata["candidates"]) == ("refine", 2)
     assert main(eval_args(files, "--policy", "every:2", "--selection", "refine", "--producer-block-size", "16")) == 0
     metadata = json.loads((files / "eval" / "eval.json").read_text())["metadata"]
     assert metadata["producer_block_size"] == 16
+    assert main(eval_args(files, "--policy", "every:2", "--selection", "refine", "--prefilter", "2",
+                          "--candidates", "4")) == 0
+    metadata = json.loads((files / "eval" / "eval.json").read_text())["metadata"]
+    assert metadata["prefilter"] == 2
 
 
 def test_profile_refuses_to_replace_a_file_that_is_not_a_policy(files, capsys, no_model_load):
