@@ -120,10 +120,12 @@ def settings_of(group: str, num_layers: int, dense: int, get_profile, only=None,
                 allocate_top_k(optimize(get_profile(), budget=dense), get_profile(), top_k=top_k,
                                block_size=block_size, min_blocks=forced), {"selection": "refine"})
         # Budgets by need per KV head: each consumer KV head's own top_k from its sensitivity, the total fixed.
-        if not only or f"budget:{dense} refine by head need" in only:
-            settings[f"budget:{dense} refine by head need"] = Setting(
-                allocate_top_k(optimize(get_profile(), budget=dense), get_profile(), top_k=top_k,
-                               block_size=block_size, per_head=True, min_blocks=forced), {"selection": "refine"})
+        for suffix, extra in (("", {}), (" pf2", {"prefilter": 2})):  # and with the mean-key pre-filter
+            if not only or f"budget:{dense} refine by head need{suffix}" in only:
+                settings[f"budget:{dense} refine by head need{suffix}"] = Setting(
+                    allocate_top_k(optimize(get_profile(), budget=dense), get_profile(), top_k=top_k,
+                                   block_size=block_size, per_head=True, min_blocks=forced),
+                    {"selection": "refine", **extra})
         # Head-mapped reuse (Kascade): each consumer KV head reads the producer KV head holding most of its mass.
         if not only or f"budget:{dense} heads" in only:
             settings[f"budget:{dense} heads"] = Setting(optimize(get_profile(), budget=dense, map_heads=True))

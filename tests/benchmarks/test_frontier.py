@@ -56,7 +56,8 @@ def test_refinement_settings_share_the_budget_policy_and_set_their_own_options(f
         "budget:6 refine pf2": {"selection": "refine", "prefilter": 2},
         "budget:6 refine c8 pf4": {"selection": "refine", "candidates": 8, "prefilter": 4},
         "budget:6r refine": {"selection": "refine"}, "budget:6 refine by need": {"selection": "refine"},
-        "budget:6 refine by head need": {"selection": "refine"}, "budget:6 heads": {},
+        "budget:6 refine by head need": {"selection": "refine"},
+        "budget:6 refine by head need pf2": {"selection": "refine", "prefilter": 2}, "budget:6 heads": {},
         "budget:6r refine heads": {"selection": "refine"}}
     plain = [name for name in settings if "6r" not in name and "heads" not in name and "need" not in name]
     assert all(settings[name].policy == Policy.every(5, 24) for name in plain)
@@ -64,6 +65,7 @@ def test_refinement_settings_share_the_budget_policy_and_set_their_own_options(f
     # at block 32 the selection forces 2 sink and 4 local blocks: no consumer gets fewer
     assert by_need.modes == Policy.every(5, 24).modes and by_need.provenance["allocated"] == (5, 1024, 32, False, 6)
     assert settings["budget:6 refine by head need"].policy.provenance["allocated"] == (5, 1024, 32, True, 6)
+    assert settings["budget:6 refine by head need pf2"].policy == settings["budget:6 refine by head need"].policy
     assert settings["budget:6r refine"].policy == Policy.every(8, 24)  # from the profile with 4 candidates
     assert settings["budget:6 heads"].policy == Policy.every(15, 24)  # head-mapped, the reuse profile
     assert settings["budget:6r refine heads"].policy == Policy.every(18, 24)
