@@ -493,7 +493,8 @@ def table(folder: Path) -> None:
                 why = ("a phase diagnostic" if r["phases"] != ["prefill", "decode"] else
                        "a measurement: each consumer runs a dense pass" if r["selection"] == "oracle" else
                        f"no bench_e2e row of a -refine variant at top_k {r['top_k']}, block {r['block_size']}, "
-                       f"{r.get('candidates', DEFAULT_CANDIDATES)} candidates" if r["selection"] == "refine"
+                       f"{r.get('candidates', DEFAULT_CANDIDATES)} candidates"
+                       + (f", prefilter {r['prefilter']}" if r.get("prefilter") else "") if r["selection"] == "refine"
                        else f"no bench_e2e row at top_k {r['top_k']}, block {r['block_size']}")
                 speed = [f"not measured ({why})", ""]
             else:
