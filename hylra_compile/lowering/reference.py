@@ -498,8 +498,8 @@ def _selection_keys(block_idx: Tensor, name: str, q: Tensor, k: Tensor, block_si
     """Check a block selection (int32 [B, Hkv, ceil(Sq / bs), n]: each row strictly ascending block indices, then
     -1 padding) and return ``in_selection(start, end, allowed)``: bool [B, Hkv, 1, end - start, keys], whether
     each key of ``allowed`` lies in a selected block of its query's block."""
-    B, Hkv, Skv = q.shape[0], k.shape[1], k.shape[2]
-    n_kb, n_qb = num_blocks(Skv, block_size), num_blocks(q.shape[2], block_size)
+    Skv = k.shape[2]
+    n_kb = num_blocks(Skv, block_size)
     check_block_idx(block_idx, q, k, block_size, name)
     if ((block_idx < -1) | (block_idx >= n_kb)).any():
         raise ValueError(f"{name} holds entries outside [-1, {n_kb})")
@@ -507,10 +507,7 @@ def _selection_keys(block_idx: Tensor, name: str, q: Tensor, k: Tensor, block_si
     ascending = (block_idx[..., 1:] > block_idx[..., :-1]) | ~valid[..., 1:]
     if (valid[..., 1:] & ~valid[..., :-1]).any() or not ascending.all():
         raise ValueError(f"each {name} row must be strictly ascending block indices followed by -1 padding")
-    # selected[b, h, r, c]: KV block c is selected for query block r (the -1 padding lands in a spare column).
-    selected = torch.zeros(B, Hkv, n_qb, n_kb + 1, dtype=torch.bool, device=q.device)
-    selected.scatter_(-1, torch.where(block_idx < 0, n_kb, block_idx).long(), True)
-    selected_keys = selected[..., :n_kb].repeat_interleave(block_size, dim=-1)[..., :Skv]
+    selected_keys = _listed(block_idx, n_kb).repeat_interleave(block_size, dim=-1)[..., :Skv]
 
     def in_selection(start: int, end: int, allowed: Tensor) -> Tensor:
         query_block = torch.arange(start, end, device=q.device) // block_size
@@ -621,7 +618,7 @@ def listed_in_range(candidate_idx: Tensor, k: Tensor, mask: Tensor | None, is_ca
                     block_size: int) -> Tensor:
     """bool [B, Hkv, n_qb, n_kb]: the listed blocks of ``candidate_idx`` inside each query block's block range, as
     :func:`prefilter_blocks` defines it."""
-    B, Hkv, n_qb, _ = candidate_idx.shape
+    n_qb = candidate_idx.shape[2]
     n_kb = num_blocks(k.shape[2], block_size)
     device = k.device
     rows = torch.arange(n_qb, device=device)
@@ -634,9 +631,14 @@ def listed_in_range(candidate_idx: Tensor, k: Tensor, mask: Tensor | None, is_ca
     first = torch.minimum(first, end)
     columns = torch.arange(n_kb, device=device)
     in_range = (columns >= first[..., None]) & (columns < end[..., None])  # [B or 1, n_qb, n_kb]
-    listed = torch.zeros(B, Hkv, n_qb, n_kb + 1, dtype=torch.bool, device=device)
-    listed.scatter_(-1, torch.where(candidate_idx < 0, n_kb, candidate_idx).long(), True)
-    return listed[..., :n_kb] & in_range[:, None]
+    return _listed(candidate_idx, n_kb) & in_range[:, None]
+
+
+def _listed(block_idx: Tensor, n_kb: int) -> Tensor:
+    """bool [B, Hkv, n_qb, n_kb]: whether KV block c is listed in row (b, h, r) of a block selection."""
+    listed = torch.zeros(*block_idx.shape[:3], n_kb + 1, dtype=torch.bool, device=block_idx.device)
+    listed.scatter_(-1, torch.where(block_idx < 0, n_kb, block_idx).long(), True)  # -1 lands in a spare column
+    return listed[..., :n_kb]
 
 
 def mean_key_importance(q: Tensor, k: Tensor, candidate: Tensor, scale: float | None, block_size: int) -> Tensor:

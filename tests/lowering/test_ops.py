@@ -363,12 +363,17 @@ def independent_refine(q, k, candidate_idx, allowed, bias, scale, bs, n_select, 
                         scores = (k[b, h, keys].double() @ q[b, head, i].double()) * scale + bias[b, m, i, keys]
                         for j, p in zip(keys, torch.softmax(scores, 0).tolist()):
                             mass[j // bs] = mass.get(j // bs, 0.0) + p
-                candidates = sorted(mass)
-                forced = set(candidates[:sink]) | set(candidates[len(candidates) - local :])
-                rest = sorted((c for c in candidates if c not in forced), key=lambda c: (-mass[c], c))
-                chosen = sorted(forced | set(rest[: n_select - len(forced)]))
+                chosen = independent_selection(mass, sorted(mass), n_select, sink, local)
                 out[b, h, r, : len(chosen)] = torch.tensor(chosen, dtype=torch.int32)
     return out
+
+
+def independent_selection(mass, candidates, n_select, sink, local):
+    """The first ``sink`` and last ``local`` of the ascending ``candidates``, then the others of most ``mass`` (ties
+    to the lower index), ascending."""
+    forced = set(candidates[:sink]) | set(candidates[len(candidates) - local :])
+    rest = sorted((c for c in candidates if c not in forced), key=lambda c: (-mass[c], c))
+    return sorted(forced | set(rest[: n_select - len(forced)]))
 
 
 @pytest.mark.parametrize("case", ["causal", "bool_mask", "float_mask", "padded_gqa8", "sq_not_multiple", "decode"])
@@ -488,9 +493,7 @@ def independent_prefilter(q, k, candidate_idx, allowed, scale, bs, n_select, sin
                             scores = torch.stack([q[b, head, i].double() @ m for m in means]) * scale
                             for c, p in zip(candidates, torch.softmax(scores, 0).tolist()):
                                 mass[c] += p
-                forced = set(candidates[:sink]) | set(candidates[len(candidates) - local :])
-                rest = sorted((c for c in candidates if c not in forced), key=lambda c: (-mass[c], c))
-                chosen = sorted(forced | set(rest[: n_select - len(forced)]))
+                chosen = independent_selection(mass, candidates, n_select, sink, local)
                 out[b, h, r, : len(chosen)] = torch.tensor(chosen, dtype=torch.int32)
     return out
 
