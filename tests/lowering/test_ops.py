@@ -345,35 +345,42 @@ def independent_refine(q, k, candidate_idx, allowed, bias, scale, bs, n_select, 
     over its allowed keys inside the row's candidate blocks, its probabilities summed per KV block over the head group
     and the block's queries; the first ``sink`` and last ``local`` candidate blocks holding such a key, then the most
     important others (ties to the lower index), ascending, -1 padded."""
+    Skv = k.shape[2]
+
+    def row(b, h, r, rows, heads):
+        listed = {int(c) for c in candidate_idx[b, h, r] if c >= 0}
+        mass: dict[int, float] = {}
+        for head in heads:
+            m = min(head, allowed.shape[1] - 1)
+            for i in rows:
+                keys = [j for j in range(Skv) if allowed[b, m, i, j] and j // bs in listed]
+                if not keys:
+                    continue
+                scores = (k[b, h, keys].double() @ q[b, head, i].double()) * scale + bias[b, m, i, keys]
+                for j, p in zip(keys, torch.softmax(scores, 0).tolist()):
+                    mass[j // bs] = mass.get(j // bs, 0.0) + p
+        return sorted(mass), mass
+
+    return independent_selections(q, k, bs, n_select, sink, local, row)
+
+
+def independent_selections(q, k, bs, n_select, sink, local, row):
+    """int32 [B, Hkv, ceil(Sq / bs), n_select] from ``row(b, h, r, queries, query heads)`` -> (the row's ascending
+    candidates, their masses): the first ``sink`` and last ``local`` candidates, then the others of most mass (ties
+    to the lower index), ascending, -1 padded."""
     B, Hq, Sq, _ = q.shape
-    Hkv, Skv = k.shape[1], k.shape[2]
+    Hkv = k.shape[1]
     G, n_qb = Hq // Hkv, -(-Sq // bs)
     out = torch.full((B, Hkv, n_qb, n_select), -1, dtype=torch.int32)
     for b in range(B):
         for h in range(Hkv):
             for r in range(n_qb):
-                listed = {int(c) for c in candidate_idx[b, h, r] if c >= 0}
-                mass: dict[int, float] = {}
-                for head in range(h * G, (h + 1) * G):
-                    m = min(head, allowed.shape[1] - 1)
-                    for i in range(r * bs, min((r + 1) * bs, Sq)):
-                        keys = [j for j in range(Skv) if allowed[b, m, i, j] and j // bs in listed]
-                        if not keys:
-                            continue
-                        scores = (k[b, h, keys].double() @ q[b, head, i].double()) * scale + bias[b, m, i, keys]
-                        for j, p in zip(keys, torch.softmax(scores, 0).tolist()):
-                            mass[j // bs] = mass.get(j // bs, 0.0) + p
-                chosen = independent_selection(mass, sorted(mass), n_select, sink, local)
+                candidates, mass = row(b, h, r, range(r * bs, min((r + 1) * bs, Sq)), range(h * G, (h + 1) * G))
+                forced = set(candidates[:sink]) | set(candidates[len(candidates) - local :])
+                rest = sorted((c for c in candidates if c not in forced), key=lambda c: (-mass[c], c))
+                chosen = sorted(forced | set(rest[: n_select - len(forced)]))
                 out[b, h, r, : len(chosen)] = torch.tensor(chosen, dtype=torch.int32)
     return out
-
-
-def independent_selection(mass, candidates, n_select, sink, local):
-    """The first ``sink`` and last ``local`` of the ascending ``candidates``, then the others of most ``mass`` (ties
-    to the lower index), ascending."""
-    forced = set(candidates[:sink]) | set(candidates[len(candidates) - local :])
-    rest = sorted((c for c in candidates if c not in forced), key=lambda c: (-mass[c], c))
-    return sorted(forced | set(rest[: n_select - len(forced)]))
 
 
 @pytest.mark.parametrize("case", ["causal", "bool_mask", "float_mask", "padded_gqa8", "sq_not_multiple", "decode"])
@@ -474,28 +481,23 @@ def independent_prefilter(q, k, candidate_idx, allowed, scale, bs, n_select, sin
     between the first and the last block holding an allowed key of the query block (these masks allow one run of
     keys per query), each block's mean key by a loop over its keys, every query's softmax over their scores, the
     masses summed over the head group and the queries; selected as independent_refine selects."""
-    B, Hq, Sq, D = q.shape
-    Hkv, Skv = k.shape[1], k.shape[2]
-    G, n_qb = Hq // Hkv, -(-Sq // bs)
-    out = torch.full((B, Hkv, n_qb, n_select), -1, dtype=torch.int32)
-    for b in range(B):
-        for h in range(Hkv):
-            for r in range(n_qb):
-                rows = range(r * bs, min((r + 1) * bs, Sq))
-                hit = sorted({j // bs for i in rows for j in range(Skv) if allowed[b, 0, i, j]})
-                candidates = [int(c) for c in candidate_idx[b, h, r] if c >= 0 and hit and hit[0] <= c <= hit[-1]]
-                means = [sum(k[b, h, j].double() for j in range(c * bs, min((c + 1) * bs, Skv)))
-                         / len(range(c * bs, min((c + 1) * bs, Skv))) for c in candidates]
-                mass = dict.fromkeys(candidates, 0.0)
-                for head in range(h * G, (h + 1) * G):
-                    for i in rows:
-                        if candidates:
-                            scores = torch.stack([q[b, head, i].double() @ m for m in means]) * scale
-                            for c, p in zip(candidates, torch.softmax(scores, 0).tolist()):
-                                mass[c] += p
-                chosen = independent_selection(mass, candidates, n_select, sink, local)
-                out[b, h, r, : len(chosen)] = torch.tensor(chosen, dtype=torch.int32)
-    return out
+    Skv = k.shape[2]
+
+    def row(b, h, r, rows, heads):
+        hit = sorted({j // bs for i in rows for j in range(Skv) if allowed[b, 0, i, j]})
+        candidates = [int(c) for c in candidate_idx[b, h, r] if c >= 0 and hit and hit[0] <= c <= hit[-1]]
+        means = [sum(k[b, h, j].double() for j in range(c * bs, min((c + 1) * bs, Skv)))
+                 / len(range(c * bs, min((c + 1) * bs, Skv))) for c in candidates]
+        mass = dict.fromkeys(candidates, 0.0)
+        for head in heads:
+            for i in rows:
+                if candidates:
+                    scores = torch.stack([q[b, head, i].double() @ m for m in means]) * scale
+                    for c, p in zip(candidates, torch.softmax(scores, 0).tolist()):
+                        mass[c] += p
+        return candidates, mass
+
+    return independent_selections(q, k, bs, n_select, sink, local, row)
 
 
 @pytest.mark.parametrize("mask_kind", ["causal", "padded", "float"])
