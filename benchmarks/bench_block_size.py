@@ -85,23 +85,20 @@ def main() -> int:
     stem = os.path.join(args.out, f"block-size-{S // 1024}k-{meta['device'].replace(' ', '_')}")
     with open(stem + ".json", "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    columns = [(phase, op) for phase in ("prefill", "decode") for op in OPS if f"{phase}_{op}_us" in rows[0]]
     lines = [f"# Kernel time against block size, top_k {TOPK} tokens, {S // 1024}K tokens, B=1 "
              f"({meta['device']}, {meta['date']}, torch {meta['torch']})", "",
              f"SDPA: prefill causal {sdpa_prefill:.0f} µs, decode {sdpa_decode:.1f} µs (CUDA graph). Sink 64 and local "
-             f"128 tokens at every size; refine keeps top_k of {CANDIDATES}x top_k candidates; dense / SDPA in "
-             "brackets.", "",
-             "| block | n_select | " + " | ".join(f"{phase} {op} µs" for phase in ("prefill", "decode") for op in OPS)
-             + " |", "|---|---|" + "---|" * 2 * len(OPS)]
+             f"128 tokens at every size; refine keeps top_k of {CANDIDATES}x top_k candidates (refine_pf2 first narrows them to 2x top_k by "
+             "block mean keys); dense / SDPA in brackets.", "",
+             "| block | n_select | " + " | ".join(f"{phase} {op} µs" for phase, op in columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
     for r in rows:
         cells = []
-        for phase, sdpa in (("prefill", sdpa_prefill), ("decode", sdpa_decode)):
-            for op in OPS:
-                t = r.get(f"{phase}_{op}_us")
-                if t is None:
-                    cells.append("—")
-                    continue
-                cell = f"{t:.0f}" if phase == "prefill" else f"{t:.1f}"
-                cells.append(cell + (f" ({t / sdpa:.2f}×)" if op == "dense" else ""))
+        for phase, op in columns:
+            t, sdpa = r[f"{phase}_{op}_us"], sdpa_prefill if phase == "prefill" else sdpa_decode
+            cell = f"{t:.0f}" if phase == "prefill" else f"{t:.1f}"
+            cells.append(cell + (f" ({t / sdpa:.2f}×)" if op == "dense" else ""))
         lines.append(f"| {r['block_size']} | {r['n_select']} | " + " | ".join(cells) + " |")
     with open(stem + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")

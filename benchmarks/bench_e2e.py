@@ -514,6 +514,8 @@ def table(folder: Path) -> None:
                                         else "")
             if row.get("producer_block_size") and row["variant"].endswith("-refine"):
                 variant += f" (producers {row['producer_block_size']})"
+            if row.get("prefilter") and row["variant"].endswith("-refine"):
+                variant += f" (prefilter {row['prefilter']})"
             if hylra and row.get("top_k", 2048) not in (None, 2048):
                 variant += f" (top_k {row['top_k']})"
             lines.append(f"| {row['code'][:7]} | {row['batch']} | {row['context']} | {variant} | {ttft} | "

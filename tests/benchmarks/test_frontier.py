@@ -136,6 +136,28 @@ def test_table_joins_speed_of_the_same_share_and_marks_the_front(frontier, tmp_p
     assert (tmp_path / "frontier.png").read_bytes().startswith(b"\x89PNG")
 
 
+def test_runs_of_another_retrieval_sample_get_their_own_table(frontier, tmp_path):
+    """A run of 24 prompts per task beside one of 6: two tables, the larger first, each row judged against the
+    dense run of its own prompts and competing for the front only within its table."""
+    accuracy_file(tmp_path)
+    results = [Result("dense", 24), Result("budget:6", 6)]
+    for result, kl, hits in zip(results, (0.0, 0.5), (20, 10)):
+        result.positions, result.kl, result.nll = 100, kl * 100, 100.0
+        result.error_sq, result.dense_sq = [kl], [1.0]
+        result.correct = {f"passkey-32768-d0.{i % 4}-s{i}": i < hits for i in range(24)}
+    metadata = {"model": "m", "num_layers": 24, "device": "GPU", "date": "d", "top_k": 2048, "block_size": 64,
+                "sink_blocks": 1, "local_blocks": 2, "min_seq_len": 4096, "selection": "reuse", "lengths": [32768],
+                "seq_len": 32768, "text": "prose", "text_windows": 1, "prompts": 24}
+    Evaluation(results, metadata).save(tmp_path, stem="frontier-accuracy-m-32768-2048-blocks")
+    speed_file(tmp_path)
+    frontier.table(tmp_path)
+    text = (tmp_path / "frontier.md").read_text()
+    large, small = text.index("24 retrieval prompts"), text.index("6 retrieval prompts")
+    assert large < small
+    assert "| ★ | budget:6 | 6/24 | 0.5000 | +0.0% | 10/24 [24–61] **↓** |" in text[large:small]  # 20/24 dense
+    assert "| ★ | budget:6 | 6/24 | 0.0300 |" in text[small:]  # not dominated by a row of the other sample
+
+
 def test_refine_settings_join_the_refine_variant_with_ratios_of_its_own_device(frontier, tmp_path):
     accuracy_file(tmp_path)
     speed_file(tmp_path, refine=True)
