@@ -1,7 +1,9 @@
 """CUDA kernels of the hylra ops: Triton when the inputs are supported, else the reference (one warning per reason).
 
-Supported: q/k/v bf16 or fp16 (same dtype), head_dim and value dim 64 or 128, block_size 16/32/64/128, at most
-16384 KV blocks (256K keys at block 16), mask None or bool/float broadcastable to [B, 1, Sq, Skv] (no per-head masks), any strides.
+Supported: q/k/v bf16 or fp16 (same dtype), head_dim and value dim 64 or 128, block_size 16/32/64/128, mask None
+or bool/float broadcastable to [B, 1, Sq, Skv] (no per-head masks), any strides; a selection over every KV block
+(``topk_attention``) at most 16384 of them (256K keys at block 16, 1M at 64). Consumers and the refinement read
+listed blocks only and take any number.
 Sq == 1 runs the split-K decode kernels, other Sq the prefill kernels. ``mask_blocks`` runs its Triton pass over the
 mask for a one-head mask and those block sizes. Nothing here syncs with the host or allocates data-dependent
 shapes.
@@ -26,9 +28,9 @@ def _warn_once(op: str, reason: str) -> None:
         warnings.warn(f"hylra::{op} falls back to the reference implementation: {reason}", stacklevel=3)
 
 
-# One program of the selection step holds every KV block of a row (padded to a power of two). 16384: a 128K cache
-# at block 16 has 8192 blocks and a few more for the tokens generated after the prompt.
-_MAX_KV_BLOCKS = 16384
+# One program of a producer's selection step holds every KV block of a row (padded to a power of two). 16384: a 128K
+# cache at block 16 has 8192 blocks and a few more for the tokens generated after the prompt.
+_MAX_SELECTED_FROM = 16384
 
 
 def _mask_and_block_reason(mask, block_size) -> str | None:
@@ -40,8 +42,9 @@ def _mask_and_block_reason(mask, block_size) -> str | None:
     return None
 
 
-def unsupported_reason(q, k, v, mask, block_size) -> str | None:
-    """Why the Triton kernels cannot take these inputs (None when they can). Inputs the ops reject outright are
+def unsupported_reason(q, k, v, mask, block_size, selects_from_every_block: bool = False) -> str | None:
+    """Why the Triton kernels cannot take these inputs (None when they can): ``selects_from_every_block`` for an op
+    that ranks every KV block in one program (a producer's ``topk_attention``). Inputs the ops reject outright are
     left to :func:`reference.check_inputs`."""
     if q.device.type != "cuda":
         return f"device {q.device.type}"
@@ -51,9 +54,10 @@ def unsupported_reason(q, k, v, mask, block_size) -> str | None:
         return f"head_dim {q.shape[3]} / value dim {v.shape[3]} (64 or 128 only)"
     if q.shape[0] == 0 or q.shape[1] == 0 or q.shape[2] == 0 or k.shape[2] == 0:
         return "empty input"
-    if (n_kb := reference.num_blocks(k.shape[2], block_size)) > _MAX_KV_BLOCKS:
-        return (f"{n_kb} KV blocks of {block_size} keys, more than {_MAX_KV_BLOCKS} (a larger block_size keeps them "
-                "under; the reference holds whole score rows)")
+    if selects_from_every_block and (n_kb := reference.num_blocks(k.shape[2], block_size)) > _MAX_SELECTED_FROM:
+        return (f"a selection among {n_kb} KV blocks of {block_size} keys, more than {_MAX_SELECTED_FROM} (a larger "
+                "block_size, or producer_block_size under selection='refine', keeps them under; the reference holds "
+                "whole score rows)")
     return _mask_and_block_reason(mask, block_size)
 
 
@@ -140,14 +144,15 @@ def attention_triton(q, k, v, mask, block_mask=None, **params):
 _CUDA_KERNELS = torch.library.Library("hylra", "IMPL")
 
 
-def _register_cuda(op, triton_fn, reference_fn, mask_at: int, values_at: int = 2) -> None:
+def _register_cuda(op, triton_fn, reference_fn, mask_at: int, values_at: int = 2,
+                   selects_from_every_block: bool = False) -> None:
     """Register ``triton_fn`` as ``op``'s CUDA kernel, falling back to the reference for inputs it cannot take;
     ``mask_at``, ``values_at``: the positions of ``mask`` and of the values (the keys for an op that reads none)
     among the op's tensors."""
 
     def kernel(*tensors, **params):
         q, k, v = tensors[0], tensors[1], tensors[values_at]
-        reason = unsupported_reason(q, k, v, tensors[mask_at], params["block_size"])
+        reason = unsupported_reason(q, k, v, tensors[mask_at], params["block_size"], selects_from_every_block)
         if reason is not None:
             _warn_once(op._name, reason)
             return reference_fn(*tensors, **params)
@@ -169,7 +174,8 @@ def _mask_blocks_cuda(mask, *, block_size):
 
 
 _CUDA_KERNELS.impl("mask_blocks", _mask_blocks_cuda, "CUDA")
-_register_cuda(ops.topk_attention, topk_attention_triton, reference.topk_attention, mask_at=3)
+_register_cuda(ops.topk_attention, topk_attention_triton, reference.topk_attention, mask_at=3,
+               selects_from_every_block=True)
 _register_cuda(ops.sparse_attention, sparse_attention_triton, reference.sparse_attention, mask_at=4)
 _register_cuda(ops.attention, attention_triton, reference.attention, mask_at=3)
 _register_cuda(ops.refine_blocks, refine_blocks_triton, reference.refine_blocks, mask_at=3, values_at=1)

@@ -345,6 +345,29 @@ def test_select_ties_and_padding_interpreter():
     check(imp, [(8, 1, 2), (20, 0, 0), (3, 1, 2), (45, 2, 2)])
 
 
+@needs_working_interpreter
+@pytest.mark.parametrize("sq", [1, 16])
+def test_consumers_past_16384_blocks_interpreter(sq):
+    """Blocks of 16 past 256K keys, as consumers meet them when producers select in blocks of 64: the consumer and
+    the refinement read listed blocks beyond block 16384 (no cap in the dispatch) and give the reference."""
+    bs, Skv = 16, 16 * 16384 + 40
+    q, k, v = make_qkv(1, 2, 1, sq, Skv, 64, torch.float32, "cpu", seed=5)
+    n_kb = R.num_blocks(Skv, bs)
+    listed = [0, 5000, 16383, 16384, n_kb - 2, n_kb - 1]
+    candidates = torch.tensor(listed + [-1, -1], dtype=torch.int32).view(1, 1, 1, -1)
+    common = dict(is_causal=True, scale=None, block_size=bs)
+    sparse = decode_sparse_attention if sq == 1 else prefill_sparse_attention
+    out = sparse(q, k, v, candidates, None, **common, min_seq_len=0)
+    assert rel_err(out, R.sparse_attention(q, k, v, candidates, None, **common, min_seq_len=0)) <= 1e-4
+    refine = decode_refine_blocks if sq == 1 else prefill_refine_blocks
+    settings = dict(common, n_select=4, sink_blocks=1, local_blocks=1)
+    got = refine(q, k, candidates, None, **settings)
+    in_candidates = R._selection_keys(candidates, "candidates", q, k, bs)
+    _, imp, _ = R.attention_with_importance(q.double(), k.double(), None, None, True, None, bs,
+                                            keep=lambda s, e, allowed: allowed & in_candidates(s, e, allowed))
+    assert_same_selection(got, R.refine_blocks(q, k, candidates, None, **settings), imp, 1e-3)
+
+
 # ---------------------------------------------------------------------------------------------------------- on GPU
 cuda = pytest.mark.cuda
 
@@ -419,6 +442,31 @@ def test_more_than_8192_blocks_cuda(sq):
     assert_same_selection(bidx, rbidx, imp, 10 * tol)
     assert rel_err(sout, R.sparse_attention(q, k, v, bidx, None, **common, min_seq_len=0)) <= tol
     check_refine(decode_refine_blocks if sq == 1 else prefill_refine_blocks, q, k, v, None, None, producer, 10 * tol)
+
+
+@cuda
+@pytest.mark.parametrize("sq", [1, 40])
+def test_consumers_past_16384_blocks_cuda(sq):
+    """Blocks of 16 past 256K keys (producers in blocks of 64): the ops run the consumer and refinement kernels,
+    not the reference, and give it."""
+    bs, Skv = 16, 16 * 16384 + 40
+    q, k, v = make_qkv(1, 4, 1, sq, Skv, 64, torch.bfloat16, "cuda")
+    n_kb = R.num_blocks(Skv, bs)
+    listed = [0, 5000, 16383, 16384, n_kb - 3, n_kb - 2, n_kb - 1]
+    candidates = torch.tensor(listed + [-1], dtype=torch.int32, device="cuda").view(1, 1, 1, -1)
+    candidates = candidates.expand(1, 1, R.num_blocks(sq, bs), -1).contiguous()
+    common = dict(is_causal=True, scale=None, block_size=bs)
+    settings = dict(common, n_select=4, sink_blocks=1, local_blocks=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a fallback to the reference warns
+        out = torch.ops.hylra.sparse_attention(q, k, v, candidates, None, **common, min_seq_len=0)
+        got = torch.ops.hylra.refine_blocks(q, k, candidates, None, **settings)
+    tol = TOL[torch.bfloat16]
+    assert rel_err(out, R.sparse_attention(q, k, v, candidates, None, **common, min_seq_len=0)) <= tol
+    in_candidates = R._selection_keys(candidates, "candidates", q, k, bs)
+    _, imp, _ = R.attention_with_importance(q.double(), k.double(), None, None, True, None, bs,
+                                            keep=lambda s, e, allowed: allowed & in_candidates(s, e, allowed))
+    assert_same_selection(got, R.refine_blocks(q, k, candidates, None, **settings), imp, 10 * tol)
 
 
 @cuda

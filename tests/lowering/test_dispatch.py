@@ -18,14 +18,22 @@ def cuda_like(B, H, S, D, dtype=torch.bfloat16):
 @pytest.mark.parametrize("keys, block_size, reason", [
     (131072 + 32, 16, None),  # a 128K cache at block 16 and the generated tokens: 8194 blocks
     (16384 * 16, 16, None),
-    (16384 * 16 + 1, 16, "16385 KV blocks of 16 keys, more than 16384 (a larger block_size keeps them under"),
+    (16384 * 16 + 1, 16, "a selection among 16385 KV blocks of 16 keys, more than 16384 (a larger block_size"),
     (16384 * 16 + 1, 64, None),
     (4096, 8, "block_size 8 (16, 32, 64 or 128 only)"),
 ])
-def test_kv_blocks_and_block_sizes_the_kernels_take(keys, block_size, reason):
+def test_kv_blocks_and_block_sizes_a_producer_takes(keys, block_size, reason):
     q, k = cuda_like(1, 32, 1, 128), cuda_like(1, 8, keys, 128)
-    got = unsupported_reason(q, k, k, None, block_size)
+    got = unsupported_reason(q, k, k, None, block_size, selects_from_every_block=True)
     assert got == reason if reason is None else got.startswith(reason)
+
+
+def test_consumers_take_any_number_of_kv_blocks():
+    """Consumers, the refinement and dense layers read listed blocks (or every block in turn): no cap, so blocks
+    of 16 reach a 1M-key cache where producers select in blocks of 64."""
+    q, k = cuda_like(1, 32, 1, 128), cuda_like(1, 8, 1 << 20, 128)
+    assert unsupported_reason(q, k, k, None, 16) is None
+    assert unsupported_reason(q, k, k, None, 64, selects_from_every_block=True) is None
 
 
 def test_other_inputs_name_their_reason():
