@@ -136,7 +136,8 @@ def settings_of(group: str, num_layers: int, dense: int, get_profile, only=None,
     if group == "blocks":  # granularity at the same token budget: top_k, sink and local tokens kept as at block 64
         options = {}
         for size in (64, 32, 16):
-            tokens = {} if size == 64 else {"block_size": size, "sink_blocks": 64 // size, "local_blocks": 128 // size}
+            tokens = {} if size == 64 else {"block_size": size, "sink_blocks": 64 // size, "local_blocks": 128 // size,
+                                            "producer_block_size": size}
             suffix = "" if size == 64 else f" b{size}"
             options[f"budget:{dense} oracle{suffix}"] = {"selection": "oracle", **tokens}
             options[f"budget:{dense} refine{suffix}"] = {"selection": "refine", **tokens}
@@ -219,8 +220,9 @@ def accuracy(args: argparse.Namespace) -> None:
     dense = args.dense_layers or max(1, num_layers // 4)
     # Settings name what they change from the plain method (reuse).
     # 64 sink and 128 local tokens at every block size (1 and 2 blocks of 64), as the blocks group keeps them.
+    # Producers select in the consumers' blocks unless a setting or --producer-block-size says otherwise.
     selection = {"top_k": args.top_k, "block_size": args.block_size, "sink_blocks": max(1, 64 // args.block_size),
-                 "local_blocks": max(1, 128 // args.block_size),
+                 "local_blocks": max(1, 128 // args.block_size), "producer_block_size": args.block_size,
                  "min_seq_len": args.length // 8, "selection": "reuse"}
     producer_block_size = args.producer_block_size
     check_settings(args.only, args.group, num_layers, config.num_key_value_heads, dense, selection,
@@ -234,7 +236,10 @@ def accuracy(args: argparse.Namespace) -> None:
              for name in ("builtin:prose", "builtin:code")]
     windows = [w for whole in texts for w in whole[-args.windows:]] if args.windows else []
 
-    profiled = {k: v for k, v in selection.items() if k not in ("min_seq_len", "selection")}
+    # Profiled in the producers' blocks: the grain the policy's producers select in.
+    grain = producer_block_size or args.block_size
+    profiled = {"top_k": args.top_k, "block_size": grain, "sink_blocks": max(1, 64 // grain),
+                "local_blocks": max(1, 128 // grain)}
 
     @functools.cache
     def get_profile(candidates: int = 1):

@@ -24,9 +24,10 @@ from hylra_compile.tasks import make_prompt, score
 
 OUT = Path("hylra-demo")
 # Half of the 4K context per query block: on this model a quarter already costs several percent of perplexity
-# (README, "Accuracy").
-SELECTION = {"top_k": 2048, "block_size": 64, "sink_blocks": 1, "local_blocks": 2}
+# (README, "Where it stands"). The other options are the backend's defaults: consumers refine blocks of 16 among
+# the candidates their producers select in blocks of 64.
 MIN_SEQ_LEN, PROMPT_TOKENS, DENSE_LAYERS, KEEP_SENSITIVE = 1024, 4096, 6, 3
+OPTIONS = hylra_compile.HylraOptions(top_k=2048, min_seq_len=MIN_SEQ_LEN)
 
 start = time.perf_counter()
 model, tokenizer = load_model("smollm2")
@@ -36,7 +37,11 @@ print(f"SmolLM2-135M-Instruct: {L} layers, loaded in {time.perf_counter() - star
 # 1-2. Profile on prose (the question below is another kind of text) and optimise.
 calibration = calibration_samples([builtin_text("builtin:prose")], block_size=64, seq_len=PROMPT_TOKENS,
                                   tokenizer=tokenizer)[:1]
-profile = hylra_compile.profile(model, calibration, **SELECTION, description=f"builtin:prose, {PROMPT_TOKENS} tokens")
+# Profiled in the blocks the producers select in (the policy decides which layers produce).
+producers = OPTIONS.producer_settings()
+profile = hylra_compile.profile(model, calibration, top_k=OPTIONS.top_k, block_size=producers["block_size"],
+                                sink_blocks=producers["sink_blocks"], local_blocks=producers["local_blocks"],
+                                description=f"builtin:prose, {PROMPT_TOKENS} tokens")
 policy = hylra_compile.optimize(profile, budget=DENSE_LAYERS, keep_sensitive=KEEP_SENSITIVE)
 OUT.mkdir(exist_ok=True)
 policy.save(OUT / "policy.json")
@@ -49,7 +54,7 @@ print(f"policy: {policy} (P producer, c consumer, F dense: {full} of {L} full-at
 
 # 3. Compile. inductor=False: on the CPU the ops run their reference code either way, and Inductor's C++ compile
 # of a 30-layer graph would take most of the demo's time.
-backend = hylra_compile.HylraBackend(policy=policy, **SELECTION, min_seq_len=MIN_SEQ_LEN, inductor=False,
+backend = hylra_compile.HylraBackend(policy=policy, top_k=OPTIONS.top_k, min_seq_len=MIN_SEQ_LEN, inductor=False,
                                      dump_dir=str(OUT / "dumps"))
 compiled = torch.compile(model, backend=backend)
 

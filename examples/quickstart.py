@@ -26,8 +26,8 @@ model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eva
 
 backend = hylra_compile.HylraBackend(
     policy=hylra_compile.Policy.every(2, num_layers=NUM_LAYERS),
-    top_k=128,  # tokens kept per query block: 4 blocks of 32 out of 16
-    block_size=32,
+    top_k=256,  # tokens kept per query block: 16 blocks of 16 of the 32 (the default block size), 4 at the
+    # start and 8 at the end always among them; consumers choose among their producer's blocks of 64
     min_seq_len=64,  # queries seeing fewer keys than this stay dense
     dump_dir="hylra-dumps",
 )

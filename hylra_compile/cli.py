@@ -21,7 +21,7 @@ from .corpora import PREFIX as BUILTIN, builtin_text
 from .files import check_output_file, check_writable_folder
 from .layers import governed_layers
 from .models import load_config, load_model
-from .options import DEFAULT_CANDIDATES, SELECTIONS, HylraOptions
+from .options import DEFAULT_CANDIDATES, LOCAL_TOKENS, PRODUCER_BLOCK, SELECTIONS, SINK_TOKENS, HylraOptions
 from .policy import Policy
 from .profiler import SIMILARITIES, Profile, profile_path
 from .tasks import TASKS
@@ -72,15 +72,14 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_selection_arguments(parser: argparse.ArgumentParser, top_k: int | None, block_size: int | None) -> None:
     """The backend options that define a selection; ``top_k`` / ``block_size`` None makes them required."""
-    defaults = HylraOptions()
     for flag, default, meaning in (("--top-k", top_k, "tokens kept per query block"),
                                    ("--block-size", block_size, "tokens per KV / query block")):
         parser.add_argument(flag, required=default is None, type=_positive_int, default=default,
                             help=meaning + ("" if default is None else f" (default {default})"))
-    parser.add_argument("--sink-blocks", type=int, default=defaults.sink_blocks,
-                        help=f"blocks always kept at the start (default {defaults.sink_blocks})")
-    parser.add_argument("--local-blocks", type=int, default=defaults.local_blocks,
-                        help=f"blocks always kept at the end (default {defaults.local_blocks})")
+    parser.add_argument("--sink-blocks", type=int, default=None,
+                        help=f"blocks always kept at the start (default: {SINK_TOKENS} tokens' worth)")
+    parser.add_argument("--local-blocks", type=int, default=None,
+                        help=f"blocks always kept at the end (default: {LOCAL_TOKENS} tokens' worth)")
 
 
 def _add_keep_sensitive_argument(parser: argparse.ArgumentParser, default: int) -> None:
@@ -152,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "at THETA, profiled), full, or a policy JSON (default: every:5, budget:6, dp:0.9)")
     # Defaults: half of a 4K context per query block, the only share that held accuracy on SmolLM2 (README,
     # "Accuracy"); pass --top-k 1024 to see what a quarter costs.
-    _add_selection_arguments(ev, top_k=2048, block_size=64)
+    _add_selection_arguments(ev, top_k=2048, block_size=HylraOptions.block_size)
     ev.add_argument("--min-seq-len", type=int, default=1024,
                     help="queries with fewer allowed keys attend densely; text is scored from there (default 1024)")
     ev.add_argument("--text", nargs="+", default=["builtin:prose"], metavar="FILE",
@@ -176,8 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
                          f"{DEFAULT_CANDIDATES})")
     ev.add_argument("--producer-block-size", type=_positive_int, default=None,
                     help="with --selection refine, producers select in blocks of this many tokens (a multiple of "
-                         "--block-size) and consumers refine among the --block-size blocks they hold (default: "
-                         "--block-size)")
+                         f"--block-size) and consumers refine among the --block-size blocks they hold (default: "
+                         f"{PRODUCER_BLOCK} where that is a larger multiple of --block-size, else --block-size)")
     ev.add_argument("--prefilter", type=_non_negative_int, default=0,
                     help="with --selection refine, a consumer's prompt first narrows its candidates to this many times "
                          "top_k by their blocks' mean keys, then scores those by their keys (default 0: none)")
@@ -440,9 +439,12 @@ def _eval(args: argparse.Namespace) -> int:
                 if source is whole and len(samples) + len(windows) > len(whole):
                     raise ValueError("calibration and held-out windows overlap: lower --calibration-windows or "
                                      "--windows, or give other --calibration data")
+                # In the blocks producers select in (their sink and local tokens as the options keep them).
+                grain = options.producer_settings()
                 profile_cache.append(profile(
-                    model, samples, top_k=args.top_k, block_size=args.block_size, sink_blocks=args.sink_blocks,
-                    local_blocks=args.local_blocks, similarity=args.similarity, progress=not args.no_progress,
+                    model, samples, top_k=args.top_k, block_size=grain["block_size"],
+                    sink_blocks=grain["sink_blocks"], local_blocks=grain["local_blocks"], similarity=args.similarity,
+                    progress=not args.no_progress,
                     # Captured mass is measured for the selection evaluated: what a refining consumer keeps.
                     candidates=args.candidates if args.similarity == "mass" and args.selection == "refine" else 1,
                     description=f"{', '.join(calibration)} (first {len(samples)} window(s) of {args.seq_len})"))

@@ -13,6 +13,14 @@ from .policy import Policy
 # How a consumer chooses the KV blocks it attends (HylraOptions.selection).
 SELECTIONS = ("reuse", "refine", "oracle")
 DEFAULT_CANDIDATES = 4
+# What the options leave out, in tokens, so that every block_size keeps the same: the sink and local tokens a
+# selection always holds, and the block producers select in under refine (consumers refine finer blocks inside
+# theirs). Measured on Qwen2.5-Coder-0.5B at 32K, top_k 1/16, 24 prompts per task (benchmarks/results/frontier.md):
+# blocks of 16 in producers' blocks of 64 halve KL(dense ‖ policy) against blocks of 64 (0.0092 vs 0.0172), for
+# 1.05x the decode time and 1.07x the time to first token at 128K on the 8B-shaped model (H100).
+SINK_TOKENS = 64
+LOCAL_TOKENS = 128
+PRODUCER_BLOCK = 64
 # The block size of dense layers at any finer block_size: a dense layer emits no selection, and blocks of 16 keys cost
 # the dense prefill 1.6x blocks of 64 (benchmarks/results/block-size-32k-*.md, H100; blocks of 32 the producer 1.3x).
 DENSE_BLOCK = 64
@@ -27,8 +35,9 @@ class HylraOptions:
         blocks than the keys fill where their number is static; a symbolic one (``dynamic=True``,
         :func:`compile_for_generate`'s prefill) cannot cap it at compile time, and the ops size each selection
         by ``top_k``: keep it within the longest input there.
-    block_size: tokens per KV block (and per query block).
-    sink_blocks / local_blocks: blocks always selected at the start / end of the allowed keys.
+    block_size: tokens per KV block (and per query block) a consumer selects; 16 by default.
+    sink_blocks / local_blocks: blocks always selected at the start / end of the allowed keys; ``None`` (the
+        default): :data:`SINK_TOKENS` and :data:`LOCAL_TOKENS` tokens (4 and 8 blocks of 16, 1 and 2 of 64).
     min_seq_len: a query with fewer allowed keys than this attends all of them (decided at run time).
     selection: how a consumer chooses its blocks. ``refine`` (the default): its producer emits ``candidates``
         times as many blocks and the consumer keeps the ``top_k`` of them that hold most of its own attention mass
@@ -38,7 +47,8 @@ class HylraOptions:
         blocks among all (a dense pass of its own: what top-k at this budget costs without reuse; for measuring).
     candidates: with ``selection="refine"``, the producer's selection is this many times ``top_k``.
     producer_block_size: with ``selection="refine"``, the block size producers select (and emit candidates) in,
-        a multiple of ``block_size``; ``None`` (the default): ``block_size``. Consumers refine among the blocks of
+        a multiple of ``block_size``; ``None`` (the default): :data:`PRODUCER_BLOCK` where that is a larger
+        multiple of ``block_size`` and the selection refines, else ``block_size``. Consumers refine among the blocks of
         ``block_size`` the candidates hold (``hylra::expand_blocks``), so a fine ``block_size`` keeps its accuracy
         while producers, the costliest layers to score, work in coarse blocks. The producers keep the sink and local
         tokens of ``sink_blocks`` and ``local_blocks`` (rounded up to their blocks).
@@ -55,9 +65,9 @@ class HylraOptions:
 
     policy: Policy | None = None
     top_k: int = 2048
-    block_size: int = 64
-    sink_blocks: int = 1
-    local_blocks: int = 2
+    block_size: int = 16
+    sink_blocks: int | None = None
+    local_blocks: int | None = None
     min_seq_len: int = 4096
     selection: str = "refine"
     candidates: int = DEFAULT_CANDIDATES
@@ -103,8 +113,8 @@ class HylraOptions:
 
     @property
     def producer_block(self) -> int:
-        """The block size producers select in: ``producer_block_size``, or ``block_size``."""
-        return self.producer_block_size or self.block_size
+        """The block size producers select in."""
+        return self.producer_block_size
 
     @property
     def dense_block(self) -> int:
@@ -161,6 +171,7 @@ class HylraOptions:
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise ValueError(f"hylra option {name} must be a positive int, got {value!r}")
+        self._fill_left_out()
         for name in ("sink_blocks", "local_blocks", "min_seq_len"):
             value = getattr(self, name)
             if not _is_int(value) or value < 0:
@@ -205,6 +216,18 @@ class HylraOptions:
             raise ValueError(f"hylra option policy must be a Policy here, got {type(self.policy).__name__}")
         if self.policy is not None and self.policy.has_budgets:
             self._check_budgets()
+
+    def _fill_left_out(self) -> None:
+        """Options left ``None`` take their values in tokens, as blocks of this ``block_size`` (the dataclass is
+        frozen: filled once, here)."""
+        if self.sink_blocks is None:
+            object.__setattr__(self, "sink_blocks", -(-SINK_TOKENS // self.block_size))
+        if self.local_blocks is None:
+            object.__setattr__(self, "local_blocks", -(-LOCAL_TOKENS // self.block_size))
+        if self.producer_block_size is None:
+            coarser = self.selection == "refine" and PRODUCER_BLOCK > self.block_size and (
+                PRODUCER_BLOCK % self.block_size == 0)
+            object.__setattr__(self, "producer_block_size", PRODUCER_BLOCK if coarser else self.block_size)
 
     def _check_budgets(self) -> None:
         """A policy's per-layer top_k needs consumers that choose their own blocks, each at least the forced sink

@@ -275,7 +275,8 @@ class _Recorder:
     """Accumulates, over the samples, the similarity and sensitivity sums the attention function reports."""
 
     def __init__(self, options: HylraOptions, head_map: bool, mass: bool, progress, candidates: int = 1):
-        self.block_size, self.sink_blocks, self.local_blocks = options.block_size, options.sink_blocks, options.local_blocks
+        self.block_size, self.sink_blocks, self.local_blocks = options.block_size, options.sink_blocks,
+options.local_blocks
         self.n_select = options.n_select
         self.candidates = candidates  # a producer's selection is candidates x n_select blocks (refine)
         self.head_map, self.mass = head_map, mass
@@ -438,8 +439,8 @@ def profile(
     *,
     top_k: int,
     block_size: int,
-    sink_blocks: int = 1,
-    local_blocks: int = 2,
+    sink_blocks: int | None = None,
+    local_blocks: int | None = None,
     seq_len: int | None = None,
     tokenizer: Any = None,
     head_map: bool = False,
@@ -453,8 +454,9 @@ def profile(
 
     Each sample (see :func:`calibration_samples` for ``seq_len`` and ``tokenizer``) runs as one prefill forward
     pass of batch 1 under ``torch.no_grad``, on the model's device. ``top_k``, ``block_size``, ``sink_blocks`` and
-    ``local_blocks`` mean what the backend options of the same names mean, so profile with the values you will
-    compile with. ``head_map=True`` also records the cross-head similarity (costs H² gathers per layer pair).
+    ``local_blocks`` mean what the backend options of the same names mean (None: as many blocks as the
+    options' default tokens), so profile in the blocks the compiled producers select in (``producer_block_size``).
+    ``head_map=True`` also records the cross-head similarity (costs H² gathers per layer pair).
     ``similarity``: ``"overlap"`` (block-set overlap) or ``"mass"`` (captured attention mass), see the module
     docstring. ``candidates``: the multiple of ``top_k`` a producer selects, as the backend option of that name
     under ``selection="refine"`` (the similarity is then what a refining consumer keeps; needs ``"mass"``).
@@ -522,8 +524,8 @@ def profile(
         "top_k": top_k,
         "block_size": block_size,
         "n_select": options.n_select,
-        "sink_blocks": sink_blocks,
-        "local_blocks": local_blocks,
+        "sink_blocks": options.sink_blocks,
+        "local_blocks": options.local_blocks,
         "num_samples": len(samples),
         "num_tokens": int(sum(t.numel() for t in samples)),
         "seq_len": seq_len,

@@ -16,7 +16,7 @@ from hylra_compile.models import cache_argument
 from tests.independent import IndependentHylra
 from tests.numerics import rel_err
 from tests.passes.models import TinyStack, X
-from tests.tiny_models import decode_step, padded_batch, prefill_logits, tiny_model
+from tests.tiny_models import at_toy_sizes, decode_step, padded_batch, prefill_logits, tiny_model
 
 BLOCK = 8
 
@@ -28,7 +28,7 @@ def fresh_dynamo():
 
 def compile_model(model, **options):
     options = {"top_k": 24, "block_size": BLOCK, "min_seq_len": 0, "inductor": False, **options}
-    backend = HylraBackend(**options)
+    backend = HylraBackend(**at_toy_sizes(**options))
     return torch.compile(model, backend=backend, fullgraph=True), backend
 
 
@@ -332,8 +332,8 @@ def test_cudagraphs_option_decode_cuda():
         counters.clear()
         cache = {cache_argument(model): StaticCache(config=config, max_cache_len=320)}
         model(ids, **cache, cache_position=torch.arange(300, device="cuda"))
-        backend = HylraBackend(policy=Policy.every(2, 2), top_k=256, block_size=64, min_seq_len=0,
-                               cudagraphs=cudagraphs)
+        backend = HylraBackend(**at_toy_sizes(policy=Policy.every(2, 2), top_k=256, block_size=64, min_seq_len=0,
+                               cudagraphs=cudagraphs))
         compiled = torch.compile(model, backend=backend)
         token, logits = ids[:, -1:], []
         for step in range(4):  # graph trees warm up, record, then replay
@@ -430,7 +430,7 @@ def test_string_backend_parses_a_changed_options_mapping_again():
         options["top_k"] = top_k
         torch._dynamo.reset()
         with torch.no_grad():
-            torch.compile(model, backend="hylra", options=options)(ids)
+            torch.compile(model, backend="hylra", options=at_toy_sizes(**options))(ids)
     assert [r.sites[0].action for r in hylra_compile.reports()] == ["producer", "producer"]
     graphs = [backend.graphs[-1] for _, _, backend in hylra_compile.backend._string_backends]
     assert [hylra_nodes(gm, "topk_attention")[0].kwargs["n_select"] for gm in graphs] == [3, 4]
@@ -447,8 +447,9 @@ def test_a_compile_that_runs_nothing_sparse_warns_with_the_fix(case, message):
     model = tiny_model("llama", "sdpa", num_layers=4)
     ids = torch.randint(0, 64, (1, 40))
     policy = Policy.full(4) if case == "no consumer" else Policy.every(2, 4)
-    backend = HylraBackend(policy=policy, top_k=64 if case == "top_k" else 24, block_size=BLOCK, inductor=False,
-                           min_seq_len=4096 if case == "min_seq_len" else 0)
+    backend = HylraBackend(**at_toy_sizes(policy=policy, top_k=64 if case == "top_k" else 24, block_size=BLOCK,
+                                          inductor=False,
+                           min_seq_len=4096 if case == "min_seq_len" else 0))
     torch._dynamo.reset()
     compiled = torch.compile(model, backend=backend, dynamic=case == "dynamic")
     with pytest.warns(UserWarning, match="no attention site of .* runs sparse") as record:

@@ -36,10 +36,14 @@ def files(tmp_path):
     return tmp_path
 
 
+# A toy's tens of tokens: one sink and two local blocks of 8 (the defaults keep 64 and 128 tokens).
+TOY_BLOCKS = ("--sink-blocks", "1", "--local-blocks", "2")
+
+
 def profile_args(files, *extra, data=("tokens.pt",)):
     return [
         "profile", "--model", str(files / "config.json"), "--data", *[str(files / name) for name in data],
-        "--seq-len", "128", "--top-k", "40", "--block-size", "8", "--out", str(files / "policy.json"),
+        "--seq-len", "128", "--top-k", "40", "--block-size", "8", *TOY_BLOCKS, "--out", str(files / "policy.json"),
         "--no-progress", *extra,
     ]
 
@@ -86,7 +90,8 @@ def test_checkpoint_directory_with_text_data(tmp_path):
     tiny_model(num_layers=2).save_pretrained(tmp_path)
     (tmp_path / "text.txt").write_text(" ".join(f"w{i % 50}" for i in range(300)))  # 300 tokens: 2 windows
     assert main(["profile", "--model", str(tmp_path), "--data", str(tmp_path / "text.txt"), "--seq-len", "128",
-                 "--top-k", "40", "--block-size", "8", "--theta", "0.0", "--out", str(tmp_path / "policy.json"),
+                 "--top-k", "40", "--block-size", "8", *TOY_BLOCKS, "--theta", "0.0", "--out",
+                 str(tmp_path / "policy.json"),
                  "--no-progress"]) == 0
     policy = Policy.load(tmp_path / "policy.json")
     assert policy.modes == ["producer", "consumer"] and policy.num_kv_heads == 2
@@ -155,7 +160,7 @@ def test_python_dash_m(files):
 def eval_args(files, *extra):
     return ["eval", "--model", str(files / "config.json"), "--text", str(files / "tokens.pt"), "--seq-len", "64",
             "--windows", "1", "--calibration-windows", "1", "--tasks", "none", "--top-k", "24", "--block-size", "8",
-            "--min-seq-len", "16", "--out-dir", str(files / "eval"), "--no-progress", *extra]
+            *TOY_BLOCKS, "--producer-block-size", "8", "--min-seq-len", "16", "--out-dir", str(files / "eval"), "--no-progress", *extra]
 
 
 def test_eval_config_only_model(files, capsys):

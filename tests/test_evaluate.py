@@ -30,10 +30,10 @@ from hylra_compile.options import HylraOptions
 from hylra_compile.routing import routed_attention
 from hylra_compile.tasks import TaskPrompt
 from tests.numerics import rel_err
-from tests.tiny_models import VOCAB, tiny_model
+from tests.tiny_models import VOCAB, at_toy_sizes, tiny_model
 
 SEQ, BLOCK, TOP_K = 128, 8, 40
-SELECTION = {"top_k": TOP_K, "block_size": BLOCK, "min_seq_len": 16}
+SELECTION = at_toy_sizes(top_k=TOP_K, block_size=BLOCK, min_seq_len=16)
 
 
 @pytest.fixture(scope="module")
@@ -164,11 +164,11 @@ def test_policy_runner_expands_coarse_producer_blocks_as_the_compiled_backend(mo
     options = {**SELECTION, "selection": "refine", "candidates": 2}
     ids = torch.stack(windows)
     with torch.no_grad():
-        backend = HylraBackend(policy=policy, inductor=False, producer_block_size=2 * BLOCK, **options)
+        backend = HylraBackend(policy=policy, inductor=False, **{**options, "producer_block_size": 2 * BLOCK})
         want = torch.compile(model, backend=backend, fullgraph=True)(ids, use_cache=False).logits
         outputs = []
         for size in (2 * BLOCK, BLOCK):
-            handler = PolicyAttention(policy, HylraOptions(producer_block_size=size, **options))
+            handler = PolicyAttention(policy, HylraOptions(**{**options, "producer_block_size": size}))
             with routed_attention(model, handler):
                 outputs.append(model(ids, use_cache=False).logits)
     assert rel_err(outputs[0], want) < 1e-5
@@ -274,8 +274,8 @@ def test_min_seq_len_equal_to_the_longest_input_is_sparse():
     dense = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
     assert torch.allclose(sparse[:, :, :63], dense[:, :, :63]) and not torch.allclose(sparse[:, :, 63], dense[:, :, 63])
     with pytest.raises(ValueError, match="min_seq_len=65"):
-        check_sparse("s", HylraOptions(top_k=24, block_size=8, min_seq_len=65), 64)
-    check_sparse("s", HylraOptions(top_k=24, block_size=8, min_seq_len=64), 64)
+        check_sparse("s", HylraOptions(**at_toy_sizes(top_k=24, block_size=8, min_seq_len=65)), 64)
+    check_sparse("s", HylraOptions(**at_toy_sizes(top_k=24, block_size=8, min_seq_len=64)), 64)
 
 
 def test_kl_divergence_a_few_rows_at_a_time(monkeypatch):

@@ -13,13 +13,13 @@ from hylra_compile.models import cache_argument
 from hylra_compile.options import DEFAULT_CANDIDATES, HylraOptions
 from tests.independent import IndependentHylra
 from tests.numerics import rel_err
-from tests.tiny_models import padded_batch, tiny_model
+from tests.tiny_models import at_toy_sizes, padded_batch, tiny_model
 
 BLOCK = 4
 POLICY = Policy.every(2, 4)
 # Its consumers reading other KV heads: layer 1 the two swapped, layer 3 head 1 twice.
 MAPPED = Policy(POLICY.modes, POLICY.sources, num_kv_heads=2, heads=[None, [1, 0], None, [1, 1]])
-OPTIONS = dict(policy=POLICY, top_k=3 * BLOCK, block_size=BLOCK, sink_blocks=1, local_blocks=1, min_seq_len=12)
+OPTIONS = at_toy_sizes(policy=POLICY, top_k=3 * BLOCK, block_size=BLOCK, sink_blocks=1, local_blocks=1, min_seq_len=12)
 GREEDY = dict(do_sample=False, max_new_tokens=20, pad_token_id=0, return_dict_in_generate=True, output_logits=True)
 
 
@@ -119,8 +119,8 @@ def test_producers_selecting_in_coarser_blocks_than_consumers_refine():
     the blocks of 4 inside them: the same tokens and logits as the independent HyLRA doing so, and not those of one
     block size; each graph expands each producer's selection once."""
     model = tiny_model("llama", num_layers=4)
-    compilation = hylra_compile.compile_for_generate(model, **OPTIONS, candidates=2, producer_block_size=2 * BLOCK,
-                                                     inductor=False)
+    compilation = hylra_compile.compile_for_generate(model, **{**OPTIONS, "producer_block_size": 2 * BLOCK},
+                                                     candidates=2, inductor=False)
     ids, mask = padded_batch(41, pads=(0, 3))
     out = model.generate(ids, attention_mask=mask, cache_implementation="static", **GREEDY)
     for producer_block, same in ((2 * BLOCK, True), (BLOCK, False)):
@@ -252,7 +252,7 @@ def test_generate_on_cuda_with_cuda_graphs(policy, extra):
 
     config = LlamaConfig(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
                          num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=2048)
-    options = dict(policy=policy, top_k=64, block_size=16, min_seq_len=64, **extra)
+    options = at_toy_sizes(policy=policy, top_k=64, block_size=16, min_seq_len=64, **extra)
 
     def model():
         torch.manual_seed(0)
@@ -286,8 +286,9 @@ def test_an_outer_torch_compile_runs_the_routed_forward_as_it_is():
     """torch.compile around a model prepared by compile_for_generate does not trace into its routed forward (it
     failed inside Dynamo): the routed forward runs its own hylra graphs and gives the same logits."""
     model = tiny_model("llama", num_layers=2)
-    compilation = hylra_compile.compile_for_generate(model, policy=Policy.every(2, 2), top_k=24, block_size=8,
-                                                     min_seq_len=0, inductor=False)
+    compilation = hylra_compile.compile_for_generate(model, **at_toy_sizes(policy=Policy.every(2, 2), top_k=24,
+                                                                           block_size=8,
+                                                     min_seq_len=0, inductor=False))
     ids, mask = padded_batch(30)
     with torch.no_grad():
         expected = model(input_ids=ids, attention_mask=mask).logits

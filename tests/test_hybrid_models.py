@@ -20,6 +20,7 @@ from hylra_compile.cli import format_policy_table
 from hylra_compile.options import DEFAULT_CANDIDATES
 from tests.independent import IndependentHylra
 from tests.numerics import rel_err
+from tests.tiny_models import at_toy_sizes
 
 BLOCK = 8
 # family -> (config overrides, attention implementation)
@@ -58,7 +59,7 @@ def hybrid_model(family: str, attn: str | None = None, window: int = 24, num_lay
 
 def compiled_logits(model, ids, policy, top_k):
     torch._dynamo.reset()
-    backend = HylraBackend(policy=policy, top_k=top_k, block_size=BLOCK, min_seq_len=0, inductor=False)
+    backend = HylraBackend(**at_toy_sizes(policy=policy, top_k=top_k, block_size=BLOCK, min_seq_len=0, inductor=False))
     with torch.no_grad():
         return torch.compile(model, backend=backend)(ids).logits, backend
 
@@ -100,8 +101,9 @@ def test_sliding_layers_within_top_k_are_left_as_written(family):
     ids = torch.randint(3, 64, (1, 75))
     torch._dynamo.reset()
     counters.clear()
-    backend = HylraBackend(policy=GLOBAL_ONLY, top_k=3 * BLOCK, block_size=BLOCK, sink_blocks=1, local_blocks=1,
-                           min_seq_len=0, inductor=False)
+    backend = HylraBackend(**at_toy_sizes(policy=GLOBAL_ONLY, top_k=3 * BLOCK, block_size=BLOCK, sink_blocks=1,
+                                          local_blocks=1,
+                           min_seq_len=0, inductor=False))
     with torch.no_grad():
         out = torch.compile(model, backend=backend)(ids).logits
         ref, dense = independent(ids).logits, model(ids).logits
@@ -138,8 +140,9 @@ def test_same_kind_pairs_equal_independent_hylra(family):
     independent = hybrid_model(family, attn=reference.name, window=32)
     ids = torch.randint(3, 64, (1, 75))
     torch._dynamo.reset()
-    backend = HylraBackend(policy=SAME_KIND, top_k=3 * BLOCK, block_size=BLOCK, sink_blocks=1, local_blocks=1,
-                           min_seq_len=0, inductor=False)
+    backend = HylraBackend(**at_toy_sizes(policy=SAME_KIND, top_k=3 * BLOCK, block_size=BLOCK, sink_blocks=1,
+                                          local_blocks=1,
+                           min_seq_len=0, inductor=False))
     with torch.no_grad():
         out = torch.compile(model, backend=backend)(ids).logits
         ref, dense = independent(ids).logits, model(ids).logits
@@ -173,7 +176,7 @@ def test_profiled_budget_governs_the_global_layers(family):
     compiled model's global consumers attend sparsely to their global producer."""
     model = hybrid_model(family, num_layers=6)
     tokens = torch.randint(3, 64, (2, 96), generator=torch.Generator().manual_seed(1))
-    prof = profile(model, tokens, top_k=3 * BLOCK, block_size=BLOCK, progress=False)
+    prof = profile(model, tokens, top_k=3 * BLOCK, block_size=BLOCK, sink_blocks=1, local_blocks=2, progress=False)
     glob, sliding = [1, 3, 5], [0, 2, 4]
     assert prof.governed_layers == glob
     for budget in (1, 2):

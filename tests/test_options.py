@@ -7,10 +7,26 @@ from hylra_compile.options import DENSE_BLOCK, SELECTIONS
 
 
 def test_defaults():
+    """The measured best (blocks of 16 refined inside producers' blocks of 64; 64 sink and 128 local tokens)."""
     opts = HylraOptions.parse({})
-    assert (opts.top_k, opts.block_size, opts.sink_blocks, opts.local_blocks) == (2048, 64, 1, 2)
+    assert (opts.top_k, opts.block_size, opts.sink_blocks, opts.local_blocks) == (2048, 16, 4, 8)
+    assert (opts.selection, opts.producer_block_size, opts.expansion, opts.prefilter) == ("refine", 64, 4, 0)
     assert opts.min_seq_len == 4096 and opts.inductor is True and opts.policy is None
-    assert opts.n_select == 32
+    assert opts.n_select == 128
+    assert opts.producer_settings() == dict(block_size=64, n_select=128, sink_blocks=1, local_blocks=2)
+
+
+@pytest.mark.parametrize("given, blocks", [
+    ({"block_size": 64}, (1, 2, 64)),
+    ({"block_size": 32}, (2, 4, 64)),
+    ({"block_size": 128}, (1, 1, 128)),  # no finer producers than consumers
+    ({"block_size": 48}, (2, 3, 48)),  # 64 is no multiple of 48
+    ({"block_size": 16, "selection": "reuse"}, (4, 8, 16)),  # reuse reads the producers' own blocks
+    ({"block_size": 16, "sink_blocks": 0, "producer_block_size": 16}, (0, 8, 16)),
+])
+def test_left_out_options_keep_their_tokens_at_any_block_size(given, blocks):
+    opts = HylraOptions(**given)
+    assert (opts.sink_blocks, opts.local_blocks, opts.producer_block_size) == blocks
 
 
 def test_unknown_key_lists_valid_ones():
@@ -134,11 +150,11 @@ def test_per_layer_top_k_of_a_policy():
     for options, message in [
         ({"selection": "reuse"}, "gives consumers their own top_k, which needs selection='refine' or 'oracle'"),
         ({"candidates": 1}, r"layer 2: top_k=4096 selects 64 blocks, more than the 32 candidates"),
-        ({"block_size": 512}, r"layer 1: top_k=1024 selects 2 block\(s\) of 512, fewer than sink_blocks"),
+        ({"block_size": 512, "local_blocks": 2}, r"layer 1: top_k=1024 selects 2 block\(s\) of 512, fewer than "),
     ]:
         with pytest.raises(ValueError, match=message):
-            HylraOptions(policy=policy, top_k=2048, **options)
-    assert HylraOptions(policy=policy, selection="oracle", candidates=4).layer_n_select(2) == [64]
+            HylraOptions(policy=policy, top_k=2048, **{"block_size": 64, **options})
+    assert HylraOptions(policy=policy, block_size=64, selection="oracle", candidates=4).layer_n_select(2) == [64]
 
 
 def test_top_k_per_kv_head_of_a_policy():
@@ -160,7 +176,7 @@ def test_top_k_per_kv_head_of_a_policy():
         ({"block_size": 1024, "local_blocks": 1}, r"layer 1: top_k=\[1024, 4096, 2048, 2048\] selects 1 block"),
     ]:
         with pytest.raises(ValueError, match=message):
-            HylraOptions(policy=policy, top_k=2048, **options)
+            HylraOptions(policy=policy, top_k=2048, **{"block_size": 64, **options})
 
 
 def test_dense_layers_run_in_blocks_of_64_or_the_producers_larger_ones():
@@ -179,13 +195,13 @@ def test_producers_in_coarser_blocks():
     assert opts.producer_settings() == dict(block_size=64, sink_blocks=1, local_blocks=2, n_select=32 * 4)
     assert opts.producer_settings(key_blocks=10)["n_select"] == 10
     assert opts.selection_settings() == dict(block_size=16, n_select=128, sink_blocks=4, local_blocks=8)
-    plain = HylraOptions(block_size=16, sink_blocks=4, local_blocks=8)
+    plain = HylraOptions(block_size=16, sink_blocks=4, local_blocks=8, producer_block_size=16)
     assert (plain.producer_block, plain.expansion) == (16, 1)
     assert plain.producer_settings() == dict(block_size=16, sink_blocks=4, local_blocks=8, n_select=128 * 4)
-    assert HylraOptions(producer_block_size=64).expansion == 1  # equal to block_size: nothing changes
+    assert HylraOptions(block_size=64, producer_block_size=64).expansion == 1  # equal to block_size: no change
     for bad in (48, 32, 1.5):
         with pytest.raises(ValueError, match="producer_block_size must be a multiple of block_size=64"):
-            HylraOptions(producer_block_size=bad)
+            HylraOptions(block_size=64, producer_block_size=bad)
     with pytest.raises(ValueError, match="producer_block_size=128 needs selection='refine'"):
         HylraOptions(producer_block_size=128, selection="reuse")
     # Per-layer budgets are bounded by the expanded candidates: 8 blocks of 32 tokens = 16 of 16.

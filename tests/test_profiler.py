@@ -16,9 +16,10 @@ import hylra_compile
 from hylra_compile import Profile, optimize, profile
 from hylra_compile.lowering import reference
 from hylra_compile.models import cache_argument
-from tests.tiny_models import VOCAB, tiny_config, tiny_model
+from tests.tiny_models import VOCAB, at_toy_sizes, tiny_config, tiny_model
 
 NUM_LAYERS, SEQ, BLOCK, TOP_K = 4, 128, 8, 40  # 16 query blocks, 5 selected blocks (1 sink, 2 local, 2 chosen)
+TOY = dict(sink_blocks=1, local_blocks=2)  # the defaults' 64 and 128 tokens outnumber this toy's selection
 SINK, LOCAL = 1, 2
 
 
@@ -34,7 +35,7 @@ def tokens():
 
 @pytest.fixture(scope="module")
 def llama_profile(model, tokens):
-    return profile(model, tokens, top_k=TOP_K, block_size=BLOCK, head_map=True, progress=False)
+    return profile(model, tokens, top_k=TOP_K, block_size=BLOCK, **TOY, head_map=True, progress=False)
 
 
 def test_profile_shapes_and_ranges(model, llama_profile):
@@ -147,7 +148,8 @@ def test_profile_matches_independent_recomputation(model, tokens, llama_profile)
 
 
 def test_mass_similarity_matches_independent_recomputation(model, tokens, llama_profile):
-    prof = profile(model, tokens, top_k=TOP_K, block_size=BLOCK, similarity="mass", decode_steps=1, head_map=True,
+    prof = profile(model, tokens, top_k=TOP_K, block_size=BLOCK, **TOY, similarity="mass", decode_steps=1,
+                   head_map=True,
                    progress=False)
     similarity, sensitivity, heads, _ = independent_profile(model, tokens, decode_steps=1, mass=True)
     np.testing.assert_allclose(prof.similarity, similarity, rtol=1e-5, atol=1e-9)
@@ -155,14 +157,14 @@ def test_mass_similarity_matches_independent_recomputation(model, tokens, llama_
     assert prof.metadata["similarity"] == "mass"
     assert not np.allclose(prof.similarity, llama_profile.similarity)  # another measure, not a relabelling
     with pytest.raises(ValueError, match="unknown similarity 'cosine'; valid ones are"):
-        profile(model, tokens, top_k=TOP_K, block_size=BLOCK, similarity="cosine", progress=False)
+        profile(model, tokens, top_k=TOP_K, block_size=BLOCK, **TOY, similarity="cosine", progress=False)
 
 
 def test_refine_similarity_matches_independent_recomputation(model, tokens):
     """candidates=2: the share of each consumer's own top-k mass it keeps refining among its producer's 2 x top_k
     blocks; at least what reuse of top_k blocks captures."""
-    reuse = profile(model, tokens, top_k=TOP_K, block_size=BLOCK, similarity="mass", progress=False)
-    prof = profile(model, tokens, top_k=TOP_K, block_size=BLOCK, similarity="mass", candidates=2, head_map=True,
+    reuse = profile(model, tokens, top_k=TOP_K, block_size=BLOCK, **TOY, similarity="mass", progress=False)
+    prof = profile(model, tokens, top_k=TOP_K, block_size=BLOCK, **TOY, similarity="mass", candidates=2, head_map=True,
                    progress=False)
     similarity, _, heads, _ = independent_profile(model, tokens, mass=True, multiple=2)
     np.testing.assert_allclose(prof.similarity, similarity, rtol=1e-5, atol=1e-9)
@@ -171,13 +173,13 @@ def test_refine_similarity_matches_independent_recomputation(model, tokens):
     assert np.all(prof.similarity[upper] >= reuse.similarity[upper] - 1e-12)
     assert prof.metadata["candidates"] == 2 and np.allclose(prof.sensitivity, reuse.sensitivity)
     with pytest.raises(ValueError, match="candidates=2 measures what a refining consumer keeps.*similarity='mass'"):
-        profile(model, tokens, top_k=TOP_K, block_size=BLOCK, candidates=2, progress=False)
+        profile(model, tokens, top_k=TOP_K, block_size=BLOCK, **TOY, candidates=2, progress=False)
     with pytest.raises(ValueError, match="candidates must be an int >= 1, got 0"):
-        profile(model, tokens, top_k=TOP_K, block_size=BLOCK, similarity="mass", candidates=0, progress=False)
+        profile(model, tokens, top_k=TOP_K, block_size=BLOCK, **TOY, similarity="mass", candidates=0, progress=False)
 
 
 def test_decode_steps_count_like_query_blocks(model, tokens):
-    prof = profile(model, tokens[:1], top_k=TOP_K, block_size=BLOCK, decode_steps=3, progress=False)
+    prof = profile(model, tokens[:1], top_k=TOP_K, block_size=BLOCK, **TOY, decode_steps=3, progress=False)
     assert prof.metadata["decode_steps"] == 3
     similarity, sensitivity, _, _ = independent_profile(model, tokens[:1], decode_steps=3)
     np.testing.assert_allclose(prof.similarity, similarity, atol=1e-12)
@@ -190,7 +192,7 @@ def test_sliding_window_masks_use_the_ops_mask_rule():
     torch.manual_seed(0)
     mistral = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
     samples = torch.randint(0, VOCAB, (1, SEQ), generator=torch.Generator().manual_seed(5))
-    prof = profile(mistral, samples, top_k=TOP_K, block_size=BLOCK, progress=False)
+    prof = profile(mistral, samples, top_k=TOP_K, block_size=BLOCK, **TOY, progress=False)
     similarity, sensitivity, _, _ = independent_profile(mistral, samples)
     np.testing.assert_allclose(prof.similarity, similarity, atol=1e-12)
     np.testing.assert_allclose(prof.sensitivity, sensitivity, rtol=1e-5)
@@ -199,7 +201,7 @@ def test_sliding_window_masks_use_the_ops_mask_rule():
 def test_profile_keeps_the_model_dense_and_restores_attention(model, tokens):
     with torch.no_grad():
         before = model(tokens[:1], use_cache=False).logits
-    profile(model, tokens[:1], top_k=TOP_K, block_size=BLOCK, progress=False)
+    profile(model, tokens[:1], top_k=TOP_K, block_size=BLOCK, **TOY, progress=False)
     assert model.config._attn_implementation == "sdpa"
     with torch.no_grad():
         torch.testing.assert_close(model(tokens[:1], use_cache=False).logits, before)
@@ -248,16 +250,16 @@ def test_profile_from_arrays(tmp_path):
 )
 def test_profile_errors(model, calibration, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        profile(model, calibration, **{"top_k": TOP_K, "block_size": BLOCK, "progress": False, **kwargs})
+        profile(model, calibration, **{"top_k": TOP_K, "block_size": BLOCK, **TOY, "progress": False, **kwargs})
 
 
 def test_model_without_attention_is_refused():
     with pytest.raises(ValueError, match="no attention"):
-        profile(torch.nn.Linear(4, 4), [torch.arange(SEQ)], top_k=TOP_K, block_size=BLOCK, progress=False)
+        profile(torch.nn.Linear(4, 4), [torch.arange(SEQ)], top_k=TOP_K, block_size=BLOCK, **TOY, progress=False)
 
 
 def test_seq_len_cuts_windows(model):
-    prof = profile(model, [torch.arange(2 * SEQ + 5) % VOCAB], top_k=TOP_K, block_size=BLOCK, seq_len=SEQ,
+    prof = profile(model, [torch.arange(2 * SEQ + 5) % VOCAB], top_k=TOP_K, block_size=BLOCK, **TOY, seq_len=SEQ,
                    progress=False)
     assert prof.metadata["num_samples"] == 2 and prof.metadata["num_tokens"] == 2 * SEQ
 
@@ -270,7 +272,8 @@ def test_produced_policy_compiles_with_the_hylra_backend(model, tokens, llama_pr
         expected = None if source is None else llama_profile.head_map[source, j].tolist()
         assert policy.provenance["head_map"][j] == expected
     torch._dynamo.reset()
-    backend = hylra_compile.HylraBackend(policy=policy, inductor=False, top_k=TOP_K, block_size=BLOCK, min_seq_len=0)
+    backend = hylra_compile.HylraBackend(**at_toy_sizes(policy=policy, inductor=False, top_k=TOP_K, block_size=BLOCK,
+                                                        **TOY, min_seq_len=0))
     compiled = torch.compile(model, backend=backend)
     with torch.no_grad():
         logits = compiled(tokens[:1], use_cache=False).logits

@@ -1,5 +1,5 @@
 """Tensor parallel on the CPU: two gloo processes load a tiny Llama with Hugging Face's ``tp_plan="auto"`` and
-compile it with the same ``torch.compile(model, backend=HylraBackend(...))`` line as on one device."""
+compile it with the same ``torch.compile(model, backend=HylraBackend(**at_toy_sizes(...)))`` line as on one device."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 
 from hylra_compile import HylraBackend, Policy, profile
 from tests.numerics import rel_err
-from tests.tiny_models import tiny_model
+from tests.tiny_models import at_toy_sizes, tiny_model
 
 WORLD = 2
 OPTIONS = dict(top_k=24, block_size=8, min_seq_len=0, inductor=False)  # 3 of 5 blocks: consumers are sparse
@@ -25,7 +25,7 @@ def token_ids():
 
 
 def compiled_logits(model, policy_path):
-    backend = HylraBackend(policy=str(policy_path), **OPTIONS)
+    backend = HylraBackend(**at_toy_sizes(policy=str(policy_path), **OPTIONS))
     with torch.no_grad():
         logits = torch.compile(model, backend=backend)(token_ids(), use_cache=False).logits
     (gm,) = backend.graphs
@@ -34,7 +34,8 @@ def compiled_logits(model, policy_path):
 
 
 def tiny_profile(model):
-    return profile(model, [token_ids()[0], token_ids()[0].flip(0)], top_k=24, block_size=8, progress=False)
+    return profile(model, [token_ids()[0], token_ids()[0].flip(0)], top_k=24, block_size=8, sink_blocks=1,
+                   local_blocks=2, progress=False)
 
 
 def tp_plan_auto() -> dict:

@@ -18,6 +18,7 @@ from transformers import (
     T5Model,
 )
 
+from hylra_compile import HylraOptions
 from hylra_compile.models import cache_argument
 
 VOCAB = 64
@@ -96,3 +97,11 @@ def decode_step(model, compiled, ids, mask, max_cache_len: int = 48):
     step_mask = torch.cat([mask, torch.ones(mask.shape[0], 1, dtype=mask.dtype)], dim=1)
     position = torch.tensor([ids.shape[1]])
     return compiled(step_ids, attention_mask=step_mask, **cache, cache_position=position).logits
+
+
+def at_toy_sizes(**options) -> dict:
+    """Backend options for the toy models' tens of keys: one sink and two local blocks, producers in the
+    consumers' blocks, where ``options`` leave them out (the defaults keep 64 sink and 128 local tokens and
+    producers in blocks of 64, more than a toy holds)."""
+    block = options.get("block_size", HylraOptions.block_size)
+    return {"sink_blocks": 1, "local_blocks": 2, "producer_block_size": block, **options}

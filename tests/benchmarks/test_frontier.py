@@ -83,7 +83,8 @@ def test_refinement_settings_share_the_budget_policy_and_set_their_own_options(f
     blocks = frontier.settings_of("blocks", 24, 6, lambda: 4, only=["budget:6 refine", "budget:6 oracle b16"])
     assert {name: s.options for name, s in blocks.items()} == {
         "budget:6 refine": {"selection": "refine"},
-        "budget:6 oracle b16": {"selection": "oracle", "block_size": 16, "sink_blocks": 4, "local_blocks": 8}}
+        "budget:6 oracle b16": {"selection": "oracle", "block_size": 16, "sink_blocks": 4, "local_blocks": 8,
+                                "producer_block_size": 16}}
 
 
 def accuracy_file(folder: Path) -> None:

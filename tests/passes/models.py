@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 X = torch.randn(1, 12, 8, generator=torch.Generator().manual_seed(0))  # a TinyStack input: 3 blocks of 4
 # top_k covers all 3 blocks of 4: consumers select every block, so outputs equal dense attention.
-COVERING = dict(top_k=12, block_size=4, local_blocks=1, min_seq_len=0, inductor=False)
+COVERING = dict(top_k=12, block_size=4, sink_blocks=1, local_blocks=1, producer_block_size=4, min_seq_len=0,
+                inductor=False)
 
 
 class TinyAttention(torch.nn.Module):

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 from hylra_compile import HylraBackend, Policy
 from tests.lowering.test_ops import brute_force_blocks
 from tests.numerics import rel_err
-from tests.tiny_models import padded_batch, prefill_logits, tiny_config, tiny_model
+from tests.tiny_models import at_toy_sizes, padded_batch, prefill_logits, tiny_config, tiny_model
 
 
 class MaskBlocksCalls(TorchDispatchMode):
@@ -41,8 +41,8 @@ def test_block_mask_of_hf_masks_is_the_brute_force_one(model_kind):
     model = sliding_mistral() if model_kind == "mistral_sliding" else tiny_model("llama", "sdpa", num_layers=2)
     ids, mask = padded_batch(20, pads=(0, 5) if model_kind != "llama_unpadded" else (0, 0))
     # top_k covers every block, and "full" layers run the dense op: outputs must equal eager SDPA's.
-    backend = HylraBackend(policy=Policy.from_modes(["producer", "consumer"]), top_k=24, block_size=4,
-                           local_blocks=1, min_seq_len=0, inductor=False)
+    backend = HylraBackend(**at_toy_sizes(policy=Policy.from_modes(["producer", "consumer"]), top_k=24, block_size=4,
+                           local_blocks=1, min_seq_len=0, inductor=False))
     recorded = MaskBlocksCalls()
 
     def recording(gm, example_inputs):  # runs the rewritten graph with the recorder on
@@ -75,7 +75,7 @@ def test_inductor_stores_the_mask_once():
     that took it (33 at once in a 32-layer model, 16 GiB each at 128K tokens). Through ``hylra::shared_mask`` it
     computes one, which the op copies once for all four layers here."""
     model = tiny_model("llama", "sdpa", num_layers=4)
-    backend = HylraBackend(policy=Policy.every(2, 4), top_k=32, block_size=8, min_seq_len=0)
+    backend = HylraBackend(**at_toy_sizes(policy=Policy.every(2, 4), top_k=32, block_size=8, min_seq_len=0))
     ids = torch.randint(0, 64, (1, 64))
     with torch.no_grad():
         (logits,), code = run_and_get_code(lambda: (torch.compile(model, backend=backend)(ids, use_cache=False).logits,))

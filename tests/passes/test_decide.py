@@ -12,12 +12,12 @@ from torch._dynamo.utils import counters
 from hylra_compile import HylraBackend, Policy
 from hylra_compile.passes import decide, find_attention
 from tests.passes.models import COVERING, BrokenStack, LoopBrokenStack, TinyAttention, TinyStack, X, dynamo_graph
-from tests.tiny_models import padded_batch, tiny_bert, tiny_encoder_decoder, tiny_model
+from tests.tiny_models import at_toy_sizes, padded_batch, tiny_bert, tiny_encoder_decoder, tiny_model
 
 
 def compile_broken(policy: Policy, model=None):
     model = model or BrokenStack()
-    backend = HylraBackend(policy=policy, **COVERING)
+    backend = HylraBackend(**at_toy_sizes(policy=policy, **COVERING))
     with torch.no_grad():
         torch.testing.assert_close(torch.compile(model, backend=backend)(X), model(X))
     return backend
@@ -67,8 +67,9 @@ def test_a_graph_break_in_a_layer_hook_keeps_the_layer_numbers():
     model = tiny_model("llama", "sdpa", num_layers=4)
     model.model.layers[2].register_forward_pre_hook(lambda module, args: torch._dynamo.graph_break())
     ids, mask = padded_batch(20)
-    backend = HylraBackend(policy=Policy.from_modes(["producer", "consumer", "full", "producer"]), top_k=8,
-                           block_size=8, local_blocks=0, min_seq_len=0, inductor=False)
+    backend = HylraBackend(**at_toy_sizes(policy=Policy.from_modes(["producer", "consumer", "full", "producer"]),
+                                          top_k=8,
+                           block_size=8, local_blocks=0, min_seq_len=0, inductor=False))
     with torch.no_grad(), pytest.warns(UserWarning, match=GRAPH_BREAK_WARNING):
         torch.testing.assert_close(torch.compile(model, backend=backend)(ids, attention_mask=mask).logits,
                                    model(ids, attention_mask=mask).logits)
@@ -148,8 +149,9 @@ def test_non_causal_attention_stays_dense(attn, padded):
     model = tiny_bert(attn)
     ids, mask = padded_batch(40)
     kwargs = {"attention_mask": mask} if padded else {}
-    backend = HylraBackend(policy=Policy.every(2, 2), top_k=8, block_size=8, local_blocks=0, min_seq_len=0,
-                           inductor=False)
+    backend = HylraBackend(**at_toy_sizes(policy=Policy.every(2, 2), top_k=8, block_size=8, local_blocks=0,
+                                          min_seq_len=0,
+                           inductor=False))
     with torch.no_grad(), pytest.warns(UserWarning, match="non-causal attention"):
         out = torch.compile(model, backend=backend)(ids, **kwargs).last_hidden_state
         torch.testing.assert_close(out, model(ids, **kwargs).last_hidden_state)
@@ -162,7 +164,8 @@ def compile_encoder_decoder(model, policy: Policy):
     """The sites of ``model`` compiled on 20 input and 24 decoder tokens, its output checked equal to the model's
     (top_k covers every block)."""
     ids, decoder_ids = torch.randint(3, 64, (1, 20)), torch.randint(3, 64, (1, 24))
-    backend = HylraBackend(policy=policy, top_k=24, block_size=4, local_blocks=1, min_seq_len=0, inductor=False)
+    backend = HylraBackend(**at_toy_sizes(policy=policy, top_k=24, block_size=4, local_blocks=1, min_seq_len=0,
+                                          inductor=False))
     with torch.no_grad():
         out = torch.compile(model, backend=backend)(input_ids=ids, decoder_input_ids=decoder_ids)
         torch.testing.assert_close(out.last_hidden_state,

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from hylra_compile import HylraBackend
 from hylra_compile.passes import find_attention
 from tests.passes.models import dynamo_graph
+from tests.tiny_models import at_toy_sizes
 
 B, HQ, HKV, S, D = 1, 4, 2, 16, 8
 
@@ -79,8 +80,9 @@ def test_spellings_rewrite_to_the_same_numbers(spelling):
     def stacked(q, k, v):
         return fn(fn(q, k, v), k, v)
 
-    backend = HylraBackend(policy=["producer", "consumer"], top_k=S, block_size=4, local_blocks=1, min_seq_len=0,
-                           inductor=False)
+    backend = HylraBackend(**at_toy_sizes(policy=["producer", "consumer"], top_k=S, block_size=4, local_blocks=1,
+                                          min_seq_len=0,
+                           inductor=False))
     q, k, v = qkv()
     torch._dynamo.reset()
     with torch.no_grad():

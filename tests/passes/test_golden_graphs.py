@@ -17,7 +17,7 @@ from torch._dynamo.utils import counters
 from hylra_compile import HylraBackend, Policy
 from hylra_compile.passes.patterns import example_value, is_call
 from tests.passes.models import TinyStack
-from tests.tiny_models import CONFIGS, decode_step, padded_batch, prefill_logits, tiny_model
+from tests.tiny_models import CONFIGS, at_toy_sizes, decode_step, padded_batch, prefill_logits, tiny_model
 
 # A test dependency; the GPU machine lacks it, and these CPU tests must not stop its `pytest -m cuda` collection.
 TestCase = pytest.importorskip("expecttest").TestCase
@@ -71,7 +71,7 @@ def attention_counters() -> str:
 
 def rewritten(model: torch.nn.Module, **options) -> torch.fx.GraphModule:
     """The one graph the hylra backend (without Inductor) rewrites for ``model`` on a [1, 16, 8] input."""
-    backend = HylraBackend(inductor=False, **options)
+    backend = HylraBackend(**at_toy_sizes(inductor=False, **options))
     with torch.no_grad():
         torch.compile(model, backend=backend, fullgraph=True)(torch.randn(1, 16, 8))
     (gm,) = backend.graphs
@@ -82,8 +82,8 @@ class GoldenGraphTest(TestCase):
     def test_own_model_full_graph(self):
         torch.manual_seed(0)
         model = TinyStack()
-        backend = HylraBackend(policy=Policy.every(2, 2), top_k=12, block_size=4, local_blocks=1, min_seq_len=0,
-                               selection="reuse", inductor=False)
+        backend = HylraBackend(**at_toy_sizes(policy=Policy.every(2, 2), top_k=12, block_size=4, local_blocks=1, min_seq_len=0,
+                               selection="reuse", inductor=False))
         x = torch.randn(1, 12, 8)
         with torch.no_grad():
             torch.testing.assert_close(torch.compile(model, backend=backend, fullgraph=True)(x), model(x))
@@ -190,8 +190,8 @@ consumer_sites=1, producer_sites=1, rewritten=2, sdpa_matched=2""")
             counters.clear()
             torch.manual_seed(0)
             model = TinyStack(heads=4, kv_heads=2, head_dim=2)
-            backend = HylraBackend(policy=policy, top_k=8, block_size=4, local_blocks=1, min_seq_len=0,
-                                   selection=selection, candidates=2 if selection == "refine" else 4, inductor=False)
+            backend = HylraBackend(**at_toy_sizes(policy=policy, top_k=8, block_size=4, local_blocks=1, min_seq_len=0,
+                                   selection=selection, candidates=2 if selection == "refine" else 4, inductor=False))
             with torch.no_grad():
                 torch.compile(model, backend=backend, fullgraph=True)(torch.randn(1, 16, 8))
             (gm,) = backend.graphs
@@ -247,7 +247,7 @@ sparse_attention#1(q=%6 f32[1, 4, 16, 2], k=%7 f32[1, 2, 16, 2], v=%8 f32[1, 2, 
         counters.clear()
         model = tiny_model("llama", "sdpa", num_layers=3)
         policy = Policy(["full", "producer", "consumer"], [None, None, 1])
-        backend = HylraBackend(policy=policy, top_k=24, block_size=8, min_seq_len=0, inductor=False)
+        backend = HylraBackend(**at_toy_sizes(policy=policy, top_k=24, block_size=8, min_seq_len=0, inductor=False))
         ids, mask = padded_batch(20)
         prefill_logits(torch.compile(model, backend=backend, fullgraph=True), ids, mask)
         (gm,) = backend.graphs
@@ -267,7 +267,7 @@ block_masks=2, consumer_sites=1, dense.policy_full=1, dense_sites=1, producer_si
             torch._dynamo.reset()
             counters.clear()
             model = tiny_model(family, attn, num_layers=2)
-            backend = HylraBackend(policy=Policy.every(2, 2), top_k=24, block_size=8, min_seq_len=0, inductor=False)
+            backend = HylraBackend(**at_toy_sizes(policy=Policy.every(2, 2), top_k=24, block_size=8, min_seq_len=0, inductor=False))
             compiled = torch.compile(model, backend=backend, fullgraph=True)
             ids, mask = padded_batch(20)
             if phase == "prefill":

@@ -15,7 +15,7 @@ from hylra_compile import HylraBackend, HylraOptions, Policy
 from hylra_compile.layers import layer_of_path, module_layers
 from hylra_compile.routing import routed_attention
 from tests.passes.models import COVERING, BrokenStack, TinyStack, X
-from tests.tiny_models import padded_batch, prefill_logits, tiny_model
+from tests.tiny_models import at_toy_sizes, padded_batch, prefill_logits, tiny_model
 
 
 class Artifacts(logging.Handler):
@@ -32,7 +32,7 @@ class Artifacts(logging.Handler):
 
 
 def test_every_phase_is_dumped_numbered_traced_and_counted(tmp_path):
-    backend = HylraBackend(policy=Policy.every(2, 2), dump_dir=str(tmp_path), **COVERING)
+    backend = HylraBackend(**at_toy_sizes(policy=Policy.every(2, 2), dump_dir=str(tmp_path), **COVERING))
     artifacts = Artifacts()
     trace_log.addHandler(artifacts)
     try:
@@ -78,11 +78,11 @@ def test_backend_modes():
     Face's CompileConfig makes one) is the backend itself."""
     with torch.no_grad():
         torch.compile(TinyStack(), backend="hylra", mode="reduce-overhead")(X)
-        backend = HylraBackend(policy=Policy.every(2, 2), **{**COVERING, "inductor": True})
+        backend = HylraBackend(**at_toy_sizes(policy=Policy.every(2, 2), **{**COVERING, "inductor": True}))
         torch.compile(TinyStack(), backend=copy.deepcopy(backend), mode="reduce-overhead")(X)
         assert [s.action for s in backend.reports[0].sites] == ["producer", "consumer"]
         with pytest.raises(Exception, match="replays graphs as CUDA graphs, which needs the hylra option inductor"):
-            torch.compile(TinyStack(), backend=HylraBackend(**COVERING), mode="reduce-overhead")(X)
+            torch.compile(TinyStack(), backend=HylraBackend(**at_toy_sizes(**COVERING)), mode="reduce-overhead")(X)
         with pytest.raises(Exception, match=r"mode None, 'default' or 'reduce-overhead'.*got 'max-autotune'"):
             torch.compile(TinyStack(), backend="hylra", mode="max-autotune")(X)
 
@@ -96,7 +96,7 @@ def test_backend_and_profiler_number_layers_alike():
                           scaled_dot_product_attention(call.query, call.key, call.value, attn_mask=call.mask,
                                                        is_causal=call.is_causal, scale=call.scale, enable_gqa=True)):
         prefill_logits(model, *padded_batch(20))
-    backend = HylraBackend(policy=Policy.full(3), **COVERING)
+    backend = HylraBackend(**at_toy_sizes(policy=Policy.full(3), **COVERING))
     prefill_logits(torch.compile(model, backend=backend), *padded_batch(20))
     assert routed == [site.layer for site in backend.reports[0].sites] == [0, 1, 2]
     # One attention module shared by two layers: its calls cannot be told apart, and the profiler says so.
