@@ -21,7 +21,9 @@
 # Costs on an H100 (2026-12-07), for planning a session's 30 minutes: moving Qwen's 9 pieces ~1 minute; kernels at
 # blocks 16 and 64 ~80 s; e2e at 128K ~130 s per variant (the first call compiles), eager more; accuracy of Qwen at
 # 32K ~1-2 minutes to load and profile, then ~100 s per setting (dense included) at the default 96 prompts: run it
-# under `timeout` below the call's limit (the files saved once a minute come back, marked cut short). A call that
+# under `timeout` below the call's limit (the files saved once a minute come back, marked cut short); a run with
+# --producer-block-size profiles in those blocks (the cached profile of a block-64 run serves it: a block-16 profile of
+# Qwen at 32K ran past 5 minutes). A call that
 # finds no machine still costs 15-90 s of the budget: after a refusal, wait the time it names (six refusals took a
 # third of one session's 30 minutes).
 set -euo pipefail

@@ -275,8 +275,7 @@ class _Recorder:
     """Accumulates, over the samples, the similarity and sensitivity sums the attention function reports."""
 
     def __init__(self, options: HylraOptions, head_map: bool, mass: bool, progress, candidates: int = 1):
-        self.block_size, self.sink_blocks, self.local_blocks = options.block_size, options.sink_blocks,
-options.local_blocks
+        self.block_size, self.sink_blocks, self.local_blocks = options.block_size, options.sink_blocks, options.local_blocks
         self.n_select = options.n_select
         self.candidates = candidates  # a producer's selection is candidates x n_select blocks (refine)
         self.head_map, self.mass = head_map, mass

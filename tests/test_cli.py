@@ -321,6 +321,18 @@ def test_eval_candidates_reach_the_evaluation(files):
     assert metadata["prefilter"] == 2
 
 
+def test_eval_profiles_in_the_producers_blocks(files, monkeypatch):
+    """A budget: policy is profiled in the blocks producers select in, with the sink and local tokens the options
+    keep (one sink and two local blocks of 8 are one and one of 16)."""
+    import hylra_compile.profiler
+
+    profiled = []
+    real = hylra_compile.profiler.profile
+    monkeypatch.setattr(hylra_compile.profiler, "profile", lambda *a, **kw: profiled.append(kw) or real(*a, **kw))
+    assert main(eval_args(files, "--policy", "budget:2", "--producer-block-size", "16")) == 0
+    assert [(kw["block_size"], kw["sink_blocks"], kw["local_blocks"]) for kw in profiled] == [(16, 1, 1)]
+
+
 def test_profile_refuses_to_replace_a_file_that_is_not_a_policy(files, capsys, no_model_load):
     """--out naming a file that is not a policy (the model's own config here) is refused before the model loads;
     --force replaces it; an unwritable --profile-out folder is refused before the model loads too."""
