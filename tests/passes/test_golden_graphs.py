@@ -167,6 +167,22 @@ refine_blocks#0(q=%3 f32[1, 2, 16, 4], k=%4 f32[1, 1, 16, 4], candidate_idx=expa
 sparse_attention#0(q=%3 f32[1, 2, 16, 4], k=%4 f32[1, 1, 16, 4], v=%5 f32[1, 1, 16, 4], mask=None, block_mask=None, block_idx=refine_blocks#0, is_causal=True, scale=None, block_size=4, min_seq_len=0)
 consumer_sites=1, producer_sites=1, rewritten=2, sdpa_matched=2""")
 
+    def test_own_model_with_the_defaults(self):
+        """A policy and top_k=256 on 2048 tokens, the rest left out: the producer selects 4 x 256 tokens in blocks of
+        64 (one sink and two local blocks: 64 and 128 tokens), expand_blocks lists them as blocks of 16, and the
+        consumer refines 16 blocks of 16 among them (4 sink and 8 local: the same tokens)."""
+        torch.manual_seed(0)
+        backend = HylraBackend(policy=Policy.every(2, 2), top_k=256, min_seq_len=0, inductor=False)
+        with torch.no_grad():
+            torch.compile(TinyStack(), backend=backend, fullgraph=True)(torch.randn(1, 2048, 8))
+        (gm,) = backend.graphs
+        self.assertExpectedInline(attention_ops(gm) + "\n" + attention_counters(), """\
+topk_attention#0(q=%0 f32[1, 2, 2048, 4], k=%1 f32[1, 1, 2048, 4], v=%2 f32[1, 1, 2048, 4], mask=None, block_mask=None, is_causal=True, scale=None, block_size=64, n_select=16, sink_blocks=1, local_blocks=2)
+expand_blocks#0(q=%0 f32[1, 2, 2048, 4], k=%1 f32[1, 1, 2048, 4], block_idx=topk_attention#0.block_idx, block_size=16, factor=4)
+refine_blocks#0(q=%3 f32[1, 2, 2048, 4], k=%4 f32[1, 1, 2048, 4], candidate_idx=expand_blocks#0, mask=None, block_mask=None, is_causal=True, scale=None, block_size=16, n_select=16, sink_blocks=4, local_blocks=8)
+sparse_attention#0(q=%3 f32[1, 2, 2048, 4], k=%4 f32[1, 1, 2048, 4], v=%5 f32[1, 1, 2048, 4], mask=None, block_mask=None, block_idx=refine_blocks#0, is_causal=True, scale=None, block_size=16, min_seq_len=0)
+consumer_sites=1, producer_sites=1, rewritten=2, sdpa_matched=2""")
+
     def test_own_model_refine_with_a_prefilter(self):
         """prefilter=1 with candidates=2: the consumer's refine_blocks carries prefilter=1 (its prompt narrows the 4
         candidate blocks to 2 by mean keys before scoring keys); nothing else in the graph changes."""
