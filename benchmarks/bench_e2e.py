@@ -216,13 +216,12 @@ def measure(model, variant: str, context: int, batch: int, args, block_size: int
         compilation = hylra_compile.compile_for_generate(model)
     else:
         policy = POLICIES[REFINED.get(variant, variant)](model.config.num_hidden_layers)
-        # The same tokens kept at every block size (the frontier's blocks group): sink 64, local 128.
-        # None in a row: producers in the variant's own blocks (the options' default would coarsen a refine's).
+        # Sink and local blocks left to the options: 64 and 128 tokens at every block size (as the frontier keeps
+        # them). None in a row: producers in the variant's own blocks (the options' default would coarsen a refine's).
         compiled_with = {**row, "prefilter": row["prefilter"] or 0,
                          "producer_block_size": row["producer_block_size"] or block_size}
         compilation = hylra_compile.compile_for_generate(
-            model, policy=policy, **compiled_with, sink_blocks=max(1, 64 // block_size),
-            local_blocks=max(1, 128 // block_size), selection="refine" if variant in REFINED else "reuse")
+            model, policy=policy, **compiled_with, selection="refine" if variant in REFINED else "reuse")
     counters["inductor"].clear()
     if args.prefill_chunk:
         settings["prefill_chunk_size"] = args.prefill_chunk

@@ -68,7 +68,7 @@ from hylra_compile.corpora import builtin_text
 from hylra_compile.files import check_writable_folder, write_atomic
 from hylra_compile.evaluate import DENSE, Evaluation, Setting, evaluate, same_within_intervals, task_of, wilson_interval
 from hylra_compile.models import load_config, load_model
-from hylra_compile.options import DEFAULT_CANDIDATES, HylraOptions
+from hylra_compile.options import DEFAULT_CANDIDATES, HylraOptions, forced_blocks
 from hylra_compile.plots import SETTING_TERMS
 from hylra_compile.profiler import full_windows
 from hylra_compile.tasks import make_prompts, spread_order
@@ -89,7 +89,7 @@ def settings_of(group: str, num_layers: int, dense: int, get_profile, only=None,
                 block_size: int = 64) -> dict[str, Setting]:
     """The settings of ``group`` (those named in ``only``, when given; the profile runs only if one needs it), at
     ``block_size`` with 64 sink and 128 local tokens (what :func:`accuracy` runs)."""
-    forced = max(1, 64 // block_size) + max(1, 128 // block_size)
+    forced = sum(forced_blocks(block_size).values())
     n = _jump(num_layers, dense)
     jump = Policy.every(n, num_layers)
     dense = math.ceil(num_layers / n)  # the budget policies match Jump-n's count
@@ -136,8 +136,7 @@ def settings_of(group: str, num_layers: int, dense: int, get_profile, only=None,
     if group == "blocks":  # granularity at the same token budget: top_k, sink and local tokens kept as at block 64
         options = {}
         for size in (64, 32, 16):
-            tokens = {} if size == 64 else {"block_size": size, "sink_blocks": 64 // size, "local_blocks": 128 // size,
-                                            "producer_block_size": size}
+            tokens = {} if size == 64 else {"block_size": size, **forced_blocks(size), "producer_block_size": size}
             suffix = "" if size == 64 else f" b{size}"
             options[f"budget:{dense} oracle{suffix}"] = {"selection": "oracle", **tokens}
             options[f"budget:{dense} refine{suffix}"] = {"selection": "refine", **tokens}
@@ -221,8 +220,8 @@ def accuracy(args: argparse.Namespace) -> None:
     # Settings name what they change from the plain method (reuse).
     # 64 sink and 128 local tokens at every block size (1 and 2 blocks of 64), as the blocks group keeps them.
     # Producers select in the consumers' blocks unless a setting or --producer-block-size says otherwise.
-    selection = {"top_k": args.top_k, "block_size": args.block_size, "sink_blocks": max(1, 64 // args.block_size),
-                 "local_blocks": max(1, 128 // args.block_size), "producer_block_size": args.block_size,
+    selection = {"top_k": args.top_k, "block_size": args.block_size, **forced_blocks(args.block_size),
+                 "producer_block_size": args.block_size,
                  "min_seq_len": args.length // 8, "selection": "reuse"}
     producer_block_size = args.producer_block_size
     check_settings(args.only, args.group, num_layers, config.num_key_value_heads, dense, selection,
@@ -238,8 +237,7 @@ def accuracy(args: argparse.Namespace) -> None:
 
     # Profiled in the producers' blocks: the grain the policy's producers select in.
     grain = producer_block_size or args.block_size
-    profiled = {"top_k": args.top_k, "block_size": grain, "sink_blocks": max(1, 64 // grain),
-                "local_blocks": max(1, 128 // grain)}
+    profiled = {"top_k": args.top_k, "block_size": grain, **forced_blocks(grain)}
 
     @functools.cache
     def get_profile(candidates: int = 1):

@@ -21,6 +21,14 @@ DEFAULT_CANDIDATES = 4
 SINK_TOKENS = 64
 LOCAL_TOKENS = 128
 PRODUCER_BLOCK = 64
+
+
+def forced_blocks(block_size: int) -> dict[str, int]:
+    """``sink_blocks`` and ``local_blocks`` that hold :data:`SINK_TOKENS` and :data:`LOCAL_TOKENS` in blocks of
+    ``block_size``: what options left out take."""
+    return {"sink_blocks": -(-SINK_TOKENS // block_size), "local_blocks": -(-LOCAL_TOKENS // block_size)}
+
+
 # The block size of dense layers at any finer block_size: a dense layer emits no selection, and blocks of 16 keys cost
 # the dense prefill 1.6x blocks of 64 (benchmarks/results/block-size-32k-*.md, H100; blocks of 32 the producer 1.3x).
 DENSE_BLOCK = 64
@@ -220,10 +228,9 @@ class HylraOptions:
     def _fill_left_out(self) -> None:
         """Options left ``None`` take their values in tokens, as blocks of this ``block_size`` (the dataclass is
         frozen: filled once, here)."""
-        if self.sink_blocks is None:
-            object.__setattr__(self, "sink_blocks", -(-SINK_TOKENS // self.block_size))
-        if self.local_blocks is None:
-            object.__setattr__(self, "local_blocks", -(-LOCAL_TOKENS // self.block_size))
+        for name, blocks in forced_blocks(self.block_size).items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, blocks)
         if self.producer_block_size is None:
             coarser = self.selection == "refine" and PRODUCER_BLOCK > self.block_size and (
                 PRODUCER_BLOCK % self.block_size == 0)

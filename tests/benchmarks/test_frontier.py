@@ -87,19 +87,24 @@ def test_refinement_settings_share_the_budget_policy_and_set_their_own_options(f
                                 "producer_block_size": 16}}
 
 
-def accuracy_file(folder: Path) -> None:
-    results = [Result("dense", 24), Result("every:4", 6), Result("every:4 refine", 6, options={"selection": "refine"}),
-               Result("budget:6", 6),
-               Result("budget:6 refine", 6, options={"selection": "refine", "block_size": 16, "sink_blocks": 4,
-                                                     "local_blocks": 8, "producer_block_size": 64})]
-    for result, kl, hits in zip(results, (0.0, 0.09, 0.04, 0.03, 0.02), (6, 1, 5, 5, 5)):
+def save_run(folder: Path, stem: str, results: list[tuple[Result, float, int]], prompts: int) -> None:
+    """A frontier accuracy file of ``results`` (each with its KL and its pass-key hits among ``prompts``)."""
+    for result, kl, hits in results:
         result.positions, result.kl, result.nll = 100, kl * 100, 100.0
         result.error_sq, result.dense_sq = [kl], [1.0]
-        result.correct = {f"passkey-32768-d0.{i}-s{i}": i < hits for i in range(6)}
+        result.correct = {f"passkey-32768-d0.{i % 4}-s{i}": i < hits for i in range(prompts)}
     metadata = {"model": "m", "num_layers": 24, "device": "GPU", "date": "d", "top_k": 2048, "block_size": 64,
                 "sink_blocks": 1, "local_blocks": 2, "min_seq_len": 4096, "selection": "reuse", "lengths": [32768],
-                "seq_len": 32768, "text": "prose", "text_windows": 1, "prompts": 6}
-    Evaluation(results, metadata).save(folder, stem="frontier-accuracy-m-32768-2048-mechanisms")
+                "seq_len": 32768, "text": "prose", "text_windows": 1, "prompts": prompts}
+    Evaluation([result for result, _, _ in results], metadata).save(folder, stem=stem)
+
+
+def accuracy_file(folder: Path) -> None:
+    coarse = {"selection": "refine", "block_size": 16, "sink_blocks": 4, "local_blocks": 8, "producer_block_size": 64}
+    save_run(folder, "frontier-accuracy-m-32768-2048-mechanisms",
+             [(Result("dense", 24), 0.0, 6), (Result("every:4", 6), 0.09, 1),
+              (Result("every:4 refine", 6, options={"selection": "refine"}), 0.04, 5), (Result("budget:6", 6), 0.03, 5),
+              (Result("budget:6 refine", 6, options=coarse), 0.02, 5)], prompts=6)
 
 
 def speed_file(folder: Path, refine: bool = False) -> None:
@@ -141,15 +146,8 @@ def test_runs_of_another_retrieval_sample_get_their_own_table(frontier, tmp_path
     """A run of 24 prompts per task beside one of 6: two tables, the larger first, each row judged against the
     dense run of its own prompts and competing for the front only within its table."""
     accuracy_file(tmp_path)
-    results = [Result("dense", 24), Result("budget:6", 6)]
-    for result, kl, hits in zip(results, (0.0, 0.5), (20, 10)):
-        result.positions, result.kl, result.nll = 100, kl * 100, 100.0
-        result.error_sq, result.dense_sq = [kl], [1.0]
-        result.correct = {f"passkey-32768-d0.{i % 4}-s{i}": i < hits for i in range(24)}
-    metadata = {"model": "m", "num_layers": 24, "device": "GPU", "date": "d", "top_k": 2048, "block_size": 64,
-                "sink_blocks": 1, "local_blocks": 2, "min_seq_len": 4096, "selection": "reuse", "lengths": [32768],
-                "seq_len": 32768, "text": "prose", "text_windows": 1, "prompts": 24}
-    Evaluation(results, metadata).save(tmp_path, stem="frontier-accuracy-m-32768-2048-blocks")
+    save_run(tmp_path, "frontier-accuracy-m-32768-2048-blocks",
+             [(Result("dense", 24), 0.0, 20), (Result("budget:6", 6), 0.5, 10)], prompts=24)
     speed_file(tmp_path)
     frontier.table(tmp_path)
     text = (tmp_path / "frontier.md").read_text()

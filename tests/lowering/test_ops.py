@@ -424,21 +424,29 @@ def test_refine_keeps_a_subset_of_the_candidates_in_block_idx_format(is_causal):
                 assert torch.equal(refined[..., :4], wide)
 
 
+def refinement_mask(kind: str, seed: int = 0):
+    """The [2, 1 | 4, 21, 37] mask of the refinement tests' ``kind``: none (``causal``: the ops' is_causal), padding
+    (``bool``), padding with random additive biases (``float``, drawn from ``seed``), random per KV head
+    (``per_head``, from ``seed + 1``)."""
+    if kind == "bool":
+        return padding_mask(2, 21, 37, [37, 22])
+    if kind == "float":
+        g = torch.Generator().manual_seed(seed)
+        return torch.where(padding_mask(2, 21, 37, [37, 30]), torch.randn(2, 1, 21, 37, generator=g,
+                                                                          dtype=torch.float64), -math.inf)
+    if kind == "per_head":
+        return torch.rand(2, 4, 21, 37, generator=torch.Generator().manual_seed(seed + 1)) > 0.3
+    return None
+
+
 @pytest.mark.parametrize("mask_kind", ["causal", "bool", "float", "per_head"])
 @pytest.mark.parametrize("n_select,sink,local", [(3, 1, 1), (4, 0, 2), (2, 0, 0)])
 def test_refine_equals_independent_computation(mask_kind, n_select, sink, local):
     """refine_blocks agrees exactly with :func:`independent_refine` on random fp64 inputs and random candidate
     sets, including empty rows and candidate blocks holding no allowed key (above the causal diagonal, padding)."""
     q, k, _ = qkv(Sq=21, Skv=37, dtype=torch.float64, seed=4)
-    mask, is_causal, scale = None, mask_kind == "causal", 0.3 if mask_kind == "float" else None
-    if mask_kind == "bool":
-        mask = padding_mask(2, 21, 37, [37, 22])
-    elif mask_kind == "float":
-        g = torch.Generator().manual_seed(5)
-        mask = torch.where(padding_mask(2, 21, 37, [37, 30]), torch.randn(2, 1, 21, 37, generator=g,
-                                                                          dtype=torch.float64), -math.inf)
-    elif mask_kind == "per_head":
-        mask = torch.rand(2, 4, 21, 37, generator=torch.Generator().manual_seed(6)) > 0.3
+    mask, is_causal = refinement_mask(mask_kind, seed=5), mask_kind == "causal"
+    scale = 0.3 if mask_kind == "float" else None
     candidates = random_candidates(2, 2, 3, 5, 4, seed=7)
     got = refine_blocks(q, k, candidates, mask, is_causal=is_causal, scale=scale,
                         **selection(n_select, sink, local))
@@ -456,8 +464,7 @@ def test_refine_with_a_budget_per_kv_head(mask_kind):
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     q, k, _ = qkv(Sq=21, Skv=37, dtype=torch.float64, seed=8)
-    mask = padding_mask(2, 21, 37, [37, 22]) if mask_kind == "bool" else None
-    is_causal = mask_kind == "causal"
+    mask, is_causal = refinement_mask(mask_kind), mask_kind == "causal"
     candidates = random_candidates(2, 2, 3, 5, 5, seed=9)
     got = refine_blocks(q, k, candidates, mask, is_causal=is_causal, scale=None, **selection(4, 1, 0),
                         head_n_select=[2, 4])
@@ -500,20 +507,14 @@ def independent_prefilter(q, k, candidate_idx, allowed, scale, bs, n_select, sin
     return independent_selections(q, k, bs, n_select, sink, local, row)
 
 
-@pytest.mark.parametrize("mask_kind", ["causal", "padded", "float"])
+@pytest.mark.parametrize("mask_kind", ["causal", "bool", "float"])
 def test_prefilter_equals_independent_computation(mask_kind):
     """prefilter_blocks agrees exactly with :func:`independent_prefilter` on random fp64 inputs and candidate sets
     (blocks past the diagonal or in the padding listed too), for causal, padded and additive masks (the mask bounds
     the candidates; its values do not enter the scores); refine_blocks with ``prefilter`` p is refine_blocks over
     those p * n_select blocks, with budgets by KV head too; opcheck passes."""
     q, k, _ = qkv(Sq=21, Skv=37, dtype=torch.float64, seed=10)
-    mask, is_causal = None, mask_kind == "causal"
-    if mask_kind == "padded":
-        mask = padding_mask(2, 21, 37, [37, 22])
-    elif mask_kind == "float":
-        g = torch.Generator().manual_seed(11)
-        mask = torch.where(padding_mask(2, 21, 37, [37, 30]), torch.randn(2, 1, 21, 37, generator=g,
-                                                                          dtype=torch.float64), -math.inf)
+    mask, is_causal = refinement_mask(mask_kind, seed=11), mask_kind == "causal"
     candidates = random_candidates(2, 2, 3, 5, 5, seed=12)
     allowed, _ = allowed_and_bias(mask, is_causal, 2, 21, 37)
     for n_select, sink, local in ((3, 1, 1), (2, 0, 0)):
