@@ -1,11 +1,11 @@
 """Kernel time against block size at an equal token budget, beside SDPA (the dense layers' price).
 
-Llama-3-8B attention shapes (bench_kernels.py), bf16, batch 1, top_k 2048 tokens and 64 sink / 128 local tokens at
-every block size (block 16: 128 blocks, 32: 64, 64: 32, 128: 16): prefill (causal, do_bench medians) and decode
-(the last query over the whole cache, under a CUDA graph) of the producer, the refinement (its own top_k among 4x
-top_k candidates; in prefill also with ``prefilter=2``, the candidates first narrowed to 2x top_k by mean keys,
-through the op's dispatch), the consumer and the dense op, and SDPA's causal prefill and decode (whichever backend torch
-picks). The accuracy half is `frontier.py accuracy --group blocks`.
+Llama-3-8B attention shapes (bench_kernels.py), bf16, batch 1, top_k 2048 tokens (block 16: 128 blocks, 32: 64, 64:
+32, 128: 16) and the options' sink and local blocks (64 and 128 tokens, rounded up to whole blocks): prefill (causal,
+do_bench medians) and decode (the last query over the whole cache, under a CUDA graph) of the producer, the
+refinement (its own top_k among 4x top_k candidates; in prefill also with ``prefilter=2``, the candidates first
+narrowed to 2x top_k by mean keys, through the op's dispatch), the consumer and the dense op, and SDPA's causal
+prefill and decode (whichever backend torch picks). The accuracy half is `frontier.py accuracy --group blocks`.
 
     python benchmarks/bench_block_size.py --length 32768 --out benchmarks/results
 """
@@ -35,6 +35,7 @@ from hylra_compile.kernels import (  # noqa: E402
     prefill_sparse_attention,
     prefill_topk_attention,
 )
+from hylra_compile.options import forced_blocks  # noqa: E402
 
 F = torch.nn.functional
 CANDIDATES = 4
@@ -55,7 +56,7 @@ def main() -> int:
     for bs in (int(size) for size in args.block_sizes.split(",")):
         n_select = TOPK // bs
         blocks = dict(scale=None, block_size=bs)
-        selection = dict(blocks, n_select=n_select, sink_blocks=64 // bs, local_blocks=128 // bs)
+        selection = dict(blocks, n_select=n_select, **forced_blocks(bs))
         wide = dict(selection, n_select=CANDIDATES * n_select)
         ops = {}
         for phase, qs, causal, graph in (("prefill", q, True, False), ("decode", qd, False, True)):
@@ -89,8 +90,8 @@ def main() -> int:
     lines = [f"# Kernel time against block size, top_k {TOPK} tokens, {S // 1024}K tokens, B=1 "
              f"({meta['device']}, {meta['date']}, torch {meta['torch']})", "",
              f"SDPA: prefill causal {sdpa_prefill:.0f} µs, decode {sdpa_decode:.1f} µs (CUDA graph). Sink 64 and local "
-             f"128 tokens at every size; refine keeps top_k of {CANDIDATES}x top_k candidates (refine_pf2 first narrows them to 2x top_k by "
-             "block mean keys); dense / SDPA in brackets.", "",
+             f"128 tokens (whole blocks) at every size; refine keeps top_k of {CANDIDATES}x top_k candidates "
+             "(refine_pf2 first narrows them to 2x top_k by block mean keys); dense / SDPA in brackets.", "",
              "| block | n_select | " + " | ".join(f"{phase} {op} µs" for phase, op in columns) + " |",
              "|---|---|" + "---|" * len(columns)]
     for r in rows:
