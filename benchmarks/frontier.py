@@ -38,9 +38,9 @@ steps), so the default 24 prompts per task and haystack (96 of two tasks) take ~
 after ~1-2 minutes of loading and profiling: a 10-minute device job holds dense and about three settings. The
 prompts run in an order whose every prefix samples each task, haystack and depth (:func:`tasks.spread_order`), and
 the files are saved once a minute as well as at the end, so a job cut off by its time limit keeps a fair sample,
-marked "cut short" with its count of prompts (stderr says how far it got). Each run keeps its profiles and
-dense's answers under ``--cache`` (by model and device kind) for the next run on the machine, which then spends
-its time on the settings (``--no-cache``: afresh).
+marked "cut short" with its count of prompts (stderr says how far it got and, stopped by SIGTERM, where it was).
+Each run keeps its profiles and dense's answers under ``--cache`` (by model and device kind) for the next run on
+the machine, which then spends its time on the settings (``--no-cache``: afresh).
 
 ``table`` joins every accuracy file with the speed of the same dense-layer share and ``top_k`` from the committed
 ``e2e-*.json`` rows (the latest row of the nearest ``<D>of32`` variant; ratios to the latest ``eager`` row at the
@@ -54,11 +54,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import faulthandler
 import functools
 import hashlib
 import json
 import math
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -603,6 +605,8 @@ def main(argv=None) -> int:
     tab.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.command == "accuracy":
+        # A run its time limit stops (SIGTERM, as `timeout` sends) prints where it was before it ends.
+        faulthandler.register(signal.SIGTERM, chain=True)
         accuracy(args)
     else:
         table(args.out)

@@ -76,7 +76,7 @@ kernels)
 e2e)
     context=${1:?"e2e CONTEXT [bench_e2e.py arguments]"}
     shift
-    python benchmarks/bench_e2e.py --context "$context" --out "$OUT" "$@"
+    exec python benchmarks/bench_e2e.py --context "$context" --out "$OUT" "$@"
     ;;
 accuracy)
     model=${1:?"accuracy MODEL LENGTH TOP_K [frontier.py accuracy arguments]"}
@@ -86,7 +86,7 @@ accuracy)
         python -m hylra_compile.models add "$model" /tmp/model.gguf
         touch ~/.cache/hylra-on-device-"$model"
     fi
-    python benchmarks/frontier.py accuracy --model "$model" --length "$2" --top-k "$3" --out "$OUT" --no-progress \
+    exec python benchmarks/frontier.py accuracy --model "$model" --length "$2" --top-k "$3" --out "$OUT" --no-progress \
         "${@:4}"
     ;;
 *)
