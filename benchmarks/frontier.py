@@ -42,9 +42,10 @@ marked "cut short" with its count of prompts (stderr says how far it got and, st
 Each run keeps its profiles and dense's answers under ``--cache`` (by model and device kind) for the next run on
 the machine, which then spends its time on the settings (``--no-cache``: afresh).
 
-``table`` joins every accuracy file with the speed of the same dense-layer share and ``top_k`` from the committed
-``e2e-*.json`` rows (the latest row of the nearest ``<D>of32`` variant; ratios to the latest ``eager`` row at the
-same context: time to first token, and decode ms/token to Hugging Face's compiled decode, the ``inductor`` row).
+``table`` joins every accuracy file but the attribution's (a diagnosis, read in its own file) with the speed of the
+same dense-layer share and ``top_k`` from the committed ``e2e-*.json`` rows (the latest row of the nearest
+``<D>of32`` variant; ratios to the latest ``eager`` row at the same context: time to first token, and decode
+ms/token to Hugging Face's compiled decode, the ``inductor`` row).
 Settings whose mechanism the speed rows do not cover say so. It writes ``frontier.md`` and ``frontier.png``, the
 Pareto front (no other setting of the same model, length and top_k has lower KL, at least as many retrieval hits
 and at least its speed) marked.
@@ -417,6 +418,8 @@ def frontier_rows(folder: Path) -> list[dict]:
     for path in sorted(folder.glob("frontier-accuracy-*.json")):
         data = json.loads(path.read_text())
         m, results = data["metadata"], data["results"]
+        if m.get("experiment") == "frontier attribution":  # one layer dense at a time: a diagnosis, not a setting
+            continue
         dense = next(r for r in results if r["name"] == DENSE)
         for r in results:
             if r["name"] == DENSE:

@@ -87,7 +87,8 @@ def test_refinement_settings_share_the_budget_policy_and_set_their_own_options(f
                                 "producer_block_size": 16}}
 
 
-def save_run(folder: Path, stem: str, results: list[tuple[Result, float, int]], prompts: int) -> None:
+def save_run(folder: Path, stem: str, results: list[tuple[Result, float, int]], prompts: int,
+             experiment: str | None = None) -> None:
     """A frontier accuracy file of ``results`` (each with its KL and its pass-key hits among ``prompts``)."""
     for result, kl, hits in results:
         result.positions, result.kl, result.nll = 100, kl * 100, 100.0
@@ -95,7 +96,8 @@ def save_run(folder: Path, stem: str, results: list[tuple[Result, float, int]], 
         result.correct = {f"passkey-32768-d0.{i % 4}-s{i}": i < hits for i in range(prompts)}
     metadata = {"model": "m", "num_layers": 24, "device": "GPU", "date": "d", "top_k": 2048, "block_size": 64,
                 "sink_blocks": 1, "local_blocks": 2, "min_seq_len": 4096, "selection": "reuse", "lengths": [32768],
-                "seq_len": 32768, "text": "prose", "text_windows": 1, "prompts": prompts}
+                "seq_len": 32768, "text": "prose", "text_windows": 1, "prompts": prompts,
+                **({"experiment": experiment} if experiment else {})}
     Evaluation([result for result, _, _ in results], metadata).save(folder, stem=stem)
 
 
@@ -155,6 +157,17 @@ def test_runs_of_another_retrieval_sample_get_their_own_table(frontier, tmp_path
     assert large < small
     assert "| ★ | budget:6 | 6/24 | 0.5000 | +0.0% | 10/24 [24–61] **↓** |" in text[large:small]  # 20/24 dense
     assert "| ★ | budget:6 | 6/24 | 0.0300 |" in text[small:]  # not dominated by a row of the other sample
+
+
+def test_attribution_runs_stay_out_of_the_table(frontier, tmp_path):
+    """One layer made dense at a time diagnoses where the loss is; it is no setting to choose, so the table leaves
+    it to its own file."""
+    accuracy_file(tmp_path)
+    save_run(tmp_path, "frontier-accuracy-m-32768-2048-attribution",
+             [(Result("dense", 24), 0.0, 6), (Result("every:4 +dense 1", 7), 0.08, 2)], prompts=6,
+             experiment="frontier attribution")
+    assert "every:4 +dense 1" not in {r["setting"] for r in frontier.frontier_rows(tmp_path)}
+    assert "every:4" in {r["setting"] for r in frontier.frontier_rows(tmp_path)}
 
 
 def test_refine_settings_join_the_refine_variant_with_ratios_of_its_own_device(frontier, tmp_path):
