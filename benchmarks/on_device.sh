@@ -21,11 +21,11 @@
 # Costs on an H100 (2026-12-07), for planning a session's 30 minutes: moving Qwen's 9 pieces ~1 minute; kernels at
 # blocks 16 and 64 ~80 s; e2e at 128K ~130 s per variant (the first call compiles), eager more; accuracy of Qwen at
 # 32K ~1-2 minutes to load and profile, then ~100 s per setting (dense included) at the default 96 prompts: run it
-# under `timeout` below the call's limit (the files saved once a minute come back, marked cut short); a run with
-# --producer-block-size profiles in those blocks (the cached profile of a block-64 run serves it: a block-16 profile of
-# Qwen at 32K ran past 5 minutes). A call that
-# finds no machine still costs 15-90 s of the budget: after a refusal, wait the time it names (six refusals took a
-# third of one session's 30 minutes).
+# under `timeout` below the call's limit (the files saved once a minute come back, marked cut short, and stderr
+# shows where the run was); a run with --producer-block-size profiles in those blocks (a block-16 profile of Qwen at
+# 32K ran past 5 minutes). The machine goes back after 30 s idle, taking ~/m with it: send the pieces and the run
+# that needs them in calls right after each other. A call that finds no machine still costs 15-90 s of the budget:
+# after a refusal, wait the time it names (six refusals took a third of one session's 30 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step=${1:?"a step: prepare, cuda-tests, kernels, e2e, accuracy"}
