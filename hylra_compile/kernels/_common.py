@@ -127,7 +127,7 @@ def select_row(imp, cand, ids, out_ptr, n_keep, n_select, sink_blocks, local_blo
                N_THR: tl.constexpr = 8):
     """reference.select_blocks for one row, without sorting: ``n_keep`` blocks of a row of ``n_select`` entries.
 
-    ``imp`` fp32 >= 0 [C_PAD], ``cand`` bool [C_PAD] (False on padding), ``ids`` int32 [C_PAD]: the block id of
+    ``imp`` fp32 >= 0 or NaN [C_PAD], ``cand`` bool [C_PAD] (False on padding), ``ids`` int32 [C_PAD]: the block id of
     each column (the column itself, or a candidate list's entry), ascending over the candidates. Forced: the first
     ``sink_blocks`` and last ``local_blocks`` candidates. The rest: search on the int32 bit pattern of the
     non-negative importance for the largest threshold T such that at least ``need`` non-forced candidates are >= T;
@@ -137,6 +137,9 @@ def select_row(imp, cand, ids, out_ptr, n_keep, n_select, sink_blocks, local_blo
     selected ids are written in column order (cumsum of the selection), -1 padded to ``n_select``.
     """
     tl.static_assert(N_THR >= 2)
+    # NaN counts as +inf and anything below 0 (-0.0) as 0, as in the reference: every candidate's bits then lie in
+    # [0, 0x7F800000], so the search's int32 arithmetic cannot overflow (CUDA's NaN, 0x7FFFFFFF, made it spin).
+    imp = tl.where(imp != imp, float("inf"), tl.where(imp > 0, imp, 0.0))
     ci = cand.to(tl.int32)
     rank = tl.cumsum(ci, 0)
     total = tl.sum(ci, 0)

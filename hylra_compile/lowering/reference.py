@@ -373,13 +373,16 @@ def select_blocks(importance: Tensor, candidate: Tensor, n_select: int, sink_blo
 
     ``importance`` [..., C] float and ``candidate`` [..., C] bool (the block holds an allowed key). Returns int32
     [..., n_select]: the first ``sink_blocks`` and the last ``local_blocks`` candidates, then the most important
-    other candidates (ties -> lower index), sorted ascending and padded with -1 when there are too few candidates.
+    other candidates (ties -> lower index; an importance of NaN or +inf counts as the largest number, one below 0 as
+    0), sorted ascending and padded with -1 when there are too few candidates.
     """
     C = importance.shape[-1]
     rank = candidate.to(torch.int32).cumsum(-1)
     total = rank[..., -1:]
     forced = candidate & ((rank <= sink_blocks) | (rank > total - local_blocks))
-    score = importance.to(torch.float64).masked_fill(forced, float("inf")).masked_fill(~candidate, float("-inf"))
+    largest = torch.finfo(torch.float64).max  # below the forced blocks' +inf
+    score = importance.to(torch.float64).nan_to_num(nan=largest, posinf=largest, neginf=0.0).clamp_min(0.0)
+    score = score.masked_fill(forced, float("inf")).masked_fill(~candidate, float("-inf"))
     if C < n_select:
         score = torch.nn.functional.pad(score, (0, n_select - C), value=float("-inf"))
     order = torch.sort(score, dim=-1, descending=True, stable=True).indices[..., :n_select]

@@ -8,6 +8,7 @@ CUDA-graph replay.
 
 from __future__ import annotations
 
+import faulthandler
 import warnings
 
 import numpy as np
@@ -343,6 +344,27 @@ def test_select_ties_and_padding_interpreter():
     imp[1, 10:30] = imp[1, 5]
     imp[2, ::3] = -1.0
     check(imp, [(8, 1, 2), (20, 0, 0), (3, 1, 2), (45, 2, 2)])
+
+
+def test_select_nan_and_inf_importance_interpreter():
+    """A candidate whose summed importance is CUDA's NaN (bits 0x7FFFFFFF: the int32 search overflowed and spun
+    forever on it), +inf or -0.0: the selection ends and equals the reference, which counts NaN and +inf as the
+    largest number (after the forced blocks) and -0.0 as 0."""
+    faulthandler.dump_traceback_later(300, exit=True)  # a search that spins again ends the run with its stack
+    try:
+        imp = torch.rand(2, 2, 40, generator=torch.Generator().manual_seed(7))  # [head group, row, block]
+        imp.view(torch.int32)[1, 0, 17] = 0x7FFFFFFF  # NaN in the second group: the sum is NaN
+        imp.view(torch.int32)[1, 0, 3] = 0x7FFFFFFF
+        imp[0, 1, 9] = float("inf")
+        imp[:, 1, 20:30] = -0.0
+        for n_select, sink, local in ((8, 1, 2), (4, 0, 0), (39, 2, 2)):
+            out = torch.empty(1, 1, 2, n_select, dtype=torch.int32)  # [B, Hkv, query blocks, n_select]
+            P._select(imp.reshape(1, 2, 2, 40), out, 40, n_select, sink, local, NG=2)
+            want = R.select_blocks(imp.sum(0), imp[0] >= 0, n_select, sink, local)
+            assert torch.equal(out.reshape(2, n_select), want), (n_select, out, want)
+            assert {3, 17} <= set(out[0, 0, 0].tolist())  # NaN ranks first among the free blocks
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 @needs_working_interpreter
