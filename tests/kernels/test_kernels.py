@@ -346,7 +346,7 @@ def test_select_ties_and_padding_interpreter():
     check(imp, [(8, 1, 2), (20, 0, 0), (3, 1, 2), (45, 2, 2)])
 
 
-def test_select_nan_and_inf_importance_interpreter():
+def _check_select_nan_and_inf(device: str) -> None:
     """A candidate whose summed importance is CUDA's NaN (bits 0x7FFFFFFF: the int32 search overflowed and spun
     forever on it), +inf or -0.0: the selection ends and equals the reference, which counts NaN and +inf as the
     largest number (after the forced blocks) and -0.0 as 0."""
@@ -358,13 +358,17 @@ def test_select_nan_and_inf_importance_interpreter():
         imp[0, 1, 9] = float("inf")
         imp[:, 1, 20:30] = -0.0
         for n_select, sink, local in ((8, 1, 2), (4, 0, 0), (39, 2, 2)):
-            out = torch.empty(1, 1, 2, n_select, dtype=torch.int32)  # [B, Hkv, query blocks, n_select]
-            P._select(imp.reshape(1, 2, 2, 40), out, 40, n_select, sink, local, NG=2)
+            out = torch.empty(1, 1, 2, n_select, dtype=torch.int32, device=device)  # [B, Hkv, query blocks, n]
+            P._select(imp.reshape(1, 2, 2, 40).to(device), out, 40, n_select, sink, local, NG=2)
             want = R.select_blocks(imp.sum(0), imp[0] >= 0, n_select, sink, local)
-            assert torch.equal(out.reshape(2, n_select), want), (n_select, out, want)
+            assert torch.equal(out.cpu().reshape(2, n_select), want), (n_select, out, want)
             assert {3, 17} <= set(out[0, 0, 0].tolist())  # NaN ranks first among the free blocks
     finally:
         faulthandler.cancel_dump_traceback_later()
+
+
+def test_select_nan_and_inf_importance_interpreter():
+    _check_select_nan_and_inf("cpu")
 
 
 @needs_working_interpreter
@@ -406,6 +410,11 @@ def test_decode_cuda(name, setting):
 @pytest.mark.parametrize("name", sorted(PREFILL_CASES))
 def test_prefill_cuda(name, setting):
     _check_prefill(PREFILL_CASES[name], "cuda", setting)
+
+
+@cuda
+def test_select_nan_and_inf_importance_cuda():
+    _check_select_nan_and_inf("cuda")
 
 
 @cuda
