@@ -127,11 +127,11 @@ def select_row(imp, cand, ids, out_ptr, n_keep, n_select, sink_blocks, local_blo
                N_THR: tl.constexpr = 8):
     """reference.select_blocks for one row, without sorting: ``n_keep`` blocks of a row of ``n_select`` entries.
 
-    ``imp`` fp32 >= 0 or NaN [C_PAD], ``cand`` bool [C_PAD] (False on padding), ``ids`` int32 [C_PAD]: the block id of
-    each column (the column itself, or a candidate list's entry), ascending over the candidates. Forced: the first
-    ``sink_blocks`` and last ``local_blocks`` candidates. The rest: search on the int32 bit pattern of the
-    non-negative importance for the largest threshold T such that at least ``need`` non-forced candidates are >= T;
-    take all > T, then the lowest-column ones equal to T. Each step counts against N_THR thresholds at once (one
+    ``imp`` fp32 [C_PAD] (>= 0; NaN and +inf rank highest), ``cand`` bool [C_PAD] (False on padding), ``ids`` int32
+    [C_PAD]: the block id of each column (the column itself, or a candidate list's entry), ascending over the
+    candidates. Forced: the first ``sink_blocks`` and last ``local_blocks`` candidates. The rest: search on the
+    int32 bit pattern of the non-negative importance for the largest threshold T such that at least ``need``
+    non-forced candidates are >= T; take all > T, then the lowest-column ones equal to T. Each step counts against N_THR thresholds at once (one
     reduction narrows the range N_THR-fold; 8 measured best on an H100 at 512-2048 blocks), and the search stops as
     soon as some threshold has exactly ``need`` candidates at or above it (it selects the same set as T). The
     selected ids are written in column order (cumsum of the selection), -1 padded to ``n_select``.
