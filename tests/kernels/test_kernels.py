@@ -483,7 +483,7 @@ def test_consumers_past_16384_blocks_cuda(sq):
     bs, Skv = 16, 16 * 16384 + 40
     q, k, v = make_qkv(1, 4, 1, sq, Skv, 64, torch.bfloat16, "cuda")
     n_kb = R.num_blocks(Skv, bs)
-    listed = [0, 5000, 16383, 16384, n_kb - 2, n_kb - 1]  # n_kb is 16387: the last three blocks
+    listed = [0, 5000, 16383, 16384, n_kb - 2, n_kb - 1]  # n_kb is 16387: 16384 and these two are the last blocks
     candidates = torch.tensor(listed + [-1, -1], dtype=torch.int32, device="cuda").view(1, 1, 1, -1)
     candidates = candidates.expand(1, 1, R.num_blocks(sq, bs), -1).contiguous()
     common = dict(is_causal=True, scale=None, block_size=bs)
