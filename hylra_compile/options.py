@@ -120,27 +120,23 @@ class HylraOptions:
         return {"prefilter": self.prefilter} if self.prefilter else {}
 
     @property
-    def producer_block(self) -> int:
-        """The block size producers select in."""
-        return self.producer_block_size
-
-    @property
     def dense_block(self) -> int:
         """The block size of the layers left dense: they select nothing, so their kernels' fastest tile rather than
-        the selection's grain: :data:`DENSE_BLOCK` keys, or ``producer_block`` where larger."""
-        return max(self.producer_block, DENSE_BLOCK)
+        the selection's grain: :data:`DENSE_BLOCK` keys, or ``producer_block_size`` where larger."""
+        return max(self.producer_block_size, DENSE_BLOCK)
 
     @property
     def expansion(self) -> int:
         """Blocks of ``block_size`` per producer block (``hylra::expand_blocks``'s ``factor``; 1: no expansion)."""
-        return self.producer_block // self.block_size
+        return self.producer_block_size // self.block_size
 
     def producer_settings(self, key_blocks: int | None = None) -> dict[str, int]:
         """The keyword arguments of a producer's ``hylra::topk_attention``: its selection is ``candidates`` times
-        ``top_k`` under ``selection="refine"``, in blocks of ``producer_block`` (holding at least the sink and
-        local tokens of the options). ``key_blocks``: the KV blocks of ``producer_block`` there are, when static."""
+        ``top_k`` under ``selection="refine"``, in blocks of ``producer_block_size`` (holding at least the sink and
+        local tokens of the options). ``key_blocks``: the KV blocks of ``producer_block_size`` there are, when
+        static."""
         multiple = self.candidates if self.selection == "refine" else 1
-        size = self.producer_block
+        size = self.producer_block_size
         sink, local = (-(-blocks * self.block_size // size) for blocks in (self.sink_blocks, self.local_blocks))
         n_select = -(-self.top_k // size) * multiple
         return dict(block_size=size, n_select=self._capped(n_select, key_blocks, sink + local), sink_blocks=sink,

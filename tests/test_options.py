@@ -191,12 +191,12 @@ def test_producers_in_coarser_blocks():
     """producer_block_size: a multiple of block_size, under refine only; producers select candidates x top_k tokens
     in its blocks with at least the sink and local tokens, expanded by the factor for their consumers."""
     opts = HylraOptions(block_size=16, sink_blocks=4, local_blocks=8, producer_block_size=64)
-    assert (opts.producer_block, opts.expansion) == (64, 4)
+    assert (opts.producer_block_size, opts.expansion) == (64, 4)
     assert opts.producer_settings() == dict(block_size=64, sink_blocks=1, local_blocks=2, n_select=32 * 4)
     assert opts.producer_settings(key_blocks=10)["n_select"] == 10
     assert opts.selection_settings() == dict(block_size=16, n_select=128, sink_blocks=4, local_blocks=8)
     plain = HylraOptions(block_size=16, sink_blocks=4, local_blocks=8, producer_block_size=16)
-    assert (plain.producer_block, plain.expansion) == (16, 1)
+    assert (plain.producer_block_size, plain.expansion) == (16, 1)
     assert plain.producer_settings() == dict(block_size=16, sink_blocks=4, local_blocks=8, n_select=128 * 4)
     assert HylraOptions(block_size=64, producer_block_size=64).expansion == 1  # equal to block_size: no change
     for bad in (48, 32, 1.5):

@@ -49,7 +49,7 @@ def block_masks(
     """Insert the ``shared_mask`` and ``mask_blocks`` nodes; returns ``mask node -> what the ops read for it``."""
     order = {node: position for position, node in enumerate(gm.graph.nodes)}
     # Each mask's block sizes: those its readers run in, consumers' (and their refinement's), producers', dense's.
-    size_of = {"sparse_attention": options.block_size, "topk_attention": options.producer_block,
+    size_of = {"sparse_attention": options.block_size, "topk_attention": options.producer_block_size,
                "attention": options.dense_block}
     readers: dict[torch.fx.Node, set[str]] = {}
     for match, decision in zip(matches, decisions):

@@ -57,8 +57,8 @@ def rewrite(
         settings = dict(is_causal=match.is_causal, scale=match.scale)
         key_blocks = _static_key_blocks(match, options.block_size)
         if decision.op == "topk_attention":
-            arguments = {**inputs, "block_mask": block_mask(options.producer_block), **settings,
-                         **options.producer_settings(_static_key_blocks(match, options.producer_block))}
+            arguments = {**inputs, "block_mask": block_mask(options.producer_block_size), **settings,
+                         **options.producer_settings(_static_key_blocks(match, options.producer_block_size))}
             op = call_with_meta(graph, torch.ops.hylra.topk_attention.default, arguments, match.output)
             out = call_with_meta(graph, operator.getitem, (op, 0), match.output)
             selected = call_with_meta(graph, operator.getitem, (op, 1), match.output)
